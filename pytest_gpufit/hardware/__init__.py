@@ -1,0 +1,1 @@
+"""Facts about the machine: GPU records, the environment, the catalog of known cards."""

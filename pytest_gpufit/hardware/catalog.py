@@ -1,0 +1,83 @@
+"""The catalog of real cards (``catalog.yaml``), used by simulation and the fit tables."""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.hardware.dtypes import with_variants
+from pytest_gpufit.hardware.records import Gpu
+
+MIB = 2**20
+
+
+@functools.lru_cache(maxsize=1)
+def catalog() -> dict[str, dict[str, Any]]:
+    """The catalog entries by id, read once from the package."""
+    text = resources.files("pytest_gpufit.hardware").joinpath("catalog.yaml").read_text("utf-8")
+    data: dict[str, dict[str, Any]] = yaml.safe_load(text)
+    return data
+
+
+def _cc(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    major, minor = str(text).split(".")
+    return int(major), int(minor)
+
+
+def catalog_gpu(card_id: str, index: int = 0) -> Gpu:
+    """A simulated ``Gpu`` for a catalog id; memory is all free."""
+    entries = catalog()
+    if card_id not in entries:
+        raise GpufitError(f"unknown GPU id {card_id!r}; known ids: {', '.join(entries)}")
+    entry = entries[card_id]
+    total = int(entry["memory_mib"]) * MIB
+    cc = _cc(entry.get("compute_capability"))
+    return Gpu(
+        index=index,
+        name=entry["name"],
+        memory_total_bytes=total,
+        memory_free_bytes=total,
+        memory_used_bytes=0,
+        compute_capability=cc,
+        architecture=entry.get("architecture"),
+        vendor=entry.get("vendor", "nvidia"),
+        memory_bandwidth_bytes_s=int(entry["bandwidth_gb_s"] * 10**9),
+        native_dtypes=with_variants(entry["dtypes"]),
+        catalog_id=card_id,
+        simulated=True,
+    )
+
+
+def parse_setup(text: str, what: str = "--gpufit-simulate") -> list[str]:
+    """Expand ``"2*h100-sxm,rtx-4090"`` into one catalog id per GPU.
+
+    >>> parse_setup("2*h100-sxm,t4")
+    ['h100-sxm', 'h100-sxm', 't4']
+    """
+    ids: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        count_text, _, card = part.rpartition("*")
+        count = 1
+        if count_text:
+            if not count_text.strip().isdigit() or int(count_text) < 1:
+                raise GpufitError(f"{what}: bad repeat {part!r}; write N*ID, e.g. 2*h100-sxm")
+            count = int(count_text)
+        card = card.strip().lower()
+        if card not in catalog():
+            raise GpufitError(f"{what}: unknown GPU id {card!r}; known ids: {', '.join(catalog())}")
+        ids.extend([card] * count)
+    if not ids:
+        raise GpufitError(f"{what}: no GPU id given; known ids: {', '.join(catalog())}")
+    return ids
+
+
+def simulated_gpus(text: str, what: str = "--gpufit-simulate") -> tuple[Gpu, ...]:
+    return tuple(catalog_gpu(card, i) for i, card in enumerate(parse_setup(text, what)))

@@ -1,0 +1,224 @@
+"""Probe NVIDIA GPUs through NVML. No CUDA context is created.
+
+Every per-field query that a card or driver does not support becomes ``None``; failures of the
+library as a whole become an empty ``Inventory`` that keeps the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, TypeVar
+
+from pytest_gpufit.hardware.dtypes import native_dtypes
+from pytest_gpufit.hardware.environment import software_environment
+from pytest_gpufit.hardware.records import Gpu, Inventory
+
+T = TypeVar("T")
+
+_ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere",
+                  8: "ada", 9: "hopper", 10: "blackwell", 13: "rubin"}
+
+
+def _load_nvml() -> ModuleType | str:
+    try:
+        import pynvml  # late import: only the first probe pays for it
+    except ImportError:
+        return "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
+    return pynvml
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def library_failure(nvml: ModuleType, error: Exception) -> str:
+    """A readable reason for an NVML error that leaves no usable GPU."""
+    reasons = {
+        "NVMLError_LibraryNotFound": "NVML shared library not found (is the NVIDIA driver installed?)",
+        "NVMLError_DriverNotLoaded": "NVIDIA driver not loaded",
+        "NVMLError_NoPermission": "no permission to query the NVIDIA driver",
+        "NVMLError_GpuIsLost": "GPU is lost (fell off the bus or stopped answering)",
+        "NVMLError_Uninitialized": "NVML is not initialised",
+    }
+    for name, reason in reasons.items():
+        cls = getattr(nvml, name, None)
+        if cls is not None and isinstance(error, cls):
+            return reason
+    return f"NVML error: {error}"
+
+
+def _cuda_version_text(value: int | None) -> str | None:
+    """NVML's 12040 is CUDA 12.4."""
+    if not value:
+        return None
+    return f"{value // 1000}.{(value % 1000) // 10}"
+
+
+def select_visible(uuids: list[str], visible: str | None) -> tuple[list[int], str | None]:
+    """NVML indices that ``CUDA_VISIBLE_DEVICES`` exposes, in its order, like CUDA reads it.
+
+    CUDA stops at the first entry that names no device; integers are taken in NVML (PCI bus)
+    order, which matches CUDA's with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
+
+    >>> select_visible(["GPU-a1", "GPU-b2"], "1,GPU-a")
+    ([1, 0], None)
+    >>> select_visible(["GPU-a1"], "")
+    ([], 'CUDA_VISIBLE_DEVICES is empty, so no GPU is visible')
+    """
+    if visible is None:
+        return list(range(len(uuids))), None
+    chosen: list[int] = []
+    for token in (t.strip() for t in visible.split(",")):
+        index: int | None = None
+        if token.lstrip("-").isdigit():
+            index = int(token) if 0 <= int(token) < len(uuids) else None
+        elif token.startswith("GPU-"):
+            matches = [i for i, u in enumerate(uuids) if u.startswith(token)]
+            index = matches[0] if len(matches) == 1 else None
+        if index is None or index in chosen:
+            break
+        chosen.append(index)
+    if not chosen:
+        what = "empty" if not visible.strip() else f"{visible!r}, which names no GPU of this machine"
+        return [], f"CUDA_VISIBLE_DEVICES is {what}, so no GPU is visible"
+    return chosen, None
+
+
+class _Lost(Exception):
+    pass
+
+
+def _device(nvml: ModuleType, nvml_index: int, index: int) -> Gpu:
+    lost = getattr(nvml, "NVMLError_GpuIsLost", ())
+
+    def query(fn: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return fn(*args)
+        except lost as error:
+            raise _Lost(str(error)) from error
+        except nvml.NVMLError:
+            return None
+
+    handle = query(nvml.nvmlDeviceGetHandleByIndex, nvml_index)
+    if handle is None:
+        raise _Lost("handle not available")
+    memory = query(nvml.nvmlDeviceGetMemoryInfo, handle)
+    if memory is None:
+        raise _Lost("memory information not available")
+    cc = query(nvml.nvmlDeviceGetCudaComputeCapability, handle)
+    cc = (int(cc[0]), int(cc[1])) if cc else None
+    arch_code = query(nvml.nvmlDeviceGetArchitecture, handle)
+    architecture = _ARCHITECTURES.get(arch_code) if arch_code is not None else None
+    pci = query(nvml.nvmlDeviceGetPciInfo, handle)
+    bus_width = query(nvml.nvmlDeviceGetMemoryBusWidth, handle)
+    mem_clock = query(nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_MEM)
+    # Double data rate: bytes/s = bus bits / 8 * clock * 2 (H100 SXM: 5120 b, 2619 MHz -> 3.35 TB/s).
+    bandwidth = int(bus_width / 8 * mem_clock * 1e6 * 2) if bus_width and mem_clock else None
+    attributes = query(nvml.nvmlDeviceGetAttributes, handle)
+    mig = query(nvml.nvmlDeviceGetMigMode, handle)
+    ecc = query(nvml.nvmlDeviceGetEccMode, handle)
+    name = query(nvml.nvmlDeviceGetName, handle)
+    uuid = query(nvml.nvmlDeviceGetUUID, handle)
+    return Gpu(
+        index=index,
+        name=_text(name) if name is not None else f"NVIDIA GPU {nvml_index}",
+        memory_total_bytes=int(memory.total),
+        memory_free_bytes=int(memory.free),
+        memory_used_bytes=int(memory.used),
+        uuid=_text(uuid) if uuid is not None else None,
+        pci_bus_id=_text(pci.busId) if pci is not None else None,
+        compute_capability=cc,
+        architecture=architecture,
+        memory_bus_width_bits=int(bus_width) if bus_width else None,
+        max_memory_clock_mhz=int(mem_clock) if mem_clock else None,
+        memory_bandwidth_bytes_s=bandwidth,
+        sm_count=getattr(attributes, "multiprocessorCount", None),
+        mig_enabled=bool(mig[0]) if mig else None,
+        ecc_enabled=bool(ecc[0]) if ecc else None,
+        native_dtypes=native_dtypes(cc, architecture),
+    )
+
+
+def probe_nvml(nvml: ModuleType | None = None, visible: str | None = None,
+               use_environ: bool = True) -> Inventory:
+    """Probe every visible NVIDIA GPU. Never raises for a machine problem."""
+    if nvml is None:
+        loaded = _load_nvml()
+        if isinstance(loaded, str):
+            return Inventory(environment=software_environment(), reason=loaded)
+        nvml = loaded
+    if use_environ and visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as error:
+        return Inventory(environment=software_environment(), reason=library_failure(nvml, error))
+    try:
+        return _probe_initialised(nvml, visible)
+    except nvml.NVMLError as error:
+        return Inventory(environment=software_environment(), reason=library_failure(nvml, error))
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except nvml.NVMLError:
+            pass
+
+
+def _probe_initialised(nvml: ModuleType, visible: str | None) -> Inventory:
+    driver = nvml.nvmlSystemGetDriverVersion()
+    try:
+        cuda = _cuda_version_text(nvml.nvmlSystemGetCudaDriverVersion())
+    except nvml.NVMLError:
+        cuda = None
+    environment = software_environment(_text(driver), cuda)
+    count = nvml.nvmlDeviceGetCount()
+    uuids = []
+    for i in range(count):
+        try:
+            uuids.append(_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))))
+        except nvml.NVMLError:
+            uuids.append("")
+    chosen, reason = select_visible(uuids, visible)
+    if count == 0:
+        reason = "the NVIDIA driver reports no GPU"
+    gpus: list[Gpu] = []
+    problems: list[str] = []
+    for index, nvml_index in enumerate(chosen):
+        try:
+            gpus.append(_device(nvml, nvml_index, index))
+        except _Lost as lost:
+            problems.append(f"GPU{index} (NVML index {nvml_index}) is lost: {lost}")
+    if problems and not gpus:
+        reason = "; ".join(problems)
+    # Keep indices consecutive after dropping a lost card: that is what CUDA would number.
+    gpus = [dataclasses.replace(g, index=i) for i, g in enumerate(gpus)]
+    return Inventory(gpus=tuple(gpus), environment=environment, source="nvml",
+                     reason=reason, warnings=tuple(problems))
+
+
+def free_memory(uuids: list[str | None], nvml: ModuleType | None = None) -> dict[str, int]:
+    """Free bytes now, by UUID, for ``requires_vram(free=True)``; empty when NVML fails."""
+    loaded = nvml or _load_nvml()
+    if isinstance(loaded, str):
+        return {}
+    try:
+        loaded.nvmlInit()
+    except loaded.NVMLError:
+        return {}
+    out: dict[str, int] = {}
+    try:
+        for uuid in filter(None, uuids):
+            try:
+                handle = loaded.nvmlDeviceGetHandleByUUID(uuid)
+                out[uuid] = int(loaded.nvmlDeviceGetMemoryInfo(handle).free)
+            except loaded.NVMLError:
+                continue
+    finally:
+        try:
+            loaded.nvmlShutdown()
+        except loaded.NVMLError:
+            pass
+    return out

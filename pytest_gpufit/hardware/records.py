@@ -1,0 +1,99 @@
+"""Frozen records of what a machine has. Units are in the field names."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_gpufit.units import format_gb, format_gib
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU as the probe (or the catalog, under simulation) sees it.
+
+    ``index`` is the ordinal a framework uses (``cuda:N``) after ``CUDA_VISIBLE_DEVICES``;
+    a field the driver cannot report on this card is ``None``.
+    """
+
+    index: int
+    name: str
+    memory_total_bytes: int
+    memory_free_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    compute_capability: tuple[int, int] | None = None
+    architecture: str | None = None
+    vendor: str = "nvidia"
+    memory_bus_width_bits: int | None = None
+    max_memory_clock_mhz: int | None = None
+    memory_bandwidth_bytes_s: int | None = None
+    sm_count: int | None = None
+    mig_enabled: bool | None = None
+    ecc_enabled: bool | None = None
+    native_dtypes: tuple[str, ...] = ()
+    catalog_id: str | None = None
+    simulated: bool = False
+
+    @property
+    def cc_text(self) -> str:
+        if self.compute_capability is None:
+            return self.architecture or "unknown"
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+    @property
+    def label(self) -> str:
+        """``GPU0 NVIDIA H100 80GB HBM3``: how reasons and reports name a device."""
+        return f"GPU{self.index} {self.name}"
+
+    def describe(self) -> str:
+        memory = f"{format_gb(self.memory_total_bytes)} ({format_gib(self.memory_total_bytes)})"
+        return f"{self.label}, {memory}, CC {self.cc_text}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["compute_capability"] = None if self.compute_capability is None else self.cc_text
+        data["native_dtypes"] = list(self.native_dtypes)
+        return data
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Software versions that decide what a GPU test measures."""
+
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    cuda_runtime_version: str | None = None
+    torch_version: str | None = None
+    transformers_version: str | None = None
+    python_version: str | None = None
+    platform: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What a session may use: GPUs, the environment, and why there are none if so."""
+
+    gpus: tuple[Gpu, ...] = ()
+    environment: Environment = field(default_factory=Environment)
+    source: str = "nvml"  # nvml | simulated | a provider's name
+    reason: str | None = None  # why there is no GPU, when there is none
+    warnings: tuple[str, ...] = ()  # GPUs that were dropped (lost), and other notes
+
+    @property
+    def simulated(self) -> bool:
+        return self.source == "simulated"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "reason": self.reason,
+            "warnings": list(self.warnings),
+            "gpus": [g.to_dict() for g in self.gpus],
+            "environment": self.environment.to_dict(),
+        }

@@ -1,0 +1,305 @@
+"""pytest hooks and fixtures of pytest-gpufit. Thin: the decisions live in the layers below.
+
+Imports only the standard library, pytest and small pure modules: no torch, no CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_gpufit import hookspec
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.expect import check_expect, parse_expect
+from pytest_gpufit.hardware.catalog import parse_setup
+from pytest_gpufit.hardware.probe import build_inventory
+from pytest_gpufit.hardware.records import Environment, Gpu, Inventory
+from pytest_gpufit.requirements import (
+    MARKERS,
+    Requirement,
+    Verdict,
+    evaluate,
+    requirement_from_marker,
+)
+from pytest_gpufit.settings import OPTIONS, Settings, resolve
+from pytest_gpufit.units import format_gb, format_gib
+
+
+class GateFailure(Exception):
+    """An unmet requirement under ``--gpufit-on-missing=fail``; reported as a test failure."""
+
+
+class SessionState:
+    """The one piece of session state: settings, the lazily probed inventory, verdicts seen."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self._inventory: Inventory | None = None
+        self.verdicts: dict[str, Verdict] = {}
+
+    @property
+    def inventory(self) -> Inventory:
+        if self._inventory is None:
+            hook = self.config.hook.pytest_gpufit_probe
+            try:
+                self._inventory = build_inventory(
+                    self.settings.simulate, self.settings.devices,
+                    provider=lambda: hook(config=self.config))
+            except GpufitError as error:
+                raise pytest.UsageError(str(error)) from None
+        return self._inventory
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Collect verdicts from reports, so xdist workers' verdicts reach the controller."""
+        props = dict(report.user_properties)
+        if "gpufit_ok" not in props or report.nodeid in self.verdicts:
+            return
+        devices = tuple(int(d) for d in str(props.get("gpufit_devices", "")).split(",") if d)
+        self.verdicts[report.nodeid] = Verdict(
+            ok=props["gpufit_ok"] == "true", reason=str(props.get("gpufit_reason", "")),
+            devices=devices, simulated=self.settings.simulate is not None)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for line in summary_lines(self.inventory, self.verdicts):
+            terminalreporter.write_line(line)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.settings.report and not hasattr(self.config, "workerinput"):
+            write_report(Path(self.settings.report), self.inventory, self.verdicts)
+
+
+STATE = pytest.StashKey[SessionState]()
+REQUIREMENT = pytest.StashKey["Requirement | None"]()
+VERDICT = pytest.StashKey[Verdict]()
+
+
+def summary_lines(inventory: Inventory, verdicts: dict[str, Verdict]) -> list[str]:
+    """Per card: how many gated tests run (or would, simulated) and why the rest do not."""
+    if not verdicts:
+        return []
+    verb = "would run" if inventory.simulated else "ran"
+    ok = [v for v in verdicts.values() if v.ok]
+    lines = [f"gpufit: {len(ok)} of {len(verdicts)} gated tests {verb}"
+             + (" (simulated)" if inventory.simulated else "")]
+    for g in inventory.gpus:
+        on_card = sum(1 for v in ok if g.index in v.devices)
+        name = g.catalog_id or g.name
+        lines.append(f"  {g.label.split()[0]} {name}: {on_card} gated tests {verb} here")
+    reasons = Counter(v.reason for v in verdicts.values() if not v.ok)
+    for reason, count in reasons.most_common(5):
+        lines.append(f"  not run ({count}): {reason}")
+    return lines
+
+
+def write_report(path: Path, inventory: Inventory, verdicts: dict[str, Verdict]) -> None:
+    """Write the JSON report atomically: a reader never sees half a file."""
+    data = {"inventory": inventory.to_dict(),
+            "verdicts": {nodeid: v.to_dict() for nodeid, v in verdicts.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
+    os.replace(tmp, path)
+
+
+def state_of(config: pytest.Config) -> SessionState:
+    return config.stash[STATE]
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspec)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("gpufit", "GPU gating (pytest-gpufit)")
+    for option in OPTIONS:
+        extra = f" (ini {option.ini}, env {option.env})"
+        group.addoption(option.flag, dest="gpufit_" + option.name, default=None,
+                        choices=option.choices or None, help=option.help + extra)
+        parser.addini(option.ini, option.help, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text} (pytest-gpufit)")
+    try:
+        settings = resolve(lambda name: config.getoption("gpufit_" + name),
+                           lambda key: config.getini(key))
+        if settings.simulate:
+            parse_setup(settings.simulate)
+        if settings.expect:
+            parse_expect(settings.expect)
+    except GpufitError as error:
+        raise pytest.UsageError(str(error)) from None
+    state = SessionState(config, settings)
+    config.stash[STATE] = state
+    config.pluginmanager.register(state, "gpufit-state")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    state = state_of(session.config)
+    if not state.settings.expect:
+        return
+    inventory = state.inventory
+    failed = check_expect(parse_expect(state.settings.expect), inventory)
+    if failed:
+        lines = [f"gpufit: this runner does not match --gpufit-expect={state.settings.expect!r}:"]
+        lines += [f"  - {f}" for f in failed]
+        lines.append("  this machine has: " + "; ".join(_inventory_lines(inventory)))
+        pytest.exit("\n".join(lines), returncode=pytest.ExitCode.TESTS_FAILED)
+
+
+def _inventory_lines(inventory: Inventory) -> list[str]:
+    if not inventory.gpus:
+        return [f"no GPU: {inventory.reason or 'none found'}"]
+    env = inventory.environment
+    versions = ""
+    if not inventory.simulated:
+        versions = f", driver {env.driver_version or '?'}, CUDA {env.cuda_driver_version or '?'}"
+    lines = []
+    for g in inventory.gpus:
+        memory = f"{format_gb(g.memory_total_bytes)} ({format_gib(g.memory_total_bytes)})"
+        sim = f" [simulated {g.catalog_id}]" if g.simulated else ""
+        lines.append(f"{g.label}, {memory}, CC {g.cc_text}{versions}{sim}")
+    return lines + [f"warning: {w}" for w in inventory.warnings]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return ["gpufit: " + line for line in _inventory_lines(state_of(config).inventory)]
+
+
+# ---- collection ---------------------------------------------------------------------------
+
+
+def item_requirement(item: pytest.Item) -> Requirement | None:
+    """All gpufit markers of an item, merged; None when it has none."""
+    merged: Requirement | None = None
+    for name in MARKERS:
+        for mark in item.iter_markers(name):
+            try:
+                req = requirement_from_marker(name, mark.args, mark.kwargs)
+            except GpufitError as error:
+                raise GpufitError(f"{item.nodeid}: @{name}: {error}") from None
+            merged = req if merged is None else merged.merge(req)
+    return merged
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    errors = []
+    for item in items:
+        try:
+            item.stash[REQUIREMENT] = item_requirement(item)
+        except GpufitError as error:
+            errors.append(str(error))
+    if errors:
+        raise pytest.UsageError("gpufit: bad marker arguments:\n  " + "\n  ".join(errors))
+
+
+# ---- running ------------------------------------------------------------------------------
+
+
+def _fit_judge(req: Requirement, item: pytest.Item) -> Any:
+    if not req.fits:
+        return None
+    from pytest_gpufit.fit.judge import fit_judge  # late: only tests with requires_fit pay
+
+    return fit_judge(base=Path(str(item.path)).parent)
+
+
+def gate(config: pytest.Config, reason: str) -> None:
+    """Skip, or fail under the fail policy, with ``reason``."""
+    if state_of(config).settings.fail_on_missing:
+        raise GateFailure(reason)
+    skip(reason)
+
+
+def skip(reason: str) -> None:
+    # Report the test's own location, as skip markers do, not this file's.
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    req = item.stash.get(REQUIREMENT, None)
+    if req is None:
+        return
+    state = state_of(item.config)
+    inventory = state.inventory
+    if req.vram_free and not inventory.simulated:
+        inventory = _with_free_memory_now(inventory)
+    try:
+        verdict = evaluate(req, inventory, _fit_judge(req, item))
+    except GpufitError as error:
+        raise GateFailure(f"gpufit: {error}") from None
+    item.stash[VERDICT] = verdict
+    item.user_properties.append(("gpufit_ok", str(verdict.ok).lower()))
+    item.user_properties.append(("gpufit_reason", verdict.reason))
+    item.user_properties.append(("gpufit_devices", ",".join(map(str, verdict.devices))))
+    if not verdict.ok:
+        gate(item.config, verdict.reason)
+    elif verdict.simulated:
+        skip(f"simulated: would run on {verdict.reason}")
+
+
+def _with_free_memory_now(inventory: Inventory) -> Inventory:
+    from dataclasses import replace
+
+    from pytest_gpufit.hardware.nvml import free_memory
+
+    free = free_memory([g.uuid for g in inventory.gpus])
+    gpus = tuple(replace(g, memory_free_bytes=free.get(g.uuid or "", g.memory_free_bytes))
+                 for g in inventory.gpus)
+    return replace(inventory, gpus=gpus)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
+        None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if call.when == "setup" and call.excinfo is not None and call.excinfo.errisinstance(
+            GateFailure):
+        # A gate that fails is the test failing, not an error in a fixture.
+        report.when = "call"
+        report.longrepr = str(call.excinfo.value)
+    return report
+
+
+# ---- results ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gpu_inventory(pytestconfig: pytest.Config) -> Inventory:
+    """Every GPU this session may use (simulated ones under ``--gpufit-simulate``)."""
+    return state_of(pytestconfig).inventory
+
+
+@pytest.fixture(scope="session")
+def gpu_environment(gpu_inventory: Inventory) -> Environment:
+    """Driver, CUDA and library versions of this machine."""
+    return gpu_inventory.environment
+
+
+@pytest.fixture
+def gpu(request: pytest.FixtureRequest, gpu_inventory: Inventory) -> Gpu:
+    """The GPU this test runs on: the first that meets its requirements, else GPU0.
+
+    With no GPU it skips (or fails under the fail policy) like a requirement; under simulation
+    it skips, since simulation never runs GPU work.
+    """
+    verdict = request.node.stash.get(VERDICT, None)
+    by_index = {g.index: g for g in gpu_inventory.gpus}
+    if not by_index:
+        gate(request.config, f"no GPU: {gpu_inventory.reason or 'none found'}")
+    chosen = by_index[verdict.devices[0]] if verdict and verdict.devices else gpu_inventory.gpus[0]
+    if gpu_inventory.simulated:
+        skip(f"simulated: would run on {chosen.label}")
+    return chosen
