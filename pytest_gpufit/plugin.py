@@ -188,7 +188,7 @@ def item_requirement(item: pytest.Item) -> Requirement | None:
             try:
                 req = requirement_from_marker(name, mark.args, mark.kwargs)
             except GpufitError as error:
-                raise GpufitError(f"{item.nodeid}: @{name}: {error}") from None
+                raise GpufitError(f"{item.nodeid}: @{error}") from None
             merged = req if merged is None else merged.merge(req)
     return merged
 

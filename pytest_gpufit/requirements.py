@@ -102,14 +102,14 @@ def _version_spec(value: object, what: str) -> str:
     if text and text[0].isdigit():
         text = ">=" + text
     try:
-        spec = SpecifierSet(text)
+        SpecifierSet(text)
         if not text:
             raise InvalidSpecifier(text)
     except InvalidSpecifier:
         raise GpufitError(
             f"{what}: expected a version such as '>=550', '550.54' or '>=12.4,<13', got {value!r}"
         ) from None
-    return str(spec) if len(list(spec)) > 1 else text
+    return text  # as the user wrote it, so messages quote them
 
 
 def _compute_capability(value: object, what: str) -> tuple[int, int]:

@@ -1,0 +1,107 @@
+"""The NVML probe against a fake library: normal, missing, unloaded, unsupported, lost."""
+
+from __future__ import annotations
+
+import pytest
+from fake_nvml import (
+    RTX_4090,
+    FakeCard,
+    FakeNvml,
+    NVMLError_DriverNotLoaded,
+    NVMLError_LibraryNotFound,
+)
+
+from pytest_gpufit.hardware.nvml import probe_nvml
+
+
+def probe(nvml: FakeNvml, visible: str | None = None):
+    return probe_nvml(nvml, visible=visible, use_environ=False)  # type: ignore[arg-type]
+
+
+def test_two_gpus_all_fields() -> None:
+    nvml = FakeNvml([FakeCard(), FakeCard(**RTX_4090)])
+    inv = probe(nvml)
+    assert inv.reason is None and len(inv.gpus) == 2
+    h100, rtx = inv.gpus
+    assert h100.name == "NVIDIA H100 80GB HBM3" and h100.index == 0
+    assert h100.memory_total_bytes == 81559 * 2**20
+    assert h100.memory_free_bytes == (81559 - 512) * 2**20
+    assert h100.compute_capability == (9, 0) and h100.architecture == "hopper"
+    assert h100.memory_bandwidth_bytes_s == pytest.approx(3.352e12, rel=1e-3)
+    assert rtx.memory_bandwidth_bytes_s == pytest.approx(1.008e12, rel=1e-3)
+    assert h100.sm_count == 132 and h100.ecc_enabled is True and h100.mig_enabled is False
+    assert h100.pci_bus_id == "00000000:01:00.0"
+    assert "fp8" in h100.native_dtypes and "fp4" not in h100.native_dtypes
+    assert inv.environment.driver_version == "550.54.15"
+    assert inv.environment.cuda_driver_version == "12.4"
+    assert nvml.initialised == 0, "NVML must be shut down after probing"
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (NVMLError_LibraryNotFound, "NVML shared library not found"),
+    (NVMLError_DriverNotLoaded, "NVIDIA driver not loaded"),
+])
+def test_library_failures_give_an_empty_inventory_with_reason(error: type, reason: str) -> None:
+    inv = probe(FakeNvml([FakeCard()], init_error=error))
+    assert inv.gpus == () and reason in (inv.reason or "")
+
+
+@pytest.mark.parametrize("fn", [
+    "nvmlDeviceGetCudaComputeCapability", "nvmlDeviceGetArchitecture",
+    "nvmlDeviceGetMemoryBusWidth", "nvmlDeviceGetAttributes", "nvmlDeviceGetMigMode",
+    "nvmlDeviceGetEccMode", "nvmlDeviceGetPciInfo", "nvmlDeviceGetMaxClockInfo",
+])
+def test_a_field_that_is_not_supported_becomes_none(fn: str) -> None:
+    inv = probe(FakeNvml([FakeCard(not_supported={fn})]))
+    (gpu,) = inv.gpus
+    record = gpu.to_dict()
+    assert gpu.memory_total_bytes > 0
+    assert None in record.values()
+
+
+def test_cc_not_supported_leaves_no_native_dtypes_rather_than_guessing() -> None:
+    (gpu,) = probe(FakeNvml([FakeCard(not_supported={"nvmlDeviceGetCudaComputeCapability"})])).gpus
+    assert gpu.compute_capability is None and gpu.native_dtypes == ()
+
+
+def test_a_lost_gpu_is_dropped_with_a_warning_and_the_rest_renumbered() -> None:
+    inv = probe(FakeNvml([FakeCard(lost=True), FakeCard(**RTX_4090)]))
+    assert [g.name for g in inv.gpus] == ["NVIDIA GeForce RTX 4090"]
+    assert inv.gpus[0].index == 0
+    assert any("lost" in w for w in inv.warnings)
+
+
+def test_the_only_gpu_lost_gives_the_reason() -> None:
+    inv = probe(FakeNvml([FakeCard(lost=True)]))
+    assert inv.gpus == () and "lost" in (inv.reason or "")
+
+
+def test_driver_with_no_gpu() -> None:
+    inv = probe(FakeNvml([]))
+    assert inv.gpus == () and "no GPU" in (inv.reason or "")
+
+
+@pytest.mark.parametrize(("visible", "names"), [
+    (None, ["NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 4090"]),
+    ("1", ["NVIDIA GeForce RTX 4090"]),
+    ("1,0", ["NVIDIA GeForce RTX 4090", "NVIDIA H100 80GB HBM3"]),
+    ("GPU-2222", ["NVIDIA GeForce RTX 4090"]),
+    ("0,7,1", ["NVIDIA H100 80GB HBM3"]),  # CUDA stops at the first invalid entry
+])
+def test_cuda_visible_devices_by_index_and_uuid(visible: str | None, names: list[str]) -> None:
+    inv = probe(FakeNvml([FakeCard(), FakeCard(**RTX_4090)]), visible=visible)
+    assert [g.name for g in inv.gpus] == names
+    assert [g.index for g in inv.gpus] == list(range(len(names)))
+
+
+@pytest.mark.parametrize("visible", ["", "-1", "GPU-nope"])
+def test_cuda_visible_devices_hiding_everything(visible: str) -> None:
+    inv = probe(FakeNvml([FakeCard()]), visible=visible)
+    assert inv.gpus == () and "CUDA_VISIBLE_DEVICES" in (inv.reason or "")
+
+
+def test_no_gpu_on_this_machine_is_a_reason_not_an_exception() -> None:
+    inv = probe_nvml()  # the real library: this CI machine has no NVIDIA driver
+    if inv.gpus:
+        pytest.skip("this machine has a GPU")
+    assert inv.reason

@@ -1,0 +1,209 @@
+"""Markers as users meet them: real pytest sessions through pytester, on simulated cards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CARDS = ["t4", "a100-80gb", "rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell", "2*h100-sxm"]
+
+# marker source -> the cards (of CARDS) that meet it
+MATRIX = {
+    "requires_vram(24)": {"a100-80gb", "rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell",
+                          "2*h100-sxm"},
+    "requires_vram(80)": {"a100-80gb", "h100-sxm", "rtx-pro-6000-blackwell", "2*h100-sxm"},
+    "requires_vram('90GiB')": {"rtx-pro-6000-blackwell"},
+    "requires_vram(60, free=True)": {"a100-80gb", "h100-sxm", "rtx-pro-6000-blackwell",
+                                     "2*h100-sxm"},
+    "requires_compute_capability('8.9')": {"rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell",
+                                           "2*h100-sxm"},
+    "requires_dtype('bf16')": {"a100-80gb", "rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell",
+                               "2*h100-sxm"},
+    "requires_dtype('fp8')": {"rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell", "2*h100-sxm"},
+    "requires_dtype('fp4')": {"rtx-pro-6000-blackwell"},
+    "requires_dtype('bf16', 'fp8')": {"rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell",
+                                      "2*h100-sxm"},
+    "requires_gpu(count=2)": {"2*h100-sxm"},
+    "requires_gpu(name='H100')": {"h100-sxm", "2*h100-sxm"},
+    "requires_torch('>=2.0')": set(CARDS),
+    "requires_torch('>=99')": set(),
+    "requires_driver('>=550')": set(CARDS),  # simulated cards carry no driver to judge
+}
+
+
+def _write_test(pytester: pytest.Pytester, marker: str) -> None:
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.{marker}
+        def test_gated():
+            pass
+
+        def test_plain():
+            pass
+    """)
+
+
+@pytest.mark.parametrize("card", CARDS)
+@pytest.mark.parametrize("marker", sorted(MATRIX))
+def test_marker_on_simulated_card(pytester: pytest.Pytester, marker: str, card: str) -> None:
+    _write_test(pytester, marker)
+    result = pytester.runpytest("-rs", f"--gpufit-simulate={card}")
+    result.assert_outcomes(passed=1, skipped=1)
+    if card in MATRIX[marker]:
+        result.stdout.fnmatch_lines(["*SKIPPED*simulated: would run on GPU0*"])
+    else:
+        result.stdout.fnmatch_lines(["*SKIPPED*needs *"])
+        result.stdout.no_fnmatch_line("*simulated: would run*")
+
+
+@pytest.mark.parametrize("card", ["t4", "rtx-4090"])
+def test_fail_policy_turns_unmet_into_a_failure_with_the_reason(
+        pytester: pytest.Pytester, card: str) -> None:
+    _write_test(pytester, "requires_vram(60)")
+    result = pytester.runpytest("--gpufit-on-missing=fail", f"--gpufit-simulate={card}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*needs 60 GB of GPU memory; GPU0 * has *GB*"])
+    result.stdout.no_fnmatch_line("*Traceback*")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_fail_policy_met_requirement_still_skips_under_simulation(
+        pytester: pytest.Pytester) -> None:
+    _write_test(pytester, "requires_vram(60)")
+    result = pytester.runpytest("--gpufit-on-missing=fail", "--gpufit-simulate=h100-sxm", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+
+
+def test_exact_reason_text(pytester: pytest.Pytester) -> None:
+    _write_test(pytester, "requires_vram(60)")
+    result = pytester.runpytest("-rs", "--gpufit-simulate=rtx-4090")
+    result.stdout.fnmatch_lines([
+        "SKIPPED [[]1[]] test_exact_reason_text.py:3: needs 60 GB of GPU memory; "
+        "GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB"])
+
+
+def test_several_markers_must_hold_on_the_same_devices(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        from pytest_gpufit import requires_gpu, requires_vram, requires_dtype
+
+        @requires_gpu(count=2)
+        @requires_vram(80)
+        def test_two_big():
+            pass
+
+        @requires_dtype("fp8")
+        @requires_vram(30)
+        def test_fp8_big():
+            pass
+    """)
+    # One 4090 (fp8, 25.8 GB) and one A100 (no fp8, 85.9 GB): no single card meets both.
+    result = pytester.runpytest("-rs", "--gpufit-simulate=rtx-4090,a100-80gb")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines([
+        "*needs 2 GPUs that meet every requirement, 1 do: needs 80 GB of GPU memory; "
+        "GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB*",
+        "*needs 30 GB of GPU memory; GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB; "
+        "needs native fp8 support; GPU1 NVIDIA A100-SXM4-80GB has CC 8.0*",
+    ])
+    result = pytester.runpytest("-rs", "--gpufit-simulate=2*a100-80gb,rtx-pro-6000-blackwell")
+    result.stdout.fnmatch_lines([
+        "*simulated: would run on GPU0 NVIDIA A100-SXM4-80GB, GPU1 NVIDIA A100-SXM4-80GB*",
+        "*simulated: would run on GPU2 NVIDIA RTX PRO 6000*",
+    ])
+
+
+def test_no_gpu_case_skips_with_the_probe_reason(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        from pytest_gpufit.hardware.records import Inventory
+        def pytest_gpufit_probe(config):
+            return Inventory(reason="NVIDIA driver not loaded")
+    """)
+    _write_test(pytester, "requires_vram(1)")
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["gpufit: no GPU: NVIDIA driver not loaded",
+                                 "*SKIPPED*no GPU: NVIDIA driver not loaded*"])
+    result = pytester.runpytest("--gpufit-on-missing=fail")
+    result.assert_outcomes(passed=1, failed=1)
+
+
+def test_real_probe_without_gpu_skips(pytester: pytest.Pytester) -> None:
+    _write_test(pytester, "requires_gpu")
+    result = pytester.runpytest_subprocess("-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["gpufit: *"])
+
+
+def test_simulation_summary_counts_per_card(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.requires_vram(30)
+        def test_a(): pass
+
+        @pytest.mark.requires_dtype("fp4")
+        def test_b(): pass
+
+        @pytest.mark.requires_dtype("fp4")
+        def test_c(): pass
+    """)
+    result = pytester.runpytest("--gpufit-simulate=rtx-4090,h100-sxm")
+    result.stdout.fnmatch_lines([
+        "gpufit: 1 of 3 gated tests would run (simulated)",
+        "  GPU0 rtx-4090: 0 gated tests would run here",
+        "  GPU1 h100-sxm: 1 gated tests would run here",
+        "  not run (2): needs native fp4 support; *",
+    ])
+
+
+def test_gpu_fixture_skips_under_simulation_and_without_gpu(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        def test_uses_gpu(gpu):
+            assert gpu.memory_total_bytes > 0
+
+        def test_inventory(gpu_inventory, gpu_environment):
+            assert gpu_inventory.environment is gpu_environment
+            assert len(gpu_inventory.gpus) == 2
+    """)
+    result = pytester.runpytest("-rs", "--gpufit-simulate=2*t4")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*simulated: would run on GPU0 Tesla T4*"])
+
+
+def test_gpu_fixture_gives_the_device_that_meets_the_requirement(
+        pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        import sys
+        sys.path.insert(0, %r)
+        from fake_nvml import FakeNvml, FakeCard, RTX_4090
+        from pytest_gpufit.hardware.nvml import probe_nvml
+        def pytest_gpufit_probe(config):
+            return probe_nvml(FakeNvml([FakeCard(**RTX_4090), FakeCard()]), use_environ=False)
+    """ % str(Path(__file__).parent))
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.requires_vram(80)
+        def test_big(gpu):
+            assert gpu.index == 1 and "H100" in gpu.name
+
+        def test_default(gpu):
+            assert gpu.index == 0
+    """)
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["gpufit: GPU0 NVIDIA GeForce RTX 4090, 25.8 GB (24.0 GiB), "
+                                 "CC 8.9, driver 550.54.15, CUDA 12.4",
+                                 "gpufit: GPU1 NVIDIA H100 80GB HBM3, 85.5 GB (79.6 GiB), *"])
+
+
+def test_devices_option_restricts_gpus(pytester: pytest.Pytester) -> None:
+    _write_test(pytester, "requires_dtype('fp8')")
+    result = pytester.runpytest("-rs", "--gpufit-simulate=h100-sxm,t4", "--gpufit-devices=1")
+    result.stdout.fnmatch_lines(["*needs native fp8 support; GPU1 Tesla T4*"])
+    result = pytester.runpytest("--gpufit-simulate=t4", "--gpufit-devices=3")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--gpufit-devices: no GPU3 on this machine (it has GPU0)*"])

@@ -1,0 +1,243 @@
+"""Options, bad input, the runner expectation and plugin hygiene, through real sessions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(("marker", "message"), [
+    ("requires_vram('lots')", "requires_vram: expected a number of GB*got 'lots'"),
+    ("requires_vram('10 parsecs')", "requires_vram: unknown unit 'parsecs'*"),
+    ("requires_vram(-5)", "requires_vram: must be a positive size*"),
+    ("requires_dtype('fp7')", "requires_dtype: unknown dtype 'fp7'; accepted: fp32, tf32, *"),
+    ("requires_driver('newest')", "requires_driver: expected a version such as '>=550'*"),
+    ("requires_compute_capability('ampere')", "*expected a compute capability such as '8.9'*"),
+    ("requires_gpu(count=0)", "requires_gpu count: expected a whole number >= 1, got 0"),
+    ("requires_gpu(cards=2)", "requires_gpu: unknown argument 'cards'; accepted: count, name"),
+])
+def test_bad_marker_arguments_are_usage_errors_naming_test_and_marker(
+        pytester: pytest.Pytester, marker: str, message: str) -> None:
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.{marker}
+        def test_x():
+            pass
+    """)
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*test_bad_marker_arguments*::test_x: @{message}"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_bad_decorator_argument_is_a_collection_error_at_the_line(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        from pytest_gpufit import requires_vram
+
+        @requires_vram("lots")
+        def test_x():
+            pass
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*:3: in <module>", "*@requires_vram(\"lots\")*",
+                                 "E   *GpufitError: requires_vram: expected a number of GB*"])
+    result.stdout.no_fnmatch_line("*pytest_gpufit/requirements.py*")
+
+
+def test_markers_are_registered_for_strict_markers(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.requires_vram(1)
+        @pytest.mark.requires_fit("qwen3-0.6b")
+        def test_x():
+            pass
+    """)
+    result = pytester.runpytest("--strict-markers", "--gpufit-simulate=t4")
+    result.assert_outcomes(skipped=1)
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.requires_vram(size, free=False)*"])
+
+
+@pytest.mark.parametrize(("ini", "env", "cli", "expected_outcome"), [
+    (None, None, None, "skipped"),
+    ("fail", None, None, "failed"),
+    ("fail", "skip", None, "skipped"),
+    ("skip", "fail", None, "failed"),
+    ("fail", "fail", "skip", "skipped"),
+    (None, "skip", "fail", "failed"),
+])
+def test_resolution_order_ini_then_env_then_cli(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+        ini: str | None, env: str | None, cli: str | None, expected_outcome: str) -> None:
+    if ini:
+        pytester.makeini(f"[pytest]\ngpufit_on_missing = {ini}\n")
+    if env:
+        monkeypatch.setenv("GPUFIT_ON_MISSING", env)
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.requires_vram(500)
+        def test_x():
+            pass
+    """)
+    args = ["--gpufit-simulate=t4"] + ([f"--gpufit-on-missing={cli}"] if cli else [])
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(**{expected_outcome: 1})
+
+
+def test_bad_env_value_names_its_source(pytester: pytest.Pytester,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUFIT_ON_MISSING", "maybe")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*GPUFIT_ON_MISSING: expected skip or fail, got 'maybe'*"])
+
+
+def test_simulate_from_env_and_unknown_id(pytester: pytest.Pytester,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    monkeypatch.setenv("GPUFIT_SIMULATE", "2*h200")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["gpufit: GPU1 NVIDIA H200, 150.8 GB (140.4 GiB), CC 9.0 *"])
+    result = pytester.runpytest("--gpufit-simulate=h300")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown GPU id 'h300'; known ids: rtx-4090, *, mi300x*"])
+
+
+def test_expect_mismatch_stops_the_session_listing_every_failed_clause(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest(
+        "--gpufit-simulate=h100-sxm",
+        "--gpufit-expect=count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert "passed" not in out, "no test may run on a runner that does not match"
+    assert "vram>=90GB: GPU0 NVIDIA H100 80GB HBM3 has 85.5 GB" in out
+    assert "name~RTX PRO 6000: GPU0 NVIDIA H100 80GB HBM3 has 'NVIDIA H100 80GB HBM3'" in out
+    assert "cc>=12.0: GPU0 NVIDIA H100 80GB HBM3 has CC 9.0" in out
+    assert "  - count>=1" not in out, "a clause that holds is not listed"
+
+
+def test_expect_match_runs_normally(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest(
+        "--gpufit-simulate=rtx-pro-6000-blackwell",
+        "--gpufit-expect=count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0,dtype=fp4")
+    result.assert_outcomes(passed=1)
+
+
+def test_expect_without_gpu_fails_the_session(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        from pytest_gpufit.hardware.records import Inventory
+        def pytest_gpufit_probe(config):
+            return Inventory(reason="GPU is lost (fell off the bus or stopped answering)")
+    """)
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--gpufit-expect=count>=1,driver>=550")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*count>=1: found 0 GPUs (GPU is lost*",
+                                 "*driver>=550: this machine has none*"])
+
+
+@pytest.mark.parametrize("expr", ["count>>2", "vram>=lots", "colour=blue", "name>=H100"])
+def test_malformed_expect_is_a_usage_error(pytester: pytest.Pytester, expr: str) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest(f"--gpufit-expect={expr}", "--gpufit-simulate=t4")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --gpufit-expect: *"])
+
+
+def test_json_report(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.requires_vram(30)
+        def test_a(): pass
+
+        @pytest.mark.requires_dtype("fp4")
+        def test_b(): pass
+    """)
+    report = pytester.path / "out" / "gpufit.json"
+    pytester.runpytest("--gpufit-simulate=h100-sxm", f"--gpufit-report={report}")
+    data = json.loads(report.read_text())
+    assert data["inventory"]["source"] == "simulated"
+    assert data["inventory"]["gpus"][0]["catalog_id"] == "h100-sxm"
+    verdicts = data["verdicts"]
+    assert verdicts["test_json_report.py::test_a"]["ok"] is True
+    assert verdicts["test_json_report.py::test_a"]["devices"] == [0]
+    assert "fp4" in verdicts["test_json_report.py::test_b"]["reason"]
+
+
+def test_junit_xml_carries_the_verdict(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.requires_vram(30)
+        def test_a(): pass
+    """)
+    pytester.runpytest("--gpufit-simulate=t4", "--junitxml=out.xml")
+    xml = (pytester.path / "out.xml").read_text()
+    assert 'name="gpufit_ok" value="false"' in xml
+    assert "needs 30 GB of GPU memory" in xml
+
+
+def test_verdicts_reach_the_controller_under_xdist(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(6))
+        @pytest.mark.requires_vram(30)
+        def test_a(n): pass
+    """)
+    result = pytester.runpytest_subprocess("-n", "2", "--gpufit-simulate=h100-sxm")
+    result.stdout.fnmatch_lines(["gpufit: 6 of 6 gated tests would run (simulated)"])
+
+
+def test_disabling_the_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.requires_vram(10000)
+        def test_a(): pass
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:gpufit")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("gpufit:*")
+
+
+def test_collection_imports_no_torch_transformers_or_vllm(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.requires_vram(80)
+        @pytest.mark.requires_dtype("bf16")
+        @pytest.mark.requires_torch(">=2.0")
+        @pytest.mark.requires_cuda(">=12.0")
+        def test_a(): pass
+    """)
+    pytester.makeconftest("""
+        import sys
+        def pytest_collection_finish(session):
+            heavy = [m for m in ("torch", "transformers", "vllm") if m in sys.modules]
+            print("HEAVY:", heavy)
+    """)
+    result = pytester.runpytest_subprocess("--collect-only", "-s")
+    result.stdout.fnmatch_lines(["HEAVY: []"])
+
+
+def test_importing_the_plugin_is_light() -> None:
+    code = ("import sys, pytest_gpufit, pytest_gpufit.plugin; "
+            "print(sorted(m for m in ('torch', 'transformers', 'vllm', 'pynvml', 'numpy') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
