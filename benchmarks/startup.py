@@ -16,8 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-MARKERS = ["requires_vram(24)", "requires_dtype('bf16')", "requires_compute_capability('8.9')",
-           "requires_gpu(count=2)", "requires_driver('>=550')", None]
+MARKERS = [
+    "requires_vram(24)",
+    "requires_dtype('bf16')",
+    "requires_compute_capability('8.9')",
+    "requires_gpu(count=2)",
+    "requires_driver('>=550')",
+    None,
+]
 
 
 def write_suite(folder: Path, n_tests: int) -> None:
@@ -30,13 +36,19 @@ def write_suite(folder: Path, n_tests: int) -> None:
     (folder / "test_generated.py").write_text("\n".join(lines))
     # Register the markers, so the run without the plugin pays no unknown-mark warnings.
     names = sorted({m.split("(")[0] for m in MARKERS if m})
-    (folder / "pytest.ini").write_text("[pytest]\nmarkers =\n" + "".join(f"    {n}\n" for n in names))
+    (folder / "pytest.ini").write_text(
+        "[pytest]\nmarkers =\n" + "".join(f"    {n}\n" for n in names)
+    )
 
 
 def collect(folder: Path, extra: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                    *extra], cwd=folder, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *extra],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 

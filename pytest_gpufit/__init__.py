@@ -18,8 +18,15 @@ from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.requirements import requirement_from_marker
 
 __all__ = [
-    "GpufitError", "requires_compute_capability", "requires_cuda", "requires_driver",
-    "requires_dtype", "requires_fit", "requires_gpu", "requires_torch", "requires_vram",
+    "GpufitError",
+    "requires_compute_capability",
+    "requires_cuda",
+    "requires_driver",
+    "requires_dtype",
+    "requires_fit",
+    "requires_gpu",
+    "requires_torch",
+    "requires_vram",
 ]
 __version__ = "0.1.0"
 
@@ -30,7 +37,8 @@ def _mark(marker: str, /, *args: Any, **kwargs: Any) -> pytest.MarkDecorator:
         requirement_from_marker(marker, args, kwargs)
     except GpufitError as error:
         raise GpufitError(str(error)) from None
-    return getattr(pytest.mark, marker)(*args, **kwargs)
+    decorator: pytest.MarkDecorator = getattr(pytest.mark, marker)(*args, **kwargs)
+    return decorator
 
 
 def requires_gpu(count: int = 1, name: str | None = None) -> pytest.MarkDecorator:
@@ -75,9 +83,11 @@ def requires_torch(version: str) -> pytest.MarkDecorator:
     return _mark("requires_torch", version)
 
 
-def requires_fit(model: str, dtype: str = "bf16", context: int | None = None, batch: int = 1,
-                 instances: int = 1) -> pytest.MarkDecorator:
+def requires_fit(
+    model: str, dtype: str = "bf16", context: int | None = None, batch: int = 1, instances: int = 1
+) -> pytest.MarkDecorator:
     """The model (a folder, a config.json, or a shipped id) fits on the GPU at this precision."""
     __tracebackhide__ = True
-    return _mark("requires_fit", model, dtype=dtype, context=context, batch=batch,
-                 instances=instances)
+    return _mark(
+        "requires_fit", model, dtype=dtype, context=context, batch=batch, instances=instances
+    )

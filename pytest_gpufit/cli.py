@@ -6,11 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.probe import build_inventory
 from pytest_gpufit.hardware.records import Inventory
 from pytest_gpufit.settings import OPTIONS
+from pytest_gpufit.units import format_gb
 
 _SIMULATE = next(o for o in OPTIONS if o.name == "simulate")
 
@@ -28,14 +30,77 @@ def probe_text(inventory: Inventory) -> str:
     if not inventory.gpus:
         return f"no GPU: {inventory.reason or 'none found'}"
     env = inventory.environment
-    lines = [f"source: {inventory.source}; driver {env.driver_version or '-'}, "
-             f"CUDA {env.cuda_driver_version or '-'}, torch {env.torch_version or '-'}"]
+    lines = [
+        f"source: {inventory.source}; driver {env.driver_version or '-'}, "
+        f"CUDA {env.cuda_driver_version or '-'}, torch {env.torch_version or '-'}"
+    ]
     for g in inventory.gpus:
-        bw = (f", {g.memory_bandwidth_bytes_s / 1e9:.0f} GB/s"
-              if g.memory_bandwidth_bytes_s else "")
+        bw = f", {g.memory_bandwidth_bytes_s / 1e9:.0f} GB/s" if g.memory_bandwidth_bytes_s else ""
         lines.append(f"{g.describe()}{bw}; native: {', '.join(g.native_dtypes) or '-'}")
     lines += [f"warning: {w}" for w in inventory.warnings]
     return "\n".join(lines)
+
+
+def _setups(gpu_arg: str | None) -> list[Any]:
+    from pytest_gpufit.fit.table import all_catalog_setups, local_setups, parse_setups
+
+    if gpu_arg and gpu_arg != "local":
+        return parse_setups(gpu_arg, "--gpu")
+    inventory = build_inventory()
+    if inventory.gpus:
+        return local_setups(inventory.gpus)
+    if gpu_arg == "local":
+        raise GpufitError(f"--gpu local: no GPU: {inventory.reason or 'none found'}")
+    return all_catalog_setups()
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from pytest_gpufit.fit.table import build_rows, render
+
+    setups = _setups(args.gpu)
+    (row,) = build_rows([args.model], setups, [args.dtype], args.context, args.batch, args.kv_dtype)
+    est = row.estimate
+    if args.json:
+        data = {
+            "model": row.spec.name,
+            "path": row.spec.path,
+            **est.to_dict(),
+            "gpus": [f.to_dict() for f in row.fits],
+        }
+        print(json.dumps(data, indent=2))
+        return 0
+    p = row.spec.params
+    print(
+        f"{row.spec.name} ({row.spec.model_type}): {p.total / 1e9:.2f}B parameters, "
+        f"{p.active / 1e9:.2f}B active per token"
+    )
+    print(
+        f"{est.dtype} weights {format_gb(est.weights_bytes)} (from {est.weights_source}), "
+        f"KV cache {format_gb(est.kv_cache_bytes)} ({est.kv_bytes_per_token} B/token, "
+        f"{est.kv_dtype}, context {est.context}, batch {est.batch}), activations "
+        f"{format_gb(est.activation_bytes)}, runtime {format_gb(est.overhead_bytes)}"
+    )
+    print(f"total {format_gb(est.total_bytes)} per instance")
+    for warning in est.warnings:
+        print(f"note: {warning}")
+    print(render([row], setups))
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from pytest_gpufit.fit.table import build_rows, default_models, render
+
+    setups = _setups(args.gpus)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    rows = build_rows(args.models or default_models(), setups, dtypes, args.context)
+    print(render(rows, setups, args.format))
+    return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +110,38 @@ def parser() -> argparse.ArgumentParser:
     probe.add_argument("--json", action="store_true", help="print the inventory as JSON")
     probe.add_argument("--simulate", metavar="ID[,ID...]", help=_SIMULATE.help)
     probe.set_defaults(run=_probe)
+
+    fit = sub.add_parser("fit", help="memory a model needs, and the verdict per GPU")
+    fit.add_argument("model", help="model folder, config.json, or a shipped id (qwen3-30b-a3b)")
+    fit.add_argument(
+        "--dtype",
+        default="bf16",
+        help="fp32 bf16 fp16 fp8 int8 int4 fp4 nvfp4 mxfp4 stored (default bf16)",
+    )
+    fit.add_argument(
+        "--kv-dtype", help="KV cache dtype: fp32 bf16 fp16 fp8 int8 (default: the activation dtype)"
+    )
+    fit.add_argument(
+        "--context",
+        type=_positive,
+        help="tokens per sequence (default 8192, or the model's maximum if smaller)",
+    )
+    fit.add_argument("--batch", type=_positive, default=1)
+    fit.add_argument(
+        "--gpu",
+        help="ID, N*ID (tensor-parallel), a comma list, or 'local'; "
+        "default: this machine's GPUs, else every catalog card",
+    )
+    fit.add_argument("--json", action="store_true")
+    fit.set_defaults(run=_fit)
+
+    table = sub.add_parser("table", help="compatibility table: models x precisions x GPUs")
+    table.add_argument("models", nargs="*", help="default: the shipped models")
+    table.add_argument("--gpus", help="comma list of ID or N*ID; default as for fit")
+    table.add_argument("--dtypes", default="bf16,fp8,int4")
+    table.add_argument("--context", type=_positive)
+    table.add_argument("--format", default="text", choices=("text", "markdown", "csv", "json"))
+    table.set_defaults(run=_table)
     return top
 
 

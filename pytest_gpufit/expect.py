@@ -17,13 +17,20 @@ from pytest_gpufit.units import format_gb, parse_size
 
 KEYS = ("count", "vram", "free", "name", "cc", "dtype", "driver", "cuda", "torch")
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
-    ">=": operator.ge, "<=": operator.le, "==": operator.eq, "=": operator.eq,
-    "!=": operator.ne, ">": operator.gt, "<": operator.lt,
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+    "=": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    "<": operator.lt,
 }
 _CLAUSE = re.compile(r"^\s*([a-z]+)\s*(>=|<=|==|!=|~|>|<|=)\s*(.+?)\s*$")
-_USAGE = (f"write KEY OP VALUE clauses separated by commas, KEY one of {', '.join(KEYS)}, "
-          "OP one of >= <= == != > < (and ~ for 'contains' with name), e.g. "
-          "'count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0,driver>=570'")
+_USAGE = (
+    f"write KEY OP VALUE clauses separated by commas, KEY one of {', '.join(KEYS)}, "
+    "OP one of >= <= == != > < (and ~ for 'contains' with name), e.g. "
+    "'count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0,driver>=570'"
+)
 
 
 @dataclass(frozen=True)
@@ -108,8 +115,11 @@ def check_expect(clauses: tuple[Clause, ...], inventory: Inventory) -> list[str]
     """Every failed clause, each with what the machine has; empty when all hold."""
     failed = []
     env = inventory.environment
-    versions = {"driver": env.driver_version, "cuda": env.cuda_driver_version,
-                "torch": env.torch_version}
+    versions = {
+        "driver": env.driver_version,
+        "cuda": env.cuda_driver_version,
+        "torch": env.torch_version,
+    }
     for clause in clauses:
         if clause.key == "count":
             if not _holds(clause, len(inventory.gpus)):

@@ -50,8 +50,10 @@ class SessionState:
             hook = self.config.hook.pytest_gpufit_probe
             try:
                 self._inventory = build_inventory(
-                    self.settings.simulate, self.settings.devices,
-                    provider=lambda: hook(config=self.config))
+                    self.settings.simulate,
+                    self.settings.devices,
+                    provider=lambda: hook(config=self.config),
+                )
             except GpufitError as error:
                 raise pytest.UsageError(str(error)) from None
         return self._inventory
@@ -63,8 +65,11 @@ class SessionState:
             return
         devices = tuple(int(d) for d in str(props.get("gpufit_devices", "")).split(",") if d)
         self.verdicts[report.nodeid] = Verdict(
-            ok=props["gpufit_ok"] == "true", reason=str(props.get("gpufit_reason", "")),
-            devices=devices, simulated=self.settings.simulate is not None)
+            ok=props["gpufit_ok"] == "true",
+            reason=str(props.get("gpufit_reason", "")),
+            devices=devices,
+            simulated=self.settings.simulate is not None,
+        )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         for line in summary_lines(self.inventory, self.verdicts):
@@ -86,8 +91,10 @@ def summary_lines(inventory: Inventory, verdicts: dict[str, Verdict]) -> list[st
         return []
     verb = "would run" if inventory.simulated else "ran"
     ok = [v for v in verdicts.values() if v.ok]
-    lines = [f"gpufit: {len(ok)} of {len(verdicts)} gated tests {verb}"
-             + (" (simulated)" if inventory.simulated else "")]
+    lines = [
+        f"gpufit: {len(ok)} of {len(verdicts)} gated tests {verb}"
+        + (" (simulated)" if inventory.simulated else "")
+    ]
     for g in inventory.gpus:
         on_card = sum(1 for v in ok if g.index in v.devices)
         name = g.catalog_id or g.name
@@ -100,8 +107,10 @@ def summary_lines(inventory: Inventory, verdicts: dict[str, Verdict]) -> list[st
 
 def write_report(path: Path, inventory: Inventory, verdicts: dict[str, Verdict]) -> None:
     """Write the JSON report atomically: a reader never sees half a file."""
-    data = {"inventory": inventory.to_dict(),
-            "verdicts": {nodeid: v.to_dict() for nodeid, v in verdicts.items()}}
+    data = {
+        "inventory": inventory.to_dict(),
+        "verdicts": {nodeid: v.to_dict() for nodeid, v in verdicts.items()},
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
@@ -123,17 +132,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gpufit", "GPU gating (pytest-gpufit)")
     for option in OPTIONS:
         extra = f" (ini {option.ini}, env {option.env})"
-        group.addoption(option.flag, dest="gpufit_" + option.name, default=None,
-                        choices=option.choices or None, help=option.help + extra)
+        group.addoption(
+            option.flag,
+            dest="gpufit_" + option.name,
+            default=None,
+            choices=option.choices or None,
+            help=option.help + extra,
+        )
         parser.addini(option.ini, option.help, default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for name, text in MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {text} (pytest-gpufit)")
+    for text in MARKERS.values():
+        config.addinivalue_line("markers", f"{text} (pytest-gpufit)")
     try:
-        settings = resolve(lambda name: config.getoption("gpufit_" + name),
-                           lambda key: config.getini(key))
+        settings = resolve(
+            lambda name: config.getoption("gpufit_" + name), lambda key: config.getini(key)
+        )
         if settings.simulate:
             parse_setup(settings.simulate)
         if settings.expect:
@@ -256,17 +271,23 @@ def _with_free_memory_now(inventory: Inventory) -> Inventory:
     from pytest_gpufit.hardware.nvml import free_memory
 
     free = free_memory([g.uuid for g in inventory.gpus])
-    gpus = tuple(replace(g, memory_free_bytes=free.get(g.uuid or "", g.memory_free_bytes))
-                 for g in inventory.gpus)
+    gpus = tuple(
+        replace(g, memory_free_bytes=free.get(g.uuid or "", g.memory_free_bytes))
+        for g in inventory.gpus
+    )
     return replace(inventory, gpus=gpus)
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
-        None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if call.when == "setup" and call.excinfo is not None and call.excinfo.errisinstance(
-            GateFailure):
+    if (
+        call.when == "setup"
+        and call.excinfo is not None
+        and call.excinfo.errisinstance(GateFailure)
+    ):
         # A gate that fails is the test failing, not an error in a fixture.
         report.when = "call"
         report.longrepr = str(call.excinfo.value)

@@ -24,7 +24,7 @@ MARKERS = {
     "requires_cuda": "requires_cuda('>=12.4'): CUDA version of the driver (and of torch's runtime)",
     "requires_torch": "requires_torch('>=2.4'): installed torch version",
     "requires_fit": "requires_fit(model, dtype='bf16', context=None, batch=1, instances=1): the "
-                    "model fits in GPU memory",
+    "model fits in GPU memory",
 }
 
 
@@ -56,6 +56,7 @@ class Requirement:
 
     def merge(self, other: Requirement) -> Requirement:
         """Both must hold (several markers on one test)."""
+
         def spec(a: str | None, b: str | None) -> str | None:
             return ",".join(s for s in (a, b) if s) or None
 
@@ -119,7 +120,9 @@ def _compute_capability(value: object, what: str) -> tuple[int, int]:
     major, _, minor = text.partition(".")
     if major.isdigit() and (minor.isdigit() or not minor):
         return int(major), int(minor or 0)
-    raise GpufitError(f"{what}: expected a compute capability such as '8.9' or '12.0', got {value!r}")
+    raise GpufitError(
+        f"{what}: expected a compute capability such as '8.9' or '12.0', got {value!r}"
+    )
 
 
 def _positive_int(value: object, what: str) -> int:
@@ -128,12 +131,17 @@ def _positive_int(value: object, what: str) -> int:
     return value
 
 
-def _bind(name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
-          params: Sequence[str], defaults: Mapping[str, Any]) -> dict[str, Any]:
+def _bind(
+    name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    params: Sequence[str],
+    defaults: Mapping[str, Any],
+) -> dict[str, Any]:
     if len(args) > len(params):
         raise GpufitError(f"{name}: takes at most {len(params)} arguments ({', '.join(params)})")
     bound = dict(defaults)
-    bound.update(zip(params, args))
+    bound.update(zip(params, args, strict=False))
     for key, value in kwargs.items():
         if key not in params:
             raise GpufitError(f"{name}: unknown argument {key!r}; accepted: {', '.join(params)}")
@@ -144,8 +152,9 @@ def _bind(name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
     return bound
 
 
-def requirement_from_marker(name: str, args: Sequence[Any] = (),
-                            kwargs: Mapping[str, Any] | None = None) -> Requirement:
+def requirement_from_marker(
+    name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+) -> Requirement:
     """Turn one marker (or decorator) call into a ``Requirement``; bad arguments raise.
 
     >>> requirement_from_marker("requires_vram", (80,)).vram_bytes
@@ -156,8 +165,10 @@ def requirement_from_marker(name: str, args: Sequence[Any] = (),
         b = _bind(name, args, kwargs, ("count", "name"), {"count": 1, "name": None})
         if b["name"] is not None and not isinstance(b["name"], str):
             raise GpufitError(f"{name}: name must be text such as 'H100', got {b['name']!r}")
-        return Requirement(count=_positive_int(b["count"], f"{name} count"),
-                           names=(b["name"],) if b["name"] else ())
+        return Requirement(
+            count=_positive_int(b["count"], f"{name} count"),
+            names=(b["name"],) if b["name"] else (),
+        )
     if name == "requires_vram":
         b = _bind(name, args, kwargs, ("size", "free"), {"free": False})
         return Requirement(vram_bytes=parse_size(b["size"], name), vram_free=bool(b["free"]))
@@ -166,24 +177,43 @@ def requirement_from_marker(name: str, args: Sequence[Any] = (),
         return Requirement(compute_capability=_compute_capability(b["capability"], name))
     if name == "requires_dtype":
         if kwargs or not args:
-            raise GpufitError(f"{name}: name one or more dtypes, e.g. requires_dtype('bf16', 'fp8')")
+            raise GpufitError(
+                f"{name}: name one or more dtypes, e.g. requires_dtype('bf16', 'fp8')"
+            )
         try:
             return Requirement(dtypes=tuple(canonical_dtype(a) for a in args))
         except GpufitError as error:
             raise GpufitError(f"{name}: {error}") from None
     if name in ("requires_driver", "requires_cuda", "requires_torch"):
         b = _bind(name, args, kwargs, ("version",), {})
-        return Requirement(**{name.removeprefix("requires_"): _version_spec(b["version"], name)})
+        spec = _version_spec(b["version"], name)
+        if name == "requires_driver":
+            return Requirement(driver=spec)
+        return Requirement(cuda=spec) if name == "requires_cuda" else Requirement(torch=spec)
     if name == "requires_fit":
-        b = _bind(name, args, kwargs, ("model", "dtype", "context", "batch", "instances"),
-                  {"dtype": "bf16", "context": None, "batch": 1, "instances": 1})
+        b = _bind(
+            name,
+            args,
+            kwargs,
+            ("model", "dtype", "context", "batch", "instances"),
+            {"dtype": "bf16", "context": None, "batch": 1, "instances": 1},
+        )
         if not isinstance(b["model"], str) or not b["model"]:
-            raise GpufitError(f"{name}: model must be a path or a known model id, got {b['model']!r}")
+            raise GpufitError(
+                f"{name}: model must be a path or a known model id, got {b['model']!r}"
+            )
         context = None if b["context"] is None else _positive_int(b["context"], f"{name} context")
-        return Requirement(fits=(FitRequest(
-            model=b["model"], dtype=str(b["dtype"]), context=context,
-            batch=_positive_int(b["batch"], f"{name} batch"),
-            instances=_positive_int(b["instances"], f"{name} instances"))),)
+        return Requirement(
+            fits=(
+                FitRequest(
+                    model=b["model"],
+                    dtype=str(b["dtype"]),
+                    context=context,
+                    batch=_positive_int(b["batch"], f"{name} batch"),
+                    instances=_positive_int(b["instances"], f"{name} instances"),
+                ),
+            )
+        )
     raise GpufitError(f"unknown gpufit marker {name!r}; known: {', '.join(MARKERS)}")
 
 
@@ -197,10 +227,12 @@ FitJudge = Callable[[FitRequest, Gpu], "tuple[str, str] | None"]
 def _device_clauses(req: Requirement, fit_judge: FitJudge | None) -> list[Clause]:
     clauses: list[Clause] = []
     for wanted in req.names:
+
         def name_clause(g: Gpu, wanted: str = wanted) -> tuple[str, str] | None:
             if wanted.lower() in g.name.lower():
                 return None
             return f"a GPU whose name contains {wanted!r}", "another name"
+
         clauses.append(name_clause)
     if req.vram_bytes is not None:
         need = req.vram_bytes
@@ -215,6 +247,7 @@ def _device_clauses(req: Requirement, fit_judge: FitJudge | None) -> list[Clause
             if g.memory_total_bytes >= need:
                 return None
             return f"{format_gb(need)} of GPU memory", format_gb(g.memory_total_bytes)
+
         clauses.append(vram_clause)
     if req.compute_capability is not None:
         cc = req.compute_capability
@@ -223,17 +256,25 @@ def _device_clauses(req: Requirement, fit_judge: FitJudge | None) -> list[Clause
             if g.compute_capability is not None and g.compute_capability >= cc:
                 return None
             return f"compute capability >= {cc[0]}.{cc[1]}", f"{g.cc_text}"
+
         clauses.append(cc_clause)
     for dtype in req.dtypes:
+
         def dtype_clause(g: Gpu, dtype: str = dtype) -> tuple[str, str] | None:
             if dtype in g.native_dtypes:
                 return None
             native = ", ".join(g.native_dtypes) or "none known"
             return f"native {dtype} support", f"CC {g.cc_text}, native: {native}"
+
         clauses.append(dtype_clause)
     if fit_judge is not None:
+        judge = fit_judge
         for fit in req.fits:
-            clauses.append(lambda g, fit=fit: fit_judge(fit, g))
+
+            def fit_clause(g: Gpu, fit: FitRequest = fit) -> tuple[str, str] | None:
+                return judge(fit, g)
+
+            clauses.append(fit_clause)
     return clauses
 
 
@@ -264,8 +305,7 @@ def _version_problems(req: Requirement, inventory: Inventory) -> list[str]:
     return problems
 
 
-def evaluate(req: Requirement, inventory: Inventory,
-             fit_judge: FitJudge | None = None) -> Verdict:
+def evaluate(req: Requirement, inventory: Inventory, fit_judge: FitJudge | None = None) -> Verdict:
     """Judge a requirement against the machine (or the simulated cards).
 
     >>> from pytest_gpufit.hardware.catalog import catalog_gpu
@@ -291,8 +331,9 @@ def evaluate(req: Requirement, inventory: Inventory,
     return Verdict(True, ", ".join(labels[i] for i in devices), devices, simulated=sim)
 
 
-def _device_reason(req: Requirement, inventory: Inventory,
-                   failures: dict[int, list[tuple[str, str]]], n_good: int) -> str:
+def _device_reason(
+    req: Requirement, inventory: Inventory, failures: dict[int, list[tuple[str, str]]], n_good: int
+) -> str:
     if req.count > len(inventory.gpus):
         found = ", ".join(g.label for g in inventory.gpus)
         return f"needs {req.count} GPUs; found {len(inventory.gpus)} ({found})"

@@ -33,12 +33,22 @@ class Option:
 
 
 OPTIONS = (
-    Option("on_missing", "what an unmet GPU requirement does: skip (default) or fail",
-           ("skip", "fail"), "skip"),
-    Option("expect", "what this runner must have, e.g. 'count>=1,vram>=90GB,name~RTX PRO 6000'; "
-           "the session stops at once if the machine does not match"),
-    Option("simulate", "plan on catalog cards instead of the real ones: ID[,ID...] or N*ID "
-           "(e.g. 2*h100-sxm); nothing runs on a GPU"),
+    Option(
+        "on_missing",
+        "what an unmet GPU requirement does: skip (default) or fail",
+        ("skip", "fail"),
+        "skip",
+    ),
+    Option(
+        "expect",
+        "what this runner must have, e.g. 'count>=1,vram>=90GB,name~RTX PRO 6000'; "
+        "the session stops at once if the machine does not match",
+    ),
+    Option(
+        "simulate",
+        "plan on catalog cards instead of the real ones: ID[,ID...] or N*ID "
+        "(e.g. 2*h100-sxm); nothing runs on a GPU",
+    ),
     Option("devices", "GPU indices (after CUDA_VISIBLE_DEVICES) that count, e.g. 0,1"),
     Option("report", "write a JSON report of the inventory and every verdict to this path"),
 )
@@ -64,20 +74,24 @@ def _devices(text: str, source: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
-def resolve(cli: Callable[[str], Any], ini: Callable[[str], Any],
-            environ: Mapping[str, str] | None = None) -> Settings:
+def resolve(
+    cli: Callable[[str], Any], ini: Callable[[str], Any], environ: Mapping[str, str] | None = None
+) -> Settings:
     """Resolve every option; a bad value is an error that names where it came from."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for option in OPTIONS:
         value, source = option.default, "default"
-        for candidate, where in ((ini(option.ini), f"ini {option.ini}"),
-                                 (environ.get(option.env), option.env),
-                                 (cli(option.name), option.flag)):
+        for candidate, where in (
+            (ini(option.ini), f"ini {option.ini}"),
+            (environ.get(option.env), option.env),
+            (cli(option.name), option.flag),
+        ):
             if candidate not in (None, ""):
                 value, source = str(candidate).strip(), where
         if option.choices and value not in option.choices:
             raise GpufitError(f"{source}: expected {' or '.join(option.choices)}, got {value!r}")
-        values[option.name] = _devices(value, source) if option.name == "devices" and value \
-            else value
+        values[option.name] = (
+            _devices(value, source) if option.name == "devices" and value else value
+        )
     return Settings(**values)

@@ -25,7 +25,9 @@ _FACTORS = {
     "TIB": 2**40,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
-ACCEPTED_SIZES = "a number of GB (10^9 bytes) or a string such as '80GB', '79GiB', '61440MiB', '1TB'"
+ACCEPTED_SIZES = (
+    "a number of GB (10^9 bytes) or a string such as '80GB', '79GiB', '61440MiB', '1TB'"
+)
 
 
 def parse_size(value: object, what: str = "size") -> int:
@@ -49,7 +51,9 @@ def parse_size(value: object, what: str = "size") -> int:
         number, unit = float(match.group(1)), (match.group(2) or "GB").upper()
         if unit not in _FACTORS:
             known = ", ".join(k if "I" not in k else k.replace("I", "i") for k in _FACTORS)
-            raise GpufitError(f"{what}: unknown unit {match.group(2)!r} in {value!r}; use one of {known}")
+            raise GpufitError(
+                f"{what}: unknown unit {match.group(2)!r} in {value!r}; use one of {known}"
+            )
     else:
         raise GpufitError(f"{what}: expected {ACCEPTED_SIZES}, got {value!r}")
     if number != number or number < 0 or number == float("inf"):

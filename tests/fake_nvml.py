@@ -54,8 +54,13 @@ class FakeNvml:
     NVMLError_GpuIsLost = NVMLError_GpuIsLost
     NVML_CLOCK_MEM = 2
 
-    def __init__(self, cards: list[FakeCard], driver: str = "550.54.15", cuda: int = 12040,
-                 init_error: type[Exception] | None = None) -> None:
+    def __init__(
+        self,
+        cards: list[FakeCard],
+        driver: str = "550.54.15",
+        cuda: int = 12040,
+        init_error: type[Exception] | None = None,
+    ) -> None:
         self.cards = cards
         self.driver = driver
         self.cuda = cuda
@@ -101,8 +106,9 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:  # noqa: N802
         c = self._card(h, "nvmlDeviceGetMemoryInfo")
-        return SimpleNamespace(total=c.total_mib * MIB, used=c.used_mib * MIB,
-                               free=(c.total_mib - c.used_mib) * MIB)
+        return SimpleNamespace(
+            total=c.total_mib * MIB, used=c.used_mib * MIB, free=(c.total_mib - c.used_mib) * MIB
+        )
 
     def nvmlDeviceGetCudaComputeCapability(self, h: int) -> tuple[int, int]:  # noqa: N802
         return self._card(h, "nvmlDeviceGetCudaComputeCapability").cc
@@ -132,5 +138,13 @@ class FakeNvml:
         return (1, 1)
 
 
-RTX_4090 = dict(name="NVIDIA GeForce RTX 4090", uuid="GPU-22222222-bbbb", total_mib=24564,
-                cc=(8, 9), arch=8, bus_width=384, mem_clock=10501, sms=128)
+RTX_4090 = dict(
+    name="NVIDIA GeForce RTX 4090",
+    uuid="GPU-22222222-bbbb",
+    total_mib=24564,
+    cc=(8, 9),
+    arch=8,
+    bus_width=384,
+    mem_clock=10501,
+    sms=128,
+)

@@ -37,20 +37,31 @@ def test_two_gpus_all_fields() -> None:
     assert nvml.initialised == 0, "NVML must be shut down after probing"
 
 
-@pytest.mark.parametrize(("error", "reason"), [
-    (NVMLError_LibraryNotFound, "NVML shared library not found"),
-    (NVMLError_DriverNotLoaded, "NVIDIA driver not loaded"),
-])
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (NVMLError_LibraryNotFound, "NVML shared library not found"),
+        (NVMLError_DriverNotLoaded, "NVIDIA driver not loaded"),
+    ],
+)
 def test_library_failures_give_an_empty_inventory_with_reason(error: type, reason: str) -> None:
     inv = probe(FakeNvml([FakeCard()], init_error=error))
     assert inv.gpus == () and reason in (inv.reason or "")
 
 
-@pytest.mark.parametrize("fn", [
-    "nvmlDeviceGetCudaComputeCapability", "nvmlDeviceGetArchitecture",
-    "nvmlDeviceGetMemoryBusWidth", "nvmlDeviceGetAttributes", "nvmlDeviceGetMigMode",
-    "nvmlDeviceGetEccMode", "nvmlDeviceGetPciInfo", "nvmlDeviceGetMaxClockInfo",
-])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        "nvmlDeviceGetCudaComputeCapability",
+        "nvmlDeviceGetArchitecture",
+        "nvmlDeviceGetMemoryBusWidth",
+        "nvmlDeviceGetAttributes",
+        "nvmlDeviceGetMigMode",
+        "nvmlDeviceGetEccMode",
+        "nvmlDeviceGetPciInfo",
+        "nvmlDeviceGetMaxClockInfo",
+    ],
+)
 def test_a_field_that_is_not_supported_becomes_none(fn: str) -> None:
     inv = probe(FakeNvml([FakeCard(not_supported={fn})]))
     (gpu,) = inv.gpus
@@ -81,13 +92,16 @@ def test_driver_with_no_gpu() -> None:
     assert inv.gpus == () and "no GPU" in (inv.reason or "")
 
 
-@pytest.mark.parametrize(("visible", "names"), [
-    (None, ["NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 4090"]),
-    ("1", ["NVIDIA GeForce RTX 4090"]),
-    ("1,0", ["NVIDIA GeForce RTX 4090", "NVIDIA H100 80GB HBM3"]),
-    ("GPU-2222", ["NVIDIA GeForce RTX 4090"]),
-    ("0,7,1", ["NVIDIA H100 80GB HBM3"]),  # CUDA stops at the first invalid entry
-])
+@pytest.mark.parametrize(
+    ("visible", "names"),
+    [
+        (None, ["NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 4090"]),
+        ("1", ["NVIDIA GeForce RTX 4090"]),
+        ("1,0", ["NVIDIA GeForce RTX 4090", "NVIDIA H100 80GB HBM3"]),
+        ("GPU-2222", ["NVIDIA GeForce RTX 4090"]),
+        ("0,7,1", ["NVIDIA H100 80GB HBM3"]),  # CUDA stops at the first invalid entry
+    ],
+)
 def test_cuda_visible_devices_by_index_and_uuid(visible: str | None, names: list[str]) -> None:
     inv = probe(FakeNvml([FakeCard(), FakeCard(**RTX_4090)]), visible=visible)
     assert [g.name for g in inv.gpus] == names

@@ -10,20 +10,42 @@ CARDS = ["t4", "a100-80gb", "rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell", "2
 
 # marker source -> the cards (of CARDS) that meet it
 MATRIX = {
-    "requires_vram(24)": {"a100-80gb", "rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell",
-                          "2*h100-sxm"},
+    "requires_vram(24)": {
+        "a100-80gb",
+        "rtx-4090",
+        "h100-sxm",
+        "rtx-pro-6000-blackwell",
+        "2*h100-sxm",
+    },
     "requires_vram(80)": {"a100-80gb", "h100-sxm", "rtx-pro-6000-blackwell", "2*h100-sxm"},
     "requires_vram('90GiB')": {"rtx-pro-6000-blackwell"},
-    "requires_vram(60, free=True)": {"a100-80gb", "h100-sxm", "rtx-pro-6000-blackwell",
-                                     "2*h100-sxm"},
-    "requires_compute_capability('8.9')": {"rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell",
-                                           "2*h100-sxm"},
-    "requires_dtype('bf16')": {"a100-80gb", "rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell",
-                               "2*h100-sxm"},
+    "requires_vram(60, free=True)": {
+        "a100-80gb",
+        "h100-sxm",
+        "rtx-pro-6000-blackwell",
+        "2*h100-sxm",
+    },
+    "requires_compute_capability('8.9')": {
+        "rtx-4090",
+        "h100-sxm",
+        "rtx-pro-6000-blackwell",
+        "2*h100-sxm",
+    },
+    "requires_dtype('bf16')": {
+        "a100-80gb",
+        "rtx-4090",
+        "h100-sxm",
+        "rtx-pro-6000-blackwell",
+        "2*h100-sxm",
+    },
     "requires_dtype('fp8')": {"rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell", "2*h100-sxm"},
     "requires_dtype('fp4')": {"rtx-pro-6000-blackwell"},
-    "requires_dtype('bf16', 'fp8')": {"rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell",
-                                      "2*h100-sxm"},
+    "requires_dtype('bf16', 'fp8')": {
+        "rtx-4090",
+        "h100-sxm",
+        "rtx-pro-6000-blackwell",
+        "2*h100-sxm",
+    },
     "requires_gpu(count=2)": {"2*h100-sxm"},
     "requires_gpu(name='H100')": {"h100-sxm", "2*h100-sxm"},
     "requires_torch('>=2.0')": set(CARDS),
@@ -60,7 +82,8 @@ def test_marker_on_simulated_card(pytester: pytest.Pytester, marker: str, card: 
 
 @pytest.mark.parametrize("card", ["t4", "rtx-4090"])
 def test_fail_policy_turns_unmet_into_a_failure_with_the_reason(
-        pytester: pytest.Pytester, card: str) -> None:
+    pytester: pytest.Pytester, card: str
+) -> None:
     _write_test(pytester, "requires_vram(60)")
     result = pytester.runpytest("--gpufit-on-missing=fail", f"--gpufit-simulate={card}")
     result.assert_outcomes(passed=1, failed=1)
@@ -70,7 +93,8 @@ def test_fail_policy_turns_unmet_into_a_failure_with_the_reason(
 
 
 def test_fail_policy_met_requirement_still_skips_under_simulation(
-        pytester: pytest.Pytester) -> None:
+    pytester: pytest.Pytester,
+) -> None:
     _write_test(pytester, "requires_vram(60)")
     result = pytester.runpytest("--gpufit-on-missing=fail", "--gpufit-simulate=h100-sxm", "-rs")
     result.assert_outcomes(passed=1, skipped=1)
@@ -79,9 +103,12 @@ def test_fail_policy_met_requirement_still_skips_under_simulation(
 def test_exact_reason_text(pytester: pytest.Pytester) -> None:
     _write_test(pytester, "requires_vram(60)")
     result = pytester.runpytest("-rs", "--gpufit-simulate=rtx-4090")
-    result.stdout.fnmatch_lines([
-        "SKIPPED [[]1[]] test_exact_reason_text.py:3: needs 60 GB of GPU memory; "
-        "GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB"])
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED [[]1[]] test_exact_reason_text.py:3: needs 60 GB of GPU memory; "
+            "GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB"
+        ]
+    )
 
 
 def test_several_markers_must_hold_on_the_same_devices(pytester: pytest.Pytester) -> None:
@@ -102,17 +129,21 @@ def test_several_markers_must_hold_on_the_same_devices(pytester: pytest.Pytester
     # One 4090 (fp8, 25.8 GB) and one A100 (no fp8, 85.9 GB): no single card meets both.
     result = pytester.runpytest("-rs", "--gpufit-simulate=rtx-4090,a100-80gb")
     result.assert_outcomes(skipped=2)
-    result.stdout.fnmatch_lines([
-        "*needs 2 GPUs that meet every requirement, 1 do: needs 80 GB of GPU memory; "
-        "GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB*",
-        "*needs 30 GB of GPU memory; GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB; "
-        "needs native fp8 support; GPU1 NVIDIA A100-SXM4-80GB has CC 8.0*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*needs 2 GPUs that meet every requirement, 1 do: needs 80 GB of GPU memory; "
+            "GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB*",
+            "*needs 30 GB of GPU memory; GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB; "
+            "needs native fp8 support; GPU1 NVIDIA A100-SXM4-80GB has CC 8.0*",
+        ]
+    )
     result = pytester.runpytest("-rs", "--gpufit-simulate=2*a100-80gb,rtx-pro-6000-blackwell")
-    result.stdout.fnmatch_lines([
-        "*simulated: would run on GPU0 NVIDIA A100-SXM4-80GB, GPU1 NVIDIA A100-SXM4-80GB*",
-        "*simulated: would run on GPU2 NVIDIA RTX PRO 6000*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*simulated: would run on GPU0 NVIDIA A100-SXM4-80GB, GPU1 NVIDIA A100-SXM4-80GB*",
+            "*simulated: would run on GPU2 NVIDIA RTX PRO 6000*",
+        ]
+    )
 
 
 def test_no_gpu_case_skips_with_the_probe_reason(pytester: pytest.Pytester) -> None:
@@ -124,8 +155,9 @@ def test_no_gpu_case_skips_with_the_probe_reason(pytester: pytest.Pytester) -> N
     _write_test(pytester, "requires_vram(1)")
     result = pytester.runpytest("-rs")
     result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["gpufit: no GPU: NVIDIA driver not loaded",
-                                 "*SKIPPED*no GPU: NVIDIA driver not loaded*"])
+    result.stdout.fnmatch_lines(
+        ["gpufit: no GPU: NVIDIA driver not loaded", "*SKIPPED*no GPU: NVIDIA driver not loaded*"]
+    )
     result = pytester.runpytest("--gpufit-on-missing=fail")
     result.assert_outcomes(passed=1, failed=1)
 
@@ -151,12 +183,14 @@ def test_simulation_summary_counts_per_card(pytester: pytest.Pytester) -> None:
         def test_c(): pass
     """)
     result = pytester.runpytest("--gpufit-simulate=rtx-4090,h100-sxm")
-    result.stdout.fnmatch_lines([
-        "gpufit: 1 of 3 gated tests would run (simulated)",
-        "  GPU0 rtx-4090: 0 gated tests would run here",
-        "  GPU1 h100-sxm: 1 gated tests would run here",
-        "  not run (2): needs native fp4 support; *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "gpufit: 1 of 3 gated tests would run (simulated)",
+            "  GPU0 rtx-4090: 0 gated tests would run here",
+            "  GPU1 h100-sxm: 1 gated tests would run here",
+            "  not run (2): needs native fp4 support; *",
+        ]
+    )
 
 
 def test_gpu_fixture_skips_under_simulation_and_without_gpu(pytester: pytest.Pytester) -> None:
@@ -173,16 +207,16 @@ def test_gpu_fixture_skips_under_simulation_and_without_gpu(pytester: pytest.Pyt
     result.stdout.fnmatch_lines(["*simulated: would run on GPU0 Tesla T4*"])
 
 
-def test_gpu_fixture_gives_the_device_that_meets_the_requirement(
-        pytester: pytest.Pytester) -> None:
-    pytester.makeconftest("""
+def test_gpu_fixture_gives_the_device_that_meets_the_requirement(pytester: pytest.Pytester) -> None:
+    tests_dir = str(Path(__file__).parent)
+    pytester.makeconftest(f"""
         import sys
-        sys.path.insert(0, %r)
+        sys.path.insert(0, {tests_dir!r})
         from fake_nvml import FakeNvml, FakeCard, RTX_4090
         from pytest_gpufit.hardware.nvml import probe_nvml
         def pytest_gpufit_probe(config):
             return probe_nvml(FakeNvml([FakeCard(**RTX_4090), FakeCard()]), use_environ=False)
-    """ % str(Path(__file__).parent))
+    """)
     pytester.makepyfile("""
         import pytest
 
@@ -195,9 +229,13 @@ def test_gpu_fixture_gives_the_device_that_meets_the_requirement(
     """)
     result = pytester.runpytest("-v")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["gpufit: GPU0 NVIDIA GeForce RTX 4090, 25.8 GB (24.0 GiB), "
-                                 "CC 8.9, driver 550.54.15, CUDA 12.4",
-                                 "gpufit: GPU1 NVIDIA H100 80GB HBM3, 85.5 GB (79.6 GiB), *"])
+    result.stdout.fnmatch_lines(
+        [
+            "gpufit: GPU0 NVIDIA GeForce RTX 4090, 25.8 GB (24.0 GiB), "
+            "CC 8.9, driver 550.54.15, CUDA 12.4",
+            "gpufit: GPU1 NVIDIA H100 80GB HBM3, 85.5 GB (79.6 GiB), *",
+        ]
+    )
 
 
 def test_devices_option_restricts_gpus(pytester: pytest.Pytester) -> None:

@@ -9,18 +9,22 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize(("marker", "message"), [
-    ("requires_vram('lots')", "requires_vram: expected a number of GB*got 'lots'"),
-    ("requires_vram('10 parsecs')", "requires_vram: unknown unit 'parsecs'*"),
-    ("requires_vram(-5)", "requires_vram: must be a positive size*"),
-    ("requires_dtype('fp7')", "requires_dtype: unknown dtype 'fp7'; accepted: fp32, tf32, *"),
-    ("requires_driver('newest')", "requires_driver: expected a version such as '>=550'*"),
-    ("requires_compute_capability('ampere')", "*expected a compute capability such as '8.9'*"),
-    ("requires_gpu(count=0)", "requires_gpu count: expected a whole number >= 1, got 0"),
-    ("requires_gpu(cards=2)", "requires_gpu: unknown argument 'cards'; accepted: count, name"),
-])
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("requires_vram('lots')", "requires_vram: expected a number of GB*got 'lots'"),
+        ("requires_vram('10 parsecs')", "requires_vram: unknown unit 'parsecs'*"),
+        ("requires_vram(-5)", "requires_vram: must be a positive size*"),
+        ("requires_dtype('fp7')", "requires_dtype: unknown dtype 'fp7'; accepted: fp32, tf32, *"),
+        ("requires_driver('newest')", "requires_driver: expected a version such as '>=550'*"),
+        ("requires_compute_capability('ampere')", "*expected a compute capability such as '8.9'*"),
+        ("requires_gpu(count=0)", "requires_gpu count: expected a whole number >= 1, got 0"),
+        ("requires_gpu(cards=2)", "requires_gpu: unknown argument 'cards'; accepted: count, name"),
+    ],
+)
 def test_bad_marker_arguments_are_usage_errors_naming_test_and_marker(
-        pytester: pytest.Pytester, marker: str, message: str) -> None:
+    pytester: pytest.Pytester, marker: str, message: str
+) -> None:
     pytester.makepyfile(f"""
         import pytest
 
@@ -35,7 +39,8 @@ def test_bad_marker_arguments_are_usage_errors_naming_test_and_marker(
 
 
 def test_bad_decorator_argument_is_a_collection_error_at_the_line(
-        pytester: pytest.Pytester) -> None:
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile("""
         from pytest_gpufit import requires_vram
 
@@ -45,8 +50,13 @@ def test_bad_decorator_argument_is_a_collection_error_at_the_line(
     """)
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*:3: in <module>", "*@requires_vram(\"lots\")*",
-                                 "E   *GpufitError: requires_vram: expected a number of GB*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*:3: in <module>",
+            '*@requires_vram("lots")*',
+            "E   *GpufitError: requires_vram: expected a number of GB*",
+        ]
+    )
     result.stdout.no_fnmatch_line("*pytest_gpufit/requirements.py*")
 
 
@@ -65,17 +75,25 @@ def test_markers_are_registered_for_strict_markers(pytester: pytest.Pytester) ->
     result.stdout.fnmatch_lines(["@pytest.mark.requires_vram(size, free=False)*"])
 
 
-@pytest.mark.parametrize(("ini", "env", "cli", "expected_outcome"), [
-    (None, None, None, "skipped"),
-    ("fail", None, None, "failed"),
-    ("fail", "skip", None, "skipped"),
-    ("skip", "fail", None, "failed"),
-    ("fail", "fail", "skip", "skipped"),
-    (None, "skip", "fail", "failed"),
-])
+@pytest.mark.parametrize(
+    ("ini", "env", "cli", "expected_outcome"),
+    [
+        (None, None, None, "skipped"),
+        ("fail", None, None, "failed"),
+        ("fail", "skip", None, "skipped"),
+        ("skip", "fail", None, "failed"),
+        ("fail", "fail", "skip", "skipped"),
+        (None, "skip", "fail", "failed"),
+    ],
+)
 def test_resolution_order_ini_then_env_then_cli(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
-        ini: str | None, env: str | None, cli: str | None, expected_outcome: str) -> None:
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    ini: str | None,
+    env: str | None,
+    cli: str | None,
+    expected_outcome: str,
+) -> None:
     if ini:
         pytester.makeini(f"[pytest]\ngpufit_on_missing = {ini}\n")
     if env:
@@ -92,8 +110,9 @@ def test_resolution_order_ini_then_env_then_cli(
     result.assert_outcomes(**{expected_outcome: 1})
 
 
-def test_bad_env_value_names_its_source(pytester: pytest.Pytester,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_env_value_names_its_source(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GPUFIT_ON_MISSING", "maybe")
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest()
@@ -101,8 +120,9 @@ def test_bad_env_value_names_its_source(pytester: pytest.Pytester,
     result.stderr.fnmatch_lines(["*GPUFIT_ON_MISSING: expected skip or fail, got 'maybe'*"])
 
 
-def test_simulate_from_env_and_unknown_id(pytester: pytest.Pytester,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_simulate_from_env_and_unknown_id(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile("def test_x(): pass")
     monkeypatch.setenv("GPUFIT_SIMULATE", "2*h200")
     result = pytester.runpytest()
@@ -113,11 +133,13 @@ def test_simulate_from_env_and_unknown_id(pytester: pytest.Pytester,
 
 
 def test_expect_mismatch_stops_the_session_listing_every_failed_clause(
-        pytester: pytest.Pytester) -> None:
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest(
         "--gpufit-simulate=h100-sxm",
-        "--gpufit-expect=count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0")
+        "--gpufit-expect=count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0",
+    )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     out = result.stdout.str()
     assert "passed" not in out, "no test may run on a runner that does not match"
@@ -131,7 +153,8 @@ def test_expect_match_runs_normally(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest(
         "--gpufit-simulate=rtx-pro-6000-blackwell",
-        "--gpufit-expect=count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0,dtype=fp4")
+        "--gpufit-expect=count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0,dtype=fp4",
+    )
     result.assert_outcomes(passed=1)
 
 
@@ -144,8 +167,9 @@ def test_expect_without_gpu_fails_the_session(pytester: pytest.Pytester) -> None
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest("--gpufit-expect=count>=1,driver>=550")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["*count>=1: found 0 GPUs (GPU is lost*",
-                                 "*driver>=550: this machine has none*"])
+    result.stdout.fnmatch_lines(
+        ["*count>=1: found 0 GPUs (GPU is lost*", "*driver>=550: this machine has none*"]
+    )
 
 
 @pytest.mark.parametrize("expr", ["count>>2", "vram>=lots", "colour=blue", "name>=H100"])
@@ -236,8 +260,10 @@ def test_collection_imports_no_torch_transformers_or_vllm(pytester: pytest.Pytes
 
 
 def test_importing_the_plugin_is_light() -> None:
-    code = ("import sys, pytest_gpufit, pytest_gpufit.plugin; "
-            "print(sorted(m for m in ('torch', 'transformers', 'vllm', 'pynvml', 'numpy') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, pytest_gpufit, pytest_gpufit.plugin; "
+        "print(sorted(m for m in ('torch', 'transformers', 'vllm', 'pynvml', 'numpy') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -19,10 +19,16 @@ def req(name: str, *args: object, **kwargs: object) -> Requirement:
     return requirement_from_marker(name, args, kwargs)
 
 
-@pytest.mark.parametrize(("spec", "driver", "ok"), [
-    (">=550", "550.54.15", True), (">=550", "535.104.05", False), ("550", "560.35.03", True),
-    (">=550,<560", "560.35.03", False), ("==550.*", "550.127.05", True),
-])
+@pytest.mark.parametrize(
+    ("spec", "driver", "ok"),
+    [
+        (">=550", "550.54.15", True),
+        (">=550", "535.104.05", False),
+        ("550", "560.35.03", True),
+        (">=550,<560", "560.35.03", False),
+        ("==550.*", "550.127.05", True),
+    ],
+)
 def test_driver_versions_compare_as_versions(spec: str, driver: str, ok: bool) -> None:
     verdict = evaluate(req("requires_driver", spec), real("h100-sxm", driver_version=driver))
     assert verdict.ok is ok
@@ -32,10 +38,10 @@ def test_driver_versions_compare_as_versions(spec: str, driver: str, ok: bool) -
 
 
 def test_version_10_is_newer_than_9_not_older() -> None:
-    assert evaluate(req("requires_cuda", ">=9.2"),
-                    real("h100-sxm", cuda_driver_version="12.4")).ok
-    assert not evaluate(req("requires_cuda", ">=12.10"),
-                        real("h100-sxm", cuda_driver_version="12.9")).ok
+    assert evaluate(req("requires_cuda", ">=9.2"), real("h100-sxm", cuda_driver_version="12.4")).ok
+    assert not evaluate(
+        req("requires_cuda", ">=12.10"), real("h100-sxm", cuda_driver_version="12.9")
+    ).ok
 
 
 def test_cuda_checks_torch_runtime_too() -> None:
@@ -51,19 +57,26 @@ def test_torch_missing_is_named() -> None:
 
 def test_free_memory() -> None:
     from dataclasses import replace
+
     inv = real("h100-sxm")
     busy = replace(inv, gpus=(replace(inv.gpus[0], memory_free_bytes=10 * 10**9),))
     assert evaluate(req("requires_vram", 60), busy).ok
     verdict = evaluate(req("requires_vram", 60, free=True), busy)
     assert not verdict.ok
-    assert verdict.reason == ("needs 60 GB of free GPU memory; GPU0 NVIDIA H100 80GB HBM3 "
-                              "has 10 GB free")
+    assert verdict.reason == (
+        "needs 60 GB of free GPU memory; GPU0 NVIDIA H100 80GB HBM3 has 10 GB free"
+    )
 
 
 def test_merge_keeps_the_strictest_of_each() -> None:
-    merged = req("requires_vram", 40).merge(req("requires_vram", 80)).merge(
-        req("requires_gpu", count=2)).merge(req("requires_dtype", "fp8")).merge(
-        req("requires_driver", ">=550")).merge(req("requires_driver", "<570"))
+    merged = (
+        req("requires_vram", 40)
+        .merge(req("requires_vram", 80))
+        .merge(req("requires_gpu", count=2))
+        .merge(req("requires_dtype", "fp8"))
+        .merge(req("requires_driver", ">=550"))
+        .merge(req("requires_driver", "<570"))
+    )
     assert merged.vram_bytes == 80 * 10**9 and merged.count == 2 and merged.dtypes == ("fp8",)
     assert not evaluate(merged, real("2*h100-sxm", driver_version="570.1")).ok
     assert evaluate(merged, real("2*h100-sxm", driver_version="560.1")).ok
@@ -79,11 +92,18 @@ def test_no_gpu() -> None:
     assert not verdict.ok and verdict.reason == "no GPU: NVIDIA driver not loaded"
 
 
-@pytest.mark.parametrize(("name", "args", "kwargs"), [
-    ("requires_vram", (), {}), ("requires_gpu", (1, "x", 3), {}), ("requires_dtype", (), {}),
-    ("requires_torch", ("latest",), {}), ("requires_fit", ("",), {}),
-    ("requires_fit", ("m",), {"batch": 0}), ("requires_nothing", (), {}),
-])
+@pytest.mark.parametrize(
+    ("name", "args", "kwargs"),
+    [
+        ("requires_vram", (), {}),
+        ("requires_gpu", (1, "x", 3), {}),
+        ("requires_dtype", (), {}),
+        ("requires_torch", ("latest",), {}),
+        ("requires_fit", ("",), {}),
+        ("requires_fit", ("m",), {"batch": 0}),
+        ("requires_nothing", (), {}),
+    ],
+)
 def test_bad_arguments(name: str, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
     with pytest.raises(GpufitError, match=name.split("_")[0]):
         requirement_from_marker(name, args, kwargs)

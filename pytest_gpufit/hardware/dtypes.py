@@ -9,25 +9,43 @@ from __future__ import annotations
 from pytest_gpufit.errors import GpufitError
 
 # Canonical names first; aliases map onto them.
-DTYPES = ("fp32", "tf32", "fp16", "bf16", "int8", "int4", "fp8", "fp8_e4m3",
-          "fp8_e5m2", "fp4", "nvfp4", "mxfp4")
+DTYPES = (
+    "fp32",
+    "tf32",
+    "fp16",
+    "bf16",
+    "int8",
+    "int4",
+    "fp8",
+    "fp8_e4m3",
+    "fp8_e5m2",
+    "fp4",
+    "nvfp4",
+    "mxfp4",
+)
 _ALIASES = {
-    "float32": "fp32", "float": "fp32",
-    "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "e4m3": "fp8_e4m3",
-    "e5m2": "fp8_e5m2", "float8_e4m3fn": "fp8_e4m3", "float8_e5m2": "fp8_e5m2",
+    "float32": "fp32",
+    "float": "fp32",
+    "float16": "fp16",
+    "half": "fp16",
+    "bfloat16": "bf16",
+    "e4m3": "fp8_e4m3",
+    "e5m2": "fp8_e5m2",
+    "float8_e4m3fn": "fp8_e4m3",
+    "float8_e5m2": "fp8_e5m2",
 }
 _FAMILY = {"fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "nvfp4": "fp4", "mxfp4": "fp4"}
 
 # (min_cc, max_cc_exclusive or None) per family on NVIDIA.
 _NVIDIA_RULES: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {
     "fp32": ((0, 0), None),
-    "fp16": ((7, 0), None),   # Volta tensor cores
-    "int8": ((7, 5), None),   # Turing integer tensor cores
+    "fp16": ((7, 0), None),  # Volta tensor cores
+    "int8": ((7, 5), None),  # Turing integer tensor cores
     "int4": ((7, 5), (9, 0)),  # Turing..Ada; Hopper and later tensor cores dropped INT4
-    "tf32": ((8, 0), None),   # PyTorch: tf32 matmul from Ampere
-    "bf16": ((8, 0), None),   # PyTorch PLATFORM_SUPPORTS_BF16 = SM80OrLater; vLLM the same
-    "fp8": ((8, 9), None),    # PyTorch: SM90OrLater or capability == (8, 9)
-    "fp4": ((10, 0), None),   # PyTorch PLATFORM_SUPPORTS_MX_GEMM = SM100OrLater (12.x too)
+    "tf32": ((8, 0), None),  # PyTorch: tf32 matmul from Ampere
+    "bf16": ((8, 0), None),  # PyTorch PLATFORM_SUPPORTS_BF16 = SM80OrLater; vLLM the same
+    "fp8": ((8, 9), None),  # PyTorch: SM90OrLater or capability == (8, 9)
+    "fp4": ((10, 0), None),  # PyTorch PLATFORM_SUPPORTS_MX_GEMM = SM100OrLater (12.x too)
 }
 # AMD by gfx target (ROCm docs, conceptual/gpu-arch/mi300.html): matrix FP16/BF16/FP8/INT8.
 _AMD_NATIVE = {"gfx942": ("fp32", "fp16", "bf16", "int8", "fp8", "fp8_e4m3", "fp8_e5m2")}
@@ -47,8 +65,11 @@ def canonical_dtype(name: object) -> str:
     raise GpufitError(f"unknown dtype {name!r}; accepted: {', '.join(DTYPES)}")
 
 
-def native_dtypes(compute_capability: tuple[int, int] | None, architecture: str | None = None,
-                  vendor: str = "nvidia") -> tuple[str, ...]:
+def native_dtypes(
+    compute_capability: tuple[int, int] | None,
+    architecture: str | None = None,
+    vendor: str = "nvidia",
+) -> tuple[str, ...]:
     """Dtypes with native tensor-core (or ALU) support on a card.
 
     >>> "fp8" in native_dtypes((8, 9)), "fp8" in native_dtypes((8, 0))

@@ -37,8 +37,9 @@ def torch_cuda_runtime_version() -> str | None:
     return None
 
 
-def software_environment(driver_version: str | None = None,
-                         cuda_driver_version: str | None = None) -> Environment:
+def software_environment(
+    driver_version: str | None = None, cuda_driver_version: str | None = None
+) -> Environment:
     return Environment(
         driver_version=driver_version,
         cuda_driver_version=cuda_driver_version,

@@ -18,8 +18,18 @@ from pytest_gpufit.hardware.records import Gpu, Inventory
 
 T = TypeVar("T")
 
-_ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere",
-                  8: "ada", 9: "hopper", 10: "blackwell", 13: "rubin"}
+_ARCHITECTURES = {
+    2: "kepler",
+    3: "maxwell",
+    4: "pascal",
+    5: "volta",
+    6: "turing",
+    7: "ampere",
+    8: "ada",
+    9: "hopper",
+    10: "blackwell",
+    13: "rubin",
+}
 
 
 def _load_nvml() -> ModuleType | str:
@@ -27,7 +37,7 @@ def _load_nvml() -> ModuleType | str:
         import pynvml  # late import: only the first probe pays for it
     except ImportError:
         return "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
-    return pynvml
+    return pynvml  # type: ignore[no-any-return]
 
 
 def _text(value: Any) -> str:
@@ -37,7 +47,9 @@ def _text(value: Any) -> str:
 def library_failure(nvml: ModuleType, error: Exception) -> str:
     """A readable reason for an NVML error that leaves no usable GPU."""
     reasons = {
-        "NVMLError_LibraryNotFound": "NVML shared library not found (is the NVIDIA driver installed?)",
+        "NVMLError_LibraryNotFound": (
+            "NVML shared library not found (is the NVIDIA driver installed?)"
+        ),
         "NVMLError_DriverNotLoaded": "NVIDIA driver not loaded",
         "NVMLError_NoPermission": "no permission to query the NVIDIA driver",
         "NVMLError_GpuIsLost": "GPU is lost (fell off the bus or stopped answering)",
@@ -82,7 +94,9 @@ def select_visible(uuids: list[str], visible: str | None) -> tuple[list[int], st
             break
         chosen.append(index)
     if not chosen:
-        what = "empty" if not visible.strip() else f"{visible!r}, which names no GPU of this machine"
+        what = (
+            "empty" if not visible.strip() else f"{visible!r}, which names no GPU of this machine"
+        )
         return [], f"CUDA_VISIBLE_DEVICES is {what}, so no GPU is visible"
     return chosen, None
 
@@ -115,7 +129,7 @@ def _device(nvml: ModuleType, nvml_index: int, index: int) -> Gpu:
     pci = query(nvml.nvmlDeviceGetPciInfo, handle)
     bus_width = query(nvml.nvmlDeviceGetMemoryBusWidth, handle)
     mem_clock = query(nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_MEM)
-    # Double data rate: bytes/s = bus bits / 8 * clock * 2 (H100 SXM: 5120 b, 2619 MHz -> 3.35 TB/s).
+    # Double data rate: bytes/s = bus bits / 8 * clock * 2 (H100 SXM: 5120 b, 2619 MHz: 3.35 TB/s)
     bandwidth = int(bus_width / 8 * mem_clock * 1e6 * 2) if bus_width and mem_clock else None
     attributes = query(nvml.nvmlDeviceGetAttributes, handle)
     mig = query(nvml.nvmlDeviceGetMigMode, handle)
@@ -142,8 +156,9 @@ def _device(nvml: ModuleType, nvml_index: int, index: int) -> Gpu:
     )
 
 
-def probe_nvml(nvml: ModuleType | None = None, visible: str | None = None,
-               use_environ: bool = True) -> Inventory:
+def probe_nvml(
+    nvml: ModuleType | None = None, visible: str | None = None, use_environ: bool = True
+) -> Inventory:
     """Probe every visible NVIDIA GPU. Never raises for a machine problem."""
     if nvml is None:
         loaded = _load_nvml()
@@ -195,8 +210,13 @@ def _probe_initialised(nvml: ModuleType, visible: str | None) -> Inventory:
         reason = "; ".join(problems)
     # Keep indices consecutive after dropping a lost card: that is what CUDA would number.
     gpus = [dataclasses.replace(g, index=i) for i, g in enumerate(gpus)]
-    return Inventory(gpus=tuple(gpus), environment=environment, source="nvml",
-                     reason=reason, warnings=tuple(problems))
+    return Inventory(
+        gpus=tuple(gpus),
+        environment=environment,
+        source="nvml",
+        reason=reason,
+        warnings=tuple(problems),
+    )
 
 
 def free_memory(uuids: list[str | None], nvml: ModuleType | None = None) -> dict[str, int]:

@@ -1,0 +1,320 @@
+"""Memory a model needs at a precision, context and batch; the verdict per GPU setup.
+
+Every formula and constant is written down, with its source, in docs/fit.md. Constants marked
+CALIBRATE are only as good as their check on a real card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.spec import ModelSpec
+from pytest_gpufit.hardware.records import Gpu
+
+MIB = 2**20
+# CALIBRATE: CUDA context + cuBLAS/cuDNN workspaces + kernels loaded by torch, per process.
+RUNTIME_OVERHEAD_BYTES = 768 * MIB
+# CALIBRATE: caching-allocator rounding and fragmentation, as a fraction of what is allocated.
+ALLOCATOR_RESERVE_FRACTION = 0.02
+DEFAULT_CONTEXT = 8192
+
+# Bytes per weight, scales included: (bits per weight, scale bytes, weights per scale).
+_FORMATS: dict[str, tuple[float, float, int]] = {
+    "fp32": (32, 0, 1),
+    "bf16": (16, 0, 1),
+    "fp16": (16, 0, 1),
+    "fp8": (8, 4, 128 * 128),  # e4m3, one fp32 scale per 128x128 block (DeepSeek-V3 format)
+    "int8": (8, 2, 4096),  # one fp16 scale per output channel (~4096 inputs)
+    "int4": (4, 2.5, 128),  # AWQ/GPTQ: fp16 scale + 4-bit zero point per group of 128
+    "nvfp4": (4, 1, 16),  # e2m1, one fp8 (e4m3) scale per 16
+    "mxfp4": (4, 1, 32),  # e2m1, one e8m0 scale per 32 (OCP MX)
+}
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8", "int4", "fp4", "nvfp4", "mxfp4", "stored")
+KV_DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+# The lowest compute capability with a working non-native path (weight-only or emulated kernels:
+# vLLM's Marlin fp8 and Mxfp4Config.get_min_capability() == 80; int4 Marlin/AWQ kernels from 7.5).
+_EMULATED_FROM = {
+    "bf16": (7, 0),
+    "fp8": (8, 0),
+    "int8": (7, 0),
+    "int4": (7, 5),
+    "nvfp4": (8, 0),
+    "mxfp4": (8, 0),
+}
+
+
+def bytes_per_weight(fmt: str) -> float:
+    """Bytes per weight with its scales.
+
+    >>> bytes_per_weight("bf16"), bytes_per_weight("mxfp4")
+    (2.0, 0.53125)
+    """
+    bits, scale_bytes, per_scale = _FORMATS[fmt]
+    return bits / 8 + scale_bytes / per_scale
+
+
+def check_precision(dtype: str) -> str:
+    key = dtype.lower().strip()
+    key = {
+        "bfloat16": "bf16",
+        "float16": "fp16",
+        "float32": "fp32",
+        "auto": "stored",
+        "fp4": "nvfp4",
+        "awq": "int4",
+        "gptq": "int4",
+    }.get(key, key)
+    if key not in PRECISIONS:
+        raise GpufitError(f"unknown precision {dtype!r}; accepted: {', '.join(PRECISIONS)}")
+    return key
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What one instance of a model needs on one device (``total_bytes``)."""
+
+    model: str
+    dtype: str
+    weight_format: str  # the format most weights are in (for native/emulated judgement)
+    kv_dtype: str
+    context: int
+    batch: int
+    params_total: int
+    params_active: int
+    weights_bytes: int
+    weights_source: str
+    kv_bytes_per_token: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    decode_bytes_per_token: int  # weights read per decode step, plus the KV at this context
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+def _weights(spec: ModelSpec, precision: str) -> tuple[int, int, str, str]:
+    """(all weight bytes, bytes a decode step reads, the main format, where the figure is from)."""
+    p = spec.params
+    roles = {
+        r: getattr(p, r)
+        for r in (
+            "embedding",
+            "lm_head",
+            "attention",
+            "dense_mlp",
+            "experts",
+            "shared_experts",
+            "router",
+            "norms",
+        )
+    }
+    fmt = {r: "bf16" for r in roles}
+    main = precision
+    if precision == "stored":
+        base = spec.stored_dtype
+        fmt = {r: base for r in roles}
+        main = base
+        if spec.quantization:
+            for role in spec.quantization.roles:
+                fmt[role] = spec.quantization.dtype
+            main = spec.quantization.dtype
+    elif precision in ("fp32", "bf16", "fp16"):
+        fmt = {r: precision for r in roles}
+    else:
+        for role in ("attention", "dense_mlp", "experts", "shared_experts"):
+            fmt[role] = precision  # quantizers convert linear layers; embeddings, norms stay
+    total = sum(roles[r] * bytes_per_weight(fmt[r]) for r in roles)
+    # A decode step reads every non-expert weight, the active experts, and one embedding row.
+    active = dict(roles, experts=p.experts_active, embedding=p.embedding if p.tied else 0)
+    read = sum(active[r] * bytes_per_weight(fmt[r]) for r in roles)
+    source = "config.json"
+    ckpt = spec.checkpoint
+    if ckpt is not None:
+        if precision == "stored":
+            return ckpt.total_bytes, int(read), main, "safetensors headers (exact)"
+        if precision in ("fp32", "bf16", "fp16") and spec.quantization is None:
+            exact = ckpt.float_elements * bytes_per_weight(precision) + ckpt.other_bytes
+            return int(exact), int(read), main, "safetensors headers (exact element counts)"
+    return int(total), int(read), main, source
+
+
+def kv_cache_bytes(spec: ModelSpec, context: int, batch: int, kv_bytes: int) -> int:
+    """KV cache for ``batch`` sequences of ``context`` tokens; sliding layers keep a window."""
+    kv = spec.kv
+    window = min(context, kv.window) if kv.window else context
+    tokens = kv.full_layers * context + kv.sliding_layers * window
+    return batch * tokens * kv.elements_per_token_layer * kv_bytes
+
+
+def activation_bytes(spec: ModelSpec, context: int, batch: int, act_bytes: int) -> int:
+    """Peak activations of a prefill over the whole context (SDPA: no context^2 term).
+
+    Per token: the residual stream and its normed copies (4 x hidden), q/k/v, and the MLP's
+    gate, up and activated outputs (3 x intermediate); plus fp32 logits of the last position.
+    """
+    per_token = (
+        4 * spec.hidden_size
+        + (spec.num_attention_heads + 2 * spec.num_kv_heads) * spec.head_dim
+        + 3 * spec.intermediate_size
+    )
+    return batch * context * per_token * act_bytes + batch * spec.vocab_size * 4 * 2
+
+
+def estimate(
+    spec: ModelSpec,
+    dtype: str = "bf16",
+    context: int | None = None,
+    batch: int = 1,
+    kv_dtype: str | None = None,
+) -> MemoryEstimate:
+    """Memory for one instance on one device.
+
+    >>> from pytest_gpufit.fit.spec import load_spec
+    >>> e = estimate(load_spec("llama-3.1-8b"), "bf16", context=8192)
+    >>> round(e.weights_bytes / 1e9, 2), round(e.kv_cache_bytes / 2**30, 2)
+    (16.06, 1.0)
+    """
+    precision = check_precision(dtype)
+    if context is not None and (not isinstance(context, int) or context < 1):
+        raise GpufitError(f"context must be a whole number of tokens >= 1, got {context!r}")
+    if not isinstance(batch, int) or batch < 1:
+        raise GpufitError(f"batch must be a whole number >= 1, got {batch!r}")
+    if context is None:
+        context = min(DEFAULT_CONTEXT, spec.max_position_embeddings or DEFAULT_CONTEXT)
+    act_dtype = "fp32" if precision == "fp32" else "fp16" if precision == "fp16" else "bf16"
+    kv_key = check_kv_dtype(kv_dtype) if kv_dtype else act_dtype
+    weights, read, main, source = _weights(spec, precision)
+    kv_b = KV_DTYPES[kv_key]
+    kv_total = kv_cache_bytes(spec, context, batch, kv_b)
+    acts = activation_bytes(spec, context, batch, KV_DTYPES[act_dtype])
+    overhead = RUNTIME_OVERHEAD_BYTES + int(
+        ALLOCATOR_RESERVE_FRACTION * (weights + kv_total + acts)
+    )
+    warnings = list(spec.warnings)
+    if context > (spec.max_position_embeddings or context):
+        warnings.append(
+            f"context {context} exceeds max_position_embeddings {spec.max_position_embeddings}"
+        )
+    return MemoryEstimate(
+        model=spec.name,
+        dtype=precision,
+        weight_format=main,
+        kv_dtype=kv_key,
+        context=context,
+        batch=batch,
+        params_total=spec.params.total,
+        params_active=spec.params.active,
+        weights_bytes=weights,
+        weights_source=source,
+        kv_bytes_per_token=spec.kv.full_layers * spec.kv.elements_per_token_layer * kv_b
+        + spec.kv.sliding_layers * spec.kv.elements_per_token_layer * kv_b,
+        kv_cache_bytes=kv_total,
+        activation_bytes=acts,
+        overhead_bytes=overhead,
+        total_bytes=weights + kv_total + acts + overhead,
+        decode_bytes_per_token=read + kv_cache_bytes(spec, context, 1, kv_b),
+        warnings=tuple(warnings),
+    )
+
+
+def check_kv_dtype(kv_dtype: str) -> str:
+    key = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(kv_dtype, kv_dtype)
+    if key not in KV_DTYPES:
+        raise GpufitError(f"unknown KV cache dtype {kv_dtype!r}; accepted: {', '.join(KV_DTYPES)}")
+    return key
+
+
+# ---- verdict per GPU setup --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuFit:
+    """One model x precision on ``count`` identical cards, each copy split over all of them
+    (tensor-parallel): memory and headroom are per card, the ceiling is per copy."""
+
+    id: str
+    name: str
+    count: int
+    memory_bytes: int  # per card
+    fits: bool
+    headroom_bytes: int  # per card, at the asked context
+    max_context: int  # 0 when even one token does not fit
+    instances: int
+    precision_support: str  # native | emulated | unsupported
+    decode_tok_s_ceiling: float | None
+    per_card_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def per_card_bytes(spec: ModelSpec, est: MemoryEstimate, cards: int, context: int) -> int:
+    """Weights, KV and activations split over ``cards``; each card has its own runtime."""
+    kv = kv_cache_bytes(spec, context, est.batch, KV_DTYPES[est.kv_dtype])
+    act_b = 4 if est.dtype == "fp32" else 2
+    acts = activation_bytes(spec, context, est.batch, act_b)
+    shared = (est.weights_bytes + kv + acts) / cards
+    return int(shared * (1 + ALLOCATOR_RESERVE_FRACTION)) + RUNTIME_OVERHEAD_BYTES
+
+
+def precision_support(fmt: str, gpu: Gpu) -> str:
+    """native, emulated (a weight-only or fallback kernel exists), or unsupported."""
+    family = "fp8" if fmt.startswith("fp8") else fmt
+    if family in gpu.native_dtypes or family in ("fp32", "fp16") and gpu.native_dtypes:
+        return "native"
+    if gpu.vendor != "nvidia" or gpu.compute_capability is None:
+        return "unsupported"
+    floor = _EMULATED_FROM.get(family)
+    return "emulated" if floor and gpu.compute_capability >= floor else "unsupported"
+
+
+def max_context(spec: ModelSpec, est: MemoryEstimate, cards: int, memory: int) -> int:
+    """The largest context (up to max_position_embeddings) that fits on the cards."""
+    top = spec.max_position_embeddings or 1 << 20
+    if per_card_bytes(spec, est, cards, 1) > memory:
+        return 0
+    low, high = 1, top
+    while low < high:
+        mid = (low + high + 1) // 2
+        if per_card_bytes(spec, est, cards, mid) <= memory:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def fit_on(
+    spec: ModelSpec, est: MemoryEstimate, gpu: Gpu, count: int = 1, setup_id: str | None = None
+) -> GpuFit:
+    """Judge the estimate on ``count`` cards like ``gpu`` (tensor-parallel when count > 1)."""
+    memory = gpu.memory_total_bytes
+    need = per_card_bytes(spec, est, count, est.context)
+    fits = need <= memory
+    # Every copy is split over all the setup's cards, so instances are counted per card.
+    instances = memory // need if fits else 0
+    ceiling = None
+    if gpu.memory_bandwidth_bytes_s:
+        kv_one = kv_cache_bytes(spec, est.context, 1, KV_DTYPES[est.kv_dtype])
+        read = est.decode_bytes_per_token + (est.batch - 1) * kv_one
+        ceiling = round(est.batch * gpu.memory_bandwidth_bytes_s * count / read, 1)
+    return GpuFit(
+        id=setup_id or gpu.catalog_id or f"GPU{gpu.index}",
+        name=gpu.name,
+        count=count,
+        memory_bytes=memory,
+        fits=fits,
+        headroom_bytes=memory - need,
+        max_context=max_context(spec, est, count, memory),
+        instances=int(instances),
+        precision_support=precision_support(est.weight_format, gpu),
+        decode_tok_s_ceiling=ceiling,
+        per_card_bytes=need,
+    )
