@@ -28,6 +28,7 @@ from pytest_gpufit.requirements import (
     requirement_from_marker,
 )
 from pytest_gpufit.settings import OPTIONS, Settings, resolve
+from pytest_gpufit.suites.items import SuiteFile, is_suite_file
 from pytest_gpufit.units import format_gb, format_gib
 
 
@@ -42,7 +43,17 @@ class SessionState:
         self.config = config
         self.settings = settings
         self._inventory: Inventory | None = None
+        self._model_cache: Any = None
         self.verdicts: dict[str, Verdict] = {}
+        self.measurements: dict[str, dict[str, Any]] = {}
+
+    @property
+    def model_cache(self) -> Any:
+        if self._model_cache is None:
+            from pytest_gpufit.suites.runtime import ModelCache
+
+            self._model_cache = ModelCache()
+        return self._model_cache
 
     @property
     def inventory(self) -> Inventory:
@@ -61,6 +72,8 @@ class SessionState:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Collect verdicts from reports, so xdist workers' verdicts reach the controller."""
         props = dict(report.user_properties)
+        if "gpufit_measurement" in props and report.when == "call":
+            self.measurements[report.nodeid] = json.loads(str(props["gpufit_measurement"]))
         if "gpufit_ok" not in props or report.nodeid in self.verdicts:
             return
         devices = tuple(int(d) for d in str(props.get("gpufit_devices", "")).split(",") if d)
@@ -74,10 +87,19 @@ class SessionState:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         for line in summary_lines(self.inventory, self.verdicts):
             terminalreporter.write_line(line)
+        if self.measurements:
+            from pytest_gpufit.report import measurement_table
+
+            terminalreporter.section("gpufit suite results")
+            for line in measurement_table(self.measurements):
+                terminalreporter.write_line(line)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self._model_cache is not None:
+            self._model_cache.clear()
         if self.settings.report and not hasattr(self.config, "workerinput"):
-            write_report(Path(self.settings.report), self.inventory, self.verdicts)
+            write_report(Path(self.settings.report), self.inventory, self.verdicts,
+                         self.measurements)
 
 
 STATE = pytest.StashKey[SessionState]()
@@ -195,9 +217,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 # ---- collection ---------------------------------------------------------------------------
 
 
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if is_suite_file(file_path):
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
+
+
 def item_requirement(item: pytest.Item) -> Requirement | None:
     """All gpufit markers of an item, merged; None when it has none."""
-    merged: Requirement | None = None
+    merged: Requirement | None = getattr(item, "gpufit_requirement", None)
     for name in MARKERS:
         for mark in item.iter_markers(name):
             try:
@@ -261,7 +289,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     item.user_properties.append(("gpufit_devices", ",".join(map(str, verdict.devices))))
     if not verdict.ok:
         gate(item.config, verdict.reason)
-    elif verdict.simulated:
+    elif verdict.simulated and not getattr(item, "gpufit_simulation_safe", False):
         skip(f"simulated: would run on {verdict.reason}")
 
 
@@ -292,6 +320,22 @@ def pytest_runtest_makereport(
         report.when = "call"
         report.longrepr = str(call.excinfo.value)
     return report
+
+
+def device_for(item: pytest.Item) -> Gpu | None:
+    """The GPU a suite target runs on (None for the CPU)."""
+    device: str = getattr(item, "target").device
+    if not device.startswith("cuda"):
+        return None
+    inventory = state_of(item.config).inventory
+    verdict = item.stash.get(VERDICT, None)
+    index_text = device.partition(":")[2]
+    index = int(index_text) if index_text else (verdict.devices[0] if verdict and
+                                                 verdict.devices else 0)
+    by_index = {g.index: g for g in inventory.gpus}
+    if index not in by_index:
+        raise GpufitError(f"target device {device}: no GPU{index} on this machine")
+    return by_index[index]
 
 
 # ---- results ------------------------------------------------------------------------------

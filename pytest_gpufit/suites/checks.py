@@ -1,0 +1,197 @@
+"""What each check does. A check returns its measurements; a failed expectation raises
+``CheckFailed`` with the measured figure in the message."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.estimate import MemoryEstimate, estimate, fit_on
+from pytest_gpufit.fit.spec import ModelSpec, load_spec
+from pytest_gpufit.hardware.records import Gpu
+from pytest_gpufit.measure import repeat
+from pytest_gpufit.suites.runtime import ModelCache
+from pytest_gpufit.suites.schema import Check, Target
+from pytest_gpufit.units import format_gb
+
+
+class CheckFailed(Exception):
+    """An expectation of a suite check was not met; the message says by how much."""
+
+
+@dataclass
+class Context:
+    """What a check may use: the target, its device (a GPU record, or None on the CPU)."""
+
+    target: Target
+    gpu: Gpu | None
+    cache: ModelCache
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return load_spec(self.target.model)
+
+    def estimate(self, context: int | None = None, batch: int = 1) -> MemoryEstimate:
+        return estimate(self.spec, self.target.dtype, context or self.target.context, batch)
+
+    def expect(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.failures.append(message)
+
+
+def _system_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def run_fits(ctx: Context, params: dict[str, Any]) -> None:
+    est = ctx.estimate()
+    ctx.metrics.update(estimate_total_bytes=est.total_bytes, context=est.context)
+    if ctx.gpu is None:
+        memory, where = _system_memory(), "system memory"
+    else:
+        fit = fit_on(ctx.spec, est, ctx.gpu)
+        memory, where = ctx.gpu.memory_total_bytes, ctx.gpu.label
+        ctx.metrics.update(max_context=fit.max_context, precision_support=fit.precision_support)
+    ctx.metrics["headroom_bytes"] = memory - est.total_bytes
+    ctx.expect(est.total_bytes <= memory,
+               f"does not fit: needs {format_gb(est.total_bytes)} ({est.dtype} at context "
+               f"{est.context}, estimate); {where} has {format_gb(memory)}")
+
+
+def run_loads(ctx: Context, params: dict[str, Any]) -> None:
+    loaded = ctx.cache.get(ctx.target)
+    est = ctx.estimate()
+    ctx.metrics.update(load_seconds=round(loaded.load_seconds, 3),
+                       estimate_weights_bytes=est.weights_bytes,
+                       estimate_total_bytes=est.total_bytes)
+    wrong = loaded.wrong_dtype_parameters
+    ctx.expect(not wrong, f"{len(wrong)} parameters are not in {ctx.target.dtype}: "
+                          f"{', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}")
+    if "max_seconds" in params:
+        ctx.expect(loaded.load_seconds <= params["max_seconds"],
+                   f"load took {loaded.load_seconds:.2f} s > max_seconds {params['max_seconds']}")
+    peak = loaded.peak_allocated_bytes
+    if peak is not None:
+        ctx.metrics["peak_allocated_bytes"] = peak
+    wants_memory = "max_peak_memory" in params or "within_estimate" in params
+    if wants_memory and peak is None:
+        raise CheckFailed(f"max_peak_memory and within_estimate need a CUDA device to measure; "
+                          f"this target runs on {ctx.target.device}")
+    if peak is not None and "max_peak_memory" in params:
+        ctx.expect(peak <= params["max_peak_memory"],
+                   f"peak memory {format_gb(peak)} > max_peak_memory "
+                   f"{format_gb(params['max_peak_memory'])}")
+    if peak is not None and "within_estimate" in params:
+        gap = (peak - est.weights_bytes) / est.weights_bytes
+        ctx.metrics["peak_vs_estimate"] = round(gap, 4)
+        ctx.expect(abs(gap) <= params["within_estimate"],
+                   f"peak memory after loading {format_gb(peak)} is {gap:+.1%} from the "
+                   f"estimated weights {format_gb(est.weights_bytes)} (within_estimate "
+                   f"{params['within_estimate']:.0%})")
+
+
+def _prompt(ctx: Context, loaded: Any, params: dict[str, Any], batch: int = 1) -> Any:
+    from pytest_gpufit.backends.transformers_backend import random_prompt, vocab_size
+
+    if "prompt" in params:
+        import torch
+
+        return torch.tensor([loaded.encode(params["prompt"])] * batch)
+    return random_prompt(vocab_size(loaded), batch, params["prompt_tokens"], ctx.target.seed)
+
+
+def run_generates(ctx: Context, params: dict[str, Any]) -> None:
+    loaded = ctx.cache.get(ctx.target)
+    ids = _prompt(ctx, loaded, params)
+    tokens, ttft, decode = loaded.generate(ids, params["max_new_tokens"])
+    new = tokens[0].tolist()
+    ctx.metrics.update(new_tokens=len(new), ttft_ms=round(ttft * 1000, 2), tokens=new)
+    ctx.expect(len(new) == params["max_new_tokens"],
+               f"produced {len(new)} tokens, expected {params['max_new_tokens']}")
+    if "expect_tokens" in params:
+        want = params["expect_tokens"]
+        ctx.expect(new[: len(want)] == want, f"tokens {new[: len(want)]} != expected {want}")
+    if "expect_contains" in params:
+        if loaded.tokenizer is None:
+            raise CheckFailed("expect_contains needs a tokenizer in the model folder")
+        text = loaded.decode(new)
+        ctx.metrics["text"] = text
+        ctx.expect(params["expect_contains"] in text,
+                   f"output {text!r} does not contain {params['expect_contains']!r}")
+
+
+def run_throughput(ctx: Context, params: dict[str, Any]) -> None:
+    loaded = ctx.cache.get(ctx.target)
+    batch, prompt_n, new_n = params["batch"], params["prompt_tokens"], params["new_tokens"]
+    ids = _prompt(ctx, loaded, params, batch)
+
+    def one_round() -> dict[str, float]:
+        _, ttft, decode = loaded.generate(ids, new_n)
+        return {"ttft_ms": ttft * 1000, "prefill_tok_s": batch * prompt_n / ttft,
+                "decode_tok_s": batch * (new_n - 1) / decode if new_n > 1 else 0.0}
+
+    stats = repeat(one_round, params["warmup"], params["repeats"])
+    for name, spread in stats.items():
+        ctx.metrics[name] = round(spread.median, 2)
+        ctx.metrics[f"{name}_spread"] = round(spread.relative_spread, 4)
+    ctx.metrics["repeats"] = params["repeats"]
+    if ctx.gpu is not None and ctx.gpu.memory_bandwidth_bytes_s:
+        est = ctx.estimate(context=prompt_n + new_n, batch=batch)
+        ceiling = fit_on(ctx.spec, est, ctx.gpu).decode_tok_s_ceiling
+        if ceiling:
+            ctx.metrics["decode_tok_s_ceiling"] = ceiling
+            ctx.metrics["decode_pct_of_ceiling"] = round(100 * stats["decode_tok_s"].median
+                                                         / ceiling, 1)
+    limits = (("min_decode_tok_s", "decode_tok_s", "decode", "tok/s", False),
+              ("min_prefill_tok_s", "prefill_tok_s", "prefill", "tok/s", False),
+              ("max_ttft_ms", "ttft_ms", "time to first token", "ms", True))
+    for key, metric, label, unit, is_max in limits:
+        if key in params:
+            value = stats[metric].median
+            ok = value <= params[key] if is_max else value >= params[key]
+            sign = ">" if is_max else "<"
+            ctx.expect(ok, f"{label} {value:.1f} {unit} {sign} {key} {params[key]:g} (median of "
+                           f"{params['repeats']}, spread {stats[metric].relative_spread:.1%})")
+
+
+def run_precision(ctx: Context, params: dict[str, Any]) -> None:
+    from pytest_gpufit.backends.transformers_backend import kl_and_top1
+
+    loaded = ctx.cache.get(ctx.target)
+    if ctx.gpu is not None and ctx.gpu.memory_free_bytes is not None:
+        need = estimate(ctx.spec, "fp32", params["prompt_tokens"]).weights_bytes
+        if need > ctx.gpu.memory_total_bytes:
+            raise CheckFailed(f"reference fp32 needs {format_gb(need)} and does not fit on "
+                              f"{ctx.gpu.label} ({format_gb(ctx.gpu.memory_total_bytes)})")
+    ids = _prompt(ctx, loaded, params)
+    reference = loaded.reference_fp32()
+    try:
+        kl, top1 = kl_and_top1(reference.logits(ids), loaded.logits(ids))
+    finally:
+        reference.unload()
+    ctx.metrics.update(kl=round(kl, 6), top1_agreement=round(top1, 4))
+    if "max_kl" in params:
+        ctx.expect(kl <= params["max_kl"], f"KL divergence {kl:.4g} > max_kl {params['max_kl']:g}")
+    if "min_top1_agreement" in params:
+        ctx.expect(top1 >= params["min_top1_agreement"],
+                   f"top-1 agreement {top1:.3f} < min_top1_agreement "
+                   f"{params['min_top1_agreement']:g}")
+
+
+RUNNERS = {"fits": run_fits, "loads": run_loads, "generates": run_generates,
+           "throughput": run_throughput, "precision": run_precision}
+
+
+def run_check(ctx: Context, check: Check) -> dict[str, Any]:
+    """Run one check; raise CheckFailed listing every unmet expectation."""
+    try:
+        RUNNERS[check.kind](ctx, check.params)
+    except GpufitError as error:
+        raise CheckFailed(str(error)) from None
+    if ctx.failures:
+        raise CheckFailed("; ".join(ctx.failures))
+    return ctx.metrics

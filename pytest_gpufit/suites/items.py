@@ -1,0 +1,135 @@
+"""Suite files as pytest collectors: file -> target -> one item per check."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_gpufit.backends import MissingExtra
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.requirements import Requirement
+from pytest_gpufit.suites.checks import CheckFailed, Context, run_check
+from pytest_gpufit.suites.schema import Check, Suite, Target, parse_suite
+from pytest_gpufit.units import format_gb
+
+SUITE_GLOBS = ("gpufit_*.yaml", "*.gpufit.yaml", "gpufit_*.yml", "*.gpufit.yml")
+
+
+def is_suite_file(path: Path) -> bool:
+    """``suites/*.yaml``, ``gpufit_*.yaml`` and ``*.gpufit.yaml`` are suites."""
+    if path.suffix not in (".yaml", ".yml"):
+        return False
+    return path.parent.name == "suites" or any(path.match(g) for g in SUITE_GLOBS)
+
+
+class SuiteFile(pytest.File):
+    """A YAML suite; a malformed file is one collection error that names file, line and field."""
+
+    def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
+        try:
+            suite = parse_suite(self.path)
+        except GpufitError as error:
+            raise self.CollectError(str(error)) from None
+        for target in suite.targets:
+            yield TargetCollector.from_parent(self, name=target.name, suite=suite, target=target)
+
+
+class TargetCollector(pytest.Collector):
+    def __init__(self, *, suite: Suite, target: Target, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.suite = suite
+        self.target = target
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for check in self.target.checks:
+            yield CheckItem.from_parent(self, name=check.kind, check=check)
+
+
+class CheckItem(pytest.Item):
+    """One check of one target: ``suites/qwen3.yaml::qwen3-30b-a3b::throughput``."""
+
+    def __init__(self, *, check: Check, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check = check
+        parent = self.parent
+        assert isinstance(parent, TargetCollector)
+        self.suite, self.target = parent.suite, parent.target
+        # fits is an estimate: it runs against simulated cards; the rest would use the device.
+        self.gpufit_simulation_safe = check.kind == "fits"
+
+    @property
+    def gpufit_requirement(self) -> Requirement | None:
+        parts = [r for r in (self.suite.requirement, self.target.requirement) if r]
+        if self.target.device.startswith("cuda"):
+            index = self.target.device.partition(":")[2]
+            parts.append(Requirement(count=int(index) + 1 if index else 1))
+        merged = None
+        for part in parts:
+            merged = part if merged is None else merged.merge(part)
+        return merged
+
+    def runtest(self) -> None:
+        from pytest_gpufit.plugin import device_for, state_of  # the plugin imports this module
+
+        state = state_of(self.config)
+        ctx = Context(self.target, device_for(self), state.model_cache)
+        try:
+            run_check(ctx, self.check)
+        except MissingExtra as error:
+            pytest.skip(str(error))
+        except Exception as error:
+            if not _is_out_of_memory(error):
+                raise
+            ctx.cache.clear()
+            raise CheckFailed(_oom_message(ctx, error)) from None
+        finally:
+            record(self, ctx.metrics)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str | Any:
+        if isinstance(excinfo.value, (CheckFailed, GpufitError)):
+            return f"{self.target.name}::{self.check.kind}: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.check.line - 1, f"{self.suite.name}::{self.target.name}::" \
+                                               f"{self.check.kind}"
+
+
+def record(item: pytest.Item, metrics: dict[str, Any]) -> None:
+    """Measurements as JUnit properties and for the terminal summary and JSON report."""
+    import json
+
+    target: Target = getattr(item, "target")
+    item.user_properties.append(("gpufit_measurement", json.dumps(
+        {"suite": getattr(item, "suite").name, "target": target.name,
+         "check": getattr(item, "check").kind, "dtype": target.dtype,
+         "device": target.device, **{k: v for k, v in metrics.items() if k != "tokens"}})))
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            item.user_properties.append((key, value))
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _oom_message(ctx: Context, error: BaseException) -> str:
+    parts = [f"out of memory on {ctx.target.device}"]
+    try:
+        parts.append(f"estimate {format_gb(ctx.estimate().total_bytes)}")
+    except GpufitError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and ctx.target.device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info(torch.device(ctx.target.device))
+        parts.append(f"free now {format_gb(free)} of {format_gb(total)}")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{', '.join(parts)}; the device was cleaned for the next test ({first_line})"

@@ -1,0 +1,55 @@
+"""The session's model cache: each (model, dtype, device, backend) is loaded once and shared."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_gpufit.backends import load_backend
+from pytest_gpufit.suites.schema import Target
+
+Key = tuple[str, str, str, str, str, bool, int]
+
+
+def cache_key(target: Target) -> Key:
+    return (str(target.model), target.weights, target.dtype, target.device, target.backend,
+            target.trust_remote_code, target.seed)
+
+
+class ModelCache:
+    """Loads on first use; evicts the others on out-of-memory and tries once more."""
+
+    def __init__(self) -> None:
+        self._models: dict[Key, Any] = {}
+
+    def get(self, target: Target) -> Any:
+        key = cache_key(target)
+        if key in self._models:
+            return self._models[key]
+        backend = load_backend(target.backend)
+
+        def load() -> Any:
+            return backend.load(target.model, target.weights, target.dtype, target.device,
+                                target.trust_remote_code, target.seed)
+
+        try:
+            loaded = load()
+        except backend.OutOfMemory:
+            if not self._models:
+                raise
+            self.clear()  # memory is needed: drop every other model, then try once more
+            loaded = load()
+        self._models[key] = loaded
+        return loaded
+
+    def drop(self, target: Target) -> None:
+        loaded = self._models.pop(cache_key(target), None)
+        if loaded is not None:
+            loaded.unload()
+
+    def clear(self) -> None:
+        while self._models:
+            _, loaded = self._models.popitem()
+            loaded.unload()
+
+    def __len__(self) -> int:
+        return len(self._models)
