@@ -34,7 +34,9 @@ class Spread:
 
 
 def summarize(values: Sequence[float]) -> Spread:
-    """>>> summarize([3.0, 1.0, 2.0])
+    """Median, extremes and count.
+
+    >>> summarize([3.0, 1.0, 2.0])
     Spread(median=2.0, minimum=1.0, maximum=3.0, count=3)
     """
     if not values:
@@ -61,8 +63,7 @@ def device_sync(device: Any) -> Callable[[], None]:
     return lambda: None
 
 
-def repeat(run: Callable[[], dict[str, float]], warmup: int,
-           repeats: int) -> dict[str, Spread]:
+def repeat(run: Callable[[], dict[str, float]], warmup: int, repeats: int) -> dict[str, Spread]:
     """Run ``warmup`` untimed rounds, then ``repeats`` rounds; summarize each metric."""
     for _ in range(warmup):
         run()

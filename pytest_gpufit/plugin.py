@@ -98,8 +98,9 @@ class SessionState:
         if self._model_cache is not None:
             self._model_cache.clear()
         if self.settings.report and not hasattr(self.config, "workerinput"):
-            write_report(Path(self.settings.report), self.inventory, self.verdicts,
-                         self.measurements)
+            write_report(
+                Path(self.settings.report), self.inventory, self.verdicts, self.measurements
+            )
 
 
 STATE = pytest.StashKey[SessionState]()
@@ -127,11 +128,17 @@ def summary_lines(inventory: Inventory, verdicts: dict[str, Verdict]) -> list[st
     return lines
 
 
-def write_report(path: Path, inventory: Inventory, verdicts: dict[str, Verdict]) -> None:
+def write_report(
+    path: Path,
+    inventory: Inventory,
+    verdicts: dict[str, Verdict],
+    measurements: dict[str, dict[str, Any]] | None = None,
+) -> None:
     """Write the JSON report atomically: a reader never sees half a file."""
     data = {
         "inventory": inventory.to_dict(),
         "verdicts": {nodeid: v.to_dict() for nodeid, v in verdicts.items()},
+        "measurements": measurements or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -324,14 +331,17 @@ def pytest_runtest_makereport(
 
 def device_for(item: pytest.Item) -> Gpu | None:
     """The GPU a suite target runs on (None for the CPU)."""
-    device: str = getattr(item, "target").device
+    device: str = item.target.device  # type: ignore[attr-defined]
     if not device.startswith("cuda"):
         return None
     inventory = state_of(item.config).inventory
     verdict = item.stash.get(VERDICT, None)
     index_text = device.partition(":")[2]
-    index = int(index_text) if index_text else (verdict.devices[0] if verdict and
-                                                 verdict.devices else 0)
+    index = (
+        int(index_text)
+        if index_text
+        else (verdict.devices[0] if verdict and verdict.devices else 0)
+    )
     by_index = {g.index: g for g in inventory.gpus}
     if index not in by_index:
         raise GpufitError(f"target device {device}: no GPU{index} on this machine")

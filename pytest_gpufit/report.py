@@ -6,8 +6,17 @@ from typing import Any
 
 from pytest_gpufit.units import format_gb
 
-COLUMNS = ("target", "dtype", "device", "load s", "peak vs est", "prefill tok/s",
-           "decode tok/s (% ceiling)", "TTFT ms")
+COLUMNS = (
+    "target",
+    "dtype",
+    "device",
+    "est total",
+    "load s",
+    "peak / est weights",
+    "prefill tok/s",
+    "decode tok/s (% ceiling)",
+    "TTFT ms",
+)
 
 
 def _target_row(rows: list[dict[str, Any]]) -> list[str]:
@@ -26,9 +35,18 @@ def _target_row(rows: list[dict[str, Any]]) -> list[str]:
     decode = get("decode_tok_s", "{:.1f}")
     if "decode_pct_of_ceiling" in merged:
         decode += f" ({merged['decode_pct_of_ceiling']:.0f}%)"
-    return [f"{merged['suite']}::{merged['target']}", merged["dtype"], merged["device"],
-            get("load_seconds"), peak, get("prefill_tok_s", "{:.0f}"), decode,
-            get("ttft_ms", "{:.1f}")]
+    total = format_gb(merged["estimate_total_bytes"]) if "estimate_total_bytes" in merged else "-"
+    return [
+        f"{merged['suite']}::{merged['target']}",
+        merged["dtype"],
+        merged["device"],
+        total,
+        get("load_seconds"),
+        peak,
+        get("prefill_tok_s", "{:.0f}"),
+        decode,
+        get("ttft_ms", "{:.1f}"),
+    ]
 
 
 def measurement_table(measurements: dict[str, dict[str, Any]]) -> list[str]:
@@ -38,5 +56,7 @@ def measurement_table(measurements: dict[str, dict[str, Any]]) -> list[str]:
         by_target.setdefault((row["suite"], row["target"]), []).append(row)
     body = [_target_row(rows) for rows in by_target.values()]
     widths = [max(len(r[i]) for r in [list(COLUMNS), *body]) for i in range(len(COLUMNS))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-            for row in [list(COLUMNS), *body]]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [list(COLUMNS), *body]
+    ]

@@ -48,8 +48,9 @@ def load_backend(name: str) -> Any:
         try:
             from pytest_gpufit.backends import transformers_backend  # late: imports torch
         except ImportError as error:
-            raise MissingExtra(f"the transformers backend needs torch and transformers "
-                               f"({error.name} is missing): pip install 'pytest-gpufit[hf]'") \
-                from None
+            raise MissingExtra(
+                f"the transformers backend needs torch and transformers "
+                f"({error.name} is missing): pip install 'pytest-gpufit[hf]'"
+            ) from None
         return transformers_backend
     raise GpufitError(f"unknown backend {name!r}; available: transformers")

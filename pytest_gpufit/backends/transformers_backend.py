@@ -6,7 +6,6 @@ Offline by construction: only local files are read, no hub access is ever attemp
 from __future__ import annotations
 
 import copy
-import fnmatch
 import gc
 import inspect
 import json
@@ -29,8 +28,15 @@ OutOfMemory = torch.cuda.OutOfMemoryError
 class TransformersModel:
     """A loaded causal LM; see ``pytest_gpufit.backends.Loaded``."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: torch.device, dtype: str,
-                 load_seconds: float, peak: int | None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: torch.device,
+        dtype: str,
+        load_seconds: float,
+        peak: int | None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -43,8 +49,9 @@ class TransformersModel:
         forward = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in forward else "past_key_values"
 
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float,
-                                                                          float]:
+    def generate(
+        self, input_ids: torch.Tensor, new_tokens: int
+    ) -> tuple[torch.Tensor, float, float]:
         ids = input_ids.to(self.device)
         with torch.inference_mode():
             self.sync()
@@ -65,7 +72,8 @@ class TransformersModel:
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model(input_ids=input_ids.to(self.device)).logits.float()
+            logits: torch.Tensor = self.model(input_ids=input_ids.to(self.device)).logits
+            return logits.float()
 
     def reference_fp32(self) -> TransformersModel:
         reference = copy.deepcopy(self.model).to(torch.float32)
@@ -92,9 +100,9 @@ def _wrong_dtype(model: Any, want: torch.dtype) -> tuple[str, ...]:
     keep += list(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
     wrong = []
     for name, param in model.named_parameters():
-        if param.is_floating_point() and param.dtype != want:
-            if not any(k in name or fnmatch.fnmatch(name, f"*{k}*") for k in keep):
-                wrong.append(f"{name} ({str(param.dtype).removeprefix('torch.')})")
+        kept = any(k in name for k in keep)
+        if param.is_floating_point() and param.dtype != want and not kept:
+            wrong.append(f"{name} ({str(param.dtype).removeprefix('torch.')})")
     return tuple(wrong)
 
 
@@ -106,16 +114,19 @@ def free_device(device: torch.device) -> None:
 
 
 def _tokenizer(folder: Path | None, trust: bool) -> Any:
-    if folder is None or not any((folder / f).exists() for f in
-                                 ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+    if folder is None or not any(
+        (folder / f).exists()
+        for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    ):
         return None
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust)
 
 
-def load(model_path: Path, weights: str, dtype: str, device: str, trust_remote_code: bool,
-         seed: int = 0) -> TransformersModel:
+def load(
+    model_path: Path, weights: str, dtype: str, device: str, trust_remote_code: bool, seed: int = 0
+) -> TransformersModel:
     """Load onto ``device`` at ``dtype``; random weights are built on the device directly."""
     os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: local_files_only below too
     torch_device = torch.device(device)
@@ -131,33 +142,42 @@ def load(model_path: Path, weights: str, dtype: str, device: str, trust_remote_c
             config = _config(model_path, trust_remote_code)
             torch.manual_seed(seed)
             with torch_device:  # construct on the device, not on the CPU first
-                model = AutoModelForCausalLM.from_config(
-                    config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+                model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+                    config, dtype=torch_dtype, trust_remote_code=trust_remote_code
+                )
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=torch_dtype, device_map=torch_device, local_files_only=True,
-                trust_remote_code=trust_remote_code)
+                model_path,
+                dtype=torch_dtype,
+                device_map=torch_device,
+                local_files_only=True,
+                trust_remote_code=trust_remote_code,
+            )
     except ValueError as error:
         if "trust_remote_code" in str(error):
-            raise GpufitError(f"{model_path}: this model needs the custom code in its folder; set "
-                              "trust_remote_code: true on the target (only for code you trust)") \
-                from None
+            raise GpufitError(
+                f"{model_path}: this model needs the custom code in its folder; set "
+                "trust_remote_code: true on the target (only for code you trust)"
+            ) from None
         raise GpufitError(f"{model_path}: transformers could not load it: {error}") from None
     except OSError as error:
         raise GpufitError(f"{model_path}: a file is missing or unreadable: {error}") from None
     model.eval()
     sync()
     seconds = time.perf_counter() - start
-    peak = int(torch.cuda.max_memory_allocated(torch_device)) if torch_device.type == "cuda" \
-        else None
-    return TransformersModel(model, _tokenizer(folder, trust_remote_code), torch_device, dtype,
-                             seconds, peak)
+    peak = (
+        int(torch.cuda.max_memory_allocated(torch_device)) if torch_device.type == "cuda" else None
+    )
+    return TransformersModel(
+        model, _tokenizer(folder, trust_remote_code), torch_device, dtype, seconds, peak
+    )
 
 
 def _config(model_path: Path, trust: bool) -> Any:
     if model_path.is_dir():
-        return AutoConfig.from_pretrained(model_path, local_files_only=True,
-                                          trust_remote_code=trust)
+        return AutoConfig.from_pretrained(
+            model_path, local_files_only=True, trust_remote_code=trust
+        )
     data = json.loads(model_path.read_text("utf-8"))
     model_type = data.pop("model_type", None)
     if model_type is None:
@@ -165,8 +185,10 @@ def _config(model_path: Path, trust: bool) -> Any:
     try:
         return AutoConfig.for_model(model_type, **data)
     except ValueError as error:
-        raise GpufitError(f"{model_path}: transformers {transformers.__version__} does not know "
-                          f"model_type {model_type!r}: {error}") from None
+        raise GpufitError(
+            f"{model_path}: transformers {transformers.__version__} does not know "
+            f"model_type {model_type!r}: {error}"
+        ) from None
 
 
 def random_prompt(vocab_size: int, batch: int, tokens: int, seed: int = 0) -> torch.Tensor:

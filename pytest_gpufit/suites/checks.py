@@ -57,41 +57,56 @@ def run_fits(ctx: Context, params: dict[str, Any]) -> None:
         memory, where = ctx.gpu.memory_total_bytes, ctx.gpu.label
         ctx.metrics.update(max_context=fit.max_context, precision_support=fit.precision_support)
     ctx.metrics["headroom_bytes"] = memory - est.total_bytes
-    ctx.expect(est.total_bytes <= memory,
-               f"does not fit: needs {format_gb(est.total_bytes)} ({est.dtype} at context "
-               f"{est.context}, estimate); {where} has {format_gb(memory)}")
+    ctx.expect(
+        est.total_bytes <= memory,
+        f"does not fit: needs {format_gb(est.total_bytes)} ({est.dtype} at context "
+        f"{est.context}, estimate); {where} has {format_gb(memory)}",
+    )
 
 
 def run_loads(ctx: Context, params: dict[str, Any]) -> None:
     loaded = ctx.cache.get(ctx.target)
     est = ctx.estimate()
-    ctx.metrics.update(load_seconds=round(loaded.load_seconds, 3),
-                       estimate_weights_bytes=est.weights_bytes,
-                       estimate_total_bytes=est.total_bytes)
+    ctx.metrics.update(
+        load_seconds=round(loaded.load_seconds, 3),
+        estimate_weights_bytes=est.weights_bytes,
+        estimate_total_bytes=est.total_bytes,
+    )
     wrong = loaded.wrong_dtype_parameters
-    ctx.expect(not wrong, f"{len(wrong)} parameters are not in {ctx.target.dtype}: "
-                          f"{', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}")
+    ctx.expect(
+        not wrong,
+        f"{len(wrong)} parameters are not in {ctx.target.dtype}: "
+        f"{', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}",
+    )
     if "max_seconds" in params:
-        ctx.expect(loaded.load_seconds <= params["max_seconds"],
-                   f"load took {loaded.load_seconds:.2f} s > max_seconds {params['max_seconds']}")
+        ctx.expect(
+            loaded.load_seconds <= params["max_seconds"],
+            f"load took {loaded.load_seconds:.2f} s > max_seconds {params['max_seconds']}",
+        )
     peak = loaded.peak_allocated_bytes
     if peak is not None:
         ctx.metrics["peak_allocated_bytes"] = peak
     wants_memory = "max_peak_memory" in params or "within_estimate" in params
     if wants_memory and peak is None:
-        raise CheckFailed(f"max_peak_memory and within_estimate need a CUDA device to measure; "
-                          f"this target runs on {ctx.target.device}")
+        raise CheckFailed(
+            f"max_peak_memory and within_estimate need a CUDA device to measure; "
+            f"this target runs on {ctx.target.device}"
+        )
     if peak is not None and "max_peak_memory" in params:
-        ctx.expect(peak <= params["max_peak_memory"],
-                   f"peak memory {format_gb(peak)} > max_peak_memory "
-                   f"{format_gb(params['max_peak_memory'])}")
+        ctx.expect(
+            peak <= params["max_peak_memory"],
+            f"peak memory {format_gb(peak)} > max_peak_memory "
+            f"{format_gb(params['max_peak_memory'])}",
+        )
     if peak is not None and "within_estimate" in params:
         gap = (peak - est.weights_bytes) / est.weights_bytes
         ctx.metrics["peak_vs_estimate"] = round(gap, 4)
-        ctx.expect(abs(gap) <= params["within_estimate"],
-                   f"peak memory after loading {format_gb(peak)} is {gap:+.1%} from the "
-                   f"estimated weights {format_gb(est.weights_bytes)} (within_estimate "
-                   f"{params['within_estimate']:.0%})")
+        ctx.expect(
+            abs(gap) <= params["within_estimate"],
+            f"peak memory after loading {format_gb(peak)} is {gap:+.1%} from the "
+            f"estimated weights {format_gb(est.weights_bytes)} (within_estimate "
+            f"{params['within_estimate']:.0%})",
+        )
 
 
 def _prompt(ctx: Context, loaded: Any, params: dict[str, Any], batch: int = 1) -> Any:
@@ -110,8 +125,10 @@ def run_generates(ctx: Context, params: dict[str, Any]) -> None:
     tokens, ttft, decode = loaded.generate(ids, params["max_new_tokens"])
     new = tokens[0].tolist()
     ctx.metrics.update(new_tokens=len(new), ttft_ms=round(ttft * 1000, 2), tokens=new)
-    ctx.expect(len(new) == params["max_new_tokens"],
-               f"produced {len(new)} tokens, expected {params['max_new_tokens']}")
+    ctx.expect(
+        len(new) == params["max_new_tokens"],
+        f"produced {len(new)} tokens, expected {params['max_new_tokens']}",
+    )
     if "expect_tokens" in params:
         want = params["expect_tokens"]
         ctx.expect(new[: len(want)] == want, f"tokens {new[: len(want)]} != expected {want}")
@@ -120,8 +137,10 @@ def run_generates(ctx: Context, params: dict[str, Any]) -> None:
             raise CheckFailed("expect_contains needs a tokenizer in the model folder")
         text = loaded.decode(new)
         ctx.metrics["text"] = text
-        ctx.expect(params["expect_contains"] in text,
-                   f"output {text!r} does not contain {params['expect_contains']!r}")
+        ctx.expect(
+            params["expect_contains"] in text,
+            f"output {text!r} does not contain {params['expect_contains']!r}",
+        )
 
 
 def run_throughput(ctx: Context, params: dict[str, Any]) -> None:
@@ -131,8 +150,11 @@ def run_throughput(ctx: Context, params: dict[str, Any]) -> None:
 
     def one_round() -> dict[str, float]:
         _, ttft, decode = loaded.generate(ids, new_n)
-        return {"ttft_ms": ttft * 1000, "prefill_tok_s": batch * prompt_n / ttft,
-                "decode_tok_s": batch * (new_n - 1) / decode if new_n > 1 else 0.0}
+        return {
+            "ttft_ms": ttft * 1000,
+            "prefill_tok_s": batch * prompt_n / ttft,
+            "decode_tok_s": batch * (new_n - 1) / decode if new_n > 1 else 0.0,
+        }
 
     stats = repeat(one_round, params["warmup"], params["repeats"])
     for name, spread in stats.items():
@@ -144,18 +166,24 @@ def run_throughput(ctx: Context, params: dict[str, Any]) -> None:
         ceiling = fit_on(ctx.spec, est, ctx.gpu).decode_tok_s_ceiling
         if ceiling:
             ctx.metrics["decode_tok_s_ceiling"] = ceiling
-            ctx.metrics["decode_pct_of_ceiling"] = round(100 * stats["decode_tok_s"].median
-                                                         / ceiling, 1)
-    limits = (("min_decode_tok_s", "decode_tok_s", "decode", "tok/s", False),
-              ("min_prefill_tok_s", "prefill_tok_s", "prefill", "tok/s", False),
-              ("max_ttft_ms", "ttft_ms", "time to first token", "ms", True))
+            ctx.metrics["decode_pct_of_ceiling"] = round(
+                100 * stats["decode_tok_s"].median / ceiling, 1
+            )
+    limits = (
+        ("min_decode_tok_s", "decode_tok_s", "decode", "tok/s", False),
+        ("min_prefill_tok_s", "prefill_tok_s", "prefill", "tok/s", False),
+        ("max_ttft_ms", "ttft_ms", "time to first token", "ms", True),
+    )
     for key, metric, label, unit, is_max in limits:
         if key in params:
             value = stats[metric].median
             ok = value <= params[key] if is_max else value >= params[key]
             sign = ">" if is_max else "<"
-            ctx.expect(ok, f"{label} {value:.1f} {unit} {sign} {key} {params[key]:g} (median of "
-                           f"{params['repeats']}, spread {stats[metric].relative_spread:.1%})")
+            ctx.expect(
+                ok,
+                f"{label} {value:.1f} {unit} {sign} {key} {params[key]:g} (median of "
+                f"{params['repeats']}, spread {stats[metric].relative_spread:.1%})",
+            )
 
 
 def run_precision(ctx: Context, params: dict[str, Any]) -> None:
@@ -165,8 +193,10 @@ def run_precision(ctx: Context, params: dict[str, Any]) -> None:
     if ctx.gpu is not None and ctx.gpu.memory_free_bytes is not None:
         need = estimate(ctx.spec, "fp32", params["prompt_tokens"]).weights_bytes
         if need > ctx.gpu.memory_total_bytes:
-            raise CheckFailed(f"reference fp32 needs {format_gb(need)} and does not fit on "
-                              f"{ctx.gpu.label} ({format_gb(ctx.gpu.memory_total_bytes)})")
+            raise CheckFailed(
+                f"reference fp32 needs {format_gb(need)} and does not fit on "
+                f"{ctx.gpu.label} ({format_gb(ctx.gpu.memory_total_bytes)})"
+            )
     ids = _prompt(ctx, loaded, params)
     reference = loaded.reference_fp32()
     try:
@@ -177,13 +207,19 @@ def run_precision(ctx: Context, params: dict[str, Any]) -> None:
     if "max_kl" in params:
         ctx.expect(kl <= params["max_kl"], f"KL divergence {kl:.4g} > max_kl {params['max_kl']:g}")
     if "min_top1_agreement" in params:
-        ctx.expect(top1 >= params["min_top1_agreement"],
-                   f"top-1 agreement {top1:.3f} < min_top1_agreement "
-                   f"{params['min_top1_agreement']:g}")
+        ctx.expect(
+            top1 >= params["min_top1_agreement"],
+            f"top-1 agreement {top1:.3f} < min_top1_agreement {params['min_top1_agreement']:g}",
+        )
 
 
-RUNNERS = {"fits": run_fits, "loads": run_loads, "generates": run_generates,
-           "throughput": run_throughput, "precision": run_precision}
+RUNNERS = {
+    "fits": run_fits,
+    "loads": run_loads,
+    "generates": run_generates,
+    "throughput": run_throughput,
+    "precision": run_precision,
+}
 
 
 def run_check(ctx: Context, check: Check) -> dict[str, Any]:

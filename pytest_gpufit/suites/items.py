@@ -89,26 +89,41 @@ class CheckItem(pytest.Item):
         finally:
             record(self, ctx.metrics)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
-                     style: Any = None) -> str | Any:
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
+    ) -> str | Any:
         if isinstance(excinfo.value, (CheckFailed, GpufitError)):
             return f"{self.target.name}::{self.check.kind}: {excinfo.value}"
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, self.check.line - 1, f"{self.suite.name}::{self.target.name}::" \
-                                               f"{self.check.kind}"
+        return (
+            self.path,
+            self.check.line - 1,
+            f"{self.suite.name}::{self.target.name}::{self.check.kind}",
+        )
 
 
-def record(item: pytest.Item, metrics: dict[str, Any]) -> None:
+def record(item: CheckItem, metrics: dict[str, Any]) -> None:
     """Measurements as JUnit properties and for the terminal summary and JSON report."""
     import json
 
-    target: Target = getattr(item, "target")
-    item.user_properties.append(("gpufit_measurement", json.dumps(
-        {"suite": getattr(item, "suite").name, "target": target.name,
-         "check": getattr(item, "check").kind, "dtype": target.dtype,
-         "device": target.device, **{k: v for k, v in metrics.items() if k != "tokens"}})))
+    target = item.target
+    item.user_properties.append(
+        (
+            "gpufit_measurement",
+            json.dumps(
+                {
+                    "suite": item.suite.name,
+                    "target": target.name,
+                    "check": item.check.kind,
+                    "dtype": target.dtype,
+                    "device": target.device,
+                    **{k: v for k, v in metrics.items() if k != "tokens"},
+                }
+            ),
+        )
+    )
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             item.user_properties.append((key, value))

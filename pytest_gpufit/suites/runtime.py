@@ -11,8 +11,15 @@ Key = tuple[str, str, str, str, str, bool, int]
 
 
 def cache_key(target: Target) -> Key:
-    return (str(target.model), target.weights, target.dtype, target.device, target.backend,
-            target.trust_remote_code, target.seed)
+    return (
+        str(target.model),
+        target.weights,
+        target.dtype,
+        target.device,
+        target.backend,
+        target.trust_remote_code,
+        target.seed,
+    )
 
 
 class ModelCache:
@@ -28,8 +35,14 @@ class ModelCache:
         backend = load_backend(target.backend)
 
         def load() -> Any:
-            return backend.load(target.model, target.weights, target.dtype, target.device,
-                                target.trust_remote_code, target.seed)
+            return backend.load(
+                target.model,
+                target.weights,
+                target.dtype,
+                target.device,
+                target.trust_remote_code,
+                target.seed,
+            )
 
         try:
             loaded = load()

@@ -96,8 +96,11 @@ def _text(value: Any) -> str:
 
 
 def _token_list(value: Any) -> list[int]:
-    if not isinstance(value, list) or not value or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    ):
         raise GpufitError(f"expected a list of token ids, got {value!r}")
     return list(value)
 
@@ -130,37 +133,78 @@ Kind = Callable[[Any], Any]
 CHECK_FIELDS: dict[str, dict[str, Kind]] = {
     "fits": {},
     "loads": {"max_seconds": _seconds, "max_peak_memory": _size, "within_estimate": _percent},
-    "generates": {"prompt": _text, "prompt_tokens": _positive_int,
-                  "max_new_tokens": _positive_int, "expect_contains": _text,
-                  "expect_tokens": _token_list},
-    "throughput": {"prompt_tokens": _positive_int, "new_tokens": _positive_int,
-                   "batch": _positive_int, "warmup": _count, "repeats": _positive_int,
-                   "min_decode_tok_s": _positive_number, "min_prefill_tok_s": _positive_number,
-                   "max_ttft_ms": _positive_number},
-    "precision": {"reference": _reference, "prompt_tokens": _positive_int,
-                  "max_kl": _positive_number, "min_top1_agreement": _fraction},
+    "generates": {
+        "prompt": _text,
+        "prompt_tokens": _positive_int,
+        "max_new_tokens": _positive_int,
+        "expect_contains": _text,
+        "expect_tokens": _token_list,
+    },
+    "throughput": {
+        "prompt_tokens": _positive_int,
+        "new_tokens": _positive_int,
+        "batch": _positive_int,
+        "warmup": _count,
+        "repeats": _positive_int,
+        "min_decode_tok_s": _positive_number,
+        "min_prefill_tok_s": _positive_number,
+        "max_ttft_ms": _positive_number,
+    },
+    "precision": {
+        "reference": _reference,
+        "prompt_tokens": _positive_int,
+        "max_kl": _positive_number,
+        "min_top1_agreement": _fraction,
+    },
 }
 CHECK_DEFAULTS: dict[str, dict[str, Any]] = {
     "generates": {"max_new_tokens": 16},
-    "throughput": {"prompt_tokens": 128, "new_tokens": 64, "batch": 1, "warmup": 1,
-                   "repeats": 5},
+    "throughput": {"prompt_tokens": 128, "new_tokens": 64, "batch": 1, "warmup": 1, "repeats": 5},
     "precision": {"reference": "fp32", "prompt_tokens": 64},
 }
-REQUIRES_FIELDS = ("count", "name", "vram", "free_vram", "compute_capability", "dtype",
-                   "driver", "cuda", "torch")
-TARGET_FIELDS = ("name", "model", "weights", "backend", "dtype", "device", "context",
-                 "requires", "checks", "trust_remote_code", "seed")
+REQUIRES_FIELDS = (
+    "count",
+    "name",
+    "vram",
+    "free_vram",
+    "compute_capability",
+    "dtype",
+    "driver",
+    "cuda",
+    "torch",
+)
+TARGET_FIELDS = (
+    "name",
+    "model",
+    "weights",
+    "backend",
+    "dtype",
+    "device",
+    "context",
+    "requires",
+    "checks",
+    "trust_remote_code",
+    "seed",
+)
 SUITE_FIELDS = ("suite", "requires", "targets")
 
 
-def _unknown(keys: Mapping[str, Any], allowed: tuple[str, ...] | list[str], node: Located,
-             where: str, at: _Where) -> None:
+def _unknown(
+    keys: Mapping[str, Any],
+    allowed: tuple[str, ...] | list[str],
+    node: Located,
+    where: str,
+    at: _Where,
+) -> None:
     for key in keys:
         if key not in allowed:
             hint = difflib.get_close_matches(key, allowed, n=1)
             did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise at.error(node.key_lines.get(key, node.line), f"{where}{key}",
-                           f"unknown key{did_you_mean} (accepted: {', '.join(allowed)})")
+            raise at.error(
+                node.key_lines.get(key, node.line),
+                f"{where}{key}",
+                f"unknown key{did_you_mean} (accepted: {', '.join(allowed)})",
+            )
 
 
 def _mapping(value: Any, line: int, where: str, at: _Where) -> Located:
@@ -241,8 +285,11 @@ def _target(node: Any, index: int, line: int, base: Path, at: _Where) -> Target:
     def choice(key: str, options: tuple[str, ...], default: str) -> str:
         value = node.get(key, default)
         if value not in options:
-            raise at.error(lines.get(key, node.line), f"{where}.{key}",
-                           f"expected one of {', '.join(options)}, got {value!r}")
+            raise at.error(
+                lines.get(key, node.line),
+                f"{where}.{key}",
+                f"expected one of {', '.join(options)}, got {value!r}",
+            )
         return str(value)
 
     name = field_value("name", _text, None)
@@ -251,37 +298,55 @@ def _target(node: Any, index: int, line: int, base: Path, at: _Where) -> Target:
         model = resolve_model(field_value("model", _text, None), base)
     except GpufitError as error:
         raise at.error(lines["model"], f"{where}.model", str(error)) from None
-    if weights == "checkpoint":
-        if not model.is_dir() or not any(model.glob("*.safetensors")):
-            raise at.error(lines["model"], f"{where}.model",
-                           f"weights: checkpoint needs a folder with *.safetensors files; {model} "
-                           "has none (use weights: random for a dry run from config.json)")
+    if weights == "checkpoint" and not any(model.glob("*.safetensors")):
+        raise at.error(
+            lines["model"],
+            f"{where}.model",
+            f"weights: checkpoint needs a folder with *.safetensors files; {model} "
+            "has none (use weights: random for a dry run from config.json)",
+        )
     device = str(node.get("device", "cuda"))
-    if not (device in ("cuda", "cpu") or (device.startswith("cuda:")
-                                           and device[5:].isdigit())):
-        raise at.error(lines.get("device", node.line), f"{where}.device",
-                       f"expected cuda, cuda:N or cpu, got {device!r}")
+    if not (device in ("cuda", "cpu") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise at.error(
+            lines.get("device", node.line),
+            f"{where}.device",
+            f"expected cuda, cuda:N or cpu, got {device!r}",
+        )
     trust = node.get("trust_remote_code", False)
     if not isinstance(trust, bool):
-        raise at.error(lines["trust_remote_code"], f"{where}.trust_remote_code",
-                       f"expected true or false, got {trust!r}")
+        raise at.error(
+            lines["trust_remote_code"],
+            f"{where}.trust_remote_code",
+            f"expected true or false, got {trust!r}",
+        )
     folder = model if model.is_dir() else model.parent
     has_tokenizer = model.is_dir() and any((folder / f).exists() for f in TOKENIZER_FILES)
     checks = _checks(node["checks"], lines["checks"], f"{where}.checks", at)
     for check in checks:
         if check.kind == "generates" and "prompt" in check.params and not has_tokenizer:
-            raise at.error(check.line, f"{where}.checks.generates.prompt",
-                           f"a text prompt needs a tokenizer, and {folder} has none "
-                           f"({', '.join(TOKENIZER_FILES)}); give prompt_tokens: N instead")
+            raise at.error(
+                check.line,
+                f"{where}.checks.generates.prompt",
+                f"a text prompt needs a tokenizer, and {folder} has none "
+                f"({', '.join(TOKENIZER_FILES)}); give prompt_tokens: N instead",
+            )
     return Target(
-        name=name, model=model, weights=weights,
+        name=name,
+        model=model,
+        weights=weights,
         backend=choice("backend", ("transformers",), "transformers"),
-        dtype=choice("dtype", DTYPES, "bf16"), device=device,
+        dtype=choice("dtype", DTYPES, "bf16"),
+        device=device,
         context=field_value("context", _positive_int, None),
-        requirement=_requires(node.get("requires"), lines.get("requires", node.line),
-                              f"{where}.requires", at),
-        checks=checks, trust_remote_code=trust, seed=field_value("seed", _count, 0),
-        line=node.line, has_tokenizer=has_tokenizer)
+        requirement=_requires(
+            node.get("requires"), lines.get("requires", node.line), f"{where}.requires", at
+        ),
+        checks=checks,
+        trust_remote_code=trust,
+        seed=field_value("seed", _count, 0),
+        line=node.line,
+        has_tokenizer=has_tokenizer,
+    )
 
 
 def parse_suite(path: Path) -> Suite:
@@ -291,8 +356,10 @@ def parse_suite(path: Path) -> Suite:
     if data is None:
         raise GpufitError(f"{path}:1: empty suite file; it needs 'suite' and 'targets'")
     if not isinstance(data, Located):
-        raise GpufitError(f"{path}:1: a suite file must be a YAML mapping with 'suite' and "
-                          f"'targets', got {type(data).__name__}")
+        raise GpufitError(
+            f"{path}:1: a suite file must be a YAML mapping with 'suite' and "
+            f"'targets', got {type(data).__name__}"
+        )
     _unknown(data, SUITE_FIELDS, data, "", at)
     for required in ("suite", "targets"):
         if required not in data:
@@ -310,11 +377,12 @@ def parse_suite(path: Path) -> Suite:
     for index, node in enumerate(targets_node):
         target = _target(node, index, line, path.parent, at)
         if target.name in seen:
-            raise at.error(target.line, f"targets[{index}].name",
-                           f"duplicate target name {target.name!r} (first at line "
-                           f"{seen[target.name]})")
+            raise at.error(
+                target.line,
+                f"targets[{index}].name",
+                f"duplicate target name {target.name!r} (first at line {seen[target.name]})",
+            )
         seen[target.name] = target.line
         targets.append(target)
-    requirement = _requires(data.get("requires"), data.key_lines.get("requires", 1), "requires",
-                            at)
+    requirement = _requires(data.get("requires"), data.key_lines.get("requires", 1), "requires", at)
     return Suite(name, path, requirement, tuple(targets))
