@@ -89,3 +89,55 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+WORDS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "the",
+    "capital",
+    "of",
+    "france",
+    "is",
+    "paris",
+    "a",
+    "city",
+    "and",
+    "model",
+    "runs",
+    "on",
+    "card",
+    "fast",
+    "slow",
+    "gpu",
+    "test",
+]
+
+
+def save_tokenizer(folder: Path) -> None:
+    """A small word-level tokenizer made with the ``tokenizers`` library, saved for transformers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    fast.save_pretrained(folder)
+
+
+def save_tiny_checkpoint(folder: Path) -> Path:
+    """A tiny Llama checkpoint (bf16 safetensors) with a tokenizer: loads from real files."""
+    save_checkpoint(
+        folder,
+        "llama",
+        vocab_size=len(WORDS) + 12,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+    )
+    save_tokenizer(folder)
+    return folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_gpufit.backends import load_backend
+from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.suites.schema import Target
 
 Key = tuple[str, str, str, str, str, bool, int]
@@ -27,11 +28,14 @@ class ModelCache:
 
     def __init__(self) -> None:
         self._models: dict[Key, Any] = {}
+        self._failures: dict[Key, GpufitError] = {}  # a load that failed fails the same again
 
     def get(self, target: Target) -> Any:
         key = cache_key(target)
         if key in self._models:
             return self._models[key]
+        if key in self._failures:
+            raise self._failures[key]
         backend = load_backend(target.backend)
 
         def load() -> Any:
@@ -45,12 +49,16 @@ class ModelCache:
             )
 
         try:
-            loaded = load()
-        except backend.OutOfMemory:
-            if not self._models:
-                raise
-            self.clear()  # memory is needed: drop every other model, then try once more
-            loaded = load()
+            try:
+                loaded = load()
+            except backend.OutOfMemory:
+                if not self._models:
+                    raise
+                self.clear()  # memory is needed: drop every other model, then try once more
+                loaded = load()
+        except GpufitError as error:
+            self._failures[key] = error
+            raise
         self._models[key] = loaded
         return loaded
 

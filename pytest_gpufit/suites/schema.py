@@ -77,13 +77,25 @@ def _count(value: Any) -> int:
     return value
 
 
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e9`` as text: accept text that is a plain number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _positive_number(value: Any) -> float:
+    value = _number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise GpufitError(f"expected a number > 0, got {value!r}")
     return float(value)
 
 
 def _fraction(value: Any) -> float:
+    value = _number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise GpufitError(f"expected a number from 0 to 1, got {value!r}")
     return float(value)

@@ -1,0 +1,283 @@
+"""Declarative suites end to end on the CPU, through real pytest sessions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from tiny_models import save_tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def suite_text(model: Path, checks: str, extra: str = "") -> str:
+    return f"""
+suite: tiny
+targets:
+  - name: tiny
+    model: {model}
+    dtype: bf16
+    device: cpu{extra}
+    checks:
+{checks}
+"""
+
+
+ALL_CHECKS = """      fits: {}
+      loads: {max_seconds: 120}
+      generates: {prompt: "the capital of france is", max_new_tokens: 6}
+      throughput: {prompt_tokens: 16, new_tokens: 8, warmup: 1, repeats: 3, min_decode_tok_s: 1}
+      precision: {reference: fp32, prompt_tokens: 16, max_kl: 0.05, min_top1_agreement: 0.5}
+"""
+
+COUNT_LOADS = """
+import pytest_gpufit.backends.transformers_backend as backend
+
+LOADS = []
+_original = backend.load
+
+def _counting(*args, **kwargs):
+    LOADS.append(args[0])
+    return _original(*args, **kwargs)
+
+backend.load = _counting
+
+def pytest_unconfigure(config):
+    print(f"LOADS={len(LOADS)}")
+    backend.load = _original
+"""
+
+
+def test_checkpoint_suite_passes_every_check_loading_the_model_once(
+    pytester: pytest.Pytester, tiny_checkpoint: Path
+) -> None:
+    pytester.makefile(".gpufit.yaml", tiny=suite_text(tiny_checkpoint, ALL_CHECKS))
+    pytester.makeconftest(COUNT_LOADS)
+    report = pytester.path / "report.json"
+    result = pytester.runpytest("-v", "-s", f"--gpufit-report={report}", "-p", "no:randomly")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(
+        [
+            "tiny.gpufit.yaml::tiny::fits PASSED*",
+            "tiny.gpufit.yaml::tiny::loads PASSED*",
+            "tiny.gpufit.yaml::tiny::generates PASSED*",
+            "tiny.gpufit.yaml::tiny::throughput PASSED*",
+            "tiny.gpufit.yaml::tiny::precision PASSED*",
+            "*LOADS=1*",
+        ]
+    )
+    data = json.loads(report.read_text())["measurements"]
+    throughput = data["tiny.gpufit.yaml::tiny::throughput"]
+    assert throughput["decode_tok_s"] > 0 and throughput["prefill_tok_s"] > 0
+    assert throughput["repeats"] == 3 and "decode_tok_s_spread" in throughput
+    assert data["tiny.gpufit.yaml::tiny::generates"]["new_tokens"] == 6
+    precision = data["tiny.gpufit.yaml::tiny::precision"]
+    assert 0 <= precision["kl"] < 0.05 and precision["top1_agreement"] >= 0.5
+    loads = data["tiny.gpufit.yaml::tiny::loads"]
+    assert loads["estimate_weights_bytes"] > 0 and loads["load_seconds"] > 0
+    result.stdout.fnmatch_lines(["*gpufit suite results*", "tiny::tiny*bf16*cpu*"])
+
+
+def test_generation_is_deterministic_and_expectations_are_checked(
+    pytester: pytest.Pytester, tiny_checkpoint: Path
+) -> None:
+    import torch
+
+    from pytest_gpufit.backends.transformers_backend import load
+
+    # What the model produces, read through the backend itself, then asked for in a suite: it
+    # must pass; a different expectation must fail naming both.
+    model = load(tiny_checkpoint, "checkpoint", "bf16", "cpu", False)
+    ids = torch.tensor([model.encode("the capital of france is")])
+    produced = model.generate(ids, 5)[0][0].tolist()
+    text = model.decode(produced)
+    good = (
+        f'      generates: {{prompt: "the capital of france is", max_new_tokens: 5, '
+        f'expect_tokens: {produced}, expect_contains: "{text.split()[0]}"}}\n'
+    )
+    pytester.makefile(".gpufit.yaml", gen=suite_text(tiny_checkpoint, good))
+    pytester.runpytest().assert_outcomes(passed=1)
+    wrong = [(t + 1) % 20 for t in produced]
+    bad = good.replace(str(produced), str(wrong))
+    pytester.makefile(".gpufit.yaml", gen=suite_text(tiny_checkpoint, bad))
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    assert f"tiny::generates: tokens {produced} != expected {wrong}" in result.stdout.str()
+    absent = good.replace(f'"{text.split()[0]}"', '"zebra"')
+    pytester.makefile(".gpufit.yaml", gen=suite_text(tiny_checkpoint, absent))
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    assert f"output {text!r} does not contain 'zebra'" in result.stdout.str()
+
+
+def test_unmet_thresholds_fail_with_the_measured_figure(
+    pytester: pytest.Pytester, tiny_checkpoint: Path
+) -> None:
+    checks = """      throughput: {prompt_tokens: 8, new_tokens: 4, repeats: 2,
+                   min_decode_tok_s: 1e9, max_ttft_ms: 1e-6}
+      precision: {reference: fp32, prompt_tokens: 8, max_kl: 1e-12}
+      loads: {max_seconds: 1e-9}
+"""
+    pytester.makefile(".gpufit.yaml", slow=suite_text(tiny_checkpoint, checks))
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*tiny::throughput: decode * tok/s < min_decode_tok_s 1e+09 (median of 2, spread *); "
+            "time to first token * ms > max_ttft_ms 1e-06*",
+            "*tiny::precision: KL divergence * > max_kl 1e-12*",
+            "*tiny::loads: load took * s > max_seconds 1e-09*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_memory_bounds_on_cpu_are_an_error_not_a_silent_pass(
+    pytester: pytest.Pytester, tiny_checkpoint: Path
+) -> None:
+    checks = "      loads: {max_peak_memory: 1GB}\n"
+    pytester.makefile(".gpufit.yaml", mem=suite_text(tiny_checkpoint, checks))
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*need a CUDA device to measure; this target runs on cpu*"])
+
+
+def test_random_weights_from_a_config_alone(pytester: pytest.Pytester) -> None:
+    config = Path(__file__).parent.parent / "fixtures" / "tiny-llama"
+    checks = "      loads: {}\n      generates: {prompt_tokens: 4, max_new_tokens: 3}\n"
+    pytester.makefile(".gpufit.yaml", rnd=suite_text(config, checks, "\n    weights: random"))
+    pytester.runpytest().assert_outcomes(passed=2)
+
+
+def test_out_of_memory_is_contained_and_later_items_run(
+    pytester: pytest.Pytester, tiny_checkpoint: Path
+) -> None:
+    pytester.makeconftest("""
+        import torch
+        import pytest_gpufit.backends.transformers_backend as backend
+
+        _original = backend.load
+
+        def _load(model, weights, dtype, *args, **kwargs):
+            if dtype == "fp32":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return _original(model, weights, dtype, *args, **kwargs)
+
+        backend.load = _load
+
+        def pytest_unconfigure(config):
+            backend.load = _original
+    """)
+    pytester.makefile(
+        ".gpufit.yaml",
+        oom=f"""
+suite: oom
+targets:
+  - name: big
+    model: {tiny_checkpoint}
+    dtype: fp32
+    device: cpu
+    checks:
+      loads: {{}}
+      generates: {{prompt_tokens: 4, max_new_tokens: 2}}
+  - name: small
+    model: {tiny_checkpoint}
+    dtype: bf16
+    device: cpu
+    checks:
+      generates: {{prompt_tokens: 4, max_new_tokens: 2}}
+""",
+    )
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*big::loads: out of memory on cpu, estimate * GB; the device was cleaned for the next "
+            "test (CUDA out of memory. Tried to allocate 20.00 GiB)*"
+        ]
+    )
+
+
+def test_cuda_targets_skip_without_gpu_and_fits_runs_under_simulation(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makefile(
+        ".gpufit.yaml",
+        gpu="""
+suite: gpu
+targets:
+  - name: qwen
+    model: qwen3-30b-a3b
+    weights: random
+    device: cuda
+    checks:
+      fits: {}
+      throughput: {}
+""",
+    )
+    result = pytester.runpytest("-rs", "--gpufit-simulate=rtx-pro-6000-blackwell")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*simulated: would run on GPU0 NVIDIA RTX PRO 6000*"])
+    result = pytester.runpytest("-rs", "--gpufit-simulate=rtx-4090")
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*qwen::fits: does not fit: needs 64.4 GB (bf16 at context "
+            "8192, estimate); GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB*"
+        ]
+    )
+    pytester.makeconftest("""
+        from pytest_gpufit.hardware.records import Inventory
+        def pytest_gpufit_probe(config):
+            return Inventory(reason="NVIDIA driver not loaded")
+    """)
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*no GPU: NVIDIA driver not loaded*"])
+    result = pytester.runpytest("--gpufit-on-missing=fail")
+    result.assert_outcomes(failed=2)
+
+
+def test_suite_requires_gates_like_markers(pytester: pytest.Pytester) -> None:
+    pytester.makefile(
+        ".gpufit.yaml",
+        req="""
+suite: req
+requires: {vram: 80GB, dtype: [bf16, fp8]}
+targets:
+  - name: m
+    model: qwen3-0.6b
+    weights: random
+    checks: {fits: {}}
+""",
+    )
+    result = pytester.runpytest("-rs", "--gpufit-simulate=a100-80gb")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*needs native fp8 support; GPU0 NVIDIA A100-SXM4-80GB has CC 8.0*"]
+    )
+
+
+def test_ids_select_with_k(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    checks = "      fits: {}\n      generates: {prompt_tokens: 4, max_new_tokens: 2}\n"
+    pytester.makefile(".gpufit.yaml", sel=suite_text(tiny_checkpoint, checks))
+    result = pytester.runpytest("-v", "-k", "generates")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["sel.gpufit.yaml::tiny::generates PASSED*"])
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["sel.gpufit.yaml::tiny::fits", "sel.gpufit.yaml::tiny::generates"])
+
+
+def test_junit_carries_measurements(pytester: pytest.Pytester, tiny_checkpoint: Path) -> None:
+    checks = "      throughput: {prompt_tokens: 4, new_tokens: 3, repeats: 1, warmup: 0}\n"
+    pytester.makefile(".gpufit.yaml", ju=suite_text(tiny_checkpoint, checks))
+    pytester.runpytest("--junitxml=out.xml")
+    xml = (pytester.path / "out.xml").read_text()
+    assert 'name="decode_tok_s"' in xml and 'name="ttft_ms"' in xml
