@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.units import parse_percent
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,21 @@ OPTIONS = (
     ),
     Option("devices", "GPU indices (after CUDA_VISIBLE_DEVICES) that count, e.g. 0,1"),
     Option("report", "write a JSON report of the inventory and every verdict to this path"),
+    Option(
+        "baseline",
+        "baselines: off (default), compare (against the accepted baseline of this "
+        "GPU model) or save (record this run as the accepted baseline)",
+        ("off", "compare", "save"),
+        "off",
+    ),
+    Option("baseline_dir", "where baselines are stored", default=".gpufit/baselines"),
+    Option(
+        "baseline_tolerance", "default tolerance of every baseline metric, e.g. 5%", default="5%"
+    ),
+    Option(
+        "summary",
+        "write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when that is set)",
+    ),
 )
 
 
@@ -61,6 +77,10 @@ class Settings:
     simulate: str | None = None
     devices: tuple[int, ...] | None = None
     report: str | None = None
+    baseline: str = "off"
+    baseline_dir: str = ".gpufit/baselines"
+    baseline_tolerance: float = 0.05
+    summary: str | None = None
 
     @property
     def fail_on_missing(self) -> bool:
@@ -91,7 +111,10 @@ def resolve(
                 value, source = str(candidate).strip(), where
         if option.choices and value not in option.choices:
             raise GpufitError(f"{source}: expected {' or '.join(option.choices)}, got {value!r}")
-        values[option.name] = (
-            _devices(value, source) if option.name == "devices" and value else value
-        )
+        if option.name == "devices" and value:
+            values[option.name] = _devices(value, source)
+        elif option.name == "baseline_tolerance":
+            values[option.name] = parse_percent(value, source)
+        else:
+            values[option.name] = value
     return Settings(**values)

@@ -12,5 +12,16 @@ try:
 except ImportError:
     pass
 
+# Compiled extensions (torch, tokenizers, safetensors) cannot be imported twice in a process: if
+# an in-process pytester run imported them first, restoring sys.modules afterwards would make
+# the next import crash. Load them before any run, when the hf extra is installed.
+try:
+    import safetensors.torch  # noqa: F401
+    import tokenizers  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+except ImportError:
+    pass
+
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_gpufit.baseline import parse_tolerances
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.spec import resolve_model
 from pytest_gpufit.requirements import Requirement, requirement_from_marker
@@ -42,6 +43,7 @@ class Target:
     seed: int
     line: int
     has_tokenizer: bool
+    tolerances: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,9 @@ def _percent(value: Any) -> float:
 
 
 def _reference(value: Any) -> str:
-    if value != "fp32":
-        raise GpufitError(f"expected fp32, got {value!r}")
-    return "fp32"
+    if value not in ("fp32", "golden"):
+        raise GpufitError(f"expected fp32 or golden (the baseline's stored tokens), got {value!r}")
+    return str(value)
 
 
 Kind = Callable[[Any], Any]
@@ -167,12 +169,21 @@ CHECK_FIELDS: dict[str, dict[str, Kind]] = {
         "prompt_tokens": _positive_int,
         "max_kl": _positive_number,
         "min_top1_agreement": _fraction,
+        "new_tokens": _positive_int,
+        "top_k": _positive_int,
+        "max_logprob_diff": _positive_number,
     },
 }
 CHECK_DEFAULTS: dict[str, dict[str, Any]] = {
     "generates": {"max_new_tokens": 16},
     "throughput": {"prompt_tokens": 128, "new_tokens": 64, "batch": 1, "warmup": 1, "repeats": 5},
-    "precision": {"reference": "fp32", "prompt_tokens": 64},
+    "precision": {
+        "reference": "fp32",
+        "prompt_tokens": 64,
+        "new_tokens": 16,
+        "top_k": 5,
+        "max_logprob_diff": 0.1,
+    },
 }
 REQUIRES_FIELDS = (
     "count",
@@ -197,8 +208,10 @@ TARGET_FIELDS = (
     "checks",
     "trust_remote_code",
     "seed",
+    "baseline",
 )
-SUITE_FIELDS = ("suite", "requires", "targets")
+SUITE_FIELDS = ("suite", "requires", "targets", "baseline")
+BASELINE_FIELDS = ("tolerance",)
 
 
 def _unknown(
@@ -251,6 +264,19 @@ def _requires(node: Any, line: int, where: str, at: _Where) -> Requirement | Non
     return req
 
 
+def _baseline(node: Any, line: int, where: str, at: _Where) -> dict[str, float]:
+    if node is None:
+        return {}
+    node = _mapping(node, line, where, at)
+    _unknown(node, BASELINE_FIELDS, node, f"{where}.", at)
+    if "tolerance" not in node:
+        return {}
+    try:
+        return parse_tolerances(node["tolerance"], f"{where}.tolerance")
+    except GpufitError as error:
+        raise at.error(node.key_lines["tolerance"], f"{where}.tolerance", str(error)) from None
+
+
 def _checks(node: Any, line: int, where: str, at: _Where) -> tuple[Check, ...]:
     node = _mapping(node, line, where, at)
     if not node:
@@ -277,7 +303,9 @@ def _checks(node: Any, line: int, where: str, at: _Where) -> tuple[Check, ...]:
     return tuple(checks)
 
 
-def _target(node: Any, index: int, line: int, base: Path, at: _Where) -> Target:
+def _target(
+    node: Any, index: int, line: int, base: Path, at: _Where, suite_tolerances: dict[str, float]
+) -> Target:
     where = f"targets[{index}]"
     node = _mapping(node, line, where, at)
     _unknown(node, TARGET_FIELDS, node, f"{where}.", at)
@@ -358,6 +386,12 @@ def _target(node: Any, index: int, line: int, base: Path, at: _Where) -> Target:
         seed=field_value("seed", _count, 0),
         line=node.line,
         has_tokenizer=has_tokenizer,
+        tolerances={
+            **suite_tolerances,
+            **_baseline(
+                node.get("baseline"), lines.get("baseline", node.line), f"{where}.baseline", at
+            ),
+        },
     )
 
 
@@ -386,8 +420,9 @@ def parse_suite(path: Path) -> Suite:
         raise at.error(line, "targets", "expected a list of at least one target")
     targets = []
     seen: dict[str, int] = {}
+    tolerances = _baseline(data.get("baseline"), data.key_lines.get("baseline", 1), "baseline", at)
     for index, node in enumerate(targets_node):
-        target = _target(node, index, line, path.parent, at)
+        target = _target(node, index, line, path.parent, at, tolerances)
         if target.name in seen:
             raise at.error(
                 target.line,
