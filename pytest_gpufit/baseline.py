@@ -40,6 +40,7 @@ METRICS: dict[str, bool] = {
     "top1_agreement": True,
 }
 _METRIC_SOURCES = {"peak_memory": "peak_allocated_bytes"}
+_FLOORS = {"kl": 1e-3}
 METRIC_LABELS = {
     "decode_tok_s": "decode tok/s",
     "prefill_tok_s": "prefill tok/s",
@@ -217,7 +218,7 @@ class Store:
 
     def runs(self) -> list[tuple[str, str, bool]]:
         """(gpu folder, run id, accepted) for every stored run, oldest first."""
-        out = []
+        out: list[tuple[str, str, bool]] = []
         if not self.root.is_dir():
             return out
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
@@ -281,10 +282,12 @@ def compare(
             continue
         old_value = before[metric]
         tolerance = tolerances.get(metric, default_tolerance)
-        if old_value == 0:
+        # KL near zero is noise relative to itself: measure its change against a floor.
+        scale = max(abs(old_value), _FLOORS.get(metric, 0.0))
+        if scale == 0:
             change = 0.0 if new_value == 0 else float("inf") * (1 if new_value > 0 else -1)
         else:
-            change = (new_value - old_value) / abs(old_value)
+            change = (new_value - old_value) / scale
         gain = change if METRICS[metric] else -change
         verdict = "worse" if gain < -tolerance else "better" if gain > tolerance else "ok"
         out.append(Comparison(metric, old_value, new_value, change, tolerance, verdict))
@@ -327,3 +330,46 @@ def compare_golden(
             )
         return None  # a close call between near-equal tokens: the sequences part here
     return None
+
+
+# ---- one session's use of the store ----------------------------------------------------------
+
+
+class BaselineSession:
+    """Reads accepted baselines once per GPU model, and saves the session's run per GPU model."""
+
+    def __init__(
+        self,
+        store: Store,
+        environment: Environment,
+        gpus: tuple[Gpu, ...],
+        root: Path | None = None,
+    ) -> None:
+        self.store = store
+        self.environment = environment
+        self.gpus = {g.name: g for g in gpus}
+        self.commit = git_commit(root)
+        self._accepted: dict[str, dict[str, Any] | None] = {}
+
+    def fingerprint(self, gpu: Gpu | None) -> Fingerprint:
+        return dataclasses.replace(fingerprint(gpu, self.environment), git_commit=self.commit)
+
+    def accepted(self, gpu_name: str) -> dict[str, Any] | None:
+        if gpu_name not in self._accepted:
+            self._accepted[gpu_name] = self.store.accepted(gpu_name)
+        return self._accepted[gpu_name]
+
+    def save(
+        self, measurements: Mapping[str, Mapping[str, Any]], accept: bool
+    ) -> list[tuple[str, str, int]]:
+        """Write one run per GPU model from the passed checks: (gpu name, run id, checks)."""
+        by_gpu: dict[str, dict[str, Any]] = {}
+        for nodeid, entry in measurements.items():
+            if entry.get("outcome", "passed") == "passed":
+                by_gpu.setdefault(str(entry.get("gpu", "cpu")), {})[nodeid] = dict(entry)
+        saved = []
+        for gpu_name, results in sorted(by_gpu.items()):
+            fp = self.fingerprint(self.gpus.get(gpu_name))
+            run_id = self.store.write_run(fp, results, accept)
+            saved.append((gpu_name, run_id, len(results)))
+        return saved

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from pytest_gpufit import hookspec
+from pytest_gpufit.baseline import BaselineSession, Store
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.expect import check_expect, parse_expect
 from pytest_gpufit.hardware.catalog import parse_setup
@@ -44,8 +45,20 @@ class SessionState:
         self.settings = settings
         self._inventory: Inventory | None = None
         self._model_cache: Any = None
+        self._baselines: BaselineSession | None = None
         self.verdicts: dict[str, Verdict] = {}
         self.measurements: dict[str, dict[str, Any]] = {}
+        self.saved_runs: list[str] = []
+
+    @property
+    def baselines(self) -> BaselineSession:
+        if self._baselines is None:
+            store = Store(self.config.rootpath / self.settings.baseline_dir)
+            inventory = self.inventory
+            self._baselines = BaselineSession(
+                store, inventory.environment, inventory.gpus, self.config.rootpath
+            )
+        return self._baselines
 
     @property
     def model_cache(self) -> Any:
@@ -73,7 +86,8 @@ class SessionState:
         """Collect verdicts from reports, so xdist workers' verdicts reach the controller."""
         props = dict(report.user_properties)
         if "gpufit_measurement" in props and report.when == "call":
-            self.measurements[report.nodeid] = json.loads(str(props["gpufit_measurement"]))
+            entry = json.loads(str(props["gpufit_measurement"]))
+            self.measurements[report.nodeid] = dict(entry, outcome=report.outcome)
         if "gpufit_ok" not in props or report.nodeid in self.verdicts:
             return
         devices = tuple(int(d) for d in str(props.get("gpufit_devices", "")).split(",") if d)
@@ -87,6 +101,8 @@ class SessionState:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         for line in summary_lines(self.inventory, self.verdicts):
             terminalreporter.write_line(line)
+        for line in self.saved_runs:
+            terminalreporter.write_line(line)
         if self.measurements:
             from pytest_gpufit.report import measurement_table
 
@@ -97,10 +113,31 @@ class SessionState:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self._model_cache is not None:
             self._model_cache.clear()
-        if self.settings.report and not hasattr(self.config, "workerinput"):
+        if hasattr(self.config, "workerinput"):
+            return  # the controller merges every worker's results and writes once
+        if self.settings.baseline != "off" and self.measurements:
+            try:
+                saved = self.baselines.save(self.measurements, self.settings.baseline == "save")
+            except GpufitError as error:
+                raise pytest.UsageError(f"gpufit baseline: {error}") from None
+            for gpu_name, run_id, count in saved:
+                accepted = " and accepted" if self.settings.baseline == "save" else ""
+                self.saved_runs.append(
+                    f"gpufit: baseline run {run_id} ({count} checks) saved{accepted} for {gpu_name}"
+                )
+        if self.settings.report:
             write_report(
                 Path(self.settings.report), self.inventory, self.verdicts, self.measurements
             )
+        if self.settings.summary or os.environ.get("GITHUB_STEP_SUMMARY"):
+            from pytest_gpufit.report import markdown_summary
+
+            text = markdown_summary(self.inventory, self.verdicts, self.measurements)
+            if self.settings.summary:
+                Path(self.settings.summary).write_text(text, "utf-8")
+            if os.environ.get("GITHUB_STEP_SUMMARY"):
+                with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as handle:
+                    handle.write(text)
 
 
 STATE = pytest.StashKey[SessionState]()
@@ -182,6 +219,8 @@ def pytest_configure(config: pytest.Config) -> None:
             parse_setup(settings.simulate)
         if settings.expect:
             parse_expect(settings.expect)
+        if settings.baseline != "off":
+            Store(config.rootpath / settings.baseline_dir)
     except GpufitError as error:
         raise pytest.UsageError(str(error)) from None
     state = SessionState(config, settings)

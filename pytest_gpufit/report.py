@@ -20,9 +20,9 @@ COLUMNS = (
 
 
 def _target_row(rows: list[dict[str, Any]]) -> list[str]:
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = dict(rows[0])
     for row in rows:
-        merged.update(row)
+        merged.update(row["metrics"])
 
     def get(key: str, fmt: str = "{:.2f}") -> str:
         return fmt.format(merged[key]) if key in merged else "-"
@@ -49,14 +49,59 @@ def _target_row(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def measurement_table(measurements: dict[str, dict[str, Any]]) -> list[str]:
-    """One row per target, merging the measurements of its checks."""
+def measurement_rows(measurements: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """One row per target (COLUMNS), merging the measurements of its checks."""
     by_target: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in measurements.values():
         by_target.setdefault((row["suite"], row["target"]), []).append(row)
-    body = [_target_row(rows) for rows in by_target.values()]
-    widths = [max(len(r[i]) for r in [list(COLUMNS), *body]) for i in range(len(COLUMNS))]
+    return [_target_row(rows) for rows in by_target.values()]
+
+
+def measurement_table(measurements: dict[str, dict[str, Any]]) -> list[str]:
+    """The rows as aligned text, with a header."""
+    rows = [list(COLUMNS), *measurement_rows(measurements)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     return [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in [list(COLUMNS), *body]
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
+
+
+def markdown_summary(
+    inventory: Any, verdicts: dict[str, Any], measurements: dict[str, dict[str, Any]]
+) -> str:
+    """A Markdown summary for CI job pages: the machine, the gate, the results, the baseline."""
+    lines = ["## pytest-gpufit", ""]
+    if inventory.gpus:
+        env = inventory.environment
+        for gpu in inventory.gpus:
+            lines.append(
+                f"- {gpu.describe()}; driver {env.driver_version or '-'}, CUDA "
+                f"{env.cuda_driver_version or '-'}, torch {env.torch_version or '-'}"
+            )
+    else:
+        lines.append(f"- no GPU: {inventory.reason or 'none found'}")
+    if verdicts:
+        ran = sum(1 for v in verdicts.values() if v.ok)
+        lines.append(f"- {ran} of {len(verdicts)} gated tests had what they need")
+    if measurements:
+        lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(row) + " |" for row in measurement_rows(measurements)]
+    compared = [
+        (nodeid, c)
+        for nodeid, m in measurements.items()
+        for c in m.get("metrics", {}).get("baseline", [])
+    ]
+    if compared:
+        lines += [
+            "",
+            "### Against the accepted baseline",
+            "",
+            "| check | metric | baseline | now | change | tolerance | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for nodeid, c in compared:
+            lines.append(
+                f"| {nodeid} | {c['metric']} | {c['old']:.4g} | {c['new']:.4g} | "
+                f"{c['change']:+.1%} | {c['tolerance']:.0%} | {c['verdict']} |"
+            )
+    return "\n".join(lines) + "\n"

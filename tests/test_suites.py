@@ -74,13 +74,14 @@ def test_checkpoint_suite_passes_every_check_loading_the_model_once(
         ]
     )
     data = json.loads(report.read_text())["measurements"]
-    throughput = data["tiny.gpufit.yaml::tiny::throughput"]
+    throughput = data["tiny.gpufit.yaml::tiny::throughput"]["metrics"]
     assert throughput["decode_tok_s"] > 0 and throughput["prefill_tok_s"] > 0
     assert throughput["repeats"] == 3 and "decode_tok_s_spread" in throughput
-    assert data["tiny.gpufit.yaml::tiny::generates"]["new_tokens"] == 6
-    precision = data["tiny.gpufit.yaml::tiny::precision"]
+    assert data["tiny.gpufit.yaml::tiny::generates"]["metrics"]["new_tokens"] == 6
+    assert data["tiny.gpufit.yaml::tiny::generates"]["gpu"] == "cpu"
+    precision = data["tiny.gpufit.yaml::tiny::precision"]["metrics"]
     assert 0 <= precision["kl"] < 0.05 and precision["top1_agreement"] >= 0.5
-    loads = data["tiny.gpufit.yaml::tiny::loads"]
+    loads = data["tiny.gpufit.yaml::tiny::loads"]["metrics"]
     assert loads["estimate_weights_bytes"] > 0 and loads["load_seconds"] > 0
     result.stdout.fnmatch_lines(["*gpufit suite results*", "tiny::tiny*bf16*cpu*"])
 

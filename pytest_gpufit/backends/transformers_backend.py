@@ -70,6 +70,28 @@ class TransformersModel:
             end = time.perf_counter()
         return torch.cat(tokens, dim=1).cpu(), first - start, end - first
 
+    def greedy_topk(self, input_ids: torch.Tensor, new_tokens: int, k: int) -> dict[str, Any]:
+        """Greedy tokens with the top-k token ids and log-probabilities at each step."""
+        ids = input_ids.to(self.device)
+        tokens: list[int] = []
+        top_ids: list[list[int]] = []
+        top_logprobs: list[list[float]] = []
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            for step in range(new_tokens):
+                logprobs = torch.log_softmax(out.logits[0, -1, :].float(), dim=-1)
+                values, indices = torch.topk(logprobs, k)
+                token = int(indices[0])
+                tokens.append(token)
+                top_ids.append([int(i) for i in indices])
+                top_logprobs.append([round(float(v), 6) for v in values])
+                if step + 1 < new_tokens:
+                    nxt = torch.tensor([[token]], device=self.device)
+                    out = self.model(
+                        input_ids=nxt, use_cache=True, **{self.cache_arg: _cache_of(out)}
+                    )
+        return {"tokens": tokens, "top_ids": top_ids, "top_logprobs": top_logprobs}
+
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             logits: torch.Tensor = self.model(input_ids=input_ids.to(self.device)).logits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,14 @@ from pytest_gpufit.backends import MissingExtra
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.suites.checks import CheckFailed, Context, run_check
+from pytest_gpufit.suites.compare import against_baseline
 from pytest_gpufit.suites.schema import Check, Suite, Target, parse_suite
 from pytest_gpufit.units import format_gb
+
+
+class BaselineWarning(UserWarning):
+    """A metric got better than its baseline beyond tolerance: time for a new baseline?"""
+
 
 SUITE_GLOBS = ("gpufit_*.yaml", "*.gpufit.yaml", "gpufit_*.yml", "*.gpufit.yml")
 
@@ -79,6 +86,8 @@ class CheckItem(pytest.Item):
         ctx = Context(self.target, device_for(self), state.model_cache)
         try:
             run_check(ctx, self.check)
+            if state.settings.baseline == "compare":
+                self._compare(state, ctx)
         except MissingExtra as error:
             pytest.skip(str(error))
         except Exception as error:
@@ -87,7 +96,24 @@ class CheckItem(pytest.Item):
             ctx.cache.clear()
             raise CheckFailed(_oom_message(ctx, error)) from None
         finally:
-            record(self, ctx.metrics)
+            record(self, ctx.gpu, ctx.metrics)
+
+    def _compare(self, state: Any, ctx: Context) -> None:
+        baselines = state.baselines
+        outcome = against_baseline(
+            baselines.accepted(ctx.gpu.name if ctx.gpu else "cpu"),
+            str(baselines.store.root),
+            self.nodeid,
+            baselines.fingerprint(ctx.gpu),
+            ctx.metrics,
+            self.target.tolerances,
+            state.settings.baseline_tolerance,
+        )
+        ctx.metrics["baseline"] = outcome.comparisons
+        for message in outcome.warnings:
+            warnings.warn(BaselineWarning(message), stacklevel=1)
+        if outcome.failures:
+            raise CheckFailed("; ".join(outcome.failures))
 
     def repr_failure(
         self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
@@ -104,26 +130,20 @@ class CheckItem(pytest.Item):
         )
 
 
-def record(item: CheckItem, metrics: dict[str, Any]) -> None:
-    """Measurements as JUnit properties and for the terminal summary and JSON report."""
+def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
+    """Measurements as JUnit properties, and for the summary, the report and the baseline."""
     import json
 
-    target = item.target
-    item.user_properties.append(
-        (
-            "gpufit_measurement",
-            json.dumps(
-                {
-                    "suite": item.suite.name,
-                    "target": target.name,
-                    "check": item.check.kind,
-                    "dtype": target.dtype,
-                    "device": target.device,
-                    **{k: v for k, v in metrics.items() if k != "tokens"},
-                }
-            ),
-        )
-    )
+    entry = {
+        "suite": item.suite.name,
+        "target": item.target.name,
+        "check": item.check.kind,
+        "dtype": item.target.dtype,
+        "device": item.target.device,
+        "gpu": gpu.name if gpu else "cpu",
+        "metrics": {k: v for k, v in metrics.items() if k != "tokens"},
+    }
+    item.user_properties.append(("gpufit_measurement", json.dumps(entry)))
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             item.user_properties.append((key, value))
