@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pytest_gpufit.errors import GpufitError
@@ -97,6 +98,94 @@ def _table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace) -> Any:
+    from pytest_gpufit.baseline import Store
+
+    return Store(Path(args.dir))
+
+
+def _baseline_list(args: argparse.Namespace) -> int:
+    runs = _store(args).runs()
+    if not runs:
+        print(f"no baseline runs in {args.dir}")
+    for gpu, run_id, accepted in runs:
+        print(f"{gpu:32s} {run_id}{'  (accepted)' if accepted else ''}")
+    return 0
+
+
+def _baseline_show(args: argparse.Namespace) -> int:
+    from pytest_gpufit.baseline import metric_values
+
+    store = _store(args)
+    record = store.read(store.find(args.run))
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+        return 0
+    print(f"run {record['id']}")
+    for key, value in record["fingerprint"].items():
+        print(f"  {key}: {value}")
+    for nodeid, entry in sorted(record["results"].items()):
+        values = metric_values(entry.get("metrics", {}))
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items()) or "(no baseline metrics)"
+        print(f"{nodeid}: {shown}")
+    return 0
+
+
+def _baseline_accept(args: argparse.Namespace) -> int:
+    store = _store(args)
+    path = store.find(args.run)
+    record = store.read(path)
+    store.accept(record["fingerprint"]["gpu_name"], record["id"])
+    print(f"accepted {record['id']} for {record['fingerprint']['gpu_name']}")
+    return 0
+
+
+def _baseline_diff(args: argparse.Namespace) -> int:
+    from pytest_gpufit.baseline import compare, environment_changes
+
+    store = _store(args)
+    old, new = (store.read(store.find(r)) for r in (args.old, args.new))
+    changes = environment_changes(old["fingerprint"], new["fingerprint"])
+    print("environment: " + (", ".join(changes) or "no change"))
+    rows = [["check", "metric", args.old, args.new, "change", "verdict"]]
+    for nodeid in sorted(set(old["results"]) & set(new["results"])):
+        for c in compare(
+            old["results"][nodeid].get("metrics", {}),
+            new["results"][nodeid].get("metrics", {}),
+            {},
+            args.tolerance,
+        ):
+            rows.append(
+                [nodeid, c.metric, f"{c.old:.4g}", f"{c.new:.4g}", f"{c.change:+.1%}", c.verdict]
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    only = sorted(set(old["results"]) ^ set(new["results"]))
+    for nodeid in only:
+        print(f"only in {'old' if nodeid in old['results'] else 'new'}: {nodeid}")
+    return 0
+
+
+def _baseline_plot(args: argparse.Namespace) -> int:
+    from pytest_gpufit.plot import plot_runs
+
+    store = _store(args)
+    records = [store.read(store.find(run_id)) for _, run_id, _ in store.runs()]
+    written = plot_runs(records, Path(args.output))
+    print(f"wrote {written}")
+    return 0
+
+
+def _percent(text: str) -> float:
+    from pytest_gpufit.units import parse_percent
+
+    try:
+        return parse_percent(text, "--tolerance")
+    except GpufitError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
@@ -109,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="what GPUs this machine has (NVML; no CUDA context)")
     probe.add_argument("--json", action="store_true", help="print the inventory as JSON")
     probe.add_argument("--simulate", metavar="ID[,ID...]", help=_SIMULATE.help)
-    probe.set_defaults(run=_probe)
+    probe.set_defaults(handler=_probe)
 
     fit = sub.add_parser("fit", help="memory a model needs, and the verdict per GPU")
     fit.add_argument("model", help="model folder, config.json, or a shipped id (qwen3-30b-a3b)")
@@ -133,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
         "default: this machine's GPUs, else every catalog card",
     )
     fit.add_argument("--json", action="store_true")
-    fit.set_defaults(run=_fit)
+    fit.set_defaults(handler=_fit)
 
     table = sub.add_parser("table", help="compatibility table: models x precisions x GPUs")
     table.add_argument("models", nargs="*", help="default: the shipped models")
@@ -141,14 +230,40 @@ def parser() -> argparse.ArgumentParser:
     table.add_argument("--dtypes", default="bf16,fp8,int4")
     table.add_argument("--context", type=_positive)
     table.add_argument("--format", default="text", choices=("text", "markdown", "csv", "json"))
-    table.set_defaults(run=_table)
+    table.set_defaults(handler=_table)
+
+    baseline = sub.add_parser("baseline", help="stored baselines: list, show, accept, diff, plot")
+    baseline.add_argument("--dir", default=".gpufit/baselines", help="the baseline folder")
+    verbs = baseline.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("list", help="every stored run, per GPU model").set_defaults(
+        handler=_baseline_list
+    )
+    show = verbs.add_parser("show", help="one run's environment and metrics")
+    show.add_argument("run")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_baseline_show)
+    accept = verbs.add_parser(
+        "accept", help="make a run the accepted baseline of its GPU model (after a planned upgrade)"
+    )
+    accept.add_argument("run")
+    accept.set_defaults(handler=_baseline_accept)
+    diff = verbs.add_parser("diff", help="two runs side by side")
+    diff.add_argument("old")
+    diff.add_argument("new")
+    diff.add_argument("--tolerance", type=_percent, default=0.05)
+    diff.set_defaults(handler=_baseline_diff)
+    plot = verbs.add_parser(
+        "plot", help="each metric across stored runs, to a PNG (needs the plot extra: matplotlib)"
+    )
+    plot.add_argument("--output", default="gpufit-baselines.png")
+    plot.set_defaults(handler=_baseline_plot)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        code: int = args.run(args)
+        code: int = args.handler(args)
     except GpufitError as error:
         print(f"gpufit: error: {error}", file=sys.stderr)
         return 2

@@ -387,6 +387,14 @@ def device_for(item: pytest.Item) -> Gpu | None:
     return by_index[index]
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(
+    config: pytest.Config, machine_info: dict[str, Any]
+) -> None:
+    """pytest-benchmark's saved JSON carries the GPUs and versions its timings depend on."""
+    machine_info["gpufit"] = state_of(config).inventory.to_dict()
+
+
 # ---- results ------------------------------------------------------------------------------
 
 
