@@ -397,8 +397,13 @@ def test_plot(pytester: pytest.Pytester, tiny: Path, capsys: pytest.CaptureFixtu
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_pytest_benchmark_machine_info_carries_the_gpus(pytester: pytest.Pytester) -> None:
+def test_pytest_benchmark_machine_info_carries_the_gpus(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("pytest_benchmark")
+    # When this suite itself runs under xdist, the inner run must not look like a worker.
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
     pytester.makepyfile("""
         def test_b(benchmark):
             benchmark(sum, range(10))
