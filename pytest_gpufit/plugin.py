@@ -49,6 +49,7 @@ class SessionState:
         self.verdicts: dict[str, Verdict] = {}
         self.measurements: dict[str, dict[str, Any]] = {}
         self.saved_runs: list[str] = []
+        self.pinning: Any = None
 
     @property
     def baselines(self) -> BaselineSession:
@@ -73,13 +74,17 @@ class SessionState:
         if self._inventory is None:
             hook = self.config.hook.pytest_gpufit_probe
             try:
-                self._inventory = build_inventory(
+                inventory = build_inventory(
                     self.settings.simulate,
                     self.settings.devices,
                     provider=lambda: hook(config=self.config),
                 )
             except GpufitError as error:
                 raise pytest.UsageError(str(error)) from None
+            worker = getattr(self.config, "workerinput", {})
+            if "gpufit_group" in worker:
+                inventory = pinned_to(inventory, worker)
+            self._inventory = inventory
         return self._inventory
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -103,6 +108,9 @@ class SessionState:
             terminalreporter.write_line(line)
         for line in self.saved_runs:
             terminalreporter.write_line(line)
+        if self.pinning is not None:
+            for line in self.pinning.summary():
+                terminalreporter.write_line(line)
         if self.measurements:
             from pytest_gpufit.report import measurement_table
 
@@ -183,6 +191,23 @@ def write_report(
     os.replace(tmp, path)
 
 
+def pinned_to(inventory: Inventory, worker: dict[str, Any]) -> Inventory:
+    """A worker's view: the controller set CUDA_VISIBLE_DEVICES, so NVML already shows only its
+    GPUs; simulated cards are narrowed here the same way."""
+    from dataclasses import replace
+
+    group = list(worker["gpufit_group"])
+    gpus = inventory.gpus
+    if inventory.simulated:
+        by_index = {g.index: g for g in gpus}
+        gpus = tuple(replace(by_index[i], index=n) for n, i in enumerate(group) if i in by_index)
+    note = (
+        f"xdist worker {worker.get('workerid')} holds {len(gpus)} GPU(s): "
+        f"CUDA_VISIBLE_DEVICES={worker.get('gpufit_visible')} (--gpufit-gpus-per-worker)"
+    )
+    return replace(inventory, gpus=gpus, pinned=note)
+
+
 def state_of(config: pytest.Config) -> SessionState:
     return config.stash[STATE]
 
@@ -212,9 +237,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for text in MARKERS.values():
         config.addinivalue_line("markers", f"{text} (pytest-gpufit)")
     try:
-        settings = resolve(
-            lambda name: config.getoption("gpufit_" + name), lambda key: config.getini(key)
-        )
+        settings = _resolve_settings(config)
         if settings.simulate:
             parse_setup(settings.simulate)
         if settings.expect:
@@ -226,6 +249,15 @@ def pytest_configure(config: pytest.Config) -> None:
     state = SessionState(config, settings)
     config.stash[STATE] = state
     config.pluginmanager.register(state, "gpufit-state")
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        from pytest_gpufit.xdist_pinning import XdistPinning
+
+        state.pinning = XdistPinning(state)
+        config.pluginmanager.register(state.pinning, "gpufit-xdist-pinning")
+
+
+def _resolve_settings(config: pytest.Config) -> Settings:
+    return resolve(lambda name: config.getoption("gpufit_" + name), lambda key: config.getini(key))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -332,7 +364,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     item.stash[VERDICT] = verdict
     item.user_properties.append(("gpufit_ok", str(verdict.ok).lower()))
     item.user_properties.append(("gpufit_reason", verdict.reason))
-    item.user_properties.append(("gpufit_devices", ",".join(map(str, verdict.devices))))
+    # Reported in the controller's numbering, so a pinned worker's GPU0 is not everyone's GPU0.
+    group = getattr(item.config, "workerinput", {}).get("gpufit_group")
+    shown = [group[d] if group and d < len(group) else d for d in verdict.devices]
+    item.user_properties.append(("gpufit_devices", ",".join(map(str, shown))))
     if not verdict.ok:
         gate(item.config, verdict.reason)
     elif verdict.simulated and not getattr(item, "gpufit_simulation_safe", False):
@@ -385,6 +420,16 @@ def device_for(item: pytest.Item) -> Gpu | None:
     if index not in by_index:
         raise GpufitError(f"target device {device}: no GPU{index} on this machine")
     return by_index[index]
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: one worker per GPU group when there are GPUs to pin."""
+    from pytest_gpufit.xdist_pinning import auto_workers
+
+    # xdist asks before pytest_configure has run: resolve what is needed here.
+    state = config.stash.get(STATE, None) or SessionState(config, _resolve_settings(config))
+    return auto_workers(len(state.inventory.gpus), state.settings.gpus_per_worker)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -336,7 +336,8 @@ def _device_reason(
 ) -> str:
     if req.count > len(inventory.gpus):
         found = ", ".join(g.label for g in inventory.gpus)
-        return f"needs {req.count} GPUs; found {len(inventory.gpus)} ({found})"
+        pinned = f"; {inventory.pinned}" if inventory.pinned else ""
+        return f"needs {req.count} GPUs; found {len(inventory.gpus)} ({found}){pinned}"
     by_need: dict[str, list[str]] = {}
     for gpu in inventory.gpus:
         for need, has in failures[gpu.index]:

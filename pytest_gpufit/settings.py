@@ -64,6 +64,12 @@ OPTIONS = (
         "baseline_tolerance", "default tolerance of every baseline metric, e.g. 5%", default="5%"
     ),
     Option(
+        "gpus_per_worker",
+        "with pytest-xdist: GPUs each worker gets (default 1); -n auto then starts one worker "
+        "per group",
+        default="1",
+    ),
+    Option(
         "summary",
         "write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when that is set)",
     ),
@@ -81,6 +87,7 @@ class Settings:
     baseline_dir: str = ".gpufit/baselines"
     baseline_tolerance: float = 0.05
     summary: str | None = None
+    gpus_per_worker: int = 1
 
     @property
     def fail_on_missing(self) -> bool:
@@ -113,6 +120,10 @@ def resolve(
             raise GpufitError(f"{source}: expected {' or '.join(option.choices)}, got {value!r}")
         if option.name == "devices" and value:
             values[option.name] = _devices(value, source)
+        elif option.name == "gpus_per_worker":
+            if not str(value).isdigit() or int(str(value)) < 1:
+                raise GpufitError(f"{source}: expected a whole number >= 1, got {value!r}")
+            values[option.name] = int(str(value))
         elif option.name == "baseline_tolerance":
             values[option.name] = parse_percent(value, source)
         else:

@@ -84,6 +84,7 @@ class Inventory:
     source: str = "nvml"  # nvml | simulated | a provider's name
     reason: str | None = None  # why there is no GPU, when there is none
     warnings: tuple[str, ...] = ()  # GPUs that were dropped (lost), and other notes
+    pinned: str | None = None  # set in a pytest-xdist worker that holds only some GPUs
 
     @property
     def simulated(self) -> bool:
@@ -94,6 +95,7 @@ class Inventory:
             "source": self.source,
             "reason": self.reason,
             "warnings": list(self.warnings),
+            "pinned": self.pinned,
             "gpus": [g.to_dict() for g in self.gpus],
             "environment": self.environment.to_dict(),
         }
