@@ -270,3 +270,25 @@ def test_config_json_must_be_an_object(tmp_path: Path) -> None:
     path.write_text(json.dumps([1, 2]))
     with pytest.raises(GpufitError, match="must be a JSON object"):
         load_spec(path)
+
+
+def test_awq_int4_checkpoint_as_stored() -> None:
+    config = json.loads(
+        (
+            Path(__file__).parent.parent
+            / "pytest_gpufit"
+            / "fit"
+            / "models"
+            / "meta-llama__Llama-3.1-8B.json"
+        ).read_text()
+    )
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128}
+    spec = spec_from_config(config)
+    stored = estimate(spec, "stored")
+    assert stored.weight_format == "int4"
+    p = spec.params
+    expected = p.linear * (0.5 + 2.5 / 128) + (p.embedding + p.lm_head + p.norms) * 2
+    assert stored.weights_bytes == pytest.approx(expected, rel=1e-6)
+    config["quantization_config"]["bits"] = 3
+    with pytest.raises(GpufitError, match="3-bit awq is not supported"):
+        spec_from_config(config)

@@ -282,3 +282,21 @@ def test_junit_carries_measurements(pytester: pytest.Pytester, tiny_checkpoint: 
     pytester.runpytest("--junitxml=out.xml")
     xml = (pytester.path / "out.xml").read_text()
     assert 'name="decode_tok_s"' in xml and 'name="ttft_ms"' in xml
+
+
+def test_a_missing_extra_is_a_skip_naming_it(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        import sys
+        sys.modules["transformers"] = None  # as if the hf extra were not installed
+    """)
+    config = Path(__file__).parent.parent / "fixtures" / "tiny-llama"
+    checks = "      fits: {}\n      loads: {}\n"
+    pytester.makefile(".gpufit.yaml", nx=suite_text(config, checks, "\n    weights: random"))
+    result = pytester.runpytest_subprocess("-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*the transformers backend needs torch and transformers "
+            "(transformers is missing): pip install 'pytest-gpufit[hf]'*"
+        ]
+    )

@@ -38,7 +38,7 @@ class Loaded(Protocol):
     def unload(self) -> None: ...
 
 
-class MissingExtra(GpufitError):
+class MissingExtra(Exception):
     """An optional dependency is not installed; the item skips, naming the extra."""
 
 
