@@ -297,6 +297,6 @@ def test_a_missing_extra_is_a_skip_naming_it(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "*the transformers backend needs torch and transformers "
-            "(transformers is missing): pip install 'pytest-gpufit[hf]'*"
+            "(transformers is missing): pip install 'pytest-gpufit[[]hf[]]'*"
         ]
     )

@@ -89,7 +89,7 @@ class CheckItem(pytest.Item):
             if state.settings.baseline == "compare":
                 self._compare(state, ctx)
         except MissingExtra as error:
-            pytest.skip(str(error))
+            raise pytest.skip.Exception(str(error), _use_item_location=True) from None
         except Exception as error:
             if not _is_out_of_memory(error):
                 raise
