@@ -5,6 +5,7 @@ Imports only the standard library, pytest and small pure modules: no torch, no C
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import Counter
@@ -15,7 +16,6 @@ from typing import Any
 import pytest
 
 from pytest_gpufit import hookspec
-from pytest_gpufit.baseline import BaselineSession, Store
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.expect import check_expect, parse_expect
 from pytest_gpufit.hardware.catalog import parse_setup
@@ -29,7 +29,7 @@ from pytest_gpufit.requirements import (
     requirement_from_marker,
 )
 from pytest_gpufit.settings import OPTIONS, Settings, resolve
-from pytest_gpufit.suites.items import SuiteFile, is_suite_file
+from pytest_gpufit.suites import is_suite_file
 from pytest_gpufit.units import format_gb, format_gib
 
 
@@ -45,15 +45,18 @@ class SessionState:
         self.settings = settings
         self._inventory: Inventory | None = None
         self._model_cache: Any = None
-        self._baselines: BaselineSession | None = None
+        self._baselines: Any = None
         self.verdicts: dict[str, Verdict] = {}
         self.measurements: dict[str, dict[str, Any]] = {}
         self.saved_runs: list[str] = []
         self.pinning: Any = None
 
     @property
-    def baselines(self) -> BaselineSession:
+    def baselines(self) -> Any:
+        """The BaselineSession, made on first use."""
         if self._baselines is None:
+            from pytest_gpufit.baseline import BaselineSession, Store
+
             store = Store(self.config.rootpath / self.settings.baseline_dir)
             inventory = self.inventory
             self._baselines = BaselineSession(
@@ -243,6 +246,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if settings.expect:
             parse_expect(settings.expect)
         if settings.baseline != "off":
+            from pytest_gpufit.baseline import Store
+
             Store(config.rootpath / settings.baseline_dir)
     except GpufitError as error:
         raise pytest.UsageError(str(error)) from None
@@ -297,20 +302,41 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if is_suite_file(file_path):
+        from pytest_gpufit.suites.items import SuiteFile  # late: only sessions with suites
+
         return SuiteFile.from_parent(parent, path=file_path)
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_marker(
+    name: str, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]
+) -> Requirement:
+    """Suites of thousands of tests repeat a handful of markers: parse each once."""
+    return requirement_from_marker(name, args, dict(kwargs))
+
+
+def _parse_or_explain(item: pytest.Item, name: str, args: Any, kwargs: Any) -> Requirement:
+    try:
+        return requirement_from_marker(name, args, kwargs)
+    except GpufitError as error:
+        raise GpufitError(f"{item.nodeid}: @{error}") from None
 
 
 def item_requirement(item: pytest.Item) -> Requirement | None:
     """All gpufit markers of an item, merged; None when it has none."""
     merged: Requirement | None = getattr(item, "gpufit_requirement", None)
-    for name in MARKERS:
-        for mark in item.iter_markers(name):
-            try:
-                req = requirement_from_marker(name, mark.args, mark.kwargs)
-            except GpufitError as error:
-                raise GpufitError(f"{item.nodeid}: @{error}") from None
-            merged = req if merged is None else merged.merge(req)
+    # One walk over the item's marks (closest first), not one per marker name.
+    for mark in item.iter_markers():
+        if mark.name not in MARKERS:
+            continue
+        try:
+            req = _parse_marker(mark.name, mark.args, tuple(sorted(mark.kwargs.items())))
+        except TypeError:  # an unhashable argument: parse without the cache
+            req = _parse_or_explain(item, mark.name, mark.args, mark.kwargs)
+        except GpufitError as error:
+            raise GpufitError(f"{item.nodeid}: @{error}") from None
+        merged = req if merged is None else merged.merge(req)
     return merged
 
 

@@ -6,8 +6,6 @@ import functools
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.dtypes import with_variants
 from pytest_gpufit.hardware.records import Gpu
@@ -18,6 +16,8 @@ MIB = 2**20
 @functools.lru_cache(maxsize=1)
 def catalog() -> dict[str, dict[str, Any]]:
     """The catalog entries by id, read once from the package."""
+    import yaml  # late: only simulation and the fit tables read the catalog
+
     text = resources.files("pytest_gpufit.hardware").joinpath("catalog.yaml").read_text("utf-8")
     data: dict[str, dict[str, Any]] = yaml.safe_load(text)
     return data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.metadata
 import importlib.util
 import platform
 from pathlib import Path
@@ -11,30 +10,29 @@ from pathlib import Path
 from pytest_gpufit.hardware.records import Environment
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def torch_cuda_runtime_version() -> str | None:
-    """``torch.version.cuda`` read from the file: importing torch costs over a second."""
-    spec = importlib.util.find_spec("torch")
+def _module_constant(package: str, filename: str, name: str) -> str | None:
+    """A string constant assigned in a package's file, read without importing the package
+    (importing torch costs over a second; importlib.metadata scans every distribution)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    version_file = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
     try:
-        tree = ast.parse(version_file.read_text("utf-8"))
+        tree = ast.parse(path.read_text("utf-8"))
     except (OSError, SyntaxError, ValueError):
         return None
     for node in tree.body:
         target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-        if isinstance(target, ast.Name) and target.id == "cuda":
+        if isinstance(target, ast.Name) and target.id == name:
             value = getattr(node, "value", None)
             if isinstance(value, ast.Constant) and isinstance(value.value, str):
                 return value.value
     return None
+
+
+def torch_cuda_runtime_version() -> str | None:
+    """``torch.version.cuda``, read from the file."""
+    return _module_constant("torch", "version.py", "cuda")
 
 
 def software_environment(
@@ -44,8 +42,8 @@ def software_environment(
         driver_version=driver_version,
         cuda_driver_version=cuda_driver_version,
         cuda_runtime_version=torch_cuda_runtime_version(),
-        torch_version=package_version("torch"),
-        transformers_version=package_version("transformers"),
+        torch_version=_module_constant("torch", "version.py", "__version__"),
+        transformers_version=_module_constant("transformers", "__init__.py", "__version__"),
         python_version=platform.python_version(),
         platform=f"{platform.system()}-{platform.machine()}",
     )

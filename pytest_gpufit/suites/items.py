@@ -23,16 +23,6 @@ class BaselineWarning(UserWarning):
     """A metric got better than its baseline beyond tolerance: time for a new baseline?"""
 
 
-SUITE_GLOBS = ("gpufit_*.yaml", "*.gpufit.yaml", "gpufit_*.yml", "*.gpufit.yml")
-
-
-def is_suite_file(path: Path) -> bool:
-    """``suites/*.yaml``, ``gpufit_*.yaml`` and ``*.gpufit.yaml`` are suites."""
-    if path.suffix not in (".yaml", ".yml"):
-        return False
-    return path.parent.name == "suites" or any(path.match(g) for g in SUITE_GLOBS)
-
-
 class SuiteFile(pytest.File):
     """A YAML suite; a malformed file is one collection error that names file, line and field."""
 
