@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections import Counter
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from pytest_gpufit.expect import check_expect, parse_expect
 from pytest_gpufit.hardware.catalog import parse_setup
 from pytest_gpufit.hardware.probe import build_inventory
 from pytest_gpufit.hardware.records import Environment, Gpu, Inventory
+from pytest_gpufit.report import inventory_lines, summary_lines, write_report
 from pytest_gpufit.requirements import (
     MARKERS,
     Requirement,
@@ -30,7 +30,6 @@ from pytest_gpufit.requirements import (
 )
 from pytest_gpufit.settings import OPTIONS, Settings, resolve
 from pytest_gpufit.suites import is_suite_file
-from pytest_gpufit.units import format_gb, format_gib
 
 
 class GateFailure(Exception):
@@ -86,6 +85,8 @@ class SessionState:
                 raise pytest.UsageError(str(error)) from None
             worker = getattr(self.config, "workerinput", {})
             if "gpufit_group" in worker:
+                from pytest_gpufit.xdist_pinning import pinned_to
+
                 inventory = pinned_to(inventory, worker)
             self._inventory = inventory
         return self._inventory
@@ -156,61 +157,6 @@ REQUIREMENT = pytest.StashKey["Requirement | None"]()
 VERDICT = pytest.StashKey[Verdict]()
 
 
-def summary_lines(inventory: Inventory, verdicts: dict[str, Verdict]) -> list[str]:
-    """Per card: how many gated tests run (or would, simulated) and why the rest do not."""
-    if not verdicts:
-        return []
-    verb = "would run" if inventory.simulated else "ran"
-    ok = [v for v in verdicts.values() if v.ok]
-    lines = [
-        f"gpufit: {len(ok)} of {len(verdicts)} gated tests {verb}"
-        + (" (simulated)" if inventory.simulated else "")
-    ]
-    for g in inventory.gpus:
-        on_card = sum(1 for v in ok if g.index in v.devices)
-        name = g.catalog_id or g.name
-        lines.append(f"  {g.label.split()[0]} {name}: {on_card} gated tests {verb} here")
-    reasons = Counter(v.reason for v in verdicts.values() if not v.ok)
-    for reason, count in reasons.most_common(5):
-        lines.append(f"  not run ({count}): {reason}")
-    return lines
-
-
-def write_report(
-    path: Path,
-    inventory: Inventory,
-    verdicts: dict[str, Verdict],
-    measurements: dict[str, dict[str, Any]] | None = None,
-) -> None:
-    """Write the JSON report atomically: a reader never sees half a file."""
-    data = {
-        "inventory": inventory.to_dict(),
-        "verdicts": {nodeid: v.to_dict() for nodeid, v in verdicts.items()},
-        "measurements": measurements or {},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
-    os.replace(tmp, path)
-
-
-def pinned_to(inventory: Inventory, worker: dict[str, Any]) -> Inventory:
-    """A worker's view: the controller set CUDA_VISIBLE_DEVICES, so NVML already shows only its
-    GPUs; simulated cards are narrowed here the same way."""
-    from dataclasses import replace
-
-    group = list(worker["gpufit_group"])
-    gpus = inventory.gpus
-    if inventory.simulated:
-        by_index = {g.index: g for g in gpus}
-        gpus = tuple(replace(by_index[i], index=n) for n, i in enumerate(group) if i in by_index)
-    note = (
-        f"xdist worker {worker.get('workerid')} holds {len(gpus)} GPU(s): "
-        f"CUDA_VISIBLE_DEVICES={worker.get('gpufit_visible')} (--gpufit-gpus-per-worker)"
-    )
-    return replace(inventory, gpus=gpus, pinned=note)
-
-
 def state_of(config: pytest.Config) -> SessionState:
     return config.stash[STATE]
 
@@ -274,27 +220,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if failed:
         lines = [f"gpufit: this runner does not match --gpufit-expect={state.settings.expect!r}:"]
         lines += [f"  - {f}" for f in failed]
-        lines.append("  this machine has: " + "; ".join(_inventory_lines(inventory)))
+        lines.append("  this machine has: " + "; ".join(inventory_lines(inventory)))
         pytest.exit("\n".join(lines), returncode=pytest.ExitCode.TESTS_FAILED)
 
 
-def _inventory_lines(inventory: Inventory) -> list[str]:
-    if not inventory.gpus:
-        return [f"no GPU: {inventory.reason or 'none found'}"]
-    env = inventory.environment
-    versions = ""
-    if not inventory.simulated:
-        versions = f", driver {env.driver_version or '?'}, CUDA {env.cuda_driver_version or '?'}"
-    lines = []
-    for g in inventory.gpus:
-        memory = f"{format_gb(g.memory_total_bytes)} ({format_gib(g.memory_total_bytes)})"
-        sim = f" [simulated {g.catalog_id}]" if g.simulated else ""
-        lines.append(f"{g.label}, {memory}, CC {g.cc_text}{versions}{sim}")
-    return lines + [f"warning: {w}" for w in inventory.warnings]
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return ["gpufit: " + line for line in _inventory_lines(state_of(config).inventory)]
+    return ["gpufit: " + line for line in inventory_lines(state_of(config).inventory)]
 
 
 # ---- collection ---------------------------------------------------------------------------

@@ -1,10 +1,71 @@
-"""Human-readable results: the terminal table of suite measurements."""
+"""What sessions report: the header, the terminal summaries, the JSON report, Markdown."""
 
 from __future__ import annotations
 
+import json
+import os
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from pytest_gpufit.units import format_gb
+from pytest_gpufit.hardware.records import Inventory
+from pytest_gpufit.requirements import Verdict
+from pytest_gpufit.units import format_gb, format_gib
+
+
+def inventory_lines(inventory: Inventory) -> list[str]:
+    """One line per GPU (or why there is none), for the report header and expect errors."""
+    if not inventory.gpus:
+        return [f"no GPU: {inventory.reason or 'none found'}"]
+    env = inventory.environment
+    versions = ""
+    if not inventory.simulated:
+        versions = f", driver {env.driver_version or '?'}, CUDA {env.cuda_driver_version or '?'}"
+    lines = []
+    for g in inventory.gpus:
+        memory = f"{format_gb(g.memory_total_bytes)} ({format_gib(g.memory_total_bytes)})"
+        sim = f" [simulated {g.catalog_id}]" if g.simulated else ""
+        lines.append(f"{g.label}, {memory}, CC {g.cc_text}{versions}{sim}")
+    return lines + [f"warning: {w}" for w in inventory.warnings]
+
+
+def summary_lines(inventory: Inventory, verdicts: dict[str, Verdict]) -> list[str]:
+    """Per card: how many gated tests run (or would, simulated) and why the rest do not."""
+    if not verdicts:
+        return []
+    verb = "would run" if inventory.simulated else "ran"
+    ok = [v for v in verdicts.values() if v.ok]
+    lines = [
+        f"gpufit: {len(ok)} of {len(verdicts)} gated tests {verb}"
+        + (" (simulated)" if inventory.simulated else "")
+    ]
+    for g in inventory.gpus:
+        on_card = sum(1 for v in ok if g.index in v.devices)
+        name = g.catalog_id or g.name
+        lines.append(f"  {g.label.split()[0]} {name}: {on_card} gated tests {verb} here")
+    reasons = Counter(v.reason for v in verdicts.values() if not v.ok)
+    for reason, count in reasons.most_common(5):
+        lines.append(f"  not run ({count}): {reason}")
+    return lines
+
+
+def write_report(
+    path: Path,
+    inventory: Inventory,
+    verdicts: dict[str, Verdict],
+    measurements: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Write the JSON report atomically: a reader never sees half a file."""
+    data = {
+        "inventory": inventory.to_dict(),
+        "verdicts": {nodeid: v.to_dict() for nodeid, v in verdicts.items()},
+        "measurements": measurements or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
+    os.replace(tmp, path)
+
 
 COLUMNS = (
     "target",

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_gpufit.hardware.records import Gpu
+from pytest_gpufit.hardware.records import Gpu, Inventory
 
 Group = tuple[tuple[int, ...], str]
 
@@ -44,6 +44,23 @@ def plan(gpus: Sequence[Gpu], per_worker: int, workers: int, outer: str | None) 
         group = groups[worker % len(groups)]
         out.append((group, ",".join(visible(i) for i in group)))
     return out
+
+
+def pinned_to(inventory: Inventory, worker: dict[str, Any]) -> Inventory:
+    """A worker's view: the controller set CUDA_VISIBLE_DEVICES, so NVML already shows only its
+    GPUs; simulated cards are narrowed here the same way."""
+    from dataclasses import replace
+
+    group = list(worker["gpufit_group"])
+    gpus = inventory.gpus
+    if inventory.simulated:
+        by_index = {g.index: g for g in gpus}
+        gpus = tuple(replace(by_index[i], index=n) for n, i in enumerate(group) if i in by_index)
+    note = (
+        f"xdist worker {worker.get('workerid')} holds {len(gpus)} GPU(s): "
+        f"CUDA_VISIBLE_DEVICES={worker.get('gpufit_visible')} (--gpufit-gpus-per-worker)"
+    )
+    return replace(inventory, gpus=gpus, pinned=note)
 
 
 def auto_workers(gpu_count: int, per_worker: int) -> int | None:
