@@ -300,3 +300,27 @@ def test_a_missing_extra_is_a_skip_naming_it(pytester: pytest.Pytester) -> None:
             "(transformers is missing): pip install 'pytest-gpufit[[]hf[]]'*"
         ]
     )
+
+
+def test_precision_reference_that_does_not_fit_is_a_clear_failure(
+    pytester: pytest.Pytester, tiny_checkpoint: Path
+) -> None:
+    pytester.makeconftest("""
+        import pytest_gpufit.backends.transformers_backend as backend
+
+        _original = backend.TransformersModel.free_bytes
+        backend.TransformersModel.free_bytes = lambda self: 1000  # a nearly full device
+
+        def pytest_unconfigure(config):
+            backend.TransformersModel.free_bytes = _original
+    """)
+    checks = "      precision: {reference: fp32, prompt_tokens: 8}\n"
+    pytester.makefile(".gpufit.yaml", full=suite_text(tiny_checkpoint, checks))
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*tiny::precision: the fp32 reference needs * on cpu beside the "
+            "bf16 model, and only 0.0 GB is free*"
+        ]
+    )

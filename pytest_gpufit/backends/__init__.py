@@ -27,6 +27,14 @@ class Loaded(Protocol):
         """Logits at every position, as fp32."""
         ...
 
+    def greedy_topk(self, input_ids: Any, new_tokens: int, k: int) -> dict[str, Any]:
+        """Greedy tokens with each step's top-k ids and log-probabilities (golden checks)."""
+        ...
+
+    def free_bytes(self) -> int | None:
+        """Free device memory now; None where it cannot be known (the CPU)."""
+        ...
+
     def reference_fp32(self) -> Loaded:
         """The same weights upcast to fp32, on the same device."""
         ...

@@ -101,6 +101,12 @@ class TransformersModel:
         reference = copy.deepcopy(self.model).to(torch.float32)
         return TransformersModel(reference, self.tokenizer, self.device, "fp32", 0.0, None)
 
+    def free_bytes(self) -> int | None:
+        """Free device memory now (None on the CPU, where the OS decides)."""
+        if self.device.type != "cuda":
+            return None
+        return int(torch.cuda.mem_get_info(self.device)[0])
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
 

@@ -194,13 +194,14 @@ def run_precision(ctx: Context, params: dict[str, Any]) -> None:
     from pytest_gpufit.backends.transformers_backend import kl_and_top1
 
     loaded = ctx.cache.get(ctx.target)
-    if ctx.gpu is not None and ctx.gpu.memory_free_bytes is not None:
-        need = estimate(ctx.spec, "fp32", params["prompt_tokens"]).weights_bytes
-        if need > ctx.gpu.memory_total_bytes:
-            raise CheckFailed(
-                f"reference fp32 needs {format_gb(need)} and does not fit on "
-                f"{ctx.gpu.label} ({format_gb(ctx.gpu.memory_total_bytes)})"
-            )
+    free = loaded.free_bytes()
+    need = estimate(ctx.spec, "fp32", params["prompt_tokens"]).weights_bytes
+    if free is not None and need > free:
+        raise CheckFailed(
+            f"the fp32 reference needs {format_gb(need)} on {ctx.target.device} beside the "
+            f"{ctx.target.dtype} model, and only {format_gb(free)} is free; use a smaller "
+            "model for precision checks or reference: golden"
+        )
     ids = _prompt(ctx, loaded, params)
     reference = loaded.reference_fp32()
     try:
