@@ -93,6 +93,6 @@ def parse_percent(value: object, what: str = "tolerance") -> float:
             fraction = float(value.strip()[:-1]) / 100
         except ValueError:
             pass
-    if not 0 <= fraction <= 10:
+    if not 0 <= fraction <= 100:  # up to 10000%: a tolerance that only records
         raise GpufitError(f"{what}: expected a percentage such as '10%', got {value!r}")
     return fraction

@@ -58,7 +58,7 @@ def test_per_metric_tolerance_overrides_the_default() -> None:
         ({"decode_tok_s": 5}, "expected a percentage"),
         ({"decode_tok_s": "5"}, "expected a percentage"),
         ({"speed": "5%"}, "unknown metric 'speed'; known: decode_tok_s"),
-        ({"ttft_ms": "5000%"}, "expected a percentage"),
+        ({"ttft_ms": "50000%"}, "expected a percentage"),
         ("5%", "expected a mapping"),
     ],
 )
@@ -146,7 +146,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("bl") / "tiny")
 
 
-def _suite(pytester: pytest.Pytester, model: Path, tolerance: str = "1000%") -> None:
+def _suite(pytester: pytest.Pytester, model: Path, tolerance: str = "10000%") -> None:
     # CPU timings on a shared 2-core machine swing by 10-20% run to run: these tests check the
     # mechanism with generous tolerances and doctored records, not the machine's stability.
     pytester.makefile(
@@ -171,7 +171,7 @@ def _args(store: Path, mode: str) -> list[str]:
         "no:randomly",
         f"--gpufit-baseline={mode}",
         f"--gpufit-baseline-dir={store}",
-        "--gpufit-baseline-tolerance=1000%",
+        "--gpufit-baseline-tolerance=10000%",
     ]
 
 
@@ -212,7 +212,8 @@ def test_doctored_record_fails_naming_metric_tolerance_and_environment(
     path = _accepted(store)
     record = json.loads(path.read_text())
     metrics = record["results"]["bl.gpufit.yaml::tiny::throughput"]["metrics"]
-    metrics["decode_tok_s"] *= 3  # the stored run was three times faster
+    # Far beyond CPU run-to-run noise (which reaches 3x under load on a shared 2-core box).
+    metrics["decode_tok_s"] *= 1000
     record["fingerprint"]["torch_version"] = "2.5.1"
     path.write_text(json.dumps(record))
     result = pytester.runpytest(*_args(store, "compare"))
@@ -231,7 +232,7 @@ def test_better_beyond_tolerance_passes_with_a_warning(
     pytester.runpytest(*_args(store, "save"))
     path = _accepted(store)
     record = json.loads(path.read_text())
-    record["results"]["bl.gpufit.yaml::tiny::throughput"]["metrics"]["decode_tok_s"] /= 3
+    record["results"]["bl.gpufit.yaml::tiny::throughput"]["metrics"]["decode_tok_s"] /= 1000
     path.write_text(json.dumps(record))
     result = pytester.runpytest(*_args(store, "compare"))
     result.assert_outcomes(passed=2)
