@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.hardware.catalog import parse_setup
 from pytest_gpufit.hardware.probe import build_inventory
 from pytest_gpufit.hardware.records import Inventory
 from pytest_gpufit.settings import OPTIONS
@@ -19,6 +20,8 @@ _SIMULATE = next(o for o in OPTIONS if o.name == "simulate")
 
 
 def _probe(args: argparse.Namespace) -> int:
+    if args.simulate:
+        parse_setup(args.simulate, "--simulate")  # name this command's option in errors
     inventory = build_inventory(args.simulate)
     if args.json:
         print(json.dumps(inventory.to_dict(), indent=2))

@@ -36,5 +36,5 @@ def test_probe_json_has_the_gpu_record_fields() -> None:
 
 def test_probe_unknown_card_is_a_usage_error() -> None:
     out = run("probe", "--simulate", "h300")
-    assert out.returncode == 2 and "unknown GPU id 'h300'" in out.stderr
+    assert out.returncode == 2 and "--simulate: unknown GPU id 'h300'" in out.stderr
     assert "Traceback" not in out.stderr
