@@ -11,7 +11,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.dtypes import canonical_dtype
+from pytest_gpufit.hardware.dtypes import canonical_dtype, parse_compute_capability
 from pytest_gpufit.hardware.records import Gpu, Inventory
 from pytest_gpufit.units import format_gb, parse_size
 
@@ -66,10 +66,7 @@ def parse_expect(expression: str, what: str = "--gpufit-expect") -> tuple[Clause
             elif key in ("vram", "free"):
                 value = parse_size(raw, key)
             elif key == "cc":
-                major, _, minor = raw.partition(".")
-                if not (major.isdigit() and (minor.isdigit() or not minor)):
-                    raise GpufitError(f"a compute capability such as 12.0, got {raw!r}")
-                value = (int(major), int(minor or 0))
+                value = parse_compute_capability(raw)
             elif key == "dtype":
                 if op not in ("=", "=="):
                     raise GpufitError("dtype takes '=' (every GPU runs it natively)")

@@ -141,15 +141,17 @@ class SessionState:
             write_report(
                 Path(self.settings.report), self.inventory, self.verdicts, self.measurements
             )
-        if self.settings.summary or os.environ.get("GITHUB_STEP_SUMMARY"):
-            from pytest_gpufit.report import markdown_summary
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if self.settings.summary or step_summary:
+            from pytest_gpufit.report import write_markdown_summary
 
-            text = markdown_summary(self.inventory, self.verdicts, self.measurements)
-            if self.settings.summary:
-                Path(self.settings.summary).write_text(text, "utf-8")
-            if os.environ.get("GITHUB_STEP_SUMMARY"):
-                with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as handle:
-                    handle.write(text)
+            write_markdown_summary(
+                self.inventory,
+                self.verdicts,
+                self.measurements,
+                self.settings.summary,
+                step_summary,
+            )
 
 
 STATE = pytest.StashKey[SessionState]()
@@ -240,18 +242,18 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_marker(
+def _parse_cached(
     name: str, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]
 ) -> Requirement:
-    """Suites of thousands of tests repeat a handful of markers: parse each once."""
     return requirement_from_marker(name, args, dict(kwargs))
 
 
-def _parse_or_explain(item: pytest.Item, name: str, args: Any, kwargs: Any) -> Requirement:
+def _parse_marker(mark: pytest.Mark) -> Requirement:
+    """Suites of thousands of tests repeat a handful of markers: parse each once."""
     try:
-        return requirement_from_marker(name, args, kwargs)
-    except GpufitError as error:
-        raise GpufitError(f"{item.nodeid}: @{error}") from None
+        return _parse_cached(mark.name, mark.args, tuple(sorted(mark.kwargs.items())))
+    except TypeError:  # an unhashable argument: parse without the cache
+        return requirement_from_marker(mark.name, mark.args, mark.kwargs)
 
 
 def item_requirement(item: pytest.Item) -> Requirement | None:
@@ -262,9 +264,7 @@ def item_requirement(item: pytest.Item) -> Requirement | None:
         if mark.name not in MARKERS:
             continue
         try:
-            req = _parse_marker(mark.name, mark.args, tuple(sorted(mark.kwargs.items())))
-        except TypeError:  # an unhashable argument: parse without the cache
-            req = _parse_or_explain(item, mark.name, mark.args, mark.kwargs)
+            req = _parse_marker(mark)
         except GpufitError as error:
             raise GpufitError(f"{item.nodeid}: @{error}") from None
         merged = req if merged is None else merged.merge(req)

@@ -166,3 +166,19 @@ def markdown_summary(
                 f"{c['change']:+.1%} | {c['tolerance']:.0%} | {c['verdict']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def write_markdown_summary(
+    inventory: Any,
+    verdicts: dict[str, Any],
+    measurements: dict[str, dict[str, Any]],
+    path: str | None,
+    step_summary: str | None,
+) -> None:
+    """Write the summary to ``path`` and append it to the CI job summary file, if given."""
+    text = markdown_summary(inventory, verdicts, measurements)
+    if path:
+        Path(path).write_text(text, "utf-8")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as handle:
+            handle.write(text)

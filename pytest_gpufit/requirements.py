@@ -11,7 +11,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.dtypes import canonical_dtype
+from pytest_gpufit.hardware.dtypes import canonical_dtype, parse_compute_capability
 from pytest_gpufit.hardware.records import Gpu, Inventory
 from pytest_gpufit.units import format_gb, parse_size
 
@@ -113,18 +113,6 @@ def _version_spec(value: object, what: str) -> str:
     return text  # as the user wrote it, so messages quote them
 
 
-def _compute_capability(value: object, what: str) -> tuple[int, int]:
-    text = str(value).strip().removeprefix(">=").strip() if isinstance(value, (str, float)) else ""
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return (value[0], value[1])
-    major, _, minor = text.partition(".")
-    if major.isdigit() and (minor.isdigit() or not minor):
-        return int(major), int(minor or 0)
-    raise GpufitError(
-        f"{what}: expected a compute capability such as '8.9' or '12.0', got {value!r}"
-    )
-
-
 def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise GpufitError(f"{what}: expected a whole number >= 1, got {value!r}")
@@ -174,7 +162,11 @@ def requirement_from_marker(
         return Requirement(vram_bytes=parse_size(b["size"], name), vram_free=bool(b["free"]))
     if name == "requires_compute_capability":
         b = _bind(name, args, kwargs, ("capability",), {})
-        return Requirement(compute_capability=_compute_capability(b["capability"], name))
+        try:
+            cc = parse_compute_capability(b["capability"])
+        except GpufitError as error:
+            raise GpufitError(f"{name}: {error}") from None
+        return Requirement(compute_capability=cc)
     if name == "requires_dtype":
         if kwargs or not args:
             raise GpufitError(

@@ -128,5 +128,5 @@ def test_parse_setup() -> None:
     assert parse_setup("2*rtx-pro-6000-blackwell") == ["rtx-pro-6000-blackwell"] * 2
     with pytest.raises(GpufitError, match="known ids: rtx-4090"):
         parse_setup("gtx-1080")
-    with pytest.raises(GpufitError, match="bad repeat"):
+    with pytest.raises(GpufitError, match=r"bad count in 'x\*t4'"):
         parse_setup("x*t4")

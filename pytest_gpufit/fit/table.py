@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.estimate import GpuFit, MemoryEstimate, estimate, fit_on
 from pytest_gpufit.fit.spec import ModelSpec, load_spec, shipped_models
-from pytest_gpufit.hardware.catalog import catalog, catalog_gpu
+from pytest_gpufit.hardware.catalog import catalog, catalog_gpu, split_repeat
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.units import format_gb
 
@@ -33,12 +33,8 @@ def parse_setups(text: str, what: str = "--gpus") -> list[Setup]:
     """
     setups = []
     for part in (p.strip().lower() for p in text.split(",") if p.strip()):
-        count_text, _, card = part.rpartition("*")
-        if count_text and (not count_text.isdigit() or int(count_text) < 1):
-            raise GpufitError(f"{what}: bad count in {part!r}; write ID or N*ID, e.g. 2*h200")
-        if card not in catalog():
-            raise GpufitError(f"{what}: unknown GPU id {card!r}; known ids: {', '.join(catalog())}")
-        setups.append(Setup(part, catalog_gpu(card), int(count_text or 1)))
+        count, card = split_repeat(part, what)
+        setups.append(Setup(part, catalog_gpu(card), count))
     if not setups:
         raise GpufitError(f"{what}: no GPU given; known ids: {', '.join(catalog())}")
     return setups

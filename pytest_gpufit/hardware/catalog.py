@@ -7,7 +7,7 @@ from importlib import resources
 from typing import Any
 
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.dtypes import with_variants
+from pytest_gpufit.hardware.dtypes import parse_compute_capability, with_variants
 from pytest_gpufit.hardware.records import Gpu
 
 MIB = 2**20
@@ -23,13 +23,6 @@ def catalog() -> dict[str, dict[str, Any]]:
     return data
 
 
-def _cc(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    major, minor = str(text).split(".")
-    return int(major), int(minor)
-
-
 def catalog_gpu(card_id: str, index: int = 0) -> Gpu:
     """A simulated ``Gpu`` for a catalog id; memory is all free."""
     entries = catalog()
@@ -37,7 +30,8 @@ def catalog_gpu(card_id: str, index: int = 0) -> Gpu:
         raise GpufitError(f"unknown GPU id {card_id!r}; known ids: {', '.join(entries)}")
     entry = entries[card_id]
     total = int(entry["memory_mib"]) * MIB
-    cc = _cc(entry.get("compute_capability"))
+    cc_text = entry.get("compute_capability")
+    cc = parse_compute_capability(cc_text) if cc_text else None
     return Gpu(
         index=index,
         name=entry["name"],
@@ -54,6 +48,17 @@ def catalog_gpu(card_id: str, index: int = 0) -> Gpu:
     )
 
 
+def split_repeat(part: str, what: str) -> tuple[int, str]:
+    """``"2*h100-sxm"`` -> ``(2, "h100-sxm")``, checking the count and the catalog id."""
+    count_text, _, card = part.rpartition("*")
+    count_text, card = count_text.strip(), card.strip().lower()
+    if count_text and (not count_text.isdigit() or int(count_text) < 1):
+        raise GpufitError(f"{what}: bad count in {part!r}; write ID or N*ID, e.g. 2*h100-sxm")
+    if card not in catalog():
+        raise GpufitError(f"{what}: unknown GPU id {card!r}; known ids: {', '.join(catalog())}")
+    return int(count_text or 1), card
+
+
 def parse_setup(text: str, what: str = "--gpufit-simulate") -> list[str]:
     """Expand ``"2*h100-sxm,rtx-4090"`` into one catalog id per GPU.
 
@@ -61,18 +66,8 @@ def parse_setup(text: str, what: str = "--gpufit-simulate") -> list[str]:
     ['h100-sxm', 'h100-sxm', 't4']
     """
     ids: list[str] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        count_text, _, card = part.rpartition("*")
-        count = 1
-        if count_text:
-            if not count_text.strip().isdigit() or int(count_text) < 1:
-                raise GpufitError(f"{what}: bad repeat {part!r}; write N*ID, e.g. 2*h100-sxm")
-            count = int(count_text)
-        card = card.strip().lower()
-        if card not in catalog():
-            raise GpufitError(f"{what}: unknown GPU id {card!r}; known ids: {', '.join(catalog())}")
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        count, card = split_repeat(part, what)
         ids.extend([card] * count)
     if not ids:
         raise GpufitError(f"{what}: no GPU id given; known ids: {', '.join(catalog())}")

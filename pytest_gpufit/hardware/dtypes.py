@@ -89,6 +89,21 @@ def native_dtypes(
     return tuple(out)
 
 
+def parse_compute_capability(value: object) -> tuple[int, int]:
+    """``"8.9"``, ``">=8.9"``, ``8.9``, ``"12"`` or ``(8, 9)`` -> ``(8, 9)``.
+
+    >>> parse_compute_capability("12.0"), parse_compute_capability(">=8.9")
+    ((12, 0), (8, 9))
+    """
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (value[0], value[1])
+    text = str(value).strip().removeprefix(">=").strip() if isinstance(value, (str, float)) else ""
+    major, _, minor = text.partition(".")
+    if major.isdigit() and (minor.isdigit() or not minor):
+        return int(major), int(minor or 0)
+    raise GpufitError(f"expected a compute capability such as '8.9' or '12.0', got {value!r}")
+
+
 def with_variants(families: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """Add the named variants of each family (fp8 -> fp8_e4m3, fp8_e5m2), in canonical order.
 

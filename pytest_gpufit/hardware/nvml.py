@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -168,13 +169,18 @@ def probe_nvml(
     if use_environ and visible is None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        nvml.nvmlInit()
+        with _session(nvml):
+            return _probe_initialised(nvml, visible)
     except nvml.NVMLError as error:
         return Inventory(environment=software_environment(), reason=library_failure(nvml, error))
+
+
+@contextmanager
+def _session(nvml: ModuleType) -> Iterator[None]:
+    """nvmlInit ... nvmlShutdown; an error of the shutdown itself is of no interest."""
+    nvml.nvmlInit()
     try:
-        return _probe_initialised(nvml, visible)
-    except nvml.NVMLError as error:
-        return Inventory(environment=software_environment(), reason=library_failure(nvml, error))
+        yield
     finally:
         try:
             nvml.nvmlShutdown()
@@ -224,21 +230,15 @@ def free_memory(uuids: list[str | None], nvml: ModuleType | None = None) -> dict
     loaded = nvml or _load_nvml()
     if isinstance(loaded, str):
         return {}
-    try:
-        loaded.nvmlInit()
-    except loaded.NVMLError:
-        return {}
     out: dict[str, int] = {}
     try:
-        for uuid in filter(None, uuids):
-            try:
-                handle = loaded.nvmlDeviceGetHandleByUUID(uuid)
-                out[uuid] = int(loaded.nvmlDeviceGetMemoryInfo(handle).free)
-            except loaded.NVMLError:
-                continue
-    finally:
-        try:
-            loaded.nvmlShutdown()
-        except loaded.NVMLError:
-            pass
+        with _session(loaded):
+            for uuid in filter(None, uuids):
+                try:
+                    handle = loaded.nvmlDeviceGetHandleByUUID(uuid)
+                    out[uuid] = int(loaded.nvmlDeviceGetMemoryInfo(handle).free)
+                except loaded.NVMLError:
+                    continue
+    except loaded.NVMLError:
+        return {}
     return out

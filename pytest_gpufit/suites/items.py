@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from collections.abc import Iterator
@@ -122,8 +123,6 @@ class CheckItem(pytest.Item):
 
 def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
     """Measurements as JUnit properties, and for the summary, the report and the baseline."""
-    import json
-
     entry = {
         "suite": item.suite.name,
         "target": item.target.name,
