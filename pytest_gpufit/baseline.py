@@ -182,11 +182,15 @@ class Store:
         return data
 
     def write_run(self, fp: Fingerprint, results: dict[str, Any], accept: bool) -> str:
-        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        # Microseconds in the id, so ids sort in creation order (list, plot) even for runs
+        # saved within one second.
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}Z"
+        run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
         record = {
             "format": FORMAT,
             "id": run_id,
-            "created": time.time(),
+            "created": now,
             "fingerprint": fp.to_dict(),
             "results": results,
         }
