@@ -2,25 +2,115 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_gpufit.hardware.records import Inventory
+from pytest_gpufit.atomic import why_unwritable, write_text_atomic
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.hardware.records import Environment, Inventory
+from pytest_gpufit.numbers import format_number, format_percent, plural
 from pytest_gpufit.requirements import Verdict
 from pytest_gpufit.units import format_gb, format_gib
+
+OUTCOMES = ("passed", "failed", "error", "skipped")
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """How one test ended, with the one-line reason for a failure, an error or a skip."""
+
+    __test__ = False  # a record, not a pytest test class
+
+    nodeid: str
+    outcome: str  # one of OUTCOMES
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """The first non-empty line of ``text``, cut at ``limit`` characters.
+
+    >>> one_line("\\nAssertionError: 3 != 4\\nmore"), one_line("x" * 9, limit=5)
+    ('AssertionError: 3 != 4', 'xxxx…')
+    """
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _longrepr_reason(longrepr: Any) -> str:
+    if longrepr is None:
+        return ""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (path, line, reason)
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None and getattr(crash, "message", None):
+        return str(crash.message)
+    return str(longrepr)
+
+
+def result_from_report(report: Any) -> TestResult | None:
+    """What a ``pytest.TestReport`` says of its test; None for a phase that decides nothing.
+
+    Setup and teardown failures are errors; an expected failure (xfail) is a skip.
+    """
+    xfail = getattr(report, "wasxfail", None)
+    if report.outcome == "skipped":
+        reason = f"xfail: {xfail}" if xfail is not None else _longrepr_reason(report.longrepr)
+        return TestResult(report.nodeid, "skipped", one_line(reason))
+    if report.outcome == "failed":
+        outcome = "failed" if report.when == "call" else "error"
+        return TestResult(report.nodeid, outcome, one_line(_longrepr_reason(report.longrepr)))
+    if report.when == "call":
+        return TestResult(report.nodeid, "passed")
+    return None
+
+
+def merge_results(previous: TestResult | None, new: TestResult) -> TestResult:
+    """The result a test keeps across its phases: the first that did not pass.
+
+    >>> merge_results(TestResult("t", "passed"), TestResult("t", "error", "boom")).outcome
+    'error'
+    >>> merge_results(TestResult("t", "failed", "x"), TestResult("t", "error", "y")).reason
+    'x'
+    """
+    if previous is None or previous.outcome == "passed":
+        return new
+    return previous
+
+
+def version_text(what: str, version: str | None) -> str:
+    """``driver 550.54`` or, when there is none, ``no driver``.
+
+    >>> version_text("driver", "550.54"), version_text("CUDA", None)
+    ('driver 550.54', 'no CUDA')
+    """
+    return f"{what} {version}" if version else f"no {what}"
+
+
+def environment_text(env: Environment, torch: bool = True) -> str:
+    """Driver, CUDA (and torch) versions in one phrase, saying which are missing."""
+    parts = [
+        version_text("driver", env.driver_version),
+        version_text("CUDA", env.cuda_driver_version),
+    ]
+    if torch:
+        parts.append(version_text("torch", env.torch_version))
+    return ", ".join(parts)
 
 
 def inventory_lines(inventory: Inventory) -> list[str]:
     """One line per GPU (or why there is none), for the report header and expect errors."""
     if not inventory.gpus:
         return [f"no GPU: {inventory.reason or 'none found'}"]
-    env = inventory.environment
-    versions = ""
-    if not inventory.simulated:
-        versions = f", driver {env.driver_version or '?'}, CUDA {env.cuda_driver_version or '?'}"
+    versions = "" if inventory.simulated else ", " + environment_text(inventory.environment, False)
     lines = []
     for g in inventory.gpus:
         memory = f"{format_gb(g.memory_total_bytes)} ({format_gib(g.memory_total_bytes)})"
@@ -29,42 +119,51 @@ def inventory_lines(inventory: Inventory) -> list[str]:
     return lines + [f"warning: {w}" for w in inventory.warnings]
 
 
-def summary_lines(inventory: Inventory, verdicts: dict[str, Verdict]) -> list[str]:
+def summary_lines(inventory: Inventory, verdicts: Mapping[str, Verdict]) -> list[str]:
     """Per card: how many gated tests run (or would, simulated) and why the rest do not."""
     if not verdicts:
         return []
     verb = "would run" if inventory.simulated else "ran"
     ok = [v for v in verdicts.values() if v.ok]
     lines = [
-        f"gpufit: {len(ok)} of {len(verdicts)} gated tests {verb}"
+        f"gpufit: {format_number(len(ok))} of {plural(len(verdicts), 'gated test')} {verb}"
         + (" (simulated)" if inventory.simulated else "")
     ]
     for g in inventory.gpus:
         on_card = sum(1 for v in ok if g.index in v.devices)
         name = g.catalog_id or g.name
-        lines.append(f"  {g.label.split()[0]} {name}: {on_card} gated tests {verb} here")
+        lines.append(f"  {g.label.split()[0]} {name}: {plural(on_card, 'gated test')} {verb} here")
     reasons = Counter(v.reason for v in verdicts.values() if not v.ok)
     for reason, count in reasons.most_common(5):
-        lines.append(f"  not run ({count}): {reason}")
+        lines.append(f"  not run ({format_number(count)}): {reason}")
     return lines
+
+
+def report_data(
+    inventory: Inventory,
+    verdicts: Mapping[str, Verdict],
+    measurements: Mapping[str, Mapping[str, Any]] | None = None,
+    results: Iterable[TestResult] = (),
+) -> dict[str, Any]:
+    """The JSON report's content: inventory, verdicts, measurements, and how each test ended."""
+    return {
+        "inventory": inventory.to_dict(),
+        "verdicts": {nodeid: v.to_dict() for nodeid, v in verdicts.items()},
+        "measurements": dict(measurements or {}),
+        "results": {r.nodeid: {"outcome": r.outcome, "reason": r.reason} for r in results},
+    }
 
 
 def write_report(
     path: Path,
     inventory: Inventory,
-    verdicts: dict[str, Verdict],
-    measurements: dict[str, dict[str, Any]] | None = None,
+    verdicts: Mapping[str, Verdict],
+    measurements: Mapping[str, Mapping[str, Any]] | None = None,
+    results: Iterable[TestResult] = (),
 ) -> None:
-    """Write the JSON report atomically: a reader never sees half a file."""
-    data = {
-        "inventory": inventory.to_dict(),
-        "verdicts": {nodeid: v.to_dict() for nodeid, v in verdicts.items()},
-        "measurements": measurements or {},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
-    os.replace(tmp, path)
+    """Write the JSON report atomically: a reader never sees half a file. Raises OSError."""
+    data = report_data(inventory, verdicts, measurements, results)
+    write_text_atomic(Path(path), json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 COLUMNS = (
@@ -80,22 +179,23 @@ COLUMNS = (
 )
 
 
-def _target_row(rows: list[dict[str, Any]]) -> list[str]:
+def _target_row(rows: list[Mapping[str, Any]]) -> list[str]:
     merged: dict[str, Any] = dict(rows[0])
     for row in rows:
         merged.update(row["metrics"])
 
-    def get(key: str, fmt: str = "{:.2f}") -> str:
-        return fmt.format(merged[key]) if key in merged else "-"
+    def get(key: str) -> str:
+        value = merged.get(key)
+        return format_number(value) if isinstance(value, (int, float)) else "-"
 
     peak = "-"
     if "peak_allocated_bytes" in merged:
         peak = format_gb(merged["peak_allocated_bytes"])
         if "estimate_weights_bytes" in merged:
             peak += f" / {format_gb(merged['estimate_weights_bytes'])}"
-    decode = get("decode_tok_s", "{:.1f}")
+    decode = get("decode_tok_s")
     if "decode_pct_of_ceiling" in merged:
-        decode += f" ({merged['decode_pct_of_ceiling']:.0f}%)"
+        decode += f" ({format_number(merged['decode_pct_of_ceiling'])}%)"
     total = format_gb(merged["estimate_total_bytes"]) if "estimate_total_bytes" in merged else "-"
     return [
         f"{merged['suite']}::{merged['target']}",
@@ -104,21 +204,21 @@ def _target_row(rows: list[dict[str, Any]]) -> list[str]:
         total,
         get("load_seconds"),
         peak,
-        get("prefill_tok_s", "{:.0f}"),
+        get("prefill_tok_s"),
         decode,
-        get("ttft_ms", "{:.1f}"),
+        get("ttft_ms"),
     ]
 
 
-def measurement_rows(measurements: dict[str, dict[str, Any]]) -> list[list[str]]:
+def measurement_rows(measurements: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     """One row per target (COLUMNS), merging the measurements of its checks."""
-    by_target: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    by_target: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in measurements.values():
         by_target.setdefault((row["suite"], row["target"]), []).append(row)
     return [_target_row(rows) for rows in by_target.values()]
 
 
-def measurement_table(measurements: dict[str, dict[str, Any]]) -> list[str]:
+def measurement_table(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The rows as aligned text, with a header."""
     rows = [list(COLUMNS), *measurement_rows(measurements)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
@@ -127,58 +227,193 @@ def measurement_table(measurements: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
-def markdown_summary(
-    inventory: Any, verdicts: dict[str, Any], measurements: dict[str, dict[str, Any]]
-) -> str:
-    """A Markdown summary for CI job pages: the machine, the gate, the results, the baseline."""
-    lines = ["## pytest-gpufit", ""]
-    if inventory.gpus:
-        env = inventory.environment
-        for gpu in inventory.gpus:
-            lines.append(
-                f"- {gpu.describe()}; driver {env.driver_version or '-'}, CUDA "
-                f"{env.cuda_driver_version or '-'}, torch {env.torch_version or '-'}"
-            )
-    else:
-        lines.append(f"- no GPU: {inventory.reason or 'none found'}")
-    if verdicts:
-        ran = sum(1 for v in verdicts.values() if v.ok)
-        lines.append(f"- {ran} of {len(verdicts)} gated tests had what they need")
-    if measurements:
-        lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(row) + " |" for row in measurement_rows(measurements)]
+def _md(text: str) -> str:
+    """Text safe in a Markdown table cell or list item: one line, no HTML, no cell breaks.
+
+    >>> _md("a|b <br> c")
+    'a\\\\|b &lt;br&gt; c'
+    """
+    text = " ".join(str(text).split())
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def _code(text: str) -> str:
+    """An inline code span that survives backticks in ``text``."""
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
+def outcome_counts(results: Sequence[TestResult]) -> str:
+    """``3 passed, 1 failed, 2 skipped``, in pytest's order, leaving out outcomes that are zero.
+
+    >>> outcome_counts([TestResult("a", "passed"), TestResult("b", "error")] * 2)
+    '2 passed, 2 errors'
+    """
+    counts = Counter(r.outcome for r in results)
+    parts = []
+    for outcome in OUTCOMES:
+        if counts[outcome]:
+            word = plural(counts[outcome], "error") if outcome == "error" else None
+            parts.append(word or f"{format_number(counts[outcome])} {outcome}")
+    return ", ".join(parts)
+
+
+LISTED = 50  # failures and skip reasons shown in the Markdown summary before "and N more"
+
+
+def _simulated_banner(inventory: Inventory) -> list[str]:
+    ids = ", ".join(g.catalog_id or g.name for g in inventory.gpus) or "no cards"
+    return [
+        f"> **Simulated: no real GPU was used.** The cards are catalog entries ({_md(ids)}); "
+        "gated tests were planned, not run, and nothing here gates a deploy.",
+        "",
+    ]
+
+
+def _results_lines(results: Sequence[TestResult]) -> list[str]:
+    lines: list[str] = []
+    failed = [r for r in results if r.outcome in ("failed", "error")]
+    if failed:
+        lines += ["", f"### Failed ({format_number(len(failed))})", ""]
+        for r in failed[:LISTED]:
+            kind = "error: " if r.outcome == "error" else ""
+            lines.append(f"- {_code(r.nodeid)}: {kind}{_md(r.reason) or 'no reason given'}")
+        if len(failed) > LISTED:
+            lines.append(f"- and {plural(len(failed) - LISTED, 'more failure')}")
+    skipped = Counter(r.reason for r in results if r.outcome == "skipped")
+    if skipped:
+        total = sum(skipped.values())
+        lines += ["", f"### Skipped ({format_number(total)})", ""]
+        for reason, count in skipped.most_common(LISTED):
+            lines.append(f"- {plural(count, 'test')}: {_md(reason) or 'no reason given'}")
+        if len(skipped) > LISTED:
+            lines.append(f"- and {plural(len(skipped) - LISTED, 'more reason')}")
+    return lines
+
+
+def _baseline_lines(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
     compared = [
         (nodeid, c)
         for nodeid, m in measurements.items()
         for c in m.get("metrics", {}).get("baseline", [])
     ]
-    if compared:
+    if not compared:
+        return []
+    lines = [
+        "",
+        "### Against the accepted baseline",
+        "",
+        "| check | metric | baseline | now | change | tolerance | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for nodeid, c in compared:
+        lines.append(
+            f"| {_md(nodeid)} | {c['metric']} | {format_number(c['old'])} | "
+            f"{format_number(c['new'])} | {format_percent(c['change'], signed=True)} | "
+            f"{format_percent(c['tolerance'])} | {c['verdict']} |"
+        )
+    return lines
+
+
+def markdown_summary(
+    inventory: Inventory,
+    verdicts: Mapping[str, Verdict],
+    measurements: Mapping[str, Mapping[str, Any]],
+    results: Sequence[TestResult] = (),
+) -> str:
+    """A Markdown summary for CI job pages: the machine, the gate, the results, the baseline."""
+    lines = ["## pytest-gpufit", ""]
+    if inventory.simulated:
+        lines += _simulated_banner(inventory)
+    if inventory.gpus:
+        for gpu in inventory.gpus:
+            versions = "" if inventory.simulated else "; " + environment_text(inventory.environment)
+            lines.append(f"- {_md(gpu.describe())}{versions}")
+    else:
+        lines.append(f"- no GPU: {_md(inventory.reason or 'none found')}")
+    if verdicts:
+        ran = sum(1 for v in verdicts.values() if v.ok)
+        lines.append(
+            f"- {format_number(ran)} of {plural(len(verdicts), 'gated test')} "
+            "had what they need" + (" (simulated)" if inventory.simulated else "")
+        )
+    if results:
+        lines.append(f"- tests: {outcome_counts(results)}")
+    lines += _results_lines(results)
+    if measurements:
+        lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         lines += [
-            "",
-            "### Against the accepted baseline",
-            "",
-            "| check | metric | baseline | now | change | tolerance | verdict |",
-            "|---|---|---|---|---|---|---|",
+            "| " + " | ".join(_md(c) for c in row) + " |" for row in measurement_rows(measurements)
         ]
-        for nodeid, c in compared:
-            lines.append(
-                f"| {nodeid} | {c['metric']} | {c['old']:.4g} | {c['new']:.4g} | "
-                f"{c['change']:+.1%} | {c['tolerance']:.0%} | {c['verdict']} |"
-            )
+    lines += _baseline_lines(measurements)
     return "\n".join(lines) + "\n"
 
 
 def write_markdown_summary(
-    inventory: Any,
-    verdicts: dict[str, Any],
-    measurements: dict[str, dict[str, Any]],
+    inventory: Inventory,
+    verdicts: Mapping[str, Verdict],
+    measurements: Mapping[str, Mapping[str, Any]],
     path: str | None,
     step_summary: str | None,
+    results: Sequence[TestResult] = (),
 ) -> None:
-    """Write the summary to ``path`` and append it to the CI job summary file, if given."""
-    text = markdown_summary(inventory, verdicts, measurements)
-    if path:
-        Path(path).write_text(text, "utf-8")
+    """Write the summary to ``path`` and append it to the CI job summary file, if given.
+
+    Both are tried; then a ``GpufitError`` names every one that failed. The session should
+    call ``write_outputs`` instead, which returns the messages.
+    """
+    errors = write_outputs(
+        inventory,
+        verdicts,
+        measurements,
+        results,
+        summary_path=path,
+        step_summary=step_summary,
+    )
+    if errors:
+        raise GpufitError("\n".join(errors))
+
+
+def _failure(what: str, path: str | os.PathLike[str], error: OSError | ValueError) -> str:
+    where = Path(os.path.abspath(path))
+    return f"gpufit: cannot write {what} {where}: {why_unwritable(where, error)}"
+
+
+def write_outputs(
+    inventory: Inventory,
+    verdicts: Mapping[str, Verdict],
+    measurements: Mapping[str, Mapping[str, Any]],
+    results: Sequence[TestResult] = (),
+    *,
+    report_path: str | os.PathLike[str] | None = None,
+    summary_path: str | os.PathLike[str] | None = None,
+    step_summary: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """Write every output that can be written; return one message per output that could not.
+
+    ``report_path`` gets the JSON report and ``summary_path`` the Markdown summary (each atomic,
+    parent folders created); the summary is appended to ``step_summary`` (GitHub's
+    ``GITHUB_STEP_SUMMARY``), which is never created as a folder. A message names the output,
+    its absolute path and the OS reason; a failed write leaves no temporary file.
+    """
+    errors: list[str] = []
+    if report_path:
+        try:
+            write_report(Path(report_path), inventory, verdicts, measurements, results)
+        except (OSError, ValueError) as error:
+            errors.append(_failure("the JSON report (--gpufit-report)", report_path, error))
+    if not (summary_path or step_summary):
+        return errors
+    text = markdown_summary(inventory, verdicts, measurements, results)
+    if summary_path:
+        try:
+            write_text_atomic(Path(summary_path), text)
+        except (OSError, ValueError) as error:
+            errors.append(_failure("the Markdown summary (--gpufit-summary)", summary_path, error))
     if step_summary:
-        with open(step_summary, "a", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            with open(step_summary, "a", encoding="utf-8") as handle:
+                handle.write(text)
+        except (OSError, ValueError) as error:
+            errors.append(_failure("the job summary GITHUB_STEP_SUMMARY", step_summary, error))
+    return errors
