@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 
@@ -17,7 +16,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         # os.replace would say so too, but only after writing the temporary file.
         raise IsADirectoryError(21, "Is a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         tmp.write_text(text, "utf-8")
         os.replace(tmp, path)
