@@ -75,17 +75,28 @@ class CheckItem(pytest.Item):
 
         state = state_of(self.config)
         ctx = Context(self.target, device_for(self), state.model_cache)
+        fail_on_missing = state.settings.fail_on_missing
+        out_of_memory: str | None = None
         try:
-            run_check(ctx, self.check)
-            if state.settings.baseline == "compare":
-                self._compare(state, ctx)
-        except MissingExtra as error:
-            raise pytest.skip.Exception(str(error), _use_item_location=True) from None
-        except Exception as error:
-            if not _is_out_of_memory(error):
-                raise
-            ctx.cache.clear()
-            raise CheckFailed(_oom_message(ctx, error)) from None
+            try:
+                run_check(ctx, self.check)
+                if state.settings.baseline == "compare":
+                    self._compare(state, ctx)
+            except MissingExtra as error:
+                # Under the fail policy a missing or broken extra is unmet, like a missing GPU.
+                if fail_on_missing:
+                    raise CheckFailed(str(error)) from None
+                raise pytest.skip.Exception(str(error), _use_item_location=True) from None
+            except Exception as error:
+                if not _is_out_of_memory(error):
+                    raise
+                text = str(error).strip()
+                out_of_memory = text.splitlines()[0] if text else type(error).__name__
+            if out_of_memory is not None:
+                # Recovered here, outside the except block: there the traceback still holds
+                # the failing frames and their tensors, so no cache clear could free them.
+                ctx.cache.recover()
+                raise CheckFailed(_oom_message(ctx, out_of_memory))
         finally:
             record(self, ctx.gpu, ctx.metrics)
 
@@ -145,7 +156,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-def _oom_message(ctx: Context, error: BaseException) -> str:
+def _oom_message(ctx: Context, error: str) -> str:
     parts = [f"out of memory on {ctx.target.device}"]
     try:
         parts.append(f"estimate {format_gb(ctx.estimate().total_bytes)}")
@@ -155,5 +166,4 @@ def _oom_message(ctx: Context, error: BaseException) -> str:
     if torch is not None and ctx.target.device.startswith("cuda"):
         free, total = torch.cuda.mem_get_info(torch.device(ctx.target.device))
         parts.append(f"free now {format_gb(free)} of {format_gb(total)}")
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"{', '.join(parts)}; the device was cleaned for the next test ({first_line})"
+    return f"{', '.join(parts)}; the device was cleaned for the next test ({error})"
