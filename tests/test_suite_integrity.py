@@ -3,7 +3,10 @@ memory, a NaN measurement. Driven through real pytest sessions with a fake backe
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -341,10 +344,17 @@ def test_a_non_finite_measurement_fails_the_check(
         pytest.importorskip("torch")  # the fake's logits are tensors
     fake_backend(pytester, **behaviour)
     pytester.makefile(".gpufit.yaml", nan=suite(checks))
-    result = pytester.runpytest()
+    result = pytester.runpytest("--gpufit-report=report.json")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([message])
     result.stdout.no_fnmatch_line("*Traceback*")
+    # The report stays strict JSON (a NaN token breaks jq and JavaScript): null, not NaN.
+    text = (pytester.path / "report.json").read_text()
+    json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> object:
+    raise AssertionError(f"{name} in the JSON report")
 
 
 def test_repeat_refuses_a_round_the_median_would_hide() -> None:
@@ -355,3 +365,16 @@ def test_repeat_refuses_a_round_the_median_would_hide() -> None:
     # statistics.median of [nan, 5, 6] is 5.0: the NaN round would vanish into a pass.
     with pytest.raises(GpufitError, match=r"measured tok_s = nan in round 1 of 3: a measurement"):
         repeat(lambda: next(rounds), warmup=0, repeats=3)
+
+
+def test_the_suite_modules_do_not_import_torch() -> None:
+    # A check module that imported torch at the top would crash collection (or a fits check)
+    # where torch is broken, instead of the item reporting MissingExtra under the policy.
+    code = (
+        "import sys\n"
+        "import pytest_gpufit.suites.items, pytest_gpufit.suites.checks\n"
+        "import pytest_gpufit.suites.runtime, pytest_gpufit.backends, pytest_gpufit.measure\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import warnings
 from collections.abc import Iterator
@@ -141,12 +142,25 @@ def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
         "dtype": item.target.dtype,
         "device": item.target.device,
         "gpu": gpu.name if gpu else "cpu",
-        "metrics": {k: v for k, v in metrics.items() if k != "tokens"},
+        "metrics": _finite({k: v for k, v in metrics.items() if k != "tokens"}),
     }
-    item.user_properties.append(("gpufit_measurement", json.dumps(entry)))
+    # Strict JSON: a NaN has already failed the check (its message names it); here it is null.
+    item.user_properties.append(("gpufit_measurement", json.dumps(entry, allow_nan=False)))
     for key, value in metrics.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and math.isfinite(value):
             item.user_properties.append((key, value))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, nested ones included, replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
