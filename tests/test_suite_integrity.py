@@ -188,7 +188,7 @@ class Loaded:
             raise OutOfMemory("CUDA out of memory. Tried to allocate 2.00 GiB")
         times = BEHAVIOUR["times"]
         ttft, decode = times[(self.calls - 1) % len(times)]
-        return [[1] * new_tokens], ttft, decode
+        return [[1] * BEHAVIOUR.get("produce", new_tokens)], ttft, decode
 
     def logits(self, ids):
         import torch
@@ -299,7 +299,7 @@ def test_the_cache_retries_a_load_after_the_failed_attempt_is_gone(
     )
 
 
-# ---- NaN and infinity never pass (#4) -----------------------------------------------------------
+# ---- NaN, infinity and inflated rates never pass (#4) --------------------------------------
 
 NAN = float("nan")
 
@@ -323,6 +323,14 @@ NAN = float("nan")
             id="zero-time-is-infinite-throughput",
         ),
         pytest.param(
+            "      throughput: {prompt_tokens: 4, new_tokens: 8, warmup: 0, repeats: 1,"
+            " min_decode_tok_s: 10}\n",
+            {"times": [(0.01, 0.5)], "produce": 2},
+            "*t-bf16::throughput: the backend produced 2 tokens where 8 were asked; "
+            "throughput is measured on exactly new_tokens*",
+            id="early-stop-would-inflate-decode",
+        ),
+        pytest.param(
             "      precision: {reference: fp32, prompt_tokens: 4}\n",
             {"nan_logits": True},
             "*t-bf16::precision: measured kl = nan: a measurement must be a finite number*",
@@ -337,7 +345,7 @@ NAN = float("nan")
         ),
     ],
 )
-def test_a_non_finite_measurement_fails_the_check(
+def test_a_measurement_that_cannot_be_true_fails_the_check(
     pytester: pytest.Pytester, checks: str, behaviour: dict[str, object], message: str
 ) -> None:
     if behaviour.get("nan_logits"):

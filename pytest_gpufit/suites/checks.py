@@ -162,7 +162,13 @@ def run_throughput(ctx: Context, params: dict[str, Any]) -> None:
     ids = _prompt(ctx, loaded, params, batch)
 
     def one_round() -> dict[str, float]:
-        _, ttft, decode = loaded.generate(ids, new_n)
+        tokens, ttft, decode = loaded.generate(ids, new_n)
+        produced = len(tokens[0])
+        if produced != new_n:  # the rates below count new_n tokens: fewer would inflate them
+            raise CheckFailed(
+                f"the backend produced {produced} tokens where {new_n} were asked; "
+                "throughput is measured on exactly new_tokens (no early stop)"
+            )
         return {
             "ttft_ms": ttft * 1000,
             "prefill_tok_s": _rate(batch * prompt_n, ttft, "time to first token"),
