@@ -41,12 +41,13 @@ def suite(checks: str, targets: tuple[str, ...] = ("bf16",)) -> str:
 
 # ---- a broken or missing torch (#1) ------------------------------------------------------------
 
-BROKEN_TORCH = """
+BROKEN_IMPORT = """
 import importlib.abc
 import importlib.machinery
 import sys
 
-# As on a GPU runner whose CUDA libraries are gone: torch is installed, but importing it fails.
+# As on a runner where {module} is installed but importing it fails (CUDA libraries gone,
+# torch and transformers versions that do not match).
 for name in list(sys.modules):
     if name.split(".")[0] in ("torch", "transformers") or name.endswith("transformers_backend"):
         del sys.modules[name]
@@ -57,22 +58,26 @@ class BrokenLoader(importlib.abc.Loader):
         return None
 
     def exec_module(self, module):
-        raise ImportError("libcudnn.so.9: cannot open shared object file: No such file")
+        raise {error}
 
 
-class BrokenTorch(importlib.abc.MetaPathFinder):
-    # The real torch is found (its files are there), but executing it fails.
+class Broken(importlib.abc.MetaPathFinder):
+    # The real package is found (its files are there), but executing it fails.
 
     def find_spec(self, name, path=None, target=None):
-        if name != "torch":
+        if name != "{module}":
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         spec.loader = BrokenLoader()
         return spec
 
 
-sys.meta_path.insert(0, BrokenTorch())
+sys.meta_path.insert(0, Broken())
 """
+BROKEN_TORCH = BROKEN_IMPORT.format(
+    module="torch",
+    error='ImportError("libcudnn.so.9: cannot open shared object file: No such file")',
+)
 
 EVERY_CHECK = """      fits: {}
       loads: {}
@@ -112,6 +117,26 @@ def test_broken_torch_skips_under_the_skip_policy_naming_the_import_error(
     for line in (10, 11, 12):  # loads, generates, precision
         result.stdout.fnmatch_lines([f"SKIPPED [[]1[]] broken.gpufit.yaml:{line}: {BROKEN_REASON}"])
     result.stdout.no_fnmatch_line("*None is missing*")
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_mismatched_torch_and_transformers_is_a_broken_extra(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        BROKEN_IMPORT.format(
+            module="transformers",
+            error="AttributeError(\"module 'torch' has no attribute 'compiler'\")",
+        )
+    )
+    pytester.makefile(".gpufit.yaml", broken=suite("      loads: {}\n"))
+    result = pytester.runpytest_subprocess("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED [[]1[]] broken.gpufit.yaml:*: the transformers backend needs torch and "
+            "transformers (importing them failed: AttributeError: module 'torch' has no "
+            "attribute 'compiler'); repair or reinstall it: pip install 'pytest-gpufit[[]hf[]]'"
+        ]
+    )
     result.stdout.no_fnmatch_line("*Traceback*")
 
 

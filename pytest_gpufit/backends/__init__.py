@@ -84,7 +84,9 @@ def load_backend(name: str) -> Any:
     if name == "transformers":
         try:
             from pytest_gpufit.backends import transformers_backend  # late: imports torch
-        except (ImportError, OSError) as error:  # torch raises OSError for a bad shared library
+        # Any error importing the stack means a broken extra: ImportError for a missing CUDA
+        # library, OSError from ctypes, AttributeError when torch and transformers mismatch.
+        except Exception as error:
             raise MissingExtra(name, "torch and transformers", "hf", error) from None
         return transformers_backend
     raise GpufitError(f"unknown backend {name!r}; available: transformers")

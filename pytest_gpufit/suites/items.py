@@ -178,6 +178,9 @@ def _oom_message(ctx: Context, error: str) -> str:
         pass
     torch = sys.modules.get("torch")
     if torch is not None and ctx.target.device.startswith("cuda"):
-        free, total = torch.cuda.mem_get_info(torch.device(ctx.target.device))
-        parts.append(f"free now {format_gb(free)} of {format_gb(total)}")
+        try:
+            free, total = torch.cuda.mem_get_info(torch.device(ctx.target.device))
+            parts.append(f"free now {format_gb(free)} of {format_gb(total)}")
+        except RuntimeError:  # a device left in an error state: the report still gets out
+            parts.append("free memory unknown (the device did not answer)")
     return f"{', '.join(parts)}; the device was cleaned for the next test ({error})"
