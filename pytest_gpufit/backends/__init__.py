@@ -1,6 +1,10 @@
 """Execution backends: load a model onto a device, generate, give logits, unload.
 
-The protocol is small on purpose so that a vLLM backend can implement it too.
+The protocol is small on purpose so that a vLLM backend can implement it too. A backend is a
+module with ``load(...) -> Loaded``, ``OutOfMemory`` (the exception type a load raises when the
+device is full), ``prompt_ids(loaded, text, batch, tokens, seed)``, ``kl_and_top1(reference,
+test)`` and ``free_device(device)``; checks reach it only through ``load_backend``, so a
+dependency that cannot be imported is one ``MissingExtra``, judged by the session's policy.
 """
 
 from __future__ import annotations
