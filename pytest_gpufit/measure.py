@@ -6,12 +6,15 @@ launch, not the work. ``timed`` synchronises before it starts and before it stop
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from pytest_gpufit.errors import GpufitError
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,19 @@ def device_sync(device: Any) -> Callable[[], None]:
 
 
 def repeat(run: Callable[[], dict[str, float]], warmup: int, repeats: int) -> dict[str, Spread]:
-    """Run ``warmup`` untimed rounds, then ``repeats`` rounds; summarize each metric."""
+    """Run ``warmup`` untimed rounds, then ``repeats`` rounds; summarize each metric.
+
+    A NaN or infinite value in any round is an error: a median can hide one NaN among finite
+    values (NaN sorts nowhere), and the run it came from measured nothing.
+    """
     for _ in range(warmup):
         run()
     rounds = [run() for _ in range(repeats)]
+    for number, values in enumerate(rounds, 1):
+        bad = [f"{key} = {value}" for key, value in values.items() if not math.isfinite(value)]
+        if bad:
+            raise GpufitError(
+                f"measured {', '.join(bad)} in round {number} of {repeats}: a measurement must "
+                "be a finite number (the device, the backend or the model produced garbage)"
+            )
     return {key: summarize([r[key] for r in rounds]) for key in rounds[0]}

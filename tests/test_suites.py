@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -296,8 +297,9 @@ def test_a_missing_extra_is_a_skip_naming_it(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(
         [
-            "*the transformers backend needs torch and transformers "
-            "(transformers is missing): pip install 'pytest-gpufit[[]hf[]]'*"
+            "*the transformers backend needs torch and transformers (transformers is missing: "
+            "ModuleNotFoundError: import of transformers halted; None in sys.modules); "
+            "install it: pip install 'pytest-gpufit[[]hf[]]'*"
         ]
     )
 
@@ -324,3 +326,33 @@ def test_precision_reference_that_does_not_fit_is_a_clear_failure(
             "bf16 model, and only 0.0 GB is free*"
         ]
     )
+
+
+def test_loading_leaves_the_hub_environment_alone_and_stays_offline(
+    pytester: pytest.Pytester, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # Offline without the variable: every from_pretrained passes local_files_only, so no
+    # connection is even tried (a try here would be recorded and refused).
+    pytester.makeconftest("""
+        import socket
+
+        TRIED = []
+        _connect = socket.socket.connect
+
+        def _refuse(self, address):
+            TRIED.append(address)
+            raise OSError("no network in this test")
+
+        socket.socket.connect = _refuse
+
+        def pytest_unconfigure(config):
+            socket.socket.connect = _connect
+            print(f"TRIED={TRIED}")
+    """)
+    checks = '      loads: {}\n      generates: {prompt: "the capital of", max_new_tokens: 2}\n'
+    pytester.makefile(".gpufit.yaml", hub=suite_text(tiny_checkpoint, checks))
+    result = pytester.runpytest("-s")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["TRIED=[[][]]"])
+    assert "HF_HUB_OFFLINE" not in os.environ

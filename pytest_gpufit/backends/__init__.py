@@ -1,6 +1,10 @@
 """Execution backends: load a model onto a device, generate, give logits, unload.
 
-The protocol is small on purpose so that a vLLM backend can implement it too.
+The protocol is small on purpose so that a vLLM backend can implement it too. A backend is a
+module with ``load(...) -> Loaded``, ``OutOfMemory`` (the exception type a load raises when the
+device is full), ``prompt_ids(loaded, text, batch, tokens, seed)``, ``kl_and_top1(reference,
+test)`` and ``free_device(device)``; checks reach it only through ``load_backend``, so a
+dependency that cannot be imported is one ``MissingExtra``, judged by the session's policy.
 """
 
 from __future__ import annotations
@@ -47,7 +51,36 @@ class Loaded(Protocol):
 
 
 class MissingExtra(Exception):
-    """An optional dependency is not installed; the item skips, naming the extra."""
+    """An optional dependency is missing or fails to import.
+
+    The item skips or fails by the session's policy; ``cause`` is the import error's first
+    line and ``extra`` the pip extra that provides the dependency.
+    """
+
+    def __init__(self, backend: str, needs: str, extra: str, error: BaseException) -> None:
+        self.backend, self.extra = backend, extra
+        self.cause = first_line(error)
+        if isinstance(error, ModuleNotFoundError) and error.name:
+            problem = f"{error.name} is missing: {self.cause}"
+            fix = "install it"
+        else:  # installed but broken: a CUDA library not found, an ABI mismatch
+            problem = f"importing them failed: {self.cause}"
+            fix = "repair or reinstall it"
+        super().__init__(
+            f"the {backend} backend needs {needs} ({problem}); {fix}: "
+            f"pip install 'pytest-gpufit[{extra}]'"
+        )
+
+
+def first_line(error: BaseException) -> str:
+    """``Type: first line of the message``, for one-line reasons.
+
+    >>> first_line(ImportError("libcudnn.so.9: cannot open shared object file\\nmore"))
+    'ImportError: libcudnn.so.9: cannot open shared object file'
+    """
+    text = str(error).strip()
+    name = type(error).__name__
+    return f"{name}: {text.splitlines()[0]}" if text else name
 
 
 def load_backend(name: str) -> Any:
@@ -55,10 +88,9 @@ def load_backend(name: str) -> Any:
     if name == "transformers":
         try:
             from pytest_gpufit.backends import transformers_backend  # late: imports torch
-        except ImportError as error:
-            raise MissingExtra(
-                f"the transformers backend needs torch and transformers "
-                f"({error.name} is missing): pip install 'pytest-gpufit[hf]'"
-            ) from None
+        # Any error importing the stack means a broken extra: ImportError for a missing CUDA
+        # library, OSError from ctypes, AttributeError when torch and transformers mismatch.
+        except Exception as error:
+            raise MissingExtra(name, "torch and transformers", "hf", error) from None
         return transformers_backend
     raise GpufitError(f"unknown backend {name!r}; available: transformers")

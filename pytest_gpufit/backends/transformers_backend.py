@@ -1,6 +1,7 @@
 """The transformers backend: safetensors checkpoints or random weights, on the asked device.
 
-Offline by construction: only local files are read, no hub access is ever attempted.
+Offline by construction: every ``from_pretrained`` call passes ``local_files_only=True``, so no
+hub access is attempted, and the process environment (``HF_HUB_OFFLINE``) is left as it was.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import copy
 import gc
 import inspect
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -134,10 +134,10 @@ def _wrong_dtype(model: Any, want: torch.dtype) -> tuple[str, ...]:
     return tuple(wrong)
 
 
-def free_device(device: torch.device) -> None:
+def free_device(device: torch.device | str) -> None:
     """Drop cached blocks so the next model or test finds the memory free."""
     gc.collect()
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
 
 
@@ -156,7 +156,6 @@ def load(
     model_path: Path, weights: str, dtype: str, device: str, trust_remote_code: bool, seed: int = 0
 ) -> TransformersModel:
     """Load onto ``device`` at ``dtype``; random weights are built on the device directly."""
-    os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: local_files_only below too
     torch_device = torch.device(device)
     torch_dtype = TORCH_DTYPES[dtype]
     folder = model_path if model_path.is_dir() else None
@@ -223,6 +222,17 @@ def random_prompt(vocab_size: int, batch: int, tokens: int, seed: int = 0) -> to
     """Deterministic token ids for prompts given as a count."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (batch, tokens), generator=generator)
+
+
+def prompt_ids(
+    loaded: TransformersModel, text: str | None, batch: int, tokens: int, seed: int
+) -> torch.Tensor:
+    """The prompt as a ``(batch, length)`` tensor: ``text`` encoded, or ``tokens`` random ids."""
+    if text is not None:
+        if loaded.tokenizer is None:
+            raise GpufitError("a text prompt needs a tokenizer in the model folder")
+        return torch.tensor([loaded.encode(text)] * batch)
+    return random_prompt(vocab_size(loaded), batch, tokens, seed)
 
 
 def vocab_size(loaded: TransformersModel) -> int:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,13 +111,24 @@ def run_loads(ctx: Context, params: dict[str, Any]) -> None:
 
 
 def _prompt(ctx: Context, loaded: Any, params: dict[str, Any], batch: int = 1) -> Any:
-    from pytest_gpufit.backends.transformers_backend import random_prompt, vocab_size
+    # Through the backend, so a missing torch is a MissingExtra the policy judges, not a crash.
+    return ctx.cache.backend(ctx.target).prompt_ids(
+        loaded, params.get("prompt"), batch, params.get("prompt_tokens", 0), ctx.target.seed
+    )
 
-    if "prompt" in params:
-        import torch
 
-        return torch.tensor([loaded.encode(params["prompt"])] * batch)
-    return random_prompt(vocab_size(loaded), batch, params["prompt_tokens"], ctx.target.seed)
+def _rate(count: float, seconds: float, what: str) -> float:
+    """``count / seconds``, refusing a time no real run takes (zero, negative, NaN).
+
+    >>> _rate(10, 0.5, "decode")
+    20.0
+    """
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise CheckFailed(
+            f"the backend timed {what} at {seconds!r} s; a real run takes a positive, finite "
+            "time (a broken timer or backend)"
+        )
+    return count / seconds
 
 
 def run_generates(ctx: Context, params: dict[str, Any]) -> None:
@@ -150,11 +162,17 @@ def run_throughput(ctx: Context, params: dict[str, Any]) -> None:
     ids = _prompt(ctx, loaded, params, batch)
 
     def one_round() -> dict[str, float]:
-        _, ttft, decode = loaded.generate(ids, new_n)
+        tokens, ttft, decode = loaded.generate(ids, new_n)
+        produced = len(tokens[0])
+        if produced != new_n:  # the rates below count new_n tokens: fewer would inflate them
+            raise CheckFailed(
+                f"the backend produced {produced} tokens where {new_n} were asked; "
+                "throughput is measured on exactly new_tokens (no early stop)"
+            )
         return {
             "ttft_ms": ttft * 1000,
-            "prefill_tok_s": batch * prompt_n / ttft,
-            "decode_tok_s": batch * (new_n - 1) / decode if new_n > 1 else 0.0,
+            "prefill_tok_s": _rate(batch * prompt_n, ttft, "time to first token"),
+            "decode_tok_s": _rate(batch * (new_n - 1), decode, "decode") if new_n > 1 else 0.0,
         }
 
     stats = repeat(one_round, params["warmup"], params["repeats"])
@@ -191,9 +209,8 @@ def run_precision(ctx: Context, params: dict[str, Any]) -> None:
     if params["reference"] == "golden":
         run_golden(ctx, params)
         return
-    from pytest_gpufit.backends.transformers_backend import kl_and_top1
-
     loaded = ctx.cache.get(ctx.target)
+    kl_and_top1 = ctx.cache.backend(ctx.target).kl_and_top1
     free = loaded.free_bytes()
     need = estimate(ctx.spec, "fp32", params["prompt_tokens"]).weights_bytes
     if free is not None and need > free:
@@ -226,6 +243,21 @@ def run_golden(ctx: Context, params: dict[str, Any]) -> None:
     ctx.metrics["golden_max_logprob_diff"] = params["max_logprob_diff"]
 
 
+def non_finite(value: Any, path: str = "") -> list[str]:
+    """``name = value`` for every NaN or infinite number in ``value``, nested ones included.
+
+    >>> non_finite({"kl": float("nan"), "ok": 1.0, "golden": {"lp": [[0.0, float("-inf")]]}})
+    ['kl = nan', 'golden.lp[0][1] = -inf']
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path} = {value}"]
+    if isinstance(value, dict):
+        return [b for k, v in value.items() for b in non_finite(v, f"{path}.{k}" if path else k)]
+    if isinstance(value, (list, tuple)):
+        return [b for i, v in enumerate(value) for b in non_finite(v, f"{path}[{i}]")]
+    return []
+
+
 RUNNERS = {
     "fits": run_fits,
     "loads": run_loads,
@@ -241,6 +273,13 @@ def run_check(ctx: Context, check: Check) -> dict[str, Any]:
         RUNNERS[check.kind](ctx, check.params)
     except GpufitError as error:
         raise CheckFailed(str(error)) from None
+    bad = non_finite(ctx.metrics)
+    if bad:  # NaN compares false both ways: it must never reach a threshold or a baseline
+        ctx.failures.insert(
+            0,
+            f"measured {', '.join(bad)}: a measurement must be a finite number "
+            "(the device, the backend or the model produced garbage)",
+        )
     if ctx.failures:
         raise CheckFailed("; ".join(ctx.failures))
     return ctx.metrics

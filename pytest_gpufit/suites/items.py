@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import warnings
 from collections.abc import Iterator
@@ -75,17 +76,28 @@ class CheckItem(pytest.Item):
 
         state = state_of(self.config)
         ctx = Context(self.target, device_for(self), state.model_cache)
+        fail_on_missing = state.settings.fail_on_missing
+        out_of_memory: str | None = None
         try:
-            run_check(ctx, self.check)
-            if state.settings.baseline == "compare":
-                self._compare(state, ctx)
-        except MissingExtra as error:
-            raise pytest.skip.Exception(str(error), _use_item_location=True) from None
-        except Exception as error:
-            if not _is_out_of_memory(error):
-                raise
-            ctx.cache.clear()
-            raise CheckFailed(_oom_message(ctx, error)) from None
+            try:
+                run_check(ctx, self.check)
+                if state.settings.baseline == "compare":
+                    self._compare(state, ctx)
+            except MissingExtra as error:
+                # Under the fail policy a missing or broken extra is unmet, like a missing GPU.
+                if fail_on_missing:
+                    raise CheckFailed(str(error)) from None
+                raise pytest.skip.Exception(str(error), _use_item_location=True) from None
+            except Exception as error:
+                if not _is_out_of_memory(error):
+                    raise
+                text = str(error).strip()
+                out_of_memory = text.splitlines()[0] if text else type(error).__name__
+            if out_of_memory is not None:
+                # Recovered here, outside the except block: there the traceback still holds
+                # the failing frames and their tensors, so no cache clear could free them.
+                ctx.cache.recover()
+                raise CheckFailed(_oom_message(ctx, out_of_memory))
         finally:
             record(self, ctx.gpu, ctx.metrics)
 
@@ -130,12 +142,25 @@ def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
         "dtype": item.target.dtype,
         "device": item.target.device,
         "gpu": gpu.name if gpu else "cpu",
-        "metrics": {k: v for k, v in metrics.items() if k != "tokens"},
+        "metrics": _finite({k: v for k, v in metrics.items() if k != "tokens"}),
     }
-    item.user_properties.append(("gpufit_measurement", json.dumps(entry)))
+    # Strict JSON: a NaN has already failed the check (its message names it); here it is null.
+    item.user_properties.append(("gpufit_measurement", json.dumps(entry, allow_nan=False)))
     for key, value in metrics.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and math.isfinite(value):
             item.user_properties.append((key, value))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, nested ones included, replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -145,7 +170,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-def _oom_message(ctx: Context, error: BaseException) -> str:
+def _oom_message(ctx: Context, error: str) -> str:
     parts = [f"out of memory on {ctx.target.device}"]
     try:
         parts.append(f"estimate {format_gb(ctx.estimate().total_bytes)}")
@@ -153,7 +178,9 @@ def _oom_message(ctx: Context, error: BaseException) -> str:
         pass
     torch = sys.modules.get("torch")
     if torch is not None and ctx.target.device.startswith("cuda"):
-        free, total = torch.cuda.mem_get_info(torch.device(ctx.target.device))
-        parts.append(f"free now {format_gb(free)} of {format_gb(total)}")
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"{', '.join(parts)}; the device was cleaned for the next test ({first_line})"
+        try:
+            free, total = torch.cuda.mem_get_info(torch.device(ctx.target.device))
+            parts.append(f"free now {format_gb(free)} of {format_gb(total)}")
+        except RuntimeError:  # a device left in an error state: the report still gets out
+            parts.append("free memory unknown (the device did not answer)")
+    return f"{', '.join(parts)}; the device was cleaned for the next test ({error})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from pytest_gpufit.backends import load_backend
@@ -29,6 +30,11 @@ class ModelCache:
     def __init__(self) -> None:
         self._models: dict[Key, Any] = {}
         self._failures: dict[Key, GpufitError] = {}  # a load that failed fails the same again
+        self._devices: set[tuple[str, str]] = set()  # (backend, device) ever loaded onto
+
+    def backend(self, target: Target) -> Any:
+        """The backend module of ``target``; raises MissingExtra when it cannot be imported."""
+        return load_backend(target.backend)
 
     def get(self, target: Target) -> Any:
         key = cache_key(target)
@@ -36,7 +42,8 @@ class ModelCache:
             return self._models[key]
         if key in self._failures:
             raise self._failures[key]
-        backend = load_backend(target.backend)
+        backend = self.backend(target)
+        self._devices.add((target.backend, target.device))
 
         def load() -> Any:
             return backend.load(
@@ -49,12 +56,17 @@ class ModelCache:
             )
 
         try:
+            evict = False
             try:
                 loaded = load()
             except backend.OutOfMemory:
                 if not self._models:
                     raise
-                self.clear()  # memory is needed: drop every other model, then try once more
+                evict = True
+            # Retried outside the except block: its traceback holds the failed attempt's
+            # tensors, which must be garbage before the second attempt needs their memory.
+            if evict:
+                self.recover()  # memory is needed: drop every other model, then try once more
                 loaded = load()
         except GpufitError as error:
             self._failures[key] = error
@@ -71,6 +83,16 @@ class ModelCache:
         while self._models:
             _, loaded = self._models.popitem()
             loaded.unload()
+
+    def recover(self) -> None:
+        """After out-of-memory: drop every model and hand the freed memory back to the device.
+
+        Call it outside any ``except`` block, so the failed frames are already garbage.
+        """
+        gc.collect()  # frames of the failed attempt may sit in reference cycles
+        self.clear()
+        for backend_name, device in sorted(self._devices):
+            load_backend(backend_name).free_device(device)
 
     def __len__(self) -> int:
         return len(self._models)
