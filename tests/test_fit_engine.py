@@ -256,6 +256,9 @@ def test_unknown_model_type_with_generic_fields_warns(tmp_path: Path) -> None:
     [
         ({"context": 0}, "context must be a whole number"),
         ({"batch": -1}, "batch must be a whole number"),
+        ({"batch": True}, "batch must be a whole number >= 1, got True"),
+        ({"context": 2.5}, "context must be a whole number"),
+        ({"dtype": 16}, "precision must be a string such as 'bf16', got 16"),
         ({"dtype": "fp7"}, "unknown precision 'fp7'; accepted: fp32, bf16"),
         ({"kv_dtype": "int2"}, "unknown KV cache dtype 'int2'; accepted: fp32"),
     ],
