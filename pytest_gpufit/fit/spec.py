@@ -158,11 +158,14 @@ def shipped_models() -> dict[str, Path]:
 
 def resolve_model(model: str, base: Path | None = None) -> Path:
     """A folder, a config.json, or a shipped id; relative paths resolve against ``base``."""
-    candidate = Path(model).expanduser()
-    if not candidate.is_absolute() and base is not None:
-        candidate = base / candidate
-    if candidate.exists():
-        return candidate
+    try:
+        candidate = Path(model).expanduser()
+        if not candidate.is_absolute() and base is not None:
+            candidate = base / candidate
+        if candidate.exists():
+            return candidate
+    except (OSError, RuntimeError) as error:  # a name too long, ~nosuchuser
+        raise GpufitError(f"model {model[:80]!r}: not a usable path: {error}") from None
     shipped = shipped_models()
     key = model.lower().removesuffix(".json")
     if key in shipped:
