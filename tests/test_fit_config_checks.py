@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_gpufit.cli import main
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.config_fields import MAXIMA
+from pytest_gpufit.fit.estimate import estimate
 from pytest_gpufit.fit.spec import load_spec, spec_from_config
 
 GPUFIT = Path(sys.executable).with_name("gpufit")
@@ -216,3 +220,37 @@ def test_requires_fit_on_a_bad_config_never_passes_or_skips(
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*neg*config.json:*field 'intermediate_size' must be a whole*"])
     assert "INTERNALERROR" not in result.stdout.str()
+
+
+FIELDS_READ = sorted(
+    set(MAXIMA) - {"bits", "w_bit", "group_size", "q_group_size", "weight_block_size"}
+    | {"tie_word_embeddings", "attention_bias", "use_sliding_window", "layer_types"}
+    | {"torch_dtype", "dtype", "model_type", "mlp_only_layers", "quantization_config"}
+)
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**15), max_value=10**15)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    base=st.sampled_from([LLAMA, MOE, {**MLA, "qk_rope_head_dim": 4}]),
+    changes=st.dictionaries(st.sampled_from(FIELDS_READ), JSON_VALUES, min_size=1, max_size=3),
+)
+def test_any_value_in_any_field_is_an_error_or_a_positive_estimate(
+    base: dict[str, Any], changes: dict[str, Any]
+) -> None:
+    try:
+        spec = spec_from_config({**base, **changes})
+    except GpufitError as error:
+        assert "config.json" in str(error) and "\n" not in str(error)
+        return
+    est = estimate(spec, "bf16")
+    assert spec.params.total > 0 and spec.params.active > 0
+    assert est.weights_bytes > 0 and est.kv_cache_bytes > 0 and est.total_bytes > 0
