@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import struct
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_gpufit.cli import main
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.fit.safetensors_header import checkpoint_info
+from pytest_gpufit.fit.safetensors_header import checkpoint_info, read_tensors
 from pytest_gpufit.fit.spec import load_spec
 
 CONFIG = {
@@ -179,3 +182,39 @@ targets:
         ["*model-00001.safetensors: header says 4,194,304 bytes of tensor data, file has 1,000*"]
     )
     assert "Traceback" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()
+
+
+TENSORS = st.dictionaries(
+    st.sampled_from(["a", "b", "c"]),
+    st.fixed_dictionaries(
+        {
+            "dtype": st.sampled_from(["F32", "BF16", "U8", "F4", "F8_E4M3", "F7"]),
+            "shape": st.lists(st.integers(min_value=-1, max_value=4), max_size=2),
+            "data_offsets": st.lists(
+                st.integers(min_value=-1, max_value=40), min_size=2, max_size=2
+            ),
+        }
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(header=TENSORS, data=st.integers(min_value=0, max_value=48))
+def test_we_agree_with_the_safetensors_loader(header: dict[str, Any], data: int) -> None:
+    safetensors = pytest.importorskip("safetensors")
+    contents = blob(header, data)
+    try:
+        safetensors.deserialize(contents)
+        loader_accepts = True
+    except Exception:
+        loader_accepts = False
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.safetensors"
+        path.write_bytes(contents)
+        try:
+            read_tensors(path)
+            we_accept = True
+        except GpufitError:
+            we_accept = False
+    assert we_accept == loader_accepts
