@@ -234,6 +234,12 @@ def test_missing_model_names_the_path_and_shipped_ids(tmp_path: Path) -> None:
         load_spec(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("model", ["x" * 5000, "~nosuchuser-gpufit/model"])
+def test_unusable_model_paths_are_one_error(model: str) -> None:
+    with pytest.raises(GpufitError, match="not a usable path|no such file or folder"):
+        load_spec(model)
+
+
 def test_unknown_model_type_with_generic_fields_warns(tmp_path: Path) -> None:
     config = {
         "model_type": "falcon9",
@@ -256,6 +262,9 @@ def test_unknown_model_type_with_generic_fields_warns(tmp_path: Path) -> None:
     [
         ({"context": 0}, "context must be a whole number"),
         ({"batch": -1}, "batch must be a whole number"),
+        ({"batch": True}, "batch must be a whole number >= 1, got True"),
+        ({"context": 2.5}, "context must be a whole number"),
+        ({"dtype": 16}, "precision must be a string such as 'bf16', got 16"),
         ({"dtype": "fp7"}, "unknown precision 'fp7'; accepted: fp32, bf16"),
         ({"kv_dtype": "int2"}, "unknown KV cache dtype 'int2'; accepted: fp32"),
     ],

@@ -56,17 +56,28 @@ def bytes_per_weight(fmt: str) -> float:
     return bits / 8 + scale_bytes / per_scale
 
 
+# Other names accepted for a precision (torch names, ``auto``, the quantizer names).
+PRECISION_ALIASES = {
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "float32": "fp32",
+    "auto": "stored",
+    "fp4": "nvfp4",
+    "awq": "int4",
+    "gptq": "int4",
+}
+
+
 def check_precision(dtype: str) -> str:
+    """The canonical precision for a ``dtype`` argument (``requires_fit``, ``gpufit fit``).
+
+    >>> check_precision("bfloat16"), check_precision("AWQ")
+    ('bf16', 'int4')
+    """
+    if not isinstance(dtype, str):
+        raise GpufitError(f"precision must be a string such as 'bf16', got {dtype!r}")
     key = dtype.lower().strip()
-    key = {
-        "bfloat16": "bf16",
-        "float16": "fp16",
-        "float32": "fp32",
-        "auto": "stored",
-        "fp4": "nvfp4",
-        "awq": "int4",
-        "gptq": "int4",
-    }.get(key, key)
+    key = PRECISION_ALIASES.get(key, key)
     if key not in PRECISIONS:
         raise GpufitError(f"unknown precision {dtype!r}; accepted: {', '.join(PRECISIONS)}")
     return key
@@ -183,9 +194,9 @@ def estimate(
     (16.06, 1.0)
     """
     precision = check_precision(dtype)
-    if context is not None and (not isinstance(context, int) or context < 1):
+    if context is not None and (_not_whole(context) or context < 1):
         raise GpufitError(f"context must be a whole number of tokens >= 1, got {context!r}")
-    if not isinstance(batch, int) or batch < 1:
+    if _not_whole(batch) or batch < 1:
         raise GpufitError(f"batch must be a whole number >= 1, got {batch!r}")
     if context is None:
         context = min(DEFAULT_CONTEXT, spec.max_position_embeddings or DEFAULT_CONTEXT)
@@ -223,6 +234,10 @@ def estimate(
         decode_bytes_per_token=read + kv_cache_bytes(spec, context, 1, kv_b),
         warnings=tuple(warnings),
     )
+
+
+def _not_whole(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)
 
 
 def check_kv_dtype(kv_dtype: str) -> str:

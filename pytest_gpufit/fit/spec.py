@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.config_fields import MAXIMA, ConfigFields
 from pytest_gpufit.fit.safetensors_header import CheckpointInfo, checkpoint_info
 
 GENERIC_FIELDS = (
@@ -157,11 +158,14 @@ def shipped_models() -> dict[str, Path]:
 
 def resolve_model(model: str, base: Path | None = None) -> Path:
     """A folder, a config.json, or a shipped id; relative paths resolve against ``base``."""
-    candidate = Path(model).expanduser()
-    if not candidate.is_absolute() and base is not None:
-        candidate = base / candidate
-    if candidate.exists():
-        return candidate
+    try:
+        candidate = Path(model).expanduser()
+        if not candidate.is_absolute() and base is not None:
+            candidate = base / candidate
+        if candidate.exists():
+            return candidate
+    except (OSError, RuntimeError) as error:  # a name too long, ~nosuchuser
+        raise GpufitError(f"model {model[:80]!r}: not a usable path: {error}") from None
     shipped = shipped_models()
     key = model.lower().removesuffix(".json")
     if key in shipped:
@@ -173,9 +177,11 @@ def resolve_model(model: str, base: Path | None = None) -> Path:
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> tuple[dict[str, Any], str]:
+    """The config object and its text (errors name the line of a bad field)."""
     try:
-        data = json.loads(path.read_text("utf-8"))
+        text = path.read_text("utf-8")
+        data = json.loads(text)
     except FileNotFoundError:
         raise GpufitError(f"{path}: no such file") from None
     except json.JSONDecodeError as error:
@@ -186,34 +192,46 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise GpufitError(f"{path}: unreadable: {error}") from None
     if not isinstance(data, dict):
         raise GpufitError(f"{path}: a config.json must be a JSON object")
-    return data
+    return data, text
 
 
 def load_spec(model: str | Path, base: Path | None = None) -> ModelSpec:
-    """Read a model folder or config.json into a ``ModelSpec`` (cached per file and mtime)."""
+    """Read a model folder or config.json into a ``ModelSpec`` (cached per file and mtime).
+
+    Every field read is checked (``config_fields``) and so is every safetensors header: bad
+    input is one ``GpufitError`` naming the file and what is wrong, never an estimate.
+    """
     path = resolve_model(str(model), base)
     config_path = path / "config.json" if path.is_dir() else path
     if path.is_dir() and not config_path.exists():
         raise GpufitError(f"{path}: a model folder needs a config.json")
     stamp = config_path.stat().st_mtime_ns if config_path.exists() else 0
+    if path.is_dir():  # a rewritten or truncated checkpoint must not reuse a cached spec
+        stamp = hash((stamp, *_checkpoint_stamps(path)))
     return _load_spec(str(path), stamp)
+
+
+def _checkpoint_stamps(folder: Path) -> list[tuple[str, int, int]]:
+    stamps = []
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            stat = file.stat()
+        except OSError:
+            continue  # reported by checkpoint_info when it reads the file
+        stamps.append((file.name, stat.st_size, stat.st_mtime_ns))
+    return stamps
 
 
 @functools.lru_cache(maxsize=64)
 def _load_spec(path_text: str, _stamp: int) -> ModelSpec:
     path = Path(path_text)
     config_path = path / "config.json" if path.is_dir() else path
-    config = _read_json(config_path)
+    config, text = _read_json(config_path)
     checkpoint = checkpoint_info(path) if path.is_dir() else None
     name = path.name if path.is_dir() else config_path.stem.partition("__")[2] or path.parent.name
-    return spec_from_config(config, name=name, path=str(path), checkpoint=checkpoint)
-
-
-def _int(config: dict[str, Any], key: str, where: str) -> int:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise GpufitError(f"{where}: field {key!r} must be a positive integer, got {value!r}")
-    return value
+    return spec_from_config(
+        config, name=name, path=str(path), checkpoint=checkpoint, source=str(config_path), text=text
+    )
 
 
 def spec_from_config(
@@ -221,18 +239,23 @@ def spec_from_config(
     name: str = "model",
     path: str = "config.json",
     checkpoint: CheckpointInfo | None = None,
+    source: str | None = None,
+    text: str | None = None,
 ) -> ModelSpec:
-    """Compute a ``ModelSpec`` from a config dict."""
-    config = dict(raw.get("text_config") or raw)
+    """Compute a ``ModelSpec`` from a config dict; ``source`` (default ``path``) and ``text``
+    name the file and line of a bad field in errors."""
+    top = ConfigFields(raw, source or path, text)
+    inner = top.nested("text_config")
+    config = inner if inner is not None and inner.data else top
     warnings: list[str] = []
-    if "text_config" in raw:
+    if config is not top:
         warnings.append("multimodal config: only the language model (text_config) is counted")
-    model_type = str(config.get("model_type") or raw.get("model_type") or "unknown")
+    model_type = config.string("model_type") or top.string("model_type") or "unknown"
     if model_type not in KNOWN_TYPES:
-        missing = [f for f in GENERIC_FIELDS if f not in config]
+        missing = [f for f in GENERIC_FIELDS if f not in config.data]
         if missing:
             raise GpufitError(
-                f"{path}: unknown model_type {model_type!r} and the generic fields "
+                f"{top.source}: unknown model_type {model_type!r} and the generic fields "
                 f"{', '.join(missing)} are missing; cannot estimate"
             )
         warnings.append(
@@ -240,15 +263,23 @@ def spec_from_config(
             f"{', '.join(GENERIC_FIELDS)} (GQA, gated MLP, untied embeddings unless "
             "tie_word_embeddings says otherwise)"
         )
-    h = _int(config, "hidden_size", path)
-    layers = _int(config, "num_hidden_layers", path)
-    vocab = _int(config, "vocab_size", path)
-    heads = _int(config, "num_attention_heads", path)
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or h // heads)
-    dense_i = int(config.get("intermediate_size") or 0)
+    h = config.required("hidden_size")
+    layers = config.required("num_hidden_layers")
+    vocab = config.required("vocab_size")
+    heads = config.required("num_attention_heads")
+    kv_heads = config.whole("num_key_value_heads") or heads
+    if heads % kv_heads:
+        raise config.error(
+            "num_key_value_heads", f"must divide num_attention_heads ({heads})", kv_heads
+        )
+    head_dim = config.whole("head_dim") or h // heads
+    if not head_dim:
+        raise config.error(
+            "hidden_size", f"must be at least num_attention_heads ({heads}) without head_dim", h
+        )
+    dense_i = config.whole("intermediate_size") or 0
 
-    tied = bool(config.get("tie_word_embeddings", model_type.startswith("gemma")))
+    tied = config.flag("tie_word_embeddings", model_type.startswith("gemma"))
     embedding = vocab * h
     lm_head = 0 if tied else vocab * h
 
@@ -263,7 +294,7 @@ def spec_from_config(
         norms += layers * 2 * h  # pre/post feed-forward norms
 
     mtp = 0
-    n_mtp = int(config.get("num_nextn_predict_layers") or 0)
+    n_mtp = config.whole("num_nextn_predict_layers", minimum=0) or 0
     if n_mtp:
         per_moe_layer = (moe["experts"] + moe["shared"] + moe["router"]) // max(
             moe["moe_layers"], 1
@@ -288,11 +319,6 @@ def spec_from_config(
         tied=tied,
     )
 
-    dtype_name = config.get("torch_dtype") or config.get("dtype") or raw.get("torch_dtype")
-    if dtype_name is None:
-        warnings.append("config names no torch_dtype; bfloat16 assumed")
-    stored = _TORCH_DTYPES.get(str(dtype_name or "bfloat16"), "bf16")
-
     return ModelSpec(
         name=name,
         path=path,
@@ -304,18 +330,32 @@ def spec_from_config(
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         intermediate_size=moe["active_intermediate"],
-        max_position_embeddings=config.get("max_position_embeddings"),
-        stored_dtype=stored,
+        max_position_embeddings=config.whole("max_position_embeddings"),
+        stored_dtype=_stored_dtype(config, top, warnings),
         params=params,
         kv=kv,
-        quantization=_quantization(config, path, warnings),
+        quantization=_quantization(config, warnings),
         checkpoint=checkpoint,
         warnings=tuple(warnings),
     )
 
 
+def _stored_dtype(config: ConfigFields, top: ConfigFields, warnings: list[str]) -> str:
+    """The checkpoint's float format from ``torch_dtype`` (newer transformers write ``dtype``)."""
+    for fields, key in ((config, "torch_dtype"), (config, "dtype"), (top, "torch_dtype")):
+        value = fields.string(key)
+        if value is None:
+            continue
+        stored = _TORCH_DTYPES.get(value.removeprefix("torch."))
+        if stored is None:
+            raise fields.error(key, f"must be one of {', '.join(_TORCH_DTYPES)}", value)
+        return stored
+    warnings.append("config names no torch_dtype; bfloat16 assumed")
+    return "bf16"
+
+
 def _attention(
-    config: dict[str, Any],
+    config: ConfigFields,
     model_type: str,
     h: int,
     heads: int,
@@ -324,19 +364,22 @@ def _attention(
     layers: int,
 ) -> tuple[int, KvLayout, int]:
     """Attention parameters per layer, the KV layout, and MLA's extra norm parameters."""
-    if config.get("kv_lora_rank"):
-        kv_rank = int(config["kv_lora_rank"])
-        rope = int(config["qk_rope_head_dim"])
-        nope = int(config["qk_nope_head_dim"])
-        v_dim = int(config.get("v_head_dim") or nope)
-        q_rank = config.get("q_lora_rank")
+    kv_rank = config.whole("kv_lora_rank")
+    if kv_rank:
+        needed = "is required with kv_lora_rank (MLA attention): a whole number from 1"
+        rope = config.whole("qk_rope_head_dim")
+        nope = config.whole("qk_nope_head_dim")
+        if rope is None or nope is None:
+            raise config.error("qk_rope_head_dim" if rope is None else "qk_nope_head_dim", needed)
+        v_dim = config.whole("v_head_dim") or nope
+        q_rank = config.whole("q_lora_rank")
         q = (h * q_rank + q_rank * heads * (nope + rope)) if q_rank else h * heads * (nope + rope)
         per_layer = q + h * (kv_rank + rope) + kv_rank * heads * (nope + v_dim) + heads * v_dim * h
-        norms = (int(q_rank) if q_rank else 0) + kv_rank
+        norms = (q_rank or 0) + kv_rank
         return per_layer, KvLayout(kv_rank + rope, layers, kind="mla"), norms
     q_out, kv_out = heads * head_dim, kv_heads * head_dim
     per_layer = h * q_out + 2 * h * kv_out + q_out * h
-    if config.get("attention_bias"):
+    if config.flag("attention_bias", False):
         per_layer += q_out + 2 * kv_out + h
     elif model_type in ("qwen2", "qwen2_moe"):
         per_layer += q_out + 2 * kv_out  # Qwen2 has q/k/v biases without the flag
@@ -345,34 +388,40 @@ def _attention(
     return per_layer, _kv_layout(config, model_type, layers, 2 * kv_out), 0
 
 
-def _kv_layout(config: dict[str, Any], model_type: str, layers: int, elements: int) -> KvLayout:
-    window = config.get("sliding_window")
-    types = config.get("layer_types")
-    if isinstance(types, list) and window:
+def _kv_layout(config: ConfigFields, model_type: str, layers: int, elements: int) -> KvLayout:
+    window = config.whole("sliding_window", minimum=0)  # 0 is "none" (Qwen2-MoE's default)
+    types = config.strings("layer_types")
+    if types is not None and len(types) != layers:
+        raise config.error(
+            "layer_types",
+            f"must name one type per layer: {layers} (num_hidden_layers), not {len(types)}",
+        )
+    if types is not None and window:
         sliding = sum(1 for t in types if t == "sliding_attention")
-        return KvLayout(elements, layers - sliding, sliding, int(window))
-    if not window or config.get("use_sliding_window") is False:
+        return KvLayout(elements, layers - sliding, sliding, window)
+    if not window or not config.flag("use_sliding_window", True):
         return KvLayout(elements, layers)
     if model_type == "gemma2":
         sliding = layers // 2  # alternating local/global layers
     elif model_type.startswith("gemma3"):
-        pattern = int(config.get("sliding_window_pattern") or 6)
+        pattern = config.whole("sliding_window_pattern") or 6
         sliding = layers - layers // pattern
     else:
         sliding = layers  # Mistral-style: every layer slides
-    return KvLayout(elements, layers - sliding, sliding, int(window))
+    return KvLayout(elements, layers - sliding, sliding, window)
 
 
 def _moe(
-    config: dict[str, Any], model_type: str, h: int, layers: int, dense_i: int
+    config: ConfigFields, model_type: str, h: int, layers: int, dense_i: int
 ) -> dict[str, int]:
-    experts = int(
-        config.get("num_experts")
-        or config.get("num_local_experts")
-        or config.get("n_routed_experts")
-        or 0
-    )
+    counts = [
+        (key, config.whole(key, minimum=0))
+        for key in ("num_experts", "num_local_experts", "n_routed_experts")
+    ]
+    experts = next((n for _, n in counts if n), 0)
     if not experts:
+        if not dense_i:
+            config.required("intermediate_size")  # absent: the error names the field
         return {
             "dense": layers * 3 * h * dense_i,
             "experts": 0,
@@ -382,19 +431,32 @@ def _moe(
             "moe_layers": 0,
             "active_intermediate": dense_i,
         }
-    top_k = int(config.get("num_experts_per_tok") or config.get("experts_per_token") or 1)
-    expert_i = int(config.get("moe_intermediate_size") or dense_i)
+    experts_key = next(k for k, n in counts if n)
+    top_k_key = "num_experts_per_tok"  # gpt-oss also writes experts_per_token
+    if not config.whole(top_k_key):
+        top_k_key = "experts_per_token"
+    top_k = config.whole(top_k_key) or 1
+    if top_k > experts:
+        raise config.error(top_k_key, f"must be at most {experts_key} ({experts})", top_k)
+    expert_i = config.whole("moe_intermediate_size") or dense_i
+    if not expert_i:
+        raise config.error(
+            "moe_intermediate_size", "(or intermediate_size) is required for an MoE model"
+        )
     per_expert = 3 * h * expert_i
     router_per_layer = h * experts
     if model_type == "gpt_oss":
         per_expert += 2 * expert_i + h  # gate_up and down biases
         router_per_layer += experts
-    shared_i = int(config.get("n_shared_experts") or 0) * expert_i
-    if config.get("shared_expert_intermediate_size"):
-        shared_i = int(config["shared_expert_intermediate_size"])
+    shared_i = (config.whole("n_shared_experts", minimum=0) or 0) * expert_i
+    shared_size = config.whole("shared_expert_intermediate_size", minimum=0)
+    if shared_size:
+        shared_i = shared_size
         router_per_layer += h  # Qwen2-MoE's shared-expert gate
-    moe_layers = [i for i in range(layers) if _is_moe_layer(config, i)]
+    moe_layers = _moe_layers(config, layers)
     n_moe, n_dense = len(moe_layers), layers - len(moe_layers)
+    if n_dense and not dense_i:
+        config.required("intermediate_size")  # the dense layers need their MLP size
     return {
         "dense": n_dense * 3 * h * dense_i,
         "experts": n_moe * experts * per_expert,
@@ -406,36 +468,47 @@ def _moe(
     }
 
 
-def _is_moe_layer(config: dict[str, Any], i: int) -> bool:
-    if i < int(config.get("first_k_dense_replace") or 0):
-        return False
-    if i in (config.get("mlp_only_layers") or []):
-        return False
-    step = int(config.get("decoder_sparse_step") or config.get("moe_layer_freq") or 1)
-    return (i + 1) % step == 0 if "decoder_sparse_step" in config else i % step == 0
+def _moe_layers(config: ConfigFields, layers: int) -> list[int]:
+    """Indices of the sparse layers: DeepSeek's first k are dense, Qwen's mlp_only_layers too,
+    and decoder_sparse_step / moe_layer_freq space the rest."""
+    first_dense = config.whole("first_k_dense_replace", minimum=0) or 0
+    if first_dense > layers:
+        raise config.error(
+            "first_k_dense_replace", f"must be at most num_hidden_layers ({layers})", first_dense
+        )
+    dense_only = set(config.wholes("mlp_only_layers", 0, layers - 1))
+    sparse_step = config.whole("decoder_sparse_step")
+    step = sparse_step or config.whole("moe_layer_freq") or 1
+    offset = 1 if "decoder_sparse_step" in config.data else 0
+    return [
+        i for i in range(first_dense, layers) if i not in dense_only and (i + offset) % step == 0
+    ]
 
 
 _LINEAR = ("attention", "dense_mlp", "experts", "shared_experts")
 
 
-def _quantization(config: dict[str, Any], path: str, warnings: list[str]) -> Quantization | None:
-    q = config.get("quantization_config")
-    if not isinstance(q, dict):
+def _quantization(config: ConfigFields, warnings: list[str]) -> Quantization | None:
+    q = config.nested("quantization_config")
+    if q is None:
         return None
-    method = str(q.get("quant_method", "")).lower()
+    method = (q.string("quant_method") or "").lower()
     if method == "fp8":
-        block = q.get("weight_block_size") or [128, 128]
-        return Quantization("fp8", "fp8", _LINEAR, int(block[0]) * int(block[1]))
+        block = q.wholes("weight_block_size", 1, MAXIMA["weight_block_size"]) or [128, 128]
+        if len(block) != 2:
+            raise q.error("weight_block_size", "must be [rows, columns]", block)
+        return Quantization("fp8", "fp8", _LINEAR, block[0] * block[1])
     if method == "mxfp4":
-        skipped = " ".join(q.get("modules_to_not_convert") or [])
+        skipped = " ".join(q.strings("modules_to_not_convert") or [])
         roles = ("experts",) if "self_attn" in skipped else ("attention", "experts")
         return Quantization("mxfp4", "mxfp4", roles, 32)
     if method in ("awq", "gptq"):
-        bits = int(q.get("bits") or q.get("w_bit") or 4)
-        group = int(q.get("group_size") or q.get("q_group_size") or 128)
+        bits = q.whole("bits") or q.whole("w_bit") or 4
+        group = q.whole("group_size", minimum=-1) or q.whole("q_group_size", minimum=-1) or 128
         if bits not in (4, 8):
             raise GpufitError(
-                f"{path}: quantization_config: {bits}-bit {method} is not supported; 4 and 8 are"
+                f"{config.source}: quantization_config: {bits}-bit {method} is not supported; "
+                "4 and 8 are"
             )
         return Quantization(method, f"int{bits}", _LINEAR, group if group > 0 else None)
     warnings.append(

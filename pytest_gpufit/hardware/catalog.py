@@ -48,12 +48,27 @@ def catalog_gpu(card_id: str, index: int = 0) -> Gpu:
     )
 
 
+MAX_SIMULATED_GPUS = 1024  # far above any one machine; a bigger count is a typo or an attack
+_ASCII_DIGITS = frozenset("0123456789")
+
+
 def split_repeat(part: str, what: str) -> tuple[int, str]:
-    """``"2*h100-sxm"`` -> ``(2, "h100-sxm")``, checking the count and the catalog id."""
+    """``"2*h100-sxm"`` -> ``(2, "h100-sxm")``, checking the count and the catalog id.
+
+    The count is ASCII digits from 1 to ``MAX_SIMULATED_GPUS`` (``str.isdigit`` would let
+    ``"²"`` through to ``int()``; a count of 10**12 would build a list of that many cards).
+    """
     count_text, _, card = part.rpartition("*")
     count_text, card = count_text.strip(), card.strip().lower()
-    if count_text and (not count_text.isdigit() or int(count_text) < 1):
-        raise GpufitError(f"{what}: bad count in {part!r}; write ID or N*ID, e.g. 2*h100-sxm")
+    shown = part if len(part) <= 40 else part[:37] + "..."
+    if count_text and not (set(count_text) <= _ASCII_DIGITS and count_text.strip("0")):
+        raise GpufitError(f"{what}: bad count in {shown!r}; write ID or N*ID, e.g. 2*h100-sxm")
+    # Compared as text first: int() of a 5,000-digit count is itself an error.
+    if len(count_text.lstrip("0")) > 4 or int(count_text or 1) > MAX_SIMULATED_GPUS:
+        raise GpufitError(
+            f"{what}: too many GPUs in {shown!r}; at most {MAX_SIMULATED_GPUS} GPUs in a "
+            "simulated setup"
+        )
     if card not in catalog():
         raise GpufitError(f"{what}: unknown GPU id {card!r}; known ids: {', '.join(catalog())}")
     return int(count_text or 1), card
@@ -68,6 +83,11 @@ def parse_setup(text: str, what: str = "--gpufit-simulate") -> list[str]:
     ids: list[str] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         count, card = split_repeat(part, what)
+        if len(ids) + count > MAX_SIMULATED_GPUS:
+            raise GpufitError(
+                f"{what}: {len(ids) + count} GPUs in all; at most {MAX_SIMULATED_GPUS} GPUs in "
+                "a simulated setup"
+            )
         ids.extend([card] * count)
     if not ids:
         raise GpufitError(f"{what}: no GPU id given; known ids: {', '.join(catalog())}")
