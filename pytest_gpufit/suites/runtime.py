@@ -7,6 +7,7 @@ from typing import Any
 
 from pytest_gpufit.backends import load_backend
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.suites.schema import Target
 
 Key = tuple[str, str, str, str, str, bool, int]
@@ -42,6 +43,13 @@ class ModelCache:
             return self._models[key]
         if key in self._failures:
             raise self._failures[key]
+        try:
+            # The fit engine's header checks first: a truncated or lying checkpoint is one
+            # error naming the file, not a loader traceback.
+            load_spec(target.model)
+        except GpufitError as error:
+            self._failures[key] = error
+            raise
         backend = self.backend(target)
         self._devices.add((target.backend, target.device))
 
