@@ -274,7 +274,7 @@ class Store:
         }
         path = self.suite_dir(fp.gpu_name, suite) / "runs" / f"{run_id}.json"
         _atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
-        if accept:
+        if accept and not failed_checks(record):
             self.accept(run_id)
         return run_id
 
