@@ -102,68 +102,108 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from pytest_gpufit.baseline import Store
+    """The baseline folder the plugin would use here: --dir (relative to the current folder),
+    else GPUFIT_BASELINE_DIR, ini gpufit_baseline_dir, or the default, relative to the rootdir
+    of the pytest configuration file found from the current folder upward."""
+    import os
 
-    return Store(Path(args.dir))
+    from pytest_gpufit.baseline import Store
+    from pytest_gpufit.ini_files import find_ini
+    from pytest_gpufit.settings import resolve
+
+    if args.dir is not None:
+        return Store(Path.cwd() / args.dir)
+    ini = find_ini(Path.cwd())
+    settings = resolve(lambda name: None, ini.get, os.environ)
+    return Store(ini.rootdir / settings.baseline_dir)
 
 
 def _baseline_list(args: argparse.Namespace) -> int:
-    runs = _store(args).runs()
+    store = _store(args)
+    runs = store.runs()
     if not runs:
-        print(f"no baseline runs in {args.dir}")
-    for gpu, run_id, accepted in runs:
-        print(f"{gpu:32s} {run_id}{'  (accepted)' if accepted else ''}")
+        print(f"no baseline runs in {store.root}")
+        return 0
+    print(f"baselines in {store.root}:")
+    for run in runs:
+        mark = "  (accepted)" if run.accepted else ""
+        print(f"{run.gpu:28s} {run.suite:20s} {run.run_id}{mark}")
     return 0
 
 
-def _baseline_show(args: argparse.Namespace) -> int:
-    from pytest_gpufit.baseline import metric_values
+def _metrics_text(metrics: Any, where: str) -> str:
+    from pytest_gpufit.baseline import format_number, metric_values
 
+    values = metric_values(metrics, where)
+    return ", ".join(f"{k} {format_number(v)}" for k, v in values.items()) or "(no metrics)"
+
+
+def _baseline_show(args: argparse.Namespace) -> int:
     store = _store(args)
-    record = store.read(store.find(args.run))
+    path = store.find(args.run)
+    record = store.read(path)
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
         return 0
-    print(f"run {record['id']}")
+    print(f"run {record['id']} of suite {record['suite']} ({path})")
     for key, value in record["fingerprint"].items():
         print(f"  {key}: {value}")
     for nodeid, entry in sorted(record["results"].items()):
-        values = metric_values(entry.get("metrics", {}))
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items()) or "(no baseline metrics)"
-        print(f"{nodeid}: {shown}")
+        shown = _metrics_text(entry.get("metrics", {}), f"{path}: {nodeid}")
+        print(f"{nodeid} [{entry['outcome']}]: {shown}")
     return 0
 
 
 def _baseline_accept(args: argparse.Namespace) -> int:
     store = _store(args)
-    path = store.find(args.run)
-    record = store.read(path)
-    store.accept(record["fingerprint"]["gpu_name"], record["id"])
-    print(f"accepted {record['id']} for {record['fingerprint']['gpu_name']}")
+    files = store.accept(args.run, force=args.force)
+    record = store.read(files[0])
+    print(
+        f"accepted {record['id']} for {record['fingerprint']['gpu_name']}, suite {record['suite']}"
+    )
+    # The baseline folder is reviewed like code: say what to commit.
+    print("files to commit:")
+    for path in files:
+        print(f"  {path}")
     return 0
 
 
 def _baseline_diff(args: argparse.Namespace) -> int:
-    from pytest_gpufit.baseline import compare, environment_changes
+    from pytest_gpufit.baseline import compare, environment_changes, format_number
 
     store = _store(args)
-    old, new = (store.read(store.find(r)) for r in (args.old, args.new))
+    paths = [store.find(r) for r in (args.old, args.new)]
+    old, new = (store.read(p) for p in paths)
     changes = environment_changes(old["fingerprint"], new["fingerprint"])
     print("environment: " + (", ".join(changes) or "no change"))
     rows = [["check", "metric", args.old, args.new, "change", "verdict"]]
+    outcomes = []
     for nodeid in sorted(set(old["results"]) & set(new["results"])):
+        before, after = old["results"][nodeid], new["results"][nodeid]
+        if before["outcome"] != after["outcome"]:
+            outcomes.append(f"outcome {before['outcome']} -> {after['outcome']}: {nodeid}")
         for c in compare(
-            old["results"][nodeid].get("metrics", {}),
-            new["results"][nodeid].get("metrics", {}),
+            before.get("metrics", {}),
+            after.get("metrics", {}),
             {},
             args.tolerance,
+            f"{paths[0]}: {nodeid}",
         ):
             rows.append(
-                [nodeid, c.metric, f"{c.old:.4g}", f"{c.new:.4g}", f"{c.change:+.1%}", c.verdict]
+                [
+                    nodeid,
+                    c.metric,
+                    format_number(c.old),
+                    format_number(c.new),
+                    f"{c.change:+.1%}",
+                    c.verdict,
+                ]
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for line in outcomes:
+        print(line)
     only = sorted(set(old["results"]) ^ set(new["results"]))
     for nodeid in only:
         print(f"only in {'old' if nodeid in old['results'] else 'new'}: {nodeid}")
@@ -174,9 +214,21 @@ def _baseline_plot(args: argparse.Namespace) -> int:
     from pytest_gpufit.plot import plot_runs
 
     store = _store(args)
-    records = [store.read(store.find(run_id)) for _, run_id, _ in store.runs()]
-    written = plot_runs(records, Path(args.output))
+    runs = store.runs()
+    records = [(store.read(run.path), run.accepted) for run in runs]
+    written = plot_runs(records, Path(args.output).absolute())
     print(f"wrote {written}")
+    return 0
+
+
+def _baseline_migrate(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if not store.legacy():
+        print(f"nothing to migrate in {store.root}")
+        return 0
+    for line in store.migrate():
+        print(line)
+    print(f"migrated {store.root} to one accepted run per GPU model and suite; commit it")
     return 0
 
 
@@ -235,10 +287,16 @@ def parser() -> argparse.ArgumentParser:
     table.add_argument("--format", default="text", choices=("text", "markdown", "csv", "json"))
     table.set_defaults(handler=_table)
 
-    baseline = sub.add_parser("baseline", help="stored baselines: list, show, accept, diff, plot")
-    baseline.add_argument("--dir", default=".gpufit/baselines", help="the baseline folder")
+    baseline = sub.add_parser(
+        "baseline", help="stored baselines: list, show, accept, diff, plot, migrate"
+    )
+    baseline.add_argument(
+        "--dir",
+        help="the baseline folder (default: GPUFIT_BASELINE_DIR, else ini gpufit_baseline_dir, "
+        "else .gpufit/baselines, relative to pytest's rootdir)",
+    )
     verbs = baseline.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("list", help="every stored run, per GPU model").set_defaults(
+    verbs.add_parser("list", help="every stored run, per GPU model and suite").set_defaults(
         handler=_baseline_list
     )
     show = verbs.add_parser("show", help="one run's environment and metrics")
@@ -246,9 +304,14 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_baseline_show)
     accept = verbs.add_parser(
-        "accept", help="make a run the accepted baseline of its GPU model (after a planned upgrade)"
+        "accept",
+        help="make a run the accepted baseline of its GPU model and suite (after a planned "
+        "upgrade); prints the files to commit",
     )
     accept.add_argument("run")
+    accept.add_argument(
+        "--force", action="store_true", help="accept a run even though some of its checks failed"
+    )
     accept.set_defaults(handler=_baseline_accept)
     diff = verbs.add_parser("diff", help="two runs side by side")
     diff.add_argument("old")
@@ -260,6 +323,10 @@ def parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("--output", default="gpufit-baselines.png")
     plot.set_defaults(handler=_baseline_plot)
+    migrate = verbs.add_parser(
+        "migrate", help="rewrite a format-1 store (one accepted run per GPU) per GPU and suite"
+    )
+    migrate.set_defaults(handler=_baseline_migrate)
     return top
 
 

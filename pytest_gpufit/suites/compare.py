@@ -1,17 +1,22 @@
-"""A suite check's measurements against the accepted baseline of its GPU model."""
+"""A suite check's measurements against the accepted baseline of its GPU model and suite."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_gpufit.baseline import (
+    BaselinePolicy,
+    Comparison,
     Fingerprint,
     compare,
     compare_golden,
+    confirm,
     environment_changes,
+    metric_values,
 )
+from pytest_gpufit.errors import GpufitError
 
 
 @dataclass
@@ -27,28 +32,42 @@ def against_baseline(
     nodeid: str,
     now: Fingerprint,
     metrics: Mapping[str, Any],
-    tolerances: Mapping[str, float],
+    policy: BaselinePolicy,
     default_tolerance: float,
+    remeasure: Callable[[], Mapping[str, Any]] | None = None,
+    suite: str = "",
 ) -> Outcome:
-    """Compare one check; a worse metric or a golden mismatch fails, a better one warns."""
+    """Compare one check; a worse metric or a golden mismatch fails, a better one warns.
+
+    A metric beyond its tolerance is re-measured ``policy.confirm`` more times through
+    ``remeasure`` and fails only if the median of all runs is still beyond it. A check that
+    the accepted run lacks (or did not pass in) fails, or warns under ``missing: warn``.
+    """
     outcome = Outcome()
     if accepted is None:
         outcome.failures.append(
-            f"no accepted baseline for {now.gpu_name} in {where}: run once with "
-            "--gpufit-baseline=save, or accept a stored run (gpufit baseline accept RUN)"
+            f"no accepted baseline for {now.gpu_name}{f' and suite {suite}' if suite else ''} "
+            f"in {where}: run once with --gpufit-baseline=save, or accept a stored run "
+            "(gpufit baseline accept RUN)"
         )
         return outcome
     run_id = accepted.get("id", "?")
     old = accepted["results"].get(nodeid)
-    if old is None:
-        outcome.warnings.append(
-            f"{nodeid} is not in baseline run {run_id}; save a new baseline to cover it"
+    if old is None or old.get("outcome", "passed") != "passed":
+        state = "not in" if old is None else f"{old.get('outcome')} in"
+        message = (
+            f"{nodeid} is {state} baseline run {run_id}; save a new baseline that covers it "
+            "(--gpufit-baseline=save), or set baseline: {missing: warn} in the suite"
         )
+        (outcome.warnings if policy.missing == "warn" else outcome.failures).append(message)
         return outcome
     changes = environment_changes(accepted.get("fingerprint", {}), now.to_dict())
     prefix = ", ".join(changes) or "no environment change"
     old_metrics = old.get("metrics", {})
-    for c in compare(old_metrics, metrics, tolerances, default_tolerance):
+    where_old = f"baseline run {run_id}: {nodeid}"
+    judged = compare(old_metrics, metrics, policy.tolerances, default_tolerance, where_old)
+    judged = _confirmed(judged, policy.confirm, remeasure)
+    for c in judged:
         outcome.comparisons.append(
             {
                 "metric": c.metric,
@@ -56,6 +75,8 @@ def against_baseline(
                 "new": c.new,
                 "change": round(c.change, 4),
                 "tolerance": c.tolerance,
+                "spread": round(c.spread, 4),
+                "runs": len(c.runs),
                 "verdict": c.verdict,
                 "baseline_run": run_id,
             }
@@ -67,17 +88,38 @@ def against_baseline(
                 f"{prefix}: {c.text()}: better than baseline {run_id}; "
                 "consider accepting this run as the new baseline"
             )
+        noisy = c.noisy()
+        if noisy:
+            outcome.warnings.append(noisy)
     if "golden" in metrics:
         if "golden" not in old_metrics:
             outcome.failures.append(f"baseline run {run_id} holds no golden tokens for {nodeid}")
         else:
-            problem = compare_golden(
-                old_metrics["golden"],
-                metrics["golden"],
-                float(metrics.get("golden_max_logprob_diff", 0.1)),
-            )
+            try:
+                problem = compare_golden(
+                    old_metrics["golden"],
+                    metrics["golden"],
+                    float(metrics.get("golden_max_logprob_diff", 0.1)),
+                )
+            except GpufitError as error:
+                problem = str(error)
             if problem:
                 outcome.failures.append(
                     f"{prefix}: golden output differs from baseline {run_id}: {problem}"
                 )
     return outcome
+
+
+def _confirmed(
+    judged: list[Comparison], times: int, remeasure: Callable[[], Mapping[str, Any]] | None
+) -> list[Comparison]:
+    """Re-measure when a metric is worse, and judge each worse one on the median of all runs."""
+    if remeasure is None or times < 1 or not any(c.verdict == "worse" for c in judged):
+        return judged
+    again = [metric_values(remeasure()) for _ in range(times)]
+    return [
+        confirm(c, [run[c.metric] for run in again if c.metric in run])
+        if c.verdict == "worse"
+        else c
+        for c in judged
+    ]

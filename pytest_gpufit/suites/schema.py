@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_gpufit.baseline import parse_tolerances
+from pytest_gpufit.baseline import BaselinePolicy, parse_confirm, parse_missing, parse_tolerances
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.spec import resolve_model
 from pytest_gpufit.requirements import Requirement, requirement_from_marker
@@ -43,7 +43,7 @@ class Target:
     seed: int
     line: int
     has_tokenizer: bool
-    tolerances: dict[str, float] = field(default_factory=dict)
+    baseline: BaselinePolicy = BaselinePolicy()
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ TARGET_FIELDS = (
     "baseline",
 )
 SUITE_FIELDS = ("suite", "requires", "targets", "baseline")
-BASELINE_FIELDS = ("tolerance",)
+BASELINE_FIELDS = ("tolerance", "missing", "confirm")
 
 
 def _unknown(
@@ -264,17 +264,29 @@ def _requires(node: Any, line: int, where: str, at: _Where) -> Requirement | Non
     return req
 
 
-def _baseline(node: Any, line: int, where: str, at: _Where) -> dict[str, float]:
+def _baseline(
+    node: Any, line: int, where: str, at: _Where, inherited: BaselinePolicy | None = None
+) -> BaselinePolicy:
+    """``baseline: {tolerance: {metric: 5%}, missing: fail|warn, confirm: N}``; a target's keys
+    refine its suite's."""
+    base = inherited or BaselinePolicy()
     if node is None:
-        return {}
+        return base
     node = _mapping(node, line, where, at)
     _unknown(node, BASELINE_FIELDS, node, f"{where}.", at)
-    if "tolerance" not in node:
-        return {}
-    try:
-        return parse_tolerances(node["tolerance"], f"{where}.tolerance")
-    except GpufitError as error:
-        raise at.error(node.key_lines["tolerance"], f"{where}.tolerance", str(error)) from None
+    parsers = {"tolerance": parse_tolerances, "missing": parse_missing, "confirm": parse_confirm}
+    values: dict[str, Any] = {}
+    for key, parse in parsers.items():
+        if key in node:
+            try:
+                values[key] = parse(node[key], f"{where}.{key}")
+            except GpufitError as error:
+                raise at.error(node.key_lines[key], f"{where}.{key}", str(error)) from None
+    return BaselinePolicy(
+        tolerances={**base.tolerances, **values.get("tolerance", {})},
+        missing=values.get("missing", base.missing),
+        confirm=values.get("confirm", base.confirm),
+    )
 
 
 def _checks(node: Any, line: int, where: str, at: _Where) -> tuple[Check, ...]:
@@ -304,7 +316,7 @@ def _checks(node: Any, line: int, where: str, at: _Where) -> tuple[Check, ...]:
 
 
 def _target(
-    node: Any, index: int, line: int, base: Path, at: _Where, suite_tolerances: dict[str, float]
+    node: Any, index: int, line: int, base: Path, at: _Where, suite_baseline: BaselinePolicy
 ) -> Target:
     where = f"targets[{index}]"
     node = _mapping(node, line, where, at)
@@ -386,12 +398,13 @@ def _target(
         seed=field_value("seed", _count, 0),
         line=node.line,
         has_tokenizer=has_tokenizer,
-        tolerances={
-            **suite_tolerances,
-            **_baseline(
-                node.get("baseline"), lines.get("baseline", node.line), f"{where}.baseline", at
-            ),
-        },
+        baseline=_baseline(
+            node.get("baseline"),
+            lines.get("baseline", node.line),
+            f"{where}.baseline",
+            at,
+            suite_baseline,
+        ),
     )
 
 
@@ -420,9 +433,9 @@ def parse_suite(path: Path) -> Suite:
         raise at.error(line, "targets", "expected a list of at least one target")
     targets = []
     seen: dict[str, int] = {}
-    tolerances = _baseline(data.get("baseline"), data.key_lines.get("baseline", 1), "baseline", at)
+    baseline = _baseline(data.get("baseline"), data.key_lines.get("baseline", 1), "baseline", at)
     for index, node in enumerate(targets_node):
-        target = _target(node, index, line, path.parent, at, tolerances)
+        target = _target(node, index, line, path.parent, at, baseline)
         if target.name in seen:
             raise at.error(
                 target.line,

@@ -1,0 +1,82 @@
+"""What a measurement depends on besides the model and the suite: GPU, driver, software, commit."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_gpufit.hardware.records import Environment, Gpu
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The environment of one run, stored beside its results."""
+
+    gpu_name: str
+    gpu_memory_bytes: int | None
+    driver_version: str | None
+    cuda_driver_version: str | None
+    cuda_runtime_version: str | None
+    torch_version: str | None
+    transformers_version: str | None
+    python_version: str | None
+    git_commit: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_DIFF_FIELDS = (
+    ("driver_version", "driver"),
+    ("cuda_driver_version", "CUDA driver"),
+    ("cuda_runtime_version", "CUDA runtime"),
+    ("torch_version", "torch"),
+    ("transformers_version", "transformers"),
+    ("python_version", "python"),
+    ("gpu_memory_bytes", "GPU memory"),
+)
+
+
+def fingerprint(gpu: Gpu | None, env: Environment, commit: str | None = None) -> Fingerprint:
+    """The fingerprint of a run on ``gpu`` (None: the CPU); ``commit`` is read once per session."""
+    return Fingerprint(
+        gpu_name=gpu.name if gpu else "cpu",
+        gpu_memory_bytes=gpu.memory_total_bytes if gpu else None,
+        driver_version=env.driver_version,
+        cuda_driver_version=env.cuda_driver_version,
+        cuda_runtime_version=env.cuda_runtime_version,
+        torch_version=env.torch_version,
+        transformers_version=env.transformers_version,
+        python_version=env.python_version,
+        git_commit=commit,
+    )
+
+
+def git_commit(root: Path | None) -> str | None:
+    """HEAD of the repository at ``root``, or None outside one (a subprocess: call it once)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def environment_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``['driver 550.54.15 -> 560.35.03', 'torch 2.5.1 -> 2.6.0']``."""
+    return [
+        f"{label} {_shown(old.get(key))} -> {_shown(new.get(key))}"
+        for key, label in _DIFF_FIELDS
+        if old.get(key) != new.get(key)
+    ]

@@ -1,0 +1,91 @@
+"""One pytest session's use of the store: accepted runs read once, the session's runs saved."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_gpufit.baseline.fingerprint import Fingerprint, fingerprint, git_commit
+from pytest_gpufit.baseline.store import Store, failed_checks
+from pytest_gpufit.hardware.records import Environment, Gpu
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """One run written at the end of a session: what the session prints about it."""
+
+    gpu_name: str
+    suite: str
+    run_id: str
+    checks: int
+    accepted: bool
+    failed: tuple[str, ...]  # node ids of the checks that did not pass
+    accept_asked: bool
+
+    @property
+    def message(self) -> str:
+        head = (
+            f"gpufit: baseline run {self.run_id} ({self.checks} "
+            f"check{'s' * (self.checks != 1)}) of suite {self.suite} saved"
+        )
+        if self.accepted:
+            return f"{head} and accepted for {self.gpu_name}"
+        if not self.accept_asked:
+            return f"{head} for {self.gpu_name}"
+        n = len(self.failed)
+        return (
+            f"{head} for {self.gpu_name} but NOT accepted: {n} failed check{'s' * (n != 1)} "
+            f"({', '.join(self.failed)}); fix and save again, or accept it with "
+            f"`gpufit baseline accept {self.run_id} --force`"
+        )
+
+
+class BaselineSession:
+    """Reads accepted baselines once per (GPU model, suite); saves one run per (GPU, suite).
+
+    The git commit is read once, here, not per compared check.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        environment: Environment,
+        gpus: tuple[Gpu, ...],
+        root: Path | None = None,
+    ) -> None:
+        self.store = store
+        self.environment = environment
+        self.gpus = {g.name: g for g in gpus}
+        self.commit = git_commit(root)
+        self._accepted: dict[tuple[str, str], dict[str, Any] | None] = {}
+
+    def fingerprint(self, gpu: Gpu | None) -> Fingerprint:
+        return fingerprint(gpu, self.environment, self.commit)
+
+    def accepted(self, gpu_name: str, suite: str) -> dict[str, Any] | None:
+        """The accepted run of ``suite`` on ``gpu_name`` (None: none accepted yet)."""
+        key = (gpu_name, suite)
+        if key not in self._accepted:
+            self._accepted[key] = self.store.accepted(gpu_name, suite)
+        return self._accepted[key]
+
+    def save(self, measurements: Mapping[str, Mapping[str, Any]], accept: bool) -> list[SavedRun]:
+        """Write one run per (GPU model, suite) with every check and its outcome.
+
+        ``measurements`` maps node ids to entries with ``gpu``, ``suite``, ``metrics`` and
+        ``outcome``. With ``accept``, a run is accepted only when none of its checks failed.
+        """
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for nodeid, entry in measurements.items():
+            key = (str(entry.get("gpu", "cpu")), str(entry.get("suite", nodeid.split("::")[0])))
+            groups.setdefault(key, {})[nodeid] = {"outcome": "passed", **entry}
+        saved = []
+        for (gpu_name, suite), results in sorted(groups.items()):
+            failed = failed_checks({"results": results})
+            ok = accept and not failed
+            fp = self.fingerprint(self.gpus.get(gpu_name))
+            run_id = self.store.write_run(fp, suite, results, accept=ok)
+            saved.append(SavedRun(gpu_name, suite, run_id, len(results), ok, tuple(failed), accept))
+        return saved

@@ -1,0 +1,335 @@
+"""Baselines through pytest and the ``gpufit baseline`` console script, with estimate-only
+suites (no torch): per-suite accepted runs, missing checks, failed runs, confirmation, settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GPUFIT = shutil.which("gpufit") or str(Path(sys.executable).parent / "gpufit")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("GPUFIT_") or name in ("GITHUB_STEP_SUMMARY", "CUDA_VISIBLE_DEVICES"):
+            monkeypatch.delenv(name)
+
+
+def _suite(pytester: pytest.Pytester, name: str, targets: str, baseline: str = "") -> None:
+    pytester.makefile(
+        ".gpufit.yaml",
+        **{name: f"suite: {name}\n{baseline}\ntargets:\n{targets}"},
+    )
+
+
+FITS = "  - {name: t, model: qwen3-0.6b, weights: random, device: cpu, checks: {fits: {}}}\n"
+# DeepSeek-V3 in bf16 needs ~1.3 TB: its fits check fails on any machine's system memory.
+TOO_BIG = "  - {name: big, model: deepseek-v3, weights: random, device: cpu, checks: {fits: {}}}\n"
+
+
+def _args(mode: str) -> list[str]:
+    return ["-p", "no:randomly", f"--gpufit-baseline={mode}", "--gpufit-baseline-dir=store"]
+
+
+def _cli(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GPUFIT_")}
+    return subprocess.run(
+        [GPUFIT, "baseline", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**environ, **(env or {})},
+    )
+
+
+def test_saving_one_suite_keeps_the_other_suites_baseline(pytester: pytest.Pytester) -> None:
+    _suite(pytester, "a", FITS)
+    _suite(pytester, "b", FITS)
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=2)
+    pytester.runpytest("b.gpufit.yaml", *_args("save")).assert_outcomes(passed=1)
+    result = pytester.runpytest("a.gpufit.yaml", *_args("compare"), "-W", "error")
+    result.assert_outcomes(passed=1)
+    accepted = sorted(p.parent.name for p in (pytester.path / "store").rglob("accepted"))
+    assert accepted == ["a", "b"]
+
+
+def test_a_check_missing_from_the_baseline_fails_or_warns_when_asked(
+    pytester: pytest.Pytester,
+) -> None:
+    _suite(pytester, "s", FITS)
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    _suite(pytester, "s", FITS + FITS.replace("name: t", "name: u"))
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*s.gpufit.yaml::u::fits is not in baseline run *; save a new baseline*"
+            "or set baseline: {missing: warn}*"
+        ]
+    )
+    _suite(pytester, "s", FITS + FITS.replace("name: t", "name: u"), "baseline: {missing: warn}")
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*BaselineWarning*u::fits is not in baseline run*"])
+
+
+def test_save_with_a_failed_check_records_but_does_not_accept(pytester: pytest.Pytester) -> None:
+    _suite(pytester, "s", FITS + TOO_BIG)
+    result = pytester.runpytest(*_args("save"))
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "gpufit: baseline run * (2 checks) of suite s saved for cpu but NOT accepted: "
+            "1 failed check (s.gpufit.yaml::big::fits)*--force*"
+        ]
+    )
+    assert not list((pytester.path / "store").rglob("accepted"))
+    (record,) = (pytester.path / "store").rglob("*.json")
+    data = json.loads(record.read_text())
+    assert data["results"]["s.gpufit.yaml::big::fits"]["outcome"] == "failed"
+    refused = _cli(pytester.path, "--dir", "store", "accept", record.stem)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "1 failed check (s.gpufit.yaml::big::fits)" in refused.stderr
+    forced = _cli(pytester.path, "--dir", "store", "accept", record.stem, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "files to commit:" in forced.stdout
+    assert f"  {pytester.path / 'store'}" in forced.stdout, "paths printed are absolute"
+
+
+def test_compare_records_failed_checks_and_diff_shows_the_regression(
+    pytester: pytest.Pytester,
+) -> None:
+    from pytest_gpufit.baseline import Store, fingerprint
+    from pytest_gpufit.hardware.records import Environment
+
+    store = Store(pytester.path / "store")
+    fp = fingerprint(None, Environment())
+    nodeid = "s.gpufit.yaml::t::throughput"
+    old = store.write_run(
+        fp, "s", {nodeid: {"outcome": "passed", "metrics": {"decode_tok_s": 121.0}}}, True
+    )
+    new = store.write_run(
+        fp, "s", {nodeid: {"outcome": "failed", "metrics": {"decode_tok_s": 14.5}}}, True
+    )
+    out = _cli(pytester.path, "--dir", "store", "diff", old, new)
+    assert out.returncode == 0, out.stderr
+    (row,) = [line.split() for line in out.stdout.splitlines() if "decode_tok_s" in line]
+    assert row == [nodeid, "decode_tok_s", "121", "14.5", "-88.0%", "worse"]
+    assert f"outcome passed -> failed: {nodeid}" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: r.update(results=[1]),
+        lambda r: r.pop("id"),
+        lambda r: r["results"]["s.gpufit.yaml::t::fits"]["metrics"].update(kl="low"),
+    ],
+)
+def test_wrongly_shaped_record_is_one_error_in_pytest_and_in_the_cli(
+    pytester: pytest.Pytester, change: object
+) -> None:
+    _suite(pytester, "s", FITS)
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    (path,) = (pytester.path / "store").rglob("*.json")
+    record = json.loads(path.read_text())
+    change(record)  # type: ignore[operator]
+    path.write_text(json.dumps(record))
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    assert f"baseline record {path}" in result.stdout.str()
+    assert "Traceback" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()
+    for verb in (["show", path.stem], ["accept", path.stem], ["plot", "--output", "x.png"]):
+        out = _cli(pytester.path, "--dir", "store", *verb)
+        assert out.returncode == 2, (verb, out.stdout, out.stderr)
+        assert f"baseline record {path}" in out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_accepted_pointer_a_directory_or_not_utf8_fails_in_pytest(
+    pytester: pytest.Pytester,
+) -> None:
+    _suite(pytester, "s", FITS)
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    (pointer,) = (pytester.path / "store").rglob("accepted")
+    pointer.write_bytes(b"\xff\xfe")
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*baseline pointer {pointer} is unreadable*"])
+    pointer.unlink()
+    pointer.mkdir()
+    out = _cli(pytester.path, "--dir", "store", "list")
+    assert out.returncode == 2 and f"baseline pointer {pointer} is unreadable" in out.stderr
+
+
+def test_show_refuses_a_path_as_run_id(pytester: pytest.Pytester) -> None:
+    outside = pytester.path / "outside"
+    outside.mkdir()
+    (outside / "x.json").write_text("{}")
+    out = _cli(pytester.path / "outside", "--dir", "../store/a/b", "show", "../../outside/x")
+    assert out.returncode == 2 and "'../../outside/x' is not a run id" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("make", "bad"),
+    [
+        (lambda p: (p / "store").write_text("x"), "store is a file"),
+        (lambda p: (p / "f").write_text("x"), "is under a file"),
+        (lambda p: os.symlink(p / "store", p / "store"), "is a symbolic link loop"),
+    ],
+)
+def test_unusable_baseline_folder_is_one_message(
+    pytester: pytest.Pytester, make: object, bad: str
+) -> None:
+    make(pytester.path)  # type: ignore[operator]
+    folder = "f/store" if bad == "is under a file" else "store"
+    _suite(pytester, "s", FITS)
+    result = pytester.runpytest("--gpufit-baseline=save", f"--gpufit-baseline-dir={folder}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert bad in result.stderr.str() and str(pytester.path) in result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    out = _cli(pytester.path, "--dir", folder, "list")
+    assert out.returncode == 2 and bad in out.stderr and "Traceback" not in out.stderr
+    assert not list(pytester.path.rglob("*.tmp"))
+
+
+def test_format1_store_is_refused_then_migrated(pytester: pytest.Pytester) -> None:
+    _suite(pytester, "s", FITS)
+    runs = pytester.path / "store" / "cpu" / "runs"
+    runs.mkdir(parents=True)
+    run = "20250101T000000000000Z-abcdef"
+    (runs / f"{run}.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "id": run,
+                "created": 1.0,
+                "fingerprint": {"gpu_name": "cpu"},
+                "results": {"s.gpufit.yaml::t::fits": {"suite": "s", "metrics": {}}},
+            }
+        )
+    )
+    (runs.parent / "accepted").write_text(run + "\n")
+    result = pytester.runpytest(*_args("compare"))
+    assert result.ret != 0
+    output = result.stdout.str() + result.stderr.str()
+    assert "s.gpufit.yaml F" in output and "Traceback" not in output
+    assert (
+        f"format-1 store (one accepted run per GPU model, e.g. {runs.parent / 'accepted'})"
+        in output
+    )
+    assert f"run `gpufit baseline migrate --dir {pytester.path / 'store'}`" in output
+    out = _cli(pytester.path, "--dir", "store", "migrate")
+    assert out.returncode == 0, out.stderr
+    pytester.runpytest(*_args("compare")).assert_outcomes(passed=1)
+
+
+# ---- the command honours the plugin's settings ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("pytest.ini", "[pytest]\ngpufit_baseline_dir = from-ini\n"),
+        ("pyproject.toml", '[tool.pytest.ini_options]\ngpufit_baseline_dir = "from-ini"\n'),
+        ("tox.ini", "[pytest]\ngpufit_baseline_dir = from-ini\n"),
+        ("setup.cfg", "[tool:pytest]\ngpufit_baseline_dir = from-ini\n"),
+    ],
+)
+def test_cli_finds_the_ini_upward_and_reads_relative_to_its_rootdir(
+    pytester: pytest.Pytester, name: str, text: str
+) -> None:
+    (pytester.path / name).write_text(text)
+    _suite(pytester, "s", FITS)
+    pytester.runpytest("-p", "no:randomly", "--gpufit-baseline=save").assert_outcomes(passed=1)
+    assert list((pytester.path / "from-ini").rglob("accepted"))
+    sub = pytester.path / "sub" / "dir"
+    sub.mkdir(parents=True)
+    out = _cli(sub, "list")
+    assert out.returncode == 0, out.stderr
+    assert f"baselines in {pytester.path / 'from-ini'}:" in out.stdout
+    out = _cli(sub, "list", env={"GPUFIT_BASELINE_DIR": "from-env"})
+    assert f"no baseline runs in {pytester.path / 'from-env'}" in out.stdout
+    out = _cli(sub, "--dir", "here", "list", env={"GPUFIT_BASELINE_DIR": "from-env"})
+    assert f"no baseline runs in {sub / 'here'}" in out.stdout
+
+
+def test_cli_default_is_the_rootdirs_gpufit_baselines(pytester: pytest.Pytester) -> None:
+    (pytester.path / "pytest.ini").write_text("[pytest]\n")
+    (pytester.path / "sub").mkdir()
+    out = _cli(pytester.path / "sub", "list")
+    assert out.stdout.strip() == f"no baseline runs in {pytester.path / '.gpufit' / 'baselines'}"
+
+
+def test_cli_bad_setting_names_its_source(pytester: pytest.Pytester) -> None:
+    (pytester.path / "pyproject.toml").write_text("[tool.pytest.ini_options\n")
+    out = _cli(pytester.path, "list")
+    assert out.returncode == 2 and "pyproject.toml: cannot read" in out.stderr
+
+
+# ---- confirmation by re-measuring ---------------------------------------------------------------
+
+FAKE = """
+import pytest
+from pytest_gpufit.suites import checks
+
+VALUES = iter([])
+
+def fake(ctx, params):
+    ctx.metrics["decode_tok_s"] = next(VALUES)
+
+REAL = checks.RUNNERS["fits"]
+
+# Suite items take no fixtures: swap the runner for this session only. The saved baseline
+# measures 100; the compared session measures the given sequence.
+def pytest_configure(config):
+    global VALUES
+    save = config.getoption("gpufit_baseline") == "save"
+    VALUES = iter([100.0] if save else [{values}])
+    checks.RUNNERS["fits"] = fake
+
+def pytest_unconfigure(config):
+    checks.RUNNERS["fits"] = REAL
+"""
+
+
+def _confirm_case(pytester: pytest.Pytester, values: str, confirm: int = 2) -> pytest.RunResult:
+    _suite(pytester, "s", FITS, f"baseline: {{confirm: {confirm}}}")
+    pytester.makeconftest(FAKE.format(values=values))
+    # In a subprocess each: pytester's in-process runs keep the first run's conftest module.
+    pytester.runpytest_subprocess(*_args("save")).assert_outcomes(passed=1)
+    return pytester.runpytest_subprocess(*_args("compare"))
+
+
+def test_a_one_off_slow_run_is_confirmed_away(pytester: pytest.Pytester) -> None:
+    result = _confirm_case(pytester, "10.0, 100.0, 101.0")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_confirmed_regression_fails_with_runs_and_spread(pytester: pytest.Pytester) -> None:
+    result = _confirm_case(pytester, "10.0, 12.0, 11.0")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*decode tok/s 100 -> 11 (-89.0%, tolerance 5%; median of 3 runs, spread 18.2%)*"]
+    )
+    result.stdout.fnmatch_lines(["*BaselineWarning*tighter than twice the measured spread*"])
+
+
+def test_confirm_zero_fails_at_once(pytester: pytest.Pytester) -> None:
+    _confirm_case(pytester, "10.0", confirm=0).assert_outcomes(failed=1)
+
+
+def test_bad_baseline_keys_are_collection_errors(pytester: pytest.Pytester) -> None:
+    _suite(pytester, "s", FITS, "baseline: {confirm: -1, missing: maybe}")
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*s.gpufit.yaml:2: baseline.missing: *expected fail or warn*"])
