@@ -132,11 +132,7 @@ class SessionState:
                 saved = self.baselines.save(self.measurements, self.settings.baseline == "save")
             except GpufitError as error:
                 raise pytest.UsageError(f"gpufit baseline: {error}") from None
-            for gpu_name, run_id, count in saved:
-                accepted = " and accepted" if self.settings.baseline == "save" else ""
-                self.saved_runs.append(
-                    f"gpufit: baseline run {run_id} ({count} checks) saved{accepted} for {gpu_name}"
-                )
+            self.saved_runs.extend(run.message for run in saved)
         if self.settings.report:
             write_report(
                 Path(self.settings.report), self.inventory, self.verdicts, self.measurements
