@@ -203,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     probe = sub.add_parser("probe", help="what GPUs this machine has (NVML; no CUDA context)")
     probe.add_argument("--json", action="store_true", help="print the inventory as JSON")
-    probe.add_argument("--simulate", metavar="ID[,ID...]", help=_SIMULATE.help)
+    probe.add_argument("--simulate", metavar="ID[,ID...]", help=_SIMULATE.help.split(";")[0])
     probe.set_defaults(handler=_probe)
 
     fit = sub.add_parser("fit", help="memory a model needs, and the verdict per GPU")

@@ -43,7 +43,7 @@ def plan(gpus: Sequence[Gpu], per_worker: int, workers: int, outer: str | None) 
 def sharing(groups: Sequence[Group]) -> list[str]:
     """One warning per GPU group that more than one worker holds.
 
-    >>> sharing([((0,), "0"), ((0,), "0")])[0][:48]
+    >>> sharing([((0,), "0"), ((0,), "0")])[0][:50]
     'gpufit: WARNING: xdist workers gw0, gw1 share GPU0'
     """
     holders: dict[tuple[int, ...], list[str]] = {}
