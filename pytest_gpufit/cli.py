@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.catalog import parse_setup
 from pytest_gpufit.hardware.probe import build_inventory
 from pytest_gpufit.hardware.records import Inventory
 from pytest_gpufit.settings import OPTIONS
@@ -20,9 +20,10 @@ _SIMULATE = next(o for o in OPTIONS if o.name == "simulate")
 
 
 def _probe(args: argparse.Namespace) -> int:
-    if args.simulate:
-        parse_setup(args.simulate, "--simulate")  # name this command's option in errors
-    inventory = build_inventory(args.simulate)
+    simulate = None
+    if args.simulate is not None:  # set but empty is an error, as for --gpufit-simulate
+        simulate = _SIMULATE.read(args.simulate, "--simulate")
+    inventory = build_inventory(simulate)
     if args.json:
         print(json.dumps(inventory.to_dict(), indent=2))
         return 0
@@ -96,6 +97,8 @@ def _table(args: argparse.Namespace) -> int:
 
     setups = _setups(args.gpus)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes:
+        raise GpufitError(f"--dtypes: no dtype given in {args.dtypes!r}; e.g. --dtypes bf16,fp8")
     rows = build_rows(args.models or default_models(), setups, dtypes, args.context)
     print(render(rows, setups, args.format))
     return 0
@@ -252,7 +255,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     probe = sub.add_parser("probe", help="what GPUs this machine has (NVML; no CUDA context)")
     probe.add_argument("--json", action="store_true", help="print the inventory as JSON")
-    probe.add_argument("--simulate", metavar="ID[,ID...]", help=_SIMULATE.help)
+    probe.add_argument("--simulate", metavar="ID[,ID...]", help=_SIMULATE.help.split(";")[0])
     probe.set_defaults(handler=_probe)
 
     fit = sub.add_parser("fit", help="memory a model needs, and the verdict per GPU")
@@ -282,7 +285,9 @@ def parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="compatibility table: models x precisions x GPUs")
     table.add_argument("models", nargs="*", help="default: the shipped models")
     table.add_argument("--gpus", help="comma list of ID or N*ID; default as for fit")
-    table.add_argument("--dtypes", default="bf16,fp8,int4")
+    table.add_argument(
+        "--dtypes", default="bf16,fp8,int4", help="comma list of precisions (default bf16,fp8,int4)"
+    )
     table.add_argument("--context", type=_positive)
     table.add_argument("--format", default="text", choices=("text", "markdown", "csv", "json"))
     table.set_defaults(handler=_table)
@@ -334,8 +339,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
     except GpufitError as error:
         print(f"gpufit: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `gpufit probe | head`: the reader has what it wanted. Point stdout at /dev/null so
+        # the interpreter's final flush does not raise again, and exit quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except OSError as error:
+        where = f"{Path(error.filename).absolute()}: " if error.filename else ""
+        print(f"gpufit: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     return code
 

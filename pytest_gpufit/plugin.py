@@ -1,4 +1,5 @@
-"""pytest hooks and fixtures of pytest-gpufit. Thin: the decisions live in the layers below.
+"""pytest hooks and fixtures of pytest-gpufit. Thin: every decision is the session's
+(``session.py``) or a layer below it.
 
 Imports only the standard library, pytest and small pure modules: no torch, no CUDA.
 """
@@ -6,8 +7,8 @@ Imports only the standard library, pytest and small pure modules: no torch, no C
 from __future__ import annotations
 
 import functools
-import json
-import os
+import sys
+import warnings
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -16,147 +17,21 @@ import pytest
 
 from pytest_gpufit import hookspec
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.expect import check_expect, parse_expect
-from pytest_gpufit.hardware.catalog import parse_setup
-from pytest_gpufit.hardware.probe import build_inventory
 from pytest_gpufit.hardware.records import Environment, Gpu, Inventory
-from pytest_gpufit.report import inventory_lines, summary_lines, write_report
-from pytest_gpufit.requirements import (
-    MARKERS,
-    Requirement,
-    Verdict,
-    evaluate,
-    requirement_from_marker,
+from pytest_gpufit.requirements import MARKERS, Requirement, requirement_from_marker
+from pytest_gpufit.session import (
+    REQUIREMENT,
+    SESSION,
+    VERDICT,
+    GateFailure,
+    GpufitSession,
+    skip,
+    state_of,
 )
-from pytest_gpufit.settings import OPTIONS, Settings, resolve
+from pytest_gpufit.settings import OPTIONS, resolve
 from pytest_gpufit.suites import is_suite_file
 
-
-class GateFailure(Exception):
-    """An unmet requirement under ``--gpufit-on-missing=fail``; reported as a test failure."""
-
-
-class SessionState:
-    """The one piece of session state: settings, the lazily probed inventory, verdicts seen."""
-
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
-        self.config = config
-        self.settings = settings
-        self._inventory: Inventory | None = None
-        self._model_cache: Any = None
-        self._baselines: Any = None
-        self.verdicts: dict[str, Verdict] = {}
-        self.measurements: dict[str, dict[str, Any]] = {}
-        self.saved_runs: list[str] = []
-        self.pinning: Any = None
-
-    @property
-    def baselines(self) -> Any:
-        """The BaselineSession, made on first use."""
-        if self._baselines is None:
-            from pytest_gpufit.baseline import BaselineSession, Store
-
-            store = Store(self.config.rootpath / self.settings.baseline_dir)
-            inventory = self.inventory
-            self._baselines = BaselineSession(
-                store, inventory.environment, inventory.gpus, self.config.rootpath
-            )
-        return self._baselines
-
-    @property
-    def model_cache(self) -> Any:
-        if self._model_cache is None:
-            from pytest_gpufit.suites.runtime import ModelCache
-
-            self._model_cache = ModelCache()
-        return self._model_cache
-
-    @property
-    def inventory(self) -> Inventory:
-        if self._inventory is None:
-            hook = self.config.hook.pytest_gpufit_probe
-            try:
-                inventory = build_inventory(
-                    self.settings.simulate,
-                    self.settings.devices,
-                    provider=lambda: hook(config=self.config),
-                )
-            except GpufitError as error:
-                raise pytest.UsageError(str(error)) from None
-            worker = getattr(self.config, "workerinput", {})
-            if "gpufit_group" in worker:
-                from pytest_gpufit.xdist_pinning import pinned_to
-
-                inventory = pinned_to(inventory, worker)
-            self._inventory = inventory
-        return self._inventory
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Collect verdicts from reports, so xdist workers' verdicts reach the controller."""
-        props = dict(report.user_properties)
-        if "gpufit_measurement" in props and report.when == "call":
-            entry = json.loads(str(props["gpufit_measurement"]))
-            self.measurements[report.nodeid] = dict(entry, outcome=report.outcome)
-        if "gpufit_ok" not in props or report.nodeid in self.verdicts:
-            return
-        devices = tuple(int(d) for d in str(props.get("gpufit_devices", "")).split(",") if d)
-        self.verdicts[report.nodeid] = Verdict(
-            ok=props["gpufit_ok"] == "true",
-            reason=str(props.get("gpufit_reason", "")),
-            devices=devices,
-            simulated=self.settings.simulate is not None,
-        )
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        for line in summary_lines(self.inventory, self.verdicts):
-            terminalreporter.write_line(line)
-        for line in self.saved_runs:
-            terminalreporter.write_line(line)
-        if self.pinning is not None:
-            for line in self.pinning.summary():
-                terminalreporter.write_line(line)
-        if self.measurements:
-            from pytest_gpufit.report import measurement_table
-
-            terminalreporter.section("gpufit suite results")
-            for line in measurement_table(self.measurements):
-                terminalreporter.write_line(line)
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self._model_cache is not None:
-            self._model_cache.clear()
-        if hasattr(self.config, "workerinput"):
-            return  # the controller merges every worker's results and writes once
-        if self.settings.baseline != "off" and self.measurements:
-            try:
-                saved = self.baselines.save(self.measurements, self.settings.baseline == "save")
-            except GpufitError as error:
-                raise pytest.UsageError(f"gpufit baseline: {error}") from None
-            self.saved_runs.extend(run.message for run in saved)
-        if self.settings.report:
-            write_report(
-                Path(self.settings.report), self.inventory, self.verdicts, self.measurements
-            )
-        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if self.settings.summary or step_summary:
-            from pytest_gpufit.report import write_markdown_summary
-
-            write_markdown_summary(
-                self.inventory,
-                self.verdicts,
-                self.measurements,
-                self.settings.summary,
-                step_summary,
-            )
-
-
-STATE = pytest.StashKey[SessionState]()
-REQUIREMENT = pytest.StashKey["Requirement | None"]()
-VERDICT = pytest.StashKey[Verdict]()
-
-
-def state_of(config: pytest.Config) -> SessionState:
-    return config.stash[STATE]
+__all__ = ["GateFailure", "state_of"]
 
 
 # ---- configuration ------------------------------------------------------------------------
@@ -183,47 +58,94 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for text in MARKERS.values():
         config.addinivalue_line("markers", f"{text} (pytest-gpufit)")
-    try:
-        settings = _resolve_settings(config)
-        if settings.simulate:
-            parse_setup(settings.simulate)
-        if settings.expect:
-            parse_expect(settings.expect)
-        if settings.baseline != "off":
-            from pytest_gpufit.baseline import Store
-
-            Store(config.rootpath / settings.baseline_dir)
-    except GpufitError as error:
-        raise pytest.UsageError(str(error)) from None
-    state = SessionState(config, settings)
-    config.stash[STATE] = state
-    config.pluginmanager.register(state, "gpufit-state")
-    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+    session = _session(config)
+    config.pluginmanager.register(session, "gpufit-session")
+    if config.pluginmanager.hasplugin("xdist") and not session.is_worker:
         from pytest_gpufit.xdist_pinning import XdistPinning
 
-        state.pinning = XdistPinning(state)
-        config.pluginmanager.register(state.pinning, "gpufit-xdist-pinning")
+        session.pinning = XdistPinning(session)
+        config.pluginmanager.register(session.pinning, "gpufit-xdist-pinning")
 
 
-def _resolve_settings(config: pytest.Config) -> Settings:
-    return resolve(lambda name: config.getoption("gpufit_" + name), lambda key: config.getini(key))
+def _session(config: pytest.Config) -> GpufitSession:
+    """The session object, made once (xdist's ``-n auto`` may ask before pytest_configure)."""
+    session = config.stash.get(SESSION, None)
+    if session is None:
+        try:
+            settings = resolve(lambda name: config.getoption("gpufit_" + name), _ini(config))
+            if settings.baseline != "off":
+                from pytest_gpufit.baseline import Store
+
+                Store(config.rootpath / settings.baseline_dir)
+            session = GpufitSession(config, settings)
+        except GpufitError as error:
+            raise pytest.UsageError(str(error)) from None
+        config.stash[SESSION] = session
+    return session
+
+
+def _ini(config: pytest.Config) -> Any:
+    """An ini value, or None where neither the ini file nor ``-o`` sets the key."""
+
+    def get(key: str) -> Any:
+        value = config.getini(key)
+        if value != "":
+            return value  # pytest 9 gives the default, None, for an unset key
+        # Older pytest gives "" for unset keys too: tell "unset" from "set but empty".
+        overrides = getattr(config.known_args_namespace, "override_ini", None) or []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # config.inicfg, pytest 9
+            in_file = key in config.inicfg
+        given = in_file or any(o.split("=", 1)[0].strip() == key for o in overrides)
+        return value if given else None
+
+    return get
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    state = state_of(session.config)
-    if not state.settings.expect:
-        return
-    inventory = state.inventory
-    failed = check_expect(parse_expect(state.settings.expect), inventory)
-    if failed:
-        lines = [f"gpufit: this runner does not match --gpufit-expect={state.settings.expect!r}:"]
-        lines += [f"  - {f}" for f in failed]
-        lines.append("  this machine has: " + "; ".join(inventory_lines(inventory)))
-        pytest.exit("\n".join(lines), returncode=pytest.ExitCode.TESTS_FAILED)
+    state_of(session.config).check_expect()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> bool | None:
+    # A runner that does not match --gpufit-expect runs nothing: not even collection.
+    return True if state_of(session.config).expect_failure else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    lines = state_of(session.config).expect_failure
+    if not lines:
+        return None
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line, red=True)
+        else:
+            print(line, file=sys.stderr)
+    session.testsfailed = max(session.testsfailed, 1)  # exit code 1: the gate failed
+    return True
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return ["gpufit: " + line for line in inventory_lines(state_of(config).inventory)]
+    session = state_of(config)
+    # Probe up front only when gpufit is configured or xdist pins workers (it probes anyway);
+    # otherwise wait for collection to say whether any test uses gpufit.
+    if session.settings.explicit or config.pluginmanager.has_plugin("dsession"):
+        return session.inventory_header()
+    return []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state_of(session.config).note_items(session.items)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    session = state_of(config)
+    if session.used and not session.inventory_reported and config.get_verbosity() >= 0:
+        return session.inventory_header()
+    return []
 
 
 # ---- collection ---------------------------------------------------------------------------
@@ -281,63 +203,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # ---- running ------------------------------------------------------------------------------
 
 
-def _fit_judge(req: Requirement, item: pytest.Item) -> Any:
-    if not req.fits:
-        return None
-    from pytest_gpufit.fit.judge import fit_judge  # late: only tests with requires_fit pay
-
-    return fit_judge(base=Path(str(item.path)).parent)
-
-
 def gate(config: pytest.Config, reason: str) -> None:
     """Skip, or fail under the fail policy, with ``reason``."""
-    if state_of(config).settings.fail_on_missing:
-        raise GateFailure(reason)
-    skip(reason)
-
-
-def skip(reason: str) -> None:
-    # Report the test's own location, as skip markers do, not this file's.
-    raise pytest.skip.Exception(reason, _use_item_location=True)
+    state_of(config).gate(reason)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    req = item.stash.get(REQUIREMENT, None)
-    if req is None:
-        return
-    state = state_of(item.config)
-    inventory = state.inventory
-    if req.vram_free and not inventory.simulated:
-        inventory = _with_free_memory_now(inventory)
-    try:
-        verdict = evaluate(req, inventory, _fit_judge(req, item))
-    except GpufitError as error:
-        raise GateFailure(f"gpufit: {error}") from None
-    item.stash[VERDICT] = verdict
-    item.user_properties.append(("gpufit_ok", str(verdict.ok).lower()))
-    item.user_properties.append(("gpufit_reason", verdict.reason))
-    # Reported in the controller's numbering, so a pinned worker's GPU0 is not everyone's GPU0.
-    group = getattr(item.config, "workerinput", {}).get("gpufit_group")
-    shown = [group[d] if group and d < len(group) else d for d in verdict.devices]
-    item.user_properties.append(("gpufit_devices", ",".join(map(str, shown))))
-    if not verdict.ok:
-        gate(item.config, verdict.reason)
-    elif verdict.simulated and not getattr(item, "gpufit_simulation_safe", False):
-        skip(f"simulated: would run on {verdict.reason}")
-
-
-def _with_free_memory_now(inventory: Inventory) -> Inventory:
-    from dataclasses import replace
-
-    from pytest_gpufit.hardware.nvml import free_memory
-
-    free = free_memory([g.uuid for g in inventory.gpus])
-    gpus = tuple(
-        replace(g, memory_free_bytes=free.get(g.uuid or "", g.memory_free_bytes))
-        for g in inventory.gpus
-    )
-    return replace(inventory, gpus=gpus)
+    state_of(item.config).setup(item, item.stash.get(REQUIREMENT, None))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -353,26 +226,8 @@ def pytest_runtest_makereport(
         # A gate that fails is the test failing, not an error in a fixture.
         report.when = "call"
         report.longrepr = str(call.excinfo.value)
+    state_of(item.config).annotate(item, report)
     return report
-
-
-def device_for(item: pytest.Item) -> Gpu | None:
-    """The GPU a suite target runs on (None for the CPU)."""
-    device: str = item.target.device  # type: ignore[attr-defined]
-    if not device.startswith("cuda"):
-        return None
-    inventory = state_of(item.config).inventory
-    verdict = item.stash.get(VERDICT, None)
-    index_text = device.partition(":")[2]
-    index = (
-        int(index_text)
-        if index_text
-        else (verdict.devices[0] if verdict and verdict.devices else 0)
-    )
-    by_index = {g.index: g for g in inventory.gpus}
-    if index not in by_index:
-        raise GpufitError(f"target device {device}: no GPU{index} on this machine")
-    return by_index[index]
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
@@ -380,9 +235,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto``: one worker per GPU group when there are GPUs to pin."""
     from pytest_gpufit.xdist_pinning import auto_workers
 
-    # xdist asks before pytest_configure has run: resolve what is needed here.
-    state = config.stash.get(STATE, None) or SessionState(config, _resolve_settings(config))
-    return auto_workers(len(state.inventory.gpus), state.settings.gpus_per_worker)
+    # xdist asks before pytest_configure has run: the session is made here then.
+    session = _session(config)
+    return auto_workers(len(session.inventory.gpus), session.settings.gpus_per_worker)
 
 
 @pytest.hookimpl(optionalhook=True)

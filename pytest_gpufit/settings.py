@@ -1,24 +1,79 @@
-"""Every plugin setting resolved in one place: ini < environment variable < command line."""
+"""Every plugin setting resolved in one place: ini < environment variable < command line.
+
+Each ``Option`` carries its own parser and default (as pytest-timeout's options do); the plugin
+and the ``gpufit`` command both read them from here.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.units import parse_percent
 
+Parser = Callable[[str, str], Any]  # (text, where it came from) -> value
+
+
+def text(value: str, source: str) -> str:
+    return value
+
+
+def whole_number(value: str, source: str) -> int:
+    """A whole number >= 1 in ASCII digits (``int('²')`` would crash).
+
+    >>> whole_number("2", "x")
+    2
+    """
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise GpufitError(f"{source}: expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def gpu_indices(value: str, source: str) -> tuple[int, ...]:
+    """``0,1`` -> (0, 1); ASCII digits only."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts):
+        raise GpufitError(f"{source}: expected GPU indices such as 0,1, got {value!r}")
+    return tuple(int(p) for p in parts)
+
+
+def expectation(value: str, source: str) -> str:
+    """Checked here so that a malformed ``--gpufit-expect`` stops the session before it starts."""
+    from pytest_gpufit.expect import parse_expect
+
+    parse_expect(value, source)
+    return value
+
+
+def simulation(value: str, source: str) -> str:
+    from pytest_gpufit.hardware.catalog import parse_setup
+
+    parse_setup(value, source)
+    return value
+
+
+def choice(*choices: str) -> Parser:
+    def parse(value: str, source: str) -> str:
+        if value not in choices:
+            raise GpufitError(f"{source}: expected {' or '.join(choices)}, got {value!r}")
+        return value
+
+    parse.__doc__ = f"one of {', '.join(choices)}"
+    return parse
+
 
 @dataclass(frozen=True)
 class Option:
-    """One setting with its three spellings."""
+    """One setting: its three spellings, its parser and its default (already parsed)."""
 
     name: str
     help: str
+    parse: Parser = text
+    default: Any = None
     choices: tuple[str, ...] = ()
-    default: str | None = None
 
     @property
     def flag(self) -> str:
@@ -32,100 +87,149 @@ class Option:
     def env(self) -> str:
         return "GPUFIT_" + self.name.upper()
 
+    def read(self, value: str, source: str) -> Any:
+        """Parse a value as given; set but empty is an error, never "use the default"."""
+        stripped = value.strip()
+        if not stripped:
+            example = self.help.split(";")[0]
+            raise GpufitError(f"{source} is set but empty; unset it or give {example}")
+        return self.parse(stripped, source)
+
+
+def _option(
+    name: str, help: str, *choices: str, parse: Parser = text, default: Any = None
+) -> Option:
+    return Option(name, help, choice(*choices) if choices else parse, default, choices)
+
 
 OPTIONS = (
-    Option(
+    _option(
         "on_missing",
         "what an unmet GPU requirement does: skip (default) or fail",
-        ("skip", "fail"),
         "skip",
+        "fail",
+        default="skip",
     ),
-    Option(
+    _option(
         "expect",
-        "what this runner must have, e.g. 'count>=1,vram>=90GB,name~RTX PRO 6000'; "
-        "the session stops at once if the machine does not match",
+        "what this runner must have, e.g. 'count>=1,vram>=90GB,name~RTX PRO 6000'; judged on "
+        "the real GPUs (never simulated ones), the session stops at once if they do not match",
+        parse=expectation,
     ),
-    Option(
+    _option(
         "simulate",
         "plan on catalog cards instead of the real ones: ID[,ID...] or N*ID "
-        "(e.g. 2*h100-sxm); nothing runs on a GPU",
+        "(e.g. 2*h100-sxm); nothing runs on a GPU, and it cannot be combined with "
+        "on_missing=fail (simulation plans, it never gates)",
+        parse=simulation,
     ),
-    Option("devices", "GPU indices (after CUDA_VISIBLE_DEVICES) that count, e.g. 0,1"),
-    Option("report", "write a JSON report of the inventory and every verdict to this path"),
-    Option(
+    _option(
+        "devices",
+        "GPU indices (after CUDA_VISIBLE_DEVICES) that count, e.g. 0,1",
+        parse=gpu_indices,
+    ),
+    _option("report", "write a JSON report of the inventory and every verdict to this path"),
+    _option(
         "baseline",
         "baselines: off (default), compare (against the accepted baseline of this "
         "GPU model) or save (record this run as the accepted baseline)",
-        ("off", "compare", "save"),
         "off",
+        "compare",
+        "save",
+        default="off",
     ),
-    Option("baseline_dir", "where baselines are stored", default=".gpufit/baselines"),
-    Option(
-        "baseline_tolerance", "default tolerance of every baseline metric, e.g. 5%", default="5%"
+    _option("baseline_dir", "where baselines are stored", default=".gpufit/baselines"),
+    _option(
+        "baseline_tolerance",
+        "default tolerance of every baseline metric, e.g. 5%",
+        parse=parse_percent,
+        default=0.05,
     ),
-    Option(
+    _option(
         "gpus_per_worker",
         "with pytest-xdist: GPUs each worker gets (default 1); -n auto then starts one worker "
-        "per group",
-        default="1",
+        "per group; more workers than groups share GPUs, which the session says loudly "
+        "(a warning in the header and the summary)",
+        parse=whole_number,
+        default=1,
     ),
-    Option(
+    _option(
         "summary",
-        "write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when that is set)",
+        "write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when that is set "
+        "and the session used gpufit)",
     ),
 )
+BY_NAME = {option.name: option for option in OPTIONS}
 
 
 @dataclass(frozen=True)
 class Settings:
-    on_missing: str = "skip"
-    expect: str | None = None
-    simulate: str | None = None
-    devices: tuple[int, ...] | None = None
-    report: str | None = None
-    baseline: str = "off"
-    baseline_dir: str = ".gpufit/baselines"
-    baseline_tolerance: float = 0.05
-    summary: str | None = None
-    gpus_per_worker: int = 1
+    """Resolved values; ``sources`` says where each non-default one came from."""
+
+    on_missing: str
+    expect: str | None
+    simulate: str | None
+    devices: tuple[int, ...] | None
+    report: str | None
+    baseline: str
+    baseline_dir: str
+    baseline_tolerance: float
+    gpus_per_worker: int
+    summary: str | None
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def fail_on_missing(self) -> bool:
         return self.on_missing == "fail"
 
+    def source(self, name: str) -> str:
+        """Where a setting came from: ``--gpufit-simulate``, ``GPUFIT_SIMULATE``, ``ini ...``."""
+        return self.sources.get(name, "default")
 
-def _devices(text: str, source: str) -> tuple[int, ...]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
-        raise GpufitError(f"{source}: expected GPU indices such as 0,1, got {text!r}")
-    return tuple(int(p) for p in parts)
+    @property
+    def explicit(self) -> bool:
+        """Whether any gpufit option was set (from any source)."""
+        return bool(self.sources)
+
+
+def defaults() -> Settings:
+    return Settings(**{o.name: o.default for o in OPTIONS})
 
 
 def resolve(
     cli: Callable[[str], Any], ini: Callable[[str], Any], environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Resolve every option; a bad value is an error that names where it came from."""
+    """Resolve every option; a bad value is an error that names where it came from.
+
+    ``cli(name)`` and ``ini(key)`` return None for "not set"; any other value, the empty
+    string included, counts as set.
+    """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for option in OPTIONS:
-        value, source = option.default, "default"
+        value, source = None, None
         for candidate, where in (
             (ini(option.ini), f"ini {option.ini}"),
             (environ.get(option.env), option.env),
             (cli(option.name), option.flag),
         ):
-            if candidate not in (None, ""):
-                value, source = str(candidate).strip(), where
-        if option.choices and value not in option.choices:
-            raise GpufitError(f"{source}: expected {' or '.join(option.choices)}, got {value!r}")
-        if option.name == "devices" and value:
-            values[option.name] = _devices(value, source)
-        elif option.name == "gpus_per_worker":
-            if not str(value).isdigit() or int(str(value)) < 1:
-                raise GpufitError(f"{source}: expected a whole number >= 1, got {value!r}")
-            values[option.name] = int(str(value))
-        elif option.name == "baseline_tolerance":
-            values[option.name] = parse_percent(value, source)
-        else:
-            values[option.name] = value
-    return Settings(**values)
+            if candidate is not None:
+                value, source = candidate, where
+        if source is None:
+            values[option.name] = option.default
+            continue
+        values[option.name] = option.read(str(value), source)
+        sources[option.name] = source
+    return Settings(**values, sources=sources)
+
+
+def gate_conflicts(settings: Settings) -> None:
+    """Simulation plans and never gates: refuse it together with the fail policy."""
+    if settings.simulate and settings.fail_on_missing:
+        raise GpufitError(
+            f"on_missing=fail (from {settings.source('on_missing')}) and simulate="
+            f"{settings.simulate!r} (from {settings.source('simulate')}) cannot be combined: "
+            "a simulated run plans on catalog cards and must never pass a gate; "
+            "unset one of them"
+        )

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from pytest_gpufit.hardware.probe import visible_devices
 from pytest_gpufit.hardware.records import Gpu, Inventory
+from pytest_gpufit.session import PLAN
 
 Group = tuple[tuple[int, ...], str]
 
@@ -21,7 +23,7 @@ Group = tuple[tuple[int, ...], str]
 def plan(gpus: Sequence[Gpu], per_worker: int, workers: int, outer: str | None) -> list[Group]:
     """For each worker: (GPU indices of the controller's inventory, CUDA_VISIBLE_DEVICES value).
 
-    Workers beyond the number of groups share groups round-robin.
+    Workers beyond the number of groups share groups round-robin (``sharing`` says so).
 
     >>> from pytest_gpufit.hardware.catalog import simulated_gpus
     >>> plan(simulated_gpus("4*h100-sxm"), 2, 2, "4,5,6,7")
@@ -31,34 +33,45 @@ def plan(gpus: Sequence[Gpu], per_worker: int, workers: int, outer: str | None) 
     groups = [tuple(indices[i : i + per_worker]) for i in range(0, len(indices), per_worker)]
     if not groups:
         return []
-    tokens = [t.strip() for t in outer.split(",")] if outer else None
-    uuids = {g.index: g.uuid for g in gpus}
-
-    def visible(index: int) -> str:
-        if tokens is not None and index < len(tokens):
-            return tokens[index]
-        return uuids.get(index) or str(index)
-
     out = []
     for worker in range(workers):
         group = groups[worker % len(groups)]
-        out.append((group, ",".join(visible(i) for i in group)))
+        out.append((group, visible_devices(gpus, group, outer)))
     return out
 
 
-def pinned_to(inventory: Inventory, worker: dict[str, Any]) -> Inventory:
-    """A worker's view: the controller set CUDA_VISIBLE_DEVICES, so NVML already shows only its
-    GPUs; simulated cards are narrowed here the same way."""
+def sharing(groups: Sequence[Group]) -> list[str]:
+    """One warning per GPU group that more than one worker holds.
+
+    >>> sharing([((0,), "0"), ((0,), "0")])[0][:50]
+    'gpufit: WARNING: xdist workers gw0, gw1 share GPU0'
+    """
+    holders: dict[tuple[int, ...], list[str]] = {}
+    for i, (group, _) in enumerate(groups):
+        holders.setdefault(group, []).append(f"gw{i}")
+    return [
+        f"gpufit: WARNING: xdist workers {', '.join(workers)} share "
+        f"{','.join(f'GPU{g}' for g in group)}: they compete for its memory and time "
+        "(fewer workers with -n, or -n auto, gives each its own)"
+        for group, workers in holders.items()
+        if len(workers) > 1
+    ]
+
+
+def pinned_to(inventory: Inventory, plan: Any) -> Inventory:
+    """A worker's view of its ``WorkerPlan``: the controller set CUDA_VISIBLE_DEVICES, so NVML
+    already shows only its GPUs; simulated cards are narrowed here the same way."""
     from dataclasses import replace
 
-    group = list(worker["gpufit_group"])
     gpus = inventory.gpus
     if inventory.simulated:
         by_index = {g.index: g for g in gpus}
-        gpus = tuple(replace(by_index[i], index=n) for n, i in enumerate(group) if i in by_index)
+        gpus = tuple(
+            replace(by_index[i], index=n) for n, i in enumerate(plan.group) if i in by_index
+        )
     note = (
-        f"xdist worker {worker.get('workerid')} holds {len(gpus)} GPU(s): "
-        f"CUDA_VISIBLE_DEVICES={worker.get('gpufit_visible')} (--gpufit-gpus-per-worker)"
+        f"xdist worker {plan.worker} holds {len(gpus)} GPU(s): "
+        f"CUDA_VISIBLE_DEVICES={plan.visible} (--gpufit-gpus-per-worker)"
     )
     return replace(inventory, gpus=gpus, pinned=note)
 
@@ -75,23 +88,32 @@ def worker_number(worker_id: str) -> int:
 
 
 class XdistPinning:
-    """Controller-side xdist hooks; registered only when xdist is installed."""
+    """Controller-side xdist hooks; registered only when xdist is installed.
 
-    def __init__(self, state: Any) -> None:
-        self.state = state
+    The controller plans once, from its own inventory (``--gpufit-devices`` applied, in its
+    numbering), and hands each worker its part through ``workerinput``.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
         self.groups: list[Group] = []
+        self.warnings: list[str] = []
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_setupnodes(self, config: pytest.Config, specs: Sequence[Any]) -> None:
         import os
 
-        inventory = self.state.inventory
         self.groups = plan(
-            inventory.gpus,
-            self.state.settings.gpus_per_worker,
+            self.session.inventory.gpus,
+            self.session.settings.gpus_per_worker,
             len(specs),
             os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
+        self.warnings = sharing(self.groups)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        for line in self.warnings:
+            if reporter is not None:
+                reporter.write_line(line, yellow=True, bold=True)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_newgateway(self, gateway: Any) -> None:
@@ -105,10 +127,12 @@ class XdistPinning:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
+        # Always a plan, even "no GPUs": a worker then never re-applies the device filter.
+        data: dict[str, Any] = {"group": None, "visible": None}
         if self.groups:
             group, value = self.groups[worker_number(node.gateway.id) % len(self.groups)]
-            node.workerinput["gpufit_group"] = list(group)
-            node.workerinput["gpufit_visible"] = value
+            data = {"group": list(group), "visible": value}
+        node.workerinput[PLAN] = data
 
     def summary(self) -> list[str]:
         if not self.groups:
@@ -117,4 +141,4 @@ class XdistPinning:
             f"gw{i} -> {','.join(f'GPU{g}' for g in group)}"
             for i, (group, _) in enumerate(self.groups)
         ]
-        return [f"gpufit: xdist workers pinned: {'; '.join(parts)}"]
+        return [f"gpufit: xdist workers pinned: {'; '.join(parts)}", *self.warnings]

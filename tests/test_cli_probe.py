@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import subprocess
@@ -38,3 +39,27 @@ def test_probe_unknown_card_is_a_usage_error() -> None:
     out = run("probe", "--simulate", "h300")
     assert out.returncode == 2 and "--simulate: unknown GPU id 'h300'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("probe", "--simulate", ""), "gpufit: error: --simulate is set but empty; unset it*"),
+        (("table", "--dtypes", ""), "gpufit: error: --dtypes: no dtype given in ''*"),
+        (("table", "--dtypes", " , "), "gpufit: error: --dtypes: no dtype given in ' , '*"),
+    ],
+)
+def test_set_but_empty_is_an_error(args: tuple[str, ...], message: str) -> None:
+    out = run(*args)
+    assert out.returncode == 2, out.stdout
+    assert fnmatch.fnmatch(out.stderr.strip(), message), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_probe_into_a_closed_pipe_exits_quietly() -> None:
+    # `gpufit probe | head -1`: the reader stops early; no BrokenPipeError traceback.
+    shell = f"{GPUFIT} probe --json --simulate 256*h100-sxm | head -1"
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True)
+    assert out.stdout == "{\n", out.stdout
+    assert out.stderr == "", out.stderr
+    assert out.returncode == 0

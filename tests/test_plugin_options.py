@@ -7,6 +7,17 @@ import subprocess
 import sys
 
 import pytest
+from fake_probe import catalog_probe, nvml_probe
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("GPUFIT_")]:
+        monkeypatch.delenv(name)
+    for name in ("GITHUB_STEP_SUMMARY", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize(
@@ -98,6 +109,7 @@ def test_resolution_order_ini_then_env_then_cli(
         pytester.makeini(f"[pytest]\ngpufit_on_missing = {ini}\n")
     if env:
         monkeypatch.setenv("GPUFIT_ON_MISSING", env)
+    pytester.makeconftest(catalog_probe("t4"))
     pytester.makepyfile("""
         import pytest
 
@@ -105,7 +117,7 @@ def test_resolution_order_ini_then_env_then_cli(
         def test_x():
             pass
     """)
-    args = ["--gpufit-simulate=t4"] + ([f"--gpufit-on-missing={cli}"] if cli else [])
+    args = [f"--gpufit-on-missing={cli}"] if cli else []
     result = pytester.runpytest(*args)
     result.assert_outcomes(**{expected_outcome: 1})
 
@@ -135,11 +147,9 @@ def test_simulate_from_env_and_unknown_id(
 def test_expect_mismatch_stops_the_session_listing_every_failed_clause(
     pytester: pytest.Pytester,
 ) -> None:
+    pytester.makeconftest(catalog_probe("h100-sxm"))
     pytester.makepyfile("def test_x(): pass")
-    result = pytester.runpytest(
-        "--gpufit-simulate=h100-sxm",
-        "--gpufit-expect=count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0",
-    )
+    result = pytester.runpytest("--gpufit-expect=count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     out = result.stdout.str()
     assert "passed" not in out, "no test may run on a runner that does not match"
@@ -150,10 +160,10 @@ def test_expect_mismatch_stops_the_session_listing_every_failed_clause(
 
 
 def test_expect_match_runs_normally(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(catalog_probe("rtx-pro-6000-blackwell"))
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest(
-        "--gpufit-simulate=rtx-pro-6000-blackwell",
-        "--gpufit-expect=count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0,dtype=fp4",
+        "--gpufit-expect=count>=1,vram>=90GB,name~RTX PRO 6000,cc>=12.0,dtype=fp4"
     )
     result.assert_outcomes(passed=1)
 
@@ -267,3 +277,198 @@ def test_importing_the_plugin_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---- simulation never gates; the expectation is judged on the real probe (issue 10 #2) -----
+
+NO_GPU = """
+from pytest_gpufit.hardware.records import Inventory
+def pytest_gpufit_probe(config):
+    return Inventory(reason="NVIDIA driver not loaded")
+"""
+
+
+@pytest.mark.parametrize("fake_probe", [True, False])
+def test_leaked_simulation_cannot_pass_a_gate(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fake_probe: bool
+) -> None:
+    if fake_probe:
+        pytester.makeconftest(NO_GPU)
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.requires_gpu
+        def test_x(): pass
+    """)
+    monkeypatch.setenv("GPUFIT_SIMULATE", "rtx-pro-6000-blackwell")
+    result = pytester.runpytest_subprocess("--gpufit-on-missing=fail", "--gpufit-expect=count>=1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: on_missing=fail (from --gpufit-on-missing) and "
+            "simulate='rtx-pro-6000-blackwell' (from GPUFIT_SIMULATE) cannot be combined*"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_simulation_and_fail_from_ini_and_env(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini("[pytest]\ngpufit_simulate = h100-sxm\n")
+    monkeypatch.setenv("GPUFIT_ON_MISSING", "fail")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*on_missing=fail (from GPUFIT_ON_MISSING) and simulate='h100-sxm' (from ini "
+            "gpufit_simulate) cannot be combined*"
+        ]
+    )
+
+
+@pytest.mark.parametrize("where", ["env", "ini", "cli"])
+def test_expect_is_judged_on_the_real_probe_not_the_simulated_cards(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    pytester.makeconftest(NO_GPU)
+    pytester.makepyfile("def test_x(): pass")
+    args = ["--gpufit-expect=count>=1"]
+    if where == "env":
+        monkeypatch.setenv("GPUFIT_SIMULATE", "rtx-pro-6000-blackwell")
+    elif where == "ini":
+        pytester.makeini("[pytest]\ngpufit_simulate = rtx-pro-6000-blackwell\n")
+    else:
+        args.append("--gpufit-simulate=rtx-pro-6000-blackwell")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*count>=1: found 0 GPUs (NVIDIA driver not loaded)*"])
+    assert "passed" not in result.stdout.str()
+
+
+def test_a_failed_expectation_is_printed_once(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(catalog_probe("h100-sxm"))
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("--gpufit-expect=vram>=90GB")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str() + result.stderr.str()
+    assert out.count("does not match --gpufit-expect='vram>=90GB'") == 1, out
+    assert out.count("vram>=90GB: GPU0 NVIDIA H100 80GB HBM3 has 85.5 GB") == 1, out
+    assert "Exit" not in out and "Traceback" not in out
+
+
+# ---- set but empty is an error (#9); ASCII digits only (#7, settings part) ------------------
+
+
+@pytest.mark.parametrize("where", ["cli", "env", "ini"])
+def test_expect_set_but_empty_is_an_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    args = []
+    if where == "cli":
+        args.append("--gpufit-expect=")
+        source = "--gpufit-expect"
+    elif where == "env":
+        monkeypatch.setenv("GPUFIT_EXPECT", "")
+        source = "GPUFIT_EXPECT"
+    else:
+        pytester.makeini("[pytest]\ngpufit_expect =\n")
+        source = "ini gpufit_expect"
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {source} is set but empty; unset it or give *"])
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("GPUFIT_DEVICES", "GPUFIT_DEVICES: expected GPU indices such as 0,1, got '²'"),
+        ("GPUFIT_GPUS_PER_WORKER", "GPUFIT_GPUS_PER_WORKER: expected a whole number >= 1, got '²'"),
+    ],
+)
+def test_unicode_digits_are_a_usage_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, variable: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, "²")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_settings_resolve_keeps_its_signature_and_names_sources() -> None:
+    from pytest_gpufit.settings import OPTIONS, defaults, resolve
+
+    settings = resolve(
+        lambda name: "2" if name == "gpus_per_worker" else None,
+        lambda key: "compare" if key == "gpufit_baseline" else None,
+        {"GPUFIT_BASELINE_TOLERANCE": "10%"},
+    )
+    assert settings.gpus_per_worker == 2 and settings.baseline == "compare"
+    assert settings.baseline_tolerance == pytest.approx(0.1)
+    assert settings.source("baseline") == "ini gpufit_baseline"
+    assert settings.source("baseline_tolerance") == "GPUFIT_BASELINE_TOLERANCE"
+    assert settings.source("on_missing") == "default"
+    plain = resolve(lambda name: None, lambda key: None, {})
+    assert plain == defaults() and not plain.explicit
+    assert {o.name: o.default for o in OPTIONS}["baseline_dir"] == plain.baseline_dir
+
+
+# ---- no side effects in sessions that do not use gpufit (#13) ----------------------------
+
+
+def test_an_unused_plugin_does_not_probe_or_print(pytester: pytest.Pytester) -> None:
+    calls = pytester.path / "probes.txt"
+    pytester.makeconftest(nvml_probe("[FakeCard()]", str(calls)))
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    assert not calls.exists(), "a session that uses no gpufit feature must not probe"
+    result.stdout.no_fnmatch_line("gpufit:*")
+
+
+@pytest.mark.parametrize(
+    "test", ["@pytest.mark.requires_gpu\ndef test_x(): pass", "def test_x(gpu): pass"]
+)
+def test_a_used_plugin_reports_the_inventory(pytester: pytest.Pytester, test: str) -> None:
+    calls = pytester.path / "probes.txt"
+    pytester.makeconftest(nvml_probe("[FakeCard()]", str(calls)))
+    pytester.makepyfile("import pytest\n" + test)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["collected 1 item", "gpufit: GPU0 NVIDIA H100 80GB HBM3, *"])
+    assert calls.read_text() == "probe\n", "probed once"
+
+
+def test_step_summary_only_from_sessions_that_use_gpufit(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = pytester.path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    pytester.makeconftest(catalog_probe("h100-sxm"))
+    pytester.makepyfile(test_plain="def test_plain(): pass")
+    pytester.runpytest("test_plain.py").assert_outcomes(passed=1)
+    assert not summary.exists(), "a session without gpufit must not write the CI job summary"
+    pytester.makepyfile(
+        test_gated="import pytest\n@pytest.mark.requires_vram(30)\ndef test_gated(): pass"
+    )
+    pytester.runpytest("test_gated.py").assert_outcomes(passed=1)
+    assert "## pytest-gpufit" in summary.read_text()
+
+
+def test_step_summary_from_gated_tests_under_xdist(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("xdist")
+    summary = pytester.path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    pytester.makeconftest(NO_GPU)
+    pytester.makepyfile(test_plain="def test_plain(): pass")
+    pytester.runpytest_subprocess("-n", "2", "test_plain.py").assert_outcomes(passed=1)
+    assert not summary.exists()
+    pytester.makepyfile(test_used="def test_used(gpu_environment): pass")
+    pytester.runpytest_subprocess("-n", "2", "test_used.py").assert_outcomes(passed=1)
+    assert "no GPU: NVIDIA driver not loaded" in summary.read_text()

@@ -131,3 +131,70 @@ def test_bad_gpus_per_worker(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--gpufit-gpus-per-worker=0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--gpufit-gpus-per-worker: expected a whole number >= 1*"])
+
+
+FOUR_CARDS = (
+    "[FakeCard(uuid='GPU-0000-a'), FakeCard(uuid='GPU-1111-b'), "
+    "FakeCard(uuid='GPU-2222-c', name='NVIDIA H100 PCIe'), "
+    "FakeCard(uuid='GPU-3333-d', name='NVIDIA H100 NVL')]"
+)
+SEES = """
+import json, os, pathlib
+
+def test_one(gpu):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+    pathlib.Path(f"gpu-{worker}-one.json").write_text(json.dumps([gpu.index, gpu.uuid]))
+
+def test_two(gpu):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+    pathlib.Path(f"gpu-{worker}-two.json").write_text(json.dumps([gpu.index, gpu.uuid]))
+"""
+
+
+def test_devices_are_chosen_once_by_the_controller(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fake_probe import nvml_probe
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("GPUFIT_DEVICES", raising=False)
+    pytester.makeconftest(nvml_probe(FOUR_CARDS))
+    pytester.makepyfile(test_sees=SEES)
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--gpufit-devices=2,3", "-p", "no:randomly", "--dist=loadfile"
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["gpufit: xdist workers pinned: gw0 -> GPU2; gw1 -> GPU3"])
+    seen = {tuple(json.loads(p.read_text())) for p in pytester.path.glob("gpu-gw*-*.json")}
+    # Each worker sees its one GPU as its GPU0: the one the controller planned for it.
+    assert seen <= {(0, "GPU-2222-c"), (0, "GPU-3333-d")} and seen
+
+
+def test_workers_sharing_one_gpu_are_told_loudly(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("import pytest\n@pytest.mark.requires_gpu\ndef test_x(): pass")
+    result = pytester.runpytest_subprocess("-n", "2", "--gpufit-simulate=h100-sxm")
+    result.stdout.fnmatch_lines(
+        [
+            "gpufit: WARNING: xdist workers gw0, gw1 share GPU0: they compete for its memory*",
+            "gpufit: xdist workers pinned: gw0 -> GPU0; gw1 -> GPU0",
+            "gpufit: WARNING: xdist workers gw0, gw1 share GPU0*",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gpufit-gpus-per-worker=0"], "--gpufit-gpus-per-worker: expected a whole number >= 1*"),
+        (["--gpufit-simulate=t4", "--gpufit-devices=5"], "--gpufit-devices: no GPU5 on this*"),
+        (["--gpufit-simulate=h300"], "--gpufit-simulate: unknown GPU id 'h300'*"),
+    ],
+)
+def test_bad_settings_under_n_auto_are_usage_errors(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-n", "auto", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()

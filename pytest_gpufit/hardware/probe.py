@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.catalog import simulated_gpus
 from pytest_gpufit.hardware.environment import software_environment
-from pytest_gpufit.hardware.records import Inventory
+from pytest_gpufit.hardware.records import Gpu, Inventory
 
 
 def build_inventory(
     simulate: str | None = None,
     devices: tuple[int, ...] | None = None,
     provider: Callable[[], Inventory | None] | None = None,
+    what: str = "--gpufit-devices",
 ) -> Inventory:
-    """The session's inventory; ``devices`` keeps only those GPU indices."""
+    """The session's inventory; ``devices`` keeps only those GPU indices (``what`` names the
+    setting in errors)."""
     if simulate:
         inventory = Inventory(
             gpus=simulated_gpus(simulate), environment=software_environment(), source="simulated"
@@ -27,7 +29,7 @@ def build_inventory(
     unknown = [d for d in devices if d not in {g.index for g in inventory.gpus}]
     if unknown:
         have = ", ".join(f"GPU{g.index}" for g in inventory.gpus)
-        raise GpufitError(f"--gpufit-devices: no GPU{unknown[0]} on this machine (it has {have})")
+        raise GpufitError(f"{what}: no GPU{unknown[0]} on this machine (it has {have})")
     kept = tuple(g for g in inventory.gpus if g.index in devices)
     return Inventory(
         gpus=kept,
@@ -42,3 +44,26 @@ def _nvml() -> Inventory:
     from pytest_gpufit.hardware.nvml import probe_nvml  # late: pynvml loads on first probe
 
     return probe_nvml()
+
+
+def visible_devices(gpus: Sequence[Gpu], indices: Iterable[int], outer: str | None) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` value that selects these GPUs in a child process.
+
+    An entry of the outer ``CUDA_VISIBLE_DEVICES`` where it has one (the child reads it in the
+    same numbering), else the GPU's UUID (immune to CUDA's device order), else its index.
+
+    >>> from pytest_gpufit.hardware.catalog import simulated_gpus
+    >>> visible_devices(simulated_gpus("4*t4"), [1, 3], "4,5,6,7")
+    '5,7'
+    >>> visible_devices(simulated_gpus("2*t4"), [1], None)
+    '1'
+    """
+    tokens = [t.strip() for t in outer.split(",")] if outer else None
+    uuids = {g.index: g.uuid for g in gpus}
+
+    def token(index: int) -> str:
+        if tokens is not None and index < len(tokens):
+            return tokens[index]
+        return uuids.get(index) or str(index)
+
+    return ",".join(token(i) for i in indices)

@@ -72,10 +72,10 @@ class CheckItem(pytest.Item):
         return merged
 
     def runtest(self) -> None:
-        from pytest_gpufit.plugin import device_for, state_of  # the plugin imports this module
+        from pytest_gpufit.session import placement, state_of  # late: a light module anyway
 
         state = state_of(self.config)
-        ctx = Context(self.target, device_for(self), state.model_cache)
+        ctx = Context(*placement(self), state.model_cache)  # cuda:N of the judged GPU
         fail_on_missing = state.settings.fail_on_missing
         out_of_memory: str | None = None
         try:

@@ -1,0 +1,404 @@
+"""One object per pytest session: settings, inventory, device plan, verdicts, measurements,
+model cache and baselines. The hooks in ``plugin.py`` and the suite items only ask it.
+
+Imports only the standard library, pytest and small pure modules: no torch, no CUDA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.expect import check_expect, parse_expect
+from pytest_gpufit.hardware.probe import build_inventory, visible_devices
+from pytest_gpufit.hardware.records import Gpu, Inventory
+from pytest_gpufit.report import (
+    TestResult,
+    inventory_lines,
+    merge_results,
+    result_from_report,
+    summary_lines,
+    write_outputs,
+)
+from pytest_gpufit.requirements import Requirement, Verdict, evaluate
+from pytest_gpufit.settings import Settings, gate_conflicts
+
+# Fixtures that make a test a user of gpufit (and so worth a probe and a summary).
+FIXTURES = frozenset({"gpu", "gpu_inventory", "gpu_environment"})
+PLAN = "gpufit_plan"  # the xdist workerinput key of a worker's device plan
+
+
+class GateFailure(GpufitError):
+    """An unmet requirement under ``--gpufit-on-missing=fail``; reported as a test failure."""
+
+
+SESSION = pytest.StashKey["GpufitSession"]()
+REQUIREMENT = pytest.StashKey["Requirement | None"]()
+VERDICT = pytest.StashKey[Verdict]()
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerPlan:
+    """What the xdist controller decided for one worker, in the controller's numbering."""
+
+    group: tuple[int, ...]  # the controller's GPU indices this worker holds
+    visible: str  # the CUDA_VISIBLE_DEVICES value the controller set in the worker
+    worker: str = ""
+
+    @classmethod
+    def from_workerinput(cls, workerinput: dict[str, Any]) -> WorkerPlan | None:
+        data = workerinput.get(PLAN)
+        if not data or data.get("group") is None:
+            return None
+        return cls(tuple(data["group"]), str(data["visible"]), str(workerinput.get("workerid")))
+
+
+def skip(reason: str) -> None:
+    # Report the test's own location, as skip markers do, not this file's.
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
+class GpufitSession:
+    """The session's facts and decisions; registered as a plugin for its report hooks."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        gate_conflicts(settings)
+        self.config = config
+        self.settings = settings
+        self.workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+        # A worker takes the controller's plan as it is: --gpufit-devices was applied there,
+        # in the controller's numbering, before CUDA_VISIBLE_DEVICES renumbered this worker.
+        self.planned = self.workerinput is not None and PLAN in self.workerinput
+        self.plan = WorkerPlan.from_workerinput(self.workerinput or {})
+        self.verdicts: dict[str, Verdict] = {}
+        self.measurements: dict[str, dict[str, Any]] = {}
+        self.saved_runs: list[str] = []
+        self.results: dict[str, TestResult] = {}
+        self.output_errors: list[str] = []  # outputs that could not be written
+        self.expect_failure: list[str] = []
+        self.used = settings.explicit
+        self.inventory_reported = False
+        self.pinning: Any = None
+        self._inventory: Inventory | None = None
+        self._real: Inventory | None = None
+        self._model_cache: Any = None
+        self._baselines: Any = None
+
+    # ---- facts, made on first use ---------------------------------------------------------
+
+    @property
+    def is_worker(self) -> bool:
+        return self.workerinput is not None
+
+    @property
+    def real_inventory(self) -> Inventory:
+        """What the machine has (NVML or a provider), never simulated cards."""
+        if self._real is None:
+            devices = None if self.planned or self.settings.simulate else self.settings.devices
+            hook = self.config.hook.pytest_gpufit_probe
+            self._real = self._pinned(
+                self._build(None, devices, provider=lambda: hook(config=self.config))
+            )
+        return self._real
+
+    @property
+    def inventory(self) -> Inventory:
+        """What requirements are judged against: the simulated cards, or the real ones."""
+        if self._inventory is None:
+            if self.settings.simulate:
+                devices = None if self.planned else self.settings.devices
+                self._inventory = self._pinned(self._build(self.settings.simulate, devices))
+            else:
+                self._inventory = self.real_inventory
+        return self._inventory
+
+    def _build(self, simulate: str | None, devices: tuple[int, ...] | None, **kw: Any) -> Inventory:
+        try:
+            return build_inventory(simulate, devices, what=self.settings.source("devices"), **kw)
+        except GpufitError as error:
+            raise pytest.UsageError(str(error)) from None
+
+    def _pinned(self, inventory: Inventory) -> Inventory:
+        if self.plan is None:
+            return inventory
+        from pytest_gpufit.xdist_pinning import pinned_to
+
+        return pinned_to(inventory, self.plan)
+
+    @property
+    def model_cache(self) -> Any:
+        """The suites' ModelCache: each model loaded once per session."""
+        if self._model_cache is None:
+            from pytest_gpufit.suites.runtime import ModelCache
+
+            self._model_cache = ModelCache()
+        return self._model_cache
+
+    @property
+    def baselines(self) -> Any:
+        """The BaselineSession, made on first use."""
+        if self._baselines is None:
+            from pytest_gpufit.baseline import BaselineSession, Store
+
+            store = Store(self.config.rootpath / self.settings.baseline_dir)
+            inventory = self.inventory
+            self._baselines = BaselineSession(
+                store, inventory.environment, inventory.gpus, self.config.rootpath
+            )
+        return self._baselines
+
+    # ---- the runner expectation -----------------------------------------------------------
+
+    def check_expect(self) -> list[str]:
+        """Failed ``--gpufit-expect`` lines (empty when it holds), judged on the real GPUs.
+
+        Only the controller judges: an xdist worker holds a part of the machine.
+        """
+        if not self.settings.expect or self.is_worker:
+            return []
+        expect = self.settings.expect
+        where = self.settings.source("expect")
+        inventory = self.real_inventory
+        try:
+            failed = check_expect(parse_expect(expect, where), inventory)
+        except GpufitError as error:
+            raise pytest.UsageError(str(error)) from None
+        if not failed:
+            return []
+        lines = [f"gpufit: this runner does not match {where}={expect!r}:"]
+        lines += [f"  - {f}" for f in failed]
+        lines.append("  this machine has: " + "; ".join(inventory_lines(inventory)))
+        self.expect_failure = lines
+        return lines
+
+    # ---- judging and placing items --------------------------------------------------------
+
+    def setup(self, item: pytest.Item, req: Requirement | None) -> None:
+        """Judge an item before it runs: skip, fail (the fail policy) or let it run."""
+        if req is None:
+            return
+        verdict = self.judge(item, req)
+        if not verdict.ok:
+            self.gate(verdict.reason)
+        elif verdict.simulated and not getattr(item, "gpufit_simulation_safe", False):
+            skip(f"simulated: would run on {verdict.reason}")
+
+    def judge(self, item: pytest.Item, req: Requirement) -> Verdict:
+        """The item's verdict, kept as an object on the item and in the session."""
+        self.used = True
+        inventory = self.inventory
+        if req.vram_free and not inventory.simulated:
+            inventory = _with_free_memory_now(inventory)
+        try:
+            verdict = evaluate(req, inventory, _fit_judge(req, item))
+        except GpufitError as error:
+            raise GateFailure(f"gpufit: {error}") from None
+        item.stash[VERDICT] = verdict
+        self.verdicts[item.nodeid] = verdict
+        # JUnit properties, for people; devices in the controller's numbering.
+        item.user_properties.append(("gpufit_ok", str(verdict.ok).lower()))
+        item.user_properties.append(("gpufit_reason", verdict.reason))
+        shown = self.outer_indices(verdict.devices)
+        item.user_properties.append(("gpufit_devices", ",".join(map(str, shown))))
+        return verdict
+
+    def gate(self, reason: str) -> None:
+        """Skip, or fail under the fail policy, with ``reason``."""
+        if self.settings.fail_on_missing:
+            raise GateFailure(reason)
+        skip(reason)
+
+    @staticmethod
+    def verdict_of(item: pytest.Item) -> Verdict | None:
+        return item.stash.get(VERDICT, None)
+
+    def outer_indices(self, devices: tuple[int, ...]) -> tuple[int, ...]:
+        """A worker's GPU indices in the controller's numbering (the same without xdist)."""
+        group = self.plan.group if self.plan else ()
+        return tuple(group[d] if d < len(group) else d for d in devices)
+
+    def device_for(self, item: Any) -> Gpu | None:
+        """The GPU a suite target runs on: the one its verdict judged (None for the CPU)."""
+        device: str = item.target.device
+        if not device.startswith("cuda"):
+            return None
+        by_index = {g.index: g for g in self.inventory.gpus}
+        verdict = self.verdict_of(item)
+        judged = verdict.devices if verdict is not None else ()
+        index_text = device.partition(":")[2]
+        if not index_text:
+            index = judged[0] if judged else 0
+        else:
+            index = int(index_text)
+            if judged and index not in judged:
+                names = ", ".join(by_index[i].label for i in judged if i in by_index)
+                self.gate(
+                    f"target device {device}: GPU{index} does not meet the requirement "
+                    f"(met by {names}); use device: cuda to run on a GPU that does"
+                )
+        if index not in by_index:
+            raise GpufitError(f"target device {device}: no GPU{index} on this machine")
+        return by_index[index]
+
+    def placement(self, item: Any) -> tuple[Any, Gpu | None]:
+        """(the target bound to the judged GPU, that GPU): ``device: cuda`` becomes ``cuda:N``."""
+        gpu = self.device_for(item)
+        target = item.target
+        if gpu is not None and target.device != f"cuda:{gpu.index}":
+            target = dataclasses.replace(target, device=f"cuda:{gpu.index}")
+        return target, gpu
+
+    def cuda_visible_devices(self, verdict: Verdict) -> str:
+        """``CUDA_VISIBLE_DEVICES`` for a process launched on the verdict's GPUs.
+
+        Entries of this process's own ``CUDA_VISIBLE_DEVICES`` where it is set (so the child
+        reads them in the same numbering), else GPU UUIDs, else indices.
+        """
+        return visible_devices(
+            self.inventory.gpus, verdict.devices, os.environ.get("CUDA_VISIBLE_DEVICES")
+        )
+
+    # ---- collecting results (from this process or from xdist workers) --------------------
+
+    def note_items(self, items: list[pytest.Item]) -> None:
+        """After collection: does this session use gpufit at all?"""
+        suites = sys.modules.get("pytest_gpufit.suites.items")
+        suite_item = getattr(suites, "CheckItem", ())
+        for item in items:
+            if (
+                item.stash.get(REQUIREMENT, None) is not None
+                or isinstance(item, suite_item)
+                or FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            ):
+                self.used = True
+                return
+
+    def uses_gpufit(self, item: pytest.Item) -> bool:
+        if item.stash.get(REQUIREMENT, None) is not None or VERDICT in item.stash:
+            return True
+        suites = sys.modules.get("pytest_gpufit.suites.items")
+        return isinstance(item, getattr(suites, "CheckItem", ())) or bool(
+            FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        )
+
+    def annotate(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        """What the controller needs from a worker's report, as plain data on the report."""
+        if not self.uses_gpufit(item):
+            return
+        report.gpufit_used = True  # type: ignore[attr-defined]
+        verdict = self.verdict_of(item)
+        if verdict is not None:
+            data = verdict.to_dict()
+            data["devices"] = list(self.outer_indices(verdict.devices))
+            report.gpufit_verdict = data  # type: ignore[attr-defined]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if getattr(report, "gpufit_used", False):
+            self.used = True
+        props = dict(report.user_properties)
+        if "gpufit_measurement" in props and report.when == "call":
+            entry = json.loads(str(props["gpufit_measurement"]))
+            self.measurements[report.nodeid] = dict(entry, outcome=report.outcome)
+        result = result_from_report(report)
+        if result is not None:
+            self.results[report.nodeid] = merge_results(self.results.get(report.nodeid), result)
+        data = getattr(report, "gpufit_verdict", None)
+        if data is not None and report.nodeid not in self.verdicts:  # from an xdist worker
+            self.verdicts[report.nodeid] = Verdict(
+                ok=bool(data["ok"]),
+                reason=str(data["reason"]),
+                devices=tuple(int(d) for d in data["devices"]),
+                simulated=bool(data["simulated"]),
+            )
+
+    # ---- reporting ------------------------------------------------------------------------
+
+    def inventory_header(self) -> list[str]:
+        self.inventory_reported = True
+        return ["gpufit: " + line for line in inventory_lines(self.inventory)]
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for line in self.output_errors:
+            terminalreporter.write_line(line, red=True, bold=True)
+        if self.verdicts:
+            for line in summary_lines(self.inventory, self.verdicts):
+                terminalreporter.write_line(line)
+        for line in self.saved_runs:
+            terminalreporter.write_line(line)
+        if self.pinning is not None:
+            for line in self.pinning.summary():
+                terminalreporter.write_line(line)
+        if self.measurements:
+            from pytest_gpufit.report import measurement_table
+
+            terminalreporter.section("gpufit suite results")
+            for line in measurement_table(self.measurements):
+                terminalreporter.write_line(line)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self._model_cache is not None:
+            self._model_cache.clear()
+        if self.is_worker:
+            return  # the controller merges every worker's results and writes once
+        if self.settings.baseline != "off" and self.measurements:
+            try:
+                saved = self.baselines.save(self.measurements, self.settings.baseline == "save")
+            except GpufitError as error:
+                self.output_errors.append(f"gpufit baseline: {error}")
+            else:
+                self.saved_runs.extend(run.message for run in saved)
+        # The CI job page gets a section only from sessions that used gpufit.
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY") if self.used else None
+        if self.settings.report or self.settings.summary or step_summary:
+            # Write whatever can be written, then fail the run naming what could not be.
+            self.output_errors += write_outputs(
+                self.inventory,
+                self.verdicts,
+                self.measurements,
+                list(self.results.values()),
+                report_path=self.settings.report,
+                summary_path=self.settings.summary,
+                step_summary=step_summary,
+            )
+        if self.output_errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def state_of(config: pytest.Config) -> GpufitSession:
+    """The session object of a configured pytest session."""
+    return config.stash[SESSION]
+
+
+def placement(item: Any) -> tuple[Any, Gpu | None]:
+    """A suite item's target bound to its judged GPU, and that GPU (see GpufitSession)."""
+    return state_of(item.config).placement(item)
+
+
+def device_for(item: Any) -> Gpu | None:
+    return state_of(item.config).device_for(item)
+
+
+def _fit_judge(req: Requirement, item: pytest.Item) -> Any:
+    if not req.fits:
+        return None
+    from pytest_gpufit.fit.judge import fit_judge  # late: only tests with requires_fit pay
+
+    return fit_judge(base=Path(str(item.path)).parent)
+
+
+def _with_free_memory_now(inventory: Inventory) -> Inventory:
+    from pytest_gpufit.hardware.nvml import free_memory
+
+    free = free_memory([g.uuid for g in inventory.gpus])
+    gpus = tuple(
+        dataclasses.replace(g, memory_free_bytes=free.get(g.uuid or "", g.memory_free_bytes))
+        for g in inventory.gpus
+    )
+    return dataclasses.replace(inventory, gpus=gpus)
