@@ -324,7 +324,9 @@ class OpenAIClient:
 
     # --- streaming --------------------------------------------------------------------------
 
-    def _raise_for_status(self, response: httpx.Response, url: str, body: str) -> None:
+    def _raise_for_status(
+        self, response: httpx.Response, url: str, body: str, model: str | None = None
+    ) -> None:
         status = response.status_code
         if status == 200:
             return
@@ -336,9 +338,11 @@ class OpenAIClient:
                 "auth",
                 status,
             )
-        if status in (400, 404, 422) and "model" in said.lower():
+        named = "model" in said.lower() or (model is not None and model in said)
+        if status in (400, 404) and named:
             raise EndpointError(
-                f"{url}: HTTP {status}: {said}; check served_model against GET /v1/models",
+                f"{url}: HTTP {status} for model {model!r}: {said}; "
+                "check served_model against GET /v1/models",
                 "model",
                 status,
             )
@@ -425,7 +429,7 @@ class OpenAIClient:
                 response = source.response
                 if response.status_code != 200:
                     raw = (await response.aread()).decode("utf-8", "replace")
-                    self._raise_for_status(response, url, raw)
+                    self._raise_for_status(response, url, raw, request.model)
                 async for event in source.aiter_sse():
                     now = time.perf_counter()
                     if event.data.strip() == "[DONE]":
