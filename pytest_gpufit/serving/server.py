@@ -147,6 +147,7 @@ class LaunchedServer:
         self.log_path = Path(log_path)
         self.process: subprocess.Popen[bytes] | None = None
         self.pgid: int | None = None
+        self.returncode: int | None = None  # the leader's exit status once stopped
         self._lock = threading.Lock()
 
     @property
@@ -267,7 +268,7 @@ class LaunchedServer:
                 time.sleep(0.05)
             if group_alive(pgid):
                 self._signal_group(pgid, signal.SIGKILL)
-            process.wait()
+            self.returncode = process.wait()
             deadline = time.monotonic() + 5.0
             while group_alive(pgid) and time.monotonic() < deadline:
                 time.sleep(0.05)
