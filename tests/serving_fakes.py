@@ -60,8 +60,15 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.fail_after: int | None = None
         self.release = threading.Event()  # ends a stalled stream at teardown
         self.bodies: list[dict[str, Any]] = []
+        self.keep_alive = False  # streams end with a zero chunk, the connection stays open
+        self.connections = 0
         self.lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        with self.lock:
+            self.connections += 1
+        return super().get_request()
 
     @property
     def base_url(self) -> str:
@@ -151,9 +158,10 @@ class Handler(BaseHTTPRequestHandler):
             "Content-Type", "application/json" if mode == "not_sse" else "text/event-stream"
         )
         self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Connection", "close")
+        if not server.keep_alive:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.close_connection = True
+        self.close_connection = not server.keep_alive
         self._stream(body, mode)
 
     def _stream(self, body: dict[str, Any], mode: str) -> None:

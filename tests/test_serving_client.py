@@ -48,6 +48,18 @@ def test_stream_measures_ttft_itl_e2e_and_usage(fake: FakeOpenAI) -> None:
     assert r.tpot_s is not None and r.tpot_s > 0.005
 
 
+def test_streams_are_read_to_the_end_so_connections_are_reused(fake: FakeOpenAI) -> None:
+    """Leaving at [DONE] before the final zero chunk made httpx close every connection."""
+    fake.keep_alive = True
+
+    async def go() -> list[StreamResult]:
+        async with OpenAIClient(fake.base_url) as c:
+            return [await c.stream(GenRequest(MODEL, "a", max_tokens=2)) for _ in range(3)]
+
+    assert [r.completion_tokens for r in asyncio.run(go())] == [2, 2, 2]
+    assert fake.connections == 1
+
+
 def test_chat_stream_reads_deltas(fake: FakeOpenAI) -> None:
     r = stream(fake.base_url, GenRequest(MODEL, "hi", max_tokens=3, chat=True))
     assert r.text == " t0 t1 t2" and r.completion_tokens == 3

@@ -432,9 +432,11 @@ class OpenAIClient:
                     self._raise_for_status(response, url, raw, request.model)
                 async for event in source.aiter_sse():
                     now = time.perf_counter()
+                    if done:
+                        continue  # read to the end, so the connection can be reused
                     if event.data.strip() == "[DONE]":
                         done = True
-                        break
+                        continue
                     last_event = now
                     if event.event == "error":
                         raise EndpointError(
