@@ -178,6 +178,9 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "malformed":
             self._event('{"choices": [{"text": "a"')
             return self._end()
+        if mode in ("bad_shape", "not_object"):
+            self._event('{"choices": "abc"}' if mode == "bad_shape" else "[1, 2]")
+            return self._end()
         for i in range(tokens):
             if server.delay_s:
                 time.sleep(server.delay_s)

@@ -121,6 +121,13 @@ def test_malformed_event_is_one_error(fake: FakeOpenAI) -> None:
     assert err.kind == "malformed" and "not JSON" in str(err)
 
 
+@pytest.mark.parametrize("mode", ["bad_shape", "not_object"])
+def test_json_of_the_wrong_shape_is_malformed(fake: FakeOpenAI, mode: str) -> None:
+    fake.mode = mode
+    err = fails(fake.base_url, GenRequest(MODEL, "a"))
+    assert err.kind == "malformed" and "malformed event" in str(err)
+
+
 def test_a_json_answer_to_a_stream_request_is_malformed(fake: FakeOpenAI) -> None:
     fake.mode = "not_sse"
     err = fails(fake.base_url, GenRequest(MODEL, "a"))

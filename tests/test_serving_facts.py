@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,17 @@ def test_engine_from_probe_answers() -> None:
     assert (sglang.engine, sglang.version) == ("sglang", "0.5.4")
     assert engine_from({"/props": {"total_slots": 1}}).engine == "llama.cpp"
     assert engine_from({"/version": "not a dict"}).engine is None
+
+
+def test_core_and_pure_serving_modules_import_no_http_client() -> None:
+    """The core install stays free of httpx: only the client/server/load modules import it."""
+    code = (
+        "import sys, pytest_gpufit, pytest_gpufit.plugin, pytest_gpufit.serving, "
+        "pytest_gpufit.serving.facts, pytest_gpufit.serving.errors; "
+        "print(sorted(m for m in ('httpx', 'httpx_sse', 'torch') if m in sys.modules))"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True
+    )
+    assert out.stdout.strip() == "[]"

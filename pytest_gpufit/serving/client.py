@@ -26,6 +26,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 
 from pytest_gpufit.serving.errors import EndpointError
+from pytest_gpufit.serving.facts import ENGINE_PROBES, EngineFacts, engine_from
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def error_message(body: str) -> str:
     return body.strip()[:300]
 
 
-def stream_error(data: Any) -> str | None:
+def stream_error(data: Mapping[str, Any]) -> str | None:
     """The error an event inside a 200 stream carries, or None for an ordinary chunk.
 
     >>> stream_error({"error": {"message": "engine dead", "code": 500}})
@@ -174,8 +175,6 @@ def stream_error(data: Any) -> str | None:
     >>> stream_error({"choices": [{"text": "a"}]}) is None
     True
     """
-    if not isinstance(data, dict):
-        return "event is not a JSON object"
     if "error" in data and data["error"]:
         return error_message(json.dumps(data))
     if data.get("object") == "error":
@@ -306,10 +305,8 @@ class OpenAIClient:
         response = await self._get(f"{self.root}/metrics")
         return response.text if response.status_code == 200 else None
 
-    async def engine_facts(self) -> Any:
+    async def engine_facts(self) -> EngineFacts:
         """Engine and version as the server tells them (best effort; see ``facts.engine_from``)."""
-        from pytest_gpufit.serving.facts import ENGINE_PROBES, engine_from
-
         answers: dict[str, Any] = {}
         for path in ENGINE_PROBES:
             try:
@@ -374,20 +371,24 @@ class OpenAIClient:
         """Send one streamed request and measure it; every fault is an ``EndpointError``."""
         ignore_eos = request.ignore_eos and not self.ignore_eos_rejected
         try:
-            result = await asyncio.wait_for(self._stream(request, ignore_eos), request.timeout_s)
-        except asyncio.TimeoutError as exc:
-            raise EndpointError(
-                f"request to {self.base_url} took longer than its {request.timeout_s:g} s limit",
-                "timeout",
-            ) from exc
+            result = await self._bounded(request, ignore_eos)
         except EndpointError as exc:
             rejected = exc.status in (400, 422) and "ignore_eos" in str(exc)
             if not (ignore_eos and rejected):
                 raise
             # The server does not know the vLLM extension: ask without it, and stop sending it.
             self.ignore_eos_rejected = True
-            result = await asyncio.wait_for(self._stream(request, False), request.timeout_s)
+            result = await self._bounded(request, False)
         return self._check_count(request, result)
+
+    async def _bounded(self, request: GenRequest, ignore_eos: bool) -> StreamResult:
+        try:
+            return await asyncio.wait_for(self._stream(request, ignore_eos), request.timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise EndpointError(
+                f"request to {self.base_url} took longer than its {request.timeout_s:g} s limit",
+                "timeout",
+            ) from exc
 
     def _check_count(self, request: GenRequest, result: StreamResult) -> StreamResult:
         if not request.require_max_tokens:
@@ -451,47 +452,55 @@ class OpenAIClient:
                             f"{event.data[:200]!r}",
                             "malformed",
                         ) from exc
-                    problem = stream_error(data)
+                    problem = stream_error(data) if isinstance(data, dict) else None
                     if problem is not None:
                         raise EndpointError(
                             f"{url}: the server reported an error inside its 200 stream: {problem}",
                             "stream-error",
                         )
-                    if data.get("usage"):
-                        usage = data["usage"]
-                    for choice in data.get("choices") or []:
-                        if choice.get("finish_reason"):
-                            finish = str(choice["finish_reason"])
-                        lps = _logprobs_of(choice, request.chat)
-                        if choice.get("logprobs"):
-                            saw_logprobs = True
-                        logprobs.extend(lps)
-                        content = _content_of(choice, request.chat)
-                        if not content:
-                            continue
-                        if chunks == 0:
-                            ttft = now - start
-                            first_at = now
-                        else:
-                            itl.append(now - last)
-                        last = now
-                        chunks += 1
-                        text.append(content)
+                    try:
+                        if data.get("usage"):
+                            usage = data["usage"]
+                        for choice in data.get("choices") or []:
+                            if choice.get("finish_reason"):
+                                finish = str(choice["finish_reason"])
+                            lps = _logprobs_of(choice, request.chat)
+                            if choice.get("logprobs"):
+                                saw_logprobs = True
+                            logprobs.extend(lps)
+                            content = _content_of(choice, request.chat)
+                            if not content:
+                                continue
+                            if chunks == 0:
+                                ttft = now - start
+                                first_at = now
+                            else:
+                                itl.append(now - last)
+                            last = now
+                            chunks += 1
+                            text.append(content)
+                    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+                        raise EndpointError(
+                            f"{url}: malformed event in the stream ({type(exc).__name__}: {exc}): "
+                            f"{event.data[:200]!r}",
+                            "malformed",
+                        ) from exc
         except SSEError as exc:
             raise EndpointError(f"{url}: not an event stream: {exc}", "malformed") from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise EndpointError(
+                f"{url}: nothing listening there ({exc or type(exc).__name__})", "connect"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise EndpointError(
                 f"{url}: the stream stalled: no data for {self.stall_s:g} s ({type(exc).__name__})",
                 "timeout",
             ) from exc
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except httpx.HTTPError as exc:
             raise EndpointError(
-                f"{url}: the connection dropped mid-stream after {chunks} chunks ({exc})",
+                f"{url}: the connection failed after {chunks} chunks "
+                f"({type(exc).__name__}: {exc}); dropped mid-stream?",
                 "dropped",
-            ) from exc
-        except httpx.TransportError as exc:
-            raise EndpointError(
-                f"{url}: nothing listening there ({exc or type(exc).__name__})", "connect"
             ) from exc
         if not done and finish is None:
             raise EndpointError(
