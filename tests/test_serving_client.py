@@ -219,3 +219,16 @@ def test_list_models_with_nothing_listening() -> None:
 
     with pytest.raises(EndpointError, match="nothing listening"):
         asyncio.run(go())
+
+
+def test_sized_prompt_is_checked_against_the_server_count(fake: FakeOpenAI) -> None:
+    from pytest_gpufit.serving.prompts import sized_prompt
+
+    async def go(tokens: int) -> Any:
+        async with OpenAIClient(fake.base_url) as c:
+            return await sized_prompt(c, MODEL, tokens)
+
+    prompt = asyncio.run(go(40))  # the fake counts one token per word plus a BOS
+    assert prompt.tokens == 40 and len(prompt.text.split()) == 39
+    with pytest.raises(EndpointError, match="could not build a prompt of 1 tokens"):
+        asyncio.run(go(1))

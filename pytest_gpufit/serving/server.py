@@ -258,12 +258,12 @@ class LaunchedServer:
             with _LIVE_LOCK:
                 _LIVE.discard(self)
             self._signal_group(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + self.grace_s
             try:
                 process.wait(timeout=self.grace_s)
             except subprocess.TimeoutExpired:
-                pass
-            # Children may outlive the leader (engine workers): wait for the group, then kill.
-            deadline = time.monotonic() + self.grace_s
+                deadline = 0.0  # the leader ignored SIGTERM: no more waiting
+            # Children may outlive the leader (engine workers): give them the rest of the grace.
             while group_alive(pgid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if group_alive(pgid):
