@@ -1,0 +1,531 @@
+"""A streaming client for OpenAI-compatible servers that measures what a user of the server sees.
+
+Per request: TTFT (request sent -> first content chunk), ITL (gaps between content chunks, as
+vLLM's ``benchmark_serving`` and GuideLLM record them), E2E (request sent -> last event), and
+token counts from the server's ``usage`` (asked for with ``stream_options.include_usage``).
+SSE framing is parsed by ``httpx-sse``; this module reads the JSON inside the events.
+
+Every fault raises ``EndpointError`` with one readable message (and a ``kind``): nothing
+listening, 401, an unknown model, an HTTP error status, an error event inside a 200 stream
+(vLLM streams one when its engine dies), malformed events, a connection dropped mid-stream, a
+stall, and a token count that came out short when the full count was required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from pytest_gpufit.serving.errors import EndpointError
+from pytest_gpufit.serving.facts import ENGINE_PROBES, EngineFacts, engine_from
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One entry of ``GET /v1/models``; ``max_model_len`` where the server lists it (vLLM)."""
+
+    id: str
+    owned_by: str | None = None
+    max_model_len: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The log-probability of one generated token and the server's top alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One generation request. ``chat`` picks ``/chat/completions`` over ``/completions``.
+
+    ``ignore_eos`` asks the server to generate exactly ``max_tokens`` (a vLLM/SGLang extension);
+    a server that rejects the field is asked again without it, once per client. With
+    ``require_max_tokens`` a count below ``max_tokens`` is an error (a throughput figure over
+    fewer tokens than asked would mislead). ``logprobs`` asks for that many top alternatives.
+    """
+
+    model: str
+    prompt: str
+    max_tokens: int = 16
+    chat: bool = False
+    temperature: float = 0.0
+    ignore_eos: bool = False
+    require_max_tokens: bool = False
+    logprobs: int | None = None
+    timeout_s: float = 120.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What one streamed request measured. Times in seconds from the moment it was sent.
+
+    ``first_token_at`` is the ``time.perf_counter()`` reading at the first content chunk (the
+    client-overhead benchmark compares it with the server's clock). ``logprobs`` is None when
+    the server returned none, even if they were asked for.
+    """
+
+    ttft_s: float
+    itl_s: tuple[float, ...]
+    e2e_s: float
+    text: str
+    content_chunks: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    finish_reason: str | None
+    ignore_eos_applied: bool
+    logprobs: tuple[TokenLogprob, ...] | None
+    first_token_at: float
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Time per output token after the first, (E2E - TTFT) / (tokens - 1), as vLLM's TPOT.
+
+        >>> r = StreamResult(0.1, (), 1.1, "", 0, 5, 11, "length", True, None, 0.0)
+        >>> round(r.tpot_s, 3)
+        0.1
+        """
+        tokens = self.completion_tokens if self.completion_tokens is not None else 0
+        if tokens < 2:
+            return None
+        return (self.e2e_s - self.ttft_s) / (tokens - 1)
+
+
+def api_key_from_env(name: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The API key held in the environment variable ``name`` (the name, never the key, is config).
+
+    >>> api_key_from_env("K", {"K": "sk-1"})
+    'sk-1'
+    >>> api_key_from_env(None) is None
+    True
+    """
+    if name is None:
+        return None
+    env = os.environ if environ is None else environ
+    value = env.get(name)
+    if not value:
+        raise EndpointError(
+            f"api_key_env names {name}, but that environment variable is not set or empty; "
+            f"export {name}=<key> or drop api_key_env",
+            kind="config",
+        )
+    return value
+
+
+def server_root(base_url: str) -> str:
+    """The server's root URL (where /health, /version and /metrics live) from its API base.
+
+    >>> server_root("http://127.0.0.1:8000/v1/")
+    'http://127.0.0.1:8000'
+    >>> server_root("http://h:1")
+    'http://h:1'
+    """
+    url = base_url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def error_message(body: str) -> str:
+    """The server's own words from an error body (OpenAI, vLLM, FastAPI and llama.cpp shapes).
+
+    >>> error_message('{"error": {"message": "The model `x` does not exist.", "code": 404}}')
+    'The model `x` does not exist.'
+    >>> error_message('{"object": "error", "message": "bad", "type": "BadRequestError"}')
+    'bad'
+    >>> error_message('{"detail": "Server is pinned to m"}')
+    'Server is pinned to m'
+    >>> error_message('{"error": "boom"}')
+    'boom'
+    >>> error_message("<html>502 Bad Gateway</html>")
+    '<html>502 Bad Gateway</html>'
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.strip()[:300]
+    if isinstance(data, dict):
+        for key in ("error", "detail", "message"):
+            value = data.get(key)
+            if isinstance(value, dict):
+                value = value.get("message", value)
+            if value:
+                return str(value)[:500]
+    return body.strip()[:300]
+
+
+def stream_error(data: Mapping[str, Any]) -> str | None:
+    """The error an event inside a 200 stream carries, or None for an ordinary chunk.
+
+    >>> stream_error({"error": {"message": "engine dead", "code": 500}})
+    'engine dead'
+    >>> stream_error({"object": "error", "message": "Unsupported CPU attention"})
+    'Unsupported CPU attention'
+    >>> stream_error({"choices": [{"text": "a"}]}) is None
+    True
+    """
+    if "error" in data and data["error"]:
+        return error_message(json.dumps(data))
+    if data.get("object") == "error":
+        return str(data.get("message", data))[:500]
+    return None
+
+
+def _logprobs_of(choice: Mapping[str, Any], chat: bool) -> list[TokenLogprob]:
+    """Token logprobs in one chunk's choice, for both the completions and the chat shape."""
+    lp = choice.get("logprobs")
+    if not lp:
+        return []
+    out: list[TokenLogprob] = []
+    if chat:
+        for item in lp.get("content") or []:
+            top = tuple((t["token"], float(t["logprob"])) for t in item.get("top_logprobs") or [])
+            out.append(TokenLogprob(item["token"], float(item["logprob"]), top))
+        return out
+    tops = lp.get("top_logprobs") or []
+    for i, (token, value) in enumerate(
+        zip(lp.get("tokens") or [], lp.get("token_logprobs") or [], strict=False)
+    ):
+        top_map = tops[i] if i < len(tops) and tops[i] else {}
+        top = tuple((k, float(v)) for k, v in top_map.items())
+        out.append(TokenLogprob(token, float(value) if value is not None else float("nan"), top))
+    return out
+
+
+def _content_of(choice: Mapping[str, Any], chat: bool) -> str:
+    if not chat:
+        return str(choice.get("text") or "")
+    delta = choice.get("delta") or {}
+    # Reasoning tokens are output tokens too (vLLM's benchmark counts them the same way).
+    return str(
+        delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or ""
+    )
+
+
+class OpenAIClient:
+    """An async client for one OpenAI-compatible endpoint (``base_url`` ends in ``/v1``).
+
+    ``stall_s`` bounds the wait for the next byte of a stream; ``GenRequest.timeout_s`` bounds
+    a whole request. Use as ``async with OpenAIClient(url) as client: ...``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key_env: str | None = None,
+        connect_timeout_s: float = 5.0,
+        stall_s: float = 60.0,
+        max_connections: int = 256,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.root = server_root(self.base_url)
+        key = api_key_from_env(api_key_env)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.stall_s = stall_s
+        self._http = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(stall_s, connect=connect_timeout_s, pool=None),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+        # Set when the server rejected ``ignore_eos`` once: later requests leave it out.
+        self.ignore_eos_rejected = False
+
+    async def __aenter__(self) -> OpenAIClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- plain GETs -------------------------------------------------------------------------
+
+    async def _get(self, url: str) -> httpx.Response:
+        try:
+            return await self._http.get(url)
+        except httpx.TimeoutException as exc:
+            raise EndpointError(f"GET {url}: no answer ({type(exc).__name__})", "timeout") from exc
+        except httpx.TransportError as exc:
+            raise EndpointError(
+                f"GET {url}: nothing listening there ({exc or type(exc).__name__})", "connect"
+            ) from exc
+
+    async def get_json(self, url: str) -> Any | None:
+        """The JSON at ``url``, or None when it is missing or not JSON (best-effort probes)."""
+        response = await self._get(url)
+        if response.status_code != 200:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    async def list_models(self) -> tuple[ServedModel, ...]:
+        """``GET /v1/models``: the models the server serves."""
+        url = f"{self.base_url}/models"
+        response = await self._get(url)
+        self._raise_for_status(response, url, response.text)
+        try:
+            entries = response.json()["data"]
+            return tuple(
+                ServedModel(
+                    id=str(e["id"]),
+                    owned_by=e.get("owned_by"),
+                    max_model_len=int(e["max_model_len"]) if e.get("max_model_len") else None,
+                )
+                for e in entries
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EndpointError(
+                f"GET {url}: not an OpenAI model list: {response.text[:200]!r}", "malformed"
+            ) from exc
+
+    async def metrics_text(self) -> str | None:
+        """The Prometheus text at ``/metrics``, or None where the server has none."""
+        response = await self._get(f"{self.root}/metrics")
+        return response.text if response.status_code == 200 else None
+
+    async def engine_facts(self) -> EngineFacts:
+        """Engine and version as the server tells them (best effort; see ``facts.engine_from``)."""
+        answers: dict[str, Any] = {}
+        for path in ENGINE_PROBES:
+            try:
+                answers[path] = await self.get_json(f"{self.root}{path}")
+            except EndpointError:
+                answers[path] = None
+        try:
+            owners = tuple(m.owned_by or "" for m in await self.list_models())
+        except EndpointError:
+            owners = ()
+        return engine_from(answers, owners)
+
+    # --- streaming --------------------------------------------------------------------------
+
+    def _raise_for_status(
+        self, response: httpx.Response, url: str, body: str, model: str | None = None
+    ) -> None:
+        status = response.status_code
+        if status == 200:
+            return
+        said = error_message(body)
+        if status in (401, 403):
+            raise EndpointError(
+                f"{url}: HTTP {status} unauthorized ({said}); set api_key_env to the name of the "
+                "variable holding the server's key",
+                "auth",
+                status,
+            )
+        named = "model" in said.lower() or (model is not None and model in said)
+        if status in (400, 404) and named:
+            raise EndpointError(
+                f"{url}: HTTP {status} for model {model!r}: {said}; "
+                "check served_model against GET /v1/models",
+                "model",
+                status,
+            )
+        raise EndpointError(f"{url}: HTTP {status}: {said}", "status", status)
+
+    def _body(self, request: GenRequest, ignore_eos: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.chat:
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+            if request.logprobs is not None:
+                body["logprobs"] = True
+                body["top_logprobs"] = request.logprobs
+        else:
+            body["prompt"] = request.prompt
+            if request.logprobs is not None:
+                body["logprobs"] = request.logprobs
+        if ignore_eos:
+            body["ignore_eos"] = True
+        body.update(request.extra)
+        return body
+
+    async def stream(self, request: GenRequest) -> StreamResult:
+        """Send one streamed request and measure it; every fault is an ``EndpointError``."""
+        ignore_eos = request.ignore_eos and not self.ignore_eos_rejected
+        try:
+            result = await self._bounded(request, ignore_eos)
+        except EndpointError as exc:
+            rejected = exc.status in (400, 422) and "ignore_eos" in str(exc)
+            if not (ignore_eos and rejected):
+                raise
+            # The server does not know the vLLM extension: ask without it, and stop sending it.
+            self.ignore_eos_rejected = True
+            result = await self._bounded(request, False)
+        return self._check_count(request, result)
+
+    async def _bounded(self, request: GenRequest, ignore_eos: bool) -> StreamResult:
+        try:
+            return await asyncio.wait_for(self._stream(request, ignore_eos), request.timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise EndpointError(
+                f"request to {self.base_url} took longer than its {request.timeout_s:g} s limit",
+                "timeout",
+            ) from exc
+
+    def _check_count(self, request: GenRequest, result: StreamResult) -> StreamResult:
+        if not request.require_max_tokens:
+            return result
+        if result.completion_tokens is None:
+            raise EndpointError(
+                f"{self.base_url}: the server reported no usage, so the {request.max_tokens} "
+                "tokens asked for cannot be confirmed (stream_options.include_usage unsupported?)",
+                "short",
+            )
+        if result.completion_tokens < request.max_tokens:
+            why = "ignore_eos unsupported?" if not result.ignore_eos_applied else "stopped early"
+            raise EndpointError(
+                f"{self.base_url}: server produced {result.completion_tokens} of "
+                f"{request.max_tokens} tokens (finish_reason {result.finish_reason!r}); {why}",
+                "short",
+            )
+        return result
+
+    async def _stream(self, request: GenRequest, ignore_eos: bool) -> StreamResult:
+        path = "/chat/completions" if request.chat else "/completions"
+        url = f"{self.base_url}{path}"
+        body = self._body(request, ignore_eos)
+        text: list[str] = []
+        itl: list[float] = []
+        logprobs: list[TokenLogprob] = []
+        saw_logprobs = False
+        usage: Mapping[str, Any] | None = None
+        finish: str | None = None
+        ttft = 0.0
+        first_at = 0.0
+        last = 0.0
+        chunks = 0
+        done = False
+        start = time.perf_counter()
+        last_event = start
+        try:
+            async with aconnect_sse(self._http, "POST", url, json=body) as source:
+                response = source.response
+                if response.status_code != 200:
+                    raw = (await response.aread()).decode("utf-8", "replace")
+                    self._raise_for_status(response, url, raw, request.model)
+                async for event in source.aiter_sse():
+                    now = time.perf_counter()
+                    if done:
+                        continue  # read to the end, so the connection can be reused
+                    if event.data.strip() == "[DONE]":
+                        done = True
+                        continue
+                    last_event = now
+                    if event.event == "error":
+                        raise EndpointError(
+                            f"{url}: error event in the stream: {error_message(event.data)}",
+                            "stream-error",
+                        )
+                    try:
+                        data = json.loads(event.data)
+                    except ValueError as exc:
+                        raise EndpointError(
+                            f"{url}: malformed event in the stream (not JSON): "
+                            f"{event.data[:200]!r}",
+                            "malformed",
+                        ) from exc
+                    problem = stream_error(data) if isinstance(data, dict) else None
+                    if problem is not None:
+                        raise EndpointError(
+                            f"{url}: the server reported an error inside its 200 stream: {problem}",
+                            "stream-error",
+                        )
+                    try:
+                        if data.get("usage"):
+                            usage = data["usage"]
+                        for choice in data.get("choices") or []:
+                            if choice.get("finish_reason"):
+                                finish = str(choice["finish_reason"])
+                            lps = _logprobs_of(choice, request.chat)
+                            if choice.get("logprobs"):
+                                saw_logprobs = True
+                            logprobs.extend(lps)
+                            content = _content_of(choice, request.chat)
+                            if not content:
+                                continue
+                            if chunks == 0:
+                                ttft = now - start
+                                first_at = now
+                            else:
+                                itl.append(now - last)
+                            last = now
+                            chunks += 1
+                            text.append(content)
+                    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+                        raise EndpointError(
+                            f"{url}: malformed event in the stream ({type(exc).__name__}: {exc}): "
+                            f"{event.data[:200]!r}",
+                            "malformed",
+                        ) from exc
+        except SSEError as exc:
+            raise EndpointError(f"{url}: not an event stream: {exc}", "malformed") from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise EndpointError(
+                f"{url}: nothing listening there ({exc or type(exc).__name__})", "connect"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise EndpointError(
+                f"{url}: the stream stalled: no data for {self.stall_s:g} s ({type(exc).__name__})",
+                "timeout",
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise EndpointError(
+                f"{url}: the connection failed after {chunks} chunks "
+                f"({type(exc).__name__}: {exc}); dropped mid-stream?",
+                "dropped",
+            ) from exc
+        if not done and finish is None:
+            raise EndpointError(
+                f"{url}: the stream ended after {chunks} chunks without a finish_reason or [DONE]",
+                "dropped",
+            )
+        if chunks == 0:
+            said = usage.get("completion_tokens") if usage else None
+            raise EndpointError(
+                f"{url}: the stream carried no content (usage.completion_tokens: {said})", "short"
+            )
+        return StreamResult(
+            ttft_s=ttft,
+            itl_s=tuple(itl),
+            e2e_s=last_event - start,
+            text="".join(text),
+            content_chunks=chunks,
+            prompt_tokens=int(usage["prompt_tokens"])
+            if usage and "prompt_tokens" in usage
+            else None,
+            completion_tokens=(
+                int(usage["completion_tokens"]) if usage and "completion_tokens" in usage else None
+            ),
+            finish_reason=finish,
+            ignore_eos_applied=ignore_eos,
+            logprobs=tuple(logprobs) if saw_logprobs and logprobs else None,
+            first_token_at=first_at,
+        )

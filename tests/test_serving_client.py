@@ -1,0 +1,234 @@
+"""The streaming client against a local fake server: timings, usage, and each fault as one error."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from serving_fakes import MODEL, FakeOpenAI
+
+from pytest_gpufit.serving.client import GenRequest, OpenAIClient, StreamResult
+from pytest_gpufit.serving.errors import EndpointError
+from pytest_gpufit.serving.server import free_port
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+def stream(url: str, request: GenRequest, **client: Any) -> StreamResult:
+    async def go() -> StreamResult:
+        async with OpenAIClient(url, **client) as c:
+            return await c.stream(request)
+
+    return asyncio.run(go())
+
+
+def fails(url: str, request: GenRequest, **client: Any) -> EndpointError:
+    with pytest.raises(EndpointError) as info:
+        stream(url, request, **client)
+    return info.value
+
+
+def test_stream_measures_ttft_itl_e2e_and_usage(fake: FakeOpenAI) -> None:
+    fake.delay_s = 0.01
+    r = stream(fake.base_url, GenRequest(MODEL, "a b c", max_tokens=5))
+    assert r.completion_tokens == 5 and r.prompt_tokens == 4
+    assert r.content_chunks == 5 and len(r.itl_s) == 4
+    assert r.text == " t0 t1 t2 t3 t4"
+    assert 0.01 <= r.ttft_s < r.e2e_s
+    assert all(gap > 0.005 for gap in r.itl_s)
+    assert r.ttft_s + sum(r.itl_s) <= r.e2e_s
+    assert r.finish_reason == "length" and r.logprobs is None
+    assert r.tpot_s is not None and r.tpot_s > 0.005
+
+
+def test_streams_are_read_to_the_end_so_connections_are_reused(fake: FakeOpenAI) -> None:
+    """Leaving at [DONE] before the final zero chunk made httpx close every connection."""
+    fake.keep_alive = True
+
+    async def go() -> list[StreamResult]:
+        async with OpenAIClient(fake.base_url) as c:
+            return [await c.stream(GenRequest(MODEL, "a", max_tokens=2)) for _ in range(3)]
+
+    assert [r.completion_tokens for r in asyncio.run(go())] == [2, 2, 2]
+    assert fake.connections == 1
+
+
+def test_chat_stream_reads_deltas(fake: FakeOpenAI) -> None:
+    r = stream(fake.base_url, GenRequest(MODEL, "hi", max_tokens=3, chat=True))
+    assert r.text == " t0 t1 t2" and r.completion_tokens == 3
+    assert fake.bodies[-1]["messages"] == [{"role": "user", "content": "hi"}]
+    assert fake.bodies[-1]["stream_options"] == {"include_usage": True}
+
+
+def test_logprobs_returned_when_the_server_gives_them(fake: FakeOpenAI) -> None:
+    r = stream(fake.base_url, GenRequest(MODEL, "a", max_tokens=2, logprobs=2))
+    assert fake.bodies[-1]["logprobs"] == 2
+    assert r.logprobs is not None and len(r.logprobs) == 2
+    assert r.logprobs[0].token == " t0" and r.logprobs[0].logprob == -0.1
+    assert dict(r.logprobs[0].top)[" x"] == -2.5
+
+
+def test_nothing_listening_is_one_connect_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    err = fails(url, GenRequest(MODEL, "a"))
+    assert err.kind == "connect" and "nothing listening" in str(err) and url in str(err)
+
+
+def test_wrong_model_names_the_model_and_the_fix(fake: FakeOpenAI) -> None:
+    err = fails(fake.base_url, GenRequest("wrong/model", "a"))
+    assert err.kind == "model" and err.status == 404
+    assert "does not exist" in str(err) and "/v1/models" in str(err)
+
+
+def test_401_says_how_to_pass_a_key(fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.mode = "auth"
+    err = fails(fake.base_url, GenRequest(MODEL, "a"))
+    assert err.kind == "auth" and err.status == 401 and "api_key_env" in str(err)
+    monkeypatch.setenv("GPUFIT_TEST_KEY", "sk-test")
+    r = stream(fake.base_url, GenRequest(MODEL, "a", max_tokens=2), api_key_env="GPUFIT_TEST_KEY")
+    assert r.completion_tokens == 2
+
+
+def test_api_key_env_unset_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPUFIT_NO_SUCH_KEY", raising=False)
+    with pytest.raises(EndpointError, match="GPUFIT_NO_SUCH_KEY.*not set"):
+        OpenAIClient("http://127.0.0.1:1/v1", api_key_env="GPUFIT_NO_SUCH_KEY")
+
+
+def test_500_is_a_status_error(fake: FakeOpenAI) -> None:
+    fake.mode = "500"
+    err = fails(fake.base_url, GenRequest(MODEL, "a"))
+    assert err.kind == "status" and err.status == 500 and "Internal Server Error" in str(err)
+
+
+def test_error_event_inside_a_200_stream_fails_not_zero_tokens(fake: FakeOpenAI) -> None:
+    fake.mode = "error_event"
+    err = fails(fake.base_url, GenRequest(MODEL, "a"))
+    assert err.kind == "stream-error"
+    assert "Unsupported CPU attention configuration" in str(err)
+
+
+def test_malformed_event_is_one_error(fake: FakeOpenAI) -> None:
+    fake.mode = "malformed"
+    err = fails(fake.base_url, GenRequest(MODEL, "a"))
+    assert err.kind == "malformed" and "not JSON" in str(err)
+
+
+@pytest.mark.parametrize("mode", ["bad_shape", "not_object"])
+def test_json_of_the_wrong_shape_is_malformed(fake: FakeOpenAI, mode: str) -> None:
+    fake.mode = mode
+    err = fails(fake.base_url, GenRequest(MODEL, "a"))
+    assert err.kind == "malformed" and "malformed event" in str(err)
+
+
+def test_a_json_answer_to_a_stream_request_is_malformed(fake: FakeOpenAI) -> None:
+    fake.mode = "not_sse"
+    err = fails(fake.base_url, GenRequest(MODEL, "a"))
+    assert err.kind == "malformed" and "not an event stream" in str(err)
+
+
+def test_connection_dropped_mid_stream(fake: FakeOpenAI) -> None:
+    fake.mode = "drop"
+    err = fails(fake.base_url, GenRequest(MODEL, "a", max_tokens=8))
+    assert err.kind == "dropped" and "mid-stream" in str(err)
+
+
+def test_stream_ending_without_finish_is_dropped(fake: FakeOpenAI) -> None:
+    fake.mode = "no_finish"
+    err = fails(fake.base_url, GenRequest(MODEL, "a", max_tokens=3))
+    assert err.kind == "dropped" and "without a finish_reason" in str(err)
+
+
+def test_stalled_stream_times_out_within_its_limit(fake: FakeOpenAI) -> None:
+    fake.mode = "stall"
+    start = time.monotonic()
+    err = fails(fake.base_url, GenRequest(MODEL, "a", max_tokens=8), stall_s=0.5)
+    assert err.kind == "timeout" and "stalled" in str(err)
+    assert time.monotonic() - start < 5
+
+
+def test_whole_request_limit(fake: FakeOpenAI) -> None:
+    fake.delay_s = 0.2
+    start = time.monotonic()
+    err = fails(fake.base_url, GenRequest(MODEL, "a", max_tokens=50, timeout_s=0.5))
+    assert err.kind == "timeout" and "0.5 s limit" in str(err)
+    assert time.monotonic() - start < 5
+
+
+def test_short_count_is_an_error_when_the_full_count_is_required(fake: FakeOpenAI) -> None:
+    fake.mode = "short"
+    req = GenRequest(MODEL, "a", max_tokens=128, ignore_eos=True, require_max_tokens=True)
+    err = fails(fake.base_url, req)
+    assert err.kind == "short" and "server produced 10 of 128 tokens" in str(err)
+    # Without the requirement the short count is a result, not an error.
+    r = stream(fake.base_url, GenRequest(MODEL, "a", max_tokens=128))
+    assert r.completion_tokens == 10 and r.finish_reason == "stop"
+
+
+def test_missing_usage_cannot_confirm_a_required_count(fake: FakeOpenAI) -> None:
+    fake.mode = "no_usage"
+    req = GenRequest(MODEL, "a", max_tokens=4, require_max_tokens=True)
+    err = fails(fake.base_url, req)
+    assert err.kind == "short" and "no usage" in str(err)
+    assert stream(fake.base_url, GenRequest(MODEL, "a", max_tokens=4)).completion_tokens is None
+
+
+def test_ignore_eos_rejected_once_then_left_out(fake: FakeOpenAI) -> None:
+    fake.mode = "reject_ignore_eos"
+    req = GenRequest(MODEL, "a", max_tokens=4, ignore_eos=True, require_max_tokens=True)
+
+    async def go() -> tuple[StreamResult, StreamResult, bool]:
+        async with OpenAIClient(fake.base_url) as c:
+            return await c.stream(req), await c.stream(req), c.ignore_eos_rejected
+
+    first, second, rejected = asyncio.run(go())
+    assert rejected and not first.ignore_eos_applied and first.completion_tokens == 4
+    assert ["ignore_eos" in b for b in fake.bodies] == [True, False, False]
+
+
+def test_short_count_without_ignore_eos_says_so(fake: FakeOpenAI) -> None:
+    fake.mode = "reject_ignore_eos"
+    fake.tokens = 3
+    req = GenRequest(MODEL, "a", max_tokens=8, ignore_eos=True, require_max_tokens=True)
+    err = fails(fake.base_url, req)
+    assert "server produced 3 of 8 tokens" in str(err) and "ignore_eos unsupported?" in str(err)
+
+
+def test_list_models_metrics_and_engine_facts(fake: FakeOpenAI) -> None:
+    async def go() -> tuple[Any, Any, Any]:
+        async with OpenAIClient(fake.base_url) as c:
+            return await c.list_models(), await c.metrics_text(), await c.engine_facts()
+
+    models, metrics, facts = asyncio.run(go())
+    assert [(m.id, m.max_model_len, m.owned_by) for m in models] == [(MODEL, 512, "vllm")]
+    assert "vllm:cache_config_info" in metrics
+    assert (facts.engine, facts.version, facts.source) == ("vllm", "0.32.0", "/version")
+
+
+def test_list_models_with_nothing_listening() -> None:
+    async def go() -> Any:
+        async with OpenAIClient(f"http://127.0.0.1:{free_port()}/v1") as c:
+            return await c.list_models()
+
+    with pytest.raises(EndpointError, match="nothing listening"):
+        asyncio.run(go())
+
+
+def test_sized_prompt_is_checked_against_the_server_count(fake: FakeOpenAI) -> None:
+    from pytest_gpufit.serving.prompts import sized_prompt
+
+    async def go(tokens: int) -> Any:
+        async with OpenAIClient(fake.base_url) as c:
+            return await sized_prompt(c, MODEL, tokens)
+
+    prompt = asyncio.run(go(40))  # the fake counts one token per word plus a BOS
+    assert prompt.tokens == 40 and len(prompt.text.split()) == 39
+    with pytest.raises(EndpointError, match="could not build a prompt of 1 tokens"):
+        asyncio.run(go(1))
