@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fake_probe import catalog_probe
 
 CARDS = ["t4", "a100-80gb", "rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell", "2*h100-sxm"]
 
@@ -85,19 +86,26 @@ def test_fail_policy_turns_unmet_into_a_failure_with_the_reason(
     pytester: pytest.Pytester, card: str
 ) -> None:
     _write_test(pytester, "requires_vram(60)")
-    result = pytester.runpytest("--gpufit-on-missing=fail", f"--gpufit-simulate={card}")
+    pytester.makeconftest(catalog_probe(card))  # a real runner with this card, not a plan
+    result = pytester.runpytest("--gpufit-on-missing=fail")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*needs 60 GB of GPU memory; GPU0 * has *GB*"])
     result.stdout.no_fnmatch_line("*Traceback*")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
-def test_fail_policy_met_requirement_still_skips_under_simulation(
-    pytester: pytest.Pytester,
-) -> None:
+def test_fail_policy_met_requirement_runs_on_the_card(pytester: pytest.Pytester) -> None:
     _write_test(pytester, "requires_vram(60)")
-    result = pytester.runpytest("--gpufit-on-missing=fail", "--gpufit-simulate=h100-sxm", "-rs")
-    result.assert_outcomes(passed=1, skipped=1)
+    pytester.makeconftest(catalog_probe("h100-sxm"))
+    result = pytester.runpytest("--gpufit-on-missing=fail", "-rs")
+    result.assert_outcomes(passed=2)
+
+
+def test_fail_policy_with_simulation_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    _write_test(pytester, "requires_vram(60)")
+    result = pytester.runpytest("--gpufit-on-missing=fail", "--gpufit-simulate=h100-sxm")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--gpufit-on-missing*--gpufit-simulate*"])
 
 
 def test_exact_reason_text(pytester: pytest.Pytester) -> None:
@@ -187,7 +195,7 @@ def test_simulation_summary_counts_per_card(pytester: pytest.Pytester) -> None:
         [
             "gpufit: 1 of 3 gated tests would run (simulated)",
             "  GPU0 rtx-4090: 0 gated tests would run here",
-            "  GPU1 h100-sxm: 1 gated tests would run here",
+            "  GPU1 h100-sxm: 1 gated test would run here",
             "  not run (2): needs native fp4 support; *",
         ]
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fake_probe import catalog_probe
 
 
 def test_fit_marker_on_the_users_card(pytester: pytest.Pytester) -> None:
@@ -30,7 +31,8 @@ def test_fit_marker_on_the_users_card(pytester: pytest.Pytester) -> None:
             "*_card.py:9: simulated: would run on GPU0*",
         ]
     )
-    result = pytester.runpytest("-rs", "--gpufit-simulate=rtx-4090", "--gpufit-on-missing=fail")
+    pytester.makeconftest(catalog_probe("rtx-4090"))  # a real runner with a 24 GB card
+    result = pytester.runpytest("-rs", "--gpufit-on-missing=fail")
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(["*needs 79.6 GB for 2 x Qwen3-32B in fp8 at context 8192*"])
 
