@@ -253,10 +253,20 @@ def test_the_action_passes_no_empty_expect() -> None:
     ],
 )
 def test_gitignore_keeps_the_baseline_store_committable(path: str, ignored: bool) -> None:
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout: .gitignore cannot be asked")
+    if shutil.which("git") is None:
+        pytest.skip("git is not on PATH: .gitignore cannot be asked")
+    if not (ROOT / ".git").exists():
+        pytest.skip(f"{ROOT} is not a git checkout: .gitignore cannot be asked")
     result = subprocess.run(
         ["git", "-C", str(ROOT), "check-ignore", "--no-index", "-q", path], capture_output=True
     )
     assert result.returncode in (0, 1), result.stderr
     assert (result.returncode == 0) is ignored
+
+
+def test_docs_name_every_action_input_and_the_baseline_home() -> None:
+    docs = (ROOT / "docs" / "ci.md").read_text()
+    for name in load(ROOT / "action.yml")["inputs"]:
+        assert f"`{name}`" in docs, f"docs/ci.md does not describe the action input {name}"
+    for fact in (".gpufit/baselines", "--gpufit-on-missing=fail", "baseline: {missing: warn}"):
+        assert fact in docs, fact
