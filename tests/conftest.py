@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,26 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if collection_path == TESTS / "gpu" and not config.getoption("--run-gpu-tier"):
         return True
     return None
+
+
+# What a developer's shell or a CI runner sets must not change what a test sees: a leaked
+# GPUFIT_ON_MISSING=fail turns expected skips into failures, GITHUB_STEP_SUMMARY makes every
+# session append to the job page, CUDA_VISIBLE_DEVICES hides or renumbers cards.
+LEAKY = ("GITHUB_STEP_SUMMARY", "GITHUB_ACTIONS", "CI", "CUDA_VISIBLE_DEVICES")
+
+
+def leaky_names(environ: Mapping[str, str]) -> list[str]:
+    """The variables of ``environ`` that must not reach a test."""
+    return sorted(n for n in environ if n.startswith("GPUFIT_") or n in LEAKY)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clear the leaky variables for every test. pytester runs, in-process or subprocess,
+    inherit ``os.environ``, so they start clean too; a test's own ``monkeypatch.setenv`` runs
+    after this fixture and wins."""
+    gpu_tier = TESTS / "gpu" in request.path.parents
+    for name in leaky_names(os.environ):
+        # The GPU tier judges the real machine: a scheduler's CUDA_VISIBLE_DEVICES is part of it.
+        if not (gpu_tier and name == "CUDA_VISIBLE_DEVICES"):
+            monkeypatch.delenv(name)

