@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # the names for type checkers; tests/test_markers_table.py ke
     requires_fit: Callable[..., pytest.MarkDecorator]
 
 for _spec in SPECS:
-    globals()[_spec.name] = make_decorator(_spec.name)
+    globals()[_spec.name] = make_decorator(_spec)
 del _spec
 
 __all__ = ["GpufitError", *sorted(spec.name for spec in SPECS)]

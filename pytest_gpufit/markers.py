@@ -26,7 +26,12 @@ import pytest
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.dtypes import DTYPES, canonical_dtype, parse_compute_capability
+from pytest_gpufit.hardware.dtypes import (
+    CC_JSON_SCHEMA,
+    DTYPES,
+    canonical_dtype,
+    parse_compute_capability,
+)
 from pytest_gpufit.requirements import FitRequest, Requirement
 from pytest_gpufit.units import parse_size, size_json_schema
 
@@ -108,6 +113,8 @@ _ASCII_DIGIT = re.compile(r"[0-9]")
 
 
 def positive_int(value: Any, what: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's integer: 2.0 is 2
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise GpufitError(f"{what}: expected a whole number >= 1, got {value!r}")
     return value
@@ -250,7 +257,7 @@ SPECS: tuple[MarkerSpec, ...] = (
                 "capability",
                 _capability,
                 "str | float",
-                schema={"type": ["string", "number"]},
+                schema=CC_JSON_SCHEMA,
             ),
         ),
         "a minimum compute capability, e.g. '8.9'",
@@ -283,10 +290,15 @@ SPECS: tuple[MarkerSpec, ...] = (
         build=_fit,
     ),
 )
+
+
+def yaml_keys(specs: Sequence[MarkerSpec]) -> dict[str, tuple[MarkerSpec, YamlKey]]:
+    """Suite ``requires:`` key -> the marker and parameter that serve it."""
+    return {key.key: (spec, key) for spec in specs for key in spec.yaml}
+
+
 BY_NAME: dict[str, MarkerSpec] = {spec.name: spec for spec in SPECS}
-YAML_KEYS: dict[str, tuple[MarkerSpec, YamlKey]] = {
-    key.key: (spec, key) for spec in SPECS for key in spec.yaml
-}
+YAML_KEYS = yaml_keys(SPECS)
 
 
 # ---- binding and building --------------------------------------------------------------------
@@ -315,17 +327,10 @@ def _bind(spec: MarkerSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> d
     return bound
 
 
-def requirement_from_marker(
-    name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+def spec_requirement(
+    spec: MarkerSpec, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
 ) -> Requirement:
-    """Turn one marker (or decorator) call into a ``Requirement``; bad arguments raise.
-
-    >>> requirement_from_marker("requires_vram", (80,)).vram_bytes
-    80000000000
-    """
-    spec = BY_NAME.get(name)
-    if spec is None:
-        raise GpufitError(f"unknown gpufit marker {name!r}; known: {', '.join(BY_NAME)}")
+    """One call of the marker ``spec`` as a ``Requirement``; bad arguments raise."""
     bound = _bind(spec, args, kwargs or {})
     values: dict[str, Any] = {}
     for param in spec.params:
@@ -340,6 +345,20 @@ def requirement_from_marker(
     return Requirement(**{spec.fields[k]: v for k, v in values.items()})
 
 
+def requirement_from_marker(
+    name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+) -> Requirement:
+    """Turn one marker (or decorator) call into a ``Requirement``; bad arguments raise.
+
+    >>> requirement_from_marker("requires_vram", (80,)).vram_bytes
+    80000000000
+    """
+    spec = BY_NAME.get(name)
+    if spec is None:
+        raise GpufitError(f"unknown gpufit marker {name!r}; known: {', '.join(BY_NAME)}")
+    return spec_requirement(spec, args, kwargs)
+
+
 def requirement_from_yaml(key: str, value: Any) -> Requirement:
     """One suite ``requires:`` entry, through the marker that serves it.
 
@@ -350,8 +369,8 @@ def requirement_from_yaml(key: str, value: Any) -> Requirement:
     param = next(p for p in spec.params if p.name == yaml_key.param)
     if param.variadic:
         args = tuple(value) if isinstance(value, list) else (value,)
-        return requirement_from_marker(spec.name, args, dict(yaml_key.fixed))
-    return requirement_from_marker(spec.name, (), {yaml_key.param: value, **yaml_key.fixed})
+        return spec_requirement(spec, args, dict(yaml_key.fixed))
+    return spec_requirement(spec, (), {yaml_key.param: value, **yaml_key.fixed})
 
 
 def check_fit_models(req: Requirement, base: Path) -> None:
@@ -373,15 +392,15 @@ def check_fit_models(req: Requirement, base: Path) -> None:
 # ---- surfaces generated from the table -----------------------------------------------------
 
 
-def marker_lines() -> list[str]:
+def marker_lines(specs: Sequence[MarkerSpec] = SPECS) -> list[str]:
     """The ``markers`` ini lines that register every gpufit marker, with its help."""
-    return [f"{spec.usage}: {spec.help} (pytest-gpufit)" for spec in SPECS]
+    return [f"{spec.usage}: {spec.help} (pytest-gpufit)" for spec in specs]
 
 
-def requires_json_schema() -> dict[str, Any]:
+def requires_json_schema(specs: Sequence[MarkerSpec] = SPECS) -> dict[str, Any]:
     """The JSON Schema of a suite's ``requires:`` mapping."""
     properties: dict[str, Any] = {}
-    for key, (spec, yaml_key) in YAML_KEYS.items():
+    for key, (spec, yaml_key) in yaml_keys(specs).items():
         param = next(p for p in spec.params if p.name == yaml_key.param)
         extra = f" with {yaml_key.fixed}" if yaml_key.fixed else ""
         properties[key] = {
@@ -391,14 +410,14 @@ def requires_json_schema() -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "properties": properties}
 
 
-def make_decorator(name: str) -> Callable[..., pytest.MarkDecorator]:
+def make_decorator(spec: MarkerSpec) -> Callable[..., pytest.MarkDecorator]:
     """The decorator for one marker: validates its arguments where the user's module calls it."""
-    spec = BY_NAME[name]
+    name = spec.name
 
     def decorator(*args: Any, **kwargs: Any) -> pytest.MarkDecorator:
         __tracebackhide__ = True
         try:
-            requirement_from_marker(name, args, kwargs)
+            spec_requirement(spec, args, kwargs)
         except GpufitError as error:
             raise GpufitError(str(error)) from None  # raised here, so no plugin frame shows
         mark: pytest.MarkDecorator = getattr(pytest.mark, name)(*args, **kwargs)

@@ -39,6 +39,13 @@ _ALIASES = {
 _FAMILY = {"fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "nvfp4": "fp4", "mxfp4": "fp4"}
 
 _CC = re.compile(r"^ *(?:>= *)?([0-9]{1,3})(?:\.([0-9]{1,3}))? *$")
+CC_JSON_SCHEMA = {
+    "oneOf": [
+        {"type": "string", "pattern": _CC.pattern.replace("(?:", "(")},
+        {"type": "number", "minimum": 0, "maximum": 999},
+    ],
+    "description": "a minimum compute capability such as '8.9' or '12.0'",
+}
 
 # (min_cc, max_cc_exclusive or None) per family on NVIDIA.
 _NVIDIA_RULES: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {

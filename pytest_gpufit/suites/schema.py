@@ -97,10 +97,18 @@ def _kind(schema: dict[str, Any]) -> Callable[[_K], _K]:
     return register
 
 
+def _whole(value: Any) -> Any:
+    """JSON (and JSON Schema's ``integer``) counts 5.0 as the whole number 5."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _int_kind(minimum: int, maximum: int, meaning: str = "") -> Kind:
     """Whole numbers from ``minimum`` to ``maximum`` (a cap that catches typos such as 10^12)."""
 
     def parse(value: Any) -> int:
+        value = _whole(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise GpufitError(f"expected a whole number >= {minimum}, got {value!r}")
         if value > maximum:
@@ -178,6 +186,7 @@ def _bool(value: Any) -> bool:
 
 @_kind({"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1})
 def _token_list(value: Any) -> list[int]:
+    value = [_whole(v) for v in value] if isinstance(value, list) else value
     if (
         not isinstance(value, list)
         or not value
