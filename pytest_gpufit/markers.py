@@ -33,7 +33,7 @@ from pytest_gpufit.hardware.dtypes import (
     parse_compute_capability,
 )
 from pytest_gpufit.requirements import FitRequest, Requirement
-from pytest_gpufit.units import parse_size, size_json_schema
+from pytest_gpufit.units import parse_size, shown, size_json_schema
 
 REQUIRED: Any = inspect.Parameter.empty
 """The default of a parameter that has none."""
@@ -116,12 +116,27 @@ def positive_int(value: Any, what: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # JSON Schema's integer: 2.0 is 2
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GpufitError(f"{what}: expected a whole number >= 1, got {value!r}")
+        raise GpufitError(f"{what}: expected a whole number >= 1, got {shown(value)}")
     return value
 
 
-def _optional_positive_int(value: Any, what: str) -> int | None:
-    return None if value is None else positive_int(value, what)
+def _at_most(maximum: int) -> Parse:
+    """A whole number from 1 to ``maximum``: the cap turns a typo (10**12) into a message."""
+
+    def parse(value: Any, what: str) -> int | None:
+        if value is None and maximum == MAX_CONTEXT:
+            return None  # requires_fit(context=None): the model's own context
+        number = positive_int(value, what)
+        if number > maximum:
+            raise GpufitError(f"{what}: expected at most {maximum:,}, got {shown(value)}")
+        return number
+
+    return parse
+
+
+MAX_CONTEXT = 100_000_000  # tokens
+MAX_BATCH = 100_000
+MAX_INSTANCES = 1024
 
 
 def _flag(value: Any, what: str) -> bool:
@@ -281,9 +296,9 @@ SPECS: tuple[MarkerSpec, ...] = (
         (
             Param("model", _model, "str"),
             Param("dtype", _precision, "str", "bf16"),
-            Param("context", _optional_positive_int, "int | None", None),
-            Param("batch", positive_int, "int", 1),
-            Param("instances", positive_int, "int", 1),
+            Param("context", _at_most(MAX_CONTEXT), "int | None", None),
+            Param("batch", _at_most(MAX_BATCH), "int", 1),
+            Param("instances", _at_most(MAX_INSTANCES), "int", 1),
         ),
         "the model (a folder, a config.json, or a shipped id) fits in one GPU's memory at this "
         "precision, context and batch, `instances` times",

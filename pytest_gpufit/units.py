@@ -37,6 +37,20 @@ ACCEPTED_SIZES = (
 TOO_LARGE = "sizes stop below 1000 TB (1000 TiB); is it a typo?"
 
 
+def shown(value: object) -> str:
+    """``repr`` for messages, shortened: a 400-digit typo should not fill the screen.
+
+    >>> shown(10**50)
+    '100000000000000000000... (51 digits)'
+    """
+    text = repr(value)
+    if len(text) <= 40:
+        return text
+    if isinstance(value, int):
+        return f"{text[:21]}... ({len(text.lstrip('-'))} digits)"
+    return f"{text[:37]}..."
+
+
 def _spelled(unit: str) -> str:
     return unit.replace("I", "i")
 
@@ -57,20 +71,20 @@ def parse_size(value: object, what: str = "size") -> int:
     True
     """
     if isinstance(value, bool):
-        raise GpufitError(f"{what}: expected {ACCEPTED_SIZES}, got {value!r}")
+        raise GpufitError(f"{what}: expected {ACCEPTED_SIZES}, got {shown(value)}")
     if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
             raise GpufitError(f"{what}: must be a finite size, got {value!r}")
         if value < 0:
             raise GpufitError(f"{what}: must be a positive size, got {value!r}")
         if value >= 10 ** _UNITS["GB"][1]:  # compared before float(): 10**400 overflows it
-            raise GpufitError(f"{what}: {value!r} GB is too large; {TOO_LARGE}")
+            raise GpufitError(f"{what}: {shown(value)} GB is too large; {TOO_LARGE}")
         return int(round(float(value) * GB))
     if not isinstance(value, str):
-        raise GpufitError(f"{what}: expected {ACCEPTED_SIZES}, got {value!r}")
+        raise GpufitError(f"{what}: expected {ACCEPTED_SIZES}, got {shown(value)}")
     match = _SIZE.match(value)
     if not match:
-        raise GpufitError(f"{what}: expected {ACCEPTED_SIZES}, got {value!r}")
+        raise GpufitError(f"{what}: expected {ACCEPTED_SIZES}, got {shown(value)}")
     number, unit = match.group(1), (match.group(2) or "GB").upper()
     if unit not in _UNITS:
         known = ", ".join(_spelled(k) for k in _UNITS)
@@ -79,7 +93,7 @@ def parse_size(value: object, what: str = "size") -> int:
         )
     factor, max_digits = _UNITS[unit]
     if _digits(number) > max_digits:
-        raise GpufitError(f"{what}: {value!r} is too large; {TOO_LARGE}")
+        raise GpufitError(f"{what}: {shown(value)} is too large; {TOO_LARGE}")
     return int(round(float(number) * factor))
 
 

@@ -236,6 +236,12 @@ def test_absurd_and_unicode_marker_values_are_usage_errors(pytester: pytest.Pyte
 
         @pytest.mark.requires_cuda("²")
         def test_cuda(): pass
+
+        @pytest.mark.requires_fit("qwen3-0.6b", context=10**400)
+        def test_context(): pass
+
+        @pytest.mark.requires_fit("qwen3-0.6b", instances=10**6)
+        def test_instances(): pass
     """
     )
     result = pytester.runpytest("--gpufit-simulate=h100-sxm")
@@ -248,6 +254,9 @@ def test_absurd_and_unicode_marker_values_are_usage_errors(pytester: pytest.Pyte
             "*::test_typo: @requires_vram: '2000000GB' is too large*",
             "*::test_cc: @requires_compute_capability: expected a compute capability such as*",
             "*::test_cuda: @requires_cuda: expected a version such as*",
+            "*::test_context: @requires_fit context: expected at most 100,000,000, got "
+            "100000000000000000000... (401 digits)",
+            "*::test_instances: @requires_fit instances: expected at most 1,024, got 1000000",
         ]
     )
     _clean(result)

@@ -21,6 +21,7 @@ from pytest_gpufit.units import (
     parse_percent,
     parse_size,
     percent_json_schema,
+    shown,
     size_json_schema,
 )
 
@@ -112,7 +113,7 @@ def _int_kind(minimum: int, maximum: int, meaning: str = "") -> Kind:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise GpufitError(f"expected a whole number >= {minimum}, got {value!r}")
         if value > maximum:
-            raise GpufitError(f"expected at most {maximum:,}{meaning}, got {value!r}")
+            raise GpufitError(f"expected at most {maximum:,}{meaning}, got {shown(value)}")
         return value
 
     schema = {"type": "integer", "minimum": minimum, "maximum": maximum}
@@ -146,7 +147,7 @@ def _finite(value: Any) -> float:
     if isinstance(value, float) and not math.isfinite(value):
         raise GpufitError(f"expected a finite number, got {value!r}")
     if abs(value) >= NUMBER_LIMIT:  # before float(): a 400-digit int overflows it
-        raise GpufitError(f"expected a number below 1e100, got {value!r}")
+        raise GpufitError(f"expected a number below 1e100, got {shown(value)}")
     return float(value)
 
 
