@@ -14,7 +14,7 @@ Pure functions only; nothing here imports torch or touches a device.
 
 from __future__ import annotations
 
-import difflib
+import functools
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -458,6 +458,7 @@ _NOT_TYPOS = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=1024)  # one difflib run per mark name, not per test
 def near_miss(mark_name: str) -> str | None:
     """The gpufit marker a mark name was probably meant to be, or None.
 
@@ -468,6 +469,8 @@ def near_miss(mark_name: str) -> str | None:
     """
     if mark_name in BY_NAME or mark_name in _NOT_TYPOS:
         return None
+    import difflib  # late: only sessions with unregistered marks pay
+
     lowered = mark_name.lower()
     if lowered in BY_NAME:
         return lowered  # Requires_VRAM

@@ -278,7 +278,8 @@ def item_requirement(
                     raise typo
                 continue
             req = _parse_marker(mark)
-            check_fit_models(req, Path(str(item.path)).parent)
+            if req.fits:
+                check_fit_models(req, Path(str(item.path)).parent)
         except GpufitError as error:
             raise GpufitError(f"{item.nodeid}: @{error}") from None
         merged = req if merged is None else merged.merge(req)
