@@ -64,6 +64,8 @@ class YamlKey:
 
 @dataclass(frozen=True)
 class MarkerSpec:
+    """One gpufit marker: name, parameters, help, the ``Requirement`` it fills, its YAML keys."""
+
     name: str
     params: tuple[Param, ...]
     help: str

@@ -137,14 +137,14 @@ def format_gib(n_bytes: int | float) -> str:
     return f"{n_bytes / GIB:.1f} GiB"
 
 
-_PERCENT = re.compile(r"^ *(0*[0-9]{1,4}(?:\.[0-9]*)?|0*\.[0-9]+) *% *$")
+_PERCENT = re.compile(r"^ *(0*(?:[0-9]{1,4}(?:\.[0-9]*)?|10000(?:\.0*)?)|0*\.[0-9]+) *% *$")
 _PERCENT_SHAPE = re.compile(r"^ *[0-9]+(?:\.[0-9]*)? *% *$")
 
 
 def parse_percent(value: object, what: str = "tolerance") -> float:
     """Return a fraction from a percentage string; a bare number is refused (5 or 5%?).
 
-    Below 10000%: a tolerance that only records.
+    Up to 10000%: a tolerance that only records.
 
     >>> parse_percent("10%")
     0.1
@@ -153,7 +153,10 @@ def parse_percent(value: object, what: str = "tolerance") -> float:
     if not match:
         shape = _PERCENT_SHAPE.match(value) if isinstance(value, str) else None
         if shape:
-            raise GpufitError(f"{what}: {value!r} is too large; percentages stop below 10000%")
+            raise GpufitError(
+                f"{what}: expected a percentage up to 10000% (a tolerance that only records), "
+                f"got {value!r}"
+            )
         raise GpufitError(f"{what}: expected a percentage such as '10%', got {value!r}")
     return float(match.group(1)) / 100
 

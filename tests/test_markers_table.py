@@ -5,6 +5,7 @@ Also the ways a marker could ungate a test or crash a session (issue 10, items 7
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -27,6 +28,7 @@ from pytest_gpufit.markers import (
     requires_json_schema,
     yaml_keys,
 )
+from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.suites.json_schema import SCHEMA_PATH
 from pytest_gpufit.suites.schema import REQUIRES_FIELDS
 
@@ -55,6 +57,16 @@ def test_every_surface_lists_the_table(pytester: pytest.Pytester) -> None:
     assert shipped["properties"]["requires"]["properties"].keys() == YAML_KEYS.keys()
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines_random([f"@pytest.mark.{spec.usage}: *" for spec in SPECS])
+
+
+def test_each_spec_maps_onto_requirement_fields() -> None:
+    fields = {f.name for f in dataclasses.fields(Requirement)}
+    for spec in SPECS:
+        if spec.build is None:
+            assert set(spec.fields) == {p.name for p in spec.params}, spec.name
+            assert set(spec.fields.values()) <= fields, spec.name
+        for key in spec.yaml:
+            assert key.param in {p.name for p in spec.params}, (spec.name, key)
 
 
 def test_public_signatures_are_unchanged() -> None:

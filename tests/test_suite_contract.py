@@ -122,6 +122,9 @@ VALUES: list[Any] = [
     "10",
     "9999%",
     "10000%",
+    "10000.0%",
+    "10000.5%",
+    "10001%",
     "-5%",
     "5 %",
     ".5%",
@@ -253,7 +256,7 @@ BAD = {
         + TARGET_TEXT[9:]
         + "      fits: {}\n",
         "huge_percent.gpufit.yaml:2: baseline.tolerance: baseline.tolerance.decode_tok_s: "
-        "'1000000%' is too large",
+        "expected a percentage up to 10000%",
     ),
 }
 
