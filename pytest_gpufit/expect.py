@@ -26,6 +26,7 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
 }
 _CLAUSE = re.compile(r"^\s*([a-z]+)\s*(>=|<=|==|!=|~|>|<|=)\s*(.+?)\s*$")
+_COUNT = re.compile(r"^(?:[0-9]{1,3}|10[01][0-9]|102[0-4])$")
 _USAGE = (
     f"write KEY OP VALUE clauses separated by commas, KEY one of {', '.join(KEYS)}, "
     "OP one of >= <= == != > < (and ~ for 'contains' with name), e.g. "
@@ -60,8 +61,8 @@ def parse_expect(expression: str, what: str = "--gpufit-expect") -> tuple[Clause
         try:
             value: Any
             if key == "count":
-                if not raw.isdigit():
-                    raise GpufitError(f"a whole number, got {raw!r}")
+                if not _COUNT.match(raw):  # ASCII: '²'.isdigit() is True, int('²') fails
+                    raise GpufitError(f"a whole number of GPUs (0 to 1024), got {raw!r}")
                 value = int(raw)
             elif key in ("vram", "free"):
                 value = parse_size(raw, key)

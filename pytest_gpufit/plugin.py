@@ -18,7 +18,15 @@ import pytest
 from pytest_gpufit import hookspec
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.records import Environment, Gpu, Inventory
-from pytest_gpufit.requirements import MARKERS, Requirement, requirement_from_marker
+from pytest_gpufit.markers import (
+    BY_NAME,
+    check_fit_models,
+    marker_lines,
+    registered_names,
+    requirement_from_marker,
+    typo_error,
+)
+from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.session import (
     REQUIREMENT,
     SESSION,
@@ -56,8 +64,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for text in MARKERS.values():
-        config.addinivalue_line("markers", f"{text} (pytest-gpufit)")
+    for line in marker_lines():
+        config.addinivalue_line("markers", line)
     session = _session(config)
     config.pluginmanager.register(session, "gpufit-session")
     if config.pluginmanager.hasplugin("xdist") and not session.is_worker:
@@ -174,15 +182,28 @@ def _parse_marker(mark: pytest.Mark) -> Requirement:
         return requirement_from_marker(mark.name, mark.args, mark.kwargs)
 
 
-def item_requirement(item: pytest.Item) -> Requirement | None:
-    """All gpufit markers of an item, merged; None when it has none."""
+def item_requirement(
+    item: pytest.Item, registered: frozenset[str] | None = None
+) -> Requirement | None:
+    """All gpufit markers of an item, merged; None when it has none.
+
+    A mark that looks like a misspelled gpufit marker and is not registered is an error, and
+    ``requires_fit`` models must exist: both are caught here, at collection.
+    """
+    if registered is None:
+        registered = registered_names(item.config.getini("markers"))
     merged: Requirement | None = getattr(item, "gpufit_requirement", None)
     # One walk over the item's marks (closest first), not one per marker name.
     for mark in item.iter_markers():
-        if mark.name not in MARKERS:
-            continue
         try:
+            if mark.name not in BY_NAME:
+                typo = typo_error(mark.name, registered)
+                if typo is not None:
+                    raise typo
+                continue
             req = _parse_marker(mark)
+            if req.fits:
+                check_fit_models(req, Path(str(item.path)).parent)
         except GpufitError as error:
             raise GpufitError(f"{item.nodeid}: @{error}") from None
         merged = req if merged is None else merged.merge(req)
@@ -190,14 +211,15 @@ def item_requirement(item: pytest.Item) -> Requirement | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    registered = registered_names(config.getini("markers"))
     errors = []
     for item in items:
         try:
-            item.stash[REQUIREMENT] = item_requirement(item)
+            item.stash[REQUIREMENT] = item_requirement(item, registered)
         except GpufitError as error:
             errors.append(str(error))
     if errors:
-        raise pytest.UsageError("gpufit: bad marker arguments:\n  " + "\n  ".join(errors))
+        raise pytest.UsageError("gpufit: bad markers:\n  " + "\n  ".join(errors))
 
 
 # ---- running ------------------------------------------------------------------------------

@@ -1,31 +1,20 @@
-"""One ``Requirement`` type for markers, decorators and YAML, judged by one ``evaluate``."""
+"""One ``Requirement`` type for markers, decorators and YAML, judged by one ``evaluate``.
+
+Markers and YAML keys become a ``Requirement`` in ``pytest_gpufit.markers``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.dtypes import canonical_dtype, parse_compute_capability
 from pytest_gpufit.hardware.records import Gpu, Inventory
-from pytest_gpufit.units import format_gb, parse_size
-
-MARKERS = {
-    "requires_gpu": "requires_gpu(count=1, name=None): at least `count` GPUs, named like `name`",
-    "requires_vram": "requires_vram(size, free=False): GPU memory per device; a bare number is GB",
-    "requires_compute_capability": "requires_compute_capability('8.9'): minimum compute capability",
-    "requires_dtype": "requires_dtype('bf16', ...): native tensor-core support for each dtype",
-    "requires_driver": "requires_driver('>=550'): NVIDIA driver version",
-    "requires_cuda": "requires_cuda('>=12.4'): CUDA version of the driver (and of torch's runtime)",
-    "requires_torch": "requires_torch('>=2.4'): installed torch version",
-    "requires_fit": "requires_fit(model, dtype='bf16', context=None, batch=1, instances=1): the "
-    "model fits in GPU memory",
-}
+from pytest_gpufit.units import format_gb
 
 
 @dataclass(frozen=True)
@@ -88,125 +77,6 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# ---- parsing marker arguments -------------------------------------------------------------
-
-
-def _version_spec(value: object, what: str) -> str:
-    """``'550'`` means ``'>=550'``; the result is a valid ``SpecifierSet`` string.
-
-    >>> _version_spec("12.4", "requires_cuda")
-    '>=12.4'
-    """
-    text = str(value).strip() if isinstance(value, (str, int, float)) else ""
-    if text and text[0].isdigit():
-        text = ">=" + text
-    try:
-        SpecifierSet(text)
-        if not text:
-            raise InvalidSpecifier(text)
-    except InvalidSpecifier:
-        raise GpufitError(
-            f"{what}: expected a version such as '>=550', '550.54' or '>=12.4,<13', got {value!r}"
-        ) from None
-    return text  # as the user wrote it, so messages quote them
-
-
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GpufitError(f"{what}: expected a whole number >= 1, got {value!r}")
-    return value
-
-
-def _bind(
-    name: str,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-    params: Sequence[str],
-    defaults: Mapping[str, Any],
-) -> dict[str, Any]:
-    if len(args) > len(params):
-        raise GpufitError(f"{name}: takes at most {len(params)} arguments ({', '.join(params)})")
-    bound = dict(defaults)
-    bound.update(zip(params, args, strict=False))
-    for key, value in kwargs.items():
-        if key not in params:
-            raise GpufitError(f"{name}: unknown argument {key!r}; accepted: {', '.join(params)}")
-        bound[key] = value
-    missing = [p for p in params if p not in bound]
-    if missing:
-        raise GpufitError(f"{name}: missing argument {missing[0]!r}; usage: {MARKERS[name]}")
-    return bound
-
-
-def requirement_from_marker(
-    name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
-) -> Requirement:
-    """Turn one marker (or decorator) call into a ``Requirement``; bad arguments raise.
-
-    >>> requirement_from_marker("requires_vram", (80,)).vram_bytes
-    80000000000
-    """
-    kwargs = kwargs or {}
-    if name == "requires_gpu":
-        b = _bind(name, args, kwargs, ("count", "name"), {"count": 1, "name": None})
-        if b["name"] is not None and not isinstance(b["name"], str):
-            raise GpufitError(f"{name}: name must be text such as 'H100', got {b['name']!r}")
-        return Requirement(
-            count=_positive_int(b["count"], f"{name} count"),
-            names=(b["name"],) if b["name"] else (),
-        )
-    if name == "requires_vram":
-        b = _bind(name, args, kwargs, ("size", "free"), {"free": False})
-        return Requirement(vram_bytes=parse_size(b["size"], name), vram_free=bool(b["free"]))
-    if name == "requires_compute_capability":
-        b = _bind(name, args, kwargs, ("capability",), {})
-        try:
-            cc = parse_compute_capability(b["capability"])
-        except GpufitError as error:
-            raise GpufitError(f"{name}: {error}") from None
-        return Requirement(compute_capability=cc)
-    if name == "requires_dtype":
-        if kwargs or not args:
-            raise GpufitError(
-                f"{name}: name one or more dtypes, e.g. requires_dtype('bf16', 'fp8')"
-            )
-        try:
-            return Requirement(dtypes=tuple(canonical_dtype(a) for a in args))
-        except GpufitError as error:
-            raise GpufitError(f"{name}: {error}") from None
-    if name in ("requires_driver", "requires_cuda", "requires_torch"):
-        b = _bind(name, args, kwargs, ("version",), {})
-        spec = _version_spec(b["version"], name)
-        if name == "requires_driver":
-            return Requirement(driver=spec)
-        return Requirement(cuda=spec) if name == "requires_cuda" else Requirement(torch=spec)
-    if name == "requires_fit":
-        b = _bind(
-            name,
-            args,
-            kwargs,
-            ("model", "dtype", "context", "batch", "instances"),
-            {"dtype": "bf16", "context": None, "batch": 1, "instances": 1},
-        )
-        if not isinstance(b["model"], str) or not b["model"]:
-            raise GpufitError(
-                f"{name}: model must be a path or a known model id, got {b['model']!r}"
-            )
-        context = None if b["context"] is None else _positive_int(b["context"], f"{name} context")
-        return Requirement(
-            fits=(
-                FitRequest(
-                    model=b["model"],
-                    dtype=str(b["dtype"]),
-                    context=context,
-                    batch=_positive_int(b["batch"], f"{name} batch"),
-                    instances=_positive_int(b["instances"], f"{name} instances"),
-                ),
-            )
-        )
-    raise GpufitError(f"unknown gpufit marker {name!r}; known: {', '.join(MARKERS)}")
 
 
 # ---- judging -------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import pytest
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.catalog import simulated_gpus
 from pytest_gpufit.hardware.records import Environment, Inventory
-from pytest_gpufit.requirements import Requirement, evaluate, requirement_from_marker
+from pytest_gpufit.markers import requirement_from_marker
+from pytest_gpufit.requirements import Requirement, evaluate
 
 
 def real(setup: str, **env: str) -> Inventory:

@@ -61,7 +61,7 @@ def test_relative_model_folder_resolves_against_the_test_file(pytester: pytest.P
     result.stdout.fnmatch_lines(["*simulated: would run on GPU0 Tesla T4*"])
 
 
-def test_a_missing_model_fails_even_under_skip(pytester: pytest.Pytester) -> None:
+def test_a_missing_model_is_a_usage_error_even_under_skip(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
         import pytest
 
@@ -69,6 +69,6 @@ def test_a_missing_model_fails_even_under_skip(pytester: pytest.Pytester) -> Non
         def test_t(): pass
     """)
     result = pytester.runpytest("--gpufit-simulate=h100-sxm")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*gpufit: model 'no/such/model': no such file or folder*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_t: @requires_fit: model 'no/such/model': no such file or folder*"])
     result.stdout.no_fnmatch_line("*Traceback*")

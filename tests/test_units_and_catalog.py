@@ -130,3 +130,36 @@ def test_parse_setup() -> None:
         parse_setup("gtx-1080")
     with pytest.raises(GpufitError, match=r"bad count in 'x\*t4'"):
         parse_setup("x*t4")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (10**400, "is too large; sizes stop below 1000 TB"),
+        (1e300, "is too large"),
+        (float("inf"), "must be a finite size"),
+        (float("nan"), "must be a finite size"),
+        ("²GB", "expected a number of GB"),
+        ("٨٠GB", "expected a number of GB"),
+        ("1.2.3GB", "expected a number of GB"),
+        ("1000000GB", "is too large"),
+        ("1000TiB", "is too large"),
+        ("9" * 400 + "B", "is too large"),
+    ],
+    ids=lambda v: repr(v)[:24],
+)
+def test_absurd_or_non_ascii_sizes_are_refused(value: object, message: str) -> None:
+    with pytest.raises(GpufitError, match=message):
+        parse_size(value, "vram")
+
+
+def test_sizes_people_write_still_parse() -> None:
+    assert parse_size("80 gb") == parse_size("80GB") == parse_size(80) == 80 * 10**9
+    assert parse_size("999TiB") == 999 * 2**40
+    assert parse_size("0000001GB") == 10**9
+
+
+@pytest.mark.parametrize("value", ["١٠%", "1_0%", "nan%", "inf%", "1e1%", "10001%", "-5%", 10])
+def test_odd_percentages_are_refused(value: object) -> None:
+    with pytest.raises(GpufitError, match="percentage"):
+        parse_percent(value)

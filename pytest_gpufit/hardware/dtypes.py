@@ -6,6 +6,8 @@ Thresholds as stated in PyTorch (``torch/testing/_internal/common_cuda.py``) and
 
 from __future__ import annotations
 
+import re
+
 from pytest_gpufit.errors import GpufitError
 
 # Canonical names first; aliases map onto them.
@@ -35,6 +37,15 @@ _ALIASES = {
     "float8_e5m2": "fp8_e5m2",
 }
 _FAMILY = {"fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "nvfp4": "fp4", "mxfp4": "fp4"}
+
+_CC = re.compile(r"^ *(?:>= *)?([0-9]{1,3})(?:\.([0-9]{1,3}))? *$")
+CC_JSON_SCHEMA = {
+    "oneOf": [
+        {"type": "string", "pattern": _CC.pattern.replace("(?:", "(")},
+        {"type": "number", "minimum": 0, "maximum": 999},
+    ],
+    "description": "a minimum compute capability such as '8.9' or '12.0'",
+}
 
 # (min_cc, max_cc_exclusive or None) per family on NVIDIA.
 _NVIDIA_RULES: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {
@@ -97,10 +108,13 @@ def parse_compute_capability(value: object) -> tuple[int, int]:
     """
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return (value[0], value[1])
-    text = str(value).strip().removeprefix(">=").strip() if isinstance(value, (str, float)) else ""
-    major, _, minor = text.partition(".")
-    if major.isdigit() and (minor.isdigit() or not minor):
-        return int(major), int(minor or 0)
+    text = ""
+    if isinstance(value, (str, float, int)) and not isinstance(value, bool):
+        text = str(value)
+    # ASCII digits only: '²'.isdigit() is True but int('²') fails.
+    match = _CC.match(text)
+    if match:
+        return int(match.group(1)), int(match.group(2) or 0)
     raise GpufitError(f"expected a compute capability such as '8.9' or '12.0', got {value!r}")
 
 

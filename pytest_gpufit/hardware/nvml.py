@@ -86,7 +86,7 @@ def select_visible(uuids: list[str], visible: str | None) -> tuple[list[int], st
     chosen: list[int] = []
     for token in (t.strip() for t in visible.split(",")):
         index: int | None = None
-        if token.lstrip("-").isdigit():
+        if token.lstrip("-").isascii() and token.lstrip("-").isdigit():
             index = int(token) if 0 <= int(token) < len(uuids) else None
         elif token.startswith("GPU-"):
             matches = [i for i, u in enumerate(uuids) if u.startswith(token)]

@@ -4,17 +4,26 @@ file, the line, the field and what is expected."""
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pytest_gpufit.baseline import BaselinePolicy, parse_confirm, parse_missing, parse_tolerances
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.spec import resolve_model
-from pytest_gpufit.requirements import Requirement, requirement_from_marker
+from pytest_gpufit.markers import YAML_KEYS, requirement_from_yaml
+from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.suites.yaml_lines import Located, load_yaml
-from pytest_gpufit.units import parse_percent, parse_size
+from pytest_gpufit.units import (
+    parse_percent,
+    parse_size,
+    percent_json_schema,
+    shown,
+    size_json_schema,
+)
 
 CHECK_ORDER = ("fits", "loads", "generates", "throughput", "precision")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -65,51 +74,120 @@ class _Where:
 
 
 # ---- field kinds ---------------------------------------------------------------------------
+# Each kind parses one YAML value and carries the JSON Schema of what it accepts, so
+# ``schema.json`` is generated from these tables (pytest_gpufit/suites/json_schema.py).
+
+Kind = Callable[[Any], Any]
+KIND_SCHEMAS: dict[Kind, dict[str, Any]] = {}
+
+NUMBER_LIMIT = 1e100  # thresholds are finite and below this
+MAX_REPEATS = 1000  # throughput repeats and warmup runs
+MAX_TOKENS = 10_000_000  # prompt, new tokens, context
+MAX_BATCH = 100_000
+MAX_SEED = 2**32 - 1
 
 
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GpufitError(f"expected a whole number >= 1, got {value!r}")
+_K = TypeVar("_K", bound=Kind)
+
+
+def _kind(schema: dict[str, Any]) -> Callable[[_K], _K]:
+    def register(kind: _K) -> _K:
+        KIND_SCHEMAS[kind] = schema
+        return kind
+
+    return register
+
+
+def _whole(value: Any) -> Any:
+    """JSON (and JSON Schema's ``integer``) counts 5.0 as the whole number 5."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise GpufitError(f"expected a whole number >= 0, got {value!r}")
-    return value
+def _int_kind(minimum: int, maximum: int, meaning: str = "") -> Kind:
+    """Whole numbers from ``minimum`` to ``maximum`` (a cap that catches typos such as 10^12)."""
+
+    def parse(value: Any) -> int:
+        value = _whole(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise GpufitError(f"expected a whole number >= {minimum}, got {value!r}")
+        if value > maximum:
+            raise GpufitError(f"expected at most {maximum:,}{meaning}, got {shown(value)}")
+        return value
+
+    schema = {"type": "integer", "minimum": minimum, "maximum": maximum}
+    return _kind(schema)(parse)
 
 
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads ``1e9`` as text: accept text that is a plain number."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+_positive_int = _int_kind(1, MAX_TOKENS)
+_count = _int_kind(0, MAX_SEED)
+_repeats = _int_kind(1, MAX_REPEATS, " runs")
+_warmup = _int_kind(0, MAX_REPEATS, " runs")
+_batch = _int_kind(1, MAX_BATCH)
+
+# YAML 1.1 reads ``1e9`` as text: accept text that is a positive number below NUMBER_LIMIT
+# (a plain decimal of up to 100 digits, or d.ddde[+-]NN), ASCII digits only.
+_POSITIVE_TEXT = (
+    r"^ *(0*[1-9][0-9]{0,99}(\.[0-9]*)?|0*\.0*[1-9][0-9]*"
+    r"|([1-9](\.[0-9]*)?|0?\.0*[1-9][0-9]*)[eE][+-]?[0-9]{1,2}) *$"
+)
+_POSITIVE_NUMBER_SCHEMA = {
+    "oneOf": [
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": NUMBER_LIMIT},
+        {"type": "string", "pattern": _POSITIVE_TEXT},
+    ]
+}
 
 
+def _finite(value: Any) -> float:
+    """A real number (not a bool), finite and below NUMBER_LIMIT in size."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GpufitError(f"expected a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GpufitError(f"expected a finite number, got {value!r}")
+    if abs(value) >= NUMBER_LIMIT:  # before float(): a 400-digit int overflows it
+        raise GpufitError(f"expected a number below 1e100, got {shown(value)}")
+    return float(value)
+
+
+@_kind(_POSITIVE_NUMBER_SCHEMA)
 def _positive_number(value: Any) -> float:
-    value = _number(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, str):
+        if not re.match(_POSITIVE_TEXT, value):
+            raise GpufitError(f"expected a number > 0, got {value!r}")
+        return float(value)
+    number = _finite(value)
+    if number <= 0:
         raise GpufitError(f"expected a number > 0, got {value!r}")
-    return float(value)
+    return number
 
 
+@_kind({"type": "number", "minimum": 0, "maximum": 1})
 def _fraction(value: Any) -> float:
-    value = _number(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    number = _finite(value) if not isinstance(value, str) else -1.0
+    if not 0 <= number <= 1:
         raise GpufitError(f"expected a number from 0 to 1, got {value!r}")
-    return float(value)
+    return number
 
 
+@_kind({"type": "string", "minLength": 1})
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise GpufitError(f"expected text, got {value!r}")
     return value
 
 
+@_kind({"type": "boolean"})
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise GpufitError(f"expected true or false, got {value!r}")
+    return value
+
+
+@_kind({"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1})
 def _token_list(value: Any) -> list[int]:
+    value = [_whole(v) for v in value] if isinstance(value, list) else value
     if (
         not isinstance(value, list)
         or not value
@@ -119,30 +197,55 @@ def _token_list(value: Any) -> list[int]:
     return list(value)
 
 
+_SECONDS_TEXT = _POSITIVE_TEXT.replace(") *$", ") *s? *$")
+
+
+@_kind(
+    {
+        "oneOf": [
+            _POSITIVE_NUMBER_SCHEMA["oneOf"][0],
+            {"type": "string", "pattern": _SECONDS_TEXT},
+        ],
+        "description": "seconds: a number, or text such as '90s'",
+    }
+)
 def _seconds(value: Any) -> float:
-    if isinstance(value, str) and value.strip().endswith("s"):
-        try:
-            value = float(value.strip()[:-1])
-        except ValueError:
-            pass
+    if isinstance(value, str):
+        if not re.match(_SECONDS_TEXT, value):
+            raise GpufitError(f"expected seconds such as 90 or '90s', got {value!r}")
+        return float(value.strip().removesuffix("s"))
     return _positive_number(value)
 
 
+@_kind(size_json_schema())
 def _size(value: Any) -> int:
     return parse_size(value, "size")
 
 
+@_kind(percent_json_schema())
 def _percent(value: Any) -> float:
     return parse_percent(value, "percentage")
 
 
-def _reference(value: Any) -> str:
-    if value not in ("fp32", "golden"):
-        raise GpufitError(f"expected fp32 or golden (the baseline's stored tokens), got {value!r}")
-    return str(value)
+def _choice(options: tuple[str, ...]) -> Kind:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise GpufitError(f"expected one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    return _kind({"enum": list(options)})(parse)
 
 
-Kind = Callable[[Any], Any]
+_reference = _choice(("fp32", "golden"))  # golden: the baseline's stored tokens
+_DEVICE = r"^(cpu|cuda|cuda:[0-9]{1,4})$"  # ASCII digits: 'cuda:²' is no device
+
+
+@_kind({"type": "string", "pattern": _DEVICE})
+def _device(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(_DEVICE, value):
+        raise GpufitError(f"expected cuda, cuda:N or cpu, got {value!r}")
+    return value
+
 
 CHECK_FIELDS: dict[str, dict[str, Kind]] = {
     "fits": {},
@@ -157,9 +260,9 @@ CHECK_FIELDS: dict[str, dict[str, Kind]] = {
     "throughput": {
         "prompt_tokens": _positive_int,
         "new_tokens": _positive_int,
-        "batch": _positive_int,
-        "warmup": _count,
-        "repeats": _positive_int,
+        "batch": _batch,
+        "warmup": _warmup,
+        "repeats": _repeats,
         "min_decode_tok_s": _positive_number,
         "min_prefill_tok_s": _positive_number,
         "max_ttft_ms": _positive_number,
@@ -185,31 +288,30 @@ CHECK_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_logprob_diff": 0.1,
     },
 }
-REQUIRES_FIELDS = (
-    "count",
-    "name",
-    "vram",
-    "free_vram",
-    "compute_capability",
-    "dtype",
-    "driver",
-    "cuda",
-    "torch",
-)
-TARGET_FIELDS = (
-    "name",
-    "model",
-    "weights",
-    "backend",
-    "dtype",
-    "device",
-    "context",
-    "requires",
-    "checks",
-    "trust_remote_code",
-    "seed",
-    "baseline",
-)
+REQUIRES_FIELDS = tuple(YAML_KEYS)  # from the marker table (pytest_gpufit.markers.SPECS)
+# Scalar target fields and their kinds; requires, checks and baseline are mappings of their own.
+TARGET_KINDS: dict[str, Kind] = {
+    "name": _text,
+    "model": _text,
+    "weights": _choice(("checkpoint", "random")),
+    "backend": _choice(("transformers",)),
+    "dtype": _choice(DTYPES),
+    "device": _device,
+    "context": _positive_int,
+    "trust_remote_code": _bool,
+    "seed": _count,
+}
+TARGET_DEFAULTS: dict[str, Any] = {
+    "weights": "checkpoint",
+    "backend": "transformers",
+    "dtype": "bf16",
+    "device": "cuda",
+    "context": None,
+    "trust_remote_code": False,
+    "seed": 0,
+}
+TARGET_FIELDS = (*TARGET_KINDS, "requires", "checks", "baseline")
+TARGET_REQUIRED = ("name", "model", "checks")
 SUITE_FIELDS = ("suite", "requires", "targets", "baseline")
 BASELINE_FIELDS = ("tolerance", "missing", "confirm")
 
@@ -245,19 +347,8 @@ def _requires(node: Any, line: int, where: str, at: _Where) -> Requirement | Non
     _unknown(node, REQUIRES_FIELDS, node, f"{where}.", at)
     req: Requirement | None = None
     for key, value in node.items():
-        marker, args, kwargs = {
-            "count": ("requires_gpu", (), {"count": value}),
-            "name": ("requires_gpu", (), {"name": value}),
-            "vram": ("requires_vram", (value,), {}),
-            "free_vram": ("requires_vram", (value,), {"free": True}),
-            "compute_capability": ("requires_compute_capability", (value,), {}),
-            "dtype": ("requires_dtype", tuple(value) if isinstance(value, list) else (value,), {}),
-            "driver": ("requires_driver", (value,), {}),
-            "cuda": ("requires_cuda", (value,), {}),
-            "torch": ("requires_torch", (value,), {}),
-        }[key]
         try:
-            part = requirement_from_marker(marker, args, kwargs)
+            part = requirement_from_yaml(key, value)
         except GpufitError as error:
             raise at.error(node.key_lines[key], f"{where}.{key}", str(error)) from None
         req = part if req is None else req.merge(part)
@@ -321,33 +412,23 @@ def _target(
     where = f"targets[{index}]"
     node = _mapping(node, line, where, at)
     _unknown(node, TARGET_FIELDS, node, f"{where}.", at)
-    for required in ("name", "model", "checks"):
+    for required in TARGET_REQUIRED:
         if required not in node:
             raise at.error(node.line, where, f"missing required key {required!r}")
     lines = node.key_lines
 
-    def field_value(key: str, kind: Kind, default: Any) -> Any:
+    def field_value(key: str) -> Any:
         if key not in node:
-            return default
+            return TARGET_DEFAULTS.get(key)
         try:
-            return kind(node[key])
+            return TARGET_KINDS[key](node[key])
         except GpufitError as error:
             raise at.error(lines[key], f"{where}.{key}", str(error)) from None
 
-    def choice(key: str, options: tuple[str, ...], default: str) -> str:
-        value = node.get(key, default)
-        if value not in options:
-            raise at.error(
-                lines.get(key, node.line),
-                f"{where}.{key}",
-                f"expected one of {', '.join(options)}, got {value!r}",
-            )
-        return str(value)
-
-    name = field_value("name", _text, None)
-    weights = choice("weights", ("checkpoint", "random"), "checkpoint")
+    values = {key: field_value(key) for key in TARGET_KINDS}
+    weights = values["weights"]
     try:
-        model = resolve_model(field_value("model", _text, None), base)
+        model = resolve_model(values["model"], base)
     except GpufitError as error:
         raise at.error(lines["model"], f"{where}.model", str(error)) from None
     if weights == "checkpoint" and not any(model.glob("*.safetensors")):
@@ -356,20 +437,6 @@ def _target(
             f"{where}.model",
             f"weights: checkpoint needs a folder with *.safetensors files; {model} "
             "has none (use weights: random for a dry run from config.json)",
-        )
-    device = str(node.get("device", "cuda"))
-    if not (device in ("cuda", "cpu") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise at.error(
-            lines.get("device", node.line),
-            f"{where}.device",
-            f"expected cuda, cuda:N or cpu, got {device!r}",
-        )
-    trust = node.get("trust_remote_code", False)
-    if not isinstance(trust, bool):
-        raise at.error(
-            lines["trust_remote_code"],
-            f"{where}.trust_remote_code",
-            f"expected true or false, got {trust!r}",
         )
     folder = model if model.is_dir() else model.parent
     has_tokenizer = model.is_dir() and any((folder / f).exists() for f in TOKENIZER_FILES)
@@ -383,19 +450,19 @@ def _target(
                 f"({', '.join(TOKENIZER_FILES)}); give prompt_tokens: N instead",
             )
     return Target(
-        name=name,
+        name=values["name"],
         model=model,
         weights=weights,
-        backend=choice("backend", ("transformers",), "transformers"),
-        dtype=choice("dtype", DTYPES, "bf16"),
-        device=device,
-        context=field_value("context", _positive_int, None),
+        backend=values["backend"],
+        dtype=values["dtype"],
+        device=values["device"],
+        context=values["context"],
         requirement=_requires(
             node.get("requires"), lines.get("requires", node.line), f"{where}.requires", at
         ),
         checks=checks,
-        trust_remote_code=trust,
-        seed=field_value("seed", _count, 0),
+        trust_remote_code=values["trust_remote_code"],
+        seed=values["seed"],
         line=node.line,
         has_tokenizer=has_tokenizer,
         baseline=_baseline(
