@@ -29,10 +29,10 @@ from pytest_gpufit.report import (
 )
 from pytest_gpufit.requirements import Requirement, Verdict, evaluate
 from pytest_gpufit.settings import Settings, gate_conflicts
+from pytest_gpufit.xdist_pinning import PLAN
 
 # Fixtures that make a test a user of gpufit (and so worth a probe and a summary).
 FIXTURES = frozenset({"gpu", "gpu_inventory", "gpu_environment"})
-PLAN = "gpufit_plan"  # the xdist workerinput key of a worker's device plan
 
 
 class GateFailure(GpufitError):

@@ -15,7 +15,8 @@ import pytest
 
 from pytest_gpufit.hardware.probe import visible_devices
 from pytest_gpufit.hardware.records import Gpu, Inventory
-from pytest_gpufit.session import PLAN
+
+PLAN = "gpufit_plan"  # the xdist workerinput key of a worker's device plan
 
 Group = tuple[tuple[int, ...], str]
 
