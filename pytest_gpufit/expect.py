@@ -13,6 +13,7 @@ from packaging.version import InvalidVersion, Version
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.dtypes import canonical_dtype, parse_compute_capability
 from pytest_gpufit.hardware.records import Gpu, Inventory
+from pytest_gpufit.numbers import plural
 from pytest_gpufit.units import format_gb, parse_size
 
 KEYS = ("count", "vram", "free", "name", "cc", "dtype", "driver", "cuda", "torch")
@@ -122,7 +123,7 @@ def check_expect(clauses: tuple[Clause, ...], inventory: Inventory) -> list[str]
         if clause.key == "count":
             if not _holds(clause, len(inventory.gpus)):
                 extra = f" ({inventory.reason})" if inventory.reason else ""
-                failed.append(f"{clause.text}: found {len(inventory.gpus)} GPUs{extra}")
+                failed.append(f"{clause.text}: found {plural(len(inventory.gpus), 'GPU')}{extra}")
         elif clause.key in versions:
             raw = versions[clause.key]
             try:

@@ -22,5 +22,6 @@ def pytest_gpufit_probe(config: pytest.Config) -> Inventory | None:
                                        memory_total_bytes=192 * 2**30, vendor="amd",
                                        architecture="gfx942"),), source="rocm")
 
-    Not called under ``--gpufit-simulate``.
+    Under ``--gpufit-simulate`` it is called only to judge ``--gpufit-expect``, which always
+    describes the real machine.
     """

@@ -13,6 +13,7 @@ from pytest_gpufit.fit.estimate import MemoryEstimate, estimate, fit_on
 from pytest_gpufit.fit.spec import ModelSpec, load_spec
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.measure import repeat
+from pytest_gpufit.numbers import plural
 from pytest_gpufit.suites.runtime import ModelCache
 from pytest_gpufit.suites.schema import Check, Target
 from pytest_gpufit.units import format_gb
@@ -76,7 +77,8 @@ def run_loads(ctx: Context, params: dict[str, Any]) -> None:
     wrong = loaded.wrong_dtype_parameters
     ctx.expect(
         not wrong,
-        f"{len(wrong)} parameters are not in {ctx.target.dtype}: "
+        f"{plural(len(wrong), 'parameter')} {'is' if len(wrong) == 1 else 'are'} not in "
+        f"{ctx.target.dtype}: "
         f"{', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}",
     )
     if "max_seconds" in params:
@@ -140,7 +142,7 @@ def run_generates(ctx: Context, params: dict[str, Any]) -> None:
     ctx.metrics.update(new_tokens=len(new), single_run_ttft_ms=round(ttft * 1000, 2), tokens=new)
     ctx.expect(
         len(new) == params["max_new_tokens"],
-        f"produced {len(new)} tokens, expected {params['max_new_tokens']}",
+        f"produced {plural(len(new), 'token')}, expected {params['max_new_tokens']}",
     )
     if "expect_tokens" in params:
         want = params["expect_tokens"]
