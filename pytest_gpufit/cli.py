@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -295,20 +296,25 @@ def parser() -> argparse.ArgumentParser:
     baseline = sub.add_parser(
         "baseline", help="stored baselines: list, show, accept, diff, plot, migrate"
     )
-    baseline.add_argument(
-        "--dir",
-        help="the baseline folder (default: GPUFIT_BASELINE_DIR, else ini gpufit_baseline_dir, "
-        "else .gpufit/baselines, relative to pytest's rootdir)",
+    dir_help = (
+        "the baseline folder (default: GPUFIT_BASELINE_DIR, else ini gpufit_baseline_dir, "
+        "else .gpufit/baselines, relative to pytest's rootdir)"
     )
+    baseline.add_argument("--dir", help=dir_help)
+    # --dir also after the verb (`gpufit baseline migrate --dir X`); SUPPRESS keeps the value
+    # given before the verb when it is not repeated after it.
+    after_verb = argparse.ArgumentParser(add_help=False)
+    after_verb.add_argument("--dir", default=argparse.SUPPRESS, help=dir_help)
     verbs = baseline.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("list", help="every stored run, per GPU model and suite").set_defaults(
+    add_verb = functools.partial(verbs.add_parser, parents=[after_verb])
+    add_verb("list", help="every stored run, per GPU model and suite").set_defaults(
         handler=_baseline_list
     )
-    show = verbs.add_parser("show", help="one run's environment and metrics")
+    show = add_verb("show", help="one run's environment and metrics")
     show.add_argument("run")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_baseline_show)
-    accept = verbs.add_parser(
+    accept = add_verb(
         "accept",
         help="make a run the accepted baseline of its GPU model and suite (after a planned "
         "upgrade); prints the files to commit",
@@ -318,17 +324,17 @@ def parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="accept a run even though some of its checks failed"
     )
     accept.set_defaults(handler=_baseline_accept)
-    diff = verbs.add_parser("diff", help="two runs side by side")
+    diff = add_verb("diff", help="two runs side by side")
     diff.add_argument("old")
     diff.add_argument("new")
     diff.add_argument("--tolerance", type=_percent, default=0.05)
     diff.set_defaults(handler=_baseline_diff)
-    plot = verbs.add_parser(
+    plot = add_verb(
         "plot", help="each metric across stored runs, to a PNG (needs the plot extra: matplotlib)"
     )
     plot.add_argument("--output", default="gpufit-baselines.png")
     plot.set_defaults(handler=_baseline_plot)
-    migrate = verbs.add_parser(
+    migrate = add_verb(
         "migrate", help="rewrite a format-1 store (one accepted run per GPU) per GPU and suite"
     )
     migrate.set_defaults(handler=_baseline_migrate)

@@ -228,7 +228,8 @@ def test_format1_store_is_refused_then_migrated(pytester: pytest.Pytester) -> No
         in output
     )
     assert f"run `gpufit baseline migrate --dir {pytester.path / 'store'}`" in output
-    out = _cli(pytester.path, "--dir", "store", "migrate")
+    # The command exactly as the message prints it (--dir after the verb) works.
+    out = _cli(pytester.path, "migrate", "--dir", str(pytester.path / "store"))
     assert out.returncode == 0, out.stderr
     pytester.runpytest(*_args("compare")).assert_outcomes(passed=1)
 
