@@ -111,7 +111,11 @@ def _ini(config: pytest.Config) -> Any:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    state_of(session.config).check_expect()
+    gpufit = state_of(session.config)
+    if gpufit.settings.devices is not None:
+        # A GPU index that does not exist is a usage error now, not a traceback in every test.
+        gpufit.inventory  # noqa: B018
+    gpufit.check_expect()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -121,3 +121,25 @@ def test_items_and_the_session_do_not_import_the_plugin() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("simulated", [True, False])
+def test_a_gpu_index_that_does_not_exist_is_one_usage_error(
+    pytester: pytest.Pytester, simulated: bool
+) -> None:
+    pytester.makepyfile("""
+        from pytest_gpufit import requires_vram
+
+        @requires_vram(1)
+        def test_x(): pass
+    """)
+    if simulated:
+        result = pytester.runpytest("--gpufit-devices=0,1", "--gpufit-simulate=rtx-4090")
+        where = "in the simulated setup"
+    else:
+        pytester.makeconftest(nvml_probe("[FakeCard(**RTX_4090)]"))
+        result = pytester.runpytest("--gpufit-devices=0,1")
+        where = "on this machine"
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --gpufit-devices: no GPU1 {where} (it has GPU0)"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()

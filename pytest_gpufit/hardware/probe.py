@@ -29,7 +29,8 @@ def build_inventory(
     unknown = [d for d in devices if d not in {g.index for g in inventory.gpus}]
     if unknown:
         have = ", ".join(f"GPU{g.index}" for g in inventory.gpus)
-        raise GpufitError(f"{what}: no GPU{unknown[0]} on this machine (it has {have})")
+        where = "in the simulated setup" if simulate else "on this machine"
+        raise GpufitError(f"{what}: no GPU{unknown[0]} {where} (it has {have})")
     kept = tuple(g for g in inventory.gpus if g.index in devices)
     return Inventory(
         gpus=kept,
