@@ -328,6 +328,26 @@ def test_confirm_zero_fails_at_once(pytester: pytest.Pytester) -> None:
     _confirm_case(pytester, "10.0", confirm=0).assert_outcomes(failed=1)
 
 
+def test_confirmation_remeasures_on_the_judged_gpu(pytester: pytest.Pytester) -> None:
+    """GPU0 is a 24 GB RTX 4090, GPU1 an H100; the suite needs 70 GB, so GPU1 is judged and
+    measured. Re-measuring on cuda:0 would judge a regression on another card."""
+    from fake_probe import nvml_probe
+
+    big = FITS.replace("device: cpu", "device: cuda")
+    _suite(pytester, "s", big, "requires: {vram: 70GB}\nbaseline: {confirm: 2}")
+    devices = pytester.path / "devices.txt"
+    pytester.makeconftest(
+        nvml_probe("[FakeCard(**RTX_4090), FakeCard()]")
+        + FAKE.format(values="10.0, 100.0, 101.0").replace(
+            "    ctx.metrics[",
+            f"    open({str(devices)!r}, 'a').write(ctx.target.device + ' ')\n    ctx.metrics[",
+        )
+    )
+    pytester.runpytest_subprocess(*_args("save")).assert_outcomes(passed=1)
+    pytester.runpytest_subprocess(*_args("compare")).assert_outcomes(passed=1)
+    assert devices.read_text().split() == ["cuda:1"] * 4
+
+
 def test_bad_baseline_keys_are_collection_errors(pytester: pytest.Pytester) -> None:
     _suite(pytester, "s", FITS, "baseline: {confirm: -1, missing: maybe}")
     result = pytester.runpytest()

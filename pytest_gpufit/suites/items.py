@@ -106,9 +106,10 @@ class CheckItem(pytest.Item):
         gpu = ctx.gpu
 
         def remeasure() -> dict[str, Any]:
-            # A fresh context on the same device and model cache: only the figures are wanted,
-            # so a threshold missed on a re-run does not stop the confirmation.
-            again = Context(self.target, gpu, state.model_cache)
+            # A fresh context on the same (judged, placed) device and model cache: only the
+            # figures are wanted, so a threshold missed on a re-run does not stop the
+            # confirmation. ``self.target`` may say plain ``cuda``, which is cuda:0.
+            again = Context(ctx.target, gpu, state.model_cache)
             try:
                 run_check(again, self.check)
             except CheckFailed:
