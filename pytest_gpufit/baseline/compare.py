@@ -108,12 +108,25 @@ def metric_values(metrics: Mapping[str, Any], where: str | None = None) -> dict[
             continue
         if not is_number(value):
             raise GpufitError(f"{where or 'measured'}: {source} is {value!r}, not a number")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # a 400-digit integer in a record
+            raise GpufitError(
+                f"{where or 'measured'}: {source} is too large to be a measurement"
+            ) from None
+        if not math.isfinite(number):
             raise GpufitError(
                 f"{where or 'measured'}: {source} is {value!r}; a NaN or infinite value can "
                 "never be compared, so it fails"
             )
-        out[metric] = float(value)
+        # A negative rate or size cannot be measured, and as a baseline it would pass any
+        # run (every rate beats -1 tok/s). KL may round to a hair below zero.
+        if number < 0 and metric != "kl":
+            raise GpufitError(
+                f"{where or 'measured'}: {source} is {value!r}; a negative "
+                f"{METRIC_LABELS[metric]} cannot be measured, so it is never compared"
+            )
+        out[metric] = number
     return out
 
 
