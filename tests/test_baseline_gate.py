@@ -353,3 +353,23 @@ def test_bad_baseline_keys_are_collection_errors(pytester: pytest.Pytester) -> N
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*s.gpufit.yaml:2: baseline.missing: *expected fail or warn*"])
+
+
+@pytest.mark.parametrize("mode", ["save", "compare"])
+def test_a_simulated_run_never_writes_or_judges_baselines(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A simulated save wrote and accepted catalog estimates as the real H100's baseline of
+    the suite, replacing the accepted run its gate compares against."""
+    _suite(pytester, "s", FITS.replace("device: cpu", "device: cuda"))
+    monkeypatch.setenv("GPUFIT_SIMULATE", "h100-sxm")
+    result = pytester.runpytest_subprocess(*_args(mode))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: baseline={mode} (from --gpufit-baseline) and simulate='h100-sxm' "
+            "(from GPUFIT_SIMULATE) cannot be combined*"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
+    assert not (pytester.path / "store").exists()
