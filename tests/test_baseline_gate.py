@@ -373,3 +373,38 @@ def test_a_simulated_run_never_writes_or_judges_baselines(
     )
     assert "Traceback" not in result.stderr.str()
     assert not (pytester.path / "store").exists()
+
+
+GOLDEN_FAKE = """
+from pytest_gpufit.suites import checks
+
+def fake(ctx, params):  # what run_golden records, without a model
+    ctx.metrics["golden"] = {"tokens": [1], "top_ids": [[1, 2]], "top_logprobs": [[-0.1, -2.0]]}
+
+REAL = checks.RUNNERS["precision"]
+
+def pytest_configure(config):
+    checks.RUNNERS["precision"] = fake
+
+def pytest_unconfigure(config):
+    checks.RUNNERS["precision"] = REAL
+"""
+
+
+@pytest.mark.parametrize(("policy", "outcome"), [("fail", "failed"), ("skip", "skipped")])
+def test_a_golden_check_without_baselines_is_not_a_pass(
+    pytester: pytest.Pytester, policy: str, outcome: str
+) -> None:
+    """Golden tokens are judged only against an accepted baseline: with baselines off the
+    check recorded them, compared nothing, and passed under the fail policy."""
+    golden = FITS.replace("fits: {}", "precision: {reference: golden, new_tokens: 1, top_k: 2}")
+    _suite(pytester, "g", golden)
+    pytester.makeconftest(GOLDEN_FAKE)
+    result = pytester.runpytest_subprocess(f"--gpufit-on-missing={policy}", "-rs")
+    result.assert_outcomes(**{outcome: 1})
+    result.stdout.fnmatch_lines(
+        ["*reference: golden is judged against the accepted baseline, and baselines are off*"]
+    )
+    # Saving records the reference, and comparing against it passes.
+    pytester.runpytest_subprocess(*_args("save")).assert_outcomes(passed=1)
+    pytester.runpytest_subprocess(*_args("compare")).assert_outcomes(passed=1)
