@@ -408,3 +408,16 @@ def test_a_golden_check_without_baselines_is_not_a_pass(
     # Saving records the reference, and comparing against it passes.
     pytester.runpytest_subprocess(*_args("save")).assert_outcomes(passed=1)
     pytester.runpytest_subprocess(*_args("compare")).assert_outcomes(passed=1)
+
+
+def test_a_tolerance_that_can_never_fail_says_so(pytester: pytest.Pytester) -> None:
+    """decode tok/s 100 -> 1 passed in silence under a 10000% tolerance (from a suite, or a
+    leaked GPUFIT_BASELINE_TOLERANCE): a rate cannot fall by more than 100%."""
+    _suite(pytester, "s", FITS, "baseline: {tolerance: {decode_tok_s: 10000%}}")
+    pytester.makeconftest(FAKE.format(values="1.0, 1.0, 1.0"))
+    pytester.runpytest_subprocess(*_args("save")).assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess(*_args("compare"))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*BaselineWarning: decode tok/s: tolerance 10000% can never fail*100 -> 1 passed*"]
+    )

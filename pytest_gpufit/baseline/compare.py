@@ -155,6 +155,18 @@ class Comparison:
             f"({self.change:+.1%}, tolerance {self.tolerance:.0%}{confirmed})"
         )
 
+    def records_only(self) -> str | None:
+        """A warning when the tolerance lets a higher-is-better metric fall to zero unfailed."""
+        if not METRICS[self.metric] or self.tolerance < 1 or self.old <= 0:
+            return None
+        label = METRIC_LABELS.get(self.metric, self.metric)
+        return (
+            f"{label}: tolerance {self.tolerance:.0%} can never fail (it cannot fall by more "
+            f"than 100%), so {format_number(self.old)} -> {format_number(self.new)} passed "
+            f"unjudged; lower baseline.tolerance.{self.metric} (or --gpufit-baseline-tolerance) "
+            "to gate on it"
+        )
+
     def noisy(self) -> str | None:
         """A warning when the tolerance is tighter than twice the measured spread."""
         if self.tolerance >= 2 * self.spread:
