@@ -234,9 +234,31 @@ def gate(config: pytest.Config, reason: str) -> None:
     state_of(config).gate(reason)
 
 
+def _requirement_now(item: pytest.Item) -> Requirement | None:
+    """The item's requirement from its marks as they are now.
+
+    A conftest hook that runs after ours (``trylast``) or a fixture may add a gpufit mark
+    after collection: read the marks again, or that test would run ungated.
+    """
+    try:
+        req = item_requirement(item)
+    except GpufitError as error:
+        raise GateFailure(f"gpufit: {error}") from None
+    item.stash[REQUIREMENT] = req
+    return req
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    state_of(item.config).setup(item, item.stash.get(REQUIREMENT, None))
+    state_of(item.config).setup(item, _requirement_now(item))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    judged = item.stash.get(REQUIREMENT, None)
+    req = _requirement_now(item)
+    if req is not None and req != judged:  # a fixture added a gpufit mark during set-up
+        state_of(item.config).setup(item, req)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -245,7 +267,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if (
-        call.when == "setup"
+        call.when in ("setup", "call")
         and call.excinfo is not None
         and call.excinfo.errisinstance(GateFailure)
     ):

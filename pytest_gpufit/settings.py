@@ -225,7 +225,16 @@ def resolve(
 
 
 def gate_conflicts(settings: Settings) -> None:
-    """Simulation plans and never gates: refuse it together with the fail policy."""
+    """Simulation plans and never gates: refuse it together with the fail policy, and with
+    baselines (a simulated run would store, and with save accept, catalog estimates under a
+    real GPU model's name, replacing the accepted run its gate compares against)."""
+    if settings.simulate and settings.baseline != "off":
+        raise GpufitError(
+            f"baseline={settings.baseline} (from {settings.source('baseline')}) and simulate="
+            f"{settings.simulate!r} (from {settings.source('simulate')}) cannot be combined: "
+            "a simulated run measures nothing on a GPU and must never write or judge "
+            "baselines; unset one of them"
+        )
     if settings.simulate and settings.fail_on_missing:
         raise GpufitError(
             f"on_missing=fail (from {settings.source('on_missing')}) and simulate="

@@ -329,8 +329,96 @@ def test_confirm_zero_fails_at_once(pytester: pytest.Pytester) -> None:
     _confirm_case(pytester, "10.0", confirm=0).assert_outcomes(failed=1)
 
 
+def test_confirmation_remeasures_on_the_judged_gpu(pytester: pytest.Pytester) -> None:
+    """GPU0 is a 24 GB RTX 4090, GPU1 an H100; the suite needs 70 GB, so GPU1 is judged and
+    measured. Re-measuring on cuda:0 would judge a regression on another card."""
+    from fake_probe import nvml_probe
+
+    big = FITS.replace("device: cpu", "device: cuda")
+    _suite(pytester, "s", big, "requires: {vram: 70GB}\nbaseline: {confirm: 2}")
+    devices = pytester.path / "devices.txt"
+    pytester.makeconftest(
+        nvml_probe("[FakeCard(**RTX_4090), FakeCard()]")
+        + FAKE.format(values="10.0, 100.0, 101.0").replace(
+            "    ctx.metrics[",
+            f"    open({str(devices)!r}, 'a').write(ctx.target.device + ' ')\n    ctx.metrics[",
+        )
+    )
+    pytester.runpytest_subprocess(*_args("save")).assert_outcomes(passed=1)
+    pytester.runpytest_subprocess(*_args("compare")).assert_outcomes(passed=1)
+    assert devices.read_text().split() == ["cuda:1"] * 4
+
+
 def test_bad_baseline_keys_are_collection_errors(pytester: pytest.Pytester) -> None:
     _suite(pytester, "s", FITS, "baseline: {confirm: -1, missing: maybe}")
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*s.gpufit.yaml:2: baseline.missing: *expected fail or warn*"])
+
+
+@pytest.mark.parametrize("mode", ["save", "compare"])
+def test_a_simulated_run_never_writes_or_judges_baselines(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A simulated save wrote and accepted catalog estimates as the real H100's baseline of
+    the suite, replacing the accepted run its gate compares against."""
+    _suite(pytester, "s", FITS.replace("device: cpu", "device: cuda"))
+    monkeypatch.setenv("GPUFIT_SIMULATE", "h100-sxm")
+    result = pytester.runpytest_subprocess(*_args(mode))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: baseline={mode} (from --gpufit-baseline) and simulate='h100-sxm' "
+            "(from GPUFIT_SIMULATE) cannot be combined*"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
+    assert not (pytester.path / "store").exists()
+
+
+GOLDEN_FAKE = """
+from pytest_gpufit.suites import checks
+
+def fake(ctx, params):  # what run_golden records, without a model
+    ctx.metrics["golden"] = {"tokens": [1], "top_ids": [[1, 2]], "top_logprobs": [[-0.1, -2.0]]}
+
+REAL = checks.RUNNERS["precision"]
+
+def pytest_configure(config):
+    checks.RUNNERS["precision"] = fake
+
+def pytest_unconfigure(config):
+    checks.RUNNERS["precision"] = REAL
+"""
+
+
+@pytest.mark.parametrize(("policy", "outcome"), [("fail", "failed"), ("skip", "skipped")])
+def test_a_golden_check_without_baselines_is_not_a_pass(
+    pytester: pytest.Pytester, policy: str, outcome: str
+) -> None:
+    """Golden tokens are judged only against an accepted baseline: with baselines off the
+    check recorded them, compared nothing, and passed under the fail policy."""
+    golden = FITS.replace("fits: {}", "precision: {reference: golden, new_tokens: 1, top_k: 2}")
+    _suite(pytester, "g", golden)
+    pytester.makeconftest(GOLDEN_FAKE)
+    result = pytester.runpytest_subprocess(f"--gpufit-on-missing={policy}", "-rs")
+    result.assert_outcomes(**{outcome: 1})
+    result.stdout.fnmatch_lines(
+        ["*reference: golden is judged against the accepted baseline, and baselines are off*"]
+    )
+    # Saving records the reference, and comparing against it passes.
+    pytester.runpytest_subprocess(*_args("save")).assert_outcomes(passed=1)
+    pytester.runpytest_subprocess(*_args("compare")).assert_outcomes(passed=1)
+
+
+def test_a_tolerance_that_can_never_fail_says_so(pytester: pytest.Pytester) -> None:
+    """decode tok/s 100 -> 1 passed in silence under a 10000% tolerance (from a suite, or a
+    leaked GPUFIT_BASELINE_TOLERANCE): a rate cannot fall by more than 100%."""
+    _suite(pytester, "s", FITS, "baseline: {tolerance: {decode_tok_s: 10000%}}")
+    pytester.makeconftest(FAKE.format(values="1.0, 1.0, 1.0"))
+    pytester.runpytest_subprocess(*_args("save")).assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess(*_args("compare"))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*BaselineWarning: decode tok/s: tolerance 10000% can never fail*100 -> 1 passed*"]
+    )

@@ -95,6 +95,14 @@ def _doctor(store: Store, run: str, change: Any) -> Path:
             "ttft_ms is inf",
         ),
         (
+            lambda r: r["results"]["x::y::z"]["metrics"].update(decode_tok_s=10**400),
+            "decode_tok_s is too large to be a measurement",
+        ),
+        (
+            lambda r: r["results"]["x::y::z"]["metrics"].update(decode_tok_s=-1.0),
+            "decode_tok_s is -1.0; a negative decode tok/s cannot be measured",
+        ),
+        (
             lambda r: r["results"]["x::y::z"]["metrics"].update(
                 golden={"tokens": [], "top_ids": [], "top_logprobs": []}
             ),

@@ -273,3 +273,37 @@ def test_devices_option_restricts_gpus(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--gpufit-simulate=t4", "--gpufit-devices=3")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--gpufit-devices: no GPU3 on this machine (it has GPU0)*"])
+
+
+@pytest.mark.parametrize(("cards", "outcome"), [("rtx-4090", "failed"), ("h100-sxm", "passed")])
+def test_marks_added_after_collection_still_gate(
+    pytester: pytest.Pytester, cards: str, outcome: str
+) -> None:
+    """A trylast conftest hook or a fixture that adds a gpufit mark must not run it ungated."""
+    pytester.makeconftest(
+        catalog_probe(cards)
+        + """
+import pytest
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "late" in item.name:
+            item.add_marker(pytest.mark.requires_vram(80))
+
+@pytest.fixture
+def big(request):
+    request.node.add_marker(pytest.mark.requires_vram(80))
+"""
+    )
+    pytester.makepyfile("""
+        def test_late():
+            pass
+
+        def test_from_fixture(big):
+            pass
+    """)
+    result = pytester.runpytest("--gpufit-on-missing=fail")
+    result.assert_outcomes(**{outcome: 2})
+    if outcome == "failed":
+        result.stdout.fnmatch_lines(["*needs 80 GB of GPU memory*"])

@@ -108,12 +108,25 @@ def metric_values(metrics: Mapping[str, Any], where: str | None = None) -> dict[
             continue
         if not is_number(value):
             raise GpufitError(f"{where or 'measured'}: {source} is {value!r}, not a number")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # a 400-digit integer in a record
+            raise GpufitError(
+                f"{where or 'measured'}: {source} is too large to be a measurement"
+            ) from None
+        if not math.isfinite(number):
             raise GpufitError(
                 f"{where or 'measured'}: {source} is {value!r}; a NaN or infinite value can "
                 "never be compared, so it fails"
             )
-        out[metric] = float(value)
+        # A negative rate or size cannot be measured, and as a baseline it would pass any
+        # run (every rate beats -1 tok/s). KL may round to a hair below zero.
+        if number < 0 and metric != "kl":
+            raise GpufitError(
+                f"{where or 'measured'}: {source} is {value!r}; a negative "
+                f"{METRIC_LABELS[metric]} cannot be measured, so it is never compared"
+            )
+        out[metric] = number
     return out
 
 
@@ -140,6 +153,18 @@ class Comparison:
         return (
             f"{label} {format_number(self.old)} -> {format_number(self.new)} "
             f"({self.change:+.1%}, tolerance {self.tolerance:.0%}{confirmed})"
+        )
+
+    def records_only(self) -> str | None:
+        """A warning when the tolerance lets a higher-is-better metric fall to zero unfailed."""
+        if not METRICS[self.metric] or self.tolerance < 1 or self.old <= 0:
+            return None
+        label = METRIC_LABELS.get(self.metric, self.metric)
+        return (
+            f"{label}: tolerance {self.tolerance:.0%} can never fail (it cannot fall by more "
+            f"than 100%), so {format_number(self.old)} -> {format_number(self.new)} passed "
+            f"unjudged; lower baseline.tolerance.{self.metric} (or --gpufit-baseline-tolerance) "
+            "to gate on it"
         )
 
     def noisy(self) -> str | None:

@@ -88,9 +88,9 @@ def against_baseline(
                 f"{prefix}: {c.text()}: better than baseline {run_id}; "
                 "consider accepting this run as the new baseline"
             )
-        noisy = c.noisy()
-        if noisy:
-            outcome.warnings.append(noisy)
+        for warning in (c.noisy(), c.records_only()):
+            if warning:
+                outcome.warnings.append(warning)
     if "golden" in metrics:
         if "golden" not in old_metrics:
             outcome.failures.append(f"baseline run {run_id} holds no golden tokens for {nodeid}")

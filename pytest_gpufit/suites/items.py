@@ -83,6 +83,14 @@ class CheckItem(pytest.Item):
                 run_check(ctx, self.check)
                 if state.settings.baseline == "compare":
                     self._compare(state, ctx)
+                elif state.settings.baseline == "off" and self._golden:
+                    # Golden tokens are judged only against a baseline: with none, nothing
+                    # was checked, and a green here would claim numerics that were not.
+                    state.gate(
+                        "reference: golden is judged against the accepted baseline, and "
+                        "baselines are off (--gpufit-baseline); run with "
+                        "--gpufit-baseline=compare, or =save to record the reference"
+                    )
             except MissingExtra as error:
                 # Under the fail policy a missing or broken extra is unmet, like a missing GPU.
                 if fail_on_missing:
@@ -101,14 +109,19 @@ class CheckItem(pytest.Item):
         finally:
             record(self, ctx.gpu, ctx.metrics)
 
+    @property
+    def _golden(self) -> bool:
+        return self.check.kind == "precision" and self.check.params.get("reference") == "golden"
+
     def _compare(self, state: Any, ctx: Context) -> None:
         baselines = state.baselines
         gpu = ctx.gpu
 
         def remeasure() -> dict[str, Any]:
-            # A fresh context on the same device and model cache: only the figures are wanted,
-            # so a threshold missed on a re-run does not stop the confirmation.
-            again = Context(self.target, gpu, state.model_cache)
+            # A fresh context on the same (judged, placed) device and model cache: only the
+            # figures are wanted, so a threshold missed on a re-run does not stop the
+            # confirmation. ``self.target`` may say plain ``cuda``, which is cuda:0.
+            again = Context(ctx.target, gpu, state.model_cache)
             try:
                 run_check(again, self.check)
             except CheckFailed:
