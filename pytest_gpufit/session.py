@@ -342,6 +342,23 @@ class GpufitSession:
             for line in measurement_table(self.measurements):
                 terminalreporter.write_line(line)
 
+    def _suite_checks(self) -> dict[str, set[str]]:
+        """Every check node id of each suite that measured something, read from its file."""
+        from pytest_gpufit.suites.schema import parse_suite  # late: only sessions with suites
+
+        expected: dict[str, set[str]] = {}
+        for file in sorted({nodeid.split("::")[0] for nodeid in self.measurements}):
+            try:
+                suite = parse_suite(self.config.rootpath / file)
+            except (GpufitError, OSError):
+                continue  # changed since collection: nothing is known to be missing
+            expected.setdefault(suite.name, set()).update(
+                f"{file}::{target.name}::{check.kind}"
+                for target in suite.targets
+                for check in target.checks
+            )
+        return expected
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self._model_cache is not None:
             self._model_cache.clear()
@@ -349,7 +366,9 @@ class GpufitSession:
             return  # the controller merges every worker's results and writes once
         if self.settings.baseline != "off" and self.measurements:
             try:
-                saved = self.baselines.save(self.measurements, self.settings.baseline == "save")
+                saved = self.baselines.save(
+                    self.measurements, self.settings.baseline == "save", self._suite_checks()
+                )
             except GpufitError as error:
                 self.output_errors.append(f"gpufit baseline: {error}")
             else:

@@ -105,6 +105,29 @@ def test_save_with_a_failed_check_records_but_does_not_accept(pytester: pytest.P
     assert f"  {pytester.path / 'store'}" in forced.stdout, "paths printed are absolute"
 
 
+@pytest.mark.parametrize(
+    "subset", [["-k", "not other"], ["--deselect", "s.gpufit.yaml::other::fits"]]
+)
+def test_a_save_of_part_of_a_suite_is_not_accepted(
+    pytester: pytest.Pytester, subset: list[str]
+) -> None:
+    two = FITS + FITS.replace("name: t", "name: other")
+    _suite(pytester, "s", two)
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=2)
+    (accepted,) = (pytester.path / "store").rglob("accepted")
+    before = accepted.read_text()
+    # A shard (-k / --deselect) must not replace the whole suite's accepted baseline.
+    result = pytester.runpytest(*_args("save"), *subset)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*of suite s saved for cpu but NOT accepted: 1 check of the suite did not run*other::fits*"
+        ]
+    )
+    assert accepted.read_text() == before
+    pytester.runpytest(*_args("compare")).assert_outcomes(passed=2)
+
+
 def test_compare_records_failed_checks_and_diff_shows_the_regression(
     pytester: pytest.Pytester,
 ) -> None:

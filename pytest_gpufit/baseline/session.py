@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ class SavedRun:
     accepted: bool
     failed: tuple[str, ...]  # node ids of the checks that did not pass
     accept_asked: bool
+    not_run: tuple[str, ...] = ()  # checks of the suite this session did not run (-k, -x)
 
     @property
     def message(self) -> str:
@@ -34,6 +35,15 @@ class SavedRun:
             return f"{head} and accepted for {self.gpu_name}"
         if not self.accept_asked:
             return f"{head} for {self.gpu_name}"
+        if self.not_run:
+            n = len(self.not_run)
+            return (
+                f"{head} for {self.gpu_name} but NOT accepted: {n} check{'s' * (n != 1)} of the "
+                f"suite did not run in this session (deselected, or the run stopped early: "
+                f"{', '.join(self.not_run[:5])}{' ...' if n > 5 else ''}); a baseline is "
+                "accepted only from a run of the whole suite: run it all, or accept it with "
+                f"`gpufit baseline accept {self.run_id} --force`"
+            )
         n = len(self.failed)
         return (
             f"{head} for {self.gpu_name} but NOT accepted: {n} failed check{'s' * (n != 1)} "
@@ -71,21 +81,34 @@ class BaselineSession:
             self._accepted[key] = self.store.accepted(gpu_name, suite)
         return self._accepted[key]
 
-    def save(self, measurements: Mapping[str, Mapping[str, Any]], accept: bool) -> list[SavedRun]:
+    def save(
+        self,
+        measurements: Mapping[str, Mapping[str, Any]],
+        accept: bool,
+        expected: Mapping[str, Collection[str]] | None = None,
+    ) -> list[SavedRun]:
         """Write one run per (GPU model, suite) with every check and its outcome.
 
         ``measurements`` maps node ids to entries with ``gpu``, ``suite``, ``metrics`` and
-        ``outcome``. With ``accept``, a run is accepted only when none of its checks failed.
+        ``outcome``. With ``accept``, a run is accepted only when none of its checks failed
+        and, where ``expected`` lists a suite's check node ids, every one of them ran (a run
+        saved with ``-k`` must not become the whole suite's baseline).
         """
         groups: dict[tuple[str, str], dict[str, Any]] = {}
         for nodeid, entry in measurements.items():
             key = (str(entry.get("gpu", "cpu")), str(entry.get("suite", nodeid.split("::")[0])))
             groups.setdefault(key, {})[nodeid] = {"outcome": "passed", **entry}
+        ran: dict[str, set[str]] = {}
+        for (_, suite), results in groups.items():
+            ran.setdefault(suite, set()).update(results)
         saved = []
         for (gpu_name, suite), results in sorted(groups.items()):
             failed = failed_checks({"results": results})
-            ok = accept and not failed
+            not_run = tuple(sorted(set((expected or {}).get(suite, ())) - ran[suite]))
+            ok = accept and not failed and not not_run
             fp = self.fingerprint(self.gpus.get(gpu_name))
             run_id = self.store.write_run(fp, suite, results, accept=ok)
-            saved.append(SavedRun(gpu_name, suite, run_id, len(results), ok, tuple(failed), accept))
+            saved.append(
+                SavedRun(gpu_name, suite, run_id, len(results), ok, tuple(failed), accept, not_run)
+            )
         return saved
