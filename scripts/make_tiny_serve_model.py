@@ -21,7 +21,7 @@ def main() -> None:
     folder = ROOT / "suites" / "models" / "tiny-serve"
     shape = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1}
     shape.update(head_dim=64, intermediate_size=256, num_hidden_layers=2)
-    save_checkpoint(folder, "llama", vocab_size=len(WORDS) + 12, **shape)
+    save_checkpoint(folder, "llama", vocab_size=len(WORDS), **shape)
     save_tokenizer(folder)
     (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 

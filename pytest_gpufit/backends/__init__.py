@@ -111,7 +111,7 @@ def needs(kind: str, params: dict[str, Any]) -> list[tuple[str | None, str]]:
     """(field or None for the whole check, capability) pairs a check needs from its backend.
 
     >>> needs("precision", {"reference": "fp32", "max_kl": 0.1})
-    [(None, 'fp32_logits'), ('reference', 'fp32_logits')]
+    [('reference', 'fp32_logits')]
     >>> needs("loads", {"max_peak_memory": 10})
     [(None, 'load'), ('max_peak_memory', 'peak_memory')]
     """
@@ -127,9 +127,7 @@ def needs(kind: str, params: dict[str, Any]) -> list[tuple[str | None, str]]:
         out.append((None, whole[kind]))
     if kind == "precision":
         golden = params.get("reference") == "golden"
-        out.append((None, "golden" if golden else "fp32_logits"))
-        if not golden:
-            out.append(("reference", "fp32_logits"))
+        out.append((None, "golden") if golden else ("reference", "fp32_logits"))
     for key in ("max_peak_memory", "within_estimate"):
         if kind == "loads" and key in params:
             out.append((key, "peak_memory"))

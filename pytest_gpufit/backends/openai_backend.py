@@ -173,10 +173,12 @@ class Served:
 
         return self.run(go)
 
-    def prompt(self, tokens: int) -> SizedPrompt:
+    def prompt(self, tokens: int, timeout_s: float = 120.0) -> SizedPrompt:
         """A prompt the server counts as ``tokens`` tokens (built once per length)."""
         if tokens not in self._prompts:
-            self._prompts[tokens] = self.run(lambda c: sized_prompt(c, self.model, tokens))
+            self._prompts[tokens] = self.run(
+                lambda c: sized_prompt(c, self.model, tokens, timeout_s=timeout_s)
+            )
         return self._prompts[tokens]
 
     def load(

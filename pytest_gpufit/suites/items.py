@@ -137,12 +137,19 @@ class CheckItem(pytest.Item):
 
     def _progress(self) -> Any:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
         if reporter is None:
             return None
 
         def line(text: str) -> None:
-            reporter.ensure_newline()
-            reporter.write_line(text)
+            # Past the test's output capture, as live logging does: the line shows at once.
+            if capture is None:
+                reporter.ensure_newline()
+                reporter.write_line(text)
+                return
+            with capture.global_and_fixture_disabled():
+                reporter.ensure_newline()
+                reporter.write_line(text)
 
         return line
 

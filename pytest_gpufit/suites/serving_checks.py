@@ -62,7 +62,7 @@ def run_serves(ctx: Any, served: Any, params: dict[str, Any]) -> None:
 def _prompt(served: Any, params: dict[str, Any]) -> tuple[str, int | None]:
     if "prompt" in params:
         return str(params["prompt"]), None
-    sized = served.prompt(int(params["prompt_tokens"]))
+    sized = served.prompt(int(params["prompt_tokens"]), params.get("timeout_s", 120.0))
     return sized.text, sized.tokens
 
 
