@@ -31,6 +31,8 @@ def run_serves(ctx: Any, served: Any, params: dict[str, Any]) -> None:
     ctx.metrics.update(served_model=served.model, endpoint=served.base_url)
     if served.startup_s is not None:
         ctx.metrics["startup_seconds"] = round(served.startup_s, 2)
+    if served.server is not None and served.server.pgid is not None:
+        ctx.metrics["server_pgid"] = served.server.pgid  # for whoever checks it was stopped
     length = served.max_model_len()
     if length is not None:
         ctx.metrics["max_model_len"] = length
