@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -353,3 +354,53 @@ def test_plugin_and_collection_import_no_http_client(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "loaded: []" in out.stdout
+
+
+def test_a_target_server_stops_after_its_last_check_and_on_ctrl_c(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """The first target's server is gone before the second starts (its launch script checks);
+    then a run interrupted with SIGINT mid-load leaves no server behind."""
+    check_first = (
+        "from pathlib import Path\n"
+        "alive = [p for p in Path('/proc').iterdir() if p.name.isdigit() and b'first-gpufit' in "
+        "(p / 'cmdline').read_bytes()]\n"
+        "if alive: print('FIRST STILL RUNNING'); os._exit(5)"
+    )
+    gen = 'generates: {prompt: "the", max_new_tokens: 2}'
+    targets = target("first", gen, launch=launched(tmp_path, "first-gpufit"))
+    targets += target("second", gen, launch=launched(tmp_path, "second-gpufit", extra=check_first))
+    pytester.makefile(".gpufit.yaml", s=suite(targets))
+    result = pytester.runpytest("s.gpufit.yaml", FAIL, "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert not _processes_with("-gpufit.py")
+
+    slow = "    server.delay_s = 0.5\n"  # each token half a second: the load runs a while
+    script = launched(tmp_path, "interrupted-gpufit")
+    (tmp_path / "interrupted-gpufit.py").write_text(
+        DIE_MID_LOAD.format(tests=str(TESTS), die_after=10**9, extra="").replace(
+            "    server.delay_s = 0.02\n", slow
+        )
+    )
+    load = "load: {concurrency: [2], requests: 50, prompt_tokens: 4, new_tokens: 20}"
+    pytester.makefile(".gpufit.yaml", s=suite(target("slow", load, launch=script)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "s.gpufit.yaml", "-p", "no:cacheprovider"],
+        cwd=pytester.path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _processes_with("interrupted-gpufit.py") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # into the load
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert b"KeyboardInterrupt" in out, out.decode()[-2000:]
+    assert not _processes_with("interrupted-gpufit.py"), "Ctrl-C left the server running"
