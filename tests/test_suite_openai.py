@@ -404,3 +404,46 @@ def test_a_target_server_stops_after_its_last_check_and_on_ctrl_c(
             process.wait()
     assert b"KeyboardInterrupt" in out, out.decode()[-2000:]
     assert not _processes_with("interrupted-gpufit.py"), "Ctrl-C left the server running"
+
+
+def test_launched_server_is_pinned_to_the_judged_gpu_and_its_log_figures_are_reported(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """Two cards; the requirement only the second meets: the server gets that card, and what
+    its log says it allocated stands next to the fit engine's estimate."""
+    from fake_probe import catalog_probe
+
+    pytester.makeconftest(catalog_probe("t4,rtx-4090"))
+    log_lines = (
+        'print("CVD=" + os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))\n'
+        'print("INFO [gpu_model_runner.py:1] Model loading took 1.10 GiB memory and 3.1 seconds")\n'
+        'print("INFO [kv_cache_utils.py:1] GPU KV cache size: 6,288 tokens")\n'
+        'print("INFO [kv_cache_utils.py:2] Maximum concurrency for 8,192 tokens per request: '
+        '1.50x")'
+    )
+    text = target("pinned", "serves: {}", launch=launched(tmp_path, "pin-gpufit", extra=log_lines))
+    text = text.replace("device: cpu", "device: cuda\n    model: qwen3-0.6b")
+    text = text.replace("    checks:", "    requires: {vram: 20GB}\n    checks:")
+    pytester.makefile(".gpufit.yaml", s=suite(text))
+    report = tmp_path / "report.json"
+    result = pytester.runpytest("s.gpufit.yaml", FAIL, f"--gpufit-report={report}")
+    result.assert_outcomes(passed=1)
+    metrics = json.loads(report.read_text())["measurements"]["s.gpufit.yaml::pinned::serves"]
+    metrics = metrics["metrics"]
+    log = Path(metrics["server_log"]).read_text()
+    from pytest_gpufit.hardware.catalog import simulated_gpus
+
+    uuid = simulated_gpus("t4,rtx-4090")[1].uuid
+    assert f"CVD={uuid or 1}" in log, log
+    assert metrics["engine_weights_gib"] == 1.1 and metrics["engine_kv_cache_tokens"] == 6288
+    assert metrics["engine_max_concurrency"] == 1.5 and metrics["estimate_weights_bytes"] > 0
+    result.stdout.fnmatch_lines(
+        ["*served::pinned: engine vllm 0.32.0, log: weights 1.1 GiB (fit estimate *), KV cache*"]
+    )
+
+
+def test_an_engine_change_leads_a_regression_message() -> None:
+    from pytest_gpufit.baseline import environment_changes
+
+    old, new = {"engine": "vllm 0.26.0"}, {"engine": "vllm 0.29.0"}
+    assert environment_changes(old, new) == ["engine vllm 0.26.0 -> vllm 0.29.0"]
