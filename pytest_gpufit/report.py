@@ -269,7 +269,8 @@ def served_lines(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 parts.append(f"max concurrency {metrics['engine_max_concurrency']}x")
             if "server_log" in metrics:
                 parts.append(f"server log {metrics['server_log']}")
-            lines.append(f"{name}: {', '.join(parts)}")
+            if len(parts) > 1 or metrics.get("engine"):  # a serves that failed says nothing
+                lines.append(f"{name}: {', '.join(parts)}")
         for level, figures in (metrics.get("levels") or {}).items():
 
             def get(key: str, figures: Mapping[str, Any] = figures) -> str:
