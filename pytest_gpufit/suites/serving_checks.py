@@ -7,6 +7,7 @@ here: the handle asks the server.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -109,7 +110,7 @@ def run_throughput(ctx: Any, served: Any, params: dict[str, Any]) -> None:
             "decode_tok_s": (tokens - 1) / decode_s if tokens > 1 and decode_s > 0 else 0.0,
         }
         if r.itl_s:
-            out["itl_ms_p99"] = max(r.itl_s) * 1000 if len(r.itl_s) < 100 else _p99(r.itl_s)
+            out["itl_ms_p99"] = _p99(r.itl_s) * 1000
         return out
 
     stats = repeat(one_round, params["warmup"], params["repeats"])
@@ -144,8 +145,15 @@ def run_throughput(ctx: Any, served: Any, params: dict[str, Any]) -> None:
 
 
 def _p99(values: Any) -> float:
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))])
+    """The 99th percentile, interpolated linearly as numpy's default (and serving.load) do.
+
+    >>> _p99([1.0]), round(_p99([1.0, 2.0, 3.0]), 2)
+    (1.0, 2.98)
+    """
+    values = list(values)
+    if len(values) < 2:
+        return float(values[0])
+    return float(statistics.quantiles(values, n=100, method="inclusive")[98])
 
 
 def level_key(level: Any) -> str:
