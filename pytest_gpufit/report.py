@@ -219,12 +219,73 @@ def measurement_rows(measurements: Mapping[str, Mapping[str, Any]]) -> list[list
 
 
 def measurement_table(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The rows as aligned text, with a header."""
+    """The rows as aligned text, with a header, then what the figures mean and served details."""
     rows = [list(COLUMNS), *measurement_rows(measurements)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    return [
+    table = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
+    return table + served_lines(measurements) + backend_notes(measurements)
+
+
+# What each backend's speed figures mean: they are not the same measurement.
+BACKEND_MEANING = {
+    "transformers": (
+        "transformers targets: the model's own forward loop in the test process (decode is "
+        "about 1.29x generate() on the CPU, measured); load s and peak memory are this process's"
+    ),
+    "openai": (
+        "openai targets: what a client of the server sees over HTTP, streamed (TTFT to the "
+        "first content chunk, decode = the server's usage tokens over E2E - TTFT, load levels "
+        "as vLLM's benchmark names them); memory only as the engine's log states it"
+    ),
+}
+
+
+def backend_notes(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per backend present saying what its figures mean."""
+    present = {str(row.get("backend", "transformers")) for row in measurements.values()}
+    if present == {"transformers"}:
+        return []  # the table as it always was: only one kind of figure
+    return [f"- {BACKEND_MEANING[b]}" for b in sorted(present) if b in BACKEND_MEANING]
+
+
+def served_lines(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Engine, what its log says it allocated (beside the fit estimate), and each load level."""
+    lines = []
+    for row in measurements.values():
+        metrics = row.get("metrics") or {}
+        name = f"{row.get('suite')}::{row.get('target')}"
+        if row.get("check") == "serves":
+            parts = [f"engine {metrics.get('engine') or 'unknown'}"]
+            if "engine_weights_gib" in metrics:
+                text = f"log: weights {format_number(metrics['engine_weights_gib'])} GiB"
+                if "estimate_weights_bytes" in metrics:
+                    text += f" (fit estimate {format_gb(metrics['estimate_weights_bytes'])})"
+                parts.append(text)
+            if "engine_kv_cache_tokens" in metrics:
+                parts.append(f"KV cache {format_number(metrics['engine_kv_cache_tokens'])} tokens")
+            if "engine_max_concurrency" in metrics:
+                parts.append(f"max concurrency {metrics['engine_max_concurrency']}x")
+            if "server_log" in metrics:
+                parts.append(f"server log {metrics['server_log']}")
+            if len(parts) > 1 or metrics.get("engine"):  # a serves that failed says nothing
+                lines.append(f"{name}: {', '.join(parts)}")
+        for level, figures in (metrics.get("levels") or {}).items():
+
+            def get(key: str, figures: Mapping[str, Any] = figures) -> str:
+                value = figures.get(key)
+                return format_number(value) if isinstance(value, (int, float)) else "-"
+
+            goodput = figures.get("goodput")
+            lines.append(
+                f"{name} load {level}: {get('completed')}/"
+                f"{format_number(figures.get('completed', 0) + figures.get('failed', 0))} ok, "
+                f"{get('output_throughput')} tok/s, TTFT p50/p99 {get('median_ttft_ms')}/"
+                f"{get('p99_ttft_ms')} ms, ITL p99 {get('p99_itl_ms')} ms, goodput "
+                + (f"{goodput:.0%}" if isinstance(goodput, (int, float)) else "-")
+            )
+    return lines
 
 
 def _md(text: str) -> str:
@@ -345,6 +406,9 @@ def markdown_summary(
         lines += [
             "| " + " | ".join(_md(c) for c in row) + " |" for row in measurement_rows(measurements)
         ]
+        extra = served_lines(measurements) + backend_notes(measurements)
+        if extra:
+            lines += ["", *(_md(x) if x.startswith("- ") else f"- {_md(x)}" for x in extra)]
     lines += _baseline_lines(measurements)
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ class GpufitSession:
         self._real: Inventory | None = None
         self._model_cache: Any = None
         self._baselines: Any = None
+        self._served: dict[str, Any] = {}  # suite target -> its server, or why it did not start
 
     # ---- facts, made on first use ---------------------------------------------------------
 
@@ -140,6 +142,29 @@ class GpufitSession:
 
             self._model_cache = ModelCache()
         return self._model_cache
+
+    # ---- servers of served suite targets (backend: openai) -------------------------------
+
+    def served(self, key: str, start: Callable[[], Any]) -> Any:
+        """The server of suite target ``key``, started by ``start()`` on first use and kept
+        until ``stop_served``; a failed start is kept too, so the target's later checks fail at
+        once with the same reason instead of waiting for another start-up."""
+        if key not in self._served:
+            try:
+                self._served[key] = start()
+            except GpufitError as error:
+                self._served[key] = error
+        value = self._served[key]
+        if isinstance(value, GpufitError):
+            raise GpufitError(str(value))
+        return value
+
+    def stop_served(self, key: str | None = None) -> None:
+        """Stop one target's server (``key``) or every one (None); each stops its own group."""
+        for name in [key] if key is not None else list(self._served):
+            value = self._served.pop(name, None)
+            if value is not None and not isinstance(value, GpufitError):
+                value.stop()
 
     @property
     def baselines(self) -> Any:
@@ -360,6 +385,7 @@ class GpufitSession:
         return expected
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.stop_served()  # also after a failure, -x or Ctrl-C: nothing is left running
         if self._model_cache is not None:
             self._model_cache.clear()
         if self.is_worker:

@@ -83,6 +83,72 @@ def first_line(error: BaseException) -> str:
     return f"{name}: {text.splitlines()[0]}" if text else name
 
 
+# What each backend can measure. A check that needs more is a collection error (see ``needs``).
+CAPABILITIES: dict[str, frozenset[str]] = {
+    "transformers": frozenset(
+        {"load", "peak_memory", "generate", "token_ids", "throughput", "batch"}
+        | {"fp32_logits", "golden"}
+    ),
+    "openai": frozenset({"serve", "generate", "throughput", "load_levels", "golden"}),
+}
+# capability -> what it is, for the collection error
+CAPABILITY_TEXT = {
+    "serve": "a server to ask (serves and load talk HTTP to an OpenAI-compatible endpoint)",
+    "load_levels": "a server to put under load",
+    "load": "loading the model in the test process (an HTTP server is loaded by its engine)",
+    "peak_memory": "the peak memory a load allocated (a server does not report it per request)",
+    "generate": "generation",
+    "token_ids": "token ids (an HTTP server answers with text; use expect_contains)",
+    "throughput": "timed generation",
+    "batch": "batched generation in one call (a server batches concurrent requests: use load)",
+    "fp32_logits": "full fp32 logits beside the served dtype (an HTTP server gives at most "
+    "top-k logprobs; use reference: golden)",
+    "golden": "top-k log-probabilities",
+}
+
+
+def needs(kind: str, params: dict[str, Any]) -> list[tuple[str | None, str]]:
+    """(field or None for the whole check, capability) pairs a check needs from its backend.
+
+    >>> needs("precision", {"reference": "fp32", "max_kl": 0.1})
+    [('reference', 'fp32_logits')]
+    >>> needs("loads", {"max_peak_memory": 10})
+    [(None, 'load'), ('max_peak_memory', 'peak_memory')]
+    """
+    out: list[tuple[str | None, str]] = []
+    whole = {
+        "serves": "serve",
+        "load": "load_levels",
+        "loads": "load",
+        "generates": "generate",
+        "throughput": "throughput",
+    }
+    if kind in whole:
+        out.append((None, whole[kind]))
+    if kind == "precision":
+        golden = params.get("reference") == "golden"
+        out.append((None, "golden") if golden else ("reference", "fp32_logits"))
+    for key in ("max_peak_memory", "within_estimate"):
+        if kind == "loads" and key in params:
+            out.append((key, "peak_memory"))
+    if kind == "generates" and "expect_tokens" in params:
+        out.append(("expect_tokens", "token_ids"))
+    if kind == "throughput" and params.get("batch", 1) != 1:
+        out.append(("batch", "batch"))
+    return out
+
+
+def unsupported(backend: str, kind: str, params: dict[str, Any]) -> tuple[str | None, str] | None:
+    """The first (field, message) a ``backend`` cannot measure for this check, or None."""
+    have = CAPABILITIES.get(backend, frozenset())
+    for key, capability in needs(kind, params):
+        if capability not in have:
+            return key, (
+                f"the {backend} backend cannot measure this: it needs {CAPABILITY_TEXT[capability]}"
+            )
+    return None
+
+
 def load_backend(name: str) -> Any:
     """The backend module for a suite's ``backend:`` value."""
     if name == "transformers":
@@ -93,4 +159,10 @@ def load_backend(name: str) -> Any:
         except Exception as error:
             raise MissingExtra(name, "torch and transformers", "hf", error) from None
         return transformers_backend
-    raise GpufitError(f"unknown backend {name!r}; available: transformers")
+    if name == "openai":
+        try:
+            from pytest_gpufit.backends import openai_backend  # late: imports httpx
+        except Exception as error:
+            raise MissingExtra(name, "httpx and httpx-sse", "endpoint", error) from None
+        return openai_backend
+    raise GpufitError(f"unknown backend {name!r}; available: transformers, openai")

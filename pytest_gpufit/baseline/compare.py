@@ -6,6 +6,7 @@ Everything here is pure: values in, verdicts out.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,16 @@ METRICS: dict[str, bool] = {
     "kl": False,
     "top1_agreement": True,
 }
+# Per load level, stored as ``c8_ttft_ms_p99`` (concurrency 8) or ``r2_goodput`` (2 req/s);
+# a tolerance given for the bare name applies to every level.
+LEVEL_METRICS: dict[str, bool] = {
+    "ttft_ms_p50": False,
+    "ttft_ms_p99": False,
+    "itl_ms_p99": False,
+    "goodput": True,
+    "output_tok_s": True,
+}
+_LEVEL = re.compile(r"^(c[0-9]+|r[0-9.e+-]+)_(" + "|".join(LEVEL_METRICS) + r")$")
 METRIC_SOURCES = {"peak_memory": "peak_allocated_bytes"}
 _FLOORS = {"kl": 1e-3}
 METRIC_LABELS = {
@@ -34,6 +45,11 @@ METRIC_LABELS = {
     "peak_memory": "peak memory",
     "kl": "KL",
     "top1_agreement": "top-1 agreement",
+    "ttft_ms_p50": "TTFT p50 ms",
+    "ttft_ms_p99": "TTFT p99 ms",
+    "itl_ms_p99": "ITL p99 ms",
+    "goodput": "goodput",
+    "output_tok_s": "output tok/s",
 }
 MISSING = ("fail", "warn")
 MAX_CONFIRM = 20
@@ -70,8 +86,9 @@ def parse_tolerances(raw: Any, where: str) -> dict[str, float]:
         raise GpufitError(f"{where}: expected a mapping of metric: percentage, got {raw!r}")
     out = {}
     for metric, value in raw.items():
-        if metric not in METRICS:
-            raise GpufitError(f"{where}: unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        if metric not in METRICS and metric not in LEVEL_METRICS:
+            known = ", ".join([*METRICS, *LEVEL_METRICS])
+            raise GpufitError(f"{where}: unknown metric {metric!r}; known: {known}")
         out[str(metric)] = parse_percent(value, f"{where}.{metric}")
     return out
 
@@ -94,6 +111,31 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _measurement(
+    source: str, value: float, where: str | None, label: str, negative_ok: bool
+) -> float:
+    """A stored or measured figure as a float; what cannot be a measurement is an error."""
+    try:
+        number = float(value)
+    except OverflowError:  # a 400-digit integer in a record
+        raise GpufitError(
+            f"{where or 'measured'}: {source} is too large to be a measurement"
+        ) from None
+    if not math.isfinite(number):
+        raise GpufitError(
+            f"{where or 'measured'}: {source} is {value!r}; a NaN or infinite value can "
+            "never be compared, so it fails"
+        )
+    # A negative rate or size cannot be measured, and as a baseline it would pass any
+    # run (every rate beats -1 tok/s).
+    if number < 0 and not negative_ok:
+        raise GpufitError(
+            f"{where or 'measured'}: {source} is {value!r}; a negative {label} cannot be "
+            "measured, so it is never compared"
+        )
+    return number
+
+
 def metric_values(metrics: Mapping[str, Any], where: str | None = None) -> dict[str, float]:
     """The baseline metrics of one check's measurements; NaN or infinity is an error.
 
@@ -108,26 +150,27 @@ def metric_values(metrics: Mapping[str, Any], where: str | None = None) -> dict[
             continue
         if not is_number(value):
             raise GpufitError(f"{where or 'measured'}: {source} is {value!r}, not a number")
-        try:
-            number = float(value)
-        except OverflowError:  # a 400-digit integer in a record
-            raise GpufitError(
-                f"{where or 'measured'}: {source} is too large to be a measurement"
-            ) from None
-        if not math.isfinite(number):
-            raise GpufitError(
-                f"{where or 'measured'}: {source} is {value!r}; a NaN or infinite value can "
-                "never be compared, so it fails"
-            )
-        # A negative rate or size cannot be measured, and as a baseline it would pass any
-        # run (every rate beats -1 tok/s). KL may round to a hair below zero.
-        if number < 0 and metric != "kl":
-            raise GpufitError(
-                f"{where or 'measured'}: {source} is {value!r}; a negative "
-                f"{METRIC_LABELS[metric]} cannot be measured, so it is never compared"
-            )
-        out[metric] = number
+        # KL may round to a hair below zero; no other metric can be negative.
+        out[metric] = _measurement(source, value, where, METRIC_LABELS[metric], metric == "kl")
+    for key, value in metrics.items():
+        if _LEVEL.match(key) and is_number(value):
+            out[key] = _measurement(key, value, where, key, False)
     return out
+
+
+def base_metric(metric: str) -> str:
+    """``c8_ttft_ms_p99`` -> ``ttft_ms_p99``; other names as they are.
+
+    >>> base_metric("c8_ttft_ms_p99"), base_metric("r2.5_goodput"), base_metric("kl")
+    ('ttft_ms_p99', 'goodput', 'kl')
+    """
+    match = _LEVEL.match(metric)
+    return match.group(2) if match else metric
+
+
+def higher_is_better(metric: str) -> bool:
+    base = base_metric(metric)
+    return METRICS[base] if base in METRICS else LEVEL_METRICS[base]
 
 
 @dataclass(frozen=True)
@@ -145,6 +188,11 @@ class Comparison:
 
     def text(self) -> str:
         label = METRIC_LABELS.get(self.metric, self.metric)
+        base = base_metric(self.metric)
+        if base != self.metric:
+            level = self.metric[: -len(base) - 1]
+            kind = "concurrency" if level.startswith("c") else "rate"
+            label = f"{kind} {level[1:]}{'/s' if kind == 'rate' else ''} {METRIC_LABELS[base]}"
         confirmed = ""
         if len(self.runs) > 1:
             confirmed = f"; median of {len(self.runs)} runs"
@@ -208,7 +256,7 @@ def judge(
         change = 0.0 if new == 0 else math.copysign(math.inf, new)
     else:
         change = (new - old) / scale
-    gain = change if METRICS[metric] else -change
+    gain = change if higher_is_better(metric) else -change
     verdict = "worse" if gain < -tolerance else "better" if gain > tolerance else "ok"
     return Comparison(
         metric,
@@ -241,7 +289,7 @@ def compare(
             continue
         own = new.get(f"{metric}_spread")
         spread = float(own) if isinstance(own, (int, float)) and math.isfinite(own) else 0.0
-        tolerance = tolerances.get(metric, default_tolerance)
+        tolerance = tolerances.get(metric, tolerances.get(base_metric(metric), default_tolerance))
         out.append(judge(metric, before[metric], [new_value], tolerance, spread))
     return out
 

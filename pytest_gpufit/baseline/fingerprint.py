@@ -25,12 +25,14 @@ class Fingerprint:
     transformers_version: str | None
     python_version: str | None
     git_commit: str | None
+    engine: str | None = None  # a served target's engine and version: "vllm 0.32.0"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 _DIFF_FIELDS = (
+    ("engine", "engine"),
     ("driver_version", "driver"),
     ("cuda_driver_version", "CUDA driver"),
     ("cuda_runtime_version", "CUDA runtime"),
@@ -41,7 +43,9 @@ _DIFF_FIELDS = (
 )
 
 
-def fingerprint(gpu: Gpu | None, env: Environment, commit: str | None = None) -> Fingerprint:
+def fingerprint(
+    gpu: Gpu | None, env: Environment, commit: str | None = None, engine: str | None = None
+) -> Fingerprint:
     """The fingerprint of a run on ``gpu`` (None: the CPU); ``commit`` is read once per session."""
     return Fingerprint(
         gpu_name=gpu.name if gpu else "cpu",
@@ -53,6 +57,7 @@ def fingerprint(gpu: Gpu | None, env: Environment, commit: str | None = None) ->
         transformers_version=env.transformers_version,
         python_version=env.python_version,
         git_commit=commit,
+        engine=engine,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,18 @@ class BaselineSession:
             not_run = tuple(sorted(set((expected or {}).get(suite, ())) - ran[suite]))
             ok = accept and not failed and not not_run
             fp = self.fingerprint(self.gpus.get(gpu_name))
+            engines = sorted(
+                {str(e["metrics"]["engine"]) for e in results.values() if _engine_of(e)}
+            )
+            if engines:
+                fp = dataclasses.replace(fp, engine=", ".join(engines))
             run_id = self.store.write_run(fp, suite, results, accept=ok)
             saved.append(
                 SavedRun(gpu_name, suite, run_id, len(results), ok, tuple(failed), accept, not_run)
             )
         return saved
+
+
+def _engine_of(entry: Mapping[str, Any]) -> bool:
+    metrics = entry.get("metrics")
+    return isinstance(metrics, Mapping) and isinstance(metrics.get("engine"), str)

@@ -50,8 +50,11 @@ def words_for(target: int, probes: Sequence[tuple[int, int]]) -> int:
     return max(1, round(n1 * target / t1)) if t1 else target
 
 
-async def _count(client: OpenAIClient, model: str, text: str, chat: bool) -> int:
-    result = await client.stream(GenRequest(model=model, prompt=text, max_tokens=1, chat=chat))
+async def _count(
+    client: OpenAIClient, model: str, text: str, chat: bool, timeout_s: float = 120.0
+) -> int:
+    request = GenRequest(model=model, prompt=text, max_tokens=1, chat=chat, timeout_s=timeout_s)
+    result = await client.stream(request)
     if result.prompt_tokens is None:
         raise EndpointError(
             f"{client.base_url}: the server reported no usage.prompt_tokens, so a prompt of a "
@@ -70,13 +73,14 @@ async def sized_prompt(
     chat: bool = False,
     tolerance: int = 0,
     attempts: int = 5,
+    timeout_s: float = 120.0,
 ) -> SizedPrompt:
     """A prompt the server counts as ``tokens`` tokens (within ``tolerance``)."""
     probes: list[tuple[int, int]] = []
     words = tokens
     for _ in range(attempts):
         text = repeat_words(words, word)
-        counted = await _count(client, model, text, chat)
+        counted = await _count(client, model, text, chat, timeout_s)
         if abs(counted - tokens) <= tolerance:
             return SizedPrompt(text, counted)
         probes.append((words, counted))

@@ -129,6 +129,7 @@ class LaunchedServer:
         ready_timeout_s: float = 900.0,
         grace_s: float = 10.0,
         poll_s: float = 0.25,
+        cwd: Path | None = None,
     ) -> None:
         if not command:
             raise ServerStartError("launch.command is empty; give the server's command line")
@@ -140,6 +141,7 @@ class LaunchedServer:
         self.ready_timeout_s = ready_timeout_s
         self.grace_s = grace_s
         self.poll_s = poll_s
+        self.cwd = cwd  # relative paths in the command resolve here (a suite's folder)
         if log_path is None:
             handle, name = tempfile.mkstemp(prefix=f"gpufit-server-{self.port}-", suffix=".log")
             os.close(handle)
@@ -206,6 +208,7 @@ class LaunchedServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
+                    cwd=self.cwd,
                     start_new_session=True,  # its own process group: one signal reaches all
                 )
             except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,13 @@ class Context:
     cache: ModelCache
     metrics: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    # A served target (backend: openai): its running server, started on first call.
+    served: Callable[[], Any] | None = None
+    progress: Callable[[str], None] | None = None  # one line on the terminal (load levels)
 
     @property
     def spec(self) -> ModelSpec:
-        return load_spec(self.target.model)
+        return load_spec(self.target.model_path)
 
     def estimate(self, context: int | None = None, batch: int = 1) -> MemoryEstimate:
         return estimate(self.spec, self.target.dtype, context or self.target.context, batch)
@@ -269,10 +273,22 @@ RUNNERS = {
 }
 
 
+def _run_served(ctx: Context, check: Check) -> None:
+    """A check of a served target, through the openai backend's handle (no HTTP here)."""
+    from pytest_gpufit.suites.serving_checks import run_served_check
+
+    if ctx.served is None:
+        raise GpufitError(f"target {ctx.target.name}: no server to ask (an internal error)")
+    run_served_check(ctx, ctx.served(), check.kind, check.params, ctx.progress)
+
+
 def run_check(ctx: Context, check: Check) -> dict[str, Any]:
     """Run one check; raise CheckFailed listing every unmet expectation."""
     try:
-        RUNNERS[check.kind](ctx, check.params)
+        if ctx.target.backend == "openai" and check.kind != "fits":
+            _run_served(ctx, check)
+        else:
+            RUNNERS[check.kind](ctx, check.params)
     except GpufitError as error:
         raise CheckFailed(str(error)) from None
     bad = non_finite(ctx.metrics)

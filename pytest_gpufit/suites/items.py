@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -12,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from pytest_gpufit.backends import MissingExtra
+from pytest_gpufit.backends import MissingExtra, load_backend
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.requirements import Requirement
+from pytest_gpufit.requirements import Requirement, Verdict
 from pytest_gpufit.suites.checks import CheckFailed, Context, run_check
 from pytest_gpufit.suites.compare import against_baseline
 from pytest_gpufit.suites.schema import Check, Suite, Target, parse_suite
@@ -47,6 +48,18 @@ class TargetCollector(pytest.Collector):
         for check in self.target.checks:
             yield CheckItem.from_parent(self, name=check.kind, check=check)
 
+    @property
+    def served_key(self) -> str:
+        return f"{self.suite.path}::{self.target.name}"
+
+    def teardown(self) -> None:
+        # After the target's last check (pytest tears a collector down when the next item is
+        # not its own): a launched server stops here, not at the end of the session.
+        if self.target.backend == "openai":
+            from pytest_gpufit.session import state_of
+
+            state_of(self.config).stop_served(self.served_key)
+
 
 class CheckItem(pytest.Item):
     """One check of one target: ``suites/qwen3.yaml::qwen3-30b-a3b::throughput``."""
@@ -76,6 +89,8 @@ class CheckItem(pytest.Item):
 
         state = state_of(self.config)
         ctx = Context(*placement(self), state.model_cache)  # cuda:N of the judged GPU
+        if self.target.backend == "openai":
+            ctx.served, ctx.progress = self._served(state, ctx), self._progress()
         fail_on_missing = state.settings.fail_on_missing
         out_of_memory: str | None = None
         try:
@@ -113,6 +128,43 @@ class CheckItem(pytest.Item):
     def _golden(self) -> bool:
         return self.check.kind == "precision" and self.check.params.get("reference") == "golden"
 
+    def _served(self, state: Any, ctx: Context) -> Any:
+        """A callable giving the target's running server (launched on the first call)."""
+        target, parent = ctx.target, self.parent
+        assert isinstance(parent, TargetCollector)
+        verdict = state.verdict_of(self)
+        pinned = None
+        if ctx.gpu is not None:
+            # The server gets the device the requirements were judged on.
+            devices = verdict.devices if verdict is not None and verdict.devices else ()
+            if ctx.gpu.index not in devices:
+                devices = (ctx.gpu.index,)
+            pinned = state.cuda_visible_devices(Verdict(True, "", devices))
+
+        def start() -> Any:
+            backend = load_backend("openai")  # MissingExtra: judged by the policy
+            return backend.start(target, pinned)
+
+        return lambda: state.served(parent.served_key, start)
+
+    def _progress(self) -> Any:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return None
+
+        def line(text: str) -> None:
+            # Past the test's output capture, as live logging does: the line shows at once.
+            if capture is None:
+                reporter.ensure_newline()
+                reporter.write_line(text)
+                return
+            with capture.global_and_fixture_disabled():
+                reporter.ensure_newline()
+                reporter.write_line(text)
+
+        return line
+
     def _compare(self, state: Any, ctx: Context) -> None:
         baselines = state.baselines
         gpu = ctx.gpu
@@ -121,7 +173,7 @@ class CheckItem(pytest.Item):
             # A fresh context on the same (judged, placed) device and model cache: only the
             # figures are wanted, so a threshold missed on a re-run does not stop the
             # confirmation. ``self.target`` may say plain ``cuda``, which is cuda:0.
-            again = Context(ctx.target, gpu, state.model_cache)
+            again = Context(ctx.target, gpu, state.model_cache, served=ctx.served)
             try:
                 run_check(again, self.check)
             except CheckFailed:
@@ -132,7 +184,7 @@ class CheckItem(pytest.Item):
             baselines.accepted(gpu.name if gpu else "cpu", self.suite.name),
             str(baselines.store.root),
             self.nodeid,
-            baselines.fingerprint(gpu),
+            _with_engine(baselines.fingerprint(gpu), ctx.metrics.get("engine")),
             ctx.metrics,
             self.target.baseline,
             state.settings.baseline_tolerance,
@@ -160,6 +212,14 @@ class CheckItem(pytest.Item):
         )
 
 
+def _with_engine(fingerprint: Any, engine: Any) -> Any:
+    """The fingerprint with the serving engine and version, so a change of engine leads the
+    message of a regression like a driver change does."""
+    if not isinstance(engine, str):
+        return fingerprint
+    return dataclasses.replace(fingerprint, engine=engine)
+
+
 def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
     """Measurements as JUnit properties, and for the summary, the report and the baseline."""
     entry = {
@@ -169,6 +229,7 @@ def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
         "dtype": item.target.dtype,
         "device": item.target.device,
         "gpu": gpu.name if gpu else "cpu",
+        "backend": item.target.backend,
         "metrics": _finite({k: v for k, v in metrics.items() if k != "tokens"}),
     }
     # Strict JSON: a NaN has already failed the check (its message names it); here it is null.

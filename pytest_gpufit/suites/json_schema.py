@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gpufit.baseline import METRICS
-from pytest_gpufit.baseline.compare import MAX_CONFIRM, MISSING
+from pytest_gpufit.baseline.compare import LEVEL_METRICS, MAX_CONFIRM, MISSING
 from pytest_gpufit.markers import requires_json_schema
 from pytest_gpufit.suites.schema import (
     BASELINE_FIELDS,
     CHECK_FIELDS,
     CHECK_ORDER,
     KIND_SCHEMAS,
+    LAUNCH_FIELDS,
     MAX_REPEATS,
     SUITE_FIELDS,
     TARGET_FIELDS,
@@ -56,7 +57,8 @@ def _object(properties: dict[str, Any], *, nullable: bool = False) -> dict[str, 
 
 
 def _baseline() -> dict[str, Any]:
-    tolerance = _object({metric: percent_json_schema() for metric in METRICS}, nullable=True)
+    metrics = [*METRICS, *LEVEL_METRICS]
+    tolerance = _object({metric: percent_json_schema() for metric in metrics}, nullable=True)
     known = {
         "tolerance": tolerance,
         "missing": {"enum": list(MISSING)},
@@ -67,6 +69,33 @@ def _baseline() -> dict[str, Any]:
         key: known.get(key, {"description": f"baseline.{key}"}) for key in BASELINE_FIELDS
     }
     return _object(properties, nullable=True)
+
+
+def _launch() -> dict[str, Any]:
+    """``launch:`` of a served target."""
+    argument = {"type": ["string", "number"]}
+    properties = {
+        "command": {
+            "oneOf": [{"type": "array", "items": argument, "minItems": 1}, {"type": "string"}],
+            "description": "the server's command line; {port} is the port gpufit picks",
+        },
+        "ready_timeout_s": KIND_SCHEMAS[CHECK_FIELDS["load"]["max_seconds"]],
+        "env": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            "additionalProperties": argument,
+        },
+        "log_forbid": {
+            "oneOf": [
+                {"type": "array", "items": {"type": "string", "minLength": 1}},
+                {"type": "string", "minLength": 1},
+            ],
+            "description": "texts (or regular expressions) that fail the target if logged",
+        },
+    }
+    # A key added to LAUNCH_FIELDS appears here at once; give it a schema above.
+    launch = _object({k: properties.get(k, {"description": k}) for k in LAUNCH_FIELDS})
+    return {**launch, "required": ["command"]}
 
 
 def _checks() -> dict[str, Any]:
@@ -94,8 +123,15 @@ def build_schema() -> dict[str, Any]:
                 "requires": requires,
                 "checks": _checks(),
                 "baseline": _baseline(),
+                "launch": _launch(),
             }[key]
-    target = {**_object(target_properties), "required": list(TARGET_REQUIRED)}
+    target = {
+        **_object(target_properties),
+        "required": list(TARGET_REQUIRED),
+        # model: for the transformers backend (the default); a served target may omit it.
+        "if": {"not": {"properties": {"backend": {"const": "openai"}}, "required": ["backend"]}},
+        "then": {"required": ["model"]},
+    }
     suite_properties = {
         "suite": KIND_SCHEMAS[TARGET_KINDS["name"]],  # text, like a target name
         "requires": requires,

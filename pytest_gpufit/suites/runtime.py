@@ -15,7 +15,7 @@ Key = tuple[str, str, str, str, str, bool, int]
 
 def cache_key(target: Target) -> Key:
     return (
-        str(target.model),
+        str(target.model_path),
         target.weights,
         target.dtype,
         target.device,
@@ -46,7 +46,7 @@ class ModelCache:
         try:
             # The fit engine's header checks first: a truncated or lying checkpoint is one
             # error naming the file, not a loader traceback.
-            load_spec(target.model)
+            load_spec(target.model_path)
         except GpufitError as error:
             self._failures[key] = error
             raise
@@ -55,7 +55,7 @@ class ModelCache:
 
         def load() -> Any:
             return backend.load(
-                target.model,
+                target.model_path,
                 target.weights,
                 target.dtype,
                 target.device,

@@ -3,9 +3,11 @@ file, the line, the field and what is expected."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,8 @@ from pytest_gpufit.units import (
     size_json_schema,
 )
 
-CHECK_ORDER = ("fits", "loads", "generates", "throughput", "precision")
+CHECK_ORDER = ("fits", "serves", "loads", "generates", "throughput", "load", "precision")
+BACKENDS = ("transformers", "openai")
 DTYPES = ("fp32", "bf16", "fp16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
@@ -35,12 +38,25 @@ class Check:
     kind: str
     params: dict[str, Any]
     line: int
+    field_lines: Mapping[str, int] = field(default_factory=dict)  # YAML line of each key
+
+
+@dataclass(frozen=True)
+class Launch:
+    """``launch:`` of an openai target: the server gpufit starts, waits for and stops."""
+
+    command: tuple[str, ...]
+    ready_timeout_s: float = 900.0
+    env: tuple[tuple[str, str], ...] = ()
+    log_forbid: tuple[str, ...] = ()
+    line: int = 0
+    cwd: Path | None = None  # the suite's folder: relative paths in the command start here
 
 
 @dataclass(frozen=True)
 class Target:
     name: str
-    model: Path
+    model: Path | None  # None: an openai target without a model folder (no fit estimate)
     weights: str
     backend: str
     dtype: str
@@ -53,6 +69,17 @@ class Target:
     line: int
     has_tokenizer: bool
     baseline: BaselinePolicy = BaselinePolicy()
+    endpoint: str | None = None  # openai: the API base URL, ``{port}`` for a launched server
+    served_model: str | None = None  # openai: None means the only model /v1/models lists
+    api_key_env: str | None = None  # openai: the NAME of the variable holding the key
+    launch: Launch | None = None
+
+    @property
+    def model_path(self) -> Path:
+        """The model folder; only called where the schema made sure there is one."""
+        if self.model is None:
+            raise GpufitError(f"target {self.name} names no model (give model: for a fit estimate)")
+        return self.model
 
 
 @dataclass(frozen=True)
@@ -247,8 +274,98 @@ def _device(value: Any) -> str:
     return value
 
 
+MAX_CONCURRENCY = 100_000
+
+
+@_kind(
+    {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY},
+        "minItems": 1,
+    }
+)
+def _levels(value: Any) -> list[int]:
+    """Concurrency levels: whole numbers from 1, in the order given."""
+    items = [_whole(v) for v in value] if isinstance(value, list) else value
+    if (
+        not isinstance(items, list)
+        or not items
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_CONCURRENCY
+            for v in items
+        )
+    ):
+        raise GpufitError(f"expected a list of concurrencies such as [1, 8, 32], got {value!r}")
+    return list(items)
+
+
+@_kind({"type": "array", "items": _POSITIVE_NUMBER_SCHEMA, "minItems": 1})
+def _rates(value: Any) -> list[float]:
+    """Request rates in requests/s (Poisson arrivals)."""
+    if not isinstance(value, list) or not value:
+        raise GpufitError(f"expected a list of request rates such as [2, 5], got {value!r}")
+    return [_positive_number(v) for v in value]
+
+
+SLO_METRICS = ("ttft", "tpot", "itl", "e2el")
+SLO_STATS = ("p50", "p90", "p99")
+SLO_KEYS = tuple(f"{m}_ms_{q}" for m in SLO_METRICS for q in SLO_STATS)
+
+
+@_kind(
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {key: _POSITIVE_NUMBER_SCHEMA for key in SLO_KEYS},
+        "description": "per level: a percentile in ms must stay at or below its value",
+    }
+)
+def _slo(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping) or not value:
+        raise GpufitError(f"expected a mapping such as {{ttft_ms_p99: 2000}}, got {value!r}")
+    out = {}
+    for key, bound in value.items():
+        if key not in SLO_KEYS:
+            hint = difflib.get_close_matches(str(key), SLO_KEYS, n=1)
+            did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
+            raise GpufitError(
+                f"unknown SLO {key!r}; {did_you_mean}(accepted: {', '.join(SLO_KEYS)})"
+            )
+        try:
+            out[str(key)] = _positive_number(bound)
+        except GpufitError as error:
+            raise GpufitError(f"{key}: {error}") from None
+    return out
+
+
+_URL = r"^https?://[^\s/]+(/[^\s]*)?$"
+
+
+@_kind({"type": "string", "pattern": _URL})
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(_URL, value):
+        raise GpufitError(
+            f"expected an http(s) URL such as http://127.0.0.1:{{port}}/v1, got {value!r}"
+        )
+    return value
+
+
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+@_kind({"type": "string", "pattern": _ENV_NAME})
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(_ENV_NAME, value):
+        raise GpufitError(
+            f"expected the NAME of an environment variable (such as OPENAI_API_KEY), got {value!r}"
+        )
+    return value
+
+
 CHECK_FIELDS: dict[str, dict[str, Kind]] = {
     "fits": {},
+    "serves": {},
     "loads": {"max_seconds": _seconds, "max_peak_memory": _size, "within_estimate": _percent},
     "generates": {
         "prompt": _text,
@@ -267,6 +384,18 @@ CHECK_FIELDS: dict[str, dict[str, Kind]] = {
         "min_prefill_tok_s": _positive_number,
         "max_ttft_ms": _positive_number,
     },
+    "load": {
+        "concurrency": _levels,
+        "rate": _rates,
+        "requests": _positive_int,
+        "prompt_tokens": _positive_int,
+        "new_tokens": _positive_int,
+        "max_seconds": _seconds,
+        "timeout_s": _seconds,
+        "slo": _slo,
+        "min_goodput": _percent,
+        "max_error_rate": _percent,
+    },
     "precision": {
         "reference": _reference,
         "prompt_tokens": _positive_int,
@@ -280,6 +409,13 @@ CHECK_FIELDS: dict[str, dict[str, Kind]] = {
 CHECK_DEFAULTS: dict[str, dict[str, Any]] = {
     "generates": {"max_new_tokens": 16},
     "throughput": {"prompt_tokens": 128, "new_tokens": 64, "batch": 1, "warmup": 1, "repeats": 5},
+    "load": {
+        "requests": 16,
+        "prompt_tokens": 128,
+        "new_tokens": 64,
+        "max_seconds": 300.0,
+        "timeout_s": 120.0,
+    },
     "precision": {
         "reference": "fp32",
         "prompt_tokens": 64,
@@ -294,7 +430,10 @@ TARGET_KINDS: dict[str, Kind] = {
     "name": _text,
     "model": _text,
     "weights": _choice(("checkpoint", "random")),
-    "backend": _choice(("transformers",)),
+    "backend": _choice(BACKENDS),
+    "endpoint": _url,
+    "served_model": _text,
+    "api_key_env": _env_name,
     "dtype": _choice(DTYPES),
     "device": _device,
     "context": _positive_int,
@@ -310,8 +449,11 @@ TARGET_DEFAULTS: dict[str, Any] = {
     "trust_remote_code": False,
     "seed": 0,
 }
-TARGET_FIELDS = (*TARGET_KINDS, "requires", "checks", "baseline")
-TARGET_REQUIRED = ("name", "model", "checks")
+TARGET_FIELDS = (*TARGET_KINDS, "requires", "checks", "baseline", "launch")
+TARGET_REQUIRED = ("name", "checks")  # and model, for the transformers backend
+OPENAI_ONLY = ("endpoint", "served_model", "api_key_env", "launch")
+LAUNCH_FIELDS = ("command", "ready_timeout_s", "env", "log_forbid")
+DEFAULT_ENDPOINT = "http://127.0.0.1:{port}/v1"
 SUITE_FIELDS = ("suite", "requires", "targets", "baseline")
 BASELINE_FIELDS = ("tolerance", "missing", "confirm")
 
@@ -402,7 +544,7 @@ def _checks(node: Any, line: int, where: str, at: _Where) -> tuple[Check, ...]:
             raise at.error(key_line, f"{where}.generates", "give prompt or prompt_tokens, not both")
         if kind == "generates" and "prompt" not in params and "prompt_tokens" not in params:
             params["prompt_tokens"] = 16
-        checks.append(Check(kind, params, key_line))
+        checks.append(Check(kind, params, key_line, dict(body.key_lines)))
     return tuple(checks)
 
 
@@ -427,21 +569,46 @@ def _target(
 
     values = {key: field_value(key) for key in TARGET_KINDS}
     weights = values["weights"]
-    try:
-        model = resolve_model(values["model"], base)
-    except GpufitError as error:
-        raise at.error(lines["model"], f"{where}.model", str(error)) from None
-    if weights == "checkpoint" and not any(model.glob("*.safetensors")):
+    openai = values["backend"] == "openai"
+    for key in OPENAI_ONLY:
+        if key in node and not openai:
+            raise at.error(
+                lines[key], f"{where}.{key}", "only for backend: openai (a served model)"
+            )
+    if "model" not in node and not openai:
+        raise at.error(node.line, where, "missing required key 'model'")
+    model: Path | None = None
+    if "model" in node:
+        try:
+            model = resolve_model(values["model"], base)
+        except GpufitError as error:
+            raise at.error(lines["model"], f"{where}.model", str(error)) from None
+    if model is None or openai:
+        pass  # a served model's weights are the engine's business; config.json is enough
+    elif weights == "checkpoint" and not any(model.glob("*.safetensors")):
         raise at.error(
             lines["model"],
             f"{where}.model",
             f"weights: checkpoint needs a folder with *.safetensors files; {model} "
             "has none (use weights: random for a dry run from config.json)",
         )
-    folder = model if model.is_dir() else model.parent
-    has_tokenizer = model.is_dir() and any((folder / f).exists() for f in TOKENIZER_FILES)
+    folder = None if model is None else model if model.is_dir() else model.parent
+    has_tokenizer = (
+        folder is not None
+        and folder.is_dir()
+        and any((folder / f).exists() for f in TOKENIZER_FILES)
+    )
     checks = _checks(node["checks"], lines["checks"], f"{where}.checks", at)
+    _capabilities(checks, values["backend"], model is not None, where, at)
+    launch = _launch(node.get("launch"), lines.get("launch", node.line), f"{where}.launch", at)
+    if launch is not None:
+        launch = dataclasses.replace(launch, cwd=base)
+    endpoint = values["endpoint"]
+    if openai:
+        endpoint = _endpoint(endpoint, launch, lines.get("endpoint", node.line), where, at)
     for check in checks:
+        if openai:
+            continue  # the server's tokenizer reads text prompts
         if check.kind == "generates" and "prompt" in check.params and not has_tokenizer:
             raise at.error(
                 check.line,
@@ -472,7 +639,129 @@ def _target(
             at,
             suite_baseline,
         ),
+        endpoint=endpoint,
+        served_model=values["served_model"],
+        api_key_env=values["api_key_env"],
+        launch=launch,
     )
+
+
+def _capabilities(
+    checks: tuple[Check, ...], backend: str, has_model: bool, where: str, at: _Where
+) -> None:
+    """A check that needs what the backend cannot measure is an error now, not at run time."""
+    from pytest_gpufit.backends import unsupported  # light: the table, no backend imported
+
+    for check in checks:
+        if check.kind == "fits" and not has_model:
+            raise at.error(
+                check.line,
+                f"{where}.checks.fits",
+                "the fit estimate needs the model's config: give model: (a folder with "
+                "config.json, or a shipped model id)",
+            )
+        problem = unsupported(backend, check.kind, check.params)
+        if problem is None:
+            continue
+        key, message = problem
+        line = check.field_lines.get(key, check.line) if key else check.line
+        name = f"{where}.checks.{check.kind}" + (f".{key}" if key else "")
+        raise at.error(line, name, message)
+
+
+def _launch(node: Any, line: int, where: str, at: _Where) -> Launch | None:
+    """``launch: {command: [...], ready_timeout_s, env: {NAME: value}, log_forbid: [...]}``."""
+    if node is None:
+        return None
+    node = _mapping(node, line, where, at)
+    _unknown(node, LAUNCH_FIELDS, node, f"{where}.", at)
+    if "command" not in node:
+        raise at.error(node.line, where, "missing required key 'command' (the server's argv)")
+    lines = node.key_lines
+    command = node["command"]
+    if isinstance(command, str):
+        try:
+            command = shlex.split(command)
+        except ValueError as error:
+            raise at.error(lines["command"], f"{where}.command", str(error)) from None
+    if (
+        not isinstance(command, list)
+        or not command
+        or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in command)
+    ):
+        raise at.error(
+            lines["command"],
+            f"{where}.command",
+            f"expected the command as a list of arguments, got {command!r}",
+        )
+    timeout = 900.0
+    if "ready_timeout_s" in node:
+        try:
+            timeout = _seconds(node["ready_timeout_s"])
+        except GpufitError as error:
+            raise at.error(
+                lines["ready_timeout_s"], f"{where}.ready_timeout_s", str(error)
+            ) from None
+    env = node.get("env") or {}
+    if not isinstance(env, Mapping) or not all(
+        isinstance(k, str) and re.match(_ENV_NAME, k) and isinstance(v, (str, int, float))
+        for k, v in env.items()
+    ):
+        raise at.error(
+            lines.get("env", node.line),
+            f"{where}.env",
+            f"expected a mapping of variable NAME: value, got {env!r}",
+        )
+    forbid = node.get("log_forbid") or []
+    if isinstance(forbid, str):
+        forbid = [forbid]
+    if not isinstance(forbid, list) or not all(isinstance(f, str) and f for f in forbid):
+        raise at.error(
+            lines.get("log_forbid", node.line),
+            f"{where}.log_forbid",
+            f"expected a list of texts that must not appear in the server log, got {forbid!r}",
+        )
+    return Launch(
+        command=tuple(str(a) for a in command),
+        ready_timeout_s=timeout,
+        env=tuple((str(k), str(v)) for k, v in env.items()),
+        log_forbid=tuple(forbid),
+        line=node.line,
+    )
+
+
+def _endpoint(
+    endpoint: str | None, launch: Launch | None, line: int, where: str, at: _Where
+) -> str:
+    """The API base URL; ``{port}`` only where gpufit launches the server and picks the port."""
+    if endpoint is None:
+        if launch is None:
+            raise at.error(
+                line,
+                where,
+                "backend: openai needs endpoint: (the URL of a running server, such as "
+                "http://127.0.0.1:8000/v1) or launch: (a command gpufit starts)",
+            )
+        endpoint = DEFAULT_ENDPOINT
+    if "{port}" in endpoint and launch is None:
+        raise at.error(
+            line,
+            f"{where}.endpoint",
+            "{port} is the port gpufit picks for a launched server; add launch: or give the "
+            "running server's port",
+        )
+    if (
+        launch is not None
+        and "{port}" in endpoint
+        and not any("{port}" in a for a in launch.command)
+    ):
+        raise at.error(
+            launch.line,
+            f"{where}.launch.command",
+            "the endpoint uses {port}, so the command must pass it to the server "
+            "(such as --port {port})",
+        )
+    return endpoint
 
 
 def parse_suite(path: Path) -> Suite:

@@ -1,0 +1,30 @@
+"""Rebuild suites/models/tiny-serve: the ~0.6 MB checkpoint suites/serve-cpu-example.yaml serves.
+
+A Llama with head size 64 (hidden 128, 2 heads) so vLLM's CPU attention accepts it too, a
+word-level tokenizer made with ``tokenizers`` and a minimal chat template. Needs the hf extra.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from tiny_models import WORDS, save_checkpoint, save_tokenizer  # noqa: E402
+
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    folder = ROOT / "suites" / "models" / "tiny-serve"
+    shape = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1}
+    shape.update(head_dim=64, intermediate_size=256, num_hidden_layers=2)
+    save_checkpoint(folder, "llama", vocab_size=len(WORDS), **shape)
+    save_tokenizer(folder)
+    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+
+
+if __name__ == "__main__":
+    main()
