@@ -32,9 +32,9 @@ from pytest_gpufit.serving.server import LaunchedServer, group_alive
 
 T = TypeVar("T")
 
-# One worker runs the whole module (under `--dist loadgroup`): each worker that gets one of
-# these tests would otherwise start both servers again (~2 min on 2 cores).
-pytestmark = pytest.mark.xdist_group("vllm-real")
+# Under xdist, run with `--dist loadfile` so one worker has the whole module: each worker that
+# gets one of these tests starts both servers again (-n 2 with the default `load`: 288 s, not
+# 140). `xdist_group` + `--dist loadgroup` does not group on pytest 9.2 (pytest-xdist#1386).
 
 VLLM_VERSION = "0.32.0"
 PYTHON_VAR = "VLLM_CPU_PYTHON"
