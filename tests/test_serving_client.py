@@ -42,7 +42,9 @@ def test_stream_measures_ttft_itl_e2e_and_usage(fake: FakeOpenAI) -> None:
     assert r.content_chunks == 5 and len(r.itl_s) == 4
     assert r.text == " t0 t1 t2 t3 t4"
     assert 0.01 <= r.ttft_s < r.e2e_s
-    assert all(gap > 0.005 for gap in r.itl_s)
+    # The server paces chunks 10 ms apart; a loaded client may read two at once, so judge the
+    # gaps together: stamps taken at the end (or not at all) would sum to about zero.
+    assert all(gap >= 0 for gap in r.itl_s) and sum(r.itl_s) >= 0.035
     assert r.ttft_s + sum(r.itl_s) <= r.e2e_s
     assert r.finish_reason == "length" and r.logprobs is None
     assert r.tpot_s is not None and r.tpot_s > 0.005
