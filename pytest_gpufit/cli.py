@@ -47,16 +47,16 @@ def probe_text(inventory: Inventory) -> str:
     return "\n".join(lines)
 
 
-def _setups(gpu_arg: str | None) -> list[Any]:
+def _setups(gpu_arg: str | None, option: str = "--gpu") -> list[Any]:
     from pytest_gpufit.fit.table import all_catalog_setups, local_setups, parse_setups
 
     if gpu_arg and gpu_arg != "local":
-        return parse_setups(gpu_arg, "--gpu")
+        return parse_setups(gpu_arg, option)
     inventory = build_inventory()
     if inventory.gpus:
         return local_setups(inventory.gpus)
     if gpu_arg == "local":
-        raise GpufitError(f"--gpu local: no GPU: {inventory.reason or 'none found'}")
+        raise GpufitError(f"{option} local: no GPU: {inventory.reason or 'none found'}")
     return all_catalog_setups()
 
 
@@ -96,7 +96,7 @@ def _fit(args: argparse.Namespace) -> int:
 def _table(args: argparse.Namespace) -> int:
     from pytest_gpufit.fit.table import build_rows, default_models, render
 
-    setups = _setups(args.gpus)
+    setups = _setups(args.gpus, "--gpus")
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if not dtypes:
         raise GpufitError(f"--dtypes: no dtype given in {args.dtypes!r}; e.g. --dtypes bf16,fp8")

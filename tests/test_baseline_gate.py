@@ -80,6 +80,9 @@ def test_a_check_missing_from_the_baseline_fails_or_warns_when_asked(
     result = pytester.runpytest(*_args("compare"))
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*BaselineWarning*u::fits is not in baseline run*"])
+    result.stdout.fnmatch_lines(["*s.gpufit.yaml:*: BaselineWarning*"])  # at the suite's line
+    # Already set: the warning does not tell the user to set it.
+    assert "or set baseline: {missing: warn}" not in result.stdout.str()
 
 
 def test_save_with_a_failed_check_records_but_does_not_accept(pytester: pytest.Pytester) -> None:

@@ -266,7 +266,7 @@ def test_baseline_dir_that_is_a_file_is_a_usage_error(pytester: pytest.Pytester)
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest("--gpufit-baseline=save", "--gpufit-baseline-dir=store.txt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*store.txt is a file; give --gpufit-baseline-dir a folder*"])
+    result.stderr.fnmatch_lines(["*store.txt is a file; give a folder (--gpufit-baseline-dir*"])
 
 
 def test_suite_tolerance_errors_are_collection_errors(pytester: pytest.Pytester) -> None:

@@ -92,7 +92,7 @@ def test_fit_text_names_the_figures(capsys: pytest.CaptureFixture[str]) -> None:
         (["fit", "qwen3-0.6b", "--gpu", "h300"], "unknown GPU id 'h300'; known ids: rtx-4090"),
         (["fit", "qwen3-0.6b", "--dtype", "fp7"], "unknown precision 'fp7'; accepted: fp32"),
         (["fit", "/nowhere/model"], "no such file or folder"),
-        (["table", "--gpus", "0*h200"], "bad count in '0*h200'"),
+        (["table", "--gpus", "0*h200"], "--gpus: bad count in '0*h200'"),
     ],
 )
 def test_usage_errors_exit_2_with_one_message(

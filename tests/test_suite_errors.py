@@ -38,7 +38,7 @@ CASES = {
     "wrong_type": (
         TARGET.replace("fits: {}", "throughput: {repeats: many}"),
         "bad.gpufit.yaml:7: targets[0].checks.throughput.repeats: expected a whole "
-        "number >= 1, got 'many'",
+        "number from 1 to 1,000 runs, got 'many'",
     ),
     "bad_unit": (
         TARGET.replace("fits: {}", "loads: {max_peak_memory: 70 parsecs}"),

@@ -96,7 +96,10 @@ def _check_folder(root: Path) -> None:
         if stat.S_ISDIR(mode):
             return
         where = "is a file" if path == root else f"is under a file ({path})"
-        raise GpufitError(f"baseline folder {root} {where}; give --gpufit-baseline-dir a folder")
+        raise GpufitError(
+            f"baseline folder {root} {where}; give a folder "
+            "(--gpufit-baseline-dir, or --dir of gpufit baseline)"
+        )
 
 
 @dataclass(frozen=True)

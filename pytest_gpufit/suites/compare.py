@@ -54,10 +54,11 @@ def against_baseline(
     run_id = accepted.get("id", "?")
     old = accepted["results"].get(nodeid)
     if old is None or old.get("outcome", "passed") != "passed":
-        state = "not in" if old is None else f"{old.get('outcome')} in"
+        state = "is not in" if old is None else f"did not pass ({old.get('outcome')}) in"
+        hint = "" if policy.missing == "warn" else ", or set baseline: {missing: warn} in the suite"
         message = (
-            f"{nodeid} is {state} baseline run {run_id}; save a new baseline that covers it "
-            "(--gpufit-baseline=save), or set baseline: {missing: warn} in the suite"
+            f"{nodeid} {state} baseline run {run_id}; save a new baseline that covers it "
+            f"(--gpufit-baseline=save){hint}"
         )
         (outcome.warnings if policy.missing == "warn" else outcome.failures).append(message)
         return outcome

@@ -193,7 +193,10 @@ class CheckItem(pytest.Item):
         )
         ctx.metrics["baseline"] = outcome.comparisons
         for message in outcome.warnings:
-            warnings.warn(BaselineWarning(message), stacklevel=1)
+            # Shown at the suite's check, not at this module's line.
+            warnings.warn_explicit(
+                BaselineWarning(message), BaselineWarning, str(self.path), self.check.line
+            )
         if outcome.failures:
             raise CheckFailed("; ".join(outcome.failures))
 

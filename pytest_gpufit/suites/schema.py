@@ -138,7 +138,9 @@ def _int_kind(minimum: int, maximum: int, meaning: str = "") -> Kind:
     def parse(value: Any) -> int:
         value = _whole(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise GpufitError(f"expected a whole number >= {minimum}, got {value!r}")
+            raise GpufitError(
+                f"expected a whole number from {minimum} to {maximum:,}{meaning}, got {value!r}"
+            )
         if value > maximum:
             raise GpufitError(f"expected at most {maximum:,}{meaning}, got {shown(value)}")
         return value
@@ -613,7 +615,8 @@ def _target(
             raise at.error(
                 check.line,
                 f"{where}.checks.generates.prompt",
-                f"a text prompt needs a tokenizer, and {folder} has none "
+                f"a text prompt needs a tokenizer, and {_model_words(node['model'], folder)} "
+                "has none "
                 f"({', '.join(TOKENIZER_FILES)}); give prompt_tokens: N instead",
             )
     return Target(
@@ -762,6 +765,12 @@ def _endpoint(
             "(such as --port {port})",
         )
     return endpoint
+
+
+def _model_words(model: Any, folder: Path | None) -> str:
+    """How a message names a model: a shipped id is a config, not a folder of the package."""
+    shipped = Path(__file__).parent.parent / "fit" / "models"
+    return f"the shipped config {model!r}" if folder == shipped else str(folder)
 
 
 def parse_suite(path: Path) -> Suite:
