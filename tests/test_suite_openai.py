@@ -173,7 +173,10 @@ def test_served_target_against_a_running_server(
 ) -> None:
     pytester.makefile(".gpufit.yaml", s=suite(target("fake", HAPPY, endpoint=fake.base_url)))
     report = tmp_path / "report.json"
-    result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA", f"--gpufit-report={report}")
+    # save: the golden check records its reference (with baselines off it would judge nothing).
+    result = pytester.runpytest(
+        "s.gpufit.yaml", FAIL, "-rA", f"--gpufit-report={report}", "--gpufit-baseline=save"
+    )
     assert outcomes(result) == {
         f"fake::{c}": "PASSED" for c in ("serves", "generates", "throughput", "load", "precision")
     }, result.stdout.str()

@@ -186,7 +186,10 @@ def test_workers_sharing_one_gpu_are_told_loudly(pytester: pytest.Pytester) -> N
     ("args", "message"),
     [
         (["--gpufit-gpus-per-worker=0"], "--gpufit-gpus-per-worker: expected a whole number >= 1*"),
-        (["--gpufit-simulate=t4", "--gpufit-devices=5"], "--gpufit-devices: no GPU5 on this*"),
+        (
+            ["--gpufit-simulate=t4", "--gpufit-devices=5"],
+            "--gpufit-devices: no GPU5 in the simulated*",
+        ),
         (["--gpufit-simulate=h300"], "--gpufit-simulate: unknown GPU id 'h300'*"),
     ],
 )

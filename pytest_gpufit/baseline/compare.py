@@ -205,7 +205,7 @@ class Comparison:
 
     def records_only(self) -> str | None:
         """A warning when the tolerance lets a higher-is-better metric fall to zero unfailed."""
-        if not METRICS[self.metric] or self.tolerance < 1 or self.old <= 0:
+        if not higher_is_better(self.metric) or self.tolerance < 1 or self.old <= 0:
             return None
         label = METRIC_LABELS.get(self.metric, self.metric)
         return (
