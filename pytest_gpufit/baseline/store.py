@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_gpufit.atomic import why_unwritable, write_text_atomic
 from pytest_gpufit.baseline.compare import metric_values
 from pytest_gpufit.baseline.fingerprint import Fingerprint
 from pytest_gpufit.baseline.golden import check_golden
@@ -67,15 +68,12 @@ def _atomic_write(path: Path, text: str) -> None:
             f"cannot create baseline folder {path.parent}: {_why(error)}; make it writable or "
             "give --gpufit-baseline-dir another folder"
         ) from None
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(text, "utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise GpufitError(
-            f"cannot write baseline file {path}: {_why(error)}; make the folder writable or "
-            "give --gpufit-baseline-dir another folder"
+            f"cannot write baseline file {path}: {why_unwritable(path, error)}; make the folder "
+            "writable or give --gpufit-baseline-dir another folder"
         ) from None
 
 
