@@ -15,6 +15,7 @@ from pytest_gpufit.fit.spec import ModelSpec, load_spec
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.measure import repeat
 from pytest_gpufit.numbers import plural
+from pytest_gpufit.suites.limits import expect_throughput_limits
 from pytest_gpufit.suites.runtime import ModelCache
 from pytest_gpufit.suites.schema import Check, Target
 from pytest_gpufit.units import format_gb
@@ -194,21 +195,12 @@ def run_throughput(ctx: Context, params: dict[str, Any]) -> None:
             ctx.metrics["decode_pct_of_ceiling"] = round(
                 100 * stats["decode_tok_s"].median / ceiling, 1
             )
-    limits = (
-        ("min_decode_tok_s", "decode_tok_s", "decode", "tok/s", False),
-        ("min_prefill_tok_s", "prefill_tok_s", "prefill", "tok/s", False),
-        ("max_ttft_ms", "ttft_ms", "time to first token", "ms", True),
+    expect_throughput_limits(
+        ctx,
+        params,
+        stats,
+        lambda m: f"median of {params['repeats']}, spread {stats[m].relative_spread:.1%}",
     )
-    for key, metric, label, unit, is_max in limits:
-        if key in params:
-            value = stats[metric].median
-            ok = value <= params[key] if is_max else value >= params[key]
-            sign = ">" if is_max else "<"
-            ctx.expect(
-                ok,
-                f"{label} {value:.1f} {unit} {sign} {key} {params[key]:g} (median of "
-                f"{params['repeats']}, spread {stats[metric].relative_spread:.1%})",
-            )
 
 
 def run_precision(ctx: Context, params: dict[str, Any]) -> None:

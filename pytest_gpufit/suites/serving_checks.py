@@ -13,6 +13,7 @@ from typing import Any
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.measure import repeat
+from pytest_gpufit.suites.limits import expect_throughput_limits
 
 GIB = 2**30
 # Per-level figures kept as baseline metrics (see pytest_gpufit.baseline.compare.LEVEL_METRICS):
@@ -128,20 +129,12 @@ def run_throughput(ctx: Any, served: Any, params: dict[str, Any]) -> None:
             f"{new_n} tokens (fewest {min(short)}); the server ignored ignore_eos or stopped at "
             "EOS, so rates count the tokens it produced"
         )
-    limits = (
-        ("min_decode_tok_s", "decode_tok_s", "decode", "tok/s", False),
-        ("min_prefill_tok_s", "prefill_tok_s", "prefill", "tok/s", False),
-        ("max_ttft_ms", "ttft_ms", "time to first token", "ms", True),
+    expect_throughput_limits(
+        ctx,
+        params,
+        stats,
+        lambda m: f"median of {params['repeats']} streamed requests, as the client sees them",
     )
-    for key, metric, label, unit, is_max in limits:
-        if key in params:
-            value = stats[metric].median
-            ok = value <= params[key] if is_max else value >= params[key]
-            ctx.expect(
-                ok,
-                f"{label} {value:.1f} {unit} {'>' if is_max else '<'} {key} {params[key]:g} "
-                f"(median of {params['repeats']} streamed requests, as the client sees them)",
-            )
 
 
 def _p99(values: Any) -> float:
