@@ -15,13 +15,6 @@ import pytest
 GPUFIT = shutil.which("gpufit") or str(Path(sys.executable).parent / "gpufit")
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("GPUFIT_") or name in ("GITHUB_STEP_SUMMARY", "CUDA_VISIBLE_DEVICES"):
-            monkeypatch.delenv(name)
-
-
 def _suite(pytester: pytest.Pytester, name: str, targets: str, baseline: str = "") -> None:
     pytester.makefile(
         ".gpufit.yaml",

@@ -12,12 +12,6 @@ from pytest_gpufit.hardware.catalog import MAX_SIMULATED_GPUS, parse_setup
 TOO_MANY = "at most 1024 GPUs in a simulated setup"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("GPUFIT_SIMULATE", "GPUFIT_ON_MISSING", "GITHUB_STEP_SUMMARY"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def test_up_to_1024_simulated_gpus() -> None:
     assert MAX_SIMULATED_GPUS == 1024
     assert len(parse_setup("1024*t4")) == 1024

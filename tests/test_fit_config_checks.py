@@ -106,12 +106,6 @@ def write_model(folder: Path, base: dict[str, Any], changes: dict[str, Any]) -> 
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("GPUFIT_SIMULATE", "GPUFIT_ON_MISSING", "GITHUB_STEP_SUMMARY"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.mark.parametrize(("base", "changes", "message"), BAD_FIELDS)
 def test_gpufit_fit_refuses_a_bad_field(
     tmp_path: Path,

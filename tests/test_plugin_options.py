@@ -10,16 +10,6 @@ import pytest
 from fake_probe import catalog_probe, nvml_probe
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in [n for n in os.environ if n.startswith("GPUFIT_")]:
-        monkeypatch.delenv(name)
-    for name in ("GITHUB_STEP_SUMMARY", "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.mark.parametrize(
     ("marker", "message"),
     [

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from fake_probe import nvml_probe
 
 from pytest_gpufit.hardware.catalog import simulated_gpus
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [n for n in os.environ if n.startswith("GPUFIT_")]:
-        monkeypatch.delenv(name)
-    for name in ("GITHUB_STEP_SUMMARY", "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(name, raising=False)
-
 
 # A backend that loads nothing and writes down the device it was handed.
 RECORDING_BACKEND = """

@@ -4,7 +4,6 @@ memory, a NaN measurement. Driven through real pytest sessions with a fake backe
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +11,6 @@ from pathlib import Path
 import pytest
 
 CONFIG = Path(__file__).parent.parent / "fixtures" / "tiny-llama"
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("GPUFIT_"):
-            monkeypatch.delenv(name)
-    for name in ("GITHUB_STEP_SUMMARY", "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def suite(checks: str, targets: tuple[str, ...] = ("bf16",)) -> str:
