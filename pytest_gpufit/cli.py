@@ -211,7 +211,10 @@ def _baseline_diff(args: argparse.Namespace) -> int:
     only = sorted(set(old["results"]) ^ set(new["results"]))
     for nodeid in only:
         print(f"only in {'old' if nodeid in old['results'] else 'new'}: {nodeid}")
-    return 0
+    worse = any(row[-1] == "worse" for row in rows[1:])
+    lost = any(line.startswith("outcome passed ->") for line in outcomes)
+    gone = any(nodeid in old["results"] for nodeid in only)
+    return 1 if args.exit_code and (worse or lost or gone) else 0
 
 
 def _baseline_plot(args: argparse.Namespace) -> int:
@@ -328,6 +331,12 @@ def parser() -> argparse.ArgumentParser:
     diff.add_argument("old")
     diff.add_argument("new")
     diff.add_argument("--tolerance", type=_percent, default=0.05)
+    diff.add_argument(
+        "--exit-code",
+        action="store_true",
+        help="exit 1 when a metric got worse beyond the tolerance, a check stopped passing, "
+        "or a check of OLD is missing from NEW (as git diff --exit-code)",
+    )
     diff.set_defaults(handler=_baseline_diff)
     plot = add_verb(
         "plot", help="each metric across stored runs, to a PNG (needs the plot extra: matplotlib)"

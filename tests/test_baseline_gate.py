@@ -142,6 +142,10 @@ def test_compare_records_failed_checks_and_diff_shows_the_regression(
     (row,) = [line.split() for line in out.stdout.splitlines() if "decode_tok_s" in line]
     assert row == [nodeid, "decode_tok_s", "121", "14.5", "-88.0%", "worse"]
     assert f"outcome passed -> failed: {nodeid}" in out.stdout
+    # A report by default; with --exit-code a script can stop on it, and not on a run that held.
+    assert _cli(pytester.path, "--dir", "store", "diff", old, new, "--exit-code").returncode == 1
+    same = _cli(pytester.path, "--dir", "store", "diff", old, old, "--exit-code")
+    assert same.returncode == 0, same.stdout
 
 
 @pytest.mark.parametrize(
@@ -439,3 +443,42 @@ def test_a_tolerance_that_can_never_fail_says_so(pytester: pytest.Pytester) -> N
     result.stdout.fnmatch_lines(
         ["*BaselineWarning: decode tok/s: tolerance 10000% can never fail*100 -> 1 passed*"]
     )
+
+
+LOSES_A_METRIC = """
+from pytest_gpufit.suites import checks
+
+REAL = checks.RUNNERS["fits"]
+
+def fake(ctx, params):
+    ctx.metrics["decode_tok_s"] = 100.0
+    if SAVE:
+        ctx.metrics["prefill_tok_s"] = 5000.0
+
+def pytest_configure(config):
+    global SAVE
+    SAVE = config.getoption("gpufit_baseline") == "save"
+    checks.RUNNERS["fits"] = fake
+
+def pytest_unconfigure(config):
+    checks.RUNNERS["fits"] = REAL
+"""
+
+
+@pytest.mark.parametrize("missing", ["fail", "warn"])
+def test_a_metric_the_new_run_did_not_measure_is_not_skipped(
+    pytester: pytest.Pytester, missing: str
+) -> None:
+    """The baseline holds prefill tok/s; a run that no longer measures it must not pass as if
+    the metric had held."""
+    _suite(pytester, "s", FITS, f"baseline: {{missing: {missing}}}")
+    pytester.makeconftest(LOSES_A_METRIC)
+    pytester.runpytest_subprocess(*_args("save")).assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess(*_args("compare"))
+    line = "*holds prefill_tok_s but this run did not measure it*"
+    if missing == "fail":
+        result.assert_outcomes(failed=1)
+    else:
+        result.assert_outcomes(passed=1)
+        line = "*BaselineWarning*" + line
+    result.stdout.fnmatch_lines([line])

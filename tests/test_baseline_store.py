@@ -315,3 +315,28 @@ def test_numbers_read_as_people_write_them() -> None:
     (c,) = compare({"decode_tok_s": 14230.4}, {"decode_tok_s": 1e6}, {}, 0.05)
     assert c.text().startswith("decode tok/s 14,230 -> 1,000,000 (")
     assert format_number(121.0) == "121" and format_number(14.5) == "14.5"
+
+
+def test_a_linked_record_or_pointer_is_refused(tmp_path: Path) -> None:
+    """A link in the committed store could make suite a's baseline suite b's weaker record, or a
+    file outside the store, without the reviewed diff showing the content."""
+    store = Store(tmp_path / "b")
+    a = store.write_run(_fp(), "a", {"a.yaml::t::throughput": _result(100.0)}, accept=True)
+    weak = tmp_path / "weak.json"
+    record = store.find(a)
+    data = json.loads(record.read_text())
+    data["results"]["a.yaml::t::throughput"]["metrics"]["decode_tok_s"] = 1.0
+    weak.write_text(json.dumps(data))
+    record.unlink()
+    record.symlink_to(weak)
+    with pytest.raises(GpufitError, match=f"baseline record {record} is a symbolic link"):
+        store.accepted(H100, "a")
+    record.unlink()
+    record.write_text(weak.read_text())
+    pointer = record.parent.parent / "accepted"
+    elsewhere = tmp_path / "pointer"
+    elsewhere.write_text(a)
+    pointer.unlink()
+    pointer.symlink_to(elsewhere)
+    with pytest.raises(GpufitError, match=f"baseline pointer {pointer} is a symbolic link"):
+        store.accepted(H100, "a")

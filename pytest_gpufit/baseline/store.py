@@ -111,6 +111,16 @@ class RunInfo:
     path: Path
 
 
+def _refuse_link(path: Path, what: str) -> None:
+    """The store holds plain files: a link could make one suite's baseline another record (or
+    a file outside the store) without the reviewed diff showing it."""
+    if path.is_symlink():
+        raise GpufitError(
+            f"{what} {path} is a symbolic link; the baseline store holds plain files: "
+            "replace the link with the file it points to, or delete it and save a new baseline"
+        )
+
+
 def check_record(data: Any, path: Path) -> dict[str, Any]:
     """A format-2 record, or one GpufitError naming the file and what is wrong."""
     if not isinstance(data, dict) or "format" not in data or "results" not in data:
@@ -186,6 +196,7 @@ class Store:
             )
 
     def read(self, path: Path) -> dict[str, Any]:
+        _refuse_link(path, "baseline record")
         try:
             data = json.loads(path.read_text("utf-8"))
         except FileNotFoundError:
@@ -198,6 +209,7 @@ class Store:
         return check_record(data, path)
 
     def _pointer(self, pointer: Path) -> str | None:
+        _refuse_link(pointer, "baseline pointer")
         try:
             run_id = pointer.read_text("utf-8").strip()
         except FileNotFoundError:

@@ -67,6 +67,16 @@ def against_baseline(
     old_metrics = old.get("metrics", {})
     where_old = f"baseline run {run_id}: {nodeid}"
     judged = compare(old_metrics, metrics, policy.tolerances, default_tolerance, where_old)
+    # A metric the baseline holds but this run did not measure would otherwise go unjudged.
+    lost = sorted(set(metric_values(old_metrics, where_old)) - set(metric_values(metrics)))
+    if lost:
+        hint = "" if policy.missing == "warn" else ", or set baseline: {missing: warn} in the suite"
+        message = (
+            f"{nodeid}: baseline run {run_id} holds {', '.join(lost)} but this run did not "
+            f"measure {'it' if len(lost) == 1 else 'them'}; save a new baseline if the check "
+            f"changed on purpose (--gpufit-baseline=save){hint}"
+        )
+        (outcome.warnings if policy.missing == "warn" else outcome.failures).append(message)
     judged = _confirmed(judged, policy.confirm, remeasure)
     for c in judged:
         outcome.comparisons.append(
