@@ -189,7 +189,7 @@ def _weights(spec: ModelSpec, precision: str) -> tuple[int, int, str, str]:
 # ---- tensor parallelism ----------------------------------------------------------------------
 
 
-def check_tensor_parallel(spec: ModelSpec, tp: int, where: str = "--gpu N*CARD") -> None:
+def check_tensor_parallel(spec: ModelSpec, tp: int, where: str = "tensor parallel") -> None:
     """vLLM's and SGLang's rule: TP divides the attention heads, and the KV heads divide TP
     or TP divides them (each rank holds whole KV heads, replicated when TP > KV heads)."""
     if _not_whole(tp) or not 1 <= tp <= 1024:
@@ -199,12 +199,12 @@ def check_tensor_parallel(spec: ModelSpec, tp: int, where: str = "--gpu N*CARD")
     heads, kv = spec.num_attention_heads, spec.num_kv_heads
     if heads % tp:
         raise GpufitError(
-            f"{where}: tensor parallel over {tp} GPUs does not divide the {heads} attention "
+            f"{where}: {tp} GPUs do not divide the {heads} attention "
             f"heads of {spec.name}; use a TP size that divides {heads}"
         )
     if spec.kv.kind != "mla" and (kv % tp if tp <= kv else tp % kv):
         raise GpufitError(
-            f"{where}: tensor parallel over {tp} GPUs and the {kv} KV heads of {spec.name} "
+            f"{where}: {tp} GPUs and the {kv} KV heads of {spec.name} "
             f"do not divide one another; use a TP size that divides {kv} or a multiple of it"
         )
 
