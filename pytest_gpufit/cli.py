@@ -92,7 +92,7 @@ def _fit(args: argparse.Namespace) -> int:
     for warning in est.warnings:
         print(f"note: {warning}")
     print(render([row], setups))
-    for setup, engine_plan in zip(setups, plans, strict=True):
+    for setup, engine_plan in zip(setups, plans, strict=False):  # no plans without --engine
         print("\n".join(plan_text(setup.id, setup.gpu, engine_plan)))
     return 0
 
