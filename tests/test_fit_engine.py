@@ -494,3 +494,20 @@ def test_other_engines_plan_and_refuse_what_cannot_fit(engine: str) -> None:
     assert fits.starts and fits.kv_cache_tokens > 0 and fits.log_lines()
     big = plan(load_spec("llama-3.1-70b"), "bf16", catalog_gpu("rtx-4090"), 1, parse_knobs(engine))
     assert not big.starts and big.reason
+
+
+@pytest.mark.parametrize(
+    ("engine", "kv", "size"),
+    [("transformers", "int8", 1), ("transformers", "fp32", 4), ("sglang", "fp8_e5m2", 1)],
+)
+def test_every_engine_honours_its_kv_cache_dtype(engine: str, kv: str, size: int) -> None:
+    from pytest_gpufit.fit.engines import parse_knobs, plan
+
+    p = plan(
+        load_spec("llama-3.1-8b"),
+        "bf16",
+        catalog_gpu("h100-sxm"),
+        1,
+        parse_knobs(engine, kv_cache_dtype=kv),
+    )
+    assert p.kv_bytes_per_token_per_gpu == 32 * 2 * 8 * 128 * size

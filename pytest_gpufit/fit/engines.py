@@ -388,8 +388,8 @@ def _engine_weights(spec: ModelSpec, precision: str, tp: int, engine: str) -> in
 
 def _kv_dtype(precision: str, knobs: EngineKnobs) -> tuple[str, int]:
     name = knobs.kv_cache_dtype
-    key = _VLLM_KV.get(name or "auto") if name != "auto" else None
-    if key is None:
+    key = None if name in (None, "auto") else _VLLM_KV.get(name, name)
+    if key not in KV_DTYPES:  # auto: the activation dtype
         key = "fp32" if precision == "fp32" else "fp16" if precision == "fp16" else "bf16"
     return key, KV_DTYPES[key]
 
@@ -594,8 +594,7 @@ def _transformers(
     length, reason = _model_len(spec, knobs)
     batch = knobs.max_num_seqs or 1
     weights = weights_per_gpu(spec, precision, tp, total=estimate(spec, precision, 1).weights_bytes)
-    kv_name = knobs.kv_cache_dtype if knobs.kv_cache_dtype not in (None, "auto") else None
-    kv_key, kv_b = _kv_dtype(precision, EngineKnobs("vllm", kv_cache_dtype=kv_name))
+    kv_key, kv_b = _kv_dtype(precision, knobs)
     per_token = kv_bytes_per_token_per_gpu(spec, kv_b, tp)
     acts = activation_bytes_per_gpu(spec, length, batch, _act_bytes(precision), tp)
     runtime = runtime_bytes_per_gpu(tp)
