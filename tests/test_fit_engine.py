@@ -511,3 +511,13 @@ def test_every_engine_honours_its_kv_cache_dtype(engine: str, kv: str, size: int
         parse_knobs(engine, kv_cache_dtype=kv),
     )
     assert p.kv_bytes_per_token_per_gpu == 32 * 2 * 8 * 128 * size
+
+
+def test_catalog_usable_memory_is_a_number_below_nvml_total() -> None:
+    from pytest_gpufit.hardware.catalog import catalog
+
+    entries = {k: v for k, v in catalog().items() if "usable_mib" in v}
+    assert "h100-sxm" in entries
+    for entry in entries.values():
+        usable = entry["usable_mib"]
+        assert isinstance(usable, int) and 0 < usable <= entry["memory_mib"]
