@@ -693,8 +693,9 @@ def plan_text(setup_id: str, gpu: Gpu, engine_plan: EnginePlan) -> list[str]:
     """The text ``gpufit fit --engine`` prints for one setup: the engine's own log wording."""
     p = engine_plan
     gib = GIB
+    split = "layers split over" if p.name == "llama.cpp" else "tensor parallel"
     head = (
-        f"{setup_id}: {p.name}, tensor parallel {p.tensor_parallel} on {gpu.name}: "
+        f"{setup_id}: {p.name}, {split} {p.tensor_parallel} on {gpu.name}: "
         f"usable {p.usable_bytes_per_gpu / gib:.2f} GiB per GPU ({p.usable_source}), "
         f"budget {p.budget_bytes_per_gpu / gib:.2f} GiB"
     )
