@@ -6,8 +6,11 @@ can apply to the roles a quantizer really converts, and so that MoE active param
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -64,6 +67,11 @@ class Params:
     norms: int = 0
     mtp: int = 0
     tied: bool = False
+    # Parts of ``attention`` that tensor parallelism does not split evenly: the GQA k/v
+    # projections (one KV head per rank at least, so replicated when TP > KV heads) and MLA's
+    # latent down-projections (q_a, kv_a: ReplicatedLinear in vLLM and SGLang, whole per rank).
+    attention_kv: int = 0
+    attention_replicated: int = 0
 
     @property
     def total(self) -> int:
@@ -103,6 +111,10 @@ class Quantization:
     dtype: str  # fp8 | mxfp4 | int4 | int8 ...
     roles: tuple[str, ...]  # Params fields stored in that format
     group_size: int | None = None
+    # (role, parameters) the checkpoint keeps in its float format although the role is
+    # quantized: its ignore list / modules_to_not_convert, counted module by module.
+    unquantized: tuple[tuple[str, int], ...] = ()
+    ignore: tuple[str, ...] = ()  # the ignore list as written (names, globs, re: patterns)
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,9 @@ class ModelSpec:
     quantization: Quantization | None = None
     checkpoint: CheckpointInfo | None = None
     warnings: tuple[str, ...] = field(default=())
+    experts_per_token: int = 0  # top_k of an MoE model, 0 for a dense one
+    expert_intermediate_size: int = 0  # I of one routed expert
+    rotary_dim: int = 0  # width of the rotary cos/sin table per position (engines cache it)
 
     @property
     def is_moe(self) -> bool:
@@ -283,7 +298,7 @@ def spec_from_config(
     embedding = vocab * h
     lm_head = 0 if tied else vocab * h
 
-    attention_layer, kv, mla_norms = _attention(
+    attention_layer, kv, mla_norms, split = _attention(
         config, model_type, h, heads, kv_heads, head_dim, layers
     )
     moe = _moe(config, model_type, h, layers, dense_i)
@@ -317,6 +332,8 @@ def spec_from_config(
         norms=norms,
         mtp=mtp,
         tied=tied,
+        attention_kv=layers * split[0],
+        attention_replicated=layers * split[1],
     )
 
     return ModelSpec(
@@ -334,9 +351,14 @@ def spec_from_config(
         stored_dtype=_stored_dtype(config, top, warnings),
         params=params,
         kv=kv,
-        quantization=_quantization(config, warnings),
+        quantization=_with_ignored(
+            _quantization(config, warnings), config, moe, h, heads, kv_heads, head_dim, layers
+        ),
         checkpoint=checkpoint,
         warnings=tuple(warnings),
+        experts_per_token=moe["top_k"],
+        expert_intermediate_size=moe["expert_i"],
+        rotary_dim=config.whole("qk_rope_head_dim") or head_dim,
     )
 
 
@@ -362,8 +384,9 @@ def _attention(
     kv_heads: int,
     head_dim: int,
     layers: int,
-) -> tuple[int, KvLayout, int]:
-    """Attention parameters per layer, the KV layout, and MLA's extra norm parameters."""
+) -> tuple[int, KvLayout, int, tuple[int, int]]:
+    """Attention parameters per layer, the KV layout, MLA's extra norm parameters, and the
+    per-layer (k/v projection, replicated latent projection) parameters."""
     kv_rank = config.whole("kv_lora_rank")
     if kv_rank:
         needed = "is required with kv_lora_rank (MLA attention): a whole number from 1"
@@ -376,16 +399,20 @@ def _attention(
         q = (h * q_rank + q_rank * heads * (nope + rope)) if q_rank else h * heads * (nope + rope)
         per_layer = q + h * (kv_rank + rope) + kv_rank * heads * (nope + v_dim) + heads * v_dim * h
         norms = (q_rank or 0) + kv_rank
-        return per_layer, KvLayout(kv_rank + rope, layers, kind="mla"), norms
+        latent = h * (q_rank or 0) + h * (kv_rank + rope)  # q_a_proj, kv_a_proj_with_mqa
+        return per_layer, KvLayout(kv_rank + rope, layers, kind="mla"), norms, (0, latent)
     q_out, kv_out = heads * head_dim, kv_heads * head_dim
     per_layer = h * q_out + 2 * h * kv_out + q_out * h
+    kv_proj = 2 * h * kv_out
     if config.flag("attention_bias", False):
         per_layer += q_out + 2 * kv_out + h
+        kv_proj += 2 * kv_out
     elif model_type in ("qwen2", "qwen2_moe"):
         per_layer += q_out + 2 * kv_out  # Qwen2 has q/k/v biases without the flag
+        kv_proj += 2 * kv_out
     if model_type == "gpt_oss":
         per_layer += heads  # attention sinks
-    return per_layer, _kv_layout(config, model_type, layers, 2 * kv_out), 0
+    return per_layer, _kv_layout(config, model_type, layers, 2 * kv_out), 0, (kv_proj, 0)
 
 
 def _kv_layout(config: ConfigFields, model_type: str, layers: int, elements: int) -> KvLayout:
@@ -430,6 +457,8 @@ def _moe(
             "router": 0,
             "moe_layers": 0,
             "active_intermediate": dense_i,
+            "top_k": 0,
+            "expert_i": 0,
         }
     experts_key = next(k for k, n in counts if n)
     top_k_key = "num_experts_per_tok"  # gpt-oss also writes experts_per_token
@@ -465,6 +494,8 @@ def _moe(
         "router": n_moe * router_per_layer,
         "moe_layers": n_moe,
         "active_intermediate": top_k * expert_i + shared_i,
+        "top_k": top_k,
+        "expert_i": expert_i,
     }
 
 
@@ -488,11 +519,126 @@ def _moe_layers(config: ConfigFields, layers: int) -> list[int]:
 _LINEAR = ("attention", "dense_mlp", "experts", "shared_experts")
 
 
+def _compressed_tensors(
+    q: ConfigFields, config: ConfigFields, warnings: list[str]
+) -> Quantization | None:
+    """llm-compressor checkpoints (RedHat's w8a8, w4a16, fp8): the first config group's
+    weight format; its ``ignore`` list is counted like ``modules_to_not_convert``."""
+    groups = q.nested("config_groups")
+    first = next((groups.nested(k) for k in groups.data), None) if groups else None
+    weights = first.nested("weights") if first else None
+    if weights is None:
+        warnings.append("compressed-tensors config without config_groups weights: not modelled")
+        return None
+    bits = weights.whole("num_bits")
+    kind = (weights.string("type") or "int").lower()
+    fmt = {(8, "float"): "fp8", (8, "int"): "int8", (4, "int"): "int4", (4, "float"): "nvfp4"}
+    dtype = fmt.get((bits or 0, kind))
+    if dtype is None:
+        raise weights.error("num_bits", "must be 4 or 8 with type int or float", bits)
+    return Quantization("compressed-tensors", dtype, _LINEAR)
+
+
+# Linear modules of a decoder layer, by role, with their shapes: (name, role, in, out).
+def _layer_modules(
+    config: ConfigFields, h: int, heads: int, kv_heads: int, head_dim: int
+) -> list[tuple[str, str, int]]:
+    kv_rank = config.whole("kv_lora_rank")
+    if kv_rank:
+        rope = config.whole("qk_rope_head_dim") or 0
+        nope = config.whole("qk_nope_head_dim") or 0
+        v_dim = config.whole("v_head_dim") or nope
+        q_rank = config.whole("q_lora_rank")
+        attn = [
+            ("kv_a_proj_with_mqa", h * (kv_rank + rope)),
+            ("kv_b_proj", kv_rank * heads * (nope + v_dim)),
+            ("o_proj", heads * v_dim * h),
+        ]
+        if q_rank:
+            attn += [("q_a_proj", h * q_rank), ("q_b_proj", q_rank * heads * (nope + rope))]
+        else:
+            attn += [("q_proj", h * heads * (nope + rope))]
+    else:
+        attn = [
+            ("q_proj", h * heads * head_dim),
+            ("k_proj", h * kv_heads * head_dim),
+            ("v_proj", h * kv_heads * head_dim),
+            ("o_proj", heads * head_dim * h),
+        ]
+    return [(f"self_attn.{name}", "attention", n) for name, n in attn]
+
+
+def _ignored(name: str, patterns: tuple[str, ...]) -> bool:
+    """vLLM's and transformers' reading of an ignore list: ``re:`` regexes, globs, a module
+    name or the name of a module that contains it (``model.layers.0.self_attn``)."""
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            try:
+                if re.fullmatch(pattern[3:], name) or re.search(pattern[3:], name):
+                    return True
+            except re.error:
+                continue
+        elif "*" in pattern or "?" in pattern:
+            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*"):
+                return True
+        elif name == pattern or name.startswith(pattern + "."):
+            return True
+    return False
+
+
+def _with_ignored(
+    quant: Quantization | None,
+    config: ConfigFields,
+    moe: dict[str, int],
+    h: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    layers: int,
+) -> Quantization | None:
+    """Count, module by module, the parameters an ignore list keeps in the float format."""
+    if quant is None or not quant.ignore:
+        return quant
+    per_layer = _layer_modules(config, h, heads, kv_heads, head_dim)
+    dense_i = config.whole("intermediate_size") or 0
+    sparse = set(_moe_layers(config, layers)) if moe["moe_layers"] else set()
+    shared_i = moe["shared"] // (3 * h * max(moe["moe_layers"], 1)) if moe["shared"] else 0
+    counts: dict[str, int] = {}
+    for i in range(layers):
+        modules = list(per_layer)
+        if i in sparse:
+            if shared_i:
+                modules += [
+                    (f"mlp.shared_experts.{p}_proj", "shared_experts", h * shared_i)
+                    for p in ("gate", "up", "down")
+                ]
+        elif dense_i:
+            modules += [(f"mlp.{p}_proj", "dense_mlp", h * dense_i) for p in ("gate", "up", "down")]
+        for name, role, n in modules:
+            if role in quant.roles and _ignored(f"model.layers.{i}.{name}", quant.ignore):
+                counts[role] = counts.get(role, 0) + n
+    return dataclasses.replace(quant, unquantized=tuple(sorted(counts.items())))
+
+
 def _quantization(config: ConfigFields, warnings: list[str]) -> Quantization | None:
     q = config.nested("quantization_config")
     if q is None:
         return None
     method = (q.string("quant_method") or "").lower()
+    ignore = tuple(q.strings("modules_to_not_convert") or []) + tuple(q.strings("ignore") or [])
+    found = _quantization_format(q, method, config, warnings)
+    if found is None:
+        return None
+    return dataclasses.replace(found, ignore=ignore)
+
+
+def _quantization_format(
+    q: ConfigFields, method: str, config: ConfigFields, warnings: list[str]
+) -> Quantization | None:
+    if method == "fbgemm_fp8":  # Meta's FP8 checkpoints: fp8 weights, one scale per row
+        return Quantization("fbgemm_fp8", "fp8", _LINEAR)
+    if method == "compressed-tensors":
+        return _compressed_tensors(q, config, warnings)
     if method == "fp8":
         block = q.wholes("weight_block_size", 1, MAXIMA["weight_block_size"]) or [128, 128]
         if len(block) != 2:
