@@ -273,3 +273,131 @@ def test_fleet_view_of_a_corrupt_record_names_it(tmp_path: Path) -> None:
     out = _cli(tmp_path, "fleet", "--dir", "store")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"{run}.json is unreadable or corrupt" in out.stderr
+
+
+# ---- through pytest ---------------------------------------------------------------------------
+
+# Needs three lines in pytest_gpufit/session.py (GpufitSession.baselines passes the settings to
+# BaselineSession: host=, fleet_tolerance=, fleet_strict=): a file of another helper, so the lead
+# makes that change when merging. Strict: once wired, these pass and the marker must go.
+WIRED = pytest.mark.xfail(
+    "fleet_tolerance=" not in (Path(__file__).parents[1] / "pytest_gpufit/session.py").read_text(),
+    reason="session.py does not pass the fleet settings to BaselineSession yet",
+    strict=True,
+)
+
+SUITE = (
+    "suite: s\ntargets:\n"
+    "  - {name: t, model: qwen3-0.6b, weights: random, device: cuda, checks: {fits: {}}}\n"
+)
+FAKE_RUN = """
+from pytest_gpufit.suites import checks
+
+def fake(ctx, params):
+    ctx.metrics["decode_tok_s"] = {decode}
+
+REAL = checks.RUNNERS["fits"]
+
+def pytest_configure(config):
+    checks.RUNNERS["fits"] = fake
+
+def pytest_unconfigure(config):
+    checks.RUNNERS["fits"] = REAL
+"""
+
+
+def _host_session(pytester: pytest.Pytester, decode: float, card: str) -> None:
+    from fake_probe import nvml_probe
+
+    pytester.makefile(".gpufit.yaml", s=SUITE)
+    pytester.makeconftest(nvml_probe(f"[{card}]") + FAKE_RUN.format(decode=decode))
+
+
+SLOW_CARD = (
+    "FakeCard(pcie_gen=(1, 4), pcie_width=(8, 8), clock_events=0x40, power_mw=(400000, 700000))"
+)
+
+
+@WIRED
+def test_a_gate_session_on_the_slow_host_fails_and_the_others_pass(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(pytester.path / "store")
+    _save(store, "node-a", 100.0)
+    _save(store, "node-b", 104.0)
+    args = [
+        "--gpufit-baseline=compare",
+        "--gpufit-baseline-dir=store",
+        "--gpufit-on-missing=fail",
+        "--gpufit-fleet-tolerance=15%",
+    ]
+    _host_session(pytester, 60.0, SLOW_CARD)
+    slow = pytester.runpytest_subprocess(*args, "--gpufit-host=node-c")
+    assert slow.ret == 1
+    slow.stdout.fnmatch_lines(
+        [
+            "*fleet: host node-c is out of line (NVIDIA H100 80GB HBM3, suite s): "
+            f"{NODE}: decode tok/s 60 vs fleet median 102 of 2 other hosts (-41.2%, "
+            "tolerance 15%); this host: PCIe gen1 x8 (max gen4 x8); clock events "
+            "hw_thermal_slowdown; power limit 400 W (default 700 W); driver 550.54.15*"
+        ]
+    )
+    # The same host in line passes; its name may come from the environment (a runner pod).
+    _host_session(pytester, 101.0, "FakeCard()")
+    ok = pytester.runpytest_subprocess(*args[:-1], "-p", "no:randomly")
+    assert ok.ret == 0  # no fleet tolerance: no fleet check
+    monkeypatch.setenv("GPUFIT_HOST", "node-d")
+    env_host = pytester.runpytest_subprocess(*args)
+    assert env_host.ret == 0, env_host.stdout.str()
+    hosts = {store.read(i.path)["fingerprint"]["host"] for i in store.runs()}
+    assert hosts == {"node-a", "node-b", "node-c", "node-d"} | {hosts_default()}
+
+
+def hosts_default() -> str:
+    from pytest_gpufit.baseline.fingerprint import default_host
+
+    return default_host() or ""
+
+
+@WIRED
+def test_too_few_hosts_fails_the_gate_and_warns_otherwise(pytester: pytest.Pytester) -> None:
+    store = Store(pytester.path / "store")
+    _save(store, "node-a", 100.0)
+    _host_session(pytester, 100.0, "FakeCard()")
+    args = ["--gpufit-baseline=compare", "--gpufit-baseline-dir=store", "--gpufit-host=node-z"]
+    soft = pytester.runpytest_subprocess(*args, "--gpufit-fleet-tolerance=15%")
+    assert soft.ret == 0
+    soft.stdout.fnmatch_lines(["*fleet check of host node-z*no verdict, 1 other host*"])
+    gate = pytester.runpytest_subprocess(
+        *args, "--gpufit-fleet-tolerance=15%", "--gpufit-on-missing=fail"
+    )
+    assert gate.ret == 1
+    gate.stdout.fnmatch_lines(["*fleet check of host node-z*no verdict, 1 other host*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gpufit-fleet-tolerance=15"], "--gpufit-fleet-tolerance: expected a percentage*"),
+        (["--gpufit-fleet-tolerance="], "--gpufit-fleet-tolerance is set but empty*"),
+        (["--gpufit-host=a\nb"], "--gpufit-host: expected a host name*"),
+    ],
+)
+def test_bad_fleet_settings_are_usage_errors(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_fleet_tolerance_from_the_environment_names_its_source(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    monkeypatch.setenv("GPUFIT_FLEET_TOLERANCE", "fast")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*GPUFIT_FLEET_TOLERANCE: expected a percentage*'fast'*"])

@@ -159,13 +159,16 @@ def suspicious_facts(
         if slow:
             notes.append(f"clocks held back: {', '.join(slow)}")
     enforced, default = facts.get("power_limit_mw"), facts.get("power_limit_default_mw")
-    if isinstance(enforced, int) and isinstance(default, int) and enforced < default:
+    capped = isinstance(enforced, int) and isinstance(default, int) and enforced < default
+    if capped:
         notes.append(f"power limit {power_text(dict(facts))}")
     for label, read in (
         ("max PCIe link", _max_link),
         ("driver", lambda fp: fp.get("driver_version")),
         ("power limit", _enforced_power),
     ):
+        if capped and label == "power limit":
+            continue  # said above, with its default
         mine = read(fingerprint)
         theirs = Counter(v for v in (read(o) for o in others) if v is not None)
         if mine is None or not theirs:
