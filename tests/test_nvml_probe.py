@@ -174,3 +174,34 @@ def test_simulated_cards_have_no_host_facts() -> None:
 
     (gpu,) = simulated_gpus("h100-sxm")
     assert set(gpu.host_facts().values()) == {None}
+
+
+def test_host_facts_in_the_report_header_and_the_markdown_summary() -> None:
+    from pytest_gpufit.report import inventory_lines, markdown_summary
+
+    card = FakeCard(pcie_gen=(1, 5), pcie_width=(16, 16), power_mw=(600000, 700000))
+    inv = probe(FakeNvml([card]))
+    expected = (
+        "PCIe gen1 x16 (max gen5 x16), clock events gpu_idle, power limit 600 W (default 700 W)"
+    )
+    assert inventory_lines(inv)[1] == "  " + expected
+    assert f"  - {expected}" in markdown_summary(inv, {}, {})
+    none = probe(
+        FakeNvml(
+            [
+                FakeCard(
+                    not_supported={
+                        "nvmlDeviceGetCurrPcieLinkGeneration",
+                        "nvmlDeviceGetMaxPcieLinkGeneration",
+                        "nvmlDeviceGetCurrPcieLinkWidth",
+                        "nvmlDeviceGetMaxPcieLinkWidth",
+                        "nvmlDeviceGetCurrentClocksEventReasons",
+                        "nvmlDeviceGetCurrentClocksThrottleReasons",
+                        "nvmlDeviceGetEnforcedPowerLimit",
+                        "nvmlDeviceGetPowerManagementDefaultLimit",
+                    }
+                )
+            ]
+        )
+    )
+    assert len(inventory_lines(none)) == 1, "nothing said: no host facts line"
