@@ -264,6 +264,18 @@ def gate_conflicts(settings: Settings) -> None:
             "a simulated run measures nothing on a GPU and must never write or judge "
             "baselines; unset one of them"
         )
+    if (
+        settings.fleet_tolerance is not None
+        and settings.fail_on_missing
+        and (settings.baseline == "off")
+    ):
+        raise GpufitError(
+            f"fleet_tolerance (from {settings.source('fleet_tolerance')}) judges this run "
+            f"against the fleet's, and baseline=off (from {settings.source('baseline')}) "
+            "measures nothing into the store: under on_missing=fail (from "
+            f"{settings.source('on_missing')}) the fleet check would silently not run; set "
+            "--gpufit-baseline=compare, or unset the fleet tolerance"
+        )
     if settings.simulate and settings.fail_on_missing:
         raise GpufitError(
             f"on_missing=fail (from {settings.source('on_missing')}) and simulate="

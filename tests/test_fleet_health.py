@@ -210,6 +210,24 @@ def test_too_few_other_hosts_is_said_and_fails_only_under_the_fail_policy(
         _session(store, "node-c", 0.15, strict=True).save(_measured(10.0), accept=False)
 
 
+def test_a_check_no_other_host_measured_has_no_verdict(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    _fleet(store)
+    measured = {**_measured(100.0), "s.gpufit.yaml::t::new": {**_measured(1.0)[NODE]}}
+    with pytest.raises(FleetFailure, match="t::new: no verdict on decode tok/s, 0 other hosts"):
+        _session(store, "node-d", 0.15, strict=True).save(measured, accept=False)
+    (saved,) = _session(store, "node-d", 0.15, strict=False).save(measured, accept=False)
+    assert "t::new: no verdict" in saved.message
+
+
+def test_a_run_without_figures_is_not_a_fleet_pass_under_the_fail_policy(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    _fleet(store)
+    figureless = {NODE: {"gpu": H100, "suite": "s", "metrics": {"text": "hi"}}}
+    with pytest.raises(FleetFailure, match="no check of this run measured a figure"):
+        _session(store, "node-d", 0.15, strict=True).save(figureless, accept=False)
+
+
 def test_no_fleet_tolerance_means_no_fleet_check(tmp_path: Path) -> None:
     store = Store(tmp_path)
     _fleet(store)
@@ -381,6 +399,11 @@ def test_too_few_hosts_fails_the_gate_and_warns_otherwise(pytester: pytest.Pytes
         (["--gpufit-fleet-tolerance=15"], "--gpufit-fleet-tolerance: expected a percentage*"),
         (["--gpufit-fleet-tolerance="], "--gpufit-fleet-tolerance is set but empty*"),
         (["--gpufit-host=a\nb"], "--gpufit-host: expected a host name*"),
+        (
+            ["--gpufit-fleet-tolerance=15%", "--gpufit-on-missing=fail"],
+            "*fleet_tolerance (from --gpufit-fleet-tolerance)*baseline=off (from default)*"
+            "the fleet check would silently not run*",
+        ),
     ],
 )
 def test_bad_fleet_settings_are_usage_errors(

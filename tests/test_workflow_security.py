@@ -114,6 +114,7 @@ def test_a_self_hosted_job_that_a_fork_pull_request_can_start_is_flagged() -> No
             "    runs-on:",
         ),
         ("    runs-on:", "    if: ${{ !github.event.pull_request.head.repo.fork }}\n    runs-on:"),
+        ("    runs-on:", "    if: github.event_name == 'push'\n    runs-on:"),
         ("[push, pull_request]", "{push: {branches: [main]}}"),
         ("[self-hosted, linux, gpu]", "ubuntu-latest"),
     ],

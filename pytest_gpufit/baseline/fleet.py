@@ -218,12 +218,19 @@ def judge_fleet(
         return FleetVerdict(failures=(message,)) if strict else FleetVerdict(notes=(message,))
     fleet = medians(others)
     judged = against(values, fleet, tolerance)
-    if not judged:
+    if not values:
         message = (
-            f"fleet check of host {host} ({where}): no metric of this run was measured by "
-            "the other hosts, so nothing was compared"
+            f"fleet check of host {host} ({where}): no check of this run measured a figure, "
+            "so nothing was compared"
         )
         return FleetVerdict(failures=(message,)) if strict else FleetVerdict(notes=(message,))
+    # A figure no other host measured (a check new to the suite) has no median: no verdict.
+    judged += [
+        (nodeid, judge(metric, value, [value], tolerance), 0)
+        for nodeid, metrics in sorted(values.items())
+        for metric, value in sorted(metrics.items())
+        if (nodeid, metric) not in fleet
+    ]
     facts = facts_of(fingerprint)
     odd = suspicious_facts(fingerprint, [o.fingerprint for o in others])
     shown = "; ".join(f"{k} {v}" for k, v in facts.items()) or "no host facts recorded"
@@ -234,7 +241,8 @@ def judge_fleet(
         if hosts < MIN_OTHER_HOSTS:
             few = (
                 f"fleet check of host {host} ({where}): {nodeid}: no verdict on "
-                f"{metric_label(c.metric)}, only {hosts} other host measured it"
+                f"{metric_label(c.metric)}, {hosts} other host{'s' * (hosts != 1)} measured it "
+                f"({MIN_OTHER_HOSTS} needed)"
             )
             (failures if strict else notes).append(few)
             continue

@@ -180,7 +180,7 @@ class BaselineSession:
     ) -> FleetVerdict | None:
         """This run against the other hosts' latest runs, before it is written (so a host's
         own earlier runs never count: it is judged against the others only)."""
-        if self.fleet_tolerance is None or gpu_name == "cpu":
+        if self.fleet_tolerance is None:
             return None
         runs, _ = self.host_runs(gpu_name, suite)
         others = [run for run in runs if run.host != self.host]

@@ -38,7 +38,9 @@ _HEAD_FETCH = re.compile(r"gh\s+pr\s+checkout|refs/pull/|\bpull/\$\{\{|git\s+fet
 _SAME_REPO = re.compile(
     r"github\.event\.pull_request\.head\.repo\.full_name\s*==\s*github\.repository|"
     r"!\s*github\.event\.pull_request\.head\.repo\.fork|"
-    r"github\.event\.pull_request\.head\.repo\.fork\s*==\s*false"
+    r"github\.event\.pull_request\.head\.repo\.fork\s*==\s*false|"
+    r"github\.event_name\s*==\s*'(push|workflow_dispatch|schedule)'|"
+    r"github\.event_name\s*!=\s*'pull_request'"
 )
 _MATRIX_REF = re.compile(r"^\$\{\{\s*matrix\.([A-Za-z0-9_-]+)\s*\}\}$")
 
