@@ -284,6 +284,19 @@ def test_fleet_view_bad_tolerance_is_one_message(tmp_path: Path, tolerance: str)
     assert "--tolerance" in out.stderr
 
 
+def test_fleet_view_of_hand_edited_host_facts_leaves_the_wrong_ones_out(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    _fleet(store)
+    path = store.find(_save(store, "node-d", 99.0))
+    record = json.loads(path.read_text())
+    record["fingerprint"]["host_facts"] = {"power_limit_mw": "lots", "clock_event_reasons": 3}
+    record["fingerprint"]["driver_version"] = ["570"]
+    path.write_text(json.dumps(record))
+    out = _cli(tmp_path, "fleet", "--dir", "store")
+    assert out.returncode == 0, out.stderr
+    assert "host node-d (run " in out.stdout and "no host facts recorded" in out.stdout
+
+
 def test_fleet_view_of_a_corrupt_record_names_it(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     run = _save(store, "node-a", 100.0)

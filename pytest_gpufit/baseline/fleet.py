@@ -23,7 +23,7 @@ from pytest_gpufit.baseline.compare import (
     metric_values,
 )
 from pytest_gpufit.hardware.nvml import SLOWDOWN_REASONS
-from pytest_gpufit.hardware.records import pcie_text, power_text
+from pytest_gpufit.hardware.records import HOST_FACTS, pcie_text, power_text
 
 MIN_OTHER_HOSTS = 2  # a median of one other host is that host: no fleet
 
@@ -109,37 +109,55 @@ def metric_label(metric: str) -> str:
 # ---- host facts ---------------------------------------------------------------------------
 
 
+def host_facts(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored run's host facts, each of the right type or None (a record edited by hand must
+    not crash the fleet view: a figure that is not a whole number is left out)."""
+    raw = fingerprint.get("host_facts")
+    raw = raw if isinstance(raw, Mapping) else {}
+    out: dict[str, Any] = {}
+    for name in HOST_FACTS:
+        value = raw.get(name)
+        if name == "clock_event_reasons":
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        out[name] = value if ok else None
+    return out
+
+
 def facts_of(fingerprint: Mapping[str, Any]) -> dict[str, str]:
     """The host facts of a run as short texts: PCIe, clock events, power, driver."""
-    raw = fingerprint.get("host_facts")
-    facts: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    facts = host_facts(fingerprint)
     out: dict[str, str] = {}
-    link = pcie_text(dict(facts))
+    link = pcie_text(facts)
     if link:
         out["PCIe"] = link
     reasons = facts.get("clock_event_reasons")
     if isinstance(reasons, list):
         out["clock events"] = ", ".join(str(r) for r in reasons) or "none"
-    power = power_text(dict(facts))
+    power = power_text(facts)
     if power:
         out["power limit"] = power
-    driver = fingerprint.get("driver_version")
+    driver = _driver(fingerprint)
     if driver:
-        out["driver"] = str(driver)
+        out["driver"] = driver
     return out
 
 
+def _driver(fingerprint: Mapping[str, Any]) -> str | None:
+    value = fingerprint.get("driver_version")
+    return value if isinstance(value, str) and value else None
+
+
 def _max_link(fingerprint: Mapping[str, Any]) -> str | None:
-    raw = fingerprint.get("host_facts")
-    if not isinstance(raw, Mapping):
-        return None
+    raw = host_facts(fingerprint)
     gen, width = raw.get("pcie_link_gen_max"), raw.get("pcie_link_width_max")
     return None if gen is None and width is None else f"gen{gen} x{width}"
 
 
 def _enforced_power(fingerprint: Mapping[str, Any]) -> str | None:
-    raw = fingerprint.get("host_facts")
-    if not isinstance(raw, Mapping) or raw.get("power_limit_mw") is None:
+    raw = host_facts(fingerprint)
+    if raw["power_limit_mw"] is None:
         return None
     return f"{raw['power_limit_mw'] / 1000:.0f} W"
 
@@ -151,8 +169,7 @@ def suspicious_facts(
     max PCIe link, driver or power limit unlike most other hosts. The current link is never
     held against it: an idle card downtrains its link (current below max is normal)."""
     notes = []
-    raw = fingerprint.get("host_facts")
-    facts: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    facts = host_facts(fingerprint)
     reasons = facts.get("clock_event_reasons")
     if isinstance(reasons, list):
         slow = [str(r) for r in reasons if r in SLOWDOWN_REASONS]
@@ -161,10 +178,10 @@ def suspicious_facts(
     enforced, default = facts.get("power_limit_mw"), facts.get("power_limit_default_mw")
     capped = isinstance(enforced, int) and isinstance(default, int) and enforced < default
     if capped:
-        notes.append(f"power limit {power_text(dict(facts))}")
+        notes.append(f"power limit {power_text(facts)}")
     for label, read in (
         ("max PCIe link", _max_link),
-        ("driver", lambda fp: fp.get("driver_version")),
+        ("driver", _driver),
         ("power limit", _enforced_power),
     ):
         if capped and label == "power limit":
