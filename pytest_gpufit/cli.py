@@ -221,6 +221,44 @@ def _baseline_diff(args: argparse.Namespace) -> int:
     return 1 if args.exit_code and (worse or lost or gone) else 0
 
 
+def _baseline_fleet(args: argparse.Namespace) -> int:
+    """Per host, how far each metric sits from the fleet median of its GPU model and suite."""
+    from pytest_gpufit.baseline import slug
+    from pytest_gpufit.baseline.fleet import latest_per_host, view_lines
+
+    store = _store(args)
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for info in store.runs():
+        groups.setdefault((info.gpu, info.suite), []).append(info)
+    chosen = {
+        key: infos
+        for key, infos in groups.items()
+        if (args.gpu is None or key[0] == slug(args.gpu))
+        and (args.suite is None or key[1] == slug(args.suite))
+    }
+    if not chosen:
+        have = ", ".join(sorted({f"{g}/{s}" for g, s in groups})) or "no runs at all"
+        wanted = " and ".join(
+            f"{what} {value!r}"
+            for what, value in (("GPU", args.gpu), ("suite", args.suite))
+            if value is not None
+        )
+        raise GpufitError(
+            f"no baseline runs{' of ' + wanted if wanted else ''} in {store.root} "
+            f"(it has: {have}); see gpufit baseline list"
+        )
+    blocks = []
+    for infos in chosen.values():
+        records = [(str(i.path), store.read(i.path)) for i in infos]
+        runs, unnamed = latest_per_host(records)
+        gpu_name = str(records[-1][1]["fingerprint"]["gpu_name"])
+        blocks.append(
+            "\n".join(view_lines(gpu_name, records[-1][1]["suite"], runs, unnamed, args.tolerance))
+        )
+    print("\n\n".join(blocks))
+    return 0
+
+
 def _baseline_plot(args: argparse.Namespace) -> int:
     from pytest_gpufit.plot import plot_runs
 
@@ -333,7 +371,7 @@ def parser() -> argparse.ArgumentParser:
     table.set_defaults(handler=_table)
 
     baseline = sub.add_parser(
-        "baseline", help="stored baselines: list, show, accept, diff, plot, migrate"
+        "baseline", help="stored baselines: list, show, accept, diff, fleet, plot, migrate"
     )
     dir_help = (
         "the baseline folder (default: GPUFIT_BASELINE_DIR, else ini gpufit_baseline_dir, "
@@ -374,6 +412,21 @@ def parser() -> argparse.ArgumentParser:
         "or a check of OLD is missing from NEW (as git diff --exit-code)",
     )
     diff.set_defaults(handler=_baseline_diff)
+    fleet = add_verb(
+        "fleet",
+        help="per host, how far each metric sits from the fleet median of its GPU model and "
+        "suite (latest run per host), with the host facts (PCIe link, clock events, power "
+        "limit, driver)",
+    )
+    fleet.add_argument("--gpu", help="only this GPU model (its name, e.g. 'NVIDIA H100 80GB HBM3')")
+    fleet.add_argument("--suite", help="only this suite")
+    fleet.add_argument(
+        "--tolerance",
+        type=_percent,
+        default=0.15,
+        help="mark metrics further than this from the median (default 15%%)",
+    )
+    fleet.set_defaults(handler=_baseline_fleet)
     plot = add_verb(
         "plot", help="each metric across stored runs, to a PNG (needs the plot extra: matplotlib)"
     )

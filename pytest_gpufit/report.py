@@ -13,7 +13,7 @@ from typing import Any
 
 from pytest_gpufit.atomic import why_unwritable, write_text_atomic
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.records import Environment, Inventory
+from pytest_gpufit.hardware.records import Environment, Gpu, Inventory, pcie_text, power_text
 from pytest_gpufit.numbers import format_number, format_percent, plural
 from pytest_gpufit.requirements import Verdict
 from pytest_gpufit.units import format_gb, format_gib
@@ -116,7 +116,27 @@ def inventory_lines(inventory: Inventory) -> list[str]:
         memory = f"{format_gb(g.memory_total_bytes)} ({format_gib(g.memory_total_bytes)})"
         sim = f" [simulated {g.catalog_id}]" if g.simulated else ""
         lines.append(f"{g.label}, {memory}, CC {g.cc_text}{versions}{sim}")
+        facts = host_facts_text(g)
+        if facts:
+            lines.append(f"  {facts}")
     return lines + [f"warning: {w}" for w in inventory.warnings]
+
+
+def host_facts_text(gpu: Gpu) -> str | None:
+    """``PCIe gen1 x16 (max gen5 x16), clock events gpu_idle, power limit 700 W``: what NVML
+    said about the card in this host (None when it said nothing, as for simulated cards).
+    The link of an idle card is downtrained: current below max is normal at start-up."""
+    facts = gpu.host_facts()
+    parts = []
+    link = pcie_text(facts)
+    if link:
+        parts.append(f"PCIe {link}")
+    if facts["clock_event_reasons"] is not None:
+        parts.append(f"clock events {', '.join(facts['clock_event_reasons']) or 'none'}")
+    power = power_text(facts)
+    if power:
+        parts.append(f"power limit {power}")
+    return ", ".join(parts) or None
 
 
 def summary_lines(inventory: Inventory, verdicts: Mapping[str, Verdict]) -> list[str]:
@@ -390,6 +410,9 @@ def markdown_summary(
         for gpu in inventory.gpus:
             versions = "" if inventory.simulated else "; " + environment_text(inventory.environment)
             lines.append(f"- {_md(gpu.describe())}{versions}")
+            facts = host_facts_text(gpu)
+            if facts:
+                lines.append(f"  - {_md(facts)}")
     else:
         lines.append(f"- no GPU: {_md(inventory.reason or 'none found')}")
     if verdicts:

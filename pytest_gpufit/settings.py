@@ -55,6 +55,20 @@ def simulation(value: str, source: str) -> str:
     return value
 
 
+def host_name(value: str, source: str) -> str:
+    """This host's name in the fleet: printable, one line, at most 253 characters (a DNS name).
+
+    >>> host_name("gpu-node-07", "x")
+    'gpu-node-07'
+    """
+    if len(value) > 253 or not value.isprintable():
+        raise GpufitError(
+            f"{source}: expected a host name (printable, one line, at most 253 characters), "
+            f"got {value[:80]!r}"
+        )
+    return value
+
+
 def choice(*choices: str) -> Parser:
     def parse(value: str, source: str) -> str:
         if value not in choices:
@@ -158,6 +172,19 @@ OPTIONS = (
         "write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when that is set "
         "and the session used gpufit)",
     ),
+    _option(
+        "host",
+        "this host's name in the fleet baseline store, e.g. gpu-node-07 (default: the "
+        "hostname); set it where the hostname changes per job (a runner pod or container)",
+        parse=host_name,
+    ),
+    _option(
+        "fleet_tolerance",
+        "e.g. 15%; with baseline=compare, fail this host when a metric of this run sits "
+        "further than this from the median of the other hosts' latest runs of the same GPU "
+        "model and suite (needs 2 other hosts)",
+        parse=parse_percent,
+    ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -176,6 +203,8 @@ class Settings:
     baseline_tolerance: float
     gpus_per_worker: int
     summary: str | None
+    host: str | None = None
+    fleet_tolerance: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -234,6 +263,18 @@ def gate_conflicts(settings: Settings) -> None:
             f"{settings.simulate!r} (from {settings.source('simulate')}) cannot be combined: "
             "a simulated run measures nothing on a GPU and must never write or judge "
             "baselines; unset one of them"
+        )
+    if (
+        settings.fleet_tolerance is not None
+        and settings.fail_on_missing
+        and (settings.baseline == "off")
+    ):
+        raise GpufitError(
+            f"fleet_tolerance (from {settings.source('fleet_tolerance')}) judges this run "
+            f"against the fleet's, and baseline=off (from {settings.source('baseline')}) "
+            "measures nothing into the store: under on_missing=fail (from "
+            f"{settings.source('on_missing')}) the fleet check would silently not run; set "
+            "--gpufit-baseline=compare, or unset the fleet tolerance"
         )
     if settings.simulate and settings.fail_on_missing:
         raise GpufitError(

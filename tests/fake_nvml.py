@@ -42,6 +42,10 @@ class FakeCard:
     sms: int = 132
     not_supported: set[str] = field(default_factory=set)  # NVML function names
     lost: bool = False
+    pcie_gen: tuple[int, int] = (1, 5)  # current (an idle card downtrains), max
+    pcie_width: tuple[int, int] = (16, 16)
+    clock_events: int = 0x1  # gpu_idle
+    power_mw: tuple[int, int] = (700000, 700000)  # enforced, default
 
 
 class FakeNvml:
@@ -136,6 +140,39 @@ class FakeNvml:
     def nvmlDeviceGetEccMode(self, h: int) -> tuple[int, int]:  # noqa: N802
         self._card(h, "nvmlDeviceGetEccMode")
         return (1, 1)
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, h: int) -> int:  # noqa: N802
+        return self._card(h, "nvmlDeviceGetCurrPcieLinkGeneration").pcie_gen[0]
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, h: int) -> int:  # noqa: N802
+        return self._card(h, "nvmlDeviceGetMaxPcieLinkGeneration").pcie_gen[1]
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, h: int) -> int:  # noqa: N802
+        return self._card(h, "nvmlDeviceGetCurrPcieLinkWidth").pcie_width[0]
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, h: int) -> int:  # noqa: N802
+        return self._card(h, "nvmlDeviceGetMaxPcieLinkWidth").pcie_width[1]
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:  # noqa: N802
+        return self._card(h, "nvmlDeviceGetCurrentClocksEventReasons").clock_events
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: int) -> int:  # noqa: N802
+        return self._card(h, "nvmlDeviceGetCurrentClocksThrottleReasons").clock_events
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: int) -> int:  # noqa: N802
+        return self._card(h, "nvmlDeviceGetEnforcedPowerLimit").power_mw[0]
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, h: int) -> int:  # noqa: N802
+        return self._card(h, "nvmlDeviceGetPowerManagementDefaultLimit").power_mw[1]
+
+
+class OldFakeNvml(FakeNvml):
+    """Bindings from before nvml 12.535 renamed throttle reasons to clock event reasons."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "nvmlDeviceGetCurrentClocksEventReasons":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
 
 
 RTX_4090 = dict(

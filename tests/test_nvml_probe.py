@@ -9,6 +9,7 @@ from fake_nvml import (
     FakeNvml,
     NVMLError_DriverNotLoaded,
     NVMLError_LibraryNotFound,
+    OldFakeNvml,
 )
 
 from pytest_gpufit.hardware.nvml import probe_nvml
@@ -60,6 +61,12 @@ def test_library_failures_give_an_empty_inventory_with_reason(error: type, reaso
         "nvmlDeviceGetEccMode",
         "nvmlDeviceGetPciInfo",
         "nvmlDeviceGetMaxClockInfo",
+        "nvmlDeviceGetCurrPcieLinkGeneration",
+        "nvmlDeviceGetMaxPcieLinkGeneration",
+        "nvmlDeviceGetCurrPcieLinkWidth",
+        "nvmlDeviceGetMaxPcieLinkWidth",
+        "nvmlDeviceGetEnforcedPowerLimit",
+        "nvmlDeviceGetPowerManagementDefaultLimit",
     ],
 )
 def test_a_field_that_is_not_supported_becomes_none(fn: str) -> None:
@@ -119,3 +126,82 @@ def test_no_gpu_on_this_machine_is_a_reason_not_an_exception() -> None:
     if inv.gpus:
         pytest.skip("this machine has a GPU")
     assert inv.reason
+
+
+def test_host_facts_pcie_link_clock_events_and_power_limit() -> None:
+    card = FakeCard(
+        pcie_gen=(1, 5), pcie_width=(8, 16), clock_events=0x1 | 0x40, power_mw=(300000, 350000)
+    )
+    (gpu,) = probe(FakeNvml([card])).gpus
+    assert (gpu.pcie_link_gen_current, gpu.pcie_link_gen_max) == (1, 5)
+    assert (gpu.pcie_link_width_current, gpu.pcie_link_width_max) == (8, 16)
+    assert gpu.clock_event_reasons == ("gpu_idle", "hw_thermal_slowdown")
+    assert (gpu.power_limit_mw, gpu.power_limit_default_mw) == (300000, 350000)
+    facts = gpu.host_facts()
+    assert facts["clock_event_reasons"] == ["gpu_idle", "hw_thermal_slowdown"]
+    assert gpu.to_dict()["pcie_link_width_max"] == 16  # in gpufit probe --json
+
+
+def test_no_clock_event_reason_is_an_empty_tuple_not_none() -> None:
+    (gpu,) = probe(FakeNvml([FakeCard(clock_events=0)])).gpus
+    assert gpu.clock_event_reasons == ()
+
+
+def test_clock_event_reasons_fall_back_to_the_throttle_reasons_of_old_bindings() -> None:
+    (gpu,) = probe(OldFakeNvml([FakeCard(clock_events=0x4)])).gpus
+    assert gpu.clock_event_reasons == ("sw_power_cap",)
+
+
+def test_clock_event_reasons_fall_back_when_the_new_call_is_not_supported() -> None:
+    card = FakeCard(clock_events=0x8, not_supported={"nvmlDeviceGetCurrentClocksEventReasons"})
+    (gpu,) = probe(FakeNvml([card])).gpus
+    assert gpu.clock_event_reasons == ("hw_slowdown",)
+
+
+def test_clock_event_reasons_none_when_the_driver_cannot_say() -> None:
+    card = FakeCard(
+        not_supported={
+            "nvmlDeviceGetCurrentClocksEventReasons",
+            "nvmlDeviceGetCurrentClocksThrottleReasons",
+        }
+    )
+    (gpu,) = probe(FakeNvml([card])).gpus
+    assert gpu.clock_event_reasons is None and gpu.to_dict()["clock_event_reasons"] is None
+
+
+def test_simulated_cards_have_no_host_facts() -> None:
+    from pytest_gpufit.hardware.catalog import simulated_gpus
+
+    (gpu,) = simulated_gpus("h100-sxm")
+    assert set(gpu.host_facts().values()) == {None}
+
+
+def test_host_facts_in_the_report_header_and_the_markdown_summary() -> None:
+    from pytest_gpufit.report import inventory_lines, markdown_summary
+
+    card = FakeCard(pcie_gen=(1, 5), pcie_width=(16, 16), power_mw=(600000, 700000))
+    inv = probe(FakeNvml([card]))
+    expected = (
+        "PCIe gen1 x16 (max gen5 x16), clock events gpu_idle, power limit 600 W (default 700 W)"
+    )
+    assert inventory_lines(inv)[1] == "  " + expected
+    assert f"  - {expected}" in markdown_summary(inv, {}, {})
+    none = probe(
+        FakeNvml(
+            [
+                FakeCard(
+                    not_supported={
+                        "nvmlDeviceGetCurrPcieLinkGeneration",
+                        "nvmlDeviceGetMaxPcieLinkGeneration",
+                        "nvmlDeviceGetCurrPcieLinkWidth",
+                        "nvmlDeviceGetMaxPcieLinkWidth",
+                        "nvmlDeviceGetCurrentClocksEventReasons",
+                        "nvmlDeviceGetCurrentClocksThrottleReasons",
+                        "nvmlDeviceGetEnforcedPowerLimit",
+                        "nvmlDeviceGetPowerManagementDefaultLimit",
+                    }
+                )
+            ]
+        )
+    )
+    assert len(inventory_lines(none)) == 1, "nothing said: no host facts line"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,9 +27,16 @@ class Fingerprint:
     python_version: str | None
     git_commit: str | None
     engine: str | None = None  # a served target's engine and version: "vllm 0.32.0"
+    # Which machine ran it, and that card's facts in it (PCIe link, clock event reasons, power
+    # limit). Not keys and not "environment changes": runs of one GPU model from many hosts
+    # meet in one store, and gpufit baseline fleet compares them. Absent from older records.
+    host: str | None = None
+    host_facts: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["host_facts"] = None if self.host_facts is None else dict(self.host_facts)
+        return data
 
 
 _DIFF_FIELDS = (
@@ -43,10 +51,23 @@ _DIFF_FIELDS = (
 )
 
 
+def default_host() -> str | None:
+    """This machine's hostname; None when it has none."""
+    try:
+        return socket.gethostname() or None
+    except OSError:
+        return None
+
+
 def fingerprint(
-    gpu: Gpu | None, env: Environment, commit: str | None = None, engine: str | None = None
+    gpu: Gpu | None,
+    env: Environment,
+    commit: str | None = None,
+    engine: str | None = None,
+    host: str | None = None,
 ) -> Fingerprint:
     """The fingerprint of a run on ``gpu`` (None: the CPU); ``commit`` is read once per session."""
+    facts = gpu.host_facts() if gpu is not None and not gpu.simulated else None
     return Fingerprint(
         gpu_name=gpu.name if gpu else "cpu",
         gpu_memory_bytes=gpu.memory_total_bytes if gpu else None,
@@ -58,6 +79,8 @@ def fingerprint(
         python_version=env.python_version,
         git_commit=commit,
         engine=engine,
+        host=host,
+        host_facts=facts if facts and any(v is not None for v in facts.values()) else None,
     )
 
 

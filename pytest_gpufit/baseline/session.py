@@ -8,8 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_gpufit.baseline.fingerprint import Fingerprint, fingerprint, git_commit
-from pytest_gpufit.baseline.store import Store, failed_checks
+from pytest_gpufit.baseline.fingerprint import Fingerprint, default_host, fingerprint, git_commit
+from pytest_gpufit.baseline.fleet import (
+    FleetVerdict,
+    HostRun,
+    judge_fleet,
+    latest_per_host,
+    run_values,
+)
+from pytest_gpufit.baseline.store import Store, failed_checks, slug
+from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.records import Environment, Gpu
 
 
@@ -25,9 +33,14 @@ class SavedRun:
     failed: tuple[str, ...]  # node ids of the checks that did not pass
     accept_asked: bool
     not_run: tuple[str, ...] = ()  # checks of the suite this session did not run (-k, -x)
+    fleet_notes: tuple[str, ...] = ()  # the fleet check: no verdict, or better than the fleet
 
     @property
     def message(self) -> str:
+        return "\n".join([self._saved, *self.fleet_notes])
+
+    @property
+    def _saved(self) -> str:
         head = (
             f"gpufit: baseline run {self.run_id} ({self.checks} "
             f"check{'s' * (self.checks != 1)}) of suite {self.suite} saved"
@@ -53,10 +66,18 @@ class SavedRun:
         )
 
 
+class FleetFailure(GpufitError):
+    """This host is out of line with the fleet (or, under the fail policy, could not be judged).
+
+    Raised by ``BaselineSession.save`` after every run is written, so the session fails."""
+
+
 class BaselineSession:
     """Reads accepted baselines once per (GPU model, suite); saves one run per (GPU, suite).
 
-    The git commit is read once, here, not per compared check.
+    The git commit is read once, here, not per compared check. ``host`` names this machine in
+    the store (default: its hostname); with ``fleet_tolerance``, ``save`` judges each saved
+    run against the other hosts' latest runs (``fleet_strict``: no verdict fails too).
     """
 
     def __init__(
@@ -65,15 +86,33 @@ class BaselineSession:
         environment: Environment,
         gpus: tuple[Gpu, ...],
         root: Path | None = None,
+        *,
+        host: str | None = None,
+        fleet_tolerance: float | None = None,
+        fleet_strict: bool = False,
     ) -> None:
         self.store = store
         self.environment = environment
         self.gpus = {g.name: g for g in gpus}
         self.commit = git_commit(root)
+        self.host = host or default_host()
+        self.fleet_tolerance = fleet_tolerance
+        self.fleet_strict = fleet_strict
         self._accepted: dict[tuple[str, str], dict[str, Any] | None] = {}
 
     def fingerprint(self, gpu: Gpu | None) -> Fingerprint:
-        return fingerprint(gpu, self.environment, self.commit)
+        return fingerprint(gpu, self.environment, self.commit, host=self.host)
+
+    def host_runs(self, gpu_name: str, suite: str) -> tuple[list[HostRun], int]:
+        """The latest stored run per host of ``suite`` on ``gpu_name``, and the number of runs
+        that name no host."""
+        folder = (slug(gpu_name), slug(suite))
+        records = (
+            (str(info.path), self.store.read(info.path))
+            for info in self.store.runs()
+            if (info.gpu, info.suite) == folder
+        )
+        return latest_per_host(records)
 
     def accepted(self, gpu_name: str, suite: str) -> dict[str, Any] | None:
         """The accepted run of ``suite`` on ``gpu_name`` (None: none accepted yet)."""
@@ -103,6 +142,7 @@ class BaselineSession:
         for (_, suite), results in groups.items():
             ran.setdefault(suite, set()).update(results)
         saved = []
+        fleet_failures: list[str] = []
         for (gpu_name, suite), results in sorted(groups.items()):
             failed = failed_checks({"results": results})
             not_run = tuple(sorted(set((expected or {}).get(suite, ())) - ran[suite]))
@@ -113,11 +153,48 @@ class BaselineSession:
             )
             if engines:
                 fp = dataclasses.replace(fp, engine=", ".join(engines))
+            verdict = self._fleet(gpu_name, suite, fp, results) if not accept else None
             run_id = self.store.write_run(fp, suite, results, accept=ok)
             saved.append(
-                SavedRun(gpu_name, suite, run_id, len(results), ok, tuple(failed), accept, not_run)
+                SavedRun(
+                    gpu_name,
+                    suite,
+                    run_id,
+                    len(results),
+                    ok,
+                    tuple(failed),
+                    accept,
+                    not_run,
+                    verdict.notes if verdict else (),
+                )
             )
+            fleet_failures += verdict.failures if verdict else ()
+        if fleet_failures:
+            # Every run is written first: the record of a slow host is what the fleet view shows.
+            kept = "; ".join(f"{run.run_id} ({run.gpu_name}, {run.suite})" for run in saved)
+            raise FleetFailure("\n".join([*fleet_failures, f"(runs saved: {kept})"]))
         return saved
+
+    def _fleet(
+        self, gpu_name: str, suite: str, fp: Fingerprint, results: Mapping[str, Any]
+    ) -> FleetVerdict | None:
+        """This run against the other hosts' latest runs, before it is written (so a host's
+        own earlier runs never count: it is judged against the others only)."""
+        if self.fleet_tolerance is None:
+            return None
+        runs, _ = self.host_runs(gpu_name, suite)
+        others = [run for run in runs if run.host != self.host]
+        values = run_values({"results": results}, f"this run of {suite}")
+        return judge_fleet(
+            self.host or "(unnamed)",
+            gpu_name,
+            suite,
+            fp.to_dict(),
+            values,
+            others,
+            self.fleet_tolerance,
+            self.fleet_strict,
+        )
 
 
 def _engine_of(entry: Mapping[str, Any]) -> bool:

@@ -33,6 +33,52 @@ _ARCHITECTURES = {
 }
 
 
+# NVML's clock event (formerly "throttle") reason bits, as nvml.h numbers them.
+CLOCK_EVENT_REASONS = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+    0x200: "board_limit",
+    0x400: "reliability",
+}
+# Reasons that mean the card is held below what it should do under load; the others are
+# normal (idle, a user's application clocks, sync boost, the software power cap at full load).
+SLOWDOWN_REASONS = frozenset(
+    {
+        "hw_slowdown",
+        "sw_thermal_slowdown",
+        "hw_thermal_slowdown",
+        "hw_power_brake_slowdown",
+        "board_limit",
+        "reliability",
+    }
+)
+
+
+def clock_event_names(mask: int) -> tuple[str, ...]:
+    """The names of the bits set in an NVML clock event reason mask; unknown bits by value.
+
+    >>> clock_event_names(0x1 | 0x40 | 0x10000)
+    ('gpu_idle', 'hw_thermal_slowdown', 'unknown_0x10000')
+    >>> clock_event_names(0)
+    ()
+    """
+    names = [name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit]
+    rest = mask & ~sum(CLOCK_EVENT_REASONS)
+    bit = 1
+    while rest >= bit:
+        if rest & bit:
+            names.append(f"unknown_{bit:#x}")
+        bit <<= 1
+    return tuple(names)
+
+
 def _load_nvml() -> ModuleType | str:
     try:
         import pynvml  # late import: only the first probe pays for it
@@ -137,6 +183,7 @@ def _device(nvml: ModuleType, nvml_index: int, index: int) -> Gpu:
     ecc = query(nvml.nvmlDeviceGetEccMode, handle)
     name = query(nvml.nvmlDeviceGetName, handle)
     uuid = query(nvml.nvmlDeviceGetUUID, handle)
+    host = _host_facts(nvml, handle, query)
     return Gpu(
         index=index,
         name=_text(name) if name is not None else f"NVIDIA GPU {nvml_index}",
@@ -154,7 +201,37 @@ def _device(nvml: ModuleType, nvml_index: int, index: int) -> Gpu:
         mig_enabled=bool(mig[0]) if mig else None,
         ecc_enabled=bool(ecc[0]) if ecc else None,
         native_dtypes=native_dtypes(cc, architecture),
+        **host,
     )
+
+
+def _host_facts(nvml: ModuleType, handle: Any, query: Callable[..., Any]) -> dict[str, Any]:
+    """PCIe link, clock event reasons and power limits; a function an old binding lacks, or
+    a query the driver refuses, leaves its field None."""
+
+    def ask(*names: str) -> Any:
+        for fn_name in names:  # the first that this binding has and the driver answers
+            fn = getattr(nvml, fn_name, None)
+            value = query(fn, handle) if fn is not None else None
+            if value is not None:
+                return value
+        return None
+
+    def whole(value: Any) -> int | None:
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    mask = whole(
+        ask("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons")
+    )
+    return {
+        "pcie_link_gen_current": whole(ask("nvmlDeviceGetCurrPcieLinkGeneration")),
+        "pcie_link_gen_max": whole(ask("nvmlDeviceGetMaxPcieLinkGeneration")),
+        "pcie_link_width_current": whole(ask("nvmlDeviceGetCurrPcieLinkWidth")),
+        "pcie_link_width_max": whole(ask("nvmlDeviceGetMaxPcieLinkWidth")),
+        "clock_event_reasons": None if mask is None else clock_event_names(mask),
+        "power_limit_mw": whole(ask("nvmlDeviceGetEnforcedPowerLimit")),
+        "power_limit_default_mw": whole(ask("nvmlDeviceGetPowerManagementDefaultLimit")),
+    }
 
 
 def probe_nvml(

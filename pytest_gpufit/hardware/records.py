@@ -36,6 +36,15 @@ class Gpu:
     native_dtypes: tuple[str, ...] = ()
     catalog_id: str | None = None
     simulated: bool = False
+    # Host facts (NVML; None where the driver cannot say, and always for simulated cards).
+    # An idle card downtrains its link to save power: current < max at idle is normal.
+    pcie_link_gen_current: int | None = None
+    pcie_link_gen_max: int | None = None
+    pcie_link_width_current: int | None = None
+    pcie_link_width_max: int | None = None
+    clock_event_reasons: tuple[str, ...] | None = None  # () when the clocks are not held back
+    power_limit_mw: int | None = None  # enforced
+    power_limit_default_mw: int | None = None
 
     @property
     def cc_text(self) -> str:
@@ -56,7 +65,61 @@ class Gpu:
         data = dataclasses.asdict(self)
         data["compute_capability"] = None if self.compute_capability is None else self.cc_text
         data["native_dtypes"] = list(self.native_dtypes)
+        if self.clock_event_reasons is not None:
+            data["clock_event_reasons"] = list(self.clock_event_reasons)
         return data
+
+    def host_facts(self) -> dict[str, Any]:
+        """The facts of this card in this host (PCIe link, clock event reasons, power limit)."""
+        data = self.to_dict()
+        return {name: data[name] for name in HOST_FACTS}
+
+
+HOST_FACTS = (
+    "pcie_link_gen_current",
+    "pcie_link_gen_max",
+    "pcie_link_width_current",
+    "pcie_link_width_max",
+    "clock_event_reasons",
+    "power_limit_mw",
+    "power_limit_default_mw",
+)
+
+
+def pcie_text(facts: dict[str, Any]) -> str | None:
+    """``gen4 x16 (max gen5 x16)``; None when NVML said nothing about the link.
+
+    >>> pcie_text({"pcie_link_gen_current": 1, "pcie_link_width_current": 16,
+    ...            "pcie_link_gen_max": 4, "pcie_link_width_max": 16})
+    'gen1 x16 (max gen4 x16)'
+    """
+
+    def link(gen: Any, width: Any) -> str | None:
+        if gen is None and width is None:
+            return None
+        return f"gen{gen if gen is not None else '?'} x{width if width is not None else '?'}"
+
+    now = link(facts.get("pcie_link_gen_current"), facts.get("pcie_link_width_current"))
+    most = link(facts.get("pcie_link_gen_max"), facts.get("pcie_link_width_max"))
+    if now is None and most is None:
+        return None
+    if most is None or now == most:
+        return now or f"max {most}"
+    return f"{now or '?'} (max {most})"
+
+
+def power_text(facts: dict[str, Any]) -> str | None:
+    """``350 W`` or ``300 W (default 350 W)``; None when NVML said nothing.
+
+    >>> power_text({"power_limit_mw": 300000, "power_limit_default_mw": 350000})
+    '300 W (default 350 W)'
+    """
+    enforced, default = facts.get("power_limit_mw"), facts.get("power_limit_default_mw")
+    if enforced is None:
+        return None if default is None else f"? (default {default / 1000:.0f} W)"
+    if default is None or default == enforced:
+        return f"{enforced / 1000:.0f} W"
+    return f"{enforced / 1000:.0f} W (default {default / 1000:.0f} W)"
 
 
 @dataclass(frozen=True)

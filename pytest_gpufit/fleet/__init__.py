@@ -1,0 +1,1 @@
+"""Plan and watch a fleet of GPU runners."""
