@@ -175,7 +175,13 @@ class GpufitSession:
             store = Store(self.config.rootpath / self.settings.baseline_dir)
             inventory = self.inventory
             self._baselines = BaselineSession(
-                store, inventory.environment, inventory.gpus, self.config.rootpath
+                store,
+                inventory.environment,
+                inventory.gpus,
+                self.config.rootpath,
+                host=self.settings.host,
+                fleet_tolerance=self.settings.fleet_tolerance,
+                fleet_strict=self.settings.fail_on_missing,
             )
         return self._baselines
 

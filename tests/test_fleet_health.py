@@ -308,15 +308,6 @@ def test_fleet_view_of_a_corrupt_record_names_it(tmp_path: Path) -> None:
 
 # ---- through pytest ---------------------------------------------------------------------------
 
-# Needs three lines in pytest_gpufit/session.py (GpufitSession.baselines passes the settings to
-# BaselineSession: host=, fleet_tolerance=, fleet_strict=): a file of another helper, so the lead
-# makes that change when merging. Strict: once wired, these pass and the marker must go.
-WIRED = pytest.mark.xfail(
-    "fleet_tolerance=" not in (Path(__file__).parents[1] / "pytest_gpufit/session.py").read_text(),
-    reason="session.py does not pass the fleet settings to BaselineSession yet",
-    strict=True,
-)
-
 SUITE = (
     "suite: s\ntargets:\n"
     "  - {name: t, model: qwen3-0.6b, weights: random, device: cuda, checks: {fits: {}}}\n"
@@ -349,7 +340,6 @@ SLOW_CARD = (
 )
 
 
-@WIRED
 def test_a_gate_session_on_the_slow_host_fails_and_the_others_pass(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -390,7 +380,6 @@ def hosts_default() -> str:
     return default_host() or ""
 
 
-@WIRED
 def test_too_few_hosts_fails_the_gate_and_warns_otherwise(pytester: pytest.Pytester) -> None:
     store = Store(pytester.path / "store")
     _save(store, "node-a", 100.0)
