@@ -55,6 +55,20 @@ def simulation(value: str, source: str) -> str:
     return value
 
 
+def runner_name(value: str, source: str) -> str:
+    """A runner class name as the pool file allows it (checked against the file later)."""
+    import re
+
+    from pytest_gpufit.fleet.pool import NAME_PATTERN
+
+    if not re.match(NAME_PATTERN, value):
+        raise GpufitError(
+            f"{source}: expected a runner class name of gpufit-runners.yaml (letters, digits, "
+            f"'.', '_' or '-'), got {value!r}"
+        )
+    return value
+
+
 def choice(*choices: str) -> Parser:
     def parse(value: str, source: str) -> str:
         if value not in choices:
@@ -158,6 +172,19 @@ OPTIONS = (
         "write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when that is set "
         "and the session used gpufit)",
     ),
+    _option(
+        "runner",
+        "the runner class of this gate job in the runner-pool file, e.g. h100x2: keep the "
+        "items `gpufit plan` assigns to it (the rest are deselected) and judge its expect on "
+        "the real GPUs, besides any --gpufit-expect",
+        parse=runner_name,
+    ),
+    _option(
+        "runners",
+        "the runner-pool file that --gpufit-runner names a class of, relative to the rootdir "
+        "(default gpufit-runners.yaml)",
+        default="gpufit-runners.yaml",
+    ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -176,6 +203,8 @@ class Settings:
     baseline_tolerance: float
     gpus_per_worker: int
     summary: str | None
+    runner: str | None = None
+    runners: str = "gpufit-runners.yaml"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
