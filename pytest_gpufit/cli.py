@@ -395,7 +395,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, unknown = top.parse_known_args(argv)
+    if unknown:
+        if args.command != "plan":
+            top.error(f"unrecognized arguments: {' '.join(unknown)}")
+        # `gpufit plan --runners F --gpufit-simulate=x suites/`: options before the first
+        # path belong to pytest too.
+        args.pytest_args = [*unknown, *args.pytest_args]
     try:
         code: int = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below

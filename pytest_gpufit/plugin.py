@@ -28,6 +28,7 @@ from pytest_gpufit.markers import (
 )
 from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.session import (
+    PLANNING,
     REQUIREMENT,
     SESSION,
     VERDICT,
@@ -117,6 +118,8 @@ def _ini(config: pytest.Config) -> Any:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    if session.config.stash.get(PLANNING, False):
+        return  # `gpufit plan` only collects: no probe, no expect (it judges by simulation)
     gpufit = state_of(session.config)
     if gpufit.settings.devices is not None:
         # A GPU index that does not exist is a usage error now, not a traceback in every test.

@@ -43,6 +43,9 @@ class GateFailure(GpufitError):
 SESSION = pytest.StashKey["GpufitSession"]()
 REQUIREMENT = pytest.StashKey["Requirement | None"]()
 VERDICT = pytest.StashKey[Verdict]()
+# Set while ``gpufit plan`` collects (fleet/collect.py): no probe, no expect, no runner
+# selection; the plan judges every class by simulation.
+PLANNING = pytest.StashKey[bool]()
 
 
 @dataclasses.dataclass(frozen=True)

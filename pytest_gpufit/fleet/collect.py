@@ -17,11 +17,9 @@ import pytest
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fleet.plan import ItemFact
-from pytest_gpufit.session import FIXTURES, REQUIREMENT
+from pytest_gpufit.session import FIXTURES, PLANNING, REQUIREMENT
 
-# Set while ``gpufit plan`` collects: a runner selection (GPUFIT_RUNNER in the environment)
-# must not thin out the items the plan judges.
-PLANNING = pytest.StashKey[bool]()
+__all__ = ["PLANNING", "collect", "item_fact"]
 
 
 def item_fact(item: pytest.Item) -> ItemFact:
@@ -48,6 +46,8 @@ def collect(args: Sequence[str]) -> list[ItemFact]:
     that shows pytest's own output."""
     collector = _Collector()
     extra = ["--collect-only", "-q", "-p", "no:cacheprovider"]
+    # gpufit is imported already (this command is gpufit): nothing to rewrite, nothing to say.
+    extra += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
     if importlib.util.find_spec("xdist") is not None:
         extra += ["-n", "0"]  # an addopts -n would collect in workers, out of sight
     out = io.StringIO()
