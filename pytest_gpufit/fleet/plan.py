@@ -73,8 +73,11 @@ class Plan:
 
     def why_not(self, placement: Placement, runner: str) -> str:
         """Why a gate job of ``runner`` deselects an item."""
+        first = self.pool.runners[0].name
         if not placement.gated:
-            return f"ungated: runs once, on the first class {placement.runners[0]!r}"
+            return f"ungated: runs once, on the first class {first!r}"
+        if placement.orphaned:
+            return f"orphaned gate: no class can run it; kept on the first class {first!r}"
         if runner in placement.eligible:
             return f"placement one: runs on {placement.runners[0]!r}, the first class that can"
         reason = dict(placement.cannot).get(runner, "")
