@@ -239,7 +239,13 @@ def _baseline_migrate(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     """Collect, place every item on the pool's classes, print the table or the matrix."""
     from pytest_gpufit.fleet.collect import collect
-    from pytest_gpufit.fleet.plan import make_plan, matrix_json, orphan_lines, table_lines
+    from pytest_gpufit.fleet.plan import (
+        idle_lines,
+        make_plan,
+        matrix_json,
+        orphan_lines,
+        table_lines,
+    )
     from pytest_gpufit.fleet.pool import load_pool
 
     if not args.runners.strip():
@@ -257,9 +263,10 @@ def _plan(args: argparse.Namespace) -> int:
         if orphans:
             print("\n".join(orphans), file=sys.stderr)
             return 1
+        print("\n".join(idle_lines(plan)), file=sys.stderr)
         print(matrix_json(plan))
         return 0
-    print("\n".join(table_lines(plan)))
+    print("\n".join(table_lines(plan) + idle_lines(plan)))
     if orphans:
         print("\n".join(orphans))
         return 1

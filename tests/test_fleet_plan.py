@@ -158,3 +158,23 @@ def test_plan_time_for_2000_gated_tests_on_6_classes(tmp_path: Path) -> None:
     result = make_plan(pool, facts)
     assert time.perf_counter() - start < 1.0
     assert len(result.items) == 2000 and result.orphans  # > 85.5 GB on two cards: none can
+
+
+def test_the_matrix_never_has_an_empty_shard_or_an_idle_class(tmp_path: Path) -> None:
+    from pytest_gpufit.fleet.plan import idle_lines, matrix
+
+    path = tmp_path / "pool.yaml"
+    path.write_text(
+        "runners:\n"
+        "  - {name: big, labels: [x], gpus: h200, shards: 5}\n"
+        "  - {name: small, labels: [y], gpus: t4, shards: 2}\n"
+    )
+    pool = load_pool(path)
+    facts = [ItemFact(f"t{i}", Requirement(vram_bytes=100 * 10**9), True) for i in range(3)]
+    result = make_plan(pool, facts)
+    entries = [(e["runner"], e["shard"], e["shards"]) for e in matrix(result)["include"]]
+    assert entries == [("big", 1, 3), ("big", 2, 3), ("big", 3, 3)]
+    assert idle_lines(result) == [
+        "gpufit plan: class 'big' has 3 item(s): 3 shard(s), not 5",
+        "gpufit plan: class 'small' gets no item: no job for it",
+    ]

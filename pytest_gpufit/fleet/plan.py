@@ -71,6 +71,11 @@ class Plan:
             p.nodeid for p in self.items if runner in p.runners or (p.orphaned and runner == first)
         }
 
+    def shards(self, runner: RunnerClass) -> int:
+        """Jobs the class's items are split into: its ``shards``, but never more than it has
+        items (pytest exits 5, a failed job, on a shard with nothing to run)."""
+        return min(runner.shards, len(self.keeps(runner.name)))
+
     def why_not(self, placement: Placement, runner: str) -> str:
         """Why a gate job of ``runner`` deselects an item."""
         first = self.pool.runners[0].name
@@ -152,19 +157,35 @@ def make_plan(pool: Pool, items: Iterable[ItemFact], judge: Judge | None = None)
 
 
 def matrix(plan: Plan) -> dict[str, Any]:
-    """``strategy.matrix`` for the gate jobs: one entry per class and shard."""
+    """``strategy.matrix`` for the gate jobs: one entry per class and shard; a class the plan
+    gives nothing has no job (``idle_lines`` says so)."""
     include = [
         {
             "runner": runner.name,
             "labels": list(runner.labels),
             "shard": shard,
-            "shards": runner.shards,
+            "shards": plan.shards(runner),
             "expect": derived_expect(runner),
         }
         for runner in plan.pool.runners
-        for shard in range(1, runner.shards + 1)
+        for shard in range(1, plan.shards(runner) + 1)
     ]
     return {"include": include}
+
+
+def idle_lines(plan: Plan) -> list[str]:
+    """Classes with fewer items than shards, or none at all."""
+    lines = []
+    for runner in plan.pool.runners:
+        used = plan.shards(runner)
+        if used == 0:
+            lines.append(f"gpufit plan: class {runner.name!r} gets no item: no job for it")
+        elif used < runner.shards:
+            lines.append(
+                f"gpufit plan: class {runner.name!r} has {used} item(s): {used} shard(s), "
+                f"not {runner.shards}"
+            )
+    return lines
 
 
 def matrix_json(plan: Plan) -> str:
@@ -204,7 +225,7 @@ def table_lines(plan: Plan, shown: int = 10) -> list[str]:
                 runner.name,
                 runner.gpus,
                 runner.driver or "-",
-                str(runner.shards),
+                str(plan.shards(runner)),
                 str(len(mine)),
                 str(sum(p.gated for p in mine)),
                 str(sum(not p.gated for p in mine)),
