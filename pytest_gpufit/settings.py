@@ -61,7 +61,7 @@ def runner_name(value: str, source: str) -> str:
 
     from pytest_gpufit.fleet.pool import NAME_PATTERN
 
-    if not re.match(NAME_PATTERN, value):
+    if not re.fullmatch(NAME_PATTERN, value):
         raise GpufitError(
             f"{source}: expected a runner class name of gpufit-runners.yaml (letters, digits, "
             f"'.', '_' or '-'), got {value!r}"

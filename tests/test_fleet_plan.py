@@ -92,6 +92,7 @@ def test_a_runner_set_in_the_environment_does_not_thin_the_plan(
         (["--runners", "", "."], "--runners is set but empty"),
         (["--runners", "gpufit-runners.yaml", "nowhere/"], "collecting nowhere/ failed"),
         (["--runners", "gpufit-runners.yaml", "--gpufit-on-missing=maybe"], "failed (pytest exit"),
+        (["--runners", "gpufit-runners.yaml", "-p", "no:gpufit", "."], "plugin is not active"),
     ],
 )
 def test_bad_input_is_one_message_and_exit_2(

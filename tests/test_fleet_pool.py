@@ -63,6 +63,11 @@ BAD = [
     ("gpus: 2*h100-sxm", "gpus: 99999*h100-sxm", 8, "too many GPUs"),
     ("gpus: 2*h100-sxm", "gpus: []", 8, "runners[1].gpus: expected text"),
     ("name: h100x2", "name: h100 x2", 6, "runners[1].name"),
+    ("name: h100x2", 'name: "h100x2\\n"', 6, "runners[1].name"),
+    ("name: h100x2", "name: h100x²", 6, "runners[1].name"),
+    ("name: h100x2", "name: 12", 6, "runners[1].name"),
+    ('driver: ">=570"', 'driver: ">=570"\n    expect: ""', 6, "runners[0].expect: empty"),
+    ('driver: ">=570"', 'driver: ">=570"\n    expect: "gpus>=2"', 6, "runners[0].expect: bad"),
     ("placement: every", "placement: every\nexpect: x", 11, "unknown key 'expect'"),
 ]
 
@@ -136,8 +141,10 @@ def test_the_schema_accepts_the_shipped_pool_and_rejects_what_the_validator_reje
     for text in ((ROOT / "gpufit-runners.yaml").read_text("utf-8"), GOOD):
         assert not list(validator.iter_errors(yaml.safe_load(text)))
     for old, new, _, _ in BAD:
-        if "duplicate" in new or "name: pro6000" in new:
+        if "name: pro6000" in new:
             continue  # unique names across entries are beyond JSON Schema
+        if "\\n" in new:
+            continue  # Python's re (jsonschema's) lets `$` match before a final newline
         data = yaml.safe_load(GOOD.replace(old, new, 1))
         assert list(validator.iter_errors(data)), new
 

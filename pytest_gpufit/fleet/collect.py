@@ -32,12 +32,16 @@ def item_fact(item: pytest.Item) -> ItemFact:
 class _Collector:
     def __init__(self) -> None:
         self.facts: list[ItemFact] = []
+        self.gpufit_active = False
 
     def pytest_configure(self, config: pytest.Config) -> None:
         config.stash[PLANNING] = True
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # Without the plugin (-p no:gpufit in addopts) no item has a requirement: every gate
+        # would look ungated and land on the first class. Refuse instead of planning that.
+        self.gpufit_active = session.config.pluginmanager.has_plugin("gpufit-session")
         self.facts = [item_fact(item) for item in session.items]
 
 
@@ -57,5 +61,11 @@ def collect(args: Sequence[str]) -> list[ItemFact]:
         shown = out.getvalue().strip()[-4000:]
         raise GpufitError(
             f"collecting {' '.join(args) or '.'} failed (pytest exit {int(code)}):\n{shown}"
+        )
+    if not collector.gpufit_active:
+        raise GpufitError(
+            f"collecting {' '.join(args) or '.'}: the gpufit plugin is not active in this "
+            "session (-p no:gpufit in the arguments or the ini addopts?); the plan needs it "
+            "to read the tests' requirements"
         )
     return collector.facts

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pytest_gpufit.expect import KEYS
 from pytest_gpufit.fleet.pool import (
     CLASS_FIELDS,
     MAX_SHARDS,
@@ -31,6 +32,8 @@ def _class_schema() -> dict[str, Any]:
     ids = "|".join(sorted(catalog()))
     count = r"(([1-9][0-9]{0,2}|10[01][0-9]|102[0-4])\s*\*\s*)?"  # 1 to 1024, as the validator
     setup = rf"^\s*{count}({ids})\s*(,\s*{count}({ids})\s*)*$"
+    # --gpufit-expect's grammar, as far as a pattern goes (values are checked by the validator)
+    clause = rf"\s*({'|'.join(KEYS)})\s*(>=|<=|==|!=|~|>|<|=)\s*[^,\s][^,]*"
     kinds: dict[str, dict[str, Any]] = {
         "name": {"type": "string", "pattern": NAME_PATTERN},
         "labels": {
@@ -42,7 +45,7 @@ def _class_schema() -> dict[str, Any]:
         "gpus": {"type": "string", "pattern": setup},
         "driver": {"type": "string", "pattern": r"^\s*(>=|==)\s*[0-9][0-9.]*\s*$"},
         "shards": {"type": "integer", "minimum": 1, "maximum": MAX_SHARDS},
-        "expect": {"type": "string", "minLength": 1},
+        "expect": {"type": "string", "pattern": rf"^{clause}(,({clause})?)*$"},
     }
     # A key added to CLASS_FIELDS without a schema here fails loudly (KeyError) on --check.
     properties = {

@@ -119,7 +119,7 @@ def _runner(path: Path, index: int, entry: Any) -> RunnerClass:
         return f"{_where(path, entry, key)}: {what}.{key}"
 
     name = entry["name"]
-    if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise GpufitError(
             f"{at('name')}: expected a name of letters, digits, '.', '_' or '-' (at most 63), "
             f"got {name!r}"
