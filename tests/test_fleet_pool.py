@@ -116,6 +116,7 @@ def test_an_unknown_class_name_lists_the_classes(tmp_path: Path) -> None:
         pool.get("h100x3", "GPUFIT_RUNNER")
     text = str(error.value)
     assert "GPUFIT_RUNNER='h100x3'" in text and "pro6000, h100x2" in text
+    assert f"{tmp_path / 'gpufit-runners.yaml'}:1: runners: no class 'h100x3'" in text
     assert "did you mean 'h100x2'?" in text
 
 

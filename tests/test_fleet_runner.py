@@ -116,8 +116,8 @@ def test_runner_and_pool_from_the_environment_and_the_ini(
     [
         (
             ["--gpufit-runner=h100x3"],
-            "--gpufit-runner='h100x3': *gpufit-runners.yaml has no runner "
-            "class 'h100x3' (it has pro6000, h100x2); did you mean 'h100x2'?",
+            "--gpufit-runner='h100x3': *gpufit-runners.yaml:1: runners: no class "
+            "'h100x3' (it has pro6000, h100x2); did you mean 'h100x2'?",
         ),
         (["--gpufit-runner="], "--gpufit-runner is set but empty*"),
         (["--gpufit-runner=a b"], "--gpufit-runner: expected a runner class name*"),

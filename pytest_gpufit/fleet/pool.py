@@ -71,6 +71,7 @@ class Pool:
     runners: tuple[RunnerClass, ...]
     placement: str = "every"
     path: str = ""
+    line: int = 0  # of the `runners:` key
 
     def get(self, name: str, what: str = "--gpufit-runner") -> RunnerClass:
         """The class called ``name``; an unknown name is an error naming the file's classes."""
@@ -81,7 +82,8 @@ class Pool:
         close = difflib.get_close_matches(name, [r.name for r in self.runners], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise GpufitError(
-            f"{what}={name!r}: {self.path} has no runner class {name!r} (it has {names}){hint}"
+            f"{what}={name!r}: {self.path}:{self.line}: runners: no class {name!r} "
+            f"(it has {names}){hint}"
         )
 
 
@@ -211,7 +213,8 @@ def parse_pool(data: Any, path: Path) -> Pool:
             )
         seen[runner.name] = runner
         runners.append(runner)
-    return Pool(tuple(runners), placement, str(path))
+    line = getattr(data, "key_lines", {}).get("runners", 1)
+    return Pool(tuple(runners), placement, str(path), line)
 
 
 def load_pool(path: Path) -> Pool:
