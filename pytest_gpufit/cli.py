@@ -281,6 +281,43 @@ def _baseline_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    """Collect, place every item on the pool's classes, print the table or the matrix."""
+    from pytest_gpufit.fleet.collect import collect
+    from pytest_gpufit.fleet.plan import (
+        idle_lines,
+        make_plan,
+        matrix_json,
+        orphan_lines,
+        table_lines,
+    )
+    from pytest_gpufit.fleet.pool import load_pool
+
+    if not args.runners.strip():
+        raise GpufitError(
+            "--runners is set but empty; give the runner-pool file, e.g. "
+            "--runners gpufit-runners.yaml"
+        )
+    pool = load_pool(Path(args.runners))
+    pytest_args = list(args.pytest_args)
+    if pytest_args[:1] == ["--"]:
+        pytest_args = pytest_args[1:]
+    plan = make_plan(pool, collect(pytest_args))
+    orphans = orphan_lines(plan)
+    if args.format == "github-matrix":
+        if orphans:
+            print("\n".join(orphans), file=sys.stderr)
+            return 1
+        print("\n".join(idle_lines(plan)), file=sys.stderr)
+        print(matrix_json(plan))
+        return 0
+    print("\n".join(table_lines(plan) + idle_lines(plan)))
+    if orphans:
+        print("\n".join(orphans))
+        return 1
+    return 0
+
+
 def _percent(text: str) -> float:
     from pytest_gpufit.units import parse_percent
 
@@ -370,6 +407,29 @@ def parser() -> argparse.ArgumentParser:
     table.add_argument("--format", default="text", choices=("text", "markdown", "csv", "json"))
     table.set_defaults(handler=_table)
 
+    plan = sub.add_parser(
+        "plan",
+        help="place every gated test on the runner classes of a pool file, by simulation: a "
+        "table, or the GitHub Actions matrix; exit 1 on a gate no class can run",
+    )
+    plan.add_argument(
+        "--runners",
+        required=True,
+        metavar="PATH",
+        help="the runner-pool file, e.g. gpufit-runners.yaml",
+    )
+    plan.add_argument(
+        "--format",
+        default="text",
+        choices=("text", "github-matrix"),
+        help="text (default): class x items and why the rest cannot run there; github-matrix: "
+        "one line of JSON for strategy.matrix (runner, labels, shard, shards, expect)",
+    )
+    plan.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="what pytest collects, e.g. suites/ tests/"
+    )
+    plan.set_defaults(handler=_plan)
+
     baseline = sub.add_parser(
         "baseline", help="stored baselines: list, show, accept, diff, fleet, plot, migrate"
     )
@@ -440,7 +500,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, unknown = top.parse_known_args(argv)
+    if unknown:
+        if args.command != "plan":
+            top.error(f"unrecognized arguments: {' '.join(unknown)}")
+        # `gpufit plan --runners F --gpufit-simulate=x suites/`: options before the first
+        # path belong to pytest too.
+        args.pytest_args = [*unknown, *args.pytest_args]
     try:
         code: int = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below

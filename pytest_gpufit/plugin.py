@@ -28,6 +28,7 @@ from pytest_gpufit.markers import (
 )
 from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.session import (
+    PLANNING,
     REQUIREMENT,
     SESSION,
     VERDICT,
@@ -68,6 +69,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     session = _session(config)
     config.pluginmanager.register(session, "gpufit-session")
+    if session.runner_selection is not None:
+        config.pluginmanager.register(session.runner_selection, "gpufit-runner-selection")
     if config.pluginmanager.hasplugin("xdist") and not session.is_worker:
         from pytest_gpufit.xdist_pinning import XdistPinning
 
@@ -86,6 +89,10 @@ def _session(config: pytest.Config) -> GpufitSession:
 
                 Store(config.rootpath / settings.baseline_dir)
             session = GpufitSession(config, settings)
+            if settings.runner:
+                from pytest_gpufit.fleet.select import RunnerSelection  # late: fleet jobs only
+
+                session.runner_selection = RunnerSelection.from_settings(config.rootpath, settings)
         except GpufitError as error:
             raise pytest.UsageError(str(error)) from None
         config.stash[SESSION] = session
@@ -111,11 +118,14 @@ def _ini(config: pytest.Config) -> Any:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    if session.config.stash.get(PLANNING, False):
+        return  # `gpufit plan` only collects: no probe, no expect (it judges by simulation)
     gpufit = state_of(session.config)
     if gpufit.settings.devices is not None:
         # A GPU index that does not exist is a usage error now, not a traceback in every test.
         gpufit.inventory  # noqa: B018
     gpufit.check_expect()
+    gpufit.check_runner_expect()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -143,9 +153,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     session = state_of(config)
     # Probe up front only when gpufit is configured or xdist pins workers (it probes anyway);
     # otherwise wait for collection to say whether any test uses gpufit.
+    lines = session.runner_selection.header() if session.runner_selection else []
     if session.settings.explicit or config.pluginmanager.has_plugin("dsession"):
-        return session.inventory_header()
-    return []
+        return lines + session.inventory_header()
+    return lines
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -224,6 +235,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             errors.append(str(error))
     if errors:
         raise pytest.UsageError("gpufit: bad markers:\n  " + "\n  ".join(errors))
+    selection = state_of(config).runner_selection
+    if selection is not None:  # before pytest-split (trylast) shards what is kept
+        selection.select(config, items)
 
 
 # ---- running ------------------------------------------------------------------------------

@@ -43,6 +43,9 @@ class GateFailure(GpufitError):
 SESSION = pytest.StashKey["GpufitSession"]()
 REQUIREMENT = pytest.StashKey["Requirement | None"]()
 VERDICT = pytest.StashKey[Verdict]()
+# Set while ``gpufit plan`` collects (fleet/collect.py): no probe, no expect, no runner
+# selection; the plan judges every class by simulation.
+PLANNING = pytest.StashKey[bool]()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,7 @@ class GpufitSession:
         self._model_cache: Any = None
         self._baselines: Any = None
         self._served: dict[str, Any] = {}  # suite target -> its server, or why it did not start
+        self.runner_selection: Any = None  # fleet.select.RunnerSelection under --gpufit-runner
 
     # ---- facts, made on first use ---------------------------------------------------------
 
@@ -207,6 +211,24 @@ class GpufitSession:
         lines += [f"  - {f}" for f in failed]
         lines.append("  this machine has: " + "; ".join(inventory_lines(inventory)))
         self.expect_failure = lines
+        return lines
+
+    def check_runner_expect(self) -> list[str]:
+        """Failed clauses of the ``--gpufit-runner`` class's expect, judged on the real GPUs
+        like ``--gpufit-expect`` (both must hold). Not under simulation: it plans, never gates.
+        """
+        selection = self.runner_selection
+        if selection is None or self.is_worker or self.settings.simulate:
+            return []
+        where = f"runner class {selection.runner.name!r} ({selection.pool.path})"
+        inventory = self.real_inventory
+        failed = check_expect(parse_expect(selection.expect, where), inventory)
+        if not failed:
+            return []
+        lines = [f"gpufit: this runner does not match the expect of {where}: {selection.expect!r}:"]
+        lines += [f"  - {f}" for f in failed]
+        lines.append("  this machine has: " + "; ".join(inventory_lines(inventory)))
+        self.expect_failure = self.expect_failure + lines
         return lines
 
     # ---- judging and placing items --------------------------------------------------------

@@ -69,6 +69,20 @@ def host_name(value: str, source: str) -> str:
     return value
 
 
+def runner_name(value: str, source: str) -> str:
+    """A runner class name as the pool file allows it (checked against the file later)."""
+    import re
+
+    from pytest_gpufit.fleet.pool import NAME_PATTERN
+
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise GpufitError(
+            f"{source}: expected a runner class name of gpufit-runners.yaml (letters, digits, "
+            f"'.', '_' or '-'), got {value!r}"
+        )
+    return value
+
+
 def choice(*choices: str) -> Parser:
     def parse(value: str, source: str) -> str:
         if value not in choices:
@@ -185,6 +199,19 @@ OPTIONS = (
         "model and suite (needs 2 other hosts)",
         parse=parse_percent,
     ),
+    _option(
+        "runner",
+        "the runner class of this gate job in the runner-pool file, e.g. h100x2: keep the "
+        "items `gpufit plan` assigns to it (the rest are deselected) and judge its expect on "
+        "the real GPUs, besides any --gpufit-expect",
+        parse=runner_name,
+    ),
+    _option(
+        "runners",
+        "the runner-pool file that --gpufit-runner names a class of, relative to the rootdir "
+        "(default gpufit-runners.yaml)",
+        default="gpufit-runners.yaml",
+    ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -205,6 +232,8 @@ class Settings:
     summary: str | None
     host: str | None = None
     fleet_tolerance: float | None = None
+    runner: str | None = None
+    runners: str = "gpufit-runners.yaml"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property

