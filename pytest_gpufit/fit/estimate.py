@@ -15,8 +15,16 @@ from pytest_gpufit.fit.spec import ModelSpec
 from pytest_gpufit.hardware.records import Gpu
 
 MIB = 2**20
-# CALIBRATE: CUDA context + cuBLAS/cuDNN workspaces + kernels loaded by torch, per process.
+GIB = 2**30
+# CUDA context + cuBLAS workspaces + kernels loaded by torch, one process on one GPU: vLLM 0.19
+# on an H100 measures 0.76 GiB (worker init 0.51 + non-torch 0.25; docs/fit.md, calibration).
 RUNTIME_OVERHEAD_BYTES = 768 * MIB
+# The same per rank at tensor parallel >= 2: a CUDA context per rank plus NCCL and custom
+# all-reduce buffers. Median of the three TP >= 2 calibration rows (3.60, 3.68, 4.08 GiB).
+RUNTIME_TP_OVERHEAD_BYTES = int(3.68 * GIB)
+# Without a measured ``usable_mib`` in the catalog, CUDA is taken to allocate all but 1% of
+# NVML's total (the H100 measures 0.57% less: 79.19 of 79.65 GiB); erring towards "no".
+USABLE_DEFAULT_RESERVE_FRACTION = 0.01
 # CALIBRATE: caching-allocator rounding and fragmentation, as a fraction of what is allocated.
 ALLOCATOR_RESERVE_FRACTION = 0.02
 DEFAULT_CONTEXT = 8192
@@ -111,41 +119,62 @@ class MemoryEstimate:
         return data
 
 
-def _weights(spec: ModelSpec, precision: str) -> tuple[int, int, str, str]:
-    """(all weight bytes, bytes a decode step reads, the main format, where the figure is from)."""
-    p = spec.params
-    roles = {
-        r: getattr(p, r)
-        for r in (
-            "embedding",
-            "lm_head",
-            "attention",
-            "dense_mlp",
-            "experts",
-            "shared_experts",
-            "router",
-            "norms",
-        )
-    }
-    fmt = {r: "bf16" for r in roles}
+_ROLES = (
+    "embedding",
+    "lm_head",
+    "attention",
+    "dense_mlp",
+    "experts",
+    "shared_experts",
+    "router",
+    "norms",
+)
+
+
+def role_formats(spec: ModelSpec, precision: str) -> tuple[dict[str, str], str]:
+    """The format of each parameter role at ``precision``, and the main (most weights) one."""
+    fmt = {r: "bf16" for r in _ROLES}
     main = precision
     if precision == "stored":
         base = spec.stored_dtype
-        fmt = {r: base for r in roles}
+        fmt = {r: base for r in _ROLES}
         main = base
         if spec.quantization:
             for role in spec.quantization.roles:
                 fmt[role] = spec.quantization.dtype
             main = spec.quantization.dtype
     elif precision in ("fp32", "bf16", "fp16"):
-        fmt = {r: precision for r in roles}
+        fmt = {r: precision for r in _ROLES}
     else:
         for role in ("attention", "dense_mlp", "experts", "shared_experts"):
             fmt[role] = precision  # quantizers convert linear layers; embeddings, norms stay
-    total = sum(roles[r] * bytes_per_weight(fmt[r]) for r in roles)
+    return fmt, main
+
+
+def _role_bytes(spec: ModelSpec, precision: str) -> dict[str, float]:
+    """Bytes of each role, with the modules a checkpoint keeps unquantized (its ignore list)
+    counted at the checkpoint's float format, module by module."""
+    p = spec.params
+    fmt, _ = role_formats(spec, precision)
+    out = {r: getattr(p, r) * bytes_per_weight(fmt[r]) for r in _ROLES}
+    q = spec.quantization
+    if precision == "stored" and q is not None and q.unquantized:
+        base = bytes_per_weight(spec.stored_dtype)
+        for role, count in q.unquantized:
+            if role in q.roles:  # these parameters are stored in the float format instead
+                out[role] += count * (base - bytes_per_weight(fmt[role]))
+    return out
+
+
+def _weights(spec: ModelSpec, precision: str) -> tuple[int, int, str, str]:
+    """(all weight bytes, bytes a decode step reads, the main format, where the figure is from)."""
+    p = spec.params
+    fmt, main = role_formats(spec, precision)
+    total = sum(_role_bytes(spec, precision).values())
     # A decode step reads every non-expert weight, the active experts, and one embedding row.
-    active = dict(roles, experts=p.experts_active, embedding=p.embedding if p.tied else 0)
-    read = sum(active[r] * bytes_per_weight(fmt[r]) for r in roles)
+    active = {r: getattr(p, r) for r in _ROLES}
+    active.update(experts=p.experts_active, embedding=p.embedding if p.tied else 0)
+    read = sum(active[r] * bytes_per_weight(fmt[r]) for r in _ROLES)
     source = "config.json"
     ckpt = spec.checkpoint
     if ckpt is not None:
@@ -155,6 +184,71 @@ def _weights(spec: ModelSpec, precision: str) -> tuple[int, int, str, str]:
             exact = ckpt.float_elements * bytes_per_weight(precision) + ckpt.other_bytes
             return int(exact), int(read), main, "safetensors headers (exact element counts)"
     return int(total), int(read), main, source
+
+
+# ---- tensor parallelism ----------------------------------------------------------------------
+
+
+def check_tensor_parallel(spec: ModelSpec, tp: int, where: str = "--gpu N*CARD") -> None:
+    """vLLM's and SGLang's rule: TP divides the attention heads, and the KV heads divide TP
+    or TP divides them (each rank holds whole KV heads, replicated when TP > KV heads)."""
+    if _not_whole(tp) or not 1 <= tp <= 1024:
+        raise GpufitError(
+            f"{where}: tensor-parallel size must be a whole number 1-1024, got {tp!r}"
+        )
+    heads, kv = spec.num_attention_heads, spec.num_kv_heads
+    if heads % tp:
+        raise GpufitError(
+            f"{where}: tensor parallel over {tp} GPUs does not divide the {heads} attention "
+            f"heads of {spec.name}; use a TP size that divides {heads}"
+        )
+    if spec.kv.kind != "mla" and (kv % tp if tp <= kv else tp % kv):
+        raise GpufitError(
+            f"{where}: tensor parallel over {tp} GPUs and the {kv} KV heads of {spec.name} "
+            f"do not divide one another; use a TP size that divides {kv} or a multiple of it"
+        )
+
+
+def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
+    """KV heads each rank caches: at least one, so heads are replicated when TP > KV heads."""
+    return max(1, spec.num_kv_heads // tp)
+
+
+def kv_bytes_per_token_per_gpu(spec: ModelSpec, kv_bytes: int, tp: int = 1) -> int:
+    """One more token of cache on each rank, every layer counted (vLLM's page per token).
+
+    MLA's compressed latent is not split by heads: every rank keeps it whole.
+    """
+    kv = spec.kv
+    layers = kv.full_layers + kv.sliding_layers
+    if kv.kind == "mla":
+        return layers * kv.elements_per_token_layer * kv_bytes
+    per_head = kv.elements_per_token_layer // spec.num_kv_heads  # k and v of one head
+    return layers * per_head * kv_heads_per_rank(spec, tp) * kv_bytes
+
+
+def weights_per_gpu(spec: ModelSpec, precision: str, tp: int, total: int | None = None) -> int:
+    """Weight bytes on each of ``tp`` ranks: linear layers, embedding and LM head are split;
+    norms, the router, MLA's latent projections and (when TP > KV heads) the k/v projections
+    are whole on every rank. ``total`` (an exact checkpoint figure) is split in the same ratio.
+    """
+    roles = _role_bytes(spec, precision)
+    all_bytes = sum(roles.values())
+    if tp == 1 or all_bytes == 0:
+        return int(total if total is not None else all_bytes)
+    p = spec.params
+    attn_fmt = roles["attention"] / p.attention if p.attention else 0.0
+    kv_part = p.attention_kv * attn_fmt
+    latent = p.attention_replicated * attn_fmt
+    split_attention = roles["attention"] - kv_part - latent
+    kv_share = kv_part * kv_heads_per_rank(spec, tp) / spec.num_kv_heads
+    split = sum(roles[r] for r in ("embedding", "lm_head", "dense_mlp", "experts"))
+    split += roles["shared_experts"] + split_attention
+    whole = roles["norms"] + roles["router"] + latent
+    per_gpu = split / tp + kv_share + whole
+    if total is not None:
+        return int(total * per_gpu / all_bytes)
+    return int(per_gpu)
 
 
 def kv_cache_bytes(spec: ModelSpec, context: int, batch: int, kv_bytes: int) -> int:
@@ -266,18 +360,58 @@ class GpuFit:
     precision_support: str  # native | emulated | unsupported
     decode_tok_s_ceiling: float | None
     per_card_bytes: int
+    usable_bytes: int = 0  # per card: what CUDA can allocate; fits/headroom are judged on it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+def runtime_bytes_per_gpu(tp: int) -> int:
+    """Memory outside torch's tensors on each rank (CUDA context; NCCL at TP >= 2)."""
+    return RUNTIME_OVERHEAD_BYTES if tp == 1 else RUNTIME_TP_OVERHEAD_BYTES
+
+
+def usable_bytes(gpu: Gpu) -> tuple[int, str]:
+    """What CUDA can allocate on the card, and where the figure comes from."""
+    if gpu.catalog_id:
+        from pytest_gpufit.hardware.catalog import catalog
+
+        entry = catalog().get(gpu.catalog_id, {})
+        usable = entry.get("usable_mib")
+        if isinstance(usable, (int, float)) and not isinstance(usable, bool) and usable > 0:
+            return min(int(usable * MIB), gpu.memory_total_bytes), "catalog usable_mib"
+    reserve = int(gpu.memory_total_bytes * USABLE_DEFAULT_RESERVE_FRACTION)
+    return gpu.memory_total_bytes - reserve, "NVML total less 1% (no measured figure)"
+
+
+def activation_bytes_per_gpu(
+    spec: ModelSpec, context: int, batch: int, act_bytes: int, tp: int = 1
+) -> int:
+    """``activation_bytes`` on one of ``tp`` ranks: q/k/v and the MLP are split by heads and
+    columns; the residual stream and the gathered logits are whole on every rank."""
+    whole = 4 * spec.hidden_size
+    split = (spec.num_attention_heads + 2 * spec.num_kv_heads) * spec.head_dim
+    split += 3 * spec.intermediate_size
+    per_token = whole + split / tp
+    return int(batch * context * per_token * act_bytes) + batch * spec.vocab_size * 4 * 2
+
+
 def per_card_bytes(spec: ModelSpec, est: MemoryEstimate, cards: int, context: int) -> int:
-    """Weights, KV and activations split over ``cards``; each card has its own runtime."""
-    kv = kv_cache_bytes(spec, context, est.batch, KV_DTYPES[est.kv_dtype])
+    """Weights, KV and activations on each of ``cards`` ranks (what TP does not split stays
+    whole), the allocator's reserve, and each rank's own runtime."""
+    kv_b = KV_DTYPES[est.kv_dtype]
+    kv = kv_cache_bytes(spec, context, est.batch, kv_b)
+    if cards > 1:
+        kv = (
+            kv
+            * kv_bytes_per_token_per_gpu(spec, kv_b, cards)
+            // kv_bytes_per_token_per_gpu(spec, kv_b, 1)
+        )
     act_b = 4 if est.dtype == "fp32" else 2
-    acts = activation_bytes(spec, context, est.batch, act_b)
-    shared = (est.weights_bytes + kv + acts) / cards
-    return int(shared * (1 + ALLOCATOR_RESERVE_FRACTION)) + RUNTIME_OVERHEAD_BYTES
+    acts = activation_bytes_per_gpu(spec, context, est.batch, act_b, cards)
+    weights = weights_per_gpu(spec, est.dtype, cards, total=est.weights_bytes)
+    shared = weights + kv + acts
+    return int(shared * (1 + ALLOCATOR_RESERVE_FRACTION)) + runtime_bytes_per_gpu(cards)
 
 
 def precision_support(fmt: str, gpu: Gpu) -> str:
@@ -309,8 +443,9 @@ def max_context(spec: ModelSpec, est: MemoryEstimate, cards: int, memory: int) -
 def fit_on(
     spec: ModelSpec, est: MemoryEstimate, gpu: Gpu, count: int = 1, setup_id: str | None = None
 ) -> GpuFit:
-    """Judge the estimate on ``count`` cards like ``gpu`` (tensor-parallel when count > 1)."""
-    memory = gpu.memory_total_bytes
+    """Judge the estimate on ``count`` cards like ``gpu`` (tensor-parallel when count > 1)
+    against the memory CUDA can allocate on each (``usable_bytes``)."""
+    memory, _ = usable_bytes(gpu)
     need = per_card_bytes(spec, est, count, est.context)
     fits = need <= memory
     # Every copy is split over all the setup's cards, so instances are counted per card.
@@ -324,7 +459,7 @@ def fit_on(
         id=setup_id or gpu.catalog_id or f"GPU{gpu.index}",
         name=gpu.name,
         count=count,
-        memory_bytes=memory,
+        memory_bytes=gpu.memory_total_bytes,
         fits=fits,
         headroom_bytes=memory - need,
         max_context=max_context(spec, est, count, memory),
@@ -332,4 +467,5 @@ def fit_on(
         precision_support=precision_support(est.weight_format, gpu),
         decode_tok_s_ceiling=ceiling,
         per_card_bytes=need,
+        usable_bytes=memory,
     )

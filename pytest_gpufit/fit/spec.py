@@ -64,6 +64,11 @@ class Params:
     norms: int = 0
     mtp: int = 0
     tied: bool = False
+    # Parts of ``attention`` that tensor parallelism does not split evenly: the GQA k/v
+    # projections (one KV head per rank at least, so replicated when TP > KV heads) and MLA's
+    # latent down-projections (q_a, kv_a: ReplicatedLinear in vLLM and SGLang, whole per rank).
+    attention_kv: int = 0
+    attention_replicated: int = 0
 
     @property
     def total(self) -> int:
@@ -103,6 +108,9 @@ class Quantization:
     dtype: str  # fp8 | mxfp4 | int4 | int8 ...
     roles: tuple[str, ...]  # Params fields stored in that format
     group_size: int | None = None
+    # (role, parameters) the checkpoint keeps in its float format although the role is
+    # quantized: its ignore list / modules_to_not_convert, counted module by module.
+    unquantized: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,9 @@ class ModelSpec:
     quantization: Quantization | None = None
     checkpoint: CheckpointInfo | None = None
     warnings: tuple[str, ...] = field(default=())
+    experts_per_token: int = 0  # top_k of an MoE model, 0 for a dense one
+    expert_intermediate_size: int = 0  # I of one routed expert
+    rotary_dim: int = 0  # width of the rotary cos/sin table per position (engines cache it)
 
     @property
     def is_moe(self) -> bool:
@@ -288,7 +299,7 @@ def spec_from_config(
     embedding = vocab * h
     lm_head = 0 if tied else vocab * h
 
-    attention_layer, kv, mla_norms = _attention(
+    attention_layer, kv, mla_norms, split = _attention(
         config, model_type, h, heads, kv_heads, head_dim, layers
     )
     moe = _moe(config, model_type, h, layers, dense_i)
@@ -322,6 +333,8 @@ def spec_from_config(
         norms=norms,
         mtp=mtp,
         tied=tied,
+        attention_kv=layers * split[0],
+        attention_replicated=layers * split[1],
     )
 
     return ModelSpec(
@@ -342,6 +355,9 @@ def spec_from_config(
         quantization=_quantization(config, warnings),
         checkpoint=checkpoint,
         warnings=tuple(warnings),
+        experts_per_token=moe["top_k"],
+        expert_intermediate_size=moe["expert_i"],
+        rotary_dim=config.whole("qk_rope_head_dim") or head_dim,
     )
 
 
@@ -367,8 +383,9 @@ def _attention(
     kv_heads: int,
     head_dim: int,
     layers: int,
-) -> tuple[int, KvLayout, int]:
-    """Attention parameters per layer, the KV layout, and MLA's extra norm parameters."""
+) -> tuple[int, KvLayout, int, tuple[int, int]]:
+    """Attention parameters per layer, the KV layout, MLA's extra norm parameters, and the
+    per-layer (k/v projection, replicated latent projection) parameters."""
     kv_rank = config.whole("kv_lora_rank")
     if kv_rank:
         needed = "is required with kv_lora_rank (MLA attention): a whole number from 1"
@@ -381,16 +398,20 @@ def _attention(
         q = (h * q_rank + q_rank * heads * (nope + rope)) if q_rank else h * heads * (nope + rope)
         per_layer = q + h * (kv_rank + rope) + kv_rank * heads * (nope + v_dim) + heads * v_dim * h
         norms = (q_rank or 0) + kv_rank
-        return per_layer, KvLayout(kv_rank + rope, layers, kind="mla"), norms
+        latent = h * (q_rank or 0) + h * (kv_rank + rope)  # q_a_proj, kv_a_proj_with_mqa
+        return per_layer, KvLayout(kv_rank + rope, layers, kind="mla"), norms, (0, latent)
     q_out, kv_out = heads * head_dim, kv_heads * head_dim
     per_layer = h * q_out + 2 * h * kv_out + q_out * h
+    kv_proj = 2 * h * kv_out
     if config.flag("attention_bias", False):
         per_layer += q_out + 2 * kv_out + h
+        kv_proj += 2 * kv_out
     elif model_type in ("qwen2", "qwen2_moe"):
         per_layer += q_out + 2 * kv_out  # Qwen2 has q/k/v biases without the flag
+        kv_proj += 2 * kv_out
     if model_type == "gpt_oss":
         per_layer += heads  # attention sinks
-    return per_layer, _kv_layout(config, model_type, layers, 2 * kv_out), 0
+    return per_layer, _kv_layout(config, model_type, layers, 2 * kv_out), 0, (kv_proj, 0)
 
 
 def _kv_layout(config: ConfigFields, model_type: str, layers: int, elements: int) -> KvLayout:
@@ -435,6 +456,8 @@ def _moe(
             "router": 0,
             "moe_layers": 0,
             "active_intermediate": dense_i,
+            "top_k": 0,
+            "expert_i": 0,
         }
     experts_key = next(k for k, n in counts if n)
     top_k_key = "num_experts_per_tok"  # gpt-oss also writes experts_per_token
@@ -470,6 +493,8 @@ def _moe(
         "router": n_moe * router_per_layer,
         "moe_layers": n_moe,
         "active_intermediate": top_k * expert_i + shared_i,
+        "top_k": top_k,
+        "expert_i": expert_i,
     }
 
 
