@@ -455,17 +455,19 @@ def check_fit_models(req: Requirement, base: Path) -> None:
     """
     if not req.fits:
         return
+    # late: only tests with requires_fit pay
     from pytest_gpufit.fit.context import check_context
-    from pytest_gpufit.fit.spec import (
-        load_spec,
-        resolve_model,  # late: only tests with requires_fit pay
-    )
+    from pytest_gpufit.fit.estimate import check_tensor_parallel
+    from pytest_gpufit.fit.spec import load_spec, resolve_model
 
     for fit in req.fits:
         try:
             resolve_model(fit.model, base)
-            if fit.context is not None:  # beyond the model's maximum: an error, not a verdict
-                check_context(load_spec(fit.model, base), fit.context, "context")
+            if fit.context is not None or fit.gpus > 1:
+                spec = load_spec(fit.model, base)
+                # Beyond the model's maximum, or a split the engines refuse: errors, not verdicts.
+                check_context(spec, fit.context, "context")
+                check_tensor_parallel(spec, fit.gpus, "gpus")
         except GpufitError as error:
             raise GpufitError(f"requires_fit: {error}") from None
 

@@ -157,7 +157,7 @@ def _gains(a: SetupView, b: SetupView, a_setup: Setup, b_setup: Setup) -> tuple[
         else 0
     )
     copies = max(b.copies, replicas)
-    if copies > a.copies:
+    if copies > a.copies and a.copies:
         how = " (one per card)" if replicas > b.copies else ""
         gains.append(f"copies {a.copies} -> {copies}{how}")
     if a.decode_tok_s_ceiling and b.decode_tok_s_ceiling and b.fits:
@@ -197,7 +197,7 @@ def _cell(v: SetupView) -> str:
         return f"fits; engine: {v.reason}"
     started = f"starts, {_k(v.kv_cache_tokens)} KV" if v.starts else "does not start"
     ceiling = f", <= {v.decode_tok_s_ceiling:.0f} tok/s" if v.decode_tok_s_ceiling else ""
-    link = f" ({v.link} {v.link_share:.0%})" if v.link else ""
+    link = f" (link {v.link}: {v.link_share:.1%} of it)" if v.link else ""
     return f"x{v.copies}, {_k(v.max_context)} ctx, {started}{ceiling}{link}"
 
 

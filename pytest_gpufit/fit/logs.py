@@ -337,7 +337,11 @@ def calibrate_text(
     engine = log.setup.engine or "vllm"
     spec, notes = resolve_log_model(log.setup.model, model, base)
     named = log.setup.model or ""
-    chosen = precision or precision_from(log.setup.dtype, log.setup.quantization, named)
+    hinted = precision_from(None, log.setup.quantization, named)
+    if precision is None and hinted is None and spec.quantization is not None:
+        # A quantized checkpoint: the log's dtype is the activations', the weights stay as stored.
+        hinted = "stored"
+    chosen = precision or hinted or precision_from(log.setup.dtype, None, "")
     if chosen is None:
         chosen = "stored"
         notes.append("the log states no dtype: the checkpoint's own (stored) precision assumed")
@@ -353,6 +357,8 @@ def calibrate_text(
         gpu = catalog_gpu("b200")
     the_plan = plan(spec, chosen, gpu, tp, knobs)
     figures, skipped = compare(log, the_plan, card_known)
+    if card_known and not the_plan.starts:
+        notes.append(f"the plan says it does not start: {the_plan.reason}")
     if not figures and not skipped:
         raise GpufitError(f"{source}: the log's lines carry no figure the plan predicts")
     knob_view = {k: v for k, v in _knob_dict(knobs).items() if v not in (None, False)}
