@@ -160,7 +160,7 @@ def _gains(a: SetupView, b: SetupView, a_setup: Setup, b_setup: Setup) -> tuple[
     if copies > a.copies and a.copies:
         how = " (one per card)" if replicas > b.copies else ""
         gains.append(f"copies {a.copies} -> {copies}{how}")
-    if a.decode_tok_s_ceiling and b.decode_tok_s_ceiling and b.fits:
+    if a.decode_tok_s_ceiling and b.decode_tok_s_ceiling and a.fits and b.fits:
         change = b.decode_tok_s_ceiling / a.decode_tok_s_ceiling - 1
         gains.append(f"decode ceiling {change:+.0%} per copy")
     return tuple(gains)

@@ -123,7 +123,7 @@ class EngineLog:
         return bool(self.allocation.lines) or self.setup != LogSetup(engine=self.setup.engine)
 
 
-_NUMBER = r"([0-9][0-9,]*(?:\.[0-9]+)?)"
+_NUMBER = r"([0-9](?:[0-9,]*[0-9])?(?:\.[0-9]+)?)"  # never ends on a comma
 _WEIGHTS = re.compile(
     r"(?:Model loading took|Loading model weights took)\s+" + _NUMBER + r"\s*GiB|"
     r"(?:Model loading took|Loading model weights took)\s+" + _NUMBER + r"\s*GB"
