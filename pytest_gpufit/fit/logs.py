@@ -76,6 +76,7 @@ class Figure:
     logged: float
     predicted: float
     line: str | None = None
+    key: str = ""  # a metric name: weights_gib, kv_cache_tokens...
 
     @property
     def error(self) -> float:
@@ -259,6 +260,7 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
                 a.weights_gib,
                 plan.weights_bytes_per_gpu / GIB,
                 line["weights"] or line["weights_sg"] or line["weights_lc"],
+                "weights_gib",
             )
         )
     tokens = a.kv_cache_tokens
@@ -274,6 +276,7 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
                 round(implied, 1),
                 plan.kv_bytes_per_token_per_gpu,
                 line["kv"],
+                "kv_bytes_per_token",
             )
         )
     card_figures = []
@@ -285,6 +288,7 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
                 a.kv_cache_gib,
                 plan.kv_cache_bytes_per_gpu / GIB,
                 line["kv"],
+                "kv_cache_gib",
             )
         )
     if tokens is not None:
@@ -295,6 +299,7 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
                 tokens,
                 plan.kv_cache_tokens,
                 line["tokens"] or line["blocks"],
+                "kv_cache_tokens",
             )
         )
     if a.max_concurrency is not None:
@@ -305,6 +310,7 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
                 a.max_concurrency,
                 plan.max_concurrency,
                 line["conc"],
+                "max_concurrency",
             )
         )
     if card_known:
@@ -312,6 +318,20 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
     else:
         skipped += [f"{f.name}: depends on the card; give --gpu CARD" for f in card_figures]
     return figures, skipped
+
+
+def hold_against_plan(
+    log: EngineLog, spec: ModelSpec, precision: str, gpu: Gpu
+) -> tuple[EnginePlan, list[Figure]]:
+    """The plan for the setup a launched server's log states (its engine, TP and knobs; vLLM's
+    profile when the log does not name the engine) on the judged card, and each figure the
+    log reports beside it: what the serving gate records."""
+    from pytest_gpufit.fit.engines import plan
+
+    engine = log.setup.engine or "vllm"
+    the_plan = plan(spec, precision, gpu, log.setup.tensor_parallel or 1, knobs_from(log, engine))
+    figures, _ = compare(log, the_plan, card_known=True)
+    return the_plan, figures
 
 
 def calibrate_text(
