@@ -231,3 +231,14 @@ def test_calibrate_missing_file_folder_and_binary(
     with pytest.raises(SystemExit) as exit_info:
         main(["calibrate"])
     assert exit_info.value.code == 2
+    code, _, err = run(capsys, "calibrate", "/dev/zero")  # a pipe or device must not fill memory
+    assert code == 2 and "more than 64 MiB" in err
+
+
+def test_calibrate_overrides_and_what_they_replace(capsys: pytest.CaptureFixture[str]) -> None:
+    log = str(LOGS / "sglang-qwen3-14b-tp4.log")
+    code, out, _ = run(capsys, "calibrate", log, "--model", "qwen3-32b", "--tensor-parallel", "2")
+    assert code == 0 and "TP 2" in out
+    assert "note: the log says tensor parallel 4; --tensor-parallel 2 used" in out
+    code, out, _ = run(capsys, "calibrate", log, "--model", "qwen3-32b", "--gpu", "2*rtx-4090")
+    assert code == 0 and "TP 4" in out  # the --gpu count only fills in what the log omits

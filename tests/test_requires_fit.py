@@ -209,3 +209,9 @@ targets:
     result.stdout.fnmatch_lines(
         ["*tp.gpufit.yaml:4: requires.fit: requires_fit: unknown argument 'gpu'*"]
     )
+    pytester.path.joinpath("tp.gpufit.yaml").write_text(suite.replace("gpus: 2", "gpus: 3"))
+    result = pytester.runpytest()
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(
+        ["*tp.gpufit.yaml:4: requires.fit: requires_fit: gpus: tensor parallel over 3 GPUs*"]
+    )

@@ -16,12 +16,10 @@ from pytest_gpufit.errors import GpufitError
 def _calibrate(args: argparse.Namespace) -> int:
     from pytest_gpufit.fit.logs import calibrate_text, read_log_file, render
 
-    gpu = None
+    gpu, count = None, None
     if args.gpu is not None:
         (setup,) = _one_setup(args.gpu, "--gpu")
-        gpu = setup.gpu
-        if setup.count > 1 and args.tensor_parallel is None:
-            args.tensor_parallel = setup.count
+        gpu, count = setup.gpu, setup.count
     results = [
         calibrate_text(
             read_log_file(path),
@@ -31,6 +29,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             precision=args.dtype,
             tensor_parallel=args.tensor_parallel,
             base=Path.cwd(),
+            default_tensor_parallel=count,
         )
         for path in args.logs
     ]

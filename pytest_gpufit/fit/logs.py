@@ -342,8 +342,11 @@ def calibrate_text(
     precision: str | None = None,
     tensor_parallel: int | None = None,
     base: Path | None = None,
+    default_tensor_parallel: int | None = None,
 ) -> Calibration:
-    """Read one log and hold it against the plan for the setup it states."""
+    """Read one log and hold it against the plan for the setup it states; ``--model``,
+    ``--dtype`` and ``--tensor-parallel`` override what it states, the count of ``--gpu N*ID``
+    (``default_tensor_parallel``) only fills in what it does not."""
     from pytest_gpufit.fit.engines import plan
     from pytest_gpufit.fit.estimate import check_precision
 
@@ -366,7 +369,10 @@ def calibrate_text(
         chosen = "stored"
         notes.append("the log states no dtype: the checkpoint's own (stored) precision assumed")
     chosen = check_precision(chosen)
-    tp = tensor_parallel or log.setup.tensor_parallel or 1
+    stated = log.setup.tensor_parallel
+    tp = tensor_parallel or stated or default_tensor_parallel or 1
+    if tensor_parallel and stated and tensor_parallel != stated:
+        notes.append(f"the log says tensor parallel {stated}; --tensor-parallel {tp} used")
     knobs = knobs_from(log, engine)
     card_known = gpu is not None
     if gpu is None:
@@ -404,22 +410,23 @@ def _knob_dict(knobs: EngineKnobs) -> dict[str, Any]:
 
 
 def read_log_file(path: str) -> str:
-    """A log's text; a missing, unreadable or huge file is one message."""
-    file = Path(path)
+    """A log's text, read up to ``MAX_LOG_BYTES`` (a pipe or /dev/zero must not fill memory); a
+    missing, unreadable or oversized file is one message."""
     try:
-        size = file.stat().st_size
-        if size > MAX_LOG_BYTES:
-            raise GpufitError(
-                f"{path}: {size:,} bytes; a start-up log is far smaller "
-                f"(at most {MAX_LOG_BYTES // 2**20} MiB read)"
-            )
-        return file.read_text("utf-8", "replace")
+        with open(path, "rb") as file:
+            data = file.read(MAX_LOG_BYTES + 1)
     except FileNotFoundError:
         raise GpufitError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise GpufitError(f"{path}: a folder; give the server's log file") from None
     except OSError as error:
         raise GpufitError(f"{path}: unreadable: {error.strerror or error}") from None
+    if len(data) > MAX_LOG_BYTES:
+        raise GpufitError(
+            f"{path}: more than {MAX_LOG_BYTES // 2**20} MiB; a start-up log is far smaller "
+            "(cut the start of the server's log into a file)"
+        )
+    return data.decode("utf-8", "replace")
 
 
 def _value(x: float, unit: str) -> str:
