@@ -61,18 +61,20 @@ def _setups(gpu_arg: str | None, option: str = "--gpu") -> list[Any]:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from pytest_gpufit.fit.engines import CLI_OPTIONS, knobs_from_options, plan_setups, plan_text
     from pytest_gpufit.fit.table import build_rows, render
 
+    options = {o: getattr(args, o.lstrip("-").replace("-", "_")) for o in CLI_OPTIONS}
+    knobs = knobs_from_options(args.engine, options)
     setups = _setups(args.gpu)
     (row,) = build_rows([args.model], setups, [args.dtype], args.context, args.batch, args.kv_dtype)
     est = row.estimate
+    plans = plan_setups(row.spec, args.dtype, setups, knobs) if knobs else []
     if args.json:
-        data = {
-            "model": row.spec.name,
-            "path": row.spec.path,
-            **est.to_dict(),
-            "gpus": [f.to_dict() for f in row.fits],
-        }
+        gpus = [f.to_dict() for f in row.fits]
+        for entry, engine_plan in zip(gpus, plans, strict=False):
+            entry["engine"] = engine_plan.to_dict()
+        data = {"model": row.spec.name, "path": row.spec.path, **est.to_dict(), "gpus": gpus}
         print(json.dumps(data, indent=2))
         return 0
     p = row.spec.params
@@ -90,6 +92,8 @@ def _fit(args: argparse.Namespace) -> int:
     for warning in est.warnings:
         print(f"note: {warning}")
     print(render([row], setups))
+    for setup, engine_plan in zip(setups, plans, strict=False):  # no plans without --engine
+        print("\n".join(plan_text(setup.id, setup.gpu, engine_plan)))
     return 0
 
 
@@ -257,6 +261,37 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _engine_options(fit: argparse.ArgumentParser) -> None:
+    """``gpufit fit --engine`` and the engines' own knobs (checked in fit/engines.py)."""
+    group = fit.add_argument_group("serving engine (docs/fit.md, Engine profiles)")
+    group.add_argument(
+        "--engine",
+        help="vllm, sglang, llama.cpp or transformers: what the engine allocates per GPU, "
+        "whether it starts, its KV cache in tokens; --gpu N*CARD runs it over N GPUs",
+    )
+    group.add_argument("--gpu-memory-utilization", metavar="F", help="vllm: 0-1 (default 0.9)")
+    group.add_argument("--mem-fraction-static", metavar="F", help="sglang: 0-1 (default 0.88)")
+    group.add_argument(
+        "--max-model-len",
+        metavar="N",
+        help="vllm/sglang/transformers: tokens per request (default: the model's maximum)",
+    )
+    group.add_argument("--max-num-seqs", metavar="N", help="vllm (default 256); transformers batch")
+    group.add_argument(
+        "--max-num-batched-tokens", metavar="N", help="vllm/sglang prefill chunk (default 8192)"
+    )
+    group.add_argument(
+        "--kv-cache-dtype", metavar="T", help="vllm/sglang/transformers: auto, fp8, bf16..."
+    )
+    group.add_argument("--enforce-eager", action="store_true", help="vllm/sglang: no CUDA graphs")
+    group.add_argument("-c", "--ctx-size", metavar="N", help="llama.cpp: context cells")
+    group.add_argument("-np", "--parallel", metavar="N", help="llama.cpp: slots (default 1)")
+    group.add_argument("-ub", "--ubatch-size", metavar="N", help="llama.cpp (default 512)")
+    group.add_argument(
+        "--cache-type-k", metavar="T", help="llama.cpp KV type: f16 (default), q8_0, q4_0..."
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="gpufit", description="What this GPU can run.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -287,6 +322,7 @@ def parser() -> argparse.ArgumentParser:
         "default: this machine's GPUs, else every catalog card",
     )
     fit.add_argument("--json", action="store_true")
+    _engine_options(fit)
     fit.set_defaults(handler=_fit)
 
     table = sub.add_parser("table", help="compatibility table: models x precisions x GPUs")

@@ -216,3 +216,106 @@ def test_context_beyond_the_models_maximum_is_an_error(
     assert "beyond its max context (40k)" in next(
         line for line in out.splitlines() if line.startswith("Qwen3-0.6B")
     )
+
+
+# ---- gpufit fit --engine (issue 12) ------------------------------------------------------------
+
+
+def test_fit_engine_json_adds_an_engine_object_per_setup(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(
+        capsys,
+        "fit",
+        "llama-3.1-8b",
+        "--gpu",
+        "h100-sxm,2*h100-sxm",
+        "--engine",
+        "vllm",
+        "--gpu-memory-utilization",
+        "0.95",
+        "--max-model-len",
+        "8192",
+        "--json",
+    )
+    assert code == 0, err
+    gpus = json.loads(out)["gpus"]
+    engines = [g["engine"] for g in gpus]
+    keys = {
+        "name",
+        "tensor_parallel",
+        "usable_bytes_per_gpu",
+        "budget_bytes_per_gpu",
+        "weights_bytes_per_gpu",
+        "kv_bytes_per_token_per_gpu",
+        "activation_bytes_per_gpu",
+        "runtime_bytes_per_gpu",
+        "kv_cache_bytes_per_gpu",
+        "kv_cache_tokens",
+        "max_concurrency",
+        "starts",
+        "reason",
+    }
+    assert all(keys <= set(e) for e in engines)
+    assert [e["tensor_parallel"] for e in engines] == [1, 2]
+    assert [e["kv_bytes_per_token_per_gpu"] for e in engines] == [131072, 65536]
+    # vLLM 0.19 on an H100 said 476,016 and 1,044,688 tokens for these runs: within 5%
+    assert engines[0]["kv_cache_tokens"] == pytest.approx(476_016, rel=0.05)
+    assert engines[1]["kv_cache_tokens"] == pytest.approx(1_044_688, rel=0.05)
+    assert all(e["starts"] and e["reason"] is None for e in engines)
+
+
+def test_fit_engine_text_reads_like_the_engine_log(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "fit", "llama-3.1-70b", "--gpu", "h200,2*h200", "--engine", "vllm")
+    assert code == 0
+    assert "Model loading took" in out and "GPU KV cache size:" in out
+    assert "h200: vllm, tensor parallel 1" in out and "DOES NOT START" in out
+    assert "2*h200: vllm, tensor parallel 2" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "vllm", "--gpu-memory-utilization", "1.5"], "at most 1, got '1.5'"),
+        (["--engine", "vllm", "--gpu-memory-utilization", ""], "fraction of the card"),
+        (["--engine", "tgi"], "unknown engine 'tgi'"),
+        (
+            ["--gpu", "3*h100-sxm", "--engine", "vllm"],
+            "--gpu 3*h100-sxm: tensor parallel: 3 GPUs do not divide",
+        ),
+        (["--engine", "vllm", "-c", "4096"], "--ctx-size is a llama.cpp option"),
+        (["--engine", "llama.cpp", "--max-num-seqs", "4"], "llama.cpp spells it --parallel"),
+        (["--max-model-len", "8192"], "engine knobs need --engine"),
+        (["--engine", "sglang", "--mem-fraction-static", "-0.1"], "--mem-fraction-static"),
+        (["--engine", "vllm", "--max-num-seqs", "²"], "whole number"),
+    ],
+)
+def test_fit_engine_bad_input_is_one_error_exit_2(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, "fit", "llama-3.1-8b", "--gpu", "h100-sxm", *args)
+    assert code == 2
+    assert err.startswith("gpufit: error: ") and message in err and err.count("\n") == 1
+    assert "Traceback" not in err and not out
+
+
+def test_console_script_engine_error_exit_2() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest_gpufit.cli",
+            "fit",
+            "llama-3.1-8b",
+            "--gpu",
+            "h100-sxm",
+            "--engine",
+            "vllm",
+            "--gpu-memory-utilization",
+            "1.5",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr

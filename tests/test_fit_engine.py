@@ -301,3 +301,223 @@ def test_awq_int4_checkpoint_as_stored() -> None:
     config["quantization_config"]["bits"] = 3
     with pytest.raises(GpufitError, match="3-bit awq is not supported"):
         spec_from_config(config)
+
+
+# ---- issue 12: tensor parallelism, usable memory, ignore lists, engine plans -----------------
+
+CALIBRATION_CONFIGS = Path(__file__).parent.parent / "fixtures" / "calibration" / "configs"
+
+
+def test_mla_latent_is_whole_on_every_tensor_parallel_rank() -> None:
+    """vLLM keeps DeepSeek's 576-wide latent on every rank: R1/V3 at TP 8 is 70,272 B/token per
+    GPU, not 8,784 (the issue's measured 70,271)."""
+    from pytest_gpufit.fit.estimate import kv_bytes_per_token_per_gpu
+
+    spec = load_spec("deepseek-v3")
+    assert kv_bytes_per_token_per_gpu(spec, 2, 8) == 61 * 576 * 2 == 70_272
+    lite = load_spec(str(CALIBRATION_CONFIGS / "deepseek-ai__DeepSeek-V2-Lite-Chat.json"))
+    assert {kv_bytes_per_token_per_gpu(lite, 2, tp) for tp in (1, 2, 4)} == {27 * 576 * 2}
+
+
+def test_gqa_kv_heads_are_replicated_when_tp_exceeds_them() -> None:
+    from pytest_gpufit.fit.estimate import kv_bytes_per_token_per_gpu
+
+    spec = load_spec("llama-3.1-70b")  # 8 KV heads of 128, 80 layers
+    assert kv_bytes_per_token_per_gpu(spec, 2, 8) == 80 * 2 * 1 * 128 * 2
+    assert kv_bytes_per_token_per_gpu(spec, 2, 16) == 80 * 2 * 1 * 128 * 2  # not half of it
+
+
+def test_per_card_need_of_a_tp_setup_keeps_the_mla_cache_whole() -> None:
+    """The plain verdict uses the same physics: on 8 cards DeepSeek-V3's cache is not / 8."""
+    from pytest_gpufit.fit.estimate import per_card_bytes
+
+    spec = load_spec("deepseek-v3")
+    est = estimate(spec, "fp8", 8192)
+    grown = per_card_bytes(spec, est, 8, 16384) - per_card_bytes(spec, est, 8, 8192)
+    assert grown > 8192 * 61 * 576 * 2  # the whole latent of 8192 more tokens, per card
+
+
+def test_runtime_per_rank_at_tp_2_is_the_measured_nccl_and_context() -> None:
+    from pytest_gpufit.fit.estimate import RUNTIME_TP_OVERHEAD_BYTES, per_card_bytes
+
+    spec = load_spec("llama-3.1-8b")
+    est = estimate(spec, "bf16", 1)
+    one = per_card_bytes(spec, est, 1, 1)
+    two = per_card_bytes(spec, est, 2, 1)
+    assert RUNTIME_TP_OVERHEAD_BYTES > 3.5 * 2**30
+    assert two > RUNTIME_TP_OVERHEAD_BYTES
+    assert one - RUNTIME_OVERHEAD_BYTES > two - RUNTIME_TP_OVERHEAD_BYTES  # the rest is split
+
+
+def test_verdict_uses_the_usable_memory_not_nvml_total() -> None:
+    from pytest_gpufit.fit.estimate import usable_bytes
+
+    h100 = catalog_gpu("h100-sxm")
+    assert usable_bytes(h100) == (81090 * 2**20, "catalog usable_mib")
+    fit = fit_on(load_spec("llama-3.1-8b"), estimate(load_spec("llama-3.1-8b")), h100)
+    assert fit.usable_bytes == 81090 * 2**20
+    assert fit.headroom_bytes == fit.usable_bytes - fit.per_card_bytes
+    t4 = catalog_gpu("t4")  # no measured figure: 1% below NVML
+    assert usable_bytes(t4)[0] == t4.memory_total_bytes - t4.memory_total_bytes // 100
+
+
+def test_ignore_list_keeps_attention_and_edge_layers_in_bf16() -> None:
+    """Meta's 405B FP8 keeps attention and layers 0 and 125 in bf16: counted module by
+    module, not as all-fp8 (the issue's -17%)."""
+    spec = load_spec(str(CALIBRATION_CONFIGS / "meta-llama__Llama-3.1-405B-Instruct-FP8.json"))
+    assert spec.quantization is not None
+    kept = dict(spec.quantization.unquantized)
+    assert kept["attention"] == spec.params.attention
+    assert kept["dense_mlp"] == 2 * 3 * 16384 * 53248
+    stored = estimate(spec, "stored").weights_bytes
+    all_fp8 = estimate(spec, "fp8").weights_bytes
+    assert stored > 1.15 * all_fp8
+
+
+def test_ignore_list_patterns() -> None:
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 100,
+        "torch_dtype": "bfloat16",
+        "quantization_config": {
+            "quant_method": "compressed-tensors",
+            "config_groups": {"g": {"weights": {"num_bits": 8, "type": "int"}}},
+            "ignore": ["lm_head", "re:.*layers\\.0\\..*", "model.layers.2.self_attn"],
+        },
+    }
+    spec = spec_from_config(config)
+    assert spec.quantization is not None and spec.quantization.dtype == "int8"
+    kept = dict(spec.quantization.unquantized)
+    attn_layer = 64 * 4 * 16 * 2 + 2 * 64 * 2 * 16
+    assert kept == {"attention": 2 * attn_layer, "dense_mlp": 3 * 64 * 128}
+
+
+def test_vllm_pads_gpt_oss_mxfp4_experts() -> None:
+    """Resident weights 13.64 GiB at TP 1 on an H100, 6.6% above the checkpoint: the Marlin
+    MoE kernel's n % 256 / k % 128 padding (Mxfp4MoEMethod.create_weights)."""
+    from pytest_gpufit.fit.engines import mxfp4_padding, parse_knobs, plan
+
+    spec = load_spec("gpt-oss-20b")
+    assert mxfp4_padding(spec, 1) == pytest.approx(3072 * 2944 / (2880 * 2880))
+    p = plan(spec, "stored", catalog_gpu("h100-sxm"), 1, parse_knobs("vllm"))
+    assert p.weights_bytes_per_gpu / 2**30 == pytest.approx(13.64, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("engine", "raw", "message"),
+    [
+        ("vllm", {"gpu_memory_utilization": 1.5}, "--gpu-memory-utilization must be a fraction"),
+        ("vllm", {"gpu_memory_utilization": "nan"}, "above 0 and at most 1"),
+        ("vllm", {"gpu_memory_utilization": 0}, "above 0 and at most 1"),
+        ("vllm", {"gpu_memory_utilization": True}, "above 0 and at most 1"),
+        ("sglang", {"mem_fraction_static": "1.2"}, "--mem-fraction-static must be"),
+        ("vpllm", {}, "unknown engine 'vpllm'"),
+        ("vllm", {"max_model_len": "８１９２"}, "--max-model-len must be a whole number"),
+        ("vllm", {"max_num_seqs": -1}, "--max-num-seqs must be a whole number"),
+        ("vllm", {"max_num_seqs": 10**12}, "from 1 to 1,000,000"),
+        ("vllm", {"kv_cache_dtype": "int3"}, "not a vllm KV cache type"),
+        ("llama.cpp", {"ctx_size": "4k"}, "-c/--ctx-size must be a whole number"),
+        ("llama.cpp", {"enforce_eager": True}, "does not apply to llama.cpp"),
+        ("vllm", {"swap_space": 4}, "unknown vllm knob 'swap_space'"),
+    ],
+)
+def test_bad_engine_knobs_are_one_error(engine: str, raw: dict[str, object], message: str) -> None:
+    from pytest_gpufit.fit.engines import parse_knobs
+
+    with pytest.raises(GpufitError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_knobs(engine, **raw)
+
+
+def test_tp_that_does_not_divide_the_heads_is_refused() -> None:
+    from pytest_gpufit.fit.engines import parse_knobs, plan
+
+    spec = load_spec("llama-3.1-8b")
+    with pytest.raises(GpufitError, match="3 GPUs do not divide the 32 attention heads"):
+        plan(spec, "bf16", catalog_gpu("h100-sxm"), 3, parse_knobs("vllm"))
+    odd = spec_from_config(
+        {
+            "model_type": "llama",
+            "hidden_size": 768,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 12,
+            "num_key_value_heads": 4,
+            "vocab_size": 1000,
+        }
+    )
+    with pytest.raises(GpufitError, match="6 GPUs and the 4 KV heads"):
+        plan(odd, "bf16", catalog_gpu("h100-sxm"), 6, parse_knobs("vllm"))
+    assert plan(odd, "bf16", catalog_gpu("h100-sxm"), 12, parse_knobs("vllm")).starts
+
+
+def test_vllm_plan_log_lines_and_knobs() -> None:
+    from pytest_gpufit.fit.engines import parse_knobs, plan
+
+    spec = load_spec("llama-3.1-8b")
+    gpu = catalog_gpu("h100-sxm")
+    p = plan(spec, "bf16", gpu, 1, parse_knobs("vllm", max_model_len=8192))
+    assert p.starts and p.kv_cache_tokens % 16 == 0
+    lines = "\n".join(p.log_lines())
+    assert f"GPU KV cache size: {p.kv_cache_tokens:,} tokens" in lines
+    assert "Maximum concurrency for 8,192 tokens per request" in lines
+    assert "Model loading took 14.99 GiB memory" in lines
+    more = plan(spec, "bf16", gpu, 1, parse_knobs("vllm", gpu_memory_utilization=0.95))
+    assert more.kv_cache_tokens > p.kv_cache_tokens
+    eager = plan(spec, "bf16", gpu, 1, parse_knobs("vllm", enforce_eager=True))
+    assert eager.cuda_graph_bytes_per_gpu == 0 < p.cuda_graph_bytes_per_gpu
+    fp8 = plan(spec, "bf16", gpu, 1, parse_knobs("vllm", kv_cache_dtype="fp8"))
+    assert fp8.kv_bytes_per_token_per_gpu * 2 == p.kv_bytes_per_token_per_gpu
+
+
+def test_vllm_refuses_a_max_model_len_beyond_the_model_or_the_cache() -> None:
+    from pytest_gpufit.fit.engines import parse_knobs, plan
+
+    spec = load_spec("llama-3.1-8b")
+    too_long = plan(
+        spec, "bf16", catalog_gpu("h100-sxm"), 1, parse_knobs("vllm", max_model_len=10**6)
+    )
+    assert not too_long.starts and "max_position_embeddings" in (too_long.reason or "")
+    small = plan(spec, "bf16", catalog_gpu("rtx-4090"), 1, parse_knobs("vllm"))
+    assert not small.starts and "one request of max_model_len 131,072" in (small.reason or "")
+
+
+@pytest.mark.parametrize("engine", ["sglang", "llama.cpp", "transformers"])
+def test_other_engines_plan_and_refuse_what_cannot_fit(engine: str) -> None:
+    from pytest_gpufit.fit.engines import parse_knobs, plan
+
+    fits = plan(load_spec("llama-3.1-8b"), "bf16", catalog_gpu("h100-sxm"), 1, parse_knobs(engine))
+    assert fits.starts and fits.kv_cache_tokens > 0 and fits.log_lines()
+    big = plan(load_spec("llama-3.1-70b"), "bf16", catalog_gpu("rtx-4090"), 1, parse_knobs(engine))
+    assert not big.starts and big.reason
+
+
+@pytest.mark.parametrize(
+    ("engine", "kv", "size"),
+    [("transformers", "int8", 1), ("transformers", "fp32", 4), ("sglang", "fp8_e5m2", 1)],
+)
+def test_every_engine_honours_its_kv_cache_dtype(engine: str, kv: str, size: int) -> None:
+    from pytest_gpufit.fit.engines import parse_knobs, plan
+
+    p = plan(
+        load_spec("llama-3.1-8b"),
+        "bf16",
+        catalog_gpu("h100-sxm"),
+        1,
+        parse_knobs(engine, kv_cache_dtype=kv),
+    )
+    assert p.kv_bytes_per_token_per_gpu == 32 * 2 * 8 * 128 * size
+
+
+def test_catalog_usable_memory_is_a_number_below_nvml_total() -> None:
+    from pytest_gpufit.hardware.catalog import catalog
+
+    entries = {k: v for k, v in catalog().items() if "usable_mib" in v}
+    assert "h100-sxm" in entries
+    for entry in entries.values():
+        usable = entry["usable_mib"]
+        assert isinstance(usable, int) and 0 < usable <= entry["memory_mib"]

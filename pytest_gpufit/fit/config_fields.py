@@ -47,6 +47,7 @@ MAXIMA: dict[str, int] = {
     "sliding_window_pattern": 10**4,
     "bits": 64,
     "w_bit": 64,
+    "num_bits": 64,  # compressed-tensors config_groups.*.weights
     "group_size": 10**6,
     "q_group_size": 10**6,
     "weight_block_size": 10**6,

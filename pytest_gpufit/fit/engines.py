@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -387,8 +388,8 @@ def _engine_weights(spec: ModelSpec, precision: str, tp: int, engine: str) -> in
 
 def _kv_dtype(precision: str, knobs: EngineKnobs) -> tuple[str, int]:
     name = knobs.kv_cache_dtype
-    key = _VLLM_KV.get(name or "auto") if name != "auto" else None
-    if key is None:
+    key = None if name in (None, "auto") else _VLLM_KV.get(name, name)
+    if key not in KV_DTYPES:  # auto: the activation dtype
         key = "fp32" if precision == "fp32" else "fp16" if precision == "fp16" else "bf16"
     return key, KV_DTYPES[key]
 
@@ -593,8 +594,7 @@ def _transformers(
     length, reason = _model_len(spec, knobs)
     batch = knobs.max_num_seqs or 1
     weights = weights_per_gpu(spec, precision, tp, total=estimate(spec, precision, 1).weights_bytes)
-    kv_name = knobs.kv_cache_dtype if knobs.kv_cache_dtype not in (None, "auto") else None
-    kv_key, kv_b = _kv_dtype(precision, EngineKnobs("vllm", kv_cache_dtype=kv_name))
+    kv_key, kv_b = _kv_dtype(precision, knobs)
     per_token = kv_bytes_per_token_per_gpu(spec, kv_b, tp)
     acts = activation_bytes_per_gpu(spec, length, batch, _act_bytes(precision), tp)
     runtime = runtime_bytes_per_gpu(tp)
@@ -626,3 +626,78 @@ def _transformers(
         kv_cache_dtype=kv_key,
         usable_source=source,
     )
+
+
+# ---- the `gpufit fit --engine` options ------------------------------------------------------
+
+# CLI option -> (knob field, the engines it belongs to). One option per engine spelling, so a
+# llama.cpp flag given with --engine vllm is an error, not silently taken.
+CLI_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--gpu-memory-utilization": ("gpu_memory_utilization", ("vllm",)),
+    "--mem-fraction-static": ("gpu_memory_utilization", ("sglang",)),
+    "--max-model-len": ("max_model_len", ("vllm", "sglang", "transformers")),
+    "--max-num-seqs": ("max_num_seqs", ("vllm", "sglang", "transformers")),
+    "--max-num-batched-tokens": ("max_num_batched_tokens", ("vllm", "sglang")),
+    "--kv-cache-dtype": ("kv_cache_dtype", ("vllm", "sglang", "transformers")),
+    "--enforce-eager": ("enforce_eager", ("vllm", "sglang")),
+    "--ctx-size": ("max_model_len", ("llama.cpp",)),
+    "--parallel": ("max_num_seqs", ("llama.cpp",)),
+    "--ubatch-size": ("max_num_batched_tokens", ("llama.cpp",)),
+    "--cache-type-k": ("kv_cache_dtype", ("llama.cpp",)),
+}
+
+
+def knobs_from_options(engine: str | None, options: dict[str, Any]) -> EngineKnobs | None:
+    """Knobs from ``gpufit fit`` options (``{"--max-model-len": "8192", ...}``, None = not
+    given); None without ``--engine``. An option of another engine, or one without
+    ``--engine``, is an error naming it."""
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    if engine is None:
+        if given:
+            raise GpufitError(
+                f"{', '.join(given)}: engine knobs need --engine ({', '.join(ENGINES)})"
+            )
+        return None
+    name = check_engine(engine)
+    raw: dict[str, Any] = {}
+    for option, value in given.items():
+        field, owners = CLI_OPTIONS[option]
+        if name not in owners:
+            others = [o for o, (f, e) in CLI_OPTIONS.items() if f == field and name in e]
+            hint = f"; {name} spells it {others[0]}" if others else ""
+            raise GpufitError(f"{option} is a {'/'.join(owners)} option, not {name}'s{hint}")
+        if field in raw:
+            raise GpufitError(f"{option}: given twice (as another spelling too)")
+        raw[field] = value
+    try:
+        return parse_knobs(name, **raw)
+    except GpufitError as error:
+        raise GpufitError(f"--engine {name}: {error}") from None
+
+
+def plan_setups(
+    spec: ModelSpec, precision: str, setups: Sequence[Any], knobs: EngineKnobs
+) -> list[EnginePlan]:
+    """``plan`` for each ``fit.table.Setup`` (``id``, ``gpu``, ``count``); an error names the
+    setup as the user wrote it (``--gpu 3*h100-sxm: ...``)."""
+    plans = []
+    for setup in setups:
+        try:
+            plans.append(plan(spec, precision, setup.gpu, setup.count, knobs))
+        except GpufitError as error:
+            raise GpufitError(f"--gpu {setup.id}: {error}") from None
+    return plans
+
+
+def plan_text(setup_id: str, gpu: Gpu, engine_plan: EnginePlan) -> list[str]:
+    """The text ``gpufit fit --engine`` prints for one setup: the engine's own log wording."""
+    p = engine_plan
+    gib = GIB
+    split = "layers split over" if p.name == "llama.cpp" else "tensor parallel"
+    head = (
+        f"{setup_id}: {p.name}, {split} {p.tensor_parallel} on {gpu.name}: "
+        f"usable {p.usable_bytes_per_gpu / gib:.2f} GiB per GPU ({p.usable_source}), "
+        f"budget {p.budget_bytes_per_gpu / gib:.2f} GiB"
+    )
+    verdict = "starts" if p.starts else "DOES NOT START"
+    return [head, *(f"  {line}" for line in p.log_lines()), f"  => {verdict}"]

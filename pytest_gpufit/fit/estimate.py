@@ -7,6 +7,7 @@ CALIBRATE are only as good as their check on a real card.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,7 +190,7 @@ def _weights(spec: ModelSpec, precision: str) -> tuple[int, int, str, str]:
 # ---- tensor parallelism ----------------------------------------------------------------------
 
 
-def check_tensor_parallel(spec: ModelSpec, tp: int, where: str = "--gpu N*CARD") -> None:
+def check_tensor_parallel(spec: ModelSpec, tp: int, where: str = "tensor parallel") -> None:
     """vLLM's and SGLang's rule: TP divides the attention heads, and the KV heads divide TP
     or TP divides them (each rank holds whole KV heads, replicated when TP > KV heads)."""
     if _not_whole(tp) or not 1 <= tp <= 1024:
@@ -199,12 +200,12 @@ def check_tensor_parallel(spec: ModelSpec, tp: int, where: str = "--gpu N*CARD")
     heads, kv = spec.num_attention_heads, spec.num_kv_heads
     if heads % tp:
         raise GpufitError(
-            f"{where}: tensor parallel over {tp} GPUs does not divide the {heads} attention "
+            f"{where}: {tp} GPUs do not divide the {heads} attention "
             f"heads of {spec.name}; use a TP size that divides {heads}"
         )
     if spec.kv.kind != "mla" and (kv % tp if tp <= kv else tp % kv):
         raise GpufitError(
-            f"{where}: tensor parallel over {tp} GPUs and the {kv} KV heads of {spec.name} "
+            f"{where}: {tp} GPUs and the {kv} KV heads of {spec.name} "
             f"do not divide one another; use a TP size that divides {kv} or a multiple of it"
         )
 
@@ -232,6 +233,8 @@ def weights_per_gpu(spec: ModelSpec, precision: str, tp: int, total: int | None 
     norms, the router, MLA's latent projections and (when TP > KV heads) the k/v projections
     are whole on every rank. ``total`` (an exact checkpoint figure) is split in the same ratio.
     """
+    if tp == 1 and total is not None:
+        return total
     roles = _role_bytes(spec, precision)
     all_bytes = sum(roles.values())
     if tp == 1 or all_bytes == 0:
@@ -399,19 +402,31 @@ def activation_bytes_per_gpu(
 def per_card_bytes(spec: ModelSpec, est: MemoryEstimate, cards: int, context: int) -> int:
     """Weights, KV and activations on each of ``cards`` ranks (what TP does not split stays
     whole), the allocator's reserve, and each rank's own runtime."""
+    return _per_card(spec, est, cards)(context)
+
+
+def _per_card(spec: ModelSpec, est: MemoryEstimate, cards: int) -> Callable[[int], int]:
+    """``per_card_bytes`` as a function of the context: the parts that do not depend on it are
+    computed once (``max_context`` bisects over it for every table cell)."""
     kv_b = KV_DTYPES[est.kv_dtype]
-    kv = kv_cache_bytes(spec, context, est.batch, kv_b)
+    kv_share = 1.0
     if cards > 1:
-        kv = (
-            kv
-            * kv_bytes_per_token_per_gpu(spec, kv_b, cards)
-            // kv_bytes_per_token_per_gpu(spec, kv_b, 1)
+        kv_share = kv_bytes_per_token_per_gpu(spec, kv_b, cards) / kv_bytes_per_token_per_gpu(
+            spec, kv_b, 1
         )
     act_b = 4 if est.dtype == "fp32" else 2
-    acts = activation_bytes_per_gpu(spec, context, est.batch, act_b, cards)
     weights = weights_per_gpu(spec, est.dtype, cards, total=est.weights_bytes)
-    shared = weights + kv + acts
-    return int(shared * (1 + ALLOCATOR_RESERVE_FRACTION)) + runtime_bytes_per_gpu(cards)
+    runtime = runtime_bytes_per_gpu(cards)
+
+    def need(context: int) -> int:
+        kv = kv_cache_bytes(spec, context, est.batch, kv_b)
+        if cards > 1:
+            kv = int(kv * kv_share)
+        acts = activation_bytes_per_gpu(spec, context, est.batch, act_b, cards)
+        shared = weights + kv + acts
+        return int(shared * (1 + ALLOCATOR_RESERVE_FRACTION)) + runtime
+
+    return need
 
 
 def precision_support(fmt: str, gpu: Gpu) -> str:
@@ -427,13 +442,16 @@ def precision_support(fmt: str, gpu: Gpu) -> str:
 
 def max_context(spec: ModelSpec, est: MemoryEstimate, cards: int, memory: int) -> int:
     """The largest context (up to max_position_embeddings) that fits on the cards."""
-    top = spec.max_position_embeddings or 1 << 20
-    if per_card_bytes(spec, est, cards, 1) > memory:
+    return _max_context(_per_card(spec, est, cards), spec.max_position_embeddings, memory)
+
+
+def _max_context(need: Callable[[int], int], top: int | None, memory: int) -> int:
+    if need(1) > memory:
         return 0
-    low, high = 1, top
+    low, high = 1, top or 1 << 20
     while low < high:
         mid = (low + high + 1) // 2
-        if per_card_bytes(spec, est, cards, mid) <= memory:
+        if need(mid) <= memory:
             low = mid
         else:
             high = mid - 1
@@ -446,7 +464,8 @@ def fit_on(
     """Judge the estimate on ``count`` cards like ``gpu`` (tensor-parallel when count > 1)
     against the memory CUDA can allocate on each (``usable_bytes``)."""
     memory, _ = usable_bytes(gpu)
-    need = per_card_bytes(spec, est, count, est.context)
+    need_at = _per_card(spec, est, count)
+    need = need_at(est.context)
     fits = need <= memory
     # Every copy is split over all the setup's cards, so instances are counted per card.
     instances = memory // need if fits else 0
@@ -462,7 +481,7 @@ def fit_on(
         memory_bytes=gpu.memory_total_bytes,
         fits=fits,
         headroom_bytes=memory - need,
-        max_context=max_context(spec, est, count, memory),
+        max_context=_max_context(need_at, spec.max_position_embeddings, memory),
         instances=int(instances),
         precision_support=precision_support(est.weight_format, gpu),
         decode_tok_s_ceiling=ceiling,

@@ -6,8 +6,11 @@ can apply to the roles a quantizer really converts, and so that MoE active param
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -111,6 +114,7 @@ class Quantization:
     # (role, parameters) the checkpoint keeps in its float format although the role is
     # quantized: its ignore list / modules_to_not_convert, counted module by module.
     unquantized: tuple[tuple[str, int], ...] = ()
+    ignore: tuple[str, ...] = ()  # the ignore list as written (names, globs, re: patterns)
 
 
 @dataclass(frozen=True)
@@ -352,7 +356,9 @@ def spec_from_config(
         stored_dtype=_stored_dtype(config, top, warnings),
         params=params,
         kv=kv,
-        quantization=_quantization(config, warnings),
+        quantization=_with_ignored(
+            _quantization(config, warnings), config, moe, h, heads, kv_heads, head_dim, layers
+        ),
         checkpoint=checkpoint,
         warnings=tuple(warnings),
         experts_per_token=moe["top_k"],
@@ -518,11 +524,126 @@ def _moe_layers(config: ConfigFields, layers: int) -> list[int]:
 _LINEAR = ("attention", "dense_mlp", "experts", "shared_experts")
 
 
+def _compressed_tensors(
+    q: ConfigFields, config: ConfigFields, warnings: list[str]
+) -> Quantization | None:
+    """llm-compressor checkpoints (RedHat's w8a8, w4a16, fp8): the first config group's
+    weight format; its ``ignore`` list is counted like ``modules_to_not_convert``."""
+    groups = q.nested("config_groups")
+    first = next((groups.nested(k) for k in groups.data), None) if groups else None
+    weights = first.nested("weights") if first else None
+    if weights is None:
+        warnings.append("compressed-tensors config without config_groups weights: not modelled")
+        return None
+    bits = weights.whole("num_bits")
+    kind = (weights.string("type") or "int").lower()
+    fmt = {(8, "float"): "fp8", (8, "int"): "int8", (4, "int"): "int4", (4, "float"): "nvfp4"}
+    dtype = fmt.get((bits or 0, kind))
+    if dtype is None:
+        raise weights.error("num_bits", "must be 4 or 8 with type int or float", bits)
+    return Quantization("compressed-tensors", dtype, _LINEAR)
+
+
+# Linear modules of a decoder layer, by role, with their shapes: (name, role, in, out).
+def _layer_modules(
+    config: ConfigFields, h: int, heads: int, kv_heads: int, head_dim: int
+) -> list[tuple[str, str, int]]:
+    kv_rank = config.whole("kv_lora_rank")
+    if kv_rank:
+        rope = config.whole("qk_rope_head_dim") or 0
+        nope = config.whole("qk_nope_head_dim") or 0
+        v_dim = config.whole("v_head_dim") or nope
+        q_rank = config.whole("q_lora_rank")
+        attn = [
+            ("kv_a_proj_with_mqa", h * (kv_rank + rope)),
+            ("kv_b_proj", kv_rank * heads * (nope + v_dim)),
+            ("o_proj", heads * v_dim * h),
+        ]
+        if q_rank:
+            attn += [("q_a_proj", h * q_rank), ("q_b_proj", q_rank * heads * (nope + rope))]
+        else:
+            attn += [("q_proj", h * heads * (nope + rope))]
+    else:
+        attn = [
+            ("q_proj", h * heads * head_dim),
+            ("k_proj", h * kv_heads * head_dim),
+            ("v_proj", h * kv_heads * head_dim),
+            ("o_proj", heads * head_dim * h),
+        ]
+    return [(f"self_attn.{name}", "attention", n) for name, n in attn]
+
+
+def _ignored(name: str, patterns: tuple[str, ...]) -> bool:
+    """vLLM's and transformers' reading of an ignore list: ``re:`` regexes, globs, a module
+    name or the name of a module that contains it (``model.layers.0.self_attn``)."""
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            try:
+                if re.fullmatch(pattern[3:], name) or re.search(pattern[3:], name):
+                    return True
+            except re.error:
+                continue
+        elif "*" in pattern or "?" in pattern:
+            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*"):
+                return True
+        elif name == pattern or name.startswith(pattern + "."):
+            return True
+    return False
+
+
+def _with_ignored(
+    quant: Quantization | None,
+    config: ConfigFields,
+    moe: dict[str, int],
+    h: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    layers: int,
+) -> Quantization | None:
+    """Count, module by module, the parameters an ignore list keeps in the float format."""
+    if quant is None or not quant.ignore:
+        return quant
+    per_layer = _layer_modules(config, h, heads, kv_heads, head_dim)
+    dense_i = config.whole("intermediate_size") or 0
+    sparse = set(_moe_layers(config, layers)) if moe["moe_layers"] else set()
+    shared_i = moe["shared"] // (3 * h * max(moe["moe_layers"], 1)) if moe["shared"] else 0
+    counts: dict[str, int] = {}
+    for i in range(layers):
+        modules = list(per_layer)
+        if i in sparse:
+            if shared_i:
+                modules += [
+                    (f"mlp.shared_experts.{p}_proj", "shared_experts", h * shared_i)
+                    for p in ("gate", "up", "down")
+                ]
+        elif dense_i:
+            modules += [(f"mlp.{p}_proj", "dense_mlp", h * dense_i) for p in ("gate", "up", "down")]
+        for name, role, n in modules:
+            if role in quant.roles and _ignored(f"model.layers.{i}.{name}", quant.ignore):
+                counts[role] = counts.get(role, 0) + n
+    return dataclasses.replace(quant, unquantized=tuple(sorted(counts.items())))
+
+
 def _quantization(config: ConfigFields, warnings: list[str]) -> Quantization | None:
     q = config.nested("quantization_config")
     if q is None:
         return None
     method = (q.string("quant_method") or "").lower()
+    ignore = tuple(q.strings("modules_to_not_convert") or []) + tuple(q.strings("ignore") or [])
+    found = _quantization_format(q, method, config, warnings)
+    if found is None:
+        return None
+    return dataclasses.replace(found, ignore=ignore)
+
+
+def _quantization_format(
+    q: ConfigFields, method: str, config: ConfigFields, warnings: list[str]
+) -> Quantization | None:
+    if method == "fbgemm_fp8":  # Meta's FP8 checkpoints: fp8 weights, one scale per row
+        return Quantization("fbgemm_fp8", "fp8", _LINEAR)
+    if method == "compressed-tensors":
+        return _compressed_tensors(q, config, warnings)
     if method == "fp8":
         block = q.wholes("weight_block_size", 1, MAXIMA["weight_block_size"]) or [128, 128]
         if len(block) != 2:
