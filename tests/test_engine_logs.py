@@ -198,7 +198,7 @@ def test_calibrate_without_a_card_compares_only_card_free_figures(
         (
             "Model loading took 7.5 GiB\n",
             ("--model", "llama-3.1-8b", "--tensor-parallel", "3"),
-            "does not divide the 32 attention heads",
+            "do not divide the 32 attention heads",
         ),
     ],
 )

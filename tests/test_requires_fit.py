@@ -156,7 +156,7 @@ def test_engine_plan_says_the_70b_does_not_start_on_one_h200(pytester: pytest.Py
     [
         (
             '"llama-3.1-8b", gpus=3',
-            "requires_fit: gpus: tensor parallel over 3 GPUs does not divide",
+            "requires_fit: gpus: 3 GPUs do not divide the 32",
         ),
         (
             '"qwen3-0.6b", context=65536',
@@ -213,5 +213,5 @@ targets:
     result = pytester.runpytest()
     assert result.ret != 0
     result.stdout.fnmatch_lines(
-        ["*tp.gpufit.yaml:4: requires.fit: requires_fit: gpus: tensor parallel over 3 GPUs*"]
+        ["*tp.gpufit.yaml:4: requires.fit: requires_fit: gpus: 3 GPUs do not divide*"]
     )

@@ -73,7 +73,7 @@ def allreduce_bytes_per_token(spec: ModelSpec, cards: int, act_bytes: int) -> fl
     state, ``ALL_REDUCES_PER_LAYER`` per layer.
 
     >>> allreduce_bytes_per_token(load_spec("llama-3.1-70b"), 2, 2)
-    1310720.0
+    2621440.0
     >>> allreduce_bytes_per_token(load_spec("llama-3.1-70b"), 1, 2)
     0.0
     """
