@@ -242,3 +242,12 @@ def test_calibrate_overrides_and_what_they_replace(capsys: pytest.CaptureFixture
     assert "note: the log says tensor parallel 4; --tensor-parallel 2 used" in out
     code, out, _ = run(capsys, "calibrate", log, "--model", "qwen3-32b", "--gpu", "2*rtx-4090")
     assert code == 0 and "TP 4" in out  # the --gpu count only fills in what the log omits
+
+
+def test_tensor_parallel_from_the_ranks_that_logged(capsys: pytest.CaptureFixture[str]) -> None:
+    """vLLM 0.8 prints one "Model loading took" per rank and no TP size: four ranks, TP 4."""
+    assert read_engine_log(read("vllm-0.8-v1-qwen3-tp4.log")).setup.ranks_seen == 4
+    code, out, _ = run(
+        capsys, "calibrate", str(LOGS / "vllm-0.8-v1-qwen3-tp4.log"), "--model", "qwen3-30b-a3b"
+    )
+    assert code == 0 and "TP 4" in out and "the ranks that logged" in out

@@ -370,7 +370,10 @@ def calibrate_text(
         notes.append("the log states no dtype: the checkpoint's own (stored) precision assumed")
     chosen = check_precision(chosen)
     stated = log.setup.tensor_parallel
-    tp = tensor_parallel or stated or default_tensor_parallel or 1
+    seen = log.setup.ranks_seen if (log.setup.ranks_seen or 0) > 1 else None
+    tp = tensor_parallel or stated or default_tensor_parallel or seen or 1
+    if tp == seen and not (tensor_parallel or stated or default_tensor_parallel):
+        notes.append(f"tensor parallel {seen}: the ranks that logged (the log states no size)")
     if tensor_parallel and stated and tensor_parallel != stated:
         notes.append(f"the log says tensor parallel {stated}; --tensor-parallel {tp} used")
     knobs = knobs_from(log, engine)

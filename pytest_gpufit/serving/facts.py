@@ -109,6 +109,7 @@ class LogSetup:
     enforce_eager: bool | None = None
     block_size: int | None = None
     gpu_memory_gib: float | None = None  # the device's total memory, where the log states it
+    ranks_seen: int | None = None  # worker ranks that logged (vLLM "rank=N"/"TP N", SGLang "TPN")
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,7 @@ _MAX_LEN = re.compile(r"Using max model len\s+([0-9]+)")
 _CHUNK = re.compile(r"max_num_batched_tokens=([0-9]+)")
 _TOTAL_MEM = re.compile(r"total_gpu_memory=" + _NUMBER + r"\s*GiB")
 _UTIL = re.compile(r"gpu_memory_utilization=([0-9]+(?:\.[0-9]+)?)")
+_RANK = re.compile(r"\b(?:rank=|TP ?)([0-9]{1,4})\b")
 _COMMAND = re.compile(
     r"(?:vllm serve|vllm\.entrypoints\.openai\.api_server|sglang\.launch_server|"
     r"llama-server)\s+(.*)$"
@@ -381,7 +383,10 @@ def parse_log_setup(text: str) -> LogSetup:
             if value is not None:
                 found[field] = value
 
+    ranks: set[int] = set()
     for line in text.splitlines():
+        if "took" in line or "Load weight end" in line or "KV Cache is allocated" in line:
+            ranks.update(int(r) for r in _RANK.findall(line))
         if match := _COMMAND.search(line):
             take(_command_pairs(match.group(1)), overwrite=False)
             if engine is None:
@@ -423,6 +428,8 @@ def parse_log_setup(text: str) -> LogSetup:
             found["gpu_memory_gib"] = _num(match.group(1))
         if engine == "sglang" and (match := re.search(r"Load weight end\..*?dtype=([\w.]+)", line)):
             found.setdefault("dtype", match.group(1).removeprefix("torch."))
+    if ranks:
+        found["ranks_seen"] = max(ranks) + 1
     return LogSetup(engine=engine, version=version, **found)
 
 
