@@ -191,7 +191,7 @@ def test_runner_labels_are_catalog_aliases(capsys: pytest.CaptureFixture[str]) -
     assert code == 0
     assert "h100-sxm" in out and "2*rtx-pro-6000-blackwell" in out
     code, _, err = run(capsys, "fit", "qwen3-0.6b", "--gpu", "rtx-pro-600")
-    assert code == 2 and "rtx-pro-6000-blackwell (rtx-pro-6000)" in err
+    assert code == 2 and "aliases: " in err and "rtx-pro-6000 = rtx-pro-6000-blackwell" in err
 
 
 def test_instruct_variant_resolves_to_its_base_config(capsys: pytest.CaptureFixture[str]) -> None:

@@ -45,12 +45,14 @@ def canonical_id(card_id: str) -> str | None:
 
 
 def known_ids() -> str:
-    """The ids and aliases, for messages."""
-    names = [
-        f"{card} ({', '.join(e['aliases'])})" if e.get("aliases") else card
-        for card, e in catalog().items()
-    ]
-    return ", ".join(names)
+    """The ids, then the aliases, for messages.
+
+    >>> known_ids().split("; ")[1].split(", ")[:2]
+    ['aliases: 4090 = rtx-4090', '5090 = rtx-5090']
+    """
+    names = ", ".join(catalog())
+    alias = ", ".join(f"{a} = {card}" for a, card in aliases().items())
+    return f"{names}; aliases: {alias}" if alias else names
 
 
 @dataclass(frozen=True)
