@@ -190,6 +190,7 @@ def test_calibrate_without_a_card_compares_only_card_free_figures(
             "one setup",
         ),
         ("Model loading took 7.5 GiB\n", ("--model", "qwen3-0.6b", "--dtype", "fp9"), "fp9"),
+        ("Model loading took 7.5 GiB\n", ("--model", ""), "--model: set but empty"),
         (
             "vllm serve qwen3-0.6b --gpu-memory-utilization 1.5\nModel loading took 7.5 GiB\n",
             (),

@@ -79,6 +79,7 @@ def test_the_link_is_paid_per_layer() -> None:
         (("h100", "h200", "--dtypes", ","), "--dtypes: no dtype given"),
         (("h100", "h200", "qwen3-0.6b", "--context", "65536"), "beyond Qwen3-0.6B's maximum"),
         (("h100", "h200", "no-such-model"), "not a shipped model id"),
+        (("h100", "h200", " "), "a model name is empty"),
     ],
 )
 def test_bad_input_is_one_message(

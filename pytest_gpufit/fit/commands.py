@@ -16,6 +16,9 @@ from pytest_gpufit.errors import GpufitError
 def _calibrate(args: argparse.Namespace) -> int:
     from pytest_gpufit.fit.logs import calibrate_text, read_log_file, render
 
+    for option, value in (("--model", args.model), ("--dtype", args.dtype)):
+        if value is not None and not value.strip():
+            raise GpufitError(f"{option}: set but empty; give a value or leave the option out")
     gpu, count = None, None
     if args.gpu is not None:
         (setup,) = _one_setup(args.gpu, "--gpu")
@@ -58,6 +61,8 @@ def _upgrade(args: argparse.Namespace) -> int:
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if not dtypes:
         raise GpufitError(f"--dtypes: no dtype given in {args.dtypes!r}; e.g. --dtypes bf16,fp8")
+    if any(not m.strip() for m in args.models):
+        raise GpufitError("a model name is empty; give a shipped id or a folder")
     engine = check_engine(args.engine)
     rows = compare(args.models or default_models(), a, b, dtypes, args.context, engine)
     print(render(rows, a, b, args.format))
