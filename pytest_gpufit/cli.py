@@ -1,4 +1,4 @@
-"""The ``gpufit`` command: probe | fit | table."""
+"""The ``gpufit`` command: probe | fit | table | calibrate | upgrade | baseline."""
 
 from __future__ import annotations
 
@@ -104,7 +104,13 @@ def _table(args: argparse.Namespace) -> int:
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if not dtypes:
         raise GpufitError(f"--dtypes: no dtype given in {args.dtypes!r}; e.g. --dtypes bf16,fp8")
-    rows = build_rows(args.models or default_models(), setups, dtypes, args.context)
+    rows = build_rows(
+        args.models or default_models(),
+        setups,
+        dtypes,
+        args.context,
+        strict_context=bool(args.models),
+    )
     print(render(rows, setups, args.format))
     return 0
 
@@ -429,6 +435,10 @@ def parser() -> argparse.ArgumentParser:
         "pytest_args", nargs=argparse.REMAINDER, help="what pytest collects, e.g. suites/ tests/"
     )
     plan.set_defaults(handler=_plan)
+
+    from pytest_gpufit.fit.commands import add_commands  # calibrate, upgrade (compare-setups)
+
+    add_commands(sub)
 
     baseline = sub.add_parser(
         "baseline", help="stored baselines: list, show, accept, diff, fleet, plot, migrate"

@@ -139,6 +139,8 @@ def _at_most(maximum: int) -> Parse:
 MAX_CONTEXT = 100_000_000  # tokens
 MAX_BATCH = 100_000
 MAX_INSTANCES = 1024
+MAX_FIT_GPUS = 64  # tensor parallel beyond one node's cards is not this marker's business
+ARGUMENTS = "*"  # a YamlKey whose value is a mapping of the marker's arguments
 
 
 def _flag(value: Any, what: str) -> bool:
@@ -214,8 +216,23 @@ def _precision(value: Any, what: str) -> str:
     return value
 
 
+def _engine(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    from pytest_gpufit.fit.engines import check_engine  # late: the fit engine, on use
+
+    return check_engine(value, what)
+
+
 def _fit(bound: Mapping[str, Any]) -> Requirement:
-    return Requirement(fits=(FitRequest(**bound),))
+    """One copy over ``gpus`` devices: the test needs that many devices, each holding its part."""
+    if bound["engine"] is not None and bound["instances"] > 1:
+        raise GpufitError(
+            "requires_fit: instances > 1 with engine= is not modelled (each engine process "
+            "takes its own share of the card, e.g. vLLM's --gpu-memory-utilization); judge one "
+            "instance, or leave engine out to count raw bytes"
+        )
+    return Requirement(count=bound["gpus"], fits=(FitRequest(**bound),))
 
 
 _VERSION_SCHEMA = {"type": ["string", "number"]}
@@ -296,15 +313,49 @@ SPECS: tuple[MarkerSpec, ...] = (
     MarkerSpec(
         "requires_fit",
         (
-            Param("model", _model, "str"),
-            Param("dtype", _precision, "str", "bf16"),
-            Param("context", _at_most(MAX_CONTEXT), "int | None", None),
-            Param("batch", _at_most(MAX_BATCH), "int", 1),
-            Param("instances", _at_most(MAX_INSTANCES), "int", 1),
+            Param("model", _model, "str", schema={"type": "string", "minLength": 1}),
+            Param("dtype", _precision, "str", "bf16", {"type": "string"}),
+            Param(
+                "context",
+                _at_most(MAX_CONTEXT),
+                "int | None",
+                None,
+                {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_CONTEXT},
+            ),
+            Param(
+                "batch",
+                _at_most(MAX_BATCH),
+                "int",
+                1,
+                {"type": "integer", "minimum": 1, "maximum": MAX_BATCH},
+            ),
+            Param(
+                "instances",
+                _at_most(MAX_INSTANCES),
+                "int",
+                1,
+                {"type": "integer", "minimum": 1, "maximum": MAX_INSTANCES},
+            ),
+            Param(
+                "gpus",
+                _at_most(MAX_FIT_GPUS),
+                "int",
+                1,
+                {"type": "integer", "minimum": 1, "maximum": MAX_FIT_GPUS},
+            ),
+            Param(
+                "engine",
+                _engine,
+                "str | None",
+                None,
+                {"enum": ["vllm", "sglang", "llama.cpp", "transformers", None]},
+            ),
         ),
-        "the model (a folder, a config.json, or a shipped id) fits in one GPU's memory at this "
-        "precision, context and batch, `instances` times",
+        "the model (a folder, a config.json, or a shipped id) fits at this precision, context "
+        "and batch, `instances` times: on one GPU, or split over `gpus` GPUs (tensor "
+        "parallel); with `engine` (vllm, sglang, llama.cpp, transformers) it must start there",
         build=_fit,
+        yaml=(YamlKey("fit", ARGUMENTS),),
     ),
 )
 
@@ -383,6 +434,13 @@ def requirement_from_yaml(key: str, value: Any) -> Requirement:
     True
     """
     spec, yaml_key = YAML_KEYS[key]
+    if yaml_key.param == ARGUMENTS:
+        if not isinstance(value, Mapping):
+            names = ", ".join(p.name for p in spec.params)
+            raise GpufitError(
+                f"expected a mapping of {spec.name} arguments ({names}), got {value!r}"
+            )
+        return spec_requirement(spec, (), {str(k): v for k, v in value.items()})
     param = next(p for p in spec.params if p.name == yaml_key.param)
     if param.variadic:
         args = tuple(value) if isinstance(value, list) else (value,)
@@ -397,11 +455,19 @@ def check_fit_models(req: Requirement, base: Path) -> None:
     """
     if not req.fits:
         return
-    from pytest_gpufit.fit.spec import resolve_model  # late: only tests with requires_fit pay
+    # late: only tests with requires_fit pay
+    from pytest_gpufit.fit.context import check_context
+    from pytest_gpufit.fit.estimate import check_tensor_parallel
+    from pytest_gpufit.fit.spec import load_spec, resolve_model
 
     for fit in req.fits:
         try:
             resolve_model(fit.model, base)
+            if fit.context is not None or fit.gpus > 1:
+                spec = load_spec(fit.model, base)
+                # Beyond the model's maximum, or a split the engines refuse: errors, not verdicts.
+                check_context(spec, fit.context, "context")
+                check_tensor_parallel(spec, fit.gpus, "gpus")
         except GpufitError as error:
             raise GpufitError(f"requires_fit: {error}") from None
 
@@ -418,6 +484,16 @@ def requires_json_schema(specs: Sequence[MarkerSpec] = SPECS) -> dict[str, Any]:
     """The JSON Schema of a suite's ``requires:`` mapping."""
     properties: dict[str, Any] = {}
     for key, (spec, yaml_key) in yaml_keys(specs).items():
+        if yaml_key.param == ARGUMENTS:
+            first = spec.params[0].name
+            properties[key] = {
+                "type": "object",
+                "additionalProperties": False,
+                "required": [first],
+                "properties": {p.name: dict(p.schema) for p in spec.params},
+                "description": f"{spec.name}(...) arguments: {spec.help}",
+            }
+            continue
         param = next(p for p in spec.params if p.name == yaml_key.param)
         extra = f" with {yaml_key.fixed}" if yaml_key.fixed else ""
         properties[key] = {

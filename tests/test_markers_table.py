@@ -16,6 +16,7 @@ import pytest
 import pytest_gpufit
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.markers import (
+    ARGUMENTS,
     SPECS,
     YAML_KEYS,
     MarkerSpec,
@@ -65,8 +66,8 @@ def test_each_spec_maps_onto_requirement_fields() -> None:
         if spec.build is None:
             assert set(spec.fields) == {p.name for p in spec.params}, spec.name
             assert set(spec.fields.values()) <= fields, spec.name
-        for key in spec.yaml:
-            assert key.param in {p.name for p in spec.params}, (spec.name, key)
+        for key in spec.yaml:  # ARGUMENTS: the value is a mapping of the marker's arguments
+            assert key.param in {p.name for p in spec.params} | {ARGUMENTS}, (spec.name, key)
 
 
 def test_public_signatures_are_unchanged() -> None:
@@ -76,7 +77,7 @@ def test_public_signatures_are_unchanged() -> None:
     assert shown["requires_dtype"].startswith("(*dtypes: 'str')")
     assert shown["requires_fit"].startswith(
         "(model: 'str', dtype: 'str' = 'bf16', context: 'int | None' = None, "
-        "batch: 'int' = 1, instances: 'int' = 1)"
+        "batch: 'int' = 1, instances: 'int' = 1, gpus: 'int' = 1, engine: 'str | None' = None)"
     )
 
 

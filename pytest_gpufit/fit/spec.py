@@ -185,6 +185,11 @@ def resolve_model(model: str, base: Path | None = None) -> Path:
     key = model.lower().removesuffix(".json")
     if key in shipped:
         return shipped[key]
+    from pytest_gpufit.fit.names import variant  # an instruct variant sharing a shipped config
+
+    same = variant(model)
+    if same is not None and same.base.lower() in shipped:
+        return shipped[same.base.lower()]
     ids = sorted(k for k in shipped if "/" not in k)
     raise GpufitError(
         f"model {model!r}: no such file or folder ({candidate}), and not a shipped "

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.context import check_context
 from pytest_gpufit.fit.estimate import GpuFit, MemoryEstimate, estimate, fit_on
 from pytest_gpufit.fit.spec import ModelSpec, load_spec, shipped_models
 from pytest_gpufit.hardware.catalog import catalog, catalog_gpu, split_repeat
@@ -33,8 +34,8 @@ def parse_setups(text: str, what: str = "--gpus") -> list[Setup]:
     """
     setups = []
     for part in (p.strip().lower() for p in text.split(",") if p.strip()):
-        count, card = split_repeat(part, what)
-        setups.append(Setup(part, catalog_gpu(card), count))
+        count, card = split_repeat(part, what)  # an alias becomes its catalog id
+        setups.append(Setup(f"{count}*{card}" if "*" in part else card, catalog_gpu(card), count))
     if not setups:
         raise GpufitError(f"{what}: no GPU given; known ids: {', '.join(catalog())}")
     return setups
@@ -61,6 +62,7 @@ class Row:
     spec: ModelSpec
     estimate: MemoryEstimate
     fits: tuple[GpuFit, ...]
+    beyond: str | None = None  # the asked context exceeds the model's maximum: every cell says so
 
 
 def build_rows(
@@ -70,14 +72,24 @@ def build_rows(
     context: int | None = None,
     batch: int = 1,
     kv_dtype: str | None = None,
+    strict_context: bool = True,
 ) -> list[Row]:
+    """One row per model and precision. A context beyond a model's maximum is an error for a
+    model the user named (``strict_context``); over the default model list the row says so."""
     rows = []
     for model in models:
         spec = load_spec(model)
+        beyond = None
+        try:
+            check_context(spec, context)
+        except GpufitError:
+            if strict_context:
+                raise
+            beyond = f"beyond its max context ({_tokens(spec.max_position_embeddings or 0)})"
         for dtype in dtypes:
             est = estimate(spec, dtype, context, batch, kv_dtype)
             fits = tuple(fit_on(spec, est, s.gpu, s.count, s.id) for s in setups)
-            rows.append(Row(spec, est, fits))
+            rows.append(Row(spec, est, fits, beyond))
     return rows
 
 
@@ -86,16 +98,40 @@ def _tokens(n: int) -> str:
 
 
 def cell(fit: GpuFit) -> str:
-    """``fits x2, 40k ctx, 260 tok/s`` or why not."""
+    """``fits x2, 40k ctx, 260 tok/s, 12.3 GB free`` or why not, with the numbers.
+
+    >>> from pytest_gpufit.fit.estimate import estimate, fit_on
+    >>> from pytest_gpufit.hardware.catalog import catalog_gpu
+    >>> spec = load_spec("llama-3.1-70b")
+    >>> cell(fit_on(spec, estimate(spec, "bf16"), catalog_gpu("rtx-pro-6000")))
+    'no: needs 149.6 GB/card, card has 102.6 GB'
+    """
     if fit.precision_support == "unsupported":
         return "unsupported precision"
     if not fit.fits:
+        needs = (
+            f"needs {format_gb(fit.per_card_bytes)}/card, card has {format_gb(fit.memory_bytes)}"
+        )
         if fit.max_context:
-            return f"only to {_tokens(fit.max_context)} ctx"
-        return f"no: {format_gb(fit.per_card_bytes)}/card"
+            return f"only to {_tokens(fit.max_context)} ctx ({needs})"
+        return f"no: {needs}"
     ceiling = f", {fit.decode_tok_s_ceiling:.0f} tok/s" if fit.decode_tok_s_ceiling else ""
     emulated = " (emulated)" if fit.precision_support == "emulated" else ""
-    return f"fits x{fit.instances}, {_tokens(fit.max_context)} ctx{ceiling}{emulated}"
+    free = f", {format_gb(fit.headroom_bytes)} free"
+    return f"fits x{fit.instances}, {_tokens(fit.max_context)} ctx{ceiling}{free}{emulated}"
+
+
+LEGEND = (
+    "fits xN: N copies fit side by side, each split over all the setup's cards",
+    "C ctx: the largest context one copy can hold (up to the model's maximum)",
+    "T tok/s: decode ceiling, memory bandwidth / bytes read per token; a bound, not a "
+    "measurement (tensor parallel over N cards: the link is not counted here, see "
+    "`gpufit upgrade`)",
+    "X free: headroom per card for one copy at the table's context",
+    "(emulated): no native tensor-core support for the format; weight-only/fallback kernels",
+    "no: needs X/card, card has Y: one copy at the table's context does not fit",
+    "only to C ctx: fits, but only up to context C, not at the table's context",
+)
 
 
 def render(rows: Sequence[Row], setups: Sequence[Setup], fmt: str = "text") -> str:
@@ -107,7 +143,7 @@ def render(rows: Sequence[Row], setups: Sequence[Setup], fmt: str = "text") -> s
             format_gb(r.estimate.weights_bytes),
             format_gb(r.estimate.total_bytes),
         ]
-        + [cell(f) for f in r.fits]
+        + [r.beyond or cell(f) for f in r.fits]
         for r in rows
     ]
     if fmt == "json":
@@ -131,11 +167,12 @@ def render(rows: Sequence[Row], setups: Sequence[Setup], fmt: str = "text") -> s
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines)
+        return "\n".join([*lines, "", *(f"- {item}" for item in LEGEND)])
     if fmt != "text":
         raise GpufitError(f"--format: expected text, markdown, csv or json, got {fmt!r}")
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    return "\n".join(
+    table = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
         for row in [header, *body]
-    )
+    ]
+    return "\n".join([*table, "", *(f"  {item}" for item in LEGEND)])

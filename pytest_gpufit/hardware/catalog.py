@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -23,11 +24,60 @@ def catalog() -> dict[str, dict[str, Any]]:
     return data
 
 
+@functools.lru_cache(maxsize=1)
+def aliases() -> dict[str, str]:
+    """Other ids users type (runner labels such as ``rtx-pro-6000``) -> the catalog id."""
+    return {
+        str(alias).lower(): card
+        for card, entry in catalog().items()
+        for alias in entry.get("aliases", ())
+    }
+
+
+def canonical_id(card_id: str) -> str | None:
+    """The catalog id for an id or alias (any case), or None.
+
+    >>> canonical_id("RTX-PRO-6000"), canonical_id("h100"), canonical_id("t4"), canonical_id("x")
+    ('rtx-pro-6000-blackwell', 'h100-sxm', 't4', None)
+    """
+    key = card_id.strip().lower()
+    return key if key in catalog() else aliases().get(key)
+
+
+def known_ids() -> str:
+    """The ids, then the aliases, for messages.
+
+    >>> known_ids().split("; ")[1].split(", ")[:2]
+    ['aliases: 4090 = rtx-4090', '5090 = rtx-5090']
+    """
+    names = ", ".join(catalog())
+    alias = ", ".join(f"{a} = {card}" for a, card in aliases().items())
+    return f"{names}; aliases: {alias}" if alias else names
+
+
+@dataclass(frozen=True)
+class Link:
+    """How two cards of a kind talk: ``pcie5``, ``nvlink4``...; bytes/s each way between two."""
+
+    kind: str
+    bytes_s: int
+
+
+def card_link(card_id: str) -> Link | None:
+    """The catalog's interconnect facts for a card (None when the entry has none)."""
+    entry = catalog().get(canonical_id(card_id) or "", {})
+    if "link_gb_s" not in entry:
+        return None
+    return Link(str(entry.get("interconnect", "unknown")), int(float(entry["link_gb_s"]) * 10**9))
+
+
 def catalog_gpu(card_id: str, index: int = 0) -> Gpu:
-    """A simulated ``Gpu`` for a catalog id; memory is all free."""
+    """A simulated ``Gpu`` for a catalog id or alias; memory is all free."""
     entries = catalog()
-    if card_id not in entries:
-        raise GpufitError(f"unknown GPU id {card_id!r}; known ids: {', '.join(entries)}")
+    canonical = canonical_id(card_id)
+    if canonical is None:
+        raise GpufitError(f"unknown GPU id {card_id!r}; known ids: {known_ids()}")
+    card_id = canonical
     entry = entries[card_id]
     total = int(entry["memory_mib"]) * MIB
     cc_text = entry.get("compute_capability")
@@ -69,9 +119,10 @@ def split_repeat(part: str, what: str) -> tuple[int, str]:
             f"{what}: too many GPUs in {shown!r}; at most {MAX_SIMULATED_GPUS} GPUs in a "
             "simulated setup"
         )
-    if card not in catalog():
-        raise GpufitError(f"{what}: unknown GPU id {card!r}; known ids: {', '.join(catalog())}")
-    return int(count_text or 1), card
+    canonical = canonical_id(card)
+    if canonical is None:
+        raise GpufitError(f"{what}: unknown GPU id {card!r}; known ids: {known_ids()}")
+    return int(count_text or 1), canonical
 
 
 def parse_setup(text: str, what: str = "--gpufit-simulate") -> list[str]:

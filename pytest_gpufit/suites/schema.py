@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pytest_gpufit.baseline import BaselinePolicy, parse_confirm, parse_missing, parse_tolerances
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.spec import resolve_model
-from pytest_gpufit.markers import YAML_KEYS, requirement_from_yaml
+from pytest_gpufit.markers import YAML_KEYS, check_fit_models, requirement_from_yaml
 from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.suites.yaml_lines import Located, load_yaml
 from pytest_gpufit.units import (
@@ -493,6 +493,7 @@ def _requires(node: Any, line: int, where: str, at: _Where) -> Requirement | Non
     for key, value in node.items():
         try:
             part = requirement_from_yaml(key, value)
+            check_fit_models(part, at.path.parent)  # the model, its context and TP split
         except GpufitError as error:
             raise at.error(node.key_lines[key], f"{where}.{key}", str(error)) from None
         req = part if req is None else req.merge(part)

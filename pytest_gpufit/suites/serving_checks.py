@@ -61,6 +61,31 @@ def run_serves(ctx: Any, served: Any, params: dict[str, Any]) -> None:
                 ctx.metrics["engine_weights_vs_estimate"] = round(
                     allocation.weights_gib * GIB / est.weights_bytes - 1, 4
                 )
+        _against_plan(ctx, served)
+
+
+def _against_plan(ctx: Any, served: Any) -> None:
+    """The launched engine's log held against the engine plan for the setup the log states
+    (engine, tensor parallel, knobs) on the judged card: ``plan_*`` is the prediction and
+    ``engine_*_vs_plan`` the plan's error (0.02: 2% high). Recorded, not judged."""
+    path = getattr(served, "log_path", None)
+    if path is None or ctx.target.model is None or ctx.gpu is None:
+        return
+    from pytest_gpufit.fit.logs import hold_against_plan
+    from pytest_gpufit.serving.facts import read_engine_log
+
+    try:
+        log = read_engine_log(path.read_text("utf-8", "replace"))
+        plan, figures = hold_against_plan(log, ctx.spec, ctx.target.dtype, ctx.gpu)
+    except (GpufitError, OSError) as error:
+        ctx.metrics["plan_error"] = str(error)
+        return
+    ctx.metrics.update(
+        plan_engine=plan.name, plan_starts=plan.starts, plan_tensor_parallel=plan.tensor_parallel
+    )
+    for figure in figures:
+        ctx.metrics[f"plan_{figure.key}"] = round(figure.predicted, 4)
+        ctx.metrics[f"engine_{figure.key}_vs_plan"] = round(figure.error, 4)
 
 
 def _prompt(served: Any, params: dict[str, Any]) -> tuple[str, int | None]:

@@ -1,0 +1,113 @@
+"""The ``gpufit calibrate`` and ``gpufit upgrade`` (alias ``compare-setups``) subcommands.
+
+Kept out of ``cli.py`` so that the command table there stays one line per command; each handler
+imports the fit engine late, as ``gpufit table`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pytest_gpufit.errors import GpufitError
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from pytest_gpufit.fit.logs import calibrate_text, read_log_file, render
+
+    for option, value in (("--model", args.model), ("--dtype", args.dtype)):
+        if value is not None and not value.strip():
+            raise GpufitError(f"{option}: set but empty; give a value or leave the option out")
+    gpu, count = None, None
+    if args.gpu is not None:
+        (setup,) = _one_setup(args.gpu, "--gpu")
+        gpu, count = setup.gpu, setup.count
+    results = [
+        calibrate_text(
+            read_log_file(path),
+            path,
+            model=args.model,
+            gpu=gpu,
+            precision=args.dtype,
+            tensor_parallel=args.tensor_parallel,
+            base=Path.cwd(),
+            default_tensor_parallel=count,
+        )
+        for path in args.logs
+    ]
+    print(render(results, "json" if args.json else "text"))
+    return 0
+
+
+def _one_setup(text: str, option: str) -> list[Any]:
+    from pytest_gpufit.fit.table import parse_setups
+
+    if not text.strip():
+        raise GpufitError(f"{option}: set but empty; give a catalog id such as h100 or 2*h100")
+    setups = parse_setups(text, option)
+    if len(setups) != 1:
+        raise GpufitError(f"{option}: one setup (ID or N*ID), not a list: {text!r}")
+    return setups
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from pytest_gpufit.fit.compare_setups import compare, render
+    from pytest_gpufit.fit.engines import check_engine
+    from pytest_gpufit.fit.table import default_models
+
+    (a,) = _one_setup(args.a, "first setup")
+    (b,) = _one_setup(args.b, "second setup")
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes:
+        raise GpufitError(f"--dtypes: no dtype given in {args.dtypes!r}; e.g. --dtypes bf16,fp8")
+    if any(not m.strip() for m in args.models):
+        raise GpufitError("a model name is empty; give a shipped id or a folder")
+    engine = check_engine(args.engine)
+    rows = compare(args.models or default_models(), a, b, dtypes, args.context, engine)
+    print(render(rows, a, b, args.format))
+    return 0
+
+
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    if len(text) > 9:
+        raise argparse.ArgumentTypeError(f"expected at most 999,999,999, got {text[:20]!r}")
+    return int(text)
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``calibrate`` and ``upgrade`` to the ``gpufit`` subparsers."""
+    cal = sub.add_parser(
+        "calibrate",
+        help="hold vLLM/SGLang/llama.cpp server logs against the fit engine's plan",
+        description="Read each server log, find the model, dtype, tensor-parallel size and "
+        "knobs it states, and print each figure the log reports beside the plan's prediction.",
+    )
+    cal.add_argument("logs", nargs="+", metavar="LOG", help="a server's start-up log")
+    cal.add_argument("--model", help="the model (shipped id or folder) when the log's is not one")
+    cal.add_argument("--dtype", help="the precision when the log does not say (bf16, fp8...)")
+    cal.add_argument(
+        "--gpu",
+        help="the card the log ran on (catalog id, N*ID); without it, figures that "
+        "depend on the card are not compared",
+    )
+    cal.add_argument("--tensor-parallel", type=_positive, help="when the log does not say")
+    cal.add_argument("--json", action="store_true")
+    cal.set_defaults(handler=_calibrate)
+
+    up = sub.add_parser(
+        "upgrade",
+        aliases=["compare-setups"],
+        help="what a second (or another) setup adds: models that newly fit or start, "
+        "context, copies, decode ceiling with the link",
+    )
+    up.add_argument("a", metavar="FROM", help="the setup you have: ID or N*ID")
+    up.add_argument("b", metavar="TO", help="the setup you consider: ID or N*ID")
+    up.add_argument("models", nargs="*", help="default: the shipped models")
+    up.add_argument("--dtypes", default="bf16,fp8", help="comma list (default bf16,fp8)")
+    up.add_argument("--context", type=_positive, help="tokens (default 8192 or the model's max)")
+    up.add_argument("--engine", default="vllm", help="vllm sglang llama.cpp transformers")
+    up.add_argument("--format", default="text", choices=("text", "markdown", "json"))
+    up.set_defaults(handler=_upgrade)

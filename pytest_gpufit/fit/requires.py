@@ -1,0 +1,58 @@
+"""``requires_fit`` over one device or a tensor-parallel split, by raw bytes or by an engine.
+
+The clause is judged per device, as every clause of ``evaluate`` is: with ``gpus=N`` a device
+holds when its part of one copy split N ways fits (a tensor-parallel engine gives each rank the
+same share), and the marker asks for N such devices. With ``engine=`` the clause holds when that
+engine's plan for the split starts on a card like this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pytest_gpufit.fit.context import check_context
+from pytest_gpufit.fit.estimate import estimate, per_card_bytes
+from pytest_gpufit.fit.spec import load_spec
+from pytest_gpufit.hardware.records import Gpu
+from pytest_gpufit.requirements import FitRequest
+from pytest_gpufit.units import format_gb
+
+Clause = Callable[[FitRequest, Gpu], "tuple[str, str] | None"]
+
+
+def fit_judge(base: Path | None = None) -> Clause:
+    """A device clause for ``requires_fit``; model paths resolve against ``base``."""
+
+    def judge(fit: FitRequest, gpu: Gpu) -> tuple[str, str] | None:
+        spec = load_spec(fit.model, base)
+        check_context(spec, fit.context, "requires_fit context")
+        est = estimate(spec, fit.dtype, fit.context, fit.batch)
+        split = f", tensor parallel over {fit.gpus} GPUs" if fit.gpus > 1 else ""
+        if fit.engine is not None:
+            from pytest_gpufit.fit.engines import parse_knobs, plan
+
+            knobs = parse_knobs(fit.engine, max_model_len=fit.context)
+            the_plan = plan(spec, est.dtype, gpu, fit.gpus, knobs)
+            if the_plan.starts:
+                return None
+            return (
+                f"{spec.name} in {est.dtype} to start on {fit.engine}{split} "
+                f"({the_plan.reason}; plan)",
+                f"{format_gb(gpu.memory_total_bytes)}",
+            )
+        if fit.gpus == 1:
+            need = est.total_bytes * fit.instances
+        else:
+            need = per_card_bytes(spec, est, fit.gpus, est.context) * fit.instances
+        if gpu.memory_total_bytes >= need:
+            return None
+        copies = f"{fit.instances} x " if fit.instances > 1 else ""
+        per_card = " per GPU" if fit.gpus > 1 else ""
+        return (
+            f"{format_gb(need)}{per_card} for {copies}{spec.name} in {est.dtype} at context "
+            f"{est.context}, batch {est.batch}{split} (estimate)",
+            format_gb(gpu.memory_total_bytes),
+        )
+
+    return judge

@@ -1,0 +1,93 @@
+"""``gpufit upgrade FROM TO`` (alias ``compare-setups``): what a second card adds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_gpufit.cli import main
+from pytest_gpufit.fit.compare_setups import allreduce_bytes_per_token, decode_ceiling
+from pytest_gpufit.fit.estimate import estimate
+from pytest_gpufit.fit.spec import load_spec
+from pytest_gpufit.fit.table import parse_setups
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_second_rtx_pro_6000_for_the_users_models(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "upgrade",
+        "rtx-pro-6000",
+        "2*rtx-pro-6000",
+        "llama-3.1-70b",
+        "qwen3-30b-a3b",
+        "--format",
+        "json",
+    )
+    assert code == 0, err
+    rows = {(r["model"], r["dtype"]): r for r in json.loads(out)}
+    llama = rows[("Llama-3.1-70B", "bf16")]
+    assert not llama["a"]["fits"] and llama["b"]["fits"] and llama["b"]["starts"]
+    assert llama["gains"][:2] == ["newly fits", "newly starts"]
+    assert llama["b"]["link"] == "pcie5" and 0 < llama["b"]["link_share"] < 0.05
+    qwen = rows[("Qwen3-30B-A3B", "bf16")]
+    assert qwen["a"]["starts"] and qwen["b"]["kv_cache_tokens"] > 2 * qwen["a"]["kv_cache_tokens"]
+    assert any(g.startswith("copies 1 -> 2") for g in qwen["gains"])
+
+
+def test_alias_text_and_legend(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "compare-setups", "h100", "2*h100", "llama-3.1-8b", "--dtypes", "bf16"
+    )
+    assert code == 0
+    assert "2*h100-sxm adds" in out and "link nvlink4" in out
+    assert "all-reduce latency is not counted, so it is a bound" in out
+
+
+def test_the_link_is_paid_per_layer() -> None:
+    spec = load_spec("llama-3.1-70b")
+    # 80 layers x 2 all-reduces x 2(N-1)/N x hidden 8192 x 2 bytes
+    assert allreduce_bytes_per_token(spec, 2, 2) == 80 * 2 * 1.0 * 8192 * 2
+    assert allreduce_bytes_per_token(spec, 4, 2) == 80 * 2 * 1.5 * 8192 * 2
+    est = estimate(spec, "fp8")
+    (pcie,) = parse_setups("2*rtx-pro-6000")
+    (one,) = parse_setups("rtx-pro-6000")
+    two_cards, share, link = decode_ceiling(spec, est, pcie)
+    single, _, _ = decode_ceiling(spec, est, one)
+    assert link == "pcie5" and share > 0
+    assert two_cards is not None and single is not None
+    assert single < two_cards < 2 * single  # the link costs something, never nothing
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("h100", "2*nope"), "second setup: unknown GPU id 'nope'"),
+        (("h100,t4", "h200"), "first setup: one setup"),
+        (("", "h200"), "first setup: set but empty"),
+        (
+            ("h100", "3*h100", "llama-3.1-8b"),
+            None,
+        ),  # TP 3 does not divide 32 heads: said, not raised
+        (("h100", "h200", "--engine", "tgi"), "--engine: unknown engine 'tgi'"),
+        (("h100", "h200", "--dtypes", ","), "--dtypes: no dtype given"),
+        (("h100", "h200", "qwen3-0.6b", "--context", "65536"), "beyond Qwen3-0.6B's maximum"),
+        (("h100", "h200", "no-such-model"), "not a shipped model id"),
+        (("h100", "h200", " "), "a model name is empty"),
+    ],
+)
+def test_bad_input_is_one_message(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str | None
+) -> None:
+    code, out, err = run(capsys, "upgrade", *args)
+    if message is None:
+        assert code == 0 and "do not divide the 32 attention heads" in out
+        return
+    assert code == 2 and out == "" and message in err, err
+    assert "Traceback" not in err
