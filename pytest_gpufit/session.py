@@ -461,7 +461,7 @@ def device_for(item: Any) -> Gpu | None:
 def _fit_judge(req: Requirement, item: pytest.Item) -> Any:
     if not req.fits:
         return None
-    from pytest_gpufit.fit.judge import fit_judge  # late: only tests with requires_fit pay
+    from pytest_gpufit.fit.requires import fit_judge  # late: only tests with requires_fit pay
 
     return fit_judge(base=Path(str(item.path)).parent)
 

@@ -182,8 +182,8 @@ def test_table_cells_say_headroom_and_what_does_not_fit(
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("Llama-3.1-70B"))
     # the runner label is an alias of the catalog id; the column shows the id
-    assert "no: needs " in row and "/card, card has 102.6 GB" in row
-    assert " free" in row.split("card has 102.6 GB", 1)[1]
+    assert "no: needs " in row and "/card, card has 101.6 GB usable" in row
+    assert " free" in row.split("card has 101.6 GB usable", 1)[1]
 
 
 def test_runner_labels_are_catalog_aliases(capsys: pytest.CaptureFixture[str]) -> None:

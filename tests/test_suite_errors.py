@@ -162,3 +162,17 @@ def test_shipped_suites_collect(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(str(ROOT / "suites"), "--collect-only", "-q")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["*qwen3-30b-a3b-bf16.yaml::qwen3-30b-a3b::throughput"])
+
+
+def test_a_context_beyond_the_models_maximum_fails_the_check(pytester: pytest.Pytester) -> None:
+    """A fits verdict at 100k tokens for a 40,960-token model is a green nobody earned (on a
+    machine with enough memory it would pass, with a warning no one reads)."""
+    pytester.makefile(
+        ".gpufit.yaml",
+        s=TARGET.replace("    checks:", "    device: cpu\n    context: 100000\n    checks:"),
+    )
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*context 100,000 is beyond Qwen3-0.6B's maximum of 40,960 tokens*"]
+    )

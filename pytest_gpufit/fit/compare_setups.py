@@ -130,7 +130,7 @@ def _view(
         starts=starts,
         reason=reason,
         per_card_bytes=fit.per_card_bytes,
-        card_bytes=fit.memory_bytes,
+        card_bytes=fit.usable_bytes,
         max_context=fit.max_context,
         kv_cache_tokens=tokens if starts else 0,
         copies=fit.instances,
@@ -192,7 +192,10 @@ def compare(
 
 def _cell(v: SetupView) -> str:
     if not v.fits:
-        return f"no: needs {format_gb(v.per_card_bytes)}/card, card has {format_gb(v.card_bytes)}"
+        return (
+            f"no: needs {format_gb(v.per_card_bytes)}/card, "
+            f"card has {format_gb(v.card_bytes)} usable"
+        )
     if v.starts is None:
         return f"fits; engine: {v.reason}"
     started = f"starts, {_k(v.kv_cache_tokens)} KV" if v.starts else "does not start"

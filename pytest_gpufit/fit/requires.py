@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pytest_gpufit.fit.context import check_context
-from pytest_gpufit.fit.estimate import estimate, per_card_bytes
+from pytest_gpufit.fit.estimate import estimate, per_card_bytes, usable_bytes
 from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.requirements import FitRequest
@@ -45,14 +45,16 @@ def fit_judge(base: Path | None = None) -> Clause:
             need = est.total_bytes * fit.instances
         else:
             need = per_card_bytes(spec, est, fit.gpus, est.context) * fit.instances
-        if gpu.memory_total_bytes >= need:
+        # What CUDA can allocate, not NVML's total (an H100 80GB: 79.19 of 79.65 GiB).
+        usable, _ = usable_bytes(gpu)
+        if usable >= need:
             return None
         copies = f"{fit.instances} x " if fit.instances > 1 else ""
         per_card = " per GPU" if fit.gpus > 1 else ""
         return (
             f"{format_gb(need)}{per_card} for {copies}{spec.name} in {est.dtype} at context "
             f"{est.context}, batch {est.batch}{split} (estimate)",
-            format_gb(gpu.memory_total_bytes),
+            f"{format_gb(usable)} usable of {format_gb(gpu.memory_total_bytes)}",
         )
 
     return judge

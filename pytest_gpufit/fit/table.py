@@ -104,13 +104,14 @@ def cell(fit: GpuFit) -> str:
     >>> from pytest_gpufit.hardware.catalog import catalog_gpu
     >>> spec = load_spec("llama-3.1-70b")
     >>> cell(fit_on(spec, estimate(spec, "bf16"), catalog_gpu("rtx-pro-6000")))
-    'no: needs 149.6 GB/card, card has 102.6 GB'
+    'no: needs 149.6 GB/card, card has 101.6 GB usable'
     """
     if fit.precision_support == "unsupported":
         return "unsupported precision"
     if not fit.fits:
         needs = (
-            f"needs {format_gb(fit.per_card_bytes)}/card, card has {format_gb(fit.memory_bytes)}"
+            f"needs {format_gb(fit.per_card_bytes)}/card, "
+            f"card has {format_gb(fit.usable_bytes)} usable"
         )
         if fit.max_context:
             return f"only to {_tokens(fit.max_context)} ctx ({needs})"
@@ -129,7 +130,8 @@ LEGEND = (
     "`gpufit upgrade`)",
     "X free: headroom per card for one copy at the table's context",
     "(emulated): no native tensor-core support for the format; weight-only/fallback kernels",
-    "no: needs X/card, card has Y: one copy at the table's context does not fit",
+    "no: needs X/card, card has Y usable: one copy at the table's context does not fit (usable: "
+    "what CUDA can allocate, less than NVML's total)",
     "only to C ctx: fits, but only up to context C, not at the table's context",
 )
 

@@ -43,7 +43,13 @@ class Context:
         return load_spec(self.target.model_path)
 
     def estimate(self, context: int | None = None, batch: int = 1) -> MemoryEstimate:
-        return estimate(self.spec, self.target.dtype, context or self.target.context, batch)
+        from pytest_gpufit.fit.context import check_context
+
+        spec = self.spec
+        asked = context or self.target.context
+        # A verdict for a context the model (and vLLM) refuses would be an unearned green.
+        check_context(spec, asked, "context")
+        return estimate(spec, self.target.dtype, asked, batch)
 
     def expect(self, ok: bool, message: str) -> None:
         if not ok:
