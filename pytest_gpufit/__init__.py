@@ -11,7 +11,8 @@ They are generated from the marker table ``pytest_gpufit.markers.SPECS``:
 ``requires_gpu(count=1, name=None)``, ``requires_vram(size, free=False)``,
 ``requires_compute_capability(capability)``, ``requires_dtype(*dtypes)``,
 ``requires_driver(version)``, ``requires_cuda(version)``, ``requires_torch(version)``,
-``requires_fit(model, dtype='bf16', context=None, batch=1, instances=1)``.
+``requires_fit(model, dtype='bf16', context=None, batch=1, instances=1, gpus=1,
+engine=None)``.
 """
 
 from __future__ import annotations
