@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from serving_fakes import MODEL, FakeOpenAI
 
-from pytest_gpufit.serving.client import GenRequest, OpenAIClient, StreamResult
+from pytest_gpufit.serving.client import (
+    GenRequest,
+    OpenAIClient,
+    SSEDecoder,
+    SSEvent,
+    StreamResult,
+)
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.serving.server import free_port
 
@@ -234,3 +245,74 @@ def test_sized_prompt_is_checked_against_the_server_count(fake: FakeOpenAI) -> N
     assert prompt.tokens == 40 and len(prompt.text.split()) == 39
     with pytest.raises(EndpointError, match="could not build a prompt of 1 tokens"):
         asyncio.run(go(1))
+
+
+# --- the event-stream decoder (the transport is aiohttp; SSE framing is decoded here) --------
+
+STREAM = (
+    b": keep-alive comment\r\n\r\n"
+    b'data: {"choices": [{"text": "a"}]}\r\n\r\n'
+    b"event: error\rdata: line one\rdata: line two\r\r"
+    b"data:no-space\n\n"
+    b"id: 7\nretry: 10\ndata: [DONE]\n\n"
+    b"data: trailing without blank line"
+)
+EVENTS = [
+    SSEvent("message", '{"choices": [{"text": "a"}]}'),
+    SSEvent("error", "line one\nline two"),
+    SSEvent("message", "no-space"),
+    SSEvent("message", "[DONE]"),
+]
+
+
+@given(cuts=st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), unique=True))
+@settings(max_examples=200, deadline=None)
+def test_sse_decoder_gives_the_same_events_however_the_bytes_arrive(cuts: list[int]) -> None:
+    """CRLF, CR and LF endings, comments and multi-line data, split at any byte (TCP does)."""
+    decoder = SSEDecoder()
+    events: list[SSEvent] = []
+    edges = [0, *sorted(cuts), len(STREAM)]
+    for a, b in itertools.pairwise(edges):
+        events += decoder.feed(STREAM[a:b])
+    assert events == EVENTS  # the unterminated last event is never dispatched
+
+
+def test_events_split_across_writes_with_crlf_endings_are_read() -> None:
+    """A server that writes CRLF-framed events a few bytes at a time (as proxies do)."""
+    body = b"".join(
+        b'data: {"choices": [{"index": 0, "text": "'
+        + t
+        + b'", "finish_reason": '
+        + (b'"length"' if t == b"z" else b"null")
+        + b"}]}\r\n\r\n"
+        for t in (b"x", b"y", b"z")
+    )
+    body += b'data: {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}\r\n\r\n'
+    body += b"data: [DONE]\r\n\r\n"
+
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            for i in range(0, len(body), 7):
+                conn.sendall(body[i : i + 7])
+                time.sleep(0.001)
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        port = listener.getsockname()[1]
+        r = stream(f"http://127.0.0.1:{port}/v1", GenRequest(MODEL, "a", max_tokens=3))
+        thread.join(5)
+    assert (r.text, r.content_chunks, r.completion_tokens, r.finish_reason) == (
+        "xyz",
+        3,
+        3,
+        "length",
+    )
