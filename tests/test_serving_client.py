@@ -19,6 +19,7 @@ from pytest_gpufit.serving.client import (
     GenRequest,
     OpenAIClient,
     SSEDecoder,
+    SSEError,
     SSEvent,
     StreamResult,
 )
@@ -316,3 +317,28 @@ def test_events_split_across_writes_with_crlf_endings_are_read() -> None:
         3,
         "length",
     )
+
+
+def test_sse_decoder_drops_one_leading_bom_and_refuses_an_endless_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"\xef\xbb\xbfdata: 1\n\n") == [SSEvent("message", "1")]
+    monkeypatch.setattr(SSEDecoder, "MAX_LINE", 64)
+    endless = SSEDecoder()
+    endless.feed(b"data: " + b"x" * 50)
+    with pytest.raises(SSEError, match="over 64 bytes without a line ending"):
+        endless.feed(b"x" * 50)
+
+
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://127.0.0.1:1/v1"])
+def test_an_endpoint_without_http_is_one_config_error(url: str) -> None:
+    err = fails(url, GenRequest(MODEL, "a"))
+    assert err.kind == "config" and "http://HOST:PORT/v1" in str(err), str(err)
+
+    async def go() -> Any:
+        async with OpenAIClient(url) as c:
+            return await c.list_models()
+
+    with pytest.raises(EndpointError, match="not a URL the client can send to"):
+        asyncio.run(go())

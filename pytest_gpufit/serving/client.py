@@ -110,6 +110,10 @@ class StreamResult:
         return (self.e2e_s - self.ttft_s) / (tokens - 1)
 
 
+class SSEError(ValueError):
+    """The bytes are not an event stream this decoder will hold (a line past ``MAX_LINE``)."""
+
+
 @dataclass(frozen=True)
 class SSEvent:
     """One dispatched server-sent event: its ``event`` type ("message" unless named) and data."""
@@ -133,15 +137,22 @@ class SSEDecoder:
     [SSEvent(event='error', data='x\\ny'), SSEvent(event='message', data='')]
     """
 
-    __slots__ = ("_buffer", "_data", "_event", "_skip_lf")
+    # One line longer than this is not a token stream: stop instead of buffering without end.
+    MAX_LINE = 16 * 2**20
+
+    __slots__ = ("_buffer", "_data", "_event", "_skip_lf", "_started")
 
     def __init__(self) -> None:
         self._buffer = b""
         self._data: list[str] = []
         self._event = ""
         self._skip_lf = False
+        self._started = False
 
     def feed(self, piece: bytes) -> list[SSEvent]:
+        if not self._started and piece:
+            self._started = True
+            piece = piece.removeprefix(b"\xef\xbb\xbf")  # the spec drops one leading BOM
         if self._skip_lf and piece[:1] == b"\n":
             piece = piece[1:]
         self._skip_lf = False
@@ -152,6 +163,8 @@ class SSEDecoder:
         last = lines[-1]
         if last[-1:] not in (b"\n", b"\r"):
             self._buffer = lines.pop()
+            if len(self._buffer) > self.MAX_LINE:
+                raise SSEError(f"a line of over {self.MAX_LINE} bytes without a line ending")
         else:
             self._buffer = b""
             # A CR that ends this piece may be the first half of a CRLF split across pieces.
@@ -286,6 +299,14 @@ def _content_of(choice: Mapping[str, Any], chat: bool) -> str:
     )
 
 
+def _bad_url(url: str, exc: Exception) -> EndpointError:
+    return EndpointError(
+        f"{url}: not a URL the client can send to ({exc or type(exc).__name__}); the endpoint "
+        "must look like http://HOST:PORT/v1",
+        "config",
+    )
+
+
 class OpenAIClient:
     """An async client for one OpenAI-compatible endpoint (``base_url`` ends in ``/v1``).
 
@@ -323,9 +344,10 @@ class OpenAIClient:
                 headers=self._headers,
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
-                # Bodies are read as bytes and decoded here; no cookies to keep.
+                # No cookies to keep between requests of a benchmark.
                 cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
+                # As httpx did: HTTP(S)_PROXY and NO_PROXY from the environment apply.
+                trust_env=True,
             )
         return self._session
 
@@ -356,6 +378,8 @@ class OpenAIClient:
                 return response.status, body.decode("utf-8", "replace")
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise EndpointError(f"GET {url}: no answer ({type(exc).__name__})", "timeout") from exc
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+            raise _bad_url(url, exc) from exc
         except aiohttp.ClientError as exc:
             raise EndpointError(
                 f"GET {url}: nothing listening there ({exc or type(exc).__name__})", "connect"
@@ -582,6 +606,10 @@ class OpenAIClient:
                                 f"({type(exc).__name__}: {exc}): {event.data[:200]!r}",
                                 "malformed",
                             ) from exc
+        except SSEError as exc:
+            raise EndpointError(f"{url}: not an event stream: {exc}", "malformed") from exc
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+            raise _bad_url(url, exc) from exc
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise EndpointError(
                 f"{url}: nothing listening there ({exc or type(exc).__name__})", "connect"
