@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-.whl}
-max_mib=${GPUFIT_WHEELS_MAX_MIB:-40}
+max_mib=${GPUFIT_WHEELS_MAX_MIB-40}
 py=${PYTHON:-python3}
 case "$max_mib" in
   ''|*[!0-9]*) echo "gpu-tier-wheels: GPUFIT_WHEELS_MAX_MIB must be a whole number of MiB, not '$max_mib'" >&2; exit 2 ;;

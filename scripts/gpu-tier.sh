@@ -12,6 +12,12 @@
 # On a machine without a GPU it stops after the probe with exit 3, unless GPUFIT_TIER_DRY_RUN=1:
 # then it runs the serve part on the CPU with a shrunk checkpoint (same suite file, rewritten by
 # tests/gpu/serve_dry_run.py), the fit predictions and the summary, so they are proven here.
+# GPUFIT_TIER_SERVE_ONLY=1 runs only the probe, the fit predictions and the serve part (a short
+# device call: about 3 to 4 minutes on top of the machine's start, not measured yet).
+#
+# On the device (after scripts/gpu-tier-wheels.sh here), one call:
+#   run(command="scripts/gpu-tier.sh /tmp/tier; s=$?; cp /tmp/tier/bundle.json
+#       /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl"], timeout_s=540)
 #
 # The device image lacks fastapi, uvicorn, pydantic and openai (transformers serve needs them):
 # run scripts/gpu-tier-wheels.sh here first and carry .whl; they install from it, offline.
@@ -22,11 +28,14 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export GPUFIT_TIER_OUT=$out PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 py=${PYTHON:-python3}
-dry=${GPUFIT_TIER_DRY_RUN:-0}
-case "$dry" in
-  0|1) ;;
-  *) echo "gpu-tier: GPUFIT_TIER_DRY_RUN must be 0 or 1, not '$dry'" >&2; exit 2 ;;
-esac
+dry=${GPUFIT_TIER_DRY_RUN-0}
+serve_only=${GPUFIT_TIER_SERVE_ONLY-0}
+for pair in "GPUFIT_TIER_DRY_RUN=$dry" "GPUFIT_TIER_SERVE_ONLY=$serve_only"; do
+  case "${pair#*=}" in
+    0|1) ;;
+    *) echo "gpu-tier: ${pair%%=*} must be 0 or 1, not '${pair#*=}'" >&2; exit 2 ;;
+  esac
+done
 
 # The GPU machine has torch, transformers and pytest; install only this package, no downloads.
 # Not on a dry run: that runs on a development machine, whose environment is not ours to
@@ -96,6 +105,8 @@ serve_suite() {
 
 if [ "$dry" = 1 ]; then
   step "serve: transformers serve on the CPU (dry run)" serve_suite
+elif [ "$serve_only" = 1 ]; then
+  step "serve: transformers serve on the card" serve_suite
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv \
     >"$out/nvidia-smi.csv" 2>&1 || true
