@@ -100,6 +100,14 @@ serve_suite() {
   "$py" -m pytest tests/gpu/serve.gpufit.yaml --run-gpu-tier "${args[@]}"
   local rc=$?
   kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  # The checks see only HTTP: a server that fell back to the CPU would pass them. A served
+  # 0.6B model in bf16 holds over 1 GiB of the card; under 256 MiB more than before it, no.
+  if ! awk 'NR == 1 {base = $1} $1 > peak {peak = $1} END {exit !(peak - base >= 256)}' \
+      "$out/serve-memory.csv"; then
+    echo "gpu-tier: the server never held 256 MiB of the card's memory (serve-memory.csv):" \
+         "it did not run on the GPU" >&2
+    rc=1
+  fi
   return $rc
 }
 
