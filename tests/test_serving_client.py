@@ -342,3 +342,22 @@ def test_an_endpoint_without_http_is_one_config_error(url: str) -> None:
 
     with pytest.raises(EndpointError, match="not a URL the client can send to"):
         asyncio.run(go())
+
+
+def test_the_proxy_the_environment_names_is_used(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with httpx: HTTP_PROXY applies (the fake answers as the proxy for a host that has no
+    address), NO_PROXY exempts a host, and a proxy the client cannot speak is one config error."""
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", fake.base_url.removesuffix("/v1"))
+    r = stream("http://gpufit-no-such-host.invalid/v1", GenRequest(MODEL, "a", max_tokens=2))
+    assert r.completion_tokens == 2
+    monkeypatch.setenv("NO_PROXY", "gpufit-no-such-host.invalid")
+    assert fails("http://gpufit-no-such-host.invalid/v1", GenRequest(MODEL, "a")).kind == "connect"
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
+    monkeypatch.delenv("NO_PROXY")
+    with pytest.raises(EndpointError, match="http:// proxies only") as info:
+        OpenAIClient("http://10.1.2.3:8000/v1")
+    assert info.value.kind == "config"
