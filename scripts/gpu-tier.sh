@@ -5,41 +5,132 @@
 #
 # Probes the live driver, runs the plugin's GPU tests (tests/gpu), runs the random-weight suites
 # from the shipped real configs, saves a baseline and compares against it twice (the run-to-run
-# spread), writes every result as JSON under OUT_DIR, and prints a short table last.
-# On a machine without a GPU it stops after the probe with exit 3.
+# spread), serves a random Qwen3-0.6B with `transformers serve` on the card and runs the openai
+# backend's checks against it (tests/gpu/serve.gpufit.yaml), asks `gpufit fit` for its
+# predictions, writes every result as JSON under OUT_DIR, prints a short table last and packs
+# everything into OUT_DIR/bundle.json (one file to bring back).
+# On a machine without a GPU it stops after the probe with exit 3, unless GPUFIT_TIER_DRY_RUN=1:
+# then it runs the serve part on the CPU with a shrunk checkpoint (same suite file, rewritten by
+# tests/gpu/serve_dry_run.py), the fit predictions and the summary, so they are proven here.
+# GPUFIT_TIER_SERVE_ONLY=1 runs only the probe, the fit predictions and the serve part (a short
+# device call: about 3 to 4 minutes on top of the machine's start, not measured yet).
+#
+# On the device (after scripts/gpu-tier-wheels.sh here), one call:
+#   run(command="scripts/gpu-tier.sh /tmp/tier; s=$?; cp /tmp/tier/bundle.json
+#       /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl"], timeout_s=540)
+#
+# The device image lacks fastapi, uvicorn, pydantic and openai (transformers serve needs them):
+# run scripts/gpu-tier-wheels.sh here first and carry .whl; they install from it, offline.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${GPUFIT_TIER_OUT:-gpu-tier-out}}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 export GPUFIT_TIER_OUT=$out PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 py=${PYTHON:-python3}
+dry=${GPUFIT_TIER_DRY_RUN-0}
+serve_only=${GPUFIT_TIER_SERVE_ONLY-0}
+for pair in "GPUFIT_TIER_DRY_RUN=$dry" "GPUFIT_TIER_SERVE_ONLY=$serve_only"; do
+  case "${pair#*=}" in
+    0|1) ;;
+    *) echo "gpu-tier: ${pair%%=*} must be 0 or 1, not '${pair#*=}'" >&2; exit 2 ;;
+  esac
+done
 
 # The GPU machine has torch, transformers and pytest; install only this package, no downloads.
-"$py" -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 \
-  || "$py" -m pip install -q --no-deps -e . >>"$out/install.log" 2>&1
-
-"$py" -m pytest_gpufit.cli probe | tee "$out/probe.txt"
-"$py" -m pytest_gpufit.cli probe --json >"$out/probe.json"
-if grep -q '^no GPU' "$out/probe.txt"; then
-  echo "gpu-tier: no GPU on this machine; nothing else to run" >&2
-  exit 3
+# Not on a dry run: that runs on a development machine, whose environment is not ours to
+# change (put this checkout on PYTHONPATH instead).
+: >"$out/install.log"
+if [ "$dry" != 1 ]; then
+  "$py" -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 \
+    || "$py" -m pip install -q --no-deps -e . >>"$out/install.log" 2>&1
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv \
-  >"$out/nvidia-smi.csv" 2>&1 || true
 
 status=0
 step() { echo "== $1"; shift; "$@" || status=1; }
+serving=(fastapi uvicorn pydantic openai aiohttp)
+have_serving() { "$py" -c "import fastapi, uvicorn, pydantic, openai, aiohttp" 2>/dev/null; }
+if ! have_serving && [ -d .whl ]; then
+  # Offline: the names resolve against what is installed plus the carried wheels.
+  "$py" -m pip install -q --no-index --find-links .whl "${serving[@]}" >>"$out/install.log" 2>&1
+fi
 
-step "plugin GPU tests" "$py" -m pytest tests/gpu/test_gpu_tier.py --run-gpu-tier -p no:randomly \
-  -p no:cacheprovider -q -rs --junitxml="$out/gpu-tests.xml"
-common=(tests/gpu/tier.gpufit.yaml --run-gpu-tier -p no:randomly -p no:cacheprovider -q -rs
-        --gpufit-on-missing=fail --gpufit-baseline-dir="$out/baselines")
-step "suites: save a baseline" "$py" -m pytest "${common[@]}" --gpufit-baseline=save \
-  --gpufit-report="$out/suite-save.json"
-# Generous tolerance: these two runs measure the spread, they do not gate.
-for i in 1 2; do
-  step "suites: compare $i" "$py" -m pytest "${common[@]}" --gpufit-baseline=compare \
-    --gpufit-baseline-tolerance=1000% --gpufit-report="$out/suite-compare-$i.json"
+"$py" -m pytest_gpufit.cli probe | tee "$out/probe.txt"
+"$py" -m pytest_gpufit.cli probe --json >"$out/probe.json"
+if grep -q '^no GPU' "$out/probe.txt" && [ "$dry" != 1 ]; then
+  echo "gpu-tier: no GPU on this machine; nothing else to run (GPUFIT_TIER_DRY_RUN=1 runs" \
+       "the serve part on the CPU)" >&2
+  exit 3
+fi
+
+# The fit engine's predictions, for the summary to hold against measured peaks. An
+# engine-aware fit (--engine transformers) is asked for too where this gpufit has it.
+fit_models=(qwen3-0.6b llama-3.1-8b qwen3-30b-a3b)
+engine=0
+"$py" -m pytest_gpufit.cli fit --help 2>/dev/null | grep -q -- '--engine' && engine=1
+for model in "${fit_models[@]}"; do
+  "$py" -m pytest_gpufit.cli fit "$model" --context 4096 --json >"$out/fit-$model.json" \
+    2>>"$out/fit.log" || status=1
+  if [ "$engine" = 1 ]; then
+    "$py" -m pytest_gpufit.cli fit "$model" --context 4096 --engine transformers --json \
+      >"$out/fit-engine-$model.json" 2>>"$out/fit.log" || status=1
+  fi
 done
+
+serve_suite() {
+  # transformers serve on the card (or, dry, on the CPU): make the checkpoint, run the suite.
+  if ! have_serving; then
+    echo "gpu-tier: transformers serve needs ${serving[*]}; run scripts/gpu-tier-wheels.sh" \
+         "and carry .whl (see install.log)" >&2
+    return 1
+  fi
+  local args=(-p no:randomly -p no:cacheprovider -q -rA --gpufit-on-missing=fail
+              --gpufit-report="$out/suite-serve.json")
+  if [ "$dry" = 1 ]; then
+    "$py" tests/gpu/make_serve_model.py "$out/serve-model-tiny" --tiny || return 1
+    "$py" tests/gpu/serve_dry_run.py "$out" "$out/serve-model-tiny" || return 1
+    (cd "$out" && "$py" -m pytest serve-dry.gpufit.yaml "${args[@]}")
+    return
+  fi
+  "$py" tests/gpu/make_serve_model.py tests/gpu/serve-model || return 1
+  # The card's memory in use, every 200 ms, while the server runs: its peak, beside the fit.
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
+    >"$out/serve-memory.csv" 2>/dev/null &
+  local sampler=$!
+  "$py" -m pytest tests/gpu/serve.gpufit.yaml --run-gpu-tier "${args[@]}"
+  local rc=$?
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  # The checks see only HTTP: a server that fell back to the CPU would pass them. A served
+  # 0.6B model in bf16 holds over 1 GiB of the card; under 256 MiB more than before it, no.
+  if ! awk 'NR == 1 {base = $1} $1 > peak {peak = $1} END {exit !(peak - base >= 256)}' \
+      "$out/serve-memory.csv"; then
+    echo "gpu-tier: the server never held 256 MiB of the card's memory (serve-memory.csv):" \
+         "it did not run on the GPU" >&2
+    rc=1
+  fi
+  return $rc
+}
+
+if [ "$dry" = 1 ]; then
+  step "serve: transformers serve on the CPU (dry run)" serve_suite
+elif [ "$serve_only" = 1 ]; then
+  step "serve: transformers serve on the card" serve_suite
+else
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv \
+    >"$out/nvidia-smi.csv" 2>&1 || true
+  step "plugin GPU tests" "$py" -m pytest tests/gpu/test_gpu_tier.py --run-gpu-tier \
+    -p no:randomly -p no:cacheprovider -q -rs --junitxml="$out/gpu-tests.xml"
+  common=(tests/gpu/tier.gpufit.yaml --run-gpu-tier -p no:randomly -p no:cacheprovider -q -rs
+          --gpufit-on-missing=fail --gpufit-baseline-dir="$out/baselines")
+  step "suites: save a baseline" "$py" -m pytest "${common[@]}" --gpufit-baseline=save \
+    --gpufit-report="$out/suite-save.json"
+  # Generous tolerance: these two runs measure the spread, they do not gate.
+  for i in 1 2; do
+    step "suites: compare $i" "$py" -m pytest "${common[@]}" --gpufit-baseline=compare \
+      --gpufit-baseline-tolerance=1000% --gpufit-report="$out/suite-compare-$i.json"
+  done
+  step "serve: transformers serve on the card" serve_suite
+fi
 "$py" scripts/gpu_tier_summary.py "$out" | tee "$out/summary.txt"
+"$py" scripts/gpu_tier_summary.py "$out" --bundle "$out/bundle.json" || status=1
 exit $status

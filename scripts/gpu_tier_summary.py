@@ -1,19 +1,38 @@
-"""Print the GPU tier's short table from the JSON files scripts/gpu-tier.sh wrote."""
+"""Print the GPU tier's short table from the JSON files scripts/gpu-tier.sh wrote.
+
+    python scripts/gpu_tier_summary.py OUT_DIR [--bundle FILE]
+
+``--bundle FILE`` instead packs every result under OUT_DIR into one JSON file (what comes back
+from the device, which returns few files), with the tail of the served target's log.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
+# Files the bundle skips: checkpoints and other bulk the tier writes under OUT_DIR.
+BUNDLE_SKIP = {".safetensors", ".bin", ".pt"}
+BUNDLE_MAX_BYTES = 2_000_000
+
 
 def load(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
 
 
-def main(out: Path) -> None:
+def gb(value: float | None) -> str:
+    return f"{value / 1e9:.2f}G" if value is not None else "-"
+
+
+def card(out: Path) -> None:
     probe = load(out / "probe.json") or {}
     env = probe.get("environment", {})
     for gpu in probe.get("gpus", []):
@@ -24,6 +43,8 @@ def main(out: Path) -> None:
             f"{env.get('cuda_driver_version')}, torch {env.get('torch_version')}, "
             f"transformers {env.get('transformers_version')}"
         )
+    if not probe.get("gpus"):
+        print("card: none (no GPU seen by the probe)")
     dtypes = load(out / "dtypes.json")
     if dtypes:
         print(
@@ -33,20 +54,42 @@ def main(out: Path) -> None:
                 for k, v in dtypes["results"].items()
             )
         )
+
+
+def fit_total(out: Path, model: str, engine: bool = False) -> int | None:
+    """``gpufit fit MODEL --json``'s predicted total (the engine-aware one with ``engine``)."""
+    data = load(out / f"fit-{'engine-' if engine else ''}{model}.json")
+    value = data.get("total_bytes") if isinstance(data, dict) else None
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def memory(out: Path) -> None:
+    rows = [load(p) for p in sorted(out.glob("memory-*.json"))]
+    if not rows:
+        return
     print()
     print(
         f"{'model':16s} {'est weights':>11s} {'after load':>10s} {'gap':>7s} "
-        f"{'est total*':>10s} {'peak':>8s} {'gap':>7s}"
+        f"{'est total*':>10s} {'peak':>8s} {'gap':>7s} {'reserved':>8s} {'fit':>8s} "
+        f"{'fit eng':>8s}"
     )
-    for path in sorted(out.glob("memory-*.json")):
-        r = load(path)
+    for r in rows:
+        engine = fit_total(out, r["model"], engine=True)
+        reserved = r.get("measured_reserved")
         print(
             f"{r['model']:16s} {r['estimate_weights'] / 1e9:10.2f}G "
             f"{r['measured_after_load'] / 1e9:9.2f}G {r['weights_gap']:+7.1%} "
             f"{r['estimate_total_less_runtime'] / 1e9:9.2f}G {r['measured_peak'] / 1e9:7.2f}G "
-            f"{r['peak_gap']:+7.1%}"
+            f"{r['peak_gap']:+7.1%} {gb(reserved):>8s} {gb(fit_total(out, r['model'])):>8s} "
+            f"{gb(engine):>8s}"
         )
-    print("* estimate less the runtime overhead, which the allocator does not see")
+    print("* estimate less the runtime overhead, which the allocator does not see;")
+    print("  fit = `gpufit fit MODEL --context 4096 --json` total (CUDA context included),")
+    print("  fit eng = the same with --engine transformers (where this gpufit has it); fit totals")
+    print("  count the CUDA context, 'peak' and 'reserved' (torch's allocator) do not")
+
+
+def suites(out: Path) -> None:
     runs = [
         load(out / name)
         for name in ("suite-save.json", "suite-compare-1.json", "suite-compare-2.json")
@@ -79,5 +122,102 @@ def main(out: Path) -> None:
         )
 
 
+def served_peak(out: Path) -> int | None:
+    """The card's peak memory in use while the server ran, less what was in use before it."""
+    path = out / "serve-memory.csv"
+    if not path.exists():
+        return None
+    mib = [int(x) for x in path.read_text().split() if x.strip().isdigit()]
+    return (max(mib) - mib[0]) * 2**20 if mib else None
+
+
+def serve(out: Path) -> None:
+    report = load(out / "suite-serve.json")
+    if not report:
+        return
+    outcomes = {
+        nodeid: (v.get("outcome") if isinstance(v, dict) else v)
+        for nodeid, v in (report.get("results") or {}).items()
+    }
+    print()
+    order = {"serves": 0, "fits": 1, "throughput": 2, "load": 3}
+    entries = sorted(
+        report["measurements"].values(),
+        key=lambda e: (str(e.get("target")), order.get(str(e.get("check")), 9)),
+    )
+    for entry in entries:
+        m = entry["metrics"]
+        check = entry["check"]
+        if check == "serves":
+            print(
+                f"serve {entry['target']}: engine {m.get('engine')}, ready in "
+                f"{m.get('startup_seconds', 0):.1f} s, model {m.get('served_model')}"
+            )
+        elif check == "throughput":
+            print(
+                f"  throughput: TTFT {m['ttft_ms']:.1f} ms (spread {m['ttft_ms_spread']:.1%}), "
+                f"prefill {m['prefill_tok_s']:.0f} tok/s, decode {m['decode_tok_s']:.1f} tok/s "
+                f"(spread {m['decode_tok_s_spread']:.1%}), ITL p99 {m['itl_ms_p99']:.1f} ms"
+            )
+        elif check == "load":
+            for name, level in (m.get("levels") or {}).items():
+                print(
+                    f"  load {name}: {level['completed']:.0f} ok, {level['failed']:.0f} failed, "
+                    f"{level['request_throughput']:.2f} req/s, "
+                    f"{level['output_throughput']:.1f} tok/s, TTFT p50/p99 "
+                    f"{level.get('median_ttft_ms', 0):.1f}/{level.get('p99_ttft_ms', 0):.1f} ms, "
+                    f"TPOT p50 {level.get('median_tpot_ms', 0):.2f} ms, "
+                    f"goodput {level['goodput']:.0%}"
+                )
+    failed = sorted(k for k, v in outcomes.items() if v != "passed")
+    if failed:
+        print(f"  NOT PASSED: {', '.join(failed)}")
+    elif not outcomes:
+        print("  NOT PASSED: the report holds no results")
+    peak = served_peak(out)
+    if peak is not None:
+        fit, engine = fit_total(out, "qwen3-0.6b"), fit_total(out, "qwen3-0.6b", engine=True)
+        print(
+            f"  server's peak on the card (nvidia-smi, less the memory in use before it): "
+            f"{gb(peak)}; fit {gb(fit)}, fit --engine transformers {gb(engine)}"
+        )
+
+
+def bundle(out: Path, target: Path) -> None:
+    """Every result under ``out`` in one JSON file, keyed by its path relative to ``out``."""
+    files: dict[str, Any] = {}
+    for path in sorted(out.rglob("*")):
+        if not path.is_file() or path == target or path.suffix in BUNDLE_SKIP:
+            continue
+        if "serve-model" in path.parts[-2] or path.stat().st_size > BUNDLE_MAX_BYTES:
+            continue
+        text = path.read_text(errors="replace")
+        try:
+            files[str(path.relative_to(out))] = json.loads(text) if path.suffix == ".json" else text
+        except ValueError:
+            files[str(path.relative_to(out))] = text
+    report = load(out / "suite-serve.json") or {}
+    for entry in (report.get("measurements") or {}).values():
+        log = Path(str(entry.get("metrics", {}).get("server_log", "")))
+        if log.name and log.is_file() and f"server-log/{log.name}" not in files:
+            files[f"server-log/{log.name}"] = "\n".join(log.read_text().splitlines()[-300:])
+    target.write_text(json.dumps(files, indent=1, default=str))
+    print(f"bundle: {target} ({len(files)} files, {target.stat().st_size / 1e6:.2f} MB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=Path("gpu-tier-out"))
+    parser.add_argument("--bundle", type=Path, help="pack every result into this JSON file")
+    args = parser.parse_args()
+    if args.bundle:
+        bundle(args.out, args.bundle)
+        return
+    card(args.out)
+    memory(args.out)
+    suites(args.out)
+    serve(args.out)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-tier-out"))
+    main()

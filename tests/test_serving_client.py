@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from serving_fakes import MODEL, FakeOpenAI
 
-from pytest_gpufit.serving.client import GenRequest, OpenAIClient, StreamResult
+from pytest_gpufit.serving.client import (
+    GenRequest,
+    OpenAIClient,
+    SSEDecoder,
+    SSEError,
+    SSEvent,
+    StreamResult,
+)
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.serving.server import free_port
 
@@ -234,3 +246,118 @@ def test_sized_prompt_is_checked_against_the_server_count(fake: FakeOpenAI) -> N
     assert prompt.tokens == 40 and len(prompt.text.split()) == 39
     with pytest.raises(EndpointError, match="could not build a prompt of 1 tokens"):
         asyncio.run(go(1))
+
+
+# --- the event-stream decoder (the transport is aiohttp; SSE framing is decoded here) --------
+
+STREAM = (
+    b": keep-alive comment\r\n\r\n"
+    b'data: {"choices": [{"text": "a"}]}\r\n\r\n'
+    b"event: error\rdata: line one\rdata: line two\r\r"
+    b"data:no-space\n\n"
+    b"id: 7\nretry: 10\ndata: [DONE]\n\n"
+    b"data: trailing without blank line"
+)
+EVENTS = [
+    SSEvent("message", '{"choices": [{"text": "a"}]}'),
+    SSEvent("error", "line one\nline two"),
+    SSEvent("message", "no-space"),
+    SSEvent("message", "[DONE]"),
+]
+
+
+@given(cuts=st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), unique=True))
+@settings(max_examples=200, deadline=None)
+def test_sse_decoder_gives_the_same_events_however_the_bytes_arrive(cuts: list[int]) -> None:
+    """CRLF, CR and LF endings, comments and multi-line data, split at any byte (TCP does)."""
+    decoder = SSEDecoder()
+    events: list[SSEvent] = []
+    edges = [0, *sorted(cuts), len(STREAM)]
+    for a, b in itertools.pairwise(edges):
+        events += decoder.feed(STREAM[a:b])
+    assert events == EVENTS  # the unterminated last event is never dispatched
+
+
+def test_events_split_across_writes_with_crlf_endings_are_read() -> None:
+    """A server that writes CRLF-framed events a few bytes at a time (as proxies do)."""
+    body = b"".join(
+        b'data: {"choices": [{"index": 0, "text": "'
+        + t
+        + b'", "finish_reason": '
+        + (b'"length"' if t == b"z" else b"null")
+        + b"}]}\r\n\r\n"
+        for t in (b"x", b"y", b"z")
+    )
+    body += b'data: {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}\r\n\r\n'
+    body += b"data: [DONE]\r\n\r\n"
+
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            for i in range(0, len(body), 7):
+                conn.sendall(body[i : i + 7])
+                time.sleep(0.001)
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        port = listener.getsockname()[1]
+        r = stream(f"http://127.0.0.1:{port}/v1", GenRequest(MODEL, "a", max_tokens=3))
+        thread.join(5)
+    assert (r.text, r.content_chunks, r.completion_tokens, r.finish_reason) == (
+        "xyz",
+        3,
+        3,
+        "length",
+    )
+
+
+def test_sse_decoder_drops_one_leading_bom_and_refuses_an_endless_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"\xef\xbb\xbfdata: 1\n\n") == [SSEvent("message", "1")]
+    monkeypatch.setattr(SSEDecoder, "MAX_LINE", 64)
+    endless = SSEDecoder()
+    endless.feed(b"data: " + b"x" * 50)
+    with pytest.raises(SSEError, match="over 64 bytes without a line ending"):
+        endless.feed(b"x" * 50)
+
+
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://127.0.0.1:1/v1"])
+def test_an_endpoint_without_http_is_one_config_error(url: str) -> None:
+    err = fails(url, GenRequest(MODEL, "a"))
+    assert err.kind == "config" and "http://HOST:PORT/v1" in str(err), str(err)
+
+    async def go() -> Any:
+        async with OpenAIClient(url) as c:
+            return await c.list_models()
+
+    with pytest.raises(EndpointError, match="not a URL the client can send to"):
+        asyncio.run(go())
+
+
+def test_the_proxy_the_environment_names_is_used(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with httpx: HTTP_PROXY applies (the fake answers as the proxy for a host that has no
+    address), NO_PROXY exempts a host, and a proxy the client cannot speak is one config error."""
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", fake.base_url.removesuffix("/v1"))
+    r = stream("http://gpufit-no-such-host.invalid/v1", GenRequest(MODEL, "a", max_tokens=2))
+    assert r.completion_tokens == 2
+    monkeypatch.setenv("NO_PROXY", "gpufit-no-such-host.invalid")
+    assert fails("http://gpufit-no-such-host.invalid/v1", GenRequest(MODEL, "a")).kind == "connect"
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
+    monkeypatch.delenv("NO_PROXY")
+    with pytest.raises(EndpointError, match="http:// proxies only") as info:
+        OpenAIClient("http://10.1.2.3:8000/v1")
+    assert info.value.kind == "config"

@@ -72,7 +72,7 @@ def test_probe_agrees_with_torch_and_nvidia_smi() -> None:
             name, total_mib, driver = (x.strip() for x in line.split(","))
             assert name == gpu.name and int(total_mib) * 2**20 == gpu.memory_total_bytes
             assert driver == inventory.environment.driver_version
-    write("probe", {"inventory": inventory.to_dict(), "torch": rows})
+    write("probe-vs-torch", {"inventory": inventory.to_dict(), "torch": rows})
 
 
 def _kernel(dtype_name: str) -> str:
