@@ -172,11 +172,12 @@ def test_engine_from_probe_answers() -> None:
 
 
 def test_core_and_pure_serving_modules_import_no_http_client() -> None:
-    """The core install stays free of httpx: only the client/server/load modules import it."""
+    """The core install stays free of aiohttp and httpx: only the client/server/load modules
+    import them."""
     code = (
         "import sys, pytest_gpufit, pytest_gpufit.plugin, pytest_gpufit.serving, "
         "pytest_gpufit.serving.facts, pytest_gpufit.serving.errors; "
-        "print(sorted(m for m in ('httpx', 'httpx_sse', 'torch') if m in sys.modules))"
+        "print(sorted(m for m in ('aiohttp', 'httpx', 'torch') if m in sys.modules))"
     )
     root = str(Path(__file__).resolve().parents[1])
     out = subprocess.run(

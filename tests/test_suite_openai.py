@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 # Imported once here: pytester's in-process runs restore sys.modules, and httpx maps the
-# exceptions of the httpcore it first saw (a second httpcore's errors would escape unmapped).
+# exceptions of the httpcore it first saw (a second httpcore's errors would escape unmapped);
+# aiohttp likewise keeps one copy of its exception classes.
+import aiohttp  # noqa: F401
 import httpcore  # noqa: F401
 import httpx  # noqa: F401
-import httpx_sse  # noqa: F401
 import pytest
 from serving_fakes import MODEL, FakeOpenAI
 
@@ -348,7 +349,7 @@ def test_plugin_and_collection_import_no_http_client(tmp_path: Path) -> None:
         "import sys, pytest\n"
         f"code = pytest.main([{str(tmp_path / 's.gpufit.yaml')!r}, '--collect-only', '-q', "
         "'-p', 'no:cacheprovider'])\n"
-        "print('loaded:', sorted(m for m in ('httpx', 'httpx_sse', 'torch') if m in sys.modules))\n"
+        "print('loaded:', sorted(m for m in ('aiohttp', 'httpx', 'torch') if m in sys.modules))\n"
         "raise SystemExit(code)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFIT_")}

@@ -11,9 +11,9 @@ import json
 import os
 from pathlib import Path
 
+import aiohttp  # noqa: F401
 import httpcore  # noqa: F401  (see test_suite_openai.py: kept across pytester's runs)
 import httpx  # noqa: F401
-import httpx_sse  # noqa: F401
 import pytest
 
 ROOT = Path(__file__).parent.parent

@@ -163,6 +163,6 @@ def load_backend(name: str) -> Any:
         try:
             from pytest_gpufit.backends import openai_backend  # late: imports httpx
         except Exception as error:
-            raise MissingExtra(name, "httpx and httpx-sse", "endpoint", error) from None
+            raise MissingExtra(name, "aiohttp and httpx", "endpoint", error) from None
         return openai_backend
     raise GpufitError(f"unknown backend {name!r}; available: transformers, openai")

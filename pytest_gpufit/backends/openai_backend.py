@@ -3,7 +3,7 @@
 ``Served`` is one target's server: launched by gpufit (``launch:``) or already running
 (``endpoint:``). It answers what the suite checks ask (models, a streamed request, a sized
 prompt, load levels, logs) and hides the HTTP client and asyncio behind plain calls, so the
-checks (``pytest_gpufit.suites.serving_checks``) stay free of httpx. Imports httpx: load it
+checks (``pytest_gpufit.suites.serving_checks``) stay free of it. Imports aiohttp and httpx: load it
 through ``pytest_gpufit.backends.load_backend("openai")``.
 """
 

@@ -1,6 +1,7 @@
 """Serving-engine gate: talk to an OpenAI-compatible server over HTTP, launch one, load it.
 
-The package is the ``endpoint`` extra (httpx, httpx-sse). Nothing outside it imports httpx, and
+The package is the ``endpoint`` extra (aiohttp for the streaming client, httpx for the launched
+server's readiness polls). Nothing outside it imports either, and
 importing this package itself imports nothing heavy: the modules are imported by name.
 
 - ``errors``: ``EndpointError`` (a request or server fault) and ``ServerStartError``.
