@@ -17,7 +17,7 @@ from pytest_gpufit.serving.facts import (
     parse_engine_log,
 )
 
-CALIBRATION = Path("/work/shared/calibration/vllm-0.19-h100-sweep.tsv")
+CALIBRATION = Path(__file__).parents[1] / "fixtures" / "calibration" / "vllm-0.19-h100-sweep.tsv"
 
 # Verbatim lines from public vLLM logs (V1 engine, 2025-2026 releases).
 V1_LOG = "\n".join(
@@ -137,7 +137,6 @@ def test_calibration_rows_read_back() -> None:
     assert check_rows(SWEEP_ROWS) == 3
 
 
-@pytest.mark.skipif(not CALIBRATION.exists(), reason="calibration data not on this machine")
 def test_whole_calibration_sweep_reads_back() -> None:
     """Every figure of the H100 sweep is what the parser reads from its log line."""
     assert check_rows(calibration_rows()) >= 30
