@@ -264,6 +264,10 @@ def _requirement_now(item: pytest.Item) -> Requirement | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    selection = state_of(item.config).runner_selection
+    failure = selection.setup_failure() if selection is not None else None
+    if failure:  # under any policy: the job's plan is not the plan the matrix came from
+        raise GateFailure(failure)
     state_of(item.config).setup(item, _requirement_now(item))
 
 
