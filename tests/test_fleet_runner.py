@@ -238,14 +238,21 @@ def test_each_matrix_entry_carries_the_plan_its_job_checks(project: pytest.Pytes
             f"--gpufit-runner={runner}", f"--gpufit-plan={include[0]['plan']}", *RUNNER
         )
         assert ok.ret == pytest.ExitCode.OK, ok.stdout.str()
-    # -k given to the gate job only does not change its plan (pytest's -k deselects later),
-    # but -k given to the plan job only does: a different plan, a red job.
-    narrowed = _matrix_plan(project, "-k", "two_gpus", ".")
+    # The same -k/-m/--deselect in both jobs: the same plan (the gate selects after pytest's
+    # own deselection, as `gpufit plan` sees the items); in one job only: a red job.
     project.makeconftest(probe("2*h100-sxm"))
-    red = project.runpytest(
-        "--gpufit-runner=h100x2", f"--gpufit-plan={narrowed[0]['plan']}", *RUNNER
-    )
-    assert red.ret == pytest.ExitCode.TESTS_FAILED
+    for narrow in (["-k", "two_gpus or sixty"], ["-m", "requires_gpu"]):
+        narrowed = _matrix_plan(project, *narrow, ".")
+        gate = ("--gpufit-runner=h100x2", f"--gpufit-plan={narrowed[0]['plan']}", *RUNNER)
+        same = project.runpytest(*gate, *narrow)
+        assert same.ret == pytest.ExitCode.OK, same.stdout.str()
+        red = project.runpytest(*gate)
+        assert red.ret == pytest.ExitCode.TESTS_FAILED, red.stdout.str()
+    deselected = _matrix_plan(project, "--deselect", "test_fleet.py::test_two_gpus", ".")
+    gate = ("--gpufit-runner=h100x2", f"--gpufit-plan={deselected[0]['plan']}", *RUNNER)
+    same = project.runpytest(*gate, "--deselect", "test_fleet.py::test_two_gpus")
+    assert same.ret == pytest.ExitCode.OK, same.stdout.str()
+    assert same.parseoutcomes() == {"passed": 1, "deselected": 4}  # one by --deselect
 
 
 @pytest.mark.parametrize(

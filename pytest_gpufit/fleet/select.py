@@ -45,6 +45,14 @@ class RunnerSelection:
         runner = pool.get(settings.runner, where)
         return cls(pool, runner, where, settings.plan, settings.source("plan"))
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        # trylast, registered in gpufit's tryfirst pytest_configure: after every plain hook
+        # (gpufit's requirements, -k, -m, --deselect), before pytest-split (plugin.py).
+        self.select(config, items)
+
     def select(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Keep this class's items; deselect the rest (pytest's deselected, with reasons)."""
         from pytest_gpufit.fleet.collect import PLANNING, item_fact
