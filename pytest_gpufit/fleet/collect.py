@@ -11,22 +11,15 @@ import contextlib
 import importlib.util
 import io
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fleet.plan import ItemFact
-from pytest_gpufit.session import FIXTURES, PLANNING, REQUIREMENT
+from pytest_gpufit.fleet.select import item_fact
+from pytest_gpufit.session import PLANNING, REQUIREMENT
 
 __all__ = ["PLANNING", "collect", "item_fact"]
-
-
-def item_fact(item: pytest.Item) -> ItemFact:
-    """The plan's view of one item (its requirement was set by the plugin at collection)."""
-    req = item.stash.get(REQUIREMENT, None)
-    gated = req is not None or bool(FIXTURES.intersection(getattr(item, "fixturenames", ())))
-    return ItemFact(item.nodeid, req, gated, str(Path(str(item.path)).parent))
 
 
 class _Collector:

@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fleet.plan import ItemFact
 from pytest_gpufit.fleet.pool import Pool, RunnerClass, derived_expect, load_pool
+from pytest_gpufit.session import FIXTURES, PLANNING, REQUIREMENT
+
+
+def item_fact(item: pytest.Item) -> ItemFact:
+    """The plan's view of one item (its requirement was set by the plugin at collection)."""
+    req = item.stash.get(REQUIREMENT, None)
+    gated = req is not None or bool(FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    return ItemFact(item.nodeid, req, gated, str(Path(str(item.path)).parent))
 
 
 class RunnerSelection:
@@ -55,7 +64,6 @@ class RunnerSelection:
 
     def select(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Keep this class's items; deselect the rest (pytest's deselected, with reasons)."""
-        from pytest_gpufit.fleet.collect import PLANNING, item_fact
         from pytest_gpufit.fleet.plan import digest, make_plan
 
         if config.stash.get(PLANNING, False):
