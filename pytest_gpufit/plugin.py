@@ -64,7 +64,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(option.ini, option.help, default=None)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # tryfirst: the runner selection's trylast pytest_collection_modifyitems must be registered
+    # before pytest-split's (pytest calls trylast hooks in the order they were registered), so
+    # that it runs after -k, -m and --deselect, as `gpufit plan` sees the items, and before
+    # pytest-split shards what it keeps.
     for line in marker_lines():
         config.addinivalue_line("markers", line)
     session = _session(config)
@@ -235,9 +240,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             errors.append(str(error))
     if errors:
         raise pytest.UsageError("gpufit: bad markers:\n  " + "\n  ".join(errors))
-    selection = state_of(config).runner_selection
-    if selection is not None:  # before pytest-split (trylast) shards what is kept
-        selection.select(config, items)
 
 
 # ---- running ------------------------------------------------------------------------------
@@ -264,6 +266,10 @@ def _requirement_now(item: pytest.Item) -> Requirement | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    selection = state_of(item.config).runner_selection
+    failure = selection.setup_failure() if selection is not None else None
+    if failure:  # under any policy: the job's plan is not the plan the matrix came from
+        raise GateFailure(failure)
     state_of(item.config).setup(item, _requirement_now(item))
 
 

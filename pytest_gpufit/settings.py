@@ -83,6 +83,20 @@ def runner_name(value: str, source: str) -> str:
     return value
 
 
+def plan_digest(value: str, source: str) -> str:
+    """The ``plan`` of a ``gpufit plan --format github-matrix`` entry: 16 hex digits."""
+    import re
+
+    from pytest_gpufit.fleet.plan import DIGEST_PATTERN
+
+    if not re.fullmatch(DIGEST_PATTERN, value):
+        raise GpufitError(
+            f"{source}: expected the 'plan' of a gpufit plan matrix entry (16 hex digits, "
+            f"e.g. ${{{{ matrix.plan }}}}), got {value!r}"
+        )
+    return value
+
+
 def choice(*choices: str) -> Parser:
     def parse(value: str, source: str) -> str:
         if value not in choices:
@@ -212,6 +226,13 @@ OPTIONS = (
         "(default gpufit-runners.yaml)",
         default="gpufit-runners.yaml",
     ),
+    _option(
+        "plan",
+        "with --gpufit-runner: the 'plan' of this job's gpufit plan matrix entry; the job fails "
+        "unless it collects the same items and places them the same way as the plan job did "
+        "(else a check the plan job never saw could run nowhere)",
+        parse=plan_digest,
+    ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -234,6 +255,7 @@ class Settings:
     fleet_tolerance: float | None = None
     runner: str | None = None
     runners: str = "gpufit-runners.yaml"
+    plan: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -304,6 +326,11 @@ def gate_conflicts(settings: Settings) -> None:
             "measures nothing into the store: under on_missing=fail (from "
             f"{settings.source('on_missing')}) the fleet check would silently not run; set "
             "--gpufit-baseline=compare, or unset the fleet tolerance"
+        )
+    if settings.plan and not settings.runner:
+        raise GpufitError(
+            f"plan={settings.plan!r} (from {settings.source('plan')}) checks the items a runner "
+            "class keeps against the plan job's; name the class with --gpufit-runner"
         )
     if settings.simulate and settings.fail_on_missing:
         raise GpufitError(

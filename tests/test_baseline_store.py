@@ -3,6 +3,7 @@ wrongly shaped records, NaN, golden records, confirmation by re-measuring, migra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -340,3 +341,28 @@ def test_a_linked_record_or_pointer_is_refused(tmp_path: Path) -> None:
     pointer.symlink_to(elsewhere)
     with pytest.raises(GpufitError, match=f"baseline pointer {pointer} is a symbolic link"):
         store.accepted(H100, "a")
+
+
+def test_a_record_copied_into_another_cards_or_suites_folder_is_refused(tmp_path: Path) -> None:
+    """Links are refused, but a plain copy did the same: an H100 run copied into the H200's
+    folder (and pointed at) became the H200's accepted baseline, so an H200 as slow as an H100
+    passed. A linked suite folder reads another suite's records the same way."""
+    import shutil
+
+    store = Store(tmp_path / "b")
+    h100 = store.write_run(_fp(), "a", {"a.yaml::t::throughput": _result(50.0)}, accept=True)
+    h200 = dataclasses.replace(_fp(), gpu_name="NVIDIA H200")
+    own = store.write_run(h200, "a", {"a.yaml::t::throughput": _result(100.0)}, accept=True)
+    folder = store.suite_dir("NVIDIA H200", "a")
+    shutil.copy(store.find(h100), folder / "runs" / f"{h100}.json")
+    (folder / "accepted").write_text(h100)
+    with pytest.raises(GpufitError, match="is a run of 'NVIDIA H100 80GB HBM3', suite 'a', in"):
+        store.accepted("NVIDIA H200", "a")
+    (folder / "accepted").write_text(own)
+    assert store.accepted("NVIDIA H200", "a")["id"] == own
+    # A suite folder linked to another suite's.
+    store.write_run(_fp(), "b", {"b.yaml::t::throughput": _result(1.0)}, accept=True)
+    linked = store.suite_dir(H100, "c")
+    linked.symlink_to(store.suite_dir(H100, "b"), target_is_directory=True)
+    with pytest.raises(GpufitError, match="suite 'b', in the folder of .*/c"):
+        store.accepted(H100, "c")

@@ -426,3 +426,16 @@ def test_fleet_tolerance_from_the_environment_names_its_source(
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*GPUFIT_FLEET_TOLERANCE: expected a percentage*'fast'*"])
+
+
+def test_a_fleet_tolerance_that_can_never_fail_says_so(tmp_path: Path) -> None:
+    """decode 102 -> 1 under a 200% fleet tolerance passed in silence: a rate cannot fall by
+    more than 100%, so no figure could ever fail; the run now says so."""
+    store = Store(tmp_path)
+    _save(store, "node-a", 100.0)
+    _save(store, "node-b", 104.0)
+    (saved,) = _session(store, "node-c", 2.0, strict=True).save(_measured(1.0), accept=False)
+    assert "a tolerance of 100% or more can never fail on decode tok/s" in saved.message
+    assert "decode tok/s 1 vs fleet median 102" in saved.message
+    (saved,) = _session(store, "node-d", 0.5, strict=True).save(_measured(100.0), accept=False)
+    assert "can never fail" not in saved.message

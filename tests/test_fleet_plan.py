@@ -179,3 +179,41 @@ def test_the_matrix_never_has_an_empty_shard_or_an_idle_class(tmp_path: Path) ->
         "gpufit plan: class 'big' has 3 item(s): 3 shard(s), not 5",
         "gpufit plan: class 'small' gets no item: no job for it",
     ]
+
+
+LATE_CONFTEST = """
+import pytest
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.name == "test_late":
+            item.add_marker(pytest.mark.requires_gpu(count=2))
+"""
+
+
+def test_marks_added_after_gpufit_read_them_fail_the_plan(pytester: pytest.Pytester) -> None:
+    """A trylast hook marks test_late after gpufit's collection hook: the plan and the gate
+    jobs would place it as ungated (on the first, one-GPU class, where it fails for want of a
+    second GPU), never on the class that can run it. The plan says so instead."""
+    pytester.makepyfile(
+        test_x="""
+import pytest
+
+@pytest.mark.requires_gpu(count=2)
+def test_two(): pass
+
+def test_late(): pass
+"""
+    )
+    pytester.makefile(".yaml", **{"gpufit-runners": POOL})
+    pytester.makeconftest(LATE_CONFTEST)
+    result = plan(pytester, "--runners", "gpufit-runners.yaml", ".")
+    assert result.ret == 2, result.stdout.str() + result.stderr.str()
+    err = result.stderr.str()
+    assert "1 item(s) got gpufit marks after gpufit read them" in err
+    assert "test_x.py::test_late" in err and "test_x.py::test_two" not in err
+    assert "Traceback" not in err
+    # Marks added by a hook that is not trylast are read in time: a plan.
+    pytester.makeconftest(LATE_CONFTEST.replace("@pytest.hookimpl(trylast=True)\n", ""))
+    assert plan(pytester, "--runners", "gpufit-runners.yaml", ".").ret == 0

@@ -3,6 +3,9 @@ and judges the class's expect on the real probe, together with any --gpufit-expe
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 from fleet_project import EVERY, POOL, TESTS, probe
 
@@ -158,3 +161,112 @@ def test_simulation_with_a_runner_previews_the_job_and_never_gates(
         "no:cacheprovider",
     )
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
+
+
+# A module the plan job (CPU, no torch) does not collect, the GPU runner does.
+CPU_ONLY_SKIP = """
+import os
+import pytest
+if os.environ.get("PLAN_JOB"):
+    pytest.importorskip("a_module_only_the_gpu_runner_has")
+
+@pytest.mark.requires_gpu(count=2)
+def test_big(): pass
+"""
+ONE_THEN_TWO = """\
+runners:
+  - name: one
+    labels: [self-hosted, one]
+    gpus: 1*h100-sxm
+  - name: two
+    labels: [self-hosted, two]
+    gpus: 2*h100-sxm
+placement: one
+"""
+
+
+def _matrix_plan(pytester: pytest.Pytester, *args: str) -> list[dict[str, object]]:
+    result = pytester.run(
+        sys.executable, "-m", "pytest_gpufit.cli", "plan", "--runners",
+        "gpufit-runners.yaml", "--format", "github-matrix", *args,
+    )  # fmt: skip
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    include: list[dict[str, object]] = json.loads(result.stdout.str())["include"]
+    return include
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]])
+def test_a_gate_job_that_collects_what_the_plan_job_did_not_fails(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, xdist: list[str]
+) -> None:
+    """The plan job never saw test_big (an importorskip), so class 'two' got no job; the gate
+    job of 'one' collects it, places it on 'two' and would deselect it: green, and test_big
+    never ran anywhere. With the plan job's digest the job fails instead."""
+    if xdist:
+        pytest.importorskip("xdist")
+    monkeypatch.delenv("PLAN_JOB", raising=False)
+    pytester.makepyfile(
+        test_small="import pytest\n@pytest.mark.requires_gpu\ndef test_small(): pass\n",
+        test_big=CPU_ONLY_SKIP,
+    )
+    pytester.makefile(".yaml", **{"gpufit-runners": ONE_THEN_TWO})
+    pytester.makeconftest(probe("h100-sxm"))
+    monkeypatch.setenv("PLAN_JOB", "1")
+    include = _matrix_plan(pytester, ".")
+    monkeypatch.delenv("PLAN_JOB")
+    assert [e["runner"] for e in include] == ["one"]  # no job for 'two'
+    args = ["--gpufit-runner=one", "--gpufit-on-missing=fail", *RUNNER, *xdist]
+    result = pytester.runpytest(f"--gpufit-plan={include[0]['plan']}", *args)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    assert result.parseoutcomes()["failed"] == 1 and "passed" not in result.parseoutcomes()
+    result.stdout.fnmatch_lines(["*this gate job's plan (*: 2 collected item(s)*differs*"])
+    out = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in out and "Traceback" not in out
+    # The same collection in both jobs: the digest matches and the job runs as planned.
+    monkeypatch.setenv("PLAN_JOB", "1")
+    same = pytester.runpytest(f"--gpufit-plan={include[0]['plan']}", *args)
+    assert same.parseoutcomes() == {"passed": 1, "skipped": 1}, same.stdout.str()
+
+
+def test_each_matrix_entry_carries_the_plan_its_job_checks(project: pytest.Pytester) -> None:
+    project.makepyfile(test_fleet=TESTS.replace("def test_huge", "def _huge"))
+    include = _matrix_plan(project, ".")
+    assert len({e["plan"] for e in include}) == 1 and len(include) == 3
+    for runner, cards in CARDS.items():
+        project.makeconftest(probe(cards))
+        ok = project.runpytest(
+            f"--gpufit-runner={runner}", f"--gpufit-plan={include[0]['plan']}", *RUNNER
+        )
+        assert ok.ret == pytest.ExitCode.OK, ok.stdout.str()
+    # The same -k/-m/--deselect in both jobs: the same plan (the gate selects after pytest's
+    # own deselection, as `gpufit plan` sees the items); in one job only: a red job.
+    project.makeconftest(probe("2*h100-sxm"))
+    for narrow in (["-k", "two_gpus or sixty"], ["-m", "requires_gpu"]):
+        narrowed = _matrix_plan(project, *narrow, ".")
+        gate = ("--gpufit-runner=h100x2", f"--gpufit-plan={narrowed[0]['plan']}", *RUNNER)
+        same = project.runpytest(*gate, *narrow)
+        assert same.ret == pytest.ExitCode.OK, same.stdout.str()
+        red = project.runpytest(*gate)
+        assert red.ret == pytest.ExitCode.TESTS_FAILED, red.stdout.str()
+    deselected = _matrix_plan(project, "--deselect", "test_fleet.py::test_two_gpus", ".")
+    gate = ("--gpufit-runner=h100x2", f"--gpufit-plan={deselected[0]['plan']}", *RUNNER)
+    same = project.runpytest(*gate, "--deselect", "test_fleet.py::test_two_gpus")
+    assert same.ret == pytest.ExitCode.OK, same.stdout.str()
+    assert same.parseoutcomes() == {"passed": 1, "deselected": 4}  # one by --deselect
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gpufit-plan=abc"], "--gpufit-plan: expected the 'plan' of a gpufit plan matrix*"),
+        (["--gpufit-plan=0123456789abcdef"], "*name the class with --gpufit-runner*"),
+        (["--gpufit-runner=h100x2", "--gpufit-plan="], "--gpufit-plan is set but empty*"),
+    ],
+)
+def test_bad_plan_digests_are_usage_errors(
+    project: pytest.Pytester, args: list[str], message: str
+) -> None:
+    result = project.runpytest(*args, "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}"])
+    assert "Traceback" not in result.stderr.str()

@@ -202,3 +202,69 @@ def test_the_command_line(tmp_path: Path) -> None:
     missing = subprocess.run([*run, str(tmp_path / "nope.yml")], capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read it" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+# ---- bypasses found by attacking the checker -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        # the head's sha through an env variable, then checked out
+        "    env:\n      PR_SHA: ${{ github.event.pull_request.head.sha }}\n    steps:\n"
+        + CHECKOUT
+        + "          ref: ${{ env.PR_SHA }}",
+        # fetched and checked out by git in a run step
+        "    steps:\n      - uses: actions/checkout@v4\n"
+        "      - run: git fetch origin ${{ github.event.pull_request.head.sha }} && "
+        "git checkout FETCH_HEAD",
+        "    steps:\n      - run: |\n          git fetch origin ${{ github.head_ref }}\n"
+        "          git checkout FETCH_HEAD",
+    ],
+)
+def test_a_head_checkout_by_another_road_is_found(steps: str) -> None:
+    workflow = f"on: pull_request_target\njobs:\n  j:\n    runs-on: ubuntu-latest\n{steps}\n"
+    assert [f.rule for f in check_workflow(workflow, "w.yml")] == [
+        "pull-request-target-head-checkout"
+    ]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # a negated fork condition lets only forks in
+        (
+            "    runs-on:",
+            "    if: ${{ !(github.event.pull_request.head.repo.full_name == github.repository) }}"
+            "\n    runs-on:",
+        ),
+        ("    runs-on:", '    if: "!!github.event.pull_request.head.repo.fork"\n    runs-on:'),
+        # an environment an expression empties on pull requests asks no one
+        (
+            "    runs-on:",
+            "    environment: ${{ github.event_name == 'push' && 'production' || '' }}\n"
+            "    runs-on:",
+        ),
+        (
+            "    runs-on:",
+            "    environment:\n      name: ${{ github.event_name == 'push' && 'gpu' || '' }}\n"
+            "    runs-on:",
+        ),
+        # a self-hosted runner's own label that merely starts like a hosted image's
+        ("[self-hosted, linux, gpu]", "ubuntu-h100"),
+        ("[self-hosted, linux, gpu]", "[ubuntu-latest, gpu]"),
+    ],
+)
+def test_conditions_environments_and_labels_that_only_look_safe_are_flagged(
+    change: tuple[str, str],
+) -> None:
+    assert [f.rule for f in check_workflow(GPU_ON_PR.replace(*change), "w.yml")] == [
+        "self-hosted-pull-request"
+    ]
+
+
+@pytest.mark.parametrize(
+    "label", ["ubuntu-latest", "ubuntu-24.04", "ubuntu-22.04-arm", "windows-2025", "macos-15"]
+)
+def test_the_hosted_images_stay_hosted(label: str) -> None:
+    assert check_workflow(GPU_ON_PR.replace("[self-hosted, linux, gpu]", label), "w.yml") == []

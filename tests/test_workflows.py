@@ -115,6 +115,8 @@ def test_a_cpu_plan_job_emits_the_matrix_the_gate_jobs_run_on() -> None:
     for flag in (
         '--gpufit-runner="${{ matrix.runner }}"',
         "--gpufit-runners=gpufit-runners.yaml",
+        # The job fails unless it places the items as the plan job did (fleet/plan.py digest).
+        '--gpufit-plan="${{ matrix.plan }}"',
         '--splits="${{ matrix.shards }}"',
         '--group="${{ matrix.shard }}"',
         "--splitting-algorithm=least_duration",  # never an empty shard (docs/ci.md)

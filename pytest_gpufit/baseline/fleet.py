@@ -268,6 +268,12 @@ def judge_fleet(
             f"{format_number(c.old)} of {hosts} other host{'s' * (hosts != 1)} "
             f"({c.change:+.1%}, tolerance {c.tolerance:.0%})"
         )
+        if c.verdict == "ok" and c.records_only():
+            notes.append(
+                f"fleet: host {host} ({where}): {nodeid}: {text}: a tolerance of 100% or more "
+                f"can never fail on {metric_label(c.metric)} (it cannot fall by more than "
+                "100%); lower --gpufit-fleet-tolerance to judge it"
+            )
         if c.verdict == "worse":
             failures.append(
                 f"fleet: host {host} is out of line ({where}): {nodeid}: {text}; this host: "

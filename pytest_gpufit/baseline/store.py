@@ -121,6 +121,22 @@ def _refuse_link(path: Path, what: str) -> None:
         )
 
 
+def _check_place(data: Mapping[str, Any], path: Path) -> None:
+    """A record in ``<gpu>/<suite>/runs/`` must be of that GPU model and suite: one copied (or
+    reached through a linked folder) from another card's folder would be judged as this card's
+    baseline, a slower card's figures letting a slow run pass."""
+    if path.parent.name != "runs":
+        return
+    gpu_name, suite = data["fingerprint"]["gpu_name"], data["suite"]
+    here = (path.parent.parent.parent.name, path.parent.parent.name)
+    if here != (slug(gpu_name), slug(suite)):
+        raise GpufitError(
+            f"baseline record {path} is a run of {gpu_name!r}, suite {suite!r}, in the folder "
+            f"of {here[0]}/{here[1]}; a record copied from another GPU model or suite must not "
+            "stand for this one: move it back, or save a new baseline here"
+        )
+
+
 def check_record(data: Any, path: Path) -> dict[str, Any]:
     """A format-2 record, or one GpufitError naming the file and what is wrong."""
     if not isinstance(data, dict) or "format" not in data or "results" not in data:
@@ -150,6 +166,7 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
             )
     if not isinstance(data["fingerprint"].get("gpu_name"), str):
         raise GpufitError(f"baseline record {path}: fingerprint.gpu_name is missing")
+    _check_place(data, path)
     for nodeid, entry in data["results"].items():
         where = f"baseline record {path}: {nodeid}"
         if not isinstance(entry, dict) or not isinstance(entry.get("metrics", {}), dict):

@@ -11,28 +11,22 @@ import contextlib
 import importlib.util
 import io
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fleet.plan import ItemFact
-from pytest_gpufit.session import FIXTURES, PLANNING, REQUIREMENT
+from pytest_gpufit.fleet.select import item_fact
+from pytest_gpufit.session import PLANNING, REQUIREMENT
 
 __all__ = ["PLANNING", "collect", "item_fact"]
-
-
-def item_fact(item: pytest.Item) -> ItemFact:
-    """The plan's view of one item (its requirement was set by the plugin at collection)."""
-    req = item.stash.get(REQUIREMENT, None)
-    gated = req is not None or bool(FIXTURES.intersection(getattr(item, "fixturenames", ())))
-    return ItemFact(item.nodeid, req, gated, str(Path(str(item.path)).parent))
 
 
 class _Collector:
     def __init__(self) -> None:
         self.facts: list[ItemFact] = []
         self.gpufit_active = False
+        self.late: list[str] = []  # items whose gpufit marks changed after gpufit read them
 
     def pytest_configure(self, config: pytest.Config) -> None:
         config.stash[PLANNING] = True
@@ -43,6 +37,30 @@ class _Collector:
         # would look ungated and land on the first class. Refuse instead of planning that.
         self.gpufit_active = session.config.pluginmanager.has_plugin("gpufit-session")
         self.facts = [item_fact(item) for item in session.items]
+        if self.gpufit_active:
+            self.late = late_marks(session.items)
+
+
+def late_marks(items: Sequence[pytest.Item]) -> list[str]:
+    """Items whose gpufit marks were added or changed after gpufit's collection hook (by a
+    ``trylast`` ``pytest_collection_modifyitems``): a gate job selects before such a hook runs,
+    so it would place them as they were, on a class that may not be able to run them."""
+    from pytest_gpufit.markers import registered_names
+    from pytest_gpufit.plugin import item_requirement  # late: the plugin module, once loaded
+
+    late: list[str] = []
+    if not items:
+        return late
+    registered = registered_names(items[0].config.getini("markers"))
+    for item in items:
+        try:
+            now = item_requirement(item, registered)
+        except GpufitError as error:
+            late.append(f"{item.nodeid}: {error}")
+            continue
+        if now != item.stash.get(REQUIREMENT, None):
+            late.append(item.nodeid)
+    return late
 
 
 def collect(args: Sequence[str]) -> list[ItemFact]:
@@ -67,5 +85,15 @@ def collect(args: Sequence[str]) -> list[ItemFact]:
             f"collecting {' '.join(args) or '.'}: the gpufit plugin is not active in this "
             "session (-p no:gpufit in the arguments or the ini addopts?); the plan needs it "
             "to read the tests' requirements"
+        )
+    if collector.late:
+        shown = "\n  ".join(collector.late[:20])
+        more = f"\n  ... and {len(collector.late) - 20} more" if len(collector.late) > 20 else ""
+        raise GpufitError(
+            f"collecting {' '.join(args) or '.'}: {len(collector.late)} item(s) got gpufit "
+            "marks after gpufit read them (a trylast pytest_collection_modifyitems hook?); a "
+            "gate job places items before such a hook runs, so it would run them on a class "
+            "that may lack what they need. Add these marks in the test, a conftest "
+            f"pytestmark, or a hook that is not trylast:\n  {shown}{more}"
         )
     return collector.facts

@@ -18,6 +18,7 @@ Placement:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -156,9 +157,28 @@ def make_plan(pool: Pool, items: Iterable[ItemFact], judge: Judge | None = None)
 # ---- output --------------------------------------------------------------------------------
 
 
+DIGEST_PATTERN = r"^[0-9a-f]{16}$"
+
+
+def digest(plan: Plan) -> str:
+    """A short hash of where every item runs and of each class's job count.
+
+    The plan job and the gate jobs collect separately (another install, another environment):
+    an item the plan job never saw (an ``importorskip``, a ``collect_ignore``, a ``-k``) may be
+    placed by a gate job on a class that got no job, and so run nowhere while every job is
+    green. A gate job compares its own plan's digest with the plan job's (``--gpufit-plan``).
+    """
+    placed = sorted((p.nodeid, p.gated, p.runners) for p in plan.items)
+    jobs = [(r.name, plan.shards(r)) for r in plan.pool.runners]
+    text = json.dumps([plan.pool.placement, jobs, placed], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def matrix(plan: Plan) -> dict[str, Any]:
     """``strategy.matrix`` for the gate jobs: one entry per class and shard; a class the plan
-    gives nothing has no job (``idle_lines`` says so)."""
+    gives nothing has no job (``idle_lines`` says so). ``plan`` is the plan's ``digest``, for
+    the gate job's ``--gpufit-plan``."""
+    plan_digest = digest(plan)
     include = [
         {
             "runner": runner.name,
@@ -166,6 +186,7 @@ def matrix(plan: Plan) -> dict[str, Any]:
             "shard": shard,
             "shards": plan.shards(runner),
             "expect": derived_expect(runner),
+            "plan": plan_digest,
         }
         for runner in plan.pool.runners
         for shard in range(1, plan.shards(runner) + 1)

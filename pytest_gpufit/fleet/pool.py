@@ -205,13 +205,16 @@ def parse_pool(data: Any, path: Path) -> Pool:
     seen: dict[str, RunnerClass] = {}
     for index, entry in enumerate(entries):
         runner = _runner(path, index, entry)
-        if runner.name in seen:
+        # Case-blind: the class names artifacts, concurrency groups and durations files,
+        # which GitHub (and case-blind file systems) do not tell apart by case.
+        first = seen.get(runner.name.casefold())
+        if first is not None:
             raise GpufitError(
                 f"{path}:{runner.line}: runners[{index}].name: duplicate class name "
-                f"{runner.name!r} (first at line {seen[runner.name].line}); give each class "
-                "its own name"
+                f"{runner.name!r} (first at line {first.line}, {first.name!r}); give each "
+                "class its own name (names differing only in case count as the same)"
             )
-        seen[runner.name] = runner
+        seen[runner.name.casefold()] = runner
         runners.append(runner)
     line = getattr(data, "key_lines", {}).get("runners", 1)
     return Pool(tuple(runners), placement, str(path), line)

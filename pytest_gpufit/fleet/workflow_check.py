@@ -34,6 +34,15 @@ _HEAD_REF = re.compile(
     r"github\.event\.pull_request\.head\.repo\.full_name"
 )
 _HEAD_FETCH = re.compile(r"gh\s+pr\s+checkout|refs/pull/|\bpull/\$\{\{|git\s+fetch\b.*\bpull/")
+# A git command that, given the head's ref or sha, fetches or checks out its code.
+_GIT = re.compile(r"\bgit\s+(fetch|checkout|switch|pull|reset|clone|worktree)\b")
+# GitHub's hosted images (a larger runner's own name is counted as self-hosted: it may be).
+_HOSTED = re.compile(
+    r"^(ubuntu-(latest|[0-9]{2}\.[0-9]{2})(-arm)?|windows-(latest|[0-9]{4}|11-arm)|"
+    r"macos-(latest|[0-9]{2})(-(large|xlarge|intel|arm64))?)$"
+)
+# A negation before a group or of a negation turns a fork guard around.
+_TURNED = re.compile(r"!\s*\(|!\s*!")
 # ``if:`` conditions that keep a fork's pull request out of a job.
 _SAME_REPO = re.compile(
     r"github\.event\.pull_request\.head\.repo\.full_name\s*==\s*github\.repository|"
@@ -139,12 +148,18 @@ def _matrix_values(job: Mapping[str, Any], name: str) -> list[str] | None:
 
 
 def _self_hosted(labels: Sequence[str]) -> bool:
-    hosted = re.compile(r"^(ubuntu|windows|macos)-")
-    # A label GitHub's hosted images do not have (gpu, h100, a larger runner's own name)
-    # may be self-hosted: counted as such.
+    # A label GitHub's hosted images do not have (gpu, h100, ubuntu-h100, a larger runner's
+    # own name) may be a self-hosted runner's: counted as such.
     return any(label == "self-hosted" or label.startswith("group:") for label in labels) or not all(
-        hosted.match(label) for label in labels
+        _HOSTED.match(label) for label in labels
     )
+
+
+def _approval(environment: Any) -> bool:
+    """Whether ``environment:`` names one environment whatever the event (an expression may
+    name none on a pull request, and then nobody is asked)."""
+    name = environment.get("name") if isinstance(environment, Mapping) else environment
+    return isinstance(name, str) and bool(name.strip()) and "${{" not in name
 
 
 def _gated(jobs: Mapping[str, Any], name: str, seen: frozenset[str] = frozenset()) -> bool:
@@ -153,32 +168,52 @@ def _gated(jobs: Mapping[str, Any], name: str, seen: frozenset[str] = frozenset(
     job = jobs.get(name)
     if not isinstance(job, Mapping) or name in seen:
         return False
-    if job.get("environment"):
+    if _approval(job.get("environment")):
         return True
     condition = str(job.get("if", ""))
-    if _SAME_REPO.search(condition) and "||" not in condition:
+    if _SAME_REPO.search(condition) and "||" not in condition and not _TURNED.search(condition):
         return True
     needs = job.get("needs") or []
     needs = [needs] if isinstance(needs, str) else list(needs)
     return any(_gated(jobs, str(n), seen | {name}) for n in needs)
 
 
-def _head_checkouts(job: Mapping[str, Any]) -> list[str]:
+def _head_env(*envs: Any) -> list[str]:
+    """Names of ``env:`` variables set to the pull request's head (its ref, sha or repo)."""
+    return [
+        str(key)
+        for env in envs
+        if isinstance(env, Mapping)
+        for key, value in env.items()
+        if _HEAD_REF.search(str(value))
+    ]
+
+
+def _names_head(text: str, names: Sequence[str]) -> bool:
+    """Whether ``text`` names the head: directly, or through one of the ``names`` variables."""
+    if _HEAD_REF.search(text):
+        return True
+    return any(re.search(rf"\benv\.{re.escape(n)}\b|\$\{{?{re.escape(n)}\b", text) for n in names)
+
+
+def _head_checkouts(job: Mapping[str, Any], workflow_env: Any = None) -> list[str]:
     """The steps of a job that check out or fetch the pull request's head."""
     found = []
     for index, step in enumerate(job.get("steps") or []):
         if not isinstance(step, Mapping):
             continue
+        names = _head_env(workflow_env, job.get("env"), step.get("env"))
         name = str(step.get("name") or step.get("uses") or f"step {index + 1}")
         uses = str(step.get("uses", ""))
         with_ = step.get("with") or {}
         if (
             uses.startswith("actions/checkout")
             and isinstance(with_, Mapping)
-            and any(_HEAD_REF.search(str(with_.get(k, ""))) for k in ("ref", "repository"))
+            and any(_names_head(str(with_.get(k, "")), names) for k in ("ref", "repository"))
         ):
             found.append(name)
-        if _HEAD_FETCH.search(str(step.get("run", ""))):
+        run = str(step.get("run", ""))
+        if _HEAD_FETCH.search(run) or (_GIT.search(run) and _names_head(run, names)):
             found.append(name)
     return found
 
@@ -203,7 +238,7 @@ def check_workflow(text: str, path: str) -> list[Finding]:
             continue
         line = lines.get(str(name), 1)
         if "pull_request_target" in triggers:
-            for step in _head_checkouts(job):
+            for step in _head_checkouts(job, workflow.get("env")):
                 findings.append(
                     Finding(
                         path,
