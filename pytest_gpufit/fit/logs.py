@@ -79,9 +79,9 @@ class Figure:
     key: str = ""  # a metric name: weights_gib, kv_cache_tokens...
 
     @property
-    def error(self) -> float:
-        """Prediction / log - 1 (0.02 is 2% high)."""
-        return self.predicted / self.logged - 1 if self.logged else float("inf")
+    def error(self) -> float | None:
+        """Prediction / log - 1 (0.02 is 2% high); None when the log says 0 (no ratio)."""
+        return self.predicted / self.logged - 1 if self.logged else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,7 +89,7 @@ class Figure:
             "unit": self.unit,
             "log": self.logged,
             "predicted": round(self.predicted, 4),
-            "error": round(self.error, 4),
+            "error": None if self.error is None else round(self.error, 4),
             "line": self.line,
         }
 
@@ -460,7 +460,12 @@ def render(results: Sequence[Calibration], fmt: str = "text") -> str:
         )
         out += [f"  note: {n}" for n in r.notes]
         rows = [("figure", "log", "predicted", "error")] + [
-            (f.name, _value(f.logged, f.unit), _value(f.predicted, f.unit), f"{f.error:+.1%}")
+            (
+                f.name,
+                _value(f.logged, f.unit),
+                _value(f.predicted, f.unit),
+                "n/a" if f.error is None else f"{f.error:+.1%}",
+            )
             for f in r.figures
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
