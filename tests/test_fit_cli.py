@@ -319,3 +319,17 @@ def test_console_script_engine_error_exit_2() -> None:
         check=False,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_llama_cpp_slots_share_the_context_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    """llama.cpp splits -c cells among -np slots: -c 262144 -np 2 gives each request 131,072
+    tokens, Llama-3.1-8B's maximum, so it starts; -c 262144 alone is one slot past it."""
+    args = ["fit", "llama-3.1-8b", "--gpu", "h100-sxm", "--engine", "llama.cpp", "-c", "262144"]
+    code, out, err = run(capsys, *args, "-np", "2", "--json")
+    assert code == 0, err
+    (entry,) = json.loads(out)["gpus"]
+    assert entry["engine"]["starts"] is True and entry["engine"]["kv_cache_tokens"] == 262144
+    code, out, _ = run(capsys, *args, "--json")
+    (entry,) = json.loads(out)["gpus"]
+    assert entry["engine"]["starts"] is False
+    assert "exceeds the model's max_position_embeddings" in entry["engine"]["reason"]

@@ -207,3 +207,44 @@ targets:
     result.stdout.fnmatch_lines(
         ["*tp.gpufit.yaml:4: requires.fit: requires_fit: gpus: 3 GPUs do not divide*"]
     )
+
+
+def test_engine_fit_holds_the_batch_it_names(pytester: pytest.Pytester) -> None:
+    """``batch`` with ``engine=`` is that many requests of ``context`` tokens at once: the
+    engine must start and hold them all (vLLM's "Maximum concurrency" >= batch), not merely
+    start. Llama-3.1-8B at 128k on an H100: vLLM holds 3.38 such requests."""
+    pytester.makepyfile("""
+        from pytest_gpufit import requires_fit
+
+        @requires_fit("llama-3.1-8b", context=131072, batch=64, engine="vllm")
+        def test_many(): pass
+
+        @requires_fit("llama-3.1-8b", context=131072, batch=3, engine="vllm")
+        def test_three(): pass
+
+        @requires_fit("llama-3.1-8b", context=131072, batch=4, engine="vllm")
+        def test_four(): pass
+
+        @requires_fit("llama-3.1-8b", context=131072, batch=64, engine="sglang")
+        def test_sglang(): pass
+
+        @requires_fit("llama-3.1-8b", context=131072, batch=64, engine="llama.cpp")
+        def test_llama_cpp(): pass
+
+        @requires_fit("llama-3.1-8b", context=131072, batch=64, engine="transformers")
+        def test_transformers(): pass
+
+        @requires_fit("llama-3.1-8b", context=16384, batch=8, engine="llama.cpp")
+        def test_llama_cpp_slots(): pass
+    """)
+    pytester.makeconftest(catalog_probe("h100-sxm"))
+    result = pytester.runpytest("-rA", "--gpufit-on-missing=fail")
+    result.assert_outcomes(passed=2, failed=5)
+    result.stdout.fnmatch_lines(
+        [
+            "*needs Llama-3.1-8B in bf16 on vllm to hold 4 requests of 131,072 tokens at once "
+            "(plan); GPU0 NVIDIA H100 80GB HBM3 has KV cache for 3.38 of them*",
+            "*PASSED*test_three*",
+            "*PASSED*test_llama_cpp_slots*",
+        ]
+    )

@@ -550,7 +550,8 @@ def _llama_cpp(
     length = knobs.max_model_len or spec.max_position_embeddings or 4096
     slots = knobs.max_num_seqs or LLAMA_CPP_PARALLEL
     ubatch = knobs.max_num_batched_tokens or LLAMA_CPP_UBATCH
-    _, reason = _model_len(spec, knobs)
+    # -c cells are shared by the -np slots: each slot's context is what the model must reach.
+    _, reason = _model_len(spec, dataclasses.replace(knobs, max_model_len=length // slots))
     swa_cells = min(length, (kv.window or length) * slots + ubatch)
     cache = kv.full_layers * length + kv.sliding_layers * swa_cells
     kv_bytes = int(cache * kv.elements_per_token_layer * elem) // gpus

@@ -32,15 +32,23 @@ def fit_judge(base: Path | None = None) -> Clause:
         if fit.engine is not None:
             from pytest_gpufit.fit.engines import parse_knobs, plan
 
-            knobs = parse_knobs(fit.engine, max_model_len=fit.context)
+            knobs = parse_knobs(fit.engine, **_batch_knobs(fit, spec.max_position_embeddings))
             the_plan = plan(spec, est.dtype, gpu, fit.gpus, knobs)
-            if the_plan.starts:
-                return None
-            return (
-                f"{spec.name} in {est.dtype} to start on {fit.engine}{split} "
-                f"({the_plan.reason}; plan)",
-                f"{format_gb(gpu.memory_total_bytes)}",
-            )
+            if not the_plan.starts:
+                return (
+                    f"{spec.name} in {est.dtype} to start on {fit.engine}{split} "
+                    f"({the_plan.reason}; plan)",
+                    f"{format_gb(gpu.memory_total_bytes)}",
+                )
+            if the_plan.max_concurrency < fit.batch:
+                # Starting is not serving: batch names that many requests of the context at once.
+                return (
+                    f"{spec.name} in {est.dtype} on {fit.engine}{split} to hold {fit.batch} "
+                    f"requests of {the_plan.max_model_len:,} tokens at once (plan)",
+                    f"KV cache for {the_plan.max_concurrency:.2f} of them on a "
+                    f"{format_gb(gpu.memory_total_bytes)} card",
+                )
+            return None
         if fit.gpus == 1:
             need = est.total_bytes * fit.instances
         else:
@@ -58,3 +66,15 @@ def fit_judge(base: Path | None = None) -> Clause:
         )
 
     return judge
+
+
+def _batch_knobs(fit: FitRequest, model_max: int | None) -> dict[str, int | None]:
+    """The engine knobs that serve ``fit.batch`` requests of ``fit.context`` tokens: llama.cpp
+    shares ``-c`` cells among ``-np`` slots, transformers batches ``max_num_seqs`` sequences,
+    vLLM schedules at most ``max_num_seqs`` (256) at once; the KV cache must hold them all."""
+    if fit.engine == "llama.cpp":
+        per_slot = fit.context or model_max or 4096
+        return {"max_model_len": per_slot * fit.batch, "max_num_seqs": fit.batch}
+    if fit.engine == "transformers" or (fit.engine == "vllm" and fit.batch > 256):
+        return {"max_model_len": fit.context, "max_num_seqs": fit.batch}
+    return {"max_model_len": fit.context}
