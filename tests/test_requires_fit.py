@@ -248,3 +248,25 @@ def test_engine_fit_holds_the_batch_it_names(pytester: pytest.Pytester) -> None:
             "*PASSED*test_llama_cpp_slots*",
         ]
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: suites/checks.py run_fits compares against NVML's total, not usable_bytes()",
+)
+def test_the_suite_fits_check_agrees_with_requires_fit_on_usable_memory(
+    pytester: pytest.Pytester,
+) -> None:
+    """Llama-3.1-70B bf16 at 8k needs 149.6 GB; an H200 has 150.8 GB by NVML but CUDA can
+    allocate 149.2 GB. requires_fit says no; the suite's ``fits`` check must say no too."""
+    pytester.makeconftest(catalog_probe("h200"))
+    pytester.path.joinpath("m.gpufit.yaml").write_text(
+        "suite: s\ntargets:\n  - name: m\n    model: llama-3.1-70b\n    weights: random\n"
+        "    context: 8192\n    checks: {fits: {}}\n"
+    )
+    pytester.makepyfile(
+        "from pytest_gpufit import requires_fit\n\n"
+        "@requires_fit('llama-3.1-70b', context=8192)\ndef test_x(): pass\n"
+    )
+    result = pytester.runpytest("-rA", "--gpufit-on-missing=fail")
+    result.assert_outcomes(failed=2)
