@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from pytest_gpufit.cli import main
+from pytest_gpufit.fit.estimate import estimate
+from pytest_gpufit.fit.spec import load_spec
 
 ROOT = Path(__file__).parent.parent
 GPUFIT = shutil.which("gpufit")
@@ -333,3 +335,26 @@ def test_llama_cpp_slots_share_the_context_cells(capsys: pytest.CaptureFixture[s
     (entry,) = json.loads(out)["gpus"]
     assert entry["engine"]["starts"] is False
     assert "exceeds the model's max_position_embeddings" in entry["engine"]["reason"]
+
+
+def test_llama_cpp_splits_whole_layers(capsys: pytest.CaptureFixture[str]) -> None:
+    """-sm layer puts whole layers on each card: Llama-3.1-70B's 80 layers over 6 RTX 4090s
+    are 14 on the busiest card (23.0 GiB of bf16 weights), which with the runtime does not fit
+    its 23.75 GiB; an even 1/6 split (21.9 GiB) would say it starts. More cards than layers
+    leave cards empty: one DeepSeek-V3 layer per card at least."""
+    code, out, err = run(
+        capsys, "fit", "llama-3.1-70b", "--gpu", "6*rtx-4090", "--engine", "llama.cpp", "-c",
+        "4096", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    (entry,) = json.loads(out)["gpus"]
+    engine = entry["engine"]
+    total = estimate(load_spec("llama-3.1-70b"), "bf16", 1).weights_bytes
+    assert engine["weights_bytes_per_gpu"] == int(total * 14 / 80)
+    assert engine["starts"] is False
+    code, out, _ = run(
+        capsys, "fit", "deepseek-v3", "--gpu", "1024*h100-sxm", "--engine", "llama.cpp", "--json"
+    )
+    (entry,) = json.loads(out)["gpus"]
+    total = estimate(load_spec("deepseek-v3"), "bf16", 1).weights_bytes
+    assert entry["engine"]["weights_bytes_per_gpu"] == int(total / 61)

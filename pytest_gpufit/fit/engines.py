@@ -541,12 +541,15 @@ def _llama_cpp(
     on every layer (sliding layers keep window + ubatch x slots cells); a compute buffer of
     one micro-batch. Not calibrated."""
     usable, source = usable_bytes(gpu)
-    weights = estimate(spec, precision, 1).weights_bytes // gpus
     kv_name = knobs.kv_cache_dtype or "f16"
     elem = LLAMA_CPP_KV_TYPES[kv_name]
     kv = spec.kv
     layers = kv.full_layers + kv.sliding_layers
-    per_token = int(layers * kv.elements_per_token_layer * elem) // gpus
+    # -sm layer gives each GPU whole layers: the busiest holds ceil(layers / N) of them (80
+    # layers over 6 cards: 14, not 13.3), and more cards than layers leave some empty.
+    share = math.ceil(layers / gpus) / layers if layers else 1 / gpus
+    weights = int(estimate(spec, precision, 1).weights_bytes * share)
+    per_token = int(layers * kv.elements_per_token_layer * elem * share)
     length = knobs.max_model_len or spec.max_position_embeddings or 4096
     slots = knobs.max_num_seqs or LLAMA_CPP_PARALLEL
     ubatch = knobs.max_num_batched_tokens or LLAMA_CPP_UBATCH
@@ -554,7 +557,7 @@ def _llama_cpp(
     _, reason = _model_len(spec, dataclasses.replace(knobs, max_model_len=length // slots))
     swa_cells = min(length, (kv.window or length) * slots + ubatch)
     cache = kv.full_layers * length + kv.sliding_layers * swa_cells
-    kv_bytes = int(cache * kv.elements_per_token_layer * elem) // gpus
+    kv_bytes = int(cache * kv.elements_per_token_layer * elem * share)
     compute = ubatch * (4 * spec.hidden_size + spec.vocab_size) * 4
     runtime = RUNTIME_OVERHEAD_BYTES
     need = weights + kv_bytes + compute + runtime
