@@ -358,3 +358,19 @@ def test_llama_cpp_splits_whole_layers(capsys: pytest.CaptureFixture[str]) -> No
     (entry,) = json.loads(out)["gpus"]
     total = estimate(load_spec("deepseek-v3"), "bf16", 1).weights_bytes
     assert entry["engine"]["weights_bytes_per_gpu"] == int(total / 61)
+
+
+def test_vllm_refuses_a_chunk_smaller_than_its_sequences(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """vLLM's SchedulerConfig raises when --max-num-batched-tokens < --max-num-seqs (256 by
+    default): the plan must not say it starts."""
+    args = ["fit", "llama-3.1-8b", "--gpu", "h100-sxm", "--engine", "vllm", "--json"]
+    code, out, err = run(capsys, *args, "--max-num-batched-tokens", "128")
+    assert code == 0, err
+    (entry,) = json.loads(out)["gpus"]
+    assert entry["engine"]["starts"] is False
+    assert "smaller than --max-num-seqs 256" in entry["engine"]["reason"]
+    code, out, _ = run(capsys, *args, "--max-num-batched-tokens", "128", "--max-num-seqs", "128")
+    (entry,) = json.loads(out)["gpus"]
+    assert entry["engine"]["starts"] is True

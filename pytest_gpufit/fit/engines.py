@@ -437,6 +437,13 @@ def _vllm(spec: ModelSpec, precision: str, gpu: Gpu, tp: int, knobs: EngineKnobs
     one = _request_bytes(spec, per_token, length)
     concurrency = round(max(available, 0) / one, 2) if one else 0.0
     gb = GIB
+    chunk = knobs.max_num_batched_tokens or VLLM_MAX_NUM_BATCHED_TOKENS
+    seqs = knobs.max_num_seqs or VLLM_MAX_NUM_SEQS
+    if reason is None and chunk < seqs:  # SchedulerConfig._verify_args refuses it
+        reason = (
+            f"--max-num-batched-tokens {chunk:,} is smaller than --max-num-seqs {seqs:,}; vLLM "
+            "refuses the setting (every scheduled sequence needs a token of the batch)"
+        )
     if reason is None and weights > budget:
         reason = (
             f"weights need {weights / gb:.2f} GiB per GPU, more than the "
