@@ -270,3 +270,21 @@ def test_the_suite_fits_check_agrees_with_requires_fit_on_usable_memory(
     )
     result = pytester.runpytest("-rA", "--gpufit-on-missing=fail")
     result.assert_outcomes(failed=2)
+
+
+def test_llama_cpp_splits_layers_so_any_gpu_count_is_allowed(pytester: pytest.Pytester) -> None:
+    """Heads must divide by the TP size for vLLM, not for llama.cpp (``-sm layer``): three
+    cards are a valid llama.cpp setup, not a collection error."""
+    pytester.makepyfile("""
+        from pytest_gpufit import requires_fit
+
+        @requires_fit("llama-3.1-8b", gpus=3, engine="llama.cpp", context=8192)
+        def test_three(): pass
+    """)
+    pytester.makeconftest(catalog_probe("3*h100-sxm"))
+    result = pytester.runpytest("-rA", "--gpufit-on-missing=fail")
+    result.assert_outcomes(passed=1)
+    pytester.makeconftest(catalog_probe("2*h100-sxm"))
+    result = pytester.runpytest("-rA", "--gpufit-on-missing=fail")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*needs 3 GPUs; found 2*"])
