@@ -374,3 +374,18 @@ def test_vllm_refuses_a_chunk_smaller_than_its_sequences(
     code, out, _ = run(capsys, *args, "--max-num-batched-tokens", "128", "--max-num-seqs", "128")
     (entry,) = json.loads(out)["gpus"]
     assert entry["engine"]["starts"] is True
+
+
+def test_a_split_no_engine_can_run_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    """Three cards cannot split Llama-3.1-8B's 32 heads (the engine plan refuses it): the raw
+    table must not say 'fits x8' for that setup, and says why."""
+    code, out, err = run(capsys, "fit", "llama-3.1-8b", "--gpu", "3*h100-sxm,2*h100-sxm", "--json")
+    assert code == 0, err
+    three, two = json.loads(out)["gpus"]
+    assert three["fits"] is False and three["instances"] == 0 and three["max_context"] == 0
+    assert "3 GPUs do not divide the 32 attention heads" in three["split_error"]
+    assert two["fits"] is True and two["split_error"] is None
+    code, out, _ = run(capsys, "fit", "llama-3.1-8b", "--gpu", "3*h100-sxm")
+    assert "no: tensor parallel: 3 GPUs do not divide the 32 attention heads" in out
+    code, out, _ = run(capsys, "upgrade", "h100-sxm", "3*h100-sxm", "llama-3.1-8b")
+    assert code == 0 and "no: tensor parallel: 3 GPUs do not divide" in out

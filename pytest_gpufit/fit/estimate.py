@@ -364,6 +364,7 @@ class GpuFit:
     decode_tok_s_ceiling: float | None
     per_card_bytes: int
     usable_bytes: int = 0  # per card: what CUDA can allocate; fits/headroom are judged on it
+    split_error: str | None = None  # count cards cannot split the heads: it does not fit
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -466,7 +467,13 @@ def fit_on(
     memory, _ = usable_bytes(gpu)
     need_at = _per_card(spec, est, count)
     need = need_at(est.context)
-    fits = need <= memory
+    split_error = None
+    if count > 1:
+        try:
+            check_tensor_parallel(spec, count)
+        except GpufitError as error:  # 3 cards for 32 heads: no engine splits it, so no fit
+            split_error = str(error)
+    fits = need <= memory and split_error is None
     # Every copy is split over all the setup's cards, so instances are counted per card.
     instances = memory // need if fits else 0
     ceiling = None
@@ -481,10 +488,13 @@ def fit_on(
         memory_bytes=gpu.memory_total_bytes,
         fits=fits,
         headroom_bytes=memory - need,
-        max_context=_max_context(need_at, spec.max_position_embeddings, memory),
+        max_context=0
+        if split_error
+        else _max_context(need_at, spec.max_position_embeddings, memory),
         instances=int(instances),
         precision_support=precision_support(est.weight_format, gpu),
         decode_tok_s_ceiling=ceiling,
         per_card_bytes=need,
         usable_bytes=memory,
+        split_error=split_error,
     )
