@@ -75,6 +75,13 @@ def _batch_knobs(fit: FitRequest, model_max: int | None) -> dict[str, int | None
     if fit.engine == "llama.cpp":
         per_slot = fit.context or model_max or 4096
         return {"max_model_len": per_slot * fit.batch, "max_num_seqs": fit.batch}
-    if fit.engine == "transformers" or (fit.engine == "vllm" and fit.batch > 256):
+    if fit.engine == "vllm" and fit.batch > 256:  # a prefill chunk of >= 1 token per sequence
+        chunk = fit.batch if fit.batch > 8192 else None
+        return {
+            "max_model_len": fit.context,
+            "max_num_seqs": fit.batch,
+            "max_num_batched_tokens": chunk,
+        }
+    if fit.engine == "transformers":
         return {"max_model_len": fit.context, "max_num_seqs": fit.batch}
     return {"max_model_len": fit.context}
