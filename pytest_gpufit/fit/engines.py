@@ -554,7 +554,8 @@ def _llama_cpp(
     layers = kv.full_layers + kv.sliding_layers
     # -sm layer gives each GPU whole layers: the busiest holds ceil(layers / N) of them (80
     # layers over 6 cards: 14, not 13.3), and more cards than layers leave some empty.
-    share = math.ceil(layers / gpus) / layers if layers else 1 / gpus
+    blocks = spec.num_layers or layers
+    share = math.ceil(blocks / gpus) / blocks if blocks else 1 / gpus
     weights = int(estimate(spec, precision, 1).weights_bytes * share)
     per_token = int(layers * kv.elements_per_token_layer * elem * share)
     length = knobs.max_model_len or spec.max_position_embeddings or 4096
