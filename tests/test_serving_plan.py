@@ -102,3 +102,20 @@ def test_a_log_with_a_number_too_long_does_not_raise(tmp_path: Path) -> None:
     ctx = context(catalog_gpu("h100"))
     run_serves(ctx, served_with(log), {})
     assert ctx.metrics["plan_starts"] is True and not ctx.failures
+
+
+def test_the_plan_uses_the_ranks_that_logged_when_the_log_states_no_tp(tmp_path: Path) -> None:
+    """vLLM 0.8 logs one 'Model loading took' per rank and no TP size (fixtures/engine-logs/
+    vllm-0.8-v1-qwen3-tp4.log): the serves check must plan for those 4 ranks, as
+    ``gpufit calibrate`` does, not for one GPU (a +300% 'error' on the weights)."""
+    lines = [
+        f"(VllmWorker rank={r} pid={105 + r}) INFO [gpu_model_runner.py:1347] Model loading "
+        "took 3.7500 GiB and 12.0 seconds"
+        for r in range(4)
+    ]
+    log = tmp_path / "server.log"
+    log.write_text("\n".join(lines) + "\n")
+    ctx = context(catalog_gpu("h100"))
+    run_serves(ctx, served_with(log), {})
+    assert ctx.metrics["plan_tensor_parallel"] == 4
+    assert abs(ctx.metrics["engine_weights_gib_vs_plan"]) < 0.02

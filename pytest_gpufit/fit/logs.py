@@ -329,7 +329,9 @@ def hold_against_plan(
     from pytest_gpufit.fit.engines import plan
 
     engine = log.setup.engine or "vllm"
-    the_plan = plan(spec, precision, gpu, log.setup.tensor_parallel or 1, knobs_from(log, engine))
+    seen = log.setup.ranks_seen if (log.setup.ranks_seen or 0) > 1 else None
+    tp = log.setup.tensor_parallel or seen or 1  # as calibrate reads it: N ranks logging, TP N
+    the_plan = plan(spec, precision, gpu, tp, knobs_from(log, engine))
     figures, _ = compare(log, the_plan, card_known=True)
     return the_plan, figures
 
