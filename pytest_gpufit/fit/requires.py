@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.context import check_context
 from pytest_gpufit.fit.estimate import estimate, per_card_bytes, usable_bytes
 from pytest_gpufit.fit.spec import load_spec
@@ -32,7 +33,13 @@ def fit_judge(base: Path | None = None) -> Clause:
         if fit.engine is not None:
             from pytest_gpufit.fit.engines import parse_knobs, plan
 
-            knobs = parse_knobs(fit.engine, **_batch_knobs(fit, spec.max_position_embeddings))
+            try:
+                knobs = parse_knobs(fit.engine, **_batch_knobs(fit, spec.max_position_embeddings))
+            except GpufitError as error:  # batch x context past what the engine accepts
+                raise GpufitError(
+                    f"requires_fit batch={fit.batch}, context={fit.context}, engine="
+                    f"{fit.engine!r}: the engine setting it needs is refused: {error}"
+                ) from None
             the_plan = plan(spec, est.dtype, gpu, fit.gpus, knobs)
             if not the_plan.starts:
                 return (
