@@ -389,3 +389,18 @@ def test_a_split_no_engine_can_run_does_not_fit(capsys: pytest.CaptureFixture[st
     assert "no: tensor parallel: 3 GPUs do not divide the 32 attention heads" in out
     code, out, _ = run(capsys, "upgrade", "h100-sxm", "3*h100-sxm", "llama-3.1-8b")
     assert code == 0 and "no: tensor parallel: 3 GPUs do not divide" in out
+
+
+def test_the_engine_plan_does_not_start_without_a_kernel(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """fp8 on a T4: the raw table says 'unsupported precision'; the vLLM plan must agree."""
+    code, out, err = run(
+        capsys, "fit", "qwen3-0.6b", "--dtype", "fp8", "--gpu", "t4", "--engine", "vllm",
+        "--max-model-len", "4096", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    (entry,) = json.loads(out)["gpus"]
+    assert entry["precision_support"] == "unsupported"
+    engine = entry["engine"]
+    assert engine["starts"] is False and "no fp8 kernel on CC 7.5" in engine["reason"]

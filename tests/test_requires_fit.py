@@ -288,3 +288,27 @@ def test_llama_cpp_splits_layers_so_any_gpu_count_is_allowed(pytester: pytest.Py
     result = pytester.runpytest("-rA", "--gpufit-on-missing=fail")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*needs 3 GPUs; found 2*"])
+
+
+def test_a_precision_the_card_has_no_kernel_for_does_not_fit(pytester: pytest.Pytester) -> None:
+    """The table says 'unsupported precision' for fp8 on a T4 (CC 7.5: no fp8 kernel, native or
+    weight-only); requires_fit, by bytes or by an engine, must not pass it on memory alone."""
+    pytester.makepyfile("""
+        from pytest_gpufit import requires_fit
+
+        @requires_fit("qwen3-0.6b", dtype="fp8", context=4096)
+        def test_raw(): pass
+
+        @requires_fit("qwen3-0.6b", dtype="fp8", context=4096, engine="vllm")
+        def test_vllm(): pass
+
+        @requires_fit("qwen3-0.6b", dtype="int4", context=4096)
+        def test_weight_only(): pass
+    """)
+    pytester.makeconftest(catalog_probe("t4"))
+    result = pytester.runpytest("-rA", "--gpufit-on-missing=fail")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        ["*needs a kernel for Qwen3-0.6B's fp8 weights (native or emulated); GPU0 Tesla T4 "
+         "has CC 7.5, native: *"]
+    )  # fmt: skip

@@ -24,6 +24,7 @@ from pytest_gpufit.fit.estimate import (
     check_tensor_parallel,
     estimate,
     kv_bytes_per_token_per_gpu,
+    precision_support,
     role_formats,
     runtime_bytes_per_gpu,
     usable_bytes,
@@ -329,12 +330,23 @@ def plan(
     ):
         raise GpufitError(f"GPU count must be a whole number 1-1024, got {tensor_parallel!r}")
     if engine == "vllm":
-        return _vllm(spec, precision, gpu, tensor_parallel, knobs)
-    if engine == "sglang":
-        return _sglang(spec, precision, gpu, tensor_parallel, knobs)
-    if engine == "llama.cpp":
-        return _llama_cpp(spec, precision, gpu, tensor_parallel, knobs)
-    return _transformers(spec, precision, gpu, tensor_parallel, knobs)
+        the_plan = _vllm(spec, precision, gpu, tensor_parallel, knobs)
+    elif engine == "sglang":
+        the_plan = _sglang(spec, precision, gpu, tensor_parallel, knobs)
+    elif engine == "llama.cpp":
+        the_plan = _llama_cpp(spec, precision, gpu, tensor_parallel, knobs)
+    else:
+        the_plan = _transformers(spec, precision, gpu, tensor_parallel, knobs)
+    fmt = estimate(spec, precision, 1).weight_format
+    if the_plan.starts and precision_support(fmt, gpu) == "unsupported":
+        # The memory would do, the kernels are missing (fp8 on a CC 7.5 T4): no engine runs it.
+        return dataclasses.replace(
+            the_plan,
+            starts=False,
+            reason=f"no {fmt} kernel on CC {gpu.cc_text}, native or weight-only (the fit "
+            "table's 'unsupported precision')",
+        )
+    return the_plan
 
 
 def _act_bytes(precision: str) -> int:
