@@ -312,3 +312,28 @@ def test_a_precision_the_card_has_no_kernel_for_does_not_fit(pytester: pytest.Py
         ["*needs a kernel for Qwen3-0.6B's fp8 weights (native or emulated); GPU0 Tesla T4 "
          "has CC 7.5, native: *"]
     )  # fmt: skip
+
+
+def test_an_unknown_kernel_set_is_judged_on_memory(pytester: pytest.Pytester) -> None:
+    """Only an NVIDIA card of known compute capability is refused a format: an MI300X's int4
+    (the catalog lists no int4, ROCm engines run AWQ) and a card whose CC the probe could not
+    read are judged on memory as before."""
+    pytester.makeconftest("""
+import dataclasses
+from pytest_gpufit.hardware.catalog import simulated_gpus
+from pytest_gpufit.hardware.records import Inventory
+
+def pytest_gpufit_probe(config):
+    amd, nv = simulated_gpus("mi300x,h100-sxm")
+    nv = dataclasses.replace(nv, compute_capability=None, native_dtypes=())
+    gpus = tuple(dataclasses.replace(g, simulated=False) for g in (amd, nv))
+    return Inventory(gpus=gpus, source="fake")
+""")
+    pytester.makepyfile("""
+        from pytest_gpufit import requires_fit
+
+        @requires_fit("qwen3-0.6b", dtype="int4", context=4096, gpus=2)
+        def test_both(): pass
+    """)
+    result = pytester.runpytest("-rA", "--gpufit-on-missing=fail")
+    result.assert_outcomes(passed=1)

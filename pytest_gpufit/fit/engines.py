@@ -24,7 +24,7 @@ from pytest_gpufit.fit.estimate import (
     check_tensor_parallel,
     estimate,
     kv_bytes_per_token_per_gpu,
-    precision_support,
+    lacks_kernel,
     role_formats,
     runtime_bytes_per_gpu,
     usable_bytes,
@@ -338,7 +338,7 @@ def plan(
     else:
         the_plan = _transformers(spec, precision, gpu, tensor_parallel, knobs)
     fmt = estimate(spec, precision, 1).weight_format
-    if the_plan.starts and precision_support(fmt, gpu) == "unsupported":
+    if the_plan.starts and lacks_kernel(fmt, gpu):
         # The memory would do, the kernels are missing (fp8 on a CC 7.5 T4): no engine runs it.
         return dataclasses.replace(
             the_plan,

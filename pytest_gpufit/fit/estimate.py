@@ -441,6 +441,14 @@ def precision_support(fmt: str, gpu: Gpu) -> str:
     return "emulated" if floor and gpu.compute_capability >= floor else "unsupported"
 
 
+def lacks_kernel(fmt: str, gpu: Gpu) -> bool:
+    """True when an NVIDIA card of known compute capability has no kernel for ``fmt``, native
+    or weight-only (fp8 on a CC 7.5 T4). Elsewhere "unsupported" means the catalog does not
+    know, which is no evidence that the format cannot run."""
+    known = gpu.vendor == "nvidia" and gpu.compute_capability is not None
+    return known and precision_support(fmt, gpu) == "unsupported"
+
+
 def max_context(spec: ModelSpec, est: MemoryEstimate, cards: int, memory: int) -> int:
     """The largest context (up to max_position_embeddings) that fits on the cards."""
     return _max_context(_per_card(spec, est, cards), spec.max_position_embeddings, memory)

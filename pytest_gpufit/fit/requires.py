@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.context import check_context
-from pytest_gpufit.fit.estimate import estimate, per_card_bytes, precision_support, usable_bytes
+from pytest_gpufit.fit.estimate import estimate, lacks_kernel, per_card_bytes, usable_bytes
 from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.requirements import FitRequest
@@ -30,7 +30,7 @@ def fit_judge(base: Path | None = None) -> Clause:
         check_context(spec, fit.context, "requires_fit context")
         est = estimate(spec, fit.dtype, fit.context, fit.batch)
         split = f", tensor parallel over {fit.gpus} GPUs" if fit.gpus > 1 else ""
-        if precision_support(est.weight_format, gpu) == "unsupported":
+        if lacks_kernel(est.weight_format, gpu):
             # The table's "unsupported precision": no kernel, native or weight-only, on this card.
             native = ", ".join(gpu.native_dtypes) or "none known"
             return (
