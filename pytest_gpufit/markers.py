@@ -467,7 +467,8 @@ def check_fit_models(req: Requirement, base: Path) -> None:
                 spec = load_spec(fit.model, base)
                 # Beyond the model's maximum, or a split the engines refuse: errors, not verdicts.
                 check_context(spec, fit.context, "context")
-                check_tensor_parallel(spec, fit.gpus, "gpus")
+                if fit.engine != "llama.cpp":  # it splits whole layers, not attention heads
+                    check_tensor_parallel(spec, fit.gpus, "gpus")
         except GpufitError as error:
             raise GpufitError(f"requires_fit: {error}") from None
 

@@ -252,3 +252,54 @@ def test_tensor_parallel_from_the_ranks_that_logged(capsys: pytest.CaptureFixtur
         capsys, "calibrate", str(LOGS / "vllm-0.8-v1-qwen3-tp4.log"), "--model", "qwen3-30b-a3b"
     )
     assert code == 0 and "TP 4" in out and "the ranks that logged" in out
+
+
+# ---- attacks on the log reader (h/attack-fit) -------------------------------------------------
+
+HUGE = "9" * 5000  # past Python's 4,300-digit limit for int(str)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"INFO Using max model len {HUGE}\nModel loading took 14.99 GiB memory\n",
+        f"vllm serve meta-llama/Llama-3.1-8B --max-model-len {HUGE}\n"
+        "Model loading took 14.99 GiB memory\n",
+        f"llama-server -m x.gguf\nllama_context: n_ctx = {HUGE}\n"
+        "load_tensors: CUDA0 model buffer size = 100.0 MiB\n",
+        f"Model loading took {HUGE}.5 GiB memory\nINFO GPU KV cache size: {HUGE} tokens\n",
+        f"INFO # GPU blocks: {HUGE}\nMaximum concurrency for {HUGE} tokens per request: 2.0x\n",
+    ],
+)
+def test_a_number_too_long_to_convert_never_raises(text: str) -> None:
+    """int('9' * 5000) is a ValueError and int(float('9' * 5000)) an OverflowError: the reader
+    must skip such a figure, not raise (calibrate and the serves check read the same text)."""
+    read_engine_log(text)
+
+
+def test_calibrate_a_log_with_a_number_too_long_is_one_message(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(f"vllm serve meta-llama/Llama-3.1-8B\nINFO GPU KV cache size: {HUGE} tokens\n")
+    code, out, err = run(capsys, "calibrate", str(log), "--gpu", "h100")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "no vLLM, SGLang or llama.cpp allocation lines recognised" in err
+
+
+def test_calibrate_json_stays_strict_json_when_the_log_says_zero(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A figure the log gives as 0 has no relative error: null in JSON (never ``Infinity``,
+    which strict JSON readers refuse) and 'n/a' in the text."""
+    log = tmp_path / "server.log"
+    log.write_text(
+        "vllm serve meta-llama/Llama-3.1-8B --dtype bfloat16\n"
+        "INFO Model loading took 0.00 GiB memory\nINFO GPU KV cache size: 0 tokens\n"
+    )
+    code, out, err = run(capsys, "calibrate", str(log), "--gpu", "h100", "--json")
+    assert code == 0, err
+    (result,) = json.loads(out, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert [f["error"] for f in result["figures"]] == [None, None]
+    code, out, _ = run(capsys, "calibrate", str(log), "--gpu", "h100")
+    assert "inf" not in out and "n/a" in out

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from pytest_gpufit.cli import main
+from pytest_gpufit.fit.estimate import estimate
+from pytest_gpufit.fit.spec import load_spec
 
 ROOT = Path(__file__).parent.parent
 GPUFIT = shutil.which("gpufit")
@@ -319,3 +321,86 @@ def test_console_script_engine_error_exit_2() -> None:
         check=False,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_llama_cpp_slots_share_the_context_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    """llama.cpp splits -c cells among -np slots: -c 262144 -np 2 gives each request 131,072
+    tokens, Llama-3.1-8B's maximum, so it starts; -c 262144 alone is one slot past it."""
+    args = ["fit", "llama-3.1-8b", "--gpu", "h100-sxm", "--engine", "llama.cpp", "-c", "262144"]
+    code, out, err = run(capsys, *args, "-np", "2", "--json")
+    assert code == 0, err
+    (entry,) = json.loads(out)["gpus"]
+    assert entry["engine"]["starts"] is True and entry["engine"]["kv_cache_tokens"] == 262144
+    code, out, _ = run(capsys, *args, "--json")
+    (entry,) = json.loads(out)["gpus"]
+    assert entry["engine"]["starts"] is False
+    assert "exceeds the model's max_position_embeddings" in entry["engine"]["reason"]
+
+
+def test_llama_cpp_splits_whole_layers(capsys: pytest.CaptureFixture[str]) -> None:
+    """-sm layer puts whole layers on each card: Llama-3.1-70B's 80 layers over 6 RTX 4090s
+    are 14 on the busiest card (23.0 GiB of bf16 weights), which with the runtime does not fit
+    its 23.75 GiB; an even 1/6 split (21.9 GiB) would say it starts. More cards than layers
+    leave cards empty: one DeepSeek-V3 layer per card at least."""
+    code, out, err = run(
+        capsys, "fit", "llama-3.1-70b", "--gpu", "6*rtx-4090", "--engine", "llama.cpp", "-c",
+        "4096", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    (entry,) = json.loads(out)["gpus"]
+    engine = entry["engine"]
+    total = estimate(load_spec("llama-3.1-70b"), "bf16", 1).weights_bytes
+    assert engine["weights_bytes_per_gpu"] == int(total * 14 / 80)
+    assert engine["starts"] is False
+    code, out, _ = run(
+        capsys, "fit", "deepseek-v3", "--gpu", "1024*h100-sxm", "--engine", "llama.cpp", "--json"
+    )
+    (entry,) = json.loads(out)["gpus"]
+    total = estimate(load_spec("deepseek-v3"), "bf16", 1).weights_bytes
+    assert entry["engine"]["weights_bytes_per_gpu"] == int(total / 61)
+
+
+def test_vllm_refuses_a_chunk_smaller_than_its_sequences(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """vLLM's SchedulerConfig raises when --max-num-batched-tokens < --max-num-seqs (256 by
+    default): the plan must not say it starts."""
+    args = ["fit", "llama-3.1-8b", "--gpu", "h100-sxm", "--engine", "vllm", "--json"]
+    code, out, err = run(capsys, *args, "--max-num-batched-tokens", "128")
+    assert code == 0, err
+    (entry,) = json.loads(out)["gpus"]
+    assert entry["engine"]["starts"] is False
+    assert "smaller than --max-num-seqs 256" in entry["engine"]["reason"]
+    code, out, _ = run(capsys, *args, "--max-num-batched-tokens", "128", "--max-num-seqs", "128")
+    (entry,) = json.loads(out)["gpus"]
+    assert entry["engine"]["starts"] is True
+
+
+def test_a_split_no_engine_can_run_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    """Three cards cannot split Llama-3.1-8B's 32 heads (the engine plan refuses it): the raw
+    table must not say 'fits x8' for that setup, and says why."""
+    code, out, err = run(capsys, "fit", "llama-3.1-8b", "--gpu", "3*h100-sxm,2*h100-sxm", "--json")
+    assert code == 0, err
+    three, two = json.loads(out)["gpus"]
+    assert three["fits"] is False and three["instances"] == 0 and three["max_context"] == 0
+    assert "3 GPUs do not divide the 32 attention heads" in three["split_error"]
+    assert two["fits"] is True and two["split_error"] is None
+    code, out, _ = run(capsys, "fit", "llama-3.1-8b", "--gpu", "3*h100-sxm")
+    assert "no: tensor parallel: 3 GPUs do not divide the 32 attention heads" in out
+    code, out, _ = run(capsys, "upgrade", "h100-sxm", "3*h100-sxm", "llama-3.1-8b")
+    assert code == 0 and "no: tensor parallel: 3 GPUs do not divide" in out
+
+
+def test_the_engine_plan_does_not_start_without_a_kernel(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """fp8 on a T4: the raw table says 'unsupported precision'; the vLLM plan must agree."""
+    code, out, err = run(
+        capsys, "fit", "qwen3-0.6b", "--dtype", "fp8", "--gpu", "t4", "--engine", "vllm",
+        "--max-model-len", "4096", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    (entry,) = json.loads(out)["gpus"]
+    assert entry["precision_support"] == "unsupported"
+    engine = entry["engine"]
+    assert engine["starts"] is False and "no fp8 kernel on CC 7.5" in engine["reason"]

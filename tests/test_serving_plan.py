@@ -79,3 +79,43 @@ def test_a_bad_setup_in_the_log_is_recorded_not_raised(tmp_path: Path) -> None:
     ctx = context(None)  # on the CPU: no card to plan for
     run_serves(ctx, served_with(log), {})
     assert not any(key.startswith("plan_") for key in ctx.metrics)
+
+
+def test_a_figure_the_log_gives_as_zero_is_recorded_finite(tmp_path: Path) -> None:
+    """A tiny model's log says 'Model loading took 0.00 GiB': no ratio to the plan exists. The
+    comparison is recorded, not judged, so it must not put an inf into the metrics (a
+    non-finite measurement fails the check) nor raise."""
+    from pytest_gpufit.suites.checks import non_finite
+
+    log = tmp_path / "server.log"
+    log.write_text(LOG.replace("took 14.99 GiB", "took 0.00 GiB"))
+    ctx = context(catalog_gpu("h100"))
+    run_serves(ctx, served_with(log), {})
+    assert non_finite(ctx.metrics) == []
+    assert "plan_weights_gib" in ctx.metrics and "engine_weights_gib_vs_plan" not in ctx.metrics
+    assert "engine_kv_cache_tokens_vs_plan" in ctx.metrics  # the other figures still compared
+
+
+def test_a_log_with_a_number_too_long_does_not_raise(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(LOG + f"\nINFO Using max model len {'9' * 5000}\n")
+    ctx = context(catalog_gpu("h100"))
+    run_serves(ctx, served_with(log), {})
+    assert ctx.metrics["plan_starts"] is True and not ctx.failures
+
+
+def test_the_plan_uses_the_ranks_that_logged_when_the_log_states_no_tp(tmp_path: Path) -> None:
+    """vLLM 0.8 logs one 'Model loading took' per rank and no TP size (fixtures/engine-logs/
+    vllm-0.8-v1-qwen3-tp4.log): the serves check must plan for those 4 ranks, as
+    ``gpufit calibrate`` does, not for one GPU (a +300% 'error' on the weights)."""
+    lines = [
+        f"(VllmWorker rank={r} pid={105 + r}) INFO [gpu_model_runner.py:1347] Model loading "
+        "took 3.7500 GiB and 12.0 seconds"
+        for r in range(4)
+    ]
+    log = tmp_path / "server.log"
+    log.write_text("\n".join(lines) + "\n")
+    ctx = context(catalog_gpu("h100"))
+    run_serves(ctx, served_with(log), {})
+    assert ctx.metrics["plan_tensor_parallel"] == 4
+    assert abs(ctx.metrics["engine_weights_gib_vs_plan"]) < 0.02

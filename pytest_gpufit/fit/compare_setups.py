@@ -191,6 +191,8 @@ def compare(
 
 
 def _cell(v: SetupView) -> str:
+    if not v.fits and v.starts is None and v.reason:  # the cards cannot split the heads
+        return f"no: {v.reason}"
     if not v.fits:
         return (
             f"no: needs {format_gb(v.per_card_bytes)}/card, "

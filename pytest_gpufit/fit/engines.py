@@ -24,6 +24,7 @@ from pytest_gpufit.fit.estimate import (
     check_tensor_parallel,
     estimate,
     kv_bytes_per_token_per_gpu,
+    lacks_kernel,
     role_formats,
     runtime_bytes_per_gpu,
     usable_bytes,
@@ -329,12 +330,23 @@ def plan(
     ):
         raise GpufitError(f"GPU count must be a whole number 1-1024, got {tensor_parallel!r}")
     if engine == "vllm":
-        return _vllm(spec, precision, gpu, tensor_parallel, knobs)
-    if engine == "sglang":
-        return _sglang(spec, precision, gpu, tensor_parallel, knobs)
-    if engine == "llama.cpp":
-        return _llama_cpp(spec, precision, gpu, tensor_parallel, knobs)
-    return _transformers(spec, precision, gpu, tensor_parallel, knobs)
+        the_plan = _vllm(spec, precision, gpu, tensor_parallel, knobs)
+    elif engine == "sglang":
+        the_plan = _sglang(spec, precision, gpu, tensor_parallel, knobs)
+    elif engine == "llama.cpp":
+        the_plan = _llama_cpp(spec, precision, gpu, tensor_parallel, knobs)
+    else:
+        the_plan = _transformers(spec, precision, gpu, tensor_parallel, knobs)
+    fmt = estimate(spec, precision, 1).weight_format
+    if the_plan.starts and lacks_kernel(fmt, gpu):
+        # The memory would do, the kernels are missing (fp8 on a CC 7.5 T4): no engine runs it.
+        return dataclasses.replace(
+            the_plan,
+            starts=False,
+            reason=f"no {fmt} kernel on CC {gpu.cc_text}, native or weight-only (the fit "
+            "table's 'unsupported precision')",
+        )
+    return the_plan
 
 
 def _act_bytes(precision: str) -> int:
@@ -437,6 +449,13 @@ def _vllm(spec: ModelSpec, precision: str, gpu: Gpu, tp: int, knobs: EngineKnobs
     one = _request_bytes(spec, per_token, length)
     concurrency = round(max(available, 0) / one, 2) if one else 0.0
     gb = GIB
+    chunk = knobs.max_num_batched_tokens or VLLM_MAX_NUM_BATCHED_TOKENS
+    seqs = knobs.max_num_seqs or VLLM_MAX_NUM_SEQS
+    if reason is None and chunk < seqs:  # SchedulerConfig._verify_args refuses it
+        reason = (
+            f"--max-num-batched-tokens {chunk:,} is smaller than --max-num-seqs {seqs:,}; vLLM "
+            "refuses the setting (every scheduled sequence needs a token of the batch)"
+        )
     if reason is None and weights > budget:
         reason = (
             f"weights need {weights / gb:.2f} GiB per GPU, more than the "
@@ -541,19 +560,24 @@ def _llama_cpp(
     on every layer (sliding layers keep window + ubatch x slots cells); a compute buffer of
     one micro-batch. Not calibrated."""
     usable, source = usable_bytes(gpu)
-    weights = estimate(spec, precision, 1).weights_bytes // gpus
     kv_name = knobs.kv_cache_dtype or "f16"
     elem = LLAMA_CPP_KV_TYPES[kv_name]
     kv = spec.kv
     layers = kv.full_layers + kv.sliding_layers
-    per_token = int(layers * kv.elements_per_token_layer * elem) // gpus
+    # -sm layer gives each GPU whole layers: the busiest holds ceil(layers / N) of them (80
+    # layers over 6 cards: 14, not 13.3), and more cards than layers leave some empty.
+    blocks = spec.num_layers or layers
+    share = math.ceil(blocks / gpus) / blocks if blocks else 1 / gpus
+    weights = int(estimate(spec, precision, 1).weights_bytes * share)
+    per_token = int(layers * kv.elements_per_token_layer * elem * share)
     length = knobs.max_model_len or spec.max_position_embeddings or 4096
     slots = knobs.max_num_seqs or LLAMA_CPP_PARALLEL
     ubatch = knobs.max_num_batched_tokens or LLAMA_CPP_UBATCH
-    _, reason = _model_len(spec, knobs)
+    # -c cells are shared by the -np slots: each slot's context is what the model must reach.
+    _, reason = _model_len(spec, dataclasses.replace(knobs, max_model_len=length // slots))
     swa_cells = min(length, (kv.window or length) * slots + ubatch)
     cache = kv.full_layers * length + kv.sliding_layers * swa_cells
-    kv_bytes = int(cache * kv.elements_per_token_layer * elem) // gpus
+    kv_bytes = int(cache * kv.elements_per_token_layer * elem * share)
     compute = ubatch * (4 * spec.hidden_size + spec.vocab_size) * 4
     runtime = RUNTIME_OVERHEAD_BYTES
     need = weights + kv_bytes + compute + runtime

@@ -364,6 +364,7 @@ class GpuFit:
     decode_tok_s_ceiling: float | None
     per_card_bytes: int
     usable_bytes: int = 0  # per card: what CUDA can allocate; fits/headroom are judged on it
+    split_error: str | None = None  # count cards cannot split the heads: it does not fit
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -440,6 +441,14 @@ def precision_support(fmt: str, gpu: Gpu) -> str:
     return "emulated" if floor and gpu.compute_capability >= floor else "unsupported"
 
 
+def lacks_kernel(fmt: str, gpu: Gpu) -> bool:
+    """True when an NVIDIA card of known compute capability has no kernel for ``fmt``, native
+    or weight-only (fp8 on a CC 7.5 T4). Elsewhere "unsupported" means the catalog does not
+    know, which is no evidence that the format cannot run."""
+    known = gpu.vendor == "nvidia" and gpu.compute_capability is not None
+    return known and precision_support(fmt, gpu) == "unsupported"
+
+
 def max_context(spec: ModelSpec, est: MemoryEstimate, cards: int, memory: int) -> int:
     """The largest context (up to max_position_embeddings) that fits on the cards."""
     return _max_context(_per_card(spec, est, cards), spec.max_position_embeddings, memory)
@@ -466,7 +475,13 @@ def fit_on(
     memory, _ = usable_bytes(gpu)
     need_at = _per_card(spec, est, count)
     need = need_at(est.context)
-    fits = need <= memory
+    split_error = None
+    if count > 1:
+        try:
+            check_tensor_parallel(spec, count)
+        except GpufitError as error:  # 3 cards for 32 heads: no engine splits it, so no fit
+            split_error = str(error)
+    fits = need <= memory and split_error is None
     # Every copy is split over all the setup's cards, so instances are counted per card.
     instances = memory // need if fits else 0
     ceiling = None
@@ -481,10 +496,13 @@ def fit_on(
         memory_bytes=gpu.memory_total_bytes,
         fits=fits,
         headroom_bytes=memory - need,
-        max_context=_max_context(need_at, spec.max_position_embeddings, memory),
+        max_context=0
+        if split_error
+        else _max_context(need_at, spec.max_position_embeddings, memory),
         instances=int(instances),
         precision_support=precision_support(est.weight_format, gpu),
         decode_tok_s_ceiling=ceiling,
         per_card_bytes=need,
         usable_bytes=memory,
+        split_error=split_error,
     )

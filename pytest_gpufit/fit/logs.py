@@ -79,9 +79,9 @@ class Figure:
     key: str = ""  # a metric name: weights_gib, kv_cache_tokens...
 
     @property
-    def error(self) -> float:
-        """Prediction / log - 1 (0.02 is 2% high)."""
-        return self.predicted / self.logged - 1 if self.logged else float("inf")
+    def error(self) -> float | None:
+        """Prediction / log - 1 (0.02 is 2% high); None when the log says 0 (no ratio)."""
+        return self.predicted / self.logged - 1 if self.logged else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,7 +89,7 @@ class Figure:
             "unit": self.unit,
             "log": self.logged,
             "predicted": round(self.predicted, 4),
-            "error": round(self.error, 4),
+            "error": None if self.error is None else round(self.error, 4),
             "line": self.line,
         }
 
@@ -329,7 +329,9 @@ def hold_against_plan(
     from pytest_gpufit.fit.engines import plan
 
     engine = log.setup.engine or "vllm"
-    the_plan = plan(spec, precision, gpu, log.setup.tensor_parallel or 1, knobs_from(log, engine))
+    seen = log.setup.ranks_seen if (log.setup.ranks_seen or 0) > 1 else None
+    tp = log.setup.tensor_parallel or seen or 1  # as calibrate reads it: N ranks logging, TP N
+    the_plan = plan(spec, precision, gpu, tp, knobs_from(log, engine))
     figures, _ = compare(log, the_plan, card_known=True)
     return the_plan, figures
 
@@ -460,7 +462,12 @@ def render(results: Sequence[Calibration], fmt: str = "text") -> str:
         )
         out += [f"  note: {n}" for n in r.notes]
         rows = [("figure", "log", "predicted", "error")] + [
-            (f.name, _value(f.logged, f.unit), _value(f.predicted, f.unit), f"{f.error:+.1%}")
+            (
+                f.name,
+                _value(f.logged, f.unit),
+                _value(f.predicted, f.unit),
+                "n/a" if f.error is None else f"{f.error:+.1%}",
+            )
             for f in r.figures
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.context import check_context
-from pytest_gpufit.fit.estimate import estimate, per_card_bytes, usable_bytes
+from pytest_gpufit.fit.estimate import estimate, lacks_kernel, per_card_bytes, usable_bytes
 from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.requirements import FitRequest
@@ -29,18 +30,39 @@ def fit_judge(base: Path | None = None) -> Clause:
         check_context(spec, fit.context, "requires_fit context")
         est = estimate(spec, fit.dtype, fit.context, fit.batch)
         split = f", tensor parallel over {fit.gpus} GPUs" if fit.gpus > 1 else ""
+        if lacks_kernel(est.weight_format, gpu):
+            # The table's "unsupported precision": no kernel, native or weight-only, on this card.
+            native = ", ".join(gpu.native_dtypes) or "none known"
+            return (
+                f"a kernel for {spec.name}'s {est.weight_format} weights (native or emulated)",
+                f"CC {gpu.cc_text}, native: {native}",
+            )
         if fit.engine is not None:
             from pytest_gpufit.fit.engines import parse_knobs, plan
 
-            knobs = parse_knobs(fit.engine, max_model_len=fit.context)
+            try:
+                knobs = parse_knobs(fit.engine, **_batch_knobs(fit, spec.max_position_embeddings))
+            except GpufitError as error:  # batch x context past what the engine accepts
+                raise GpufitError(
+                    f"requires_fit batch={fit.batch}, context={fit.context}, engine="
+                    f"{fit.engine!r}: the engine setting it needs is refused: {error}"
+                ) from None
             the_plan = plan(spec, est.dtype, gpu, fit.gpus, knobs)
-            if the_plan.starts:
-                return None
-            return (
-                f"{spec.name} in {est.dtype} to start on {fit.engine}{split} "
-                f"({the_plan.reason}; plan)",
-                f"{format_gb(gpu.memory_total_bytes)}",
-            )
+            if not the_plan.starts:
+                return (
+                    f"{spec.name} in {est.dtype} to start on {fit.engine}{split} "
+                    f"({the_plan.reason}; plan)",
+                    f"{format_gb(gpu.memory_total_bytes)}",
+                )
+            if the_plan.max_concurrency < fit.batch:
+                # Starting is not serving: batch names that many requests of the context at once.
+                return (
+                    f"{spec.name} in {est.dtype} on {fit.engine}{split} to hold {fit.batch} "
+                    f"requests of {the_plan.max_model_len:,} tokens at once (plan)",
+                    f"KV cache for {the_plan.max_concurrency:.2f} of them on a "
+                    f"{format_gb(gpu.memory_total_bytes)} card",
+                )
+            return None
         if fit.gpus == 1:
             need = est.total_bytes * fit.instances
         else:
@@ -58,3 +80,22 @@ def fit_judge(base: Path | None = None) -> Clause:
         )
 
     return judge
+
+
+def _batch_knobs(fit: FitRequest, model_max: int | None) -> dict[str, int | None]:
+    """The engine knobs that serve ``fit.batch`` requests of ``fit.context`` tokens: llama.cpp
+    shares ``-c`` cells among ``-np`` slots, transformers batches ``max_num_seqs`` sequences,
+    vLLM schedules at most ``max_num_seqs`` (256) at once; the KV cache must hold them all."""
+    if fit.engine == "llama.cpp":
+        per_slot = fit.context or model_max or 4096
+        return {"max_model_len": per_slot * fit.batch, "max_num_seqs": fit.batch}
+    if fit.engine == "vllm" and fit.batch > 256:  # a prefill chunk of >= 1 token per sequence
+        chunk = fit.batch if fit.batch > 8192 else None
+        return {
+            "max_model_len": fit.context,
+            "max_num_seqs": fit.batch,
+            "max_num_batched_tokens": chunk,
+        }
+    if fit.engine == "transformers":
+        return {"max_model_len": fit.context, "max_num_seqs": fit.batch}
+    return {"max_model_len": fit.context}

@@ -108,6 +108,8 @@ def cell(fit: GpuFit) -> str:
     """
     if fit.precision_support == "unsupported":
         return "unsupported precision"
+    if fit.split_error:
+        return f"no: {fit.split_error}"
     if not fit.fits:
         needs = (
             f"needs {format_gb(fit.per_card_bytes)}/card, "
@@ -133,6 +135,7 @@ LEGEND = (
     "no: needs X/card, card has Y usable: one copy at the table's context does not fit (usable: "
     "what CUDA can allocate, less than NVML's total)",
     "only to C ctx: fits, but only up to context C, not at the table's context",
+    "no: N GPUs do not divide the heads: tensor parallel over N cards is not possible",
 )
 
 

@@ -124,7 +124,11 @@ class EngineLog:
         return bool(self.allocation.lines) or self.setup != LogSetup(engine=self.setup.engine)
 
 
-_NUMBER = r"([0-9](?:[0-9,]*[0-9])?(?:\.[0-9]+)?)"  # never ends on a comma
+# Never ends on a comma; at most 32 characters before the point and 24 after, and no digit
+# after it: a longer figure is no engine's (int() of 4,300+ digits raises, a float of it is
+# inf), so the line is not recognised rather than read as a prefix of it.
+_NUMBER = r"([0-9](?:[0-9,]{0,30}[0-9])?(?:\.[0-9]{1,24})?)(?![0-9])"
+_WHOLE = r"([0-9]{1,18})(?![0-9])"  # a setup's whole number, same reason
 _WEIGHTS = re.compile(
     r"(?:Model loading took|Loading model weights took)\s+" + _NUMBER + r"\s*GiB|"
     r"(?:Model loading took|Loading model weights took)\s+" + _NUMBER + r"\s*GB"
@@ -269,11 +273,11 @@ _LC_VERSION = re.compile(r"\bbuild:?\s*=?\s*([0-9]+)\s*\(([0-9a-f]+)\)")
 _PAIR = re.compile(
     r"""(?<![\w'"])(\w+)=('[^']*'|"[^"]*"|[^,\s)]+)|'(\w+)':\s*('[^']*'|"[^"]*"|[^,}\s]+)"""
 )
-_LC_FIELD = re.compile(r"\b(n_ctx|n_seq_max|n_ubatch|n_batch)\s*=\s*([0-9]+)")
+_LC_FIELD = re.compile(r"\b(n_ctx|n_seq_max|n_ubatch|n_batch)\s*=\s*" + _WHOLE)
 _LC_TYPE_K = re.compile(r"type_k\s*=\s*'(\w+)'|\bK \((\w+)\):")
 _LC_MODEL = re.compile(r"general\.name\s+(?:str\s+)?=\s*(.+?)\s*$|loaded meta data .* from (\S+)")
-_MAX_LEN = re.compile(r"Using max model len\s+([0-9]+)")
-_CHUNK = re.compile(r"max_num_batched_tokens=([0-9]+)")
+_MAX_LEN = re.compile(r"Using max model len\s+" + _WHOLE)
+_CHUNK = re.compile(r"max_num_batched_tokens=" + _WHOLE)
 _TOTAL_MEM = re.compile(r"total_gpu_memory=" + _NUMBER + r"\s*GiB")
 _UTIL = re.compile(r"gpu_memory_utilization=([0-9]+(?:\.[0-9]+)?)")
 _RANK = re.compile(r"\b(?:rank=|TP ?)([0-9]{1,4})\b")
@@ -321,7 +325,8 @@ def _value(field: str, raw: str) -> Any:
     if text in ("None", "null", "") or (field != "model" and text == "auto"):
         return None
     if field in _INTS:
-        return int(text) if text.isascii() and text.isdigit() else None
+        ok = text.isascii() and text.isdigit() and len(text) <= 18  # int() of 4,300+ digits raises
+        return int(text) if ok else None
     if field == "gpu_memory_utilization":
         try:
             return float(text)

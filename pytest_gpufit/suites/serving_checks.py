@@ -85,7 +85,8 @@ def _against_plan(ctx: Any, served: Any) -> None:
     )
     for figure in figures:
         ctx.metrics[f"plan_{figure.key}"] = round(figure.predicted, 4)
-        ctx.metrics[f"engine_{figure.key}_vs_plan"] = round(figure.error, 4)
+        if figure.error is not None:  # a log figure of 0 has no ratio; an inf would fail the check
+            ctx.metrics[f"engine_{figure.key}_vs_plan"] = round(figure.error, 4)
 
 
 def _prompt(served: Any, params: dict[str, Any]) -> tuple[str, int | None]:
