@@ -183,7 +183,7 @@ def _baseline_accept(args: argparse.Namespace) -> int:
 
 
 def _baseline_diff(args: argparse.Namespace) -> int:
-    from pytest_gpufit.baseline import compare, environment_changes, format_number
+    from pytest_gpufit.baseline import compare, environment_changes, format_number, metric_values
 
     store = _store(args)
     paths = [store.find(r) for r in (args.old, args.new)]
@@ -213,6 +213,12 @@ def _baseline_diff(args: argparse.Namespace) -> int:
                     c.verdict,
                 ]
             )
+        # A metric OLD measured and NEW did not would otherwise vanish from the table.
+        lost = set(metric_values(before.get("metrics", {}), f"{paths[0]}: {nodeid}"))
+        lost -= set(metric_values(after.get("metrics", {}), f"{paths[1]}: {nodeid}"))
+        for metric in sorted(lost):
+            old_value = metric_values(before.get("metrics", {}))[metric]
+            rows.append([nodeid, metric, format_number(old_value), "-", "", "missing"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -221,7 +227,7 @@ def _baseline_diff(args: argparse.Namespace) -> int:
     only = sorted(set(old["results"]) ^ set(new["results"]))
     for nodeid in only:
         print(f"only in {'old' if nodeid in old['results'] else 'new'}: {nodeid}")
-    worse = any(row[-1] == "worse" for row in rows[1:])
+    worse = any(row[-1] in ("worse", "missing") for row in rows[1:])
     lost = any(line.startswith("outcome passed ->") for line in outcomes)
     gone = any(nodeid in old["results"] for nodeid in only)
     return 1 if args.exit_code and (worse or lost or gone) else 0
@@ -478,8 +484,8 @@ def parser() -> argparse.ArgumentParser:
     diff.add_argument(
         "--exit-code",
         action="store_true",
-        help="exit 1 when a metric got worse beyond the tolerance, a check stopped passing, "
-        "or a check of OLD is missing from NEW (as git diff --exit-code)",
+        help="exit 1 when a metric got worse beyond the tolerance or went unmeasured, a check "
+        "stopped passing, or a check of OLD is missing from NEW (as git diff --exit-code)",
     )
     diff.set_defaults(handler=_baseline_diff)
     fleet = add_verb(

@@ -146,6 +146,14 @@ def test_compare_records_failed_checks_and_diff_shows_the_regression(
     assert _cli(pytester.path, "--dir", "store", "diff", old, new, "--exit-code").returncode == 1
     same = _cli(pytester.path, "--dir", "store", "diff", old, old, "--exit-code")
     assert same.returncode == 0, same.stdout
+    # A run that no longer measures a metric is not a run that held it.
+    lost = store.write_run(
+        fp, "s", {nodeid: {"outcome": "passed", "metrics": {"prefill_tok_s": 1.0}}}, True
+    )
+    out = _cli(pytester.path, "--dir", "store", "diff", old, lost, "--exit-code")
+    assert out.returncode == 1, out.stdout
+    (row,) = [line.split() for line in out.stdout.splitlines() if "decode_tok_s" in line]
+    assert row == [nodeid, "decode_tok_s", "121", "-", "missing"]
 
 
 @pytest.mark.parametrize(

@@ -250,10 +250,6 @@ def test_engine_fit_holds_the_batch_it_names(pytester: pytest.Pytester) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: suites/checks.py run_fits compares against NVML's total, not usable_bytes()",
-)
 def test_the_suite_fits_check_agrees_with_requires_fit_on_usable_memory(
     pytester: pytest.Pytester,
 ) -> None:

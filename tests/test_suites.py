@@ -232,7 +232,7 @@ targets:
     result.stdout.fnmatch_lines(
         [
             "*qwen::fits: does not fit: needs 64.4 GB (bf16 at context "
-            "8192, estimate); GPU0 NVIDIA GeForce RTX 4090 has 25.8 GB*"
+            "8192, estimate); GPU0 NVIDIA GeForce RTX 4090 has 25.5 GB usable*"
         ]
     )
     pytester.makeconftest("""

@@ -67,13 +67,15 @@ def run_fits(ctx: Context, params: dict[str, Any]) -> None:
         memory, where = _system_memory(), "system memory"
     else:
         fit = fit_on(ctx.spec, est, ctx.gpu)
-        memory, where = ctx.gpu.memory_total_bytes, ctx.gpu.label
+        # What CUDA can allocate, not NVML's total: the same rule as requires_fit and the tables.
+        memory, where = fit.usable_bytes, ctx.gpu.label
         ctx.metrics.update(max_context=fit.max_context, precision_support=fit.precision_support)
     ctx.metrics["headroom_bytes"] = memory - est.total_bytes
     ctx.expect(
         est.total_bytes <= memory,
         f"does not fit: needs {format_gb(est.total_bytes)} ({est.dtype} at context "
-        f"{est.context}, estimate); {where} has {format_gb(memory)}",
+        f"{est.context}, estimate); {where} has {format_gb(memory)}"
+        + (" usable" if ctx.gpu is not None else ""),
     )
 
 
