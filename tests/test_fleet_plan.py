@@ -217,3 +217,21 @@ def test_late(): pass
     # Marks added by a hook that is not trylast are read in time: a plan.
     pytester.makeconftest(LATE_CONFTEST.replace("@pytest.hookimpl(trylast=True)\n", ""))
     assert plan(pytester, "--runners", "gpufit-runners.yaml", ".").ret == 0
+
+
+def test_more_jobs_than_a_github_matrix_runs_is_an_error(pytester: pytest.Pytester) -> None:
+    """GitHub runs at most 256 jobs of a matrix: two classes of 200 shards each must say so, not
+    emit a matrix whose workflow then fails (or runs part of the gate)."""
+    pytester.makepyfile(
+        test_many="import pytest\n"
+        + "\n".join(f"@pytest.mark.requires_vram(1)\ndef test_{i}(): pass\n" for i in range(300))
+    )
+    pool = (
+        "runners:\n"
+        "  - {name: h, labels: [x], gpus: h100-sxm, shards: 200}\n"
+        "  - {name: g, labels: [y], gpus: h200, shards: 200}\n"
+    )
+    pytester.makefile(".yaml", **{"gpufit-runners": pool})
+    result = plan(pytester, "--runners", "gpufit-runners.yaml", "--format", "github-matrix")
+    assert result.ret == 2
+    result.stderr.fnmatch_lines(["*needs 400 gate jobs; a GitHub Actions matrix runs at most 256*"])

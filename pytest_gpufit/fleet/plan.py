@@ -209,9 +209,21 @@ def idle_lines(plan: Plan) -> list[str]:
     return lines
 
 
+# GitHub Actions: "A matrix can generate a maximum of 256 jobs per workflow run."
+MAX_MATRIX_JOBS = 256
+
+
 def matrix_json(plan: Plan) -> str:
-    """One line of JSON, as ``$GITHUB_OUTPUT`` wants it."""
-    return json.dumps(matrix(plan), separators=(",", ":"))
+    """One line of JSON, as ``$GITHUB_OUTPUT`` wants it; more jobs than GitHub runs is an error
+    here rather than a workflow that fails after the plan said yes."""
+    data = matrix(plan)
+    jobs = len(data["include"])
+    if jobs > MAX_MATRIX_JOBS:
+        raise GpufitError(
+            f"the plan needs {jobs} gate jobs; a GitHub Actions matrix runs at most "
+            f"{MAX_MATRIX_JOBS}: lower `shards:` in the pool file"
+        )
+    return json.dumps(data, separators=(",", ":"))
 
 
 def orphan_lines(plan: Plan) -> list[str]:
