@@ -179,3 +179,34 @@ def test_the_matrix_never_has_an_empty_shard_or_an_idle_class(tmp_path: Path) ->
         "gpufit plan: class 'big' has 3 item(s): 3 shard(s), not 5",
         "gpufit plan: class 'small' gets no item: no job for it",
     ]
+
+
+FIT_TESTS = """
+from pytest_gpufit import requires_fit
+
+@requires_fit("qwen3-30b-a3b", dtype="bf16", gpus=2, engine="vllm")
+def test_qwen_tp2(): pass
+
+@requires_fit("qwen3-30b-a3b", dtype="fp8")
+def test_qwen_fp8(): pass
+"""
+
+
+def test_requires_fit_is_planned_not_a_traceback(pytester: pytest.Pytester) -> None:
+    # gpufit plan imported a module that had been removed: every requires_fit test crashed it.
+    pytester.makepyfile(test_fit=FIT_TESTS)
+    pytester.makefile(".yaml", **{"gpufit-runners": POOL})
+    result = plan(pytester, "--runners", "gpufit-runners.yaml", "test_fit.py")
+    out, err = result.stdout.str(), result.stderr.str()
+    assert result.ret == 0, out + err
+    assert "Traceback" not in out + err
+    assert "2 items (2 gated, 0 ungated)" in out
+    assert "pro6000 cannot run:" in out and "needs 2 GPUs; found 1" in out
+    assert "h100x2   2*h100-sxm                -       2       2     2      0" in out, out
+    # A gate job of the class plans the same way inside pytest.
+    job = pytester.runpytest(
+        "--gpufit-runner=h100x2", "--gpufit-simulate=2*h100-sxm", "-rs", "test_fit.py"
+    )
+    assert job.ret == 0, job.stdout.str()
+    job.assert_outcomes(skipped=2)
+    assert "INTERNALERROR" not in job.stdout.str()
