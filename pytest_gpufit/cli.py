@@ -306,8 +306,8 @@ def _plan(args: argparse.Namespace) -> int:
         )
     pool = load_pool(Path(args.runners))
     pytest_args = list(args.pytest_args)
-    if pytest_args[:1] == ["--"]:
-        pytest_args = pytest_args[1:]
+    if "--" in pytest_args:  # gpufit's separator, wherever it stands (`suites/ -- -k x` too)
+        pytest_args.remove("--")
     plan = make_plan(pool, collect(pytest_args))
     orphans = orphan_lines(plan)
     if args.format == "github-matrix":

@@ -210,3 +210,11 @@ def test_requires_fit_is_planned_not_a_traceback(pytester: pytest.Pytester) -> N
     assert job.ret == 0, job.stdout.str()
     job.assert_outcomes(skipped=2)
     assert "INTERNALERROR" not in job.stdout.str()
+
+
+def test_the_separator_may_follow_the_paths(project: pytest.Pytester) -> None:
+    # `-- -k ...` after the paths reached pytest as a literal "--": "file not found: -k".
+    args = ("--runners", "gpufit-runners.yaml", "test_fleet.py", "--", "-k", "not huge")
+    result = plan(project, *args)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert "5 items (4 gated, 1 ungated)" in result.stdout.str()
