@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -66,6 +67,10 @@ def _fit(args: argparse.Namespace) -> int:
 
     options = {o: getattr(args, o.lstrip("-").replace("-", "_")) for o in CLI_OPTIONS}
     knobs = knobs_from_options(args.engine, options)
+    if knobs is not None and knobs.max_model_len is None and args.context is not None:
+        # --context is the engine's context too, as requires_fit(context=) is: the plan and the
+        # table above it answer the same question.
+        knobs = dataclasses.replace(knobs, max_model_len=args.context)
     setups = _setups(args.gpu)
     (row,) = build_rows([args.model], setups, [args.dtype], args.context, args.batch, args.kv_dtype)
     est = row.estimate
@@ -352,7 +357,8 @@ def _engine_options(fit: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-model-len",
         metavar="N",
-        help="vllm/sglang/transformers: tokens per request (default: the model's maximum)",
+        help="vllm/sglang/transformers: tokens per request (default: --context, else the "
+        "model's maximum)",
     )
     group.add_argument("--max-num-seqs", metavar="N", help="vllm (default 256); transformers batch")
     group.add_argument(
@@ -362,7 +368,9 @@ def _engine_options(fit: argparse.ArgumentParser) -> None:
         "--kv-cache-dtype", metavar="T", help="vllm/sglang/transformers: auto, fp8, bf16..."
     )
     group.add_argument("--enforce-eager", action="store_true", help="vllm/sglang: no CUDA graphs")
-    group.add_argument("-c", "--ctx-size", metavar="N", help="llama.cpp: context cells")
+    group.add_argument(
+        "-c", "--ctx-size", metavar="N", help="llama.cpp: context cells (default: --context)"
+    )
     group.add_argument("-np", "--parallel", metavar="N", help="llama.cpp: slots (default 1)")
     group.add_argument("-ub", "--ubatch-size", metavar="N", help="llama.cpp (default 512)")
     group.add_argument(
