@@ -254,9 +254,15 @@ def _baseline_fleet(args: argparse.Namespace) -> int:
             for what, value in (("GPU", args.gpu), ("suite", args.suite))
             if value is not None
         )
+        hint = (
+            "see gpufit baseline list"
+            if groups
+            else "runs are recorded by pytest --gpufit-baseline=save or compare on each host; "
+            "give --dir (or GPUFIT_BASELINE_DIR) where the store is elsewhere"
+        )
         raise GpufitError(
             f"no baseline runs{' of ' + wanted if wanted else ''} in {store.root} "
-            f"(it has: {have}); see gpufit baseline list"
+            f"(it has: {have}); {hint}"
         )
     blocks = []
     for infos in chosen.values():
