@@ -69,8 +69,9 @@ def _fit(args: argparse.Namespace) -> int:
     knobs = knobs_from_options(args.engine, options)
     if knobs is not None and knobs.max_model_len is None and args.context is not None:
         # --context is the engine's context too, as requires_fit(context=) is: the plan and the
-        # table above it answer the same question.
-        knobs = dataclasses.replace(knobs, max_model_len=args.context)
+        # table above it answer the same question. llama.cpp's -c is shared by its -np slots.
+        slots = (knobs.max_num_seqs or 1) if knobs.engine == "llama.cpp" else 1
+        knobs = dataclasses.replace(knobs, max_model_len=args.context * slots)
     setups = _setups(args.gpu)
     (row,) = build_rows([args.model], setups, [args.dtype], args.context, args.batch, args.kv_dtype)
     est = row.estimate
@@ -375,7 +376,10 @@ def _engine_options(fit: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--enforce-eager", action="store_true", help="vllm/sglang: no CUDA graphs")
     group.add_argument(
-        "-c", "--ctx-size", metavar="N", help="llama.cpp: context cells (default: --context)"
+        "-c",
+        "--ctx-size",
+        metavar="N",
+        help="llama.cpp: context cells (default: --context x --parallel)",
     )
     group.add_argument("-np", "--parallel", metavar="N", help="llama.cpp: slots (default 1)")
     group.add_argument("-ub", "--ubatch-size", metavar="N", help="llama.cpp (default 512)")

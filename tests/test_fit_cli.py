@@ -285,6 +285,8 @@ def test_fit_engine_plans_at_the_asked_context(capsys: pytest.CaptureFixture[str
     assert "max_model_len 131,072 tokens" in out and "DOES NOT START" in out
     code, out, _ = run(capsys, *args[:-1], "llama.cpp", "--context", "8192")
     assert code == 0 and "(8192 cells)" in out
+    code, out, _ = run(capsys, *args[:-1], "llama.cpp", "--context", "8192", "-np", "4")
+    assert code == 0 and "(32768 cells)" in out  # -c is shared by the slots
     code, out, _ = run(capsys, "upgrade", "rtx-pro-6000", "2*rtx-pro-6000", "llama-3.1-70b")
     assert code == 0 and "--max-model-len at the table's context" in out
 
