@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -66,6 +67,11 @@ def _fit(args: argparse.Namespace) -> int:
 
     options = {o: getattr(args, o.lstrip("-").replace("-", "_")) for o in CLI_OPTIONS}
     knobs = knobs_from_options(args.engine, options)
+    if knobs is not None and knobs.max_model_len is None and args.context is not None:
+        # --context is the engine's context too, as requires_fit(context=) is: the plan and the
+        # table above it answer the same question. llama.cpp's -c is shared by its -np slots.
+        slots = (knobs.max_num_seqs or 1) if knobs.engine == "llama.cpp" else 1
+        knobs = dataclasses.replace(knobs, max_model_len=args.context * slots)
     setups = _setups(args.gpu)
     (row,) = build_rows([args.model], setups, [args.dtype], args.context, args.batch, args.kv_dtype)
     est = row.estimate
@@ -255,9 +261,15 @@ def _baseline_fleet(args: argparse.Namespace) -> int:
             for what, value in (("GPU", args.gpu), ("suite", args.suite))
             if value is not None
         )
+        hint = (
+            "see gpufit baseline list"
+            if groups
+            else "runs are recorded by pytest --gpufit-baseline=save or compare on each host; "
+            "give --dir (or GPUFIT_BASELINE_DIR) where the store is elsewhere"
+        )
         raise GpufitError(
             f"no baseline runs{' of ' + wanted if wanted else ''} in {store.root} "
-            f"(it has: {have}); see gpufit baseline list"
+            f"(it has: {have}); {hint}"
         )
     blocks = []
     for infos in chosen.values():
@@ -312,8 +324,8 @@ def _plan(args: argparse.Namespace) -> int:
         )
     pool = load_pool(Path(args.runners))
     pytest_args = list(args.pytest_args)
-    if pytest_args[:1] == ["--"]:
-        pytest_args = pytest_args[1:]
+    if "--" in pytest_args:  # gpufit's separator, wherever it stands (`suites/ -- -k x` too)
+        pytest_args.remove("--")
     plan = make_plan(pool, collect(pytest_args))
     orphans = orphan_lines(plan)
     if args.format == "github-matrix":
@@ -358,7 +370,8 @@ def _engine_options(fit: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-model-len",
         metavar="N",
-        help="vllm/sglang/transformers: tokens per request (default: the model's maximum)",
+        help="vllm/sglang/transformers: tokens per request (default: --context, else the "
+        "model's maximum)",
     )
     group.add_argument("--max-num-seqs", metavar="N", help="vllm (default 256); transformers batch")
     group.add_argument(
@@ -368,7 +381,12 @@ def _engine_options(fit: argparse.ArgumentParser) -> None:
         "--kv-cache-dtype", metavar="T", help="vllm/sglang/transformers: auto, fp8, bf16..."
     )
     group.add_argument("--enforce-eager", action="store_true", help="vllm/sglang: no CUDA graphs")
-    group.add_argument("-c", "--ctx-size", metavar="N", help="llama.cpp: context cells")
+    group.add_argument(
+        "-c",
+        "--ctx-size",
+        metavar="N",
+        help="llama.cpp: context cells (default: --context x --parallel)",
+    )
     group.add_argument("-np", "--parallel", metavar="N", help="llama.cpp: slots (default 1)")
     group.add_argument("-ub", "--ubatch-size", metavar="N", help="llama.cpp (default 512)")
     group.add_argument(

@@ -275,6 +275,24 @@ def test_fit_engine_text_reads_like_the_engine_log(capsys: pytest.CaptureFixture
     assert "2*h200: vllm, tensor parallel 2" in out
 
 
+def test_fit_engine_plans_at_the_asked_context(capsys: pytest.CaptureFixture[str]) -> None:
+    # --context was ignored by the engine's plan (always the model's maximum, 131,072 here), so
+    # fit said "DOES NOT START" where `gpufit upgrade` and requires_fit(context=) said it starts.
+    args = ("fit", "llama-3.1-70b", "--gpu", "2*rtx-pro-6000", "--engine", "vllm")
+    code, out, _ = run(capsys, *args, "--context", "8192")
+    assert code == 0
+    assert "Maximum concurrency for 8,192 tokens per request" in out and "=> starts" in out
+    code, out, _ = run(capsys, *args, "--context", "8192", "--max-model-len", "131072")
+    assert code == 0  # an explicit --max-model-len wins
+    assert "max_model_len 131,072 tokens" in out and "DOES NOT START" in out
+    code, out, _ = run(capsys, *args[:-1], "llama.cpp", "--context", "8192")
+    assert code == 0 and "(8192 cells)" in out
+    code, out, _ = run(capsys, *args[:-1], "llama.cpp", "--context", "8192", "-np", "4")
+    assert code == 0 and "(32768 cells)" in out  # -c is shared by the slots
+    code, out, _ = run(capsys, "upgrade", "rtx-pro-6000", "2*rtx-pro-6000", "llama-3.1-70b")
+    assert code == 0 and "--max-model-len at the table's context" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

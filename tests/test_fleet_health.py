@@ -275,6 +275,9 @@ def test_fleet_view_filters_and_names_what_the_store_has(tmp_path: Path) -> None
     assert "it has: nvidia-h100-80gb-hbm3/s" in out.stderr
     empty = _cli(tmp_path, "fleet", "--dir", "nothing-here")
     assert empty.returncode == 2 and "no runs at all" in empty.stderr
+    # An empty store says how runs get there, not only "see gpufit baseline list" (also empty).
+    assert "--gpufit-baseline=save or compare on each host" in empty.stderr
+    assert "see gpufit baseline list" not in empty.stderr
 
 
 @pytest.mark.parametrize("tolerance", ["15", "", "abc", "١٥%"])

@@ -235,3 +235,42 @@ def test_more_jobs_than_a_github_matrix_runs_is_an_error(pytester: pytest.Pytest
     result = plan(pytester, "--runners", "gpufit-runners.yaml", "--format", "github-matrix")
     assert result.ret == 2
     result.stderr.fnmatch_lines(["*needs 400 gate jobs; a GitHub Actions matrix runs at most 256*"])
+
+
+FIT_TESTS = """
+from pytest_gpufit import requires_fit
+
+@requires_fit("qwen3-30b-a3b", dtype="bf16", gpus=2, engine="vllm")
+def test_qwen_tp2(): pass
+
+@requires_fit("qwen3-30b-a3b", dtype="fp8")
+def test_qwen_fp8(): pass
+"""
+
+
+def test_requires_fit_is_planned_not_a_traceback(pytester: pytest.Pytester) -> None:
+    # gpufit plan imported a module that had been removed: every requires_fit test crashed it.
+    pytester.makepyfile(test_fit=FIT_TESTS)
+    pytester.makefile(".yaml", **{"gpufit-runners": POOL})
+    result = plan(pytester, "--runners", "gpufit-runners.yaml", "test_fit.py")
+    out, err = result.stdout.str(), result.stderr.str()
+    assert result.ret == 0, out + err
+    assert "Traceback" not in out + err
+    assert "2 items (2 gated, 0 ungated)" in out
+    assert "pro6000 cannot run:" in out and "needs 2 GPUs; found 1" in out
+    assert "h100x2   2*h100-sxm                -       2       2     2      0" in out, out
+    # A gate job of the class plans the same way inside pytest.
+    job = pytester.runpytest(
+        "--gpufit-runner=h100x2", "--gpufit-simulate=2*h100-sxm", "-rs", "test_fit.py"
+    )
+    assert job.ret == 0, job.stdout.str()
+    job.assert_outcomes(skipped=2)
+    assert "INTERNALERROR" not in job.stdout.str()
+
+
+def test_the_separator_may_follow_the_paths(project: pytest.Pytester) -> None:
+    # `-- -k ...` after the paths reached pytest as a literal "--": "file not found: -k".
+    args = ("--runners", "gpufit-runners.yaml", "test_fleet.py", "--", "-k", "not huge")
+    result = plan(project, *args)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert "5 items (4 gated, 1 ungated)" in result.stdout.str()

@@ -141,6 +141,10 @@ def test_engine_plan_says_the_70b_does_not_start_on_one_h200(pytester: pytest.Py
     result = pytester.runpytest("-rs", "--gpufit-on-missing=fail")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*needs Llama-3.1-70B in bf16 to start on vllm (weights need*"])
+    # The reason said "...; plan)"; it names the context the plan used and how to change it.
+    result.stdout.fnmatch_lines(
+        ["*planned at 1,024 tokens per request, set by requires_fit(context=*"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -208,8 +208,10 @@ def _cell(v: SetupView) -> str:
 
 LEGEND = (
     "xN: copies that fit side by side; C ctx: the largest context of one copy (raw bytes)",
-    "starts / does not start, N KV: the engine's plan at its defaults, and its KV cache in "
-    "tokens (vLLM's 'GPU KV cache size')",
+    "starts / does not start, N KV: the engine's plan (--engine, default vllm) with "
+    "--max-model-len at the table's context (--context: 8192, or the model's maximum if "
+    "smaller), other knobs at its defaults; N KV: its KV cache in tokens (vLLM's 'GPU KV cache "
+    "size')",
     "<= T tok/s: decode ceiling of one copy at batch 1: weight and KV reads over the cards' "
     "bandwidth plus the tensor-parallel all-reduces over the link (share of the time in "
     "brackets); all-reduce latency is not counted, so it is a bound, not a measurement",

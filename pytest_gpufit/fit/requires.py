@@ -51,7 +51,10 @@ def fit_judge(base: Path | None = None) -> Clause:
             if not the_plan.starts:
                 return (
                     f"{spec.name} in {est.dtype} to start on {fit.engine}{split} "
-                    f"({the_plan.reason}; plan)",
+                    # The engine's words name its flags; say which marker argument sets them.
+                    f"({the_plan.reason}; planned at {the_plan.max_model_len:,} tokens per "
+                    "request, set by requires_fit(context=...), the model's maximum when left "
+                    "out)",
                     f"{format_gb(gpu.memory_total_bytes)}",
                 )
             if the_plan.max_concurrency < fit.batch:

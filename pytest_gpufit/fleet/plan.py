@@ -119,7 +119,7 @@ def simulation_judge() -> Judge:
                 inventories[runner.name] = class_inventory(runner)
             fit = None
             if req.fits:
-                from pytest_gpufit.fit.judge import fit_judge  # late: only requires_fit pays
+                from pytest_gpufit.fit.requires import fit_judge  # late: only requires_fit pays
 
                 fit = fit_judge(base=Path(base) if base else None)
             planned = dataclasses.replace(req, torch=None)
