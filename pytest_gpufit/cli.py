@@ -444,9 +444,9 @@ def parser() -> argparse.ArgumentParser:
     )
     plan.add_argument(
         "--runners",
-        required=True,
+        default="gpufit-runners.yaml",
         metavar="PATH",
-        help="the runner-pool file, e.g. gpufit-runners.yaml",
+        help="the runner-pool file (default gpufit-runners.yaml, as --gpufit-runners)",
     )
     plan.add_argument(
         "--format",

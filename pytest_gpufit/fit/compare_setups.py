@@ -200,7 +200,9 @@ def _cell(v: SetupView) -> str:
         )
     if v.starts is None:
         return f"fits; engine: {v.reason}"
-    started = f"starts, {_k(v.kv_cache_tokens)} KV" if v.starts else "does not start"
+    # The plan's reason up to its advice ("weights need 87.00 GiB per GPU, more than the ...").
+    why = f" ({v.reason.split(':')[0]})" if v.reason else ""
+    started = f"starts, {_k(v.kv_cache_tokens)} KV" if v.starts else f"does not start{why}"
     ceiling = f", <= {v.decode_tok_s_ceiling:.0f} tok/s" if v.decode_tok_s_ceiling else ""
     link = f" (link {v.link}: {v.link_share:.1%} of it)" if v.link else ""
     return f"x{v.copies}, {_k(v.max_context)} ctx, {started}{ceiling}{link}"
