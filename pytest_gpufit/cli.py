@@ -234,9 +234,9 @@ def _baseline_diff(args: argparse.Namespace) -> int:
     for nodeid in only:
         print(f"only in {'old' if nodeid in old['results'] else 'new'}: {nodeid}")
     worse = any(row[-1] in ("worse", "missing") for row in rows[1:])
-    lost = any(line.startswith("outcome passed ->") for line in outcomes)
+    stopped = any(line.startswith("outcome passed ->") for line in outcomes)
     gone = any(nodeid in old["results"] for nodeid in only)
-    return 1 if args.exit_code and (worse or lost or gone) else 0
+    return 1 if args.exit_code and (worse or stopped or gone) else 0
 
 
 def _baseline_fleet(args: argparse.Namespace) -> int:

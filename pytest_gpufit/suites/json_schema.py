@@ -11,7 +11,6 @@ Run after changing a table in ``schema.py`` or ``markers.py``::
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -153,19 +152,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    text = render()
-    if args == ["--check"]:
-        if SCHEMA_PATH.read_text("utf-8") != text:
-            print(f"{SCHEMA_PATH} is stale; run: python -m pytest_gpufit.suites.json_schema")
-            return 1
-        return 0
-    if args:
-        print("usage: python -m pytest_gpufit.suites.json_schema [--check]", file=sys.stderr)
-        return 2
-    SCHEMA_PATH.write_text(text, "utf-8")
-    print(f"wrote {SCHEMA_PATH}")
-    return 0
+    from pytest_gpufit.schema_file import write_or_check
+
+    return write_or_check(argv, render(), SCHEMA_PATH, "pytest_gpufit.suites.json_schema")
 
 
 if __name__ == "__main__":
