@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 import threading
@@ -22,6 +23,7 @@ from pytest_gpufit.serving.client import (
     SSEError,
     SSEvent,
     StreamResult,
+    env_proxy,
 )
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.serving.server import free_port
@@ -361,3 +363,142 @@ def test_the_proxy_the_environment_names_is_used(
     with pytest.raises(EndpointError, match="http:// proxies only") as info:
         OpenAIClient("http://10.1.2.3:8000/v1")
     assert info.value.kind == "config"
+
+
+# --- attacks on the aiohttp transport (each failed on the first aiohttp client) ---------------
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+CHUNK_A = b'data: {"choices": [{"text": "a", "finish_reason": null}]}\n\n'
+CHUNK_B = b'data: {"choices": [{"text": "b", "finish_reason": "length"}]}\n\n'
+
+
+@contextlib.contextmanager
+def answering(answer: bytes) -> Iterator[str]:
+    """A socket that answers every request with ``answer`` and closes; yields its /v1 URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.05)  # accept() wakes to see the stop flag (close() would not wake it)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(5)
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("usage", "said"),
+    [
+        (b'"prompt_tokens"', "usage is 'prompt_tokens', not an object"),
+        (b'{"completion_tokens": "abc"}', "usage.completion_tokens is 'abc'"),
+        (b'{"completion_tokens": -3}', "usage.completion_tokens is -3"),
+        (b'{"completion_tokens": NaN}', "usage.completion_tokens is nan"),
+        (b'{"completion_tokens": 1e999}', "usage.completion_tokens is inf"),
+        (b'{"completion_tokens": 2.5}', "usage.completion_tokens is 2.5"),
+    ],
+)
+def test_a_usage_that_is_not_a_count_is_one_malformed_error(usage: bytes, said: str) -> None:
+    """Was a raw TypeError/ValueError/OverflowError (or a negative count taken as measured)."""
+    event = b'data: {"choices": [], "usage": ' + usage + b"}\n\n"
+    with answering(SSE_HEAD + CHUNK_A + CHUNK_B + event + b"data: [DONE]\n\n") as url:
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+    assert err.kind == "malformed" and said in str(err), str(err)
+
+
+def test_a_null_count_in_usage_is_no_count() -> None:
+    """Was a TypeError (int(None)); a null count is an unreported one, as a missing key."""
+    event = b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": null}}\n\n'
+    with answering(SSE_HEAD + CHUNK_A + CHUNK_B + event + b"data: [DONE]\n\n") as url:
+        r = stream(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, require_max_tokens=True))
+    assert (r.prompt_tokens, r.completion_tokens) == (1, None)
+    assert err.kind == "short" and "reported no usage" in str(err)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_not_followed(status: int) -> None:
+    """A 302 on POST was followed as a GET to wherever Location said (a server the suite does
+    not name, with the key), and a 307 loop ended as a 'dropped' ClientOSError."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)  # listens, so a followed redirect would connect here and stall
+        elsewhere = f"http://127.0.0.1:{other.getsockname()[1]}/v1/completions"
+        answer = (
+            f"HTTP/1.1 {status} Moved\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        with answering(answer) as url:
+            err = fails(url, GenRequest(MODEL, "a", timeout_s=5), stall_s=2)
+    assert err.kind == "status" and err.status == status, str(err)
+    assert f"redirect to {elsewhere}" in str(err) and "does not follow redirects" in str(err)
+
+
+def test_an_error_status_with_an_unreadable_body_is_still_that_status() -> None:
+    """Was 'dropped mid-stream' (the broken gzip body of a 500 hid the 500)."""
+    answer = b"HTTP/1.1 500 Oops\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nxxxxx"
+    with answering(answer) as url:
+        err = fails(url, GenRequest(MODEL, "a", timeout_s=5))
+    assert (err.kind, err.status) == ("status", 500) and "body unreadable" in str(err), str(err)
+
+
+def test_sse_decoder_drops_a_bom_split_across_reads() -> None:
+    """Was: the BOM's bytes stuck to the first field name, and the first event was lost."""
+    decoder = SSEDecoder()
+    assert decoder.feed(b"\xef") == [] and decoder.feed(b"\xbb") == []
+    assert decoder.feed(b"\xbfdata: 1\n\n") == [SSEvent("message", "1")]
+
+
+def test_sse_decoder_an_empty_read_keeps_a_split_crlf_one_ending() -> None:
+    """Was: an empty read between CR and LF made the LF a blank line (one event became two)."""
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r") == [] and decoder.feed(b"") == []
+    assert decoder.feed(b"\ndata: b\n\n") == [SSEvent("message", "a\nb")]
+
+
+def test_proxy_credentials_never_reach_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refused-proxy message quoted the proxy URL with its password; a dead proxy was
+    reported as 'nothing listening' at the server."""
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "socks5://user:s3cret@127.0.0.1:1080")
+    with pytest.raises(EndpointError) as info:
+        OpenAIClient("http://10.1.2.3:8000/v1")
+    assert "s3cret" not in str(info.value) and "user:***@" in str(info.value)
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:s3cret@127.0.0.1:{free_port()}")
+    err = fails("http://10.1.2.3:8000/v1", GenRequest(MODEL, "a", timeout_s=5))
+    assert err.kind == "connect" and "cannot reach the proxy" in str(err), str(err)
+    assert "s3cret" not in str(err)
+
+
+def test_env_proxy_reads_schemeless_proxies_and_no_proxy_ports() -> None:
+    """As httpx and curl: 'proxy:3128' is an http proxy (was a config error), and a NO_PROXY
+    entry 'host:port' exempts that server (was ignored, so the request went to the proxy)."""
+    env = {"http_proxy": "proxy:3128"}
+    assert env_proxy("http://10.0.0.1:8000/v1", env) == "http://proxy:3128"
+    env["no_proxy"] = "10.0.0.1:8000"
+    assert env_proxy("http://10.0.0.1:8000/v1", env) is None
+    assert env_proxy("http://10.0.0.1:9000/v1", env) == "http://proxy:3128"
+
+
+def test_a_name_that_does_not_resolve_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    err = fails("http://gpufit-no-such-host.invalid/v1", GenRequest(MODEL, "a", timeout_s=5))
+    assert err.kind == "connect" and "does not resolve" in str(err), str(err)

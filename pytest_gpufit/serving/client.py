@@ -124,6 +124,9 @@ class SSEvent:
     data: str
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 class SSEDecoder:
     """Incremental event-stream decoder (WHATWG HTML, "Interpreting an event stream").
 
@@ -152,9 +155,17 @@ class SSEDecoder:
         self._started = False
 
     def feed(self, piece: bytes) -> list[SSEvent]:
-        if not self._started and piece:
+        if not piece:
+            return []  # an empty read says nothing, not even that a CRLF's LF is not coming
+        if not self._started:
+            # The spec drops one leading BOM, which may itself arrive split across reads.
+            piece = self._buffer + piece
+            self._buffer = b""
+            if len(piece) < len(BOM) and BOM.startswith(piece):
+                self._buffer = piece
+                return []
             self._started = True
-            piece = piece.removeprefix(b"\xef\xbb\xbf")  # the spec drops one leading BOM
+            piece = piece.removeprefix(BOM)
         if self._skip_lf and piece[:1] == b"\n":
             piece = piece[1:]
         self._skip_lf = False
@@ -270,6 +281,29 @@ def stream_error(data: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _usage_of(usage: Any) -> dict[str, int | None]:
+    """The token counts of a ``usage`` object; ValueError when one is not a count.
+
+    A count the server left out or sent as null is None; one that is not a whole number of
+    at least zero (a string, a float, NaN, a negative) is not something a gate may judge on.
+
+    >>> _usage_of({"prompt_tokens": 5, "completion_tokens": None, "total_tokens": 5})
+    {'prompt_tokens': 5, 'completion_tokens': None}
+    >>> _usage_of({"completion_tokens": -1})
+    Traceback (most recent call last):
+    ValueError: usage.completion_tokens is -1, not a token count
+    """
+    if not isinstance(usage, Mapping):
+        raise ValueError(f"usage is {usage!r}, not an object")
+    counts: dict[str, int | None] = {}
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            raise ValueError(f"usage.{key} is {value!r}, not a token count")
+        counts[key] = value
+    return counts
+
+
 def _logprobs_of(choice: Mapping[str, Any], chat: bool) -> list[TokenLogprob]:
     """Token logprobs in one chunk's choice, for both the completions and the chat shape."""
     lp = choice.get("logprobs")
@@ -317,15 +351,52 @@ def env_proxy(base_url: str, environ: Mapping[str, str] | None = None) -> str | 
 
     parts = urlsplit(base_url)
     proxy = get(f"{parts.scheme.lower()}_proxy") or get("all_proxy")
-    if not proxy or proxy_bypass_environment(parts.hostname or "", {"no": get("no_proxy")}):
+    host = parts.hostname or ""
+    try:
+        # With the port too, so that a NO_PROXY entry "host:port" matches (urllib tries both).
+        host_port = f"{host}:{parts.port}" if parts.port is not None else host
+    except ValueError:
+        host_port = host
+    if not proxy or proxy_bypass_environment(host_port, {"no": get("no_proxy")}):
         return None
+    if "://" not in proxy:
+        proxy = f"http://{proxy}"  # "proxy:3128" means http, as httpx and curl read it
     if urlsplit(proxy).scheme.lower() not in ("http", "https"):
         raise EndpointError(
-            f"the environment names the proxy {proxy!r} for {base_url}; the client speaks to "
-            "http:// proxies only: unset it or add the host to NO_PROXY",
+            f"the environment names the proxy {redact(proxy)!r} for {base_url}; the client "
+            "speaks to http:// proxies only: unset it or add the host to NO_PROXY",
             kind="config",
         )
     return proxy
+
+
+def redact(url: str) -> str:
+    """``url`` without the password of its user part (a proxy URL may carry one).
+
+    >>> redact("http://user:s3cret@proxy:3128")
+    'http://user:***@proxy:3128'
+    >>> redact("http://proxy:3128")
+    'http://proxy:3128'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}").geturl()
+
+
+def _unreachable(what: str, exc: aiohttp.ClientConnectorError, proxy: str | None) -> EndpointError:
+    """A connect failure in words that say which host failed: the proxy, a name, or the server."""
+    why = exc or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientProxyConnectionError) and proxy is not None:
+        return EndpointError(
+            f"{what}: cannot reach the proxy {redact(proxy)} the environment names ({why}); "
+            "fix HTTP_PROXY/HTTPS_PROXY or add the host to NO_PROXY",
+            "connect",
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return EndpointError(f"{what}: the host name does not resolve ({why})", "connect")
+    return EndpointError(f"{what}: nothing listening there ({why})", "connect")
 
 
 def _bad_url(url: str, exc: Exception) -> EndpointError:
@@ -403,16 +474,18 @@ class OpenAIClient:
     async def _get(self, url: str) -> tuple[int, str]:
         """Status and body text of ``GET url``; no answer or nothing listening is an error."""
         try:
-            async with self._http().get(url, proxy=self._proxy) as response:
+            async with self._http().get(url, proxy=self._proxy, allow_redirects=False) as response:
                 body = await response.read()
                 return response.status, body.decode("utf-8", "replace")
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise EndpointError(f"GET {url}: no answer ({type(exc).__name__})", "timeout") from exc
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             raise _bad_url(url, exc) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise _unreachable(f"GET {url}", exc, self._proxy) from exc
         except aiohttp.ClientError as exc:
             raise EndpointError(
-                f"GET {url}: nothing listening there ({exc or type(exc).__name__})", "connect"
+                f"GET {url}: no HTTP answer ({exc or type(exc).__name__})", "connect"
             ) from exc
 
     async def get_json(self, url: str) -> Any | None:
@@ -466,9 +539,24 @@ class OpenAIClient:
 
     # --- streaming --------------------------------------------------------------------------
 
-    def _raise_for_status(self, status: int, url: str, body: str, model: str | None = None) -> None:
+    def _raise_for_status(
+        self,
+        status: int,
+        url: str,
+        body: str,
+        model: str | None = None,
+        location: str | None = None,
+    ) -> None:
         if status == 200:
             return
+        if 300 <= status < 400:
+            # Following it would measure (and send the key to) a server the suite does not name.
+            raise EndpointError(
+                f"{url}: HTTP {status} redirect{f' to {location}' if location else ''}; the client "
+                "does not follow redirects: set the endpoint to the server's own /v1 URL",
+                "status",
+                status,
+            )
         said = error_message(body)
         if status in (401, 403):
             raise EndpointError(
@@ -558,7 +646,7 @@ class OpenAIClient:
         itl: list[float] = []
         logprobs: list[TokenLogprob] = []
         saw_logprobs = False
-        usage: Mapping[str, Any] | None = None
+        usage: Mapping[str, int | None] | None = None
         finish: str | None = None
         ttft = 0.0
         first_at = 0.0
@@ -569,10 +657,21 @@ class OpenAIClient:
         last_event = start
         decoder = SSEDecoder()
         try:
-            async with self._http().post(url, json=body, proxy=self._proxy) as response:
+            async with self._http().post(
+                url, json=body, proxy=self._proxy, allow_redirects=False
+            ) as response:
                 if response.status != 200:
-                    raw = (await response.read()).decode("utf-8", "replace")
-                    self._raise_for_status(response.status, url, raw, request.model)
+                    try:
+                        raw = (await response.read()).decode("utf-8", "replace")
+                    except aiohttp.ClientError as exc:
+                        raw = f"(body unreadable: {type(exc).__name__})"
+                    self._raise_for_status(
+                        response.status,
+                        url,
+                        raw,
+                        request.model,
+                        response.headers.get("Location"),
+                    )
                 kind = response.headers.get("Content-Type", "")
                 if kind.partition(";")[0].strip().lower() != "text/event-stream":
                     raise EndpointError(
@@ -611,7 +710,7 @@ class OpenAIClient:
                             )
                         try:
                             if data.get("usage"):
-                                usage = data["usage"]
+                                usage = _usage_of(data["usage"])
                             for choice in data.get("choices") or []:
                                 if choice.get("finish_reason"):
                                     finish = str(choice["finish_reason"])
@@ -640,9 +739,11 @@ class OpenAIClient:
             raise EndpointError(f"{url}: not an event stream: {exc}", "malformed") from exc
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             raise _bad_url(url, exc) from exc
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        except aiohttp.ClientConnectorError as exc:
+            raise _unreachable(url, exc, self._proxy) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
             raise EndpointError(
-                f"{url}: nothing listening there ({exc or type(exc).__name__})", "connect"
+                f"{url}: nothing answered the connection ({exc or type(exc).__name__})", "connect"
             ) from exc
         except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
             raise EndpointError(
@@ -671,12 +772,8 @@ class OpenAIClient:
             e2e_s=last_event - start,
             text="".join(text),
             content_chunks=chunks,
-            prompt_tokens=int(usage["prompt_tokens"])
-            if usage and "prompt_tokens" in usage
-            else None,
-            completion_tokens=(
-                int(usage["completion_tokens"]) if usage and "completion_tokens" in usage else None
-            ),
+            prompt_tokens=usage.get("prompt_tokens") if usage else None,
+            completion_tokens=usage.get("completion_tokens") if usage else None,
             finish_reason=finish,
             ignore_eos_applied=ignore_eos,
             logprobs=tuple(logprobs) if saw_logprobs and logprobs else None,
