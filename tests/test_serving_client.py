@@ -502,3 +502,40 @@ def test_a_name_that_does_not_resolve_says_so(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv(name, raising=False)
     err = fails("http://gpufit-no-such-host.invalid/v1", GenRequest(MODEL, "a", timeout_s=5))
     assert err.kind == "connect" and "does not resolve" in str(err), str(err)
+
+
+# llama.cpp's server streams an error as an "error:" field line, then "data: [DONE]".
+LLAMA_CPP_ERROR = (
+    b'error: {"code": 500, "message": "llama_decode failed", "type": "server_error"}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+@pytest.mark.parametrize("before", [b"", CHUNK_A], ids=["before-content", "mid-stream"])
+def test_a_llama_cpp_error_line_in_a_200_stream_fails_with_its_words(before: bytes) -> None:
+    """Was: mid-stream, a pass with the partial text; before any content, 'no content'."""
+    with answering(SSE_HEAD + before + LLAMA_CPP_ERROR) as url:
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+    assert err.kind == "stream-error" and "llama_decode failed" in str(err), str(err)
+
+
+def test_done_without_any_finish_reason_is_not_a_finished_generation() -> None:
+    """Was a pass: [DONE] after one chunk and no finish_reason read as a complete answer."""
+    with answering(SSE_HEAD + CHUNK_A + b"data: [DONE]\n\n") as url:
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+    assert err.kind == "dropped" and "with [DONE] but without a finish_reason" in str(err)
+
+
+def test_an_aborted_generation_is_a_stream_error() -> None:
+    """Was a pass: vLLM and SGLang end a request they gave up on with finish_reason 'abort'."""
+    abort = b'data: {"choices": [{"text": "", "finish_reason": "abort"}]}\n\n'
+    with answering(SSE_HEAD + CHUNK_A + abort + b"data: [DONE]\n\n") as url:
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+    assert err.kind == "stream-error" and "finish_reason 'abort'" in str(err), str(err)
+
+
+def test_sse_decoder_reads_an_error_field_as_an_error_event() -> None:
+    assert SSEDecoder().feed(b"error: {}\n\ndata: [DONE]\n\n") == [
+        SSEvent("error", "{}"),
+        SSEvent("message", "[DONE]"),
+    ]

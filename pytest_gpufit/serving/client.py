@@ -126,6 +126,9 @@ class SSEvent:
 
 BOM = b"\xef\xbb\xbf"
 
+# Finish reasons that say the server gave up on the request (vLLM and SGLang say "abort").
+ABORTED = frozenset({"abort", "error"})
+
 
 class SSEDecoder:
     """Incremental event-stream decoder (WHATWG HTML, "Interpreting an event stream").
@@ -133,7 +136,8 @@ class SSEDecoder:
     Feed it bytes as they arrive; it returns the events each piece completes. Lines end in
     CRLF, LF or CR (a CR at the end of one piece and an LF at the start of the next are one
     ending); ``data`` lines join with LF; lines starting with ``:`` are comments; ``id`` and
-    ``retry`` are read and ignored (a load generator never reconnects).
+    ``retry`` are read and ignored (a load generator never reconnects). An ``error`` field line
+    (llama.cpp's way of streaming an error) is dispatched as an event of type "error".
 
     >>> d = SSEDecoder()
     >>> d.feed(b'data: {"a": 1}\\n\\nevent: error\\r\\ndata: x\\r\\ndata: y\\r')
@@ -200,6 +204,12 @@ class SSEDecoder:
                 self._data.append(value.decode("utf-8", "replace"))
             elif name == b"event":
                 self._event = value.decode("utf-8", "replace")
+            elif name == b"error":
+                # Not a WHATWG field, but llama.cpp's server streams its errors as
+                # "error: {...}" lines (then "data: [DONE]"): ignored, a failed generation
+                # would read as a finished one.
+                self._data.append(value.decode("utf-8", "replace"))
+                self._event = "error"
         return events
 
 
@@ -756,10 +766,19 @@ class OpenAIClient:
                 f"({type(exc).__name__}: {exc}); dropped mid-stream?",
                 "dropped",
             ) from exc
-        if not done and finish is None:
+        if finish is None:
+            # [DONE] alone does not say the generation finished: llama.cpp sends it after an
+            # error too. Every OpenAI-compatible server names a finish_reason when it ends.
+            ended = "with [DONE] but" if done else "without [DONE] and"
             raise EndpointError(
-                f"{url}: the stream ended after {chunks} chunks without a finish_reason or [DONE]",
+                f"{url}: the stream ended after {chunks} chunks {ended} without a finish_reason",
                 "dropped",
+            )
+        if finish in ABORTED:
+            raise EndpointError(
+                f"{url}: the server ended the generation with finish_reason {finish!r} after "
+                f"{chunks} chunks (it aborted the request)",
+                "stream-error",
             )
         if chunks == 0:
             said = usage.get("completion_tokens") if usage else None
