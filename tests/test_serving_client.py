@@ -539,3 +539,47 @@ def test_sse_decoder_reads_an_error_field_as_an_error_event() -> None:
         SSEvent("error", "{}"),
         SSEvent("message", "[DONE]"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://user:s3cret@127.0.0.1:1/v1", "http://user:***@127.0.0.1:1/v1 carries credentials"),
+        ("http://user@127.0.0.1:1/v1", "carries credentials"),
+        ("http://[::1/v1", "Invalid IPv6 URL"),
+        ("http://h:99999/v1", "Port out of range"),
+    ],
+)
+def test_an_endpoint_with_credentials_or_not_parsable_is_one_config_error(
+    url: str, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the password in every message, a raw aiohttp ValueError next to api_key_env, and a
+    raw ValueError for a URL urllib cannot split."""
+    monkeypatch.setenv("GPUFIT_TEST_KEY", "sk-1")
+    with pytest.raises(EndpointError) as info:
+        OpenAIClient(url, api_key_env="GPUFIT_TEST_KEY")
+    assert info.value.kind == "config" and said in str(info.value), str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def test_sse_decoder_holds_a_long_line_in_linear_time() -> None:
+    """Was quadratic: each read re-joined and re-split the whole unfinished line. 4 MiB in
+    4 KiB reads took 4.6 s of CPU before, 0.04 s now (dev-cpu); 15 MiB in 64 KiB, 11 s."""
+    decoder = SSEDecoder()
+    piece = b"x" * 4096
+    began = time.process_time()
+    decoder.feed(b"data: ")
+    for _ in range(1024):
+        decoder.feed(piece)
+    events = decoder.feed(b"\n\n")
+    assert len(events[0].data) == 4 * 2**20
+    assert time.process_time() - began < 1.0
+
+
+def test_sse_decoder_refuses_an_event_that_never_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """data lines that never meet a blank line were held without bound."""
+    monkeypatch.setattr(SSEDecoder, "MAX_LINE", 64)
+    decoder = SSEDecoder()
+    decoder.feed(b"data: " + b"x" * 40 + b"\n")
+    with pytest.raises(SSEError, match="an event of over 64 bytes"):
+        decoder.feed(b"data: " + b"x" * 40 + b"\n")
