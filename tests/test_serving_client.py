@@ -583,3 +583,25 @@ def test_sse_decoder_refuses_an_event_that_never_ends(monkeypatch: pytest.Monkey
     decoder.feed(b"data: " + b"x" * 40 + b"\n")
     with pytest.raises(SSEError, match="an event of over 64 bytes"):
         decoder.feed(b"data: " + b"x" * 40 + b"\n")
+
+
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_json_nested_too_deep_is_one_endpoint_error_everywhere() -> None:
+    """Was a raw RecursionError from json.loads: in a stream, in an error body, in /v1/models."""
+    with answering(SSE_HEAD + b"data: " + DEEP_JSON + b"\n\n") as url:
+        assert fails(url, GenRequest(MODEL, "a", timeout_s=5)).kind == "malformed"
+    head = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n"
+    with answering(head % (500, len(DEEP_JSON)) + DEEP_JSON) as url:
+        assert fails(url, GenRequest(MODEL, "a", timeout_s=5)).status == 500
+
+    async def models(url: str) -> Any:
+        async with OpenAIClient(url) as c:
+            return await c.list_models()
+
+    with (
+        answering(head % (200, len(DEEP_JSON)) + DEEP_JSON) as url,
+        pytest.raises(EndpointError, match="not an OpenAI model list"),
+    ):
+        asyncio.run(models(url))

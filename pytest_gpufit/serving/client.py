@@ -262,6 +262,20 @@ def server_root(base_url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def loads_json(text: str) -> Any:
+    """``json.loads``, with JSON nested too deep for the parser a ValueError like any bad JSON.
+
+    >>> loads_json("[" * 100000 + "]" * 100000)
+    Traceback (most recent call last):
+    ValueError: JSON nested too deep to read
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        # A server's bytes must not raise past the client's EndpointError (it was RecursionError).
+        raise ValueError("JSON nested too deep to read") from None
+
+
 def error_message(body: str) -> str:
     """The server's own words from an error body (OpenAI, vLLM, FastAPI and llama.cpp shapes).
 
@@ -277,7 +291,7 @@ def error_message(body: str) -> str:
     '<html>502 Bad Gateway</html>'
     """
     try:
-        data = json.loads(body)
+        data = loads_json(body)
     except ValueError:
         return body.strip()[:300]
     if isinstance(data, dict):
@@ -533,7 +547,7 @@ class OpenAIClient:
         if status != 200:
             return None
         try:
-            return json.loads(body)
+            return loads_json(body)
         except ValueError:
             return None
 
@@ -543,7 +557,7 @@ class OpenAIClient:
         status, body = await self._get(url)
         self._raise_for_status(status, url, body)
         try:
-            entries = json.loads(body)["data"]
+            entries = loads_json(body)["data"]
             return tuple(
                 ServedModel(
                     id=str(e["id"]),
@@ -733,7 +747,7 @@ class OpenAIClient:
                                 "stream-error",
                             )
                         try:
-                            data = json.loads(event.data)
+                            data = loads_json(event.data)
                         except ValueError as exc:
                             raise EndpointError(
                                 f"{url}: malformed event in the stream (not JSON): "
