@@ -823,8 +823,17 @@ class OpenAIClient:
                 f"{chunks} chunks (it aborted the request)",
                 "stream-error",
             )
+        said = usage.get("completion_tokens") if usage else None
+        cap = body.get("max_tokens")
+        if isinstance(said, int) and isinstance(cap, int) and said > cap:
+            # Every token figure (throughput, TPOT) divides by this count: one above the cap
+            # the server was given is a count that cannot be true.
+            raise EndpointError(
+                f"{url}: the server reported {said} completion tokens for a request capped at "
+                f"max_tokens {cap}; its usage cannot be trusted",
+                "malformed",
+            )
         if chunks == 0:
-            said = usage.get("completion_tokens") if usage else None
             raise EndpointError(
                 f"{url}: the stream carried no content (usage.completion_tokens: {said})", "short"
             )
