@@ -635,3 +635,41 @@ def test_a_count_above_max_tokens_is_not_taken() -> None:
     with answering(SSE_HEAD + CHUNK_A + CHUNK_B + usage + b"data: [DONE]\n\n") as url:
         err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
     assert err.kind == "malformed" and "50 completion tokens" in str(err), str(err)
+
+
+def test_a_get_that_trickles_is_bounded_by_stall_s() -> None:
+    """Was unbounded: a byte every 0.3 s never tripped the per-read limit, so GET /v1/models
+    (and the start of every suite target) waited as long as the server liked."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    hung_up = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            read_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+            try:
+                for _ in range(10):
+                    time.sleep(0.3)
+                    conn.sendall(b" ")
+            except OSError:
+                hung_up.set()  # the client gave up and closed: nothing left waiting
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def models() -> Any:
+        async with OpenAIClient(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", stall_s=1) as c:
+            return await c.list_models()
+
+    began = time.monotonic()
+    try:
+        with pytest.raises(EndpointError, match="no whole answer within 1 s") as info:
+            asyncio.run(models())
+    finally:
+        thread.join(5)
+        listener.close()
+    assert info.value.kind == "timeout" and time.monotonic() - began < 2.5
+    assert hung_up.is_set()

@@ -486,6 +486,11 @@ class OpenAIClient:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=stall_s
         )
+        # A GET (models, health, metrics) is small: it gets stall_s in all, not per read, so a
+        # server that trickles bytes cannot hold the start of a suite without end.
+        self._get_timeout = aiohttp.ClientTimeout(
+            total=stall_s, sock_connect=connect_timeout_s, sock_read=stall_s
+        )
         self._max_connections = max_connections
         self._proxy = env_proxy(self.base_url)
         self._session: aiohttp.ClientSession | None = None
@@ -527,11 +532,16 @@ class OpenAIClient:
     async def _get(self, url: str) -> tuple[int, str]:
         """Status and body text of ``GET url``; no answer or nothing listening is an error."""
         try:
-            async with self._http().get(url, proxy=self._proxy, allow_redirects=False) as response:
+            async with self._http().get(
+                url, proxy=self._proxy, allow_redirects=False, timeout=self._get_timeout
+            ) as response:
                 body = await response.read()
                 return response.status, body.decode("utf-8", "replace")
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise EndpointError(f"GET {url}: no answer ({type(exc).__name__})", "timeout") from exc
+            raise EndpointError(
+                f"GET {url}: no whole answer within {self.stall_s:g} s ({type(exc).__name__})",
+                "timeout",
+            ) from exc
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             raise _bad_url(url, exc) from exc
         except aiohttp.ClientConnectorError as exc:
