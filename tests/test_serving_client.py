@@ -673,3 +673,19 @@ def test_a_get_that_trickles_is_bounded_by_stall_s() -> None:
         listener.close()
     assert info.value.kind == "timeout" and time.monotonic() - began < 2.5
     assert hung_up.is_set()
+
+
+def test_an_api_key_with_a_line_break_is_one_config_error_or_trimmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Was a raw aiohttp ValueError ('Forbidden control character'): a key read from a file
+    ends in a newline (trimmed now); one with a line break inside is a config error that names
+    the variable and never the key."""
+    monkeypatch.setenv("GPUFIT_TEST_KEY", "sk-1\n")
+    with answering(SSE_HEAD + CHUNK_A + CHUNK_B + b"data: [DONE]\n\n") as url:
+        r = stream(url, GenRequest(MODEL, "a", max_tokens=2), api_key_env="GPUFIT_TEST_KEY")
+    assert r.text == "ab"
+    monkeypatch.setenv("GPUFIT_TEST_KEY", "sk-secret\r\nX-Injected: 1")
+    with pytest.raises(EndpointError, match="GPUFIT_TEST_KEY.*control character") as info:
+        OpenAIClient("http://127.0.0.1:1/v1", api_key_env="GPUFIT_TEST_KEY")
+    assert info.value.kind == "config" and "sk-secret" not in str(info.value)

@@ -232,7 +232,12 @@ class SSEDecoder:
 def api_key_from_env(name: str | None, environ: Mapping[str, str] | None = None) -> str | None:
     """The API key held in the environment variable ``name`` (the name, never the key, is config).
 
+    A key read from a file often ends in a newline: the white space around it is dropped. A
+    control character inside it would break the Authorization header: a config error.
+
     >>> api_key_from_env("K", {"K": "sk-1"})
+    'sk-1'
+    >>> api_key_from_env("K", {"K": "sk-1\\n"})
     'sk-1'
     >>> api_key_from_env(None) is None
     True
@@ -240,11 +245,17 @@ def api_key_from_env(name: str | None, environ: Mapping[str, str] | None = None)
     if name is None:
         return None
     env = os.environ if environ is None else environ
-    value = env.get(name)
+    value = (env.get(name) or "").strip()
     if not value:
         raise EndpointError(
             f"api_key_env names {name}, but that environment variable is not set or empty; "
             f"export {name}=<key> or drop api_key_env",
+            kind="config",
+        )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise EndpointError(
+            f"api_key_env names {name}, but its value holds a control character (a line break "
+            f"inside the key?); export {name} with the key alone",
             kind="config",
         )
     return value
