@@ -635,6 +635,9 @@ def test_a_count_above_max_tokens_is_not_taken() -> None:
     with answering(SSE_HEAD + CHUNK_A + CHUNK_B + usage + b"data: [DONE]\n\n") as url:
         err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
     assert err.kind == "malformed" and "50 completion tokens" in str(err), str(err)
+    with answering(SSE_HEAD + CHUNK_A + CHUNK_B + usage + b"data: [DONE]\n\n") as url:
+        asked = GenRequest(MODEL, "a", max_tokens=2, extra={"max_completion_tokens": 64})
+        assert stream(url, asked).completion_tokens == 50  # the cap the server was given
 
 
 def test_a_get_that_trickles_is_bounded_by_stall_s() -> None:

@@ -845,8 +845,11 @@ class OpenAIClient:
                 "stream-error",
             )
         said = usage.get("completion_tokens") if usage else None
-        cap = body.get("max_tokens")
-        if isinstance(said, int) and isinstance(cap, int) and said > cap:
+        # ``extra`` may raise the cap under the newer name (vLLM takes max_completion_tokens
+        # over max_tokens): judge against the larger of the two given.
+        caps = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
+        cap = max((c for c in caps if type(c) is int), default=None)
+        if isinstance(said, int) and cap is not None and said > cap:
             # Every token figure (throughput, TPOT) divides by this count: one above the cap
             # the server was given is a count that cannot be true.
             raise EndpointError(
