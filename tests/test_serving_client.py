@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 import threading
@@ -22,6 +23,7 @@ from pytest_gpufit.serving.client import (
     SSEError,
     SSEvent,
     StreamResult,
+    env_proxy,
 )
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.serving.server import free_port
@@ -361,3 +363,332 @@ def test_the_proxy_the_environment_names_is_used(
     with pytest.raises(EndpointError, match="http:// proxies only") as info:
         OpenAIClient("http://10.1.2.3:8000/v1")
     assert info.value.kind == "config"
+
+
+# --- attacks on the aiohttp transport (each failed on the first aiohttp client) ---------------
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+CHUNK_A = b'data: {"choices": [{"text": "a", "finish_reason": null}]}\n\n'
+CHUNK_B = b'data: {"choices": [{"text": "b", "finish_reason": "length"}]}\n\n'
+
+
+def read_request(conn: socket.socket) -> None:
+    """Read one whole request: closing with its body unread would reset the connection (RST),
+    and the client could see 'dropped' before the answer (a flaky test, not a client bug)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = conn.recv(65536)
+        if not piece:
+            return
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        piece = conn.recv(65536)
+        if not piece:
+            return
+        body += piece
+
+
+@contextlib.contextmanager
+def answering(answer: bytes) -> Iterator[str]:
+    """A socket that answers every request with ``answer`` and closes; yields its /v1 URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.05)  # accept() wakes to see the stop flag (close() would not wake it)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(5)
+            with conn:
+                read_request(conn)
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("usage", "said"),
+    [
+        (b'"prompt_tokens"', "usage is 'prompt_tokens', not an object"),
+        (b'{"completion_tokens": "abc"}', "usage.completion_tokens is 'abc'"),
+        (b'{"completion_tokens": -3}', "usage.completion_tokens is -3"),
+        (b'{"completion_tokens": NaN}', "usage.completion_tokens is nan"),
+        (b'{"completion_tokens": 1e999}', "usage.completion_tokens is inf"),
+        (b'{"completion_tokens": 2.5}', "usage.completion_tokens is 2.5"),
+    ],
+)
+def test_a_usage_that_is_not_a_count_is_one_malformed_error(usage: bytes, said: str) -> None:
+    """Was a raw TypeError/ValueError/OverflowError (or a negative count taken as measured)."""
+    event = b'data: {"choices": [], "usage": ' + usage + b"}\n\n"
+    with answering(SSE_HEAD + CHUNK_A + CHUNK_B + event + b"data: [DONE]\n\n") as url:
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+    assert err.kind == "malformed" and said in str(err), str(err)
+
+
+def test_a_null_count_in_usage_is_no_count() -> None:
+    """Was a TypeError (int(None)); a null count is an unreported one, as a missing key."""
+    event = b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": null}}\n\n'
+    with answering(SSE_HEAD + CHUNK_A + CHUNK_B + event + b"data: [DONE]\n\n") as url:
+        r = stream(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, require_max_tokens=True))
+    assert (r.prompt_tokens, r.completion_tokens) == (1, None)
+    assert err.kind == "short" and "reported no usage" in str(err)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_not_followed(status: int) -> None:
+    """A 302 on POST was followed as a GET to wherever Location said (a server the suite does
+    not name, with the key), and a 307 loop ended as a 'dropped' ClientOSError."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)  # listens, so a followed redirect would connect here and stall
+        elsewhere = f"http://127.0.0.1:{other.getsockname()[1]}/v1/completions"
+        answer = (
+            f"HTTP/1.1 {status} Moved\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        with answering(answer) as url:
+            err = fails(url, GenRequest(MODEL, "a", timeout_s=5), stall_s=2)
+    assert err.kind == "status" and err.status == status, str(err)
+    assert f"redirect to {elsewhere}" in str(err) and "does not follow redirects" in str(err)
+
+
+def test_an_error_status_with_an_unreadable_body_is_still_that_status() -> None:
+    """Was 'dropped mid-stream' (the broken gzip body of a 500 hid the 500)."""
+    answer = b"HTTP/1.1 500 Oops\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nxxxxx"
+    with answering(answer) as url:
+        err = fails(url, GenRequest(MODEL, "a", timeout_s=5))
+    assert (err.kind, err.status) == ("status", 500) and "body unreadable" in str(err), str(err)
+
+
+def test_sse_decoder_drops_a_bom_split_across_reads() -> None:
+    """Was: the BOM's bytes stuck to the first field name, and the first event was lost."""
+    decoder = SSEDecoder()
+    assert decoder.feed(b"\xef") == [] and decoder.feed(b"\xbb") == []
+    assert decoder.feed(b"\xbfdata: 1\n\n") == [SSEvent("message", "1")]
+
+
+def test_sse_decoder_an_empty_read_keeps_a_split_crlf_one_ending() -> None:
+    """Was: an empty read between CR and LF made the LF a blank line (one event became two)."""
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r") == [] and decoder.feed(b"") == []
+    assert decoder.feed(b"\ndata: b\n\n") == [SSEvent("message", "a\nb")]
+
+
+def test_proxy_credentials_never_reach_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refused-proxy message quoted the proxy URL with its password; a dead proxy was
+    reported as 'nothing listening' at the server."""
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "socks5://user:s3cret@127.0.0.1:1080")
+    with pytest.raises(EndpointError) as info:
+        OpenAIClient("http://10.1.2.3:8000/v1")
+    assert "s3cret" not in str(info.value) and "user:***@" in str(info.value)
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:s3cret@127.0.0.1:{free_port()}")
+    err = fails("http://10.1.2.3:8000/v1", GenRequest(MODEL, "a", timeout_s=5))
+    assert err.kind == "connect" and "cannot reach the proxy" in str(err), str(err)
+    assert "s3cret" not in str(err)
+
+
+def test_env_proxy_reads_schemeless_proxies_and_no_proxy_ports() -> None:
+    """As httpx and curl: 'proxy:3128' is an http proxy (was a config error), and a NO_PROXY
+    entry 'host:port' exempts that server (was ignored, so the request went to the proxy)."""
+    env = {"http_proxy": "proxy:3128"}
+    assert env_proxy("http://10.0.0.1:8000/v1", env) == "http://proxy:3128"
+    env["no_proxy"] = "10.0.0.1:8000"
+    assert env_proxy("http://10.0.0.1:8000/v1", env) is None
+    assert env_proxy("http://10.0.0.1:9000/v1", env) == "http://proxy:3128"
+
+
+def test_a_name_that_does_not_resolve_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    err = fails("http://gpufit-no-such-host.invalid/v1", GenRequest(MODEL, "a", timeout_s=5))
+    assert err.kind == "connect" and "does not resolve" in str(err), str(err)
+
+
+# llama.cpp's server streams an error as an "error:" field line, then "data: [DONE]".
+LLAMA_CPP_ERROR = (
+    b'error: {"code": 500, "message": "llama_decode failed", "type": "server_error"}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+@pytest.mark.parametrize("before", [b"", CHUNK_A], ids=["before-content", "mid-stream"])
+def test_a_llama_cpp_error_line_in_a_200_stream_fails_with_its_words(before: bytes) -> None:
+    """Was: mid-stream, a pass with the partial text; before any content, 'no content'."""
+    with answering(SSE_HEAD + before + LLAMA_CPP_ERROR) as url:
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+    assert err.kind == "stream-error" and "llama_decode failed" in str(err), str(err)
+
+
+def test_done_without_any_finish_reason_is_not_a_finished_generation() -> None:
+    """Was a pass: [DONE] after one chunk and no finish_reason read as a complete answer."""
+    with answering(SSE_HEAD + CHUNK_A + b"data: [DONE]\n\n") as url:
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+    assert err.kind == "dropped" and "with [DONE] but without a finish_reason" in str(err)
+
+
+def test_an_aborted_generation_is_a_stream_error() -> None:
+    """Was a pass: vLLM and SGLang end a request they gave up on with finish_reason 'abort'."""
+    abort = b'data: {"choices": [{"text": "", "finish_reason": "abort"}]}\n\n'
+    with answering(SSE_HEAD + CHUNK_A + abort + b"data: [DONE]\n\n") as url:
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+    assert err.kind == "stream-error" and "finish_reason 'abort'" in str(err), str(err)
+
+
+def test_sse_decoder_reads_an_error_field_as_an_error_event() -> None:
+    assert SSEDecoder().feed(b"error: {}\n\ndata: [DONE]\n\n") == [
+        SSEvent("error", "{}"),
+        SSEvent("message", "[DONE]"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://user:s3cret@127.0.0.1:1/v1", "http://user:***@127.0.0.1:1/v1 carries credentials"),
+        ("http://user@127.0.0.1:1/v1", "carries credentials"),
+        ("http://[::1/v1", "Invalid IPv6 URL"),
+        ("http://h:99999/v1", "Port out of range"),
+    ],
+)
+def test_an_endpoint_with_credentials_or_not_parsable_is_one_config_error(
+    url: str, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the password in every message, a raw aiohttp ValueError next to api_key_env, and a
+    raw ValueError for a URL urllib cannot split."""
+    monkeypatch.setenv("GPUFIT_TEST_KEY", "sk-1")
+    with pytest.raises(EndpointError) as info:
+        OpenAIClient(url, api_key_env="GPUFIT_TEST_KEY")
+    assert info.value.kind == "config" and said in str(info.value), str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def test_sse_decoder_holds_a_long_line_in_linear_time() -> None:
+    """Was quadratic: each read re-joined and re-split the whole unfinished line. 4 MiB in
+    4 KiB reads took 4.6 s of CPU before, 0.04 s now (dev-cpu); 15 MiB in 64 KiB, 11 s."""
+    decoder = SSEDecoder()
+    piece = b"x" * 4096
+    began = time.process_time()
+    decoder.feed(b"data: ")
+    for _ in range(1024):
+        decoder.feed(piece)
+    events = decoder.feed(b"\n\n")
+    assert len(events[0].data) == 4 * 2**20
+    assert time.process_time() - began < 1.0
+
+
+def test_sse_decoder_refuses_an_event_that_never_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """data lines that never meet a blank line were held without bound."""
+    monkeypatch.setattr(SSEDecoder, "MAX_LINE", 64)
+    decoder = SSEDecoder()
+    decoder.feed(b"data: " + b"x" * 40 + b"\n")
+    with pytest.raises(SSEError, match="an event of over 64 bytes"):
+        decoder.feed(b"data: " + b"x" * 40 + b"\n")
+
+
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_json_nested_too_deep_is_one_endpoint_error_everywhere() -> None:
+    """Was a raw RecursionError from json.loads: in a stream, in an error body, in /v1/models."""
+    with answering(SSE_HEAD + b"data: " + DEEP_JSON + b"\n\n") as url:
+        assert fails(url, GenRequest(MODEL, "a", timeout_s=5)).kind == "malformed"
+    head = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n"
+    with answering(head % (500, len(DEEP_JSON)) + DEEP_JSON) as url:
+        assert fails(url, GenRequest(MODEL, "a", timeout_s=5)).status == 500
+
+    async def models(url: str) -> Any:
+        async with OpenAIClient(url) as c:
+            return await c.list_models()
+
+    with (
+        answering(head % (200, len(DEEP_JSON)) + DEEP_JSON) as url,
+        pytest.raises(EndpointError, match="not an OpenAI model list"),
+    ):
+        asyncio.run(models(url))
+
+
+def test_a_count_above_max_tokens_is_not_taken() -> None:
+    """Was a pass: usage claiming 50 tokens for max_tokens 2 made every tokens/s figure 25x."""
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 50}}\n\n'
+    with answering(SSE_HEAD + CHUNK_A + CHUNK_B + usage + b"data: [DONE]\n\n") as url:
+        err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
+    assert err.kind == "malformed" and "50 completion tokens" in str(err), str(err)
+    with answering(SSE_HEAD + CHUNK_A + CHUNK_B + usage + b"data: [DONE]\n\n") as url:
+        asked = GenRequest(MODEL, "a", max_tokens=2, extra={"max_completion_tokens": 64})
+        assert stream(url, asked).completion_tokens == 50  # the cap the server was given
+
+
+def test_a_get_that_trickles_is_bounded_by_stall_s() -> None:
+    """Was unbounded: a byte every 0.3 s never tripped the per-read limit, so GET /v1/models
+    (and the start of every suite target) waited as long as the server liked."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    hung_up = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            read_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+            try:
+                for _ in range(10):
+                    time.sleep(0.3)
+                    conn.sendall(b" ")
+            except OSError:
+                hung_up.set()  # the client gave up and closed: nothing left waiting
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def models() -> Any:
+        async with OpenAIClient(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", stall_s=1) as c:
+            return await c.list_models()
+
+    began = time.monotonic()
+    try:
+        with pytest.raises(EndpointError, match="no whole answer within 1 s") as info:
+            asyncio.run(models())
+    finally:
+        thread.join(5)
+        listener.close()
+    assert info.value.kind == "timeout" and time.monotonic() - began < 2.5
+    assert hung_up.is_set()
+
+
+def test_an_api_key_with_a_line_break_is_one_config_error_or_trimmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Was a raw aiohttp ValueError ('Forbidden control character'): a key read from a file
+    ends in a newline (trimmed now); one with a line break inside is a config error that names
+    the variable and never the key."""
+    monkeypatch.setenv("GPUFIT_TEST_KEY", "sk-1\n")
+    with answering(SSE_HEAD + CHUNK_A + CHUNK_B + b"data: [DONE]\n\n") as url:
+        r = stream(url, GenRequest(MODEL, "a", max_tokens=2), api_key_env="GPUFIT_TEST_KEY")
+    assert r.text == "ab"
+    monkeypatch.setenv("GPUFIT_TEST_KEY", "sk-secret\r\nX-Injected: 1")
+    with pytest.raises(EndpointError, match="GPUFIT_TEST_KEY.*control character") as info:
+        OpenAIClient("http://127.0.0.1:1/v1", api_key_env="GPUFIT_TEST_KEY")
+    assert info.value.kind == "config" and "sk-secret" not in str(info.value)

@@ -124,13 +124,20 @@ class SSEvent:
     data: str
 
 
+BOM = b"\xef\xbb\xbf"
+
+# Finish reasons that say the server gave up on the request (vLLM and SGLang say "abort").
+ABORTED = frozenset({"abort", "error"})
+
+
 class SSEDecoder:
     """Incremental event-stream decoder (WHATWG HTML, "Interpreting an event stream").
 
     Feed it bytes as they arrive; it returns the events each piece completes. Lines end in
     CRLF, LF or CR (a CR at the end of one piece and an LF at the start of the next are one
     ending); ``data`` lines join with LF; lines starting with ``:`` are comments; ``id`` and
-    ``retry`` are read and ignored (a load generator never reconnects).
+    ``retry`` are read and ignored (a load generator never reconnects). An ``error`` field line
+    (llama.cpp's way of streaming an error) is dispatched as an event of type "error".
 
     >>> d = SSEDecoder()
     >>> d.feed(b'data: {"a": 1}\\n\\nevent: error\\r\\ndata: x\\r\\ndata: y\\r')
@@ -142,33 +149,46 @@ class SSEDecoder:
     # One line longer than this is not a token stream: stop instead of buffering without end.
     MAX_LINE = 16 * 2**20
 
-    __slots__ = ("_buffer", "_data", "_event", "_skip_lf", "_started")
+    __slots__ = ("_buffer", "_data", "_data_len", "_event", "_held", "_skip_lf", "_started")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        # The unfinished line, in pieces: joined once when its end comes (joining on every
+        # read made a long line quadratic: 11 s of CPU for 15 MiB in 64 KiB reads).
+        self._buffer: list[bytes] = []
+        self._held = 0
         self._data: list[str] = []
+        self._data_len = 0
         self._event = ""
         self._skip_lf = False
         self._started = False
 
     def feed(self, piece: bytes) -> list[SSEvent]:
-        if not self._started and piece:
+        if not piece:
+            return []  # an empty read says nothing, not even that a CRLF's LF is not coming
+        if not self._started:
+            # The spec drops one leading BOM, which may itself arrive split across reads.
+            piece = b"".join(self._buffer) + piece
+            self._buffer = []
+            if len(piece) < len(BOM) and BOM.startswith(piece):
+                self._buffer = [piece]
+                return []
             self._started = True
-            piece = piece.removeprefix(b"\xef\xbb\xbf")  # the spec drops one leading BOM
+            piece = piece.removeprefix(BOM)
         if self._skip_lf and piece[:1] == b"\n":
             piece = piece[1:]
         self._skip_lf = False
         if not piece:
             return []
-        text = self._buffer + piece
+        if b"\n" not in piece and b"\r" not in piece:
+            self._hold(piece)
+            return []
+        text = b"".join(self._buffer) + piece
+        self._buffer, self._held = [], 0
         lines = text.splitlines(keepends=True)  # bytes split only on CR, LF, CRLF
         last = lines[-1]
         if last[-1:] not in (b"\n", b"\r"):
-            self._buffer = lines.pop()
-            if len(self._buffer) > self.MAX_LINE:
-                raise SSEError(f"a line of over {self.MAX_LINE} bytes without a line ending")
+            self._hold(lines.pop())
         else:
-            self._buffer = b""
             # A CR that ends this piece may be the first half of a CRLF split across pieces.
             self._skip_lf = last.endswith(b"\r")
         events: list[SSEvent] = []
@@ -178,6 +198,7 @@ class SSEDecoder:
                 if self._data:
                     events.append(SSEvent(self._event or "message", "\n".join(self._data)))
                 self._data = []
+                self._data_len = 0
                 self._event = ""
                 continue
             if line[:1] == b":":
@@ -187,15 +208,36 @@ class SSEDecoder:
                 value = value[1:]
             if name == b"data":
                 self._data.append(value.decode("utf-8", "replace"))
+                self._data_len += len(value)
+                if self._data_len > self.MAX_LINE:
+                    # data lines that never meet a blank line would be held without end
+                    raise SSEError(f"an event of over {self.MAX_LINE} bytes of data")
             elif name == b"event":
                 self._event = value.decode("utf-8", "replace")
+            elif name == b"error":
+                # Not a WHATWG field, but llama.cpp's server streams its errors as
+                # "error: {...}" lines (then "data: [DONE]"): ignored, a failed generation
+                # would read as a finished one.
+                self._data.append(value.decode("utf-8", "replace"))
+                self._event = "error"
         return events
+
+    def _hold(self, piece: bytes) -> None:
+        self._buffer.append(piece)
+        self._held += len(piece)
+        if self._held > self.MAX_LINE:
+            raise SSEError(f"a line of over {self.MAX_LINE} bytes without a line ending")
 
 
 def api_key_from_env(name: str | None, environ: Mapping[str, str] | None = None) -> str | None:
     """The API key held in the environment variable ``name`` (the name, never the key, is config).
 
+    A key read from a file often ends in a newline: the white space around it is dropped. A
+    control character inside it would break the Authorization header: a config error.
+
     >>> api_key_from_env("K", {"K": "sk-1"})
+    'sk-1'
+    >>> api_key_from_env("K", {"K": "sk-1\\n"})
     'sk-1'
     >>> api_key_from_env(None) is None
     True
@@ -203,11 +245,17 @@ def api_key_from_env(name: str | None, environ: Mapping[str, str] | None = None)
     if name is None:
         return None
     env = os.environ if environ is None else environ
-    value = env.get(name)
+    value = (env.get(name) or "").strip()
     if not value:
         raise EndpointError(
             f"api_key_env names {name}, but that environment variable is not set or empty; "
             f"export {name}=<key> or drop api_key_env",
+            kind="config",
+        )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise EndpointError(
+            f"api_key_env names {name}, but its value holds a control character (a line break "
+            f"inside the key?); export {name} with the key alone",
             kind="config",
         )
     return value
@@ -225,6 +273,20 @@ def server_root(base_url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def loads_json(text: str) -> Any:
+    """``json.loads``, with JSON nested too deep for the parser a ValueError like any bad JSON.
+
+    >>> loads_json("[" * 100000 + "]" * 100000)
+    Traceback (most recent call last):
+    ValueError: JSON nested too deep to read
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        # A server's bytes must not raise past the client's EndpointError (it was RecursionError).
+        raise ValueError("JSON nested too deep to read") from None
+
+
 def error_message(body: str) -> str:
     """The server's own words from an error body (OpenAI, vLLM, FastAPI and llama.cpp shapes).
 
@@ -240,7 +302,7 @@ def error_message(body: str) -> str:
     '<html>502 Bad Gateway</html>'
     """
     try:
-        data = json.loads(body)
+        data = loads_json(body)
     except ValueError:
         return body.strip()[:300]
     if isinstance(data, dict):
@@ -268,6 +330,29 @@ def stream_error(data: Mapping[str, Any]) -> str | None:
     if data.get("object") == "error":
         return str(data.get("message", data))[:500]
     return None
+
+
+def _usage_of(usage: Any) -> dict[str, int | None]:
+    """The token counts of a ``usage`` object; ValueError when one is not a count.
+
+    A count the server left out or sent as null is None; one that is not a whole number of
+    at least zero (a string, a float, NaN, a negative) is not something a gate may judge on.
+
+    >>> _usage_of({"prompt_tokens": 5, "completion_tokens": None, "total_tokens": 5})
+    {'prompt_tokens': 5, 'completion_tokens': None}
+    >>> _usage_of({"completion_tokens": -1})
+    Traceback (most recent call last):
+    ValueError: usage.completion_tokens is -1, not a token count
+    """
+    if not isinstance(usage, Mapping):
+        raise ValueError(f"usage is {usage!r}, not an object")
+    counts: dict[str, int | None] = {}
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            raise ValueError(f"usage.{key} is {value!r}, not a token count")
+        counts[key] = value
+    return counts
 
 
 def _logprobs_of(choice: Mapping[str, Any], chat: bool) -> list[TokenLogprob]:
@@ -317,15 +402,52 @@ def env_proxy(base_url: str, environ: Mapping[str, str] | None = None) -> str | 
 
     parts = urlsplit(base_url)
     proxy = get(f"{parts.scheme.lower()}_proxy") or get("all_proxy")
-    if not proxy or proxy_bypass_environment(parts.hostname or "", {"no": get("no_proxy")}):
+    host = parts.hostname or ""
+    try:
+        # With the port too, so that a NO_PROXY entry "host:port" matches (urllib tries both).
+        host_port = f"{host}:{parts.port}" if parts.port is not None else host
+    except ValueError:
+        host_port = host
+    if not proxy or proxy_bypass_environment(host_port, {"no": get("no_proxy")}):
         return None
+    if "://" not in proxy:
+        proxy = f"http://{proxy}"  # "proxy:3128" means http, as httpx and curl read it
     if urlsplit(proxy).scheme.lower() not in ("http", "https"):
         raise EndpointError(
-            f"the environment names the proxy {proxy!r} for {base_url}; the client speaks to "
-            "http:// proxies only: unset it or add the host to NO_PROXY",
+            f"the environment names the proxy {redact(proxy)!r} for {base_url}; the client "
+            "speaks to http:// proxies only: unset it or add the host to NO_PROXY",
             kind="config",
         )
     return proxy
+
+
+def redact(url: str) -> str:
+    """``url`` without the password of its user part (a proxy URL may carry one).
+
+    >>> redact("http://user:s3cret@proxy:3128")
+    'http://user:***@proxy:3128'
+    >>> redact("http://proxy:3128")
+    'http://proxy:3128'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}").geturl()
+
+
+def _unreachable(what: str, exc: aiohttp.ClientConnectorError, proxy: str | None) -> EndpointError:
+    """A connect failure in words that say which host failed: the proxy, a name, or the server."""
+    why = exc or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientProxyConnectionError) and proxy is not None:
+        return EndpointError(
+            f"{what}: cannot reach the proxy {redact(proxy)} the environment names ({why}); "
+            "fix HTTP_PROXY/HTTPS_PROXY or add the host to NO_PROXY",
+            "connect",
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return EndpointError(f"{what}: the host name does not resolve ({why})", "connect")
+    return EndpointError(f"{what}: nothing listening there ({why})", "connect")
 
 
 def _bad_url(url: str, exc: Exception) -> EndpointError:
@@ -356,11 +478,29 @@ class OpenAIClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.root = server_root(self.base_url)
+        try:
+            parts = urlsplit(self.base_url)
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError as exc:
+            raise _bad_url(self.base_url, exc) from None
+        if parts.username is not None:
+            # Every message names the URL (reports, JUnit, CI logs): a password would be in all,
+            # and aiohttp refuses URL credentials next to the key's Authorization header.
+            raise EndpointError(
+                f"the endpoint {redact(self.base_url)} carries credentials; take them out of "
+                "the URL and name the variable holding the server's key with api_key_env",
+                "config",
+            )
         key = api_key_from_env(api_key_env)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.stall_s = stall_s
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=stall_s
+        )
+        # A GET (models, health, metrics) is small: it gets stall_s in all, not per read, so a
+        # server that trickles bytes cannot hold the start of a suite without end.
+        self._get_timeout = aiohttp.ClientTimeout(
+            total=stall_s, sock_connect=connect_timeout_s, sock_read=stall_s
         )
         self._max_connections = max_connections
         self._proxy = env_proxy(self.base_url)
@@ -403,16 +543,23 @@ class OpenAIClient:
     async def _get(self, url: str) -> tuple[int, str]:
         """Status and body text of ``GET url``; no answer or nothing listening is an error."""
         try:
-            async with self._http().get(url, proxy=self._proxy) as response:
+            async with self._http().get(
+                url, proxy=self._proxy, allow_redirects=False, timeout=self._get_timeout
+            ) as response:
                 body = await response.read()
                 return response.status, body.decode("utf-8", "replace")
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise EndpointError(f"GET {url}: no answer ({type(exc).__name__})", "timeout") from exc
+            raise EndpointError(
+                f"GET {url}: no whole answer within {self.stall_s:g} s ({type(exc).__name__})",
+                "timeout",
+            ) from exc
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             raise _bad_url(url, exc) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise _unreachable(f"GET {url}", exc, self._proxy) from exc
         except aiohttp.ClientError as exc:
             raise EndpointError(
-                f"GET {url}: nothing listening there ({exc or type(exc).__name__})", "connect"
+                f"GET {url}: no HTTP answer ({exc or type(exc).__name__})", "connect"
             ) from exc
 
     async def get_json(self, url: str) -> Any | None:
@@ -421,7 +568,7 @@ class OpenAIClient:
         if status != 200:
             return None
         try:
-            return json.loads(body)
+            return loads_json(body)
         except ValueError:
             return None
 
@@ -431,7 +578,7 @@ class OpenAIClient:
         status, body = await self._get(url)
         self._raise_for_status(status, url, body)
         try:
-            entries = json.loads(body)["data"]
+            entries = loads_json(body)["data"]
             return tuple(
                 ServedModel(
                     id=str(e["id"]),
@@ -466,9 +613,24 @@ class OpenAIClient:
 
     # --- streaming --------------------------------------------------------------------------
 
-    def _raise_for_status(self, status: int, url: str, body: str, model: str | None = None) -> None:
+    def _raise_for_status(
+        self,
+        status: int,
+        url: str,
+        body: str,
+        model: str | None = None,
+        location: str | None = None,
+    ) -> None:
         if status == 200:
             return
+        if 300 <= status < 400:
+            # Following it would measure (and send the key to) a server the suite does not name.
+            raise EndpointError(
+                f"{url}: HTTP {status} redirect{f' to {location}' if location else ''}; the client "
+                "does not follow redirects: set the endpoint to the server's own /v1 URL",
+                "status",
+                status,
+            )
         said = error_message(body)
         if status in (401, 403):
             raise EndpointError(
@@ -558,7 +720,7 @@ class OpenAIClient:
         itl: list[float] = []
         logprobs: list[TokenLogprob] = []
         saw_logprobs = False
-        usage: Mapping[str, Any] | None = None
+        usage: Mapping[str, int | None] | None = None
         finish: str | None = None
         ttft = 0.0
         first_at = 0.0
@@ -569,10 +731,21 @@ class OpenAIClient:
         last_event = start
         decoder = SSEDecoder()
         try:
-            async with self._http().post(url, json=body, proxy=self._proxy) as response:
+            async with self._http().post(
+                url, json=body, proxy=self._proxy, allow_redirects=False
+            ) as response:
                 if response.status != 200:
-                    raw = (await response.read()).decode("utf-8", "replace")
-                    self._raise_for_status(response.status, url, raw, request.model)
+                    try:
+                        raw = (await response.read()).decode("utf-8", "replace")
+                    except aiohttp.ClientError as exc:
+                        raw = f"(body unreadable: {type(exc).__name__})"
+                    self._raise_for_status(
+                        response.status,
+                        url,
+                        raw,
+                        request.model,
+                        response.headers.get("Location"),
+                    )
                 kind = response.headers.get("Content-Type", "")
                 if kind.partition(";")[0].strip().lower() != "text/event-stream":
                     raise EndpointError(
@@ -595,7 +768,7 @@ class OpenAIClient:
                                 "stream-error",
                             )
                         try:
-                            data = json.loads(event.data)
+                            data = loads_json(event.data)
                         except ValueError as exc:
                             raise EndpointError(
                                 f"{url}: malformed event in the stream (not JSON): "
@@ -611,7 +784,7 @@ class OpenAIClient:
                             )
                         try:
                             if data.get("usage"):
-                                usage = data["usage"]
+                                usage = _usage_of(data["usage"])
                             for choice in data.get("choices") or []:
                                 if choice.get("finish_reason"):
                                     finish = str(choice["finish_reason"])
@@ -640,9 +813,11 @@ class OpenAIClient:
             raise EndpointError(f"{url}: not an event stream: {exc}", "malformed") from exc
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             raise _bad_url(url, exc) from exc
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        except aiohttp.ClientConnectorError as exc:
+            raise _unreachable(url, exc, self._proxy) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
             raise EndpointError(
-                f"{url}: nothing listening there ({exc or type(exc).__name__})", "connect"
+                f"{url}: nothing answered the connection ({exc or type(exc).__name__})", "connect"
             ) from exc
         except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
             raise EndpointError(
@@ -655,13 +830,34 @@ class OpenAIClient:
                 f"({type(exc).__name__}: {exc}); dropped mid-stream?",
                 "dropped",
             ) from exc
-        if not done and finish is None:
+        if finish is None:
+            # [DONE] alone does not say the generation finished: llama.cpp sends it after an
+            # error too. Every OpenAI-compatible server names a finish_reason when it ends.
+            ended = "with [DONE] but" if done else "without [DONE] and"
             raise EndpointError(
-                f"{url}: the stream ended after {chunks} chunks without a finish_reason or [DONE]",
+                f"{url}: the stream ended after {chunks} chunks {ended} without a finish_reason",
                 "dropped",
             )
+        if finish in ABORTED:
+            raise EndpointError(
+                f"{url}: the server ended the generation with finish_reason {finish!r} after "
+                f"{chunks} chunks (it aborted the request)",
+                "stream-error",
+            )
+        said = usage.get("completion_tokens") if usage else None
+        # ``extra`` may raise the cap under the newer name (vLLM takes max_completion_tokens
+        # over max_tokens): judge against the larger of the two given.
+        caps = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
+        cap = max((c for c in caps if type(c) is int), default=None)
+        if isinstance(said, int) and cap is not None and said > cap:
+            # Every token figure (throughput, TPOT) divides by this count: one above the cap
+            # the server was given is a count that cannot be true.
+            raise EndpointError(
+                f"{url}: the server reported {said} completion tokens for a request capped at "
+                f"max_tokens {cap}; its usage cannot be trusted",
+                "malformed",
+            )
         if chunks == 0:
-            said = usage.get("completion_tokens") if usage else None
             raise EndpointError(
                 f"{url}: the stream carried no content (usage.completion_tokens: {said})", "short"
             )
@@ -671,12 +867,8 @@ class OpenAIClient:
             e2e_s=last_event - start,
             text="".join(text),
             content_chunks=chunks,
-            prompt_tokens=int(usage["prompt_tokens"])
-            if usage and "prompt_tokens" in usage
-            else None,
-            completion_tokens=(
-                int(usage["completion_tokens"]) if usage and "completion_tokens" in usage else None
-            ),
+            prompt_tokens=usage.get("prompt_tokens") if usage else None,
+            completion_tokens=usage.get("completion_tokens") if usage else None,
             finish_reason=finish,
             ignore_eos_applied=ignore_eos,
             logprobs=tuple(logprobs) if saw_logprobs and logprobs else None,
