@@ -83,7 +83,12 @@ def _fit(args: argparse.Namespace) -> int:
         data = {"model": row.spec.name, "path": row.spec.path, **est.to_dict(), "gpus": gpus}
         print(json.dumps(data, indent=2))
         return 0
+    from pytest_gpufit.fit.names import variant_note
+
     p = row.spec.params
+    variant = variant_note(args.model)
+    if variant:
+        print(f"note: {variant}")
     print(
         f"{row.spec.name} ({row.spec.model_type}): {p.total / 1e9:.2f}B parameters, "
         f"{p.active / 1e9:.2f}B active per token"
@@ -98,6 +103,14 @@ def _fit(args: argparse.Namespace) -> int:
     for warning in est.warnings:
         print(f"note: {warning}")
     print(render([row], setups))
+    if knobs is not None and plans and knobs.max_model_len is None:
+        # The table above is at est.context; the engine, like vLLM by default, plans at the
+        # model's maximum: say so, or the two figures read as a contradiction.
+        print(
+            f"note: the {knobs.engine} plan runs at {plans[0].max_model_len:,} tokens per "
+            f"request (the model's maximum, the engine's default), not the table's "
+            f"{est.context:,}; --context or --max-model-len sets it"
+        )
     for setup, engine_plan in zip(setups, plans, strict=False):  # no plans without --engine
         print("\n".join(plan_text(setup.id, setup.gpu, engine_plan)))
     return 0

@@ -140,9 +140,11 @@ def test_table_formats(capsys: pytest.CaptureFixture[str], fmt: str) -> None:
         assert "h200" in out and "2*h200" in out and "Llama-3.1-70B" in out
         rows = out.strip().split("\n\n")[0].splitlines()
         assert len(rows) == 4 + (1 if fmt != "markdown" else 2)
-        if fmt != "csv":  # the legend says what a cell means
+        if fmt != "csv":  # the legend says what the cells shown mean, and only those
             assert "fits xN: N copies fit side by side" in out
-            assert "no: needs X/card, card has Y" in out
+            assert "only to C ctx: fits, but only up to context C" in out
+            assert ("no: needs X/card" in out) == ("no: needs " in out.split("\n\n")[0])
+            assert "(emulated):" not in out and "do not divide" not in out
 
 
 def test_compatibility_doc_is_up_to_date(capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,7 +200,11 @@ def test_runner_labels_are_catalog_aliases(capsys: pytest.CaptureFixture[str]) -
 
 def test_instruct_variant_resolves_to_its_base_config(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "fit", "meta-llama/Llama-3.1-70B-Instruct", "--gpu", "h200")
-    assert code == 0 and out.startswith("Llama-3.1-70B (llama)")
+    assert code == 0
+    assert out.startswith(
+        "note: meta-llama/Llama-3.1-70B-Instruct: the shipped meta-llama/Llama-3.1-70B config"
+    )
+    assert out.splitlines()[1].startswith("Llama-3.1-70B (llama)")
     # the 2507 release has another context length: not the same config, so not mapped
     code, _, err = run(capsys, "fit", "Qwen/Qwen3-30B-A3B-Instruct-2507", "--gpu", "h200")
     assert code == 2 and "not a shipped model id" in err

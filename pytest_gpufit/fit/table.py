@@ -139,6 +139,29 @@ LEGEND = (
 )
 
 
+# What marks a legend entry's symbol in a cell: only the entries a table uses are printed.
+_LEGEND_MARKS = (
+    "fits x",
+    " ctx",
+    " tok/s",
+    " free",
+    "(emulated)",
+    "no: needs",
+    "only to",
+    "divide",
+)
+
+
+def legend(cells: Sequence[str]) -> list[str]:
+    """The legend entries whose symbol appears in ``cells``.
+
+    >>> [item.split(":")[0] for item in legend(["no: needs 149.6 GB/card, card has 101.6 GB"])]
+    ['no']
+    """
+    text = "\n".join(cells)
+    return [item for item, mark in zip(LEGEND, _LEGEND_MARKS, strict=True) if mark in text]
+
+
 def render(rows: Sequence[Row], setups: Sequence[Setup], fmt: str = "text") -> str:
     header = ["model", "dtype", "weights", "total"] + [s.id for s in setups]
     body = [
@@ -172,7 +195,8 @@ def render(rows: Sequence[Row], setups: Sequence[Setup], fmt: str = "text") -> s
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join([*lines, "", *(f"- {item}" for item in LEGEND)])
+        used = legend([cell for row in body for cell in row[4:]])
+        return "\n".join([*lines, "", *(f"- {item}" for item in used)])
     if fmt != "text":
         raise GpufitError(f"--format: expected text, markdown, csv or json, got {fmt!r}")
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
@@ -180,4 +204,5 @@ def render(rows: Sequence[Row], setups: Sequence[Setup], fmt: str = "text") -> s
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
         for row in [header, *body]
     ]
-    return "\n".join([*table, "", *(f"  {item}" for item in LEGEND)])
+    used = legend([cell for row in body for cell in row[4:]])
+    return "\n".join([*table, "", *(f"  {item}" for item in used)])
