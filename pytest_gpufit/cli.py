@@ -335,7 +335,7 @@ def _plan(args: argparse.Namespace) -> int:
             "--runners is set but empty; give the runner-pool file, e.g. "
             "--runners gpufit-runners.yaml"
         )
-    pool = load_pool(Path(args.runners))
+    pool = load_pool(Path(args.runners), "--runners")
     pytest_args = list(args.pytest_args)
     if "--" in pytest_args:  # gpufit's separator, wherever it stands (`suites/ -- -k x` too)
         pytest_args.remove("--")

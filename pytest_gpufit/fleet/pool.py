@@ -220,14 +220,15 @@ def parse_pool(data: Any, path: Path) -> Pool:
     return Pool(tuple(runners), placement, str(path), line)
 
 
-def load_pool(path: Path) -> Pool:
-    """Read and check a pool file; every problem is a ``GpufitError`` naming file and line."""
+def load_pool(path: Path, option: str = "--gpufit-runners / GPUFIT_RUNNERS") -> Pool:
+    """Read and check a pool file; every problem is a ``GpufitError`` naming file and line.
+    ``option`` is what points at the file where the caller reads it (named when it is missing)."""
     from pytest_gpufit.suites.yaml_lines import load_yaml  # late: YAML only when asked
 
     if not path.is_file():
         raise GpufitError(
             f"{path}: no such runner-pool file; write one (docs/ci.md, 'The runner-pool file') "
-            "or point --gpufit-runners / GPUFIT_RUNNERS at it"
+            f"or point {option} at it"
         )
     return parse_pool(load_yaml(path), path)
 
