@@ -18,12 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pytest_gpufit.units import GIB
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "calibration"
 CALIBRATION = FIXTURES / "vllm-0.19-h100-sweep.tsv"
 HELDOUT = FIXTURES / "heldout.tsv"
 BEFORE = FIXTURES / "before.tsv"
-GIB = 2**30
 # Model names in the logs -> the config the estimator reads (Instruct/Chat share base shapes).
 MODELS = {
     "Llama-3.1-8B-Instruct": "llama-3.1-8b",

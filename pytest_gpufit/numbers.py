@@ -57,3 +57,12 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     """
     word = noun if count == 1 else (plural_form or noun + "s")
     return f"{format_number(count)} {word}"
+
+
+def short_tokens(n: int) -> str:
+    """A token count as tables show it: whole thousands of 1,024 as ``k``.
+
+    >>> short_tokens(40960), short_tokens(1000)
+    ('40k', '1000')
+    """
+    return f"{n // 1024}k" if n >= 1024 else str(n)

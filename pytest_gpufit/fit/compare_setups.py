@@ -22,6 +22,7 @@ from pytest_gpufit.fit.context import check_context
 from pytest_gpufit.fit.estimate import GpuFit, MemoryEstimate, estimate, fit_on
 from pytest_gpufit.fit.spec import ModelSpec, load_spec
 from pytest_gpufit.hardware.catalog import card_link
+from pytest_gpufit.numbers import short_tokens
 from pytest_gpufit.units import format_gb
 
 if TYPE_CHECKING:
@@ -147,9 +148,10 @@ def _gains(a: SetupView, b: SetupView, a_setup: Setup, b_setup: Setup) -> tuple[
     if b.starts and not a.starts:
         gains.append("newly starts")
     if b.fits and a.fits and b.max_context > a.max_context:
-        gains.append(f"+{_k(b.max_context - a.max_context)} ctx")
+        gains.append(f"+{short_tokens(b.max_context - a.max_context)} ctx")
     if b.starts and a.starts and b.kv_cache_tokens > a.kv_cache_tokens:
-        gains.append(f"KV cache {_k(a.kv_cache_tokens)} -> {_k(b.kv_cache_tokens)} tokens")
+        before, after = short_tokens(a.kv_cache_tokens), short_tokens(b.kv_cache_tokens)
+        gains.append(f"KV cache {before} -> {after} tokens")
     # B's cards can also hold independent copies of A's setup (data parallel).
     replicas = (
         (b_setup.count // a_setup.count) * a.copies
@@ -164,10 +166,6 @@ def _gains(a: SetupView, b: SetupView, a_setup: Setup, b_setup: Setup) -> tuple[
         change = b.decode_tok_s_ceiling / a.decode_tok_s_ceiling - 1
         gains.append(f"decode ceiling {change:+.0%} per copy")
     return tuple(gains)
-
-
-def _k(tokens: int) -> str:
-    return f"{tokens // 1024}k" if tokens >= 1024 else str(tokens)
 
 
 def compare(
@@ -202,10 +200,12 @@ def _cell(v: SetupView) -> str:
         return f"fits; engine: {v.reason}"
     # The plan's reason up to its advice ("weights need 87.00 GiB per GPU, more than the ...").
     why = f" ({v.reason.split(':')[0]})" if v.reason else ""
-    started = f"starts, {_k(v.kv_cache_tokens)} KV" if v.starts else f"does not start{why}"
+    started = (
+        f"starts, {short_tokens(v.kv_cache_tokens)} KV" if v.starts else f"does not start{why}"
+    )
     ceiling = f", <= {v.decode_tok_s_ceiling:.0f} tok/s" if v.decode_tok_s_ceiling else ""
     link = f" (link {v.link}: {v.link_share:.1%} of it)" if v.link else ""
-    return f"x{v.copies}, {_k(v.max_context)} ctx, {started}{ceiling}{link}"
+    return f"x{v.copies}, {short_tokens(v.max_context)} ctx, {started}{ceiling}{link}"
 
 
 LEGEND = (

@@ -16,7 +16,6 @@ from typing import Any
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.estimate import (
-    GIB,
     KV_DTYPES,
     RUNTIME_OVERHEAD_BYTES,
     activation_bytes_per_gpu,
@@ -32,6 +31,7 @@ from pytest_gpufit.fit.estimate import (
 )
 from pytest_gpufit.fit.spec import ModelSpec
 from pytest_gpufit.hardware.records import Gpu
+from pytest_gpufit.units import GIB
 
 ENGINES = ("vllm", "sglang", "llama.cpp", "transformers")
 

@@ -14,9 +14,9 @@ from typing import Any
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.spec import ModelSpec
 from pytest_gpufit.hardware.records import Gpu
+from pytest_gpufit.units import GIB
 
 MIB = 2**20
-GIB = 2**30
 # CUDA context + cuBLAS workspaces + kernels loaded by torch, one process on one GPU: vLLM 0.19
 # on an H100 measures 0.76 GiB (worker init 0.51 + non-torch 0.25; docs/fit.md, calibration).
 RUNTIME_OVERHEAD_BYTES = 768 * MIB

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.names import variant_note
 from pytest_gpufit.serving.facts import EngineLog, read_engine_log
+from pytest_gpufit.units import GIB
 
 if TYPE_CHECKING:
     from pytest_gpufit.fit.engines import EngineKnobs, EnginePlan
     from pytest_gpufit.fit.spec import ModelSpec
     from pytest_gpufit.hardware.records import Gpu
 
-GIB = 2**30
 VLLM_BLOCK_SIZE = 16  # vLLM's default --block-size: "# GPU blocks" x 16 = tokens
 MAX_LOG_BYTES = 64 * 2**20  # a server log is megabytes; more is the wrong file
 

@@ -14,6 +14,7 @@ from pytest_gpufit.fit.estimate import GpuFit, MemoryEstimate, estimate, fit_on
 from pytest_gpufit.fit.spec import ModelSpec, load_spec, shipped_models
 from pytest_gpufit.hardware.catalog import catalog, catalog_gpu, split_repeat
 from pytest_gpufit.hardware.records import Gpu
+from pytest_gpufit.numbers import short_tokens
 from pytest_gpufit.units import format_gb
 
 
@@ -85,16 +86,12 @@ def build_rows(
         except GpufitError:
             if strict_context:
                 raise
-            beyond = f"beyond its max context ({_tokens(spec.max_position_embeddings or 0)})"
+            beyond = f"beyond its max context ({short_tokens(spec.max_position_embeddings or 0)})"
         for dtype in dtypes:
             est = estimate(spec, dtype, context, batch, kv_dtype)
             fits = tuple(fit_on(spec, est, s.gpu, s.count, s.id) for s in setups)
             rows.append(Row(spec, est, fits, beyond))
     return rows
-
-
-def _tokens(n: int) -> str:
-    return f"{n // 1024}k" if n >= 1024 else str(n)
 
 
 def cell(fit: GpuFit) -> str:
@@ -116,12 +113,12 @@ def cell(fit: GpuFit) -> str:
             f"card has {format_gb(fit.usable_bytes)} usable"
         )
         if fit.max_context:
-            return f"only to {_tokens(fit.max_context)} ctx ({needs})"
+            return f"only to {short_tokens(fit.max_context)} ctx ({needs})"
         return f"no: {needs}"
     ceiling = f", {fit.decode_tok_s_ceiling:.0f} tok/s" if fit.decode_tok_s_ceiling else ""
     emulated = " (emulated)" if fit.precision_support == "emulated" else ""
     free = f", {format_gb(fit.headroom_bytes)} free"
-    return f"fits x{fit.instances}, {_tokens(fit.max_context)} ctx{ceiling}{free}{emulated}"
+    return f"fits x{fit.instances}, {short_tokens(fit.max_context)} ctx{ceiling}{free}{emulated}"
 
 
 LEGEND = (

@@ -83,10 +83,9 @@ class RunnerSelection:
                 "Give `gpufit plan` the gate's test arguments and install, and compare its "
                 "table here with the plan job's"
             )
-        keep = mine
         kept, dropped = [], []
         for item, placement in zip(items, plan.items, strict=True):
-            if item.nodeid in keep:
+            if item.nodeid in mine:
                 kept.append(item)
             else:
                 dropped.append(item)

@@ -14,8 +14,8 @@ from typing import Any
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.measure import repeat
 from pytest_gpufit.suites.limits import expect_throughput_limits
+from pytest_gpufit.units import GIB
 
-GIB = 2**30
 # Per-level figures kept as baseline metrics (see pytest_gpufit.baseline.compare.LEVEL_METRICS):
 # name -> the LevelResult.metrics() key it comes from
 LEVEL_FIGURES = {
