@@ -338,7 +338,9 @@ def test_every_fault_is_one_clear_failure_and_the_next_target_runs(
     assert "server log: " in text or "last lines of" in text
     no_traceback(result)
     assert took < 90, f"the faults took {took:.0f} s: something waited past its timeout"
-    assert not _processes_with("-gpufit.py"), "a launched server was left running"
+    # This test's launch scripts live in its tmp_path: another test's server running beside it
+    # (pytest -n 2 without --dist loadfile) is not one this test left behind.
+    assert not _processes_with(f"{tmp_path}/"), "a launched server was left running"
 
 
 def test_plugin_and_collection_import_no_http_client(tmp_path: Path) -> None:
@@ -377,7 +379,7 @@ def test_a_target_server_stops_after_its_last_check_and_on_ctrl_c(
     pytester.makefile(".gpufit.yaml", s=suite(targets))
     result = pytester.runpytest("s.gpufit.yaml", FAIL, "-p", "no:randomly")
     result.assert_outcomes(passed=2)
-    assert not _processes_with("-gpufit.py")
+    assert not _processes_with(f"{tmp_path}/")
 
     slow = "    server.delay_s = 0.5\n"  # each token half a second: the load runs a while
     script = launched(tmp_path, "interrupted-gpufit")
