@@ -12,7 +12,7 @@ They are generated from the marker table ``pytest_gpufit.markers.SPECS``:
 ``requires_compute_capability(capability)``, ``requires_dtype(*dtypes)``,
 ``requires_driver(version)``, ``requires_cuda(version)``, ``requires_torch(version)``,
 ``requires_fit(model, dtype='bf16', context=None, batch=1, instances=1, gpus=1,
-engine=None)``.
+engine=None)``, ``requires_p2p(count=2, topology=None)``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the names for type checkers; tests/test_markers_table.py ke
     requires_cuda: Callable[..., pytest.MarkDecorator]
     requires_torch: Callable[..., pytest.MarkDecorator]
     requires_fit: Callable[..., pytest.MarkDecorator]
+    requires_p2p: Callable[..., pytest.MarkDecorator]
 
 for _spec in SPECS:
     globals()[_spec.name] = make_decorator(_spec)

@@ -44,6 +44,7 @@ def probe_text(inventory: Inventory) -> str:
     for g in inventory.gpus:
         bw = f", {g.memory_bandwidth_bytes_s / 1e9:.0f} GB/s" if g.memory_bandwidth_bytes_s else ""
         lines.append(f"{g.describe()}{bw}; native: {', '.join(g.native_dtypes) or '-'}")
+    lines += [f"link {link.describe()}" for link in inventory.links]
     lines += [f"warning: {w}" for w in inventory.warnings]
     return "\n".join(lines)
 

@@ -32,6 +32,7 @@ from pytest_gpufit.hardware.dtypes import (
     canonical_dtype,
     parse_compute_capability,
 )
+from pytest_gpufit.hardware.records import LINK_LEVELS
 from pytest_gpufit.requirements import FitRequest, Requirement
 from pytest_gpufit.units import parse_size, shown, size_json_schema
 
@@ -235,6 +236,57 @@ def _fit(bound: Mapping[str, Any]) -> Requirement:
     return Requirement(count=bound["gpus"], fits=(FitRequest(**bound),))
 
 
+MAX_P2P_GPUS = 64  # the pairs of more cards than one host holds are not probed
+
+
+def _p2p_count(value: Any, what: str) -> int:
+    """``true`` (the YAML ``p2p: true``) is 2 GPUs; else a whole number from 2."""
+    if value is True:
+        return 2
+    if value is False:
+        raise GpufitError(
+            f"{what}: false asks for nothing; leave the key out when the test needs no P2P"
+        )
+    number = positive_int(value, what)
+    if not 2 <= number <= MAX_P2P_GPUS:
+        raise GpufitError(f"{what}: P2P joins 2 to {MAX_P2P_GPUS} GPUs, got {shown(value)}")
+    return number
+
+
+# nvidia-smi topo -m's names for the same levels.
+_SMI_LEVELS = {
+    "nv": "nvlink",
+    "pix": "single-switch",
+    "pxb": "multiple-switches",
+    "phb": "host-bridge",
+    "node": "numa-node",
+    "sys": "system",
+}
+
+
+def _topology(value: Any, what: str) -> str | None:
+    """A topology bound: a level of ``LINK_LEVELS`` or nvidia-smi's name for it.
+
+    >>> _topology("PIX", "topology"), _topology("host-bridge", "topology")
+    ('single-switch', 'host-bridge')
+    """
+    if value is None:
+        return None
+    text = value.strip().lower() if isinstance(value, str) else ""
+    text = _SMI_LEVELS.get(text.rstrip("0123456789") if text.startswith("nv") else text, text)
+    if text not in LINK_LEVELS:
+        smi = ", ".join(name.upper() for name in _SMI_LEVELS)
+        raise GpufitError(
+            f"{what}: expected one of {', '.join(LINK_LEVELS)} (nearest first; or nvidia-smi's "
+            f"{smi}), got {shown(value)}"
+        )
+    return text
+
+
+def _p2p(bound: Mapping[str, Any]) -> Requirement:
+    return Requirement(count=bound["count"], p2p=True, topology=bound["topology"])
+
+
 _VERSION_SCHEMA = {"type": ["string", "number"]}
 _DTYPE_SCHEMA = {
     "oneOf": [
@@ -356,6 +408,36 @@ SPECS: tuple[MarkerSpec, ...] = (
         "parallel); with `engine` (vllm, sglang, llama.cpp, transformers) it must start there",
         build=_fit,
         yaml=(YamlKey("fit", ARGUMENTS),),
+    ),
+    MarkerSpec(
+        "requires_p2p",
+        (
+            Param(
+                "count",
+                _p2p_count,
+                "int",
+                2,
+                {
+                    "oneOf": [
+                        {"const": True},
+                        {"type": "integer", "minimum": 2, "maximum": MAX_P2P_GPUS},
+                    ]
+                },
+            ),
+            Param(
+                "topology",
+                _topology,
+                "str | None",
+                None,
+                {"type": ["string", "null"]},
+            ),
+        ),
+        "peer-to-peer reads and writes between every pair of `count` GPUs (YAML `p2p: true` "
+        "is 2); `topology` bounds how far apart they sit, nearest first: "
+        + ", ".join(LINK_LEVELS)
+        + " (or nvidia-smi's NV#, PIX, PXB, PHB, NODE, SYS)",
+        build=_p2p,
+        yaml=(YamlKey("p2p", "count"), YamlKey("topology", "topology")),
     ),
 )
 

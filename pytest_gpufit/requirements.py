@@ -13,7 +13,7 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from pytest_gpufit.hardware.records import Gpu, Inventory
+from pytest_gpufit.hardware.records import LINK_LEVELS, TOPOLOGY_TEXT, Gpu, GpuLink, Inventory
 from pytest_gpufit.units import format_gb
 
 
@@ -46,6 +46,8 @@ class Requirement:
     cuda: str | None = None
     torch: str | None = None
     fits: tuple[FitRequest, ...] = ()
+    p2p: bool = False  # every pair of the ``count`` devices reads and writes peer to peer
+    topology: str | None = None  # and is joined no farther out than this (LINK_LEVELS)
 
     def merge(self, other: Requirement) -> Requirement:
         """Both must hold (several markers on one test)."""
@@ -67,7 +69,16 @@ class Requirement:
             cuda=spec(self.cuda, other.cuda),
             torch=spec(self.torch, other.torch),
             fits=self.fits + other.fits,
+            p2p=self.p2p or other.p2p,
+            topology=_nearer(self.topology, other.topology),
         )
+
+
+def _nearer(a: str | None, b: str | None) -> str | None:
+    """The tighter of two topology bounds."""
+    if a is None or b is None:
+        return a or b
+    return min(a, b, key=LINK_LEVELS.index)
 
 
 @dataclass(frozen=True)
@@ -193,6 +204,11 @@ def evaluate(req: Requirement, inventory: Inventory, fit_judge: FitJudge | None 
     if problems:
         return Verdict(False, "; ".join(problems), simulated=sim)
     devices = tuple(good[: req.count])
+    if req.p2p and not problems:
+        group, trouble = _p2p_group(req, inventory, good)
+        if group is None:
+            return Verdict(False, trouble, simulated=sim)
+        devices = group
     labels = {g.index: g.label for g in inventory.gpus}
     return Verdict(True, ", ".join(labels[i] for i in devices), devices, simulated=sim)
 
@@ -213,3 +229,69 @@ def _device_reason(
     if req.count > 1:
         text = f"needs {req.count} GPUs that meet every requirement, {n_good} do: {text}"
     return text
+
+
+# ---- links between the devices (requires_p2p) -----------------------------------------------
+
+_SEARCH_STEPS = 100_000  # groups tried before giving up (a machine has a handful of GPUs)
+
+
+def link_problems(link: GpuLink | None, topology: str | None) -> list[str]:
+    """Why a pair does not meet ``requires_p2p`` (empty when it does).
+
+    >>> link_problems(GpuLink(0, 1, "system", "chipset-not-supported", "ok"), None)
+    ['P2P read not supported by the chipset (topology: system, across CPU sockets [SYS])']
+    >>> link_problems(GpuLink(0, 1, "host-bridge", "ok", "ok"), "single-switch")
+    ["joined through a CPU's PCIe host bridge [PHB], farther than single-switch"]
+    """
+    if link is None:
+        return ["no link facts (the probe could not read topology and P2P)"]
+    where = link.where()
+    out = [f"{problem} ({where})" for problem in link.p2p_problems()]
+    if topology is not None and link.p2p is not False:
+        level = link.level
+        if level is None:
+            out.append(f"{where}, so the bound {topology} cannot be judged")
+        elif LINK_LEVELS.index(level) > LINK_LEVELS.index(topology):
+            joined = "by NVLink" if level == "nvlink" else TOPOLOGY_TEXT[level]
+            out.append(f"joined {joined}, farther than {topology}")
+    return out
+
+
+def _p2p_group(
+    req: Requirement, inventory: Inventory, good: list[int]
+) -> tuple[tuple[int, ...] | None, str]:
+    """The first ``req.count`` devices of ``good`` (index order) that all reach each other,
+    or None and why no such group exists."""
+    count = max(req.count, 2)
+    bound = f", joined {req.topology} or nearer" if req.topology else ""
+    need = f"needs P2P between {count} GPUs{bound}"
+    if len(good) < count:
+        return None, f"{need}; only {len(good)} GPU(s) meet the other requirements"
+    problems: dict[tuple[int, int], list[str]] = {}
+    links = {(link.a, link.b): link for link in inventory.links}
+
+    def fine(a: int, b: int) -> bool:
+        key = (min(a, b), max(a, b))
+        if key not in problems:
+            problems[key] = link_problems(links.get(key), req.topology)
+        return not problems[key]
+
+    steps = 0
+    # Depth-first over index order: a group grows only by devices that reach all its members.
+    stack: list[tuple[tuple[int, ...], int]] = [((), 0)]
+    while stack and steps < _SEARCH_STEPS:
+        group, start = stack.pop()
+        if len(group) == count:
+            return group, ""
+        steps += 1
+        for position in range(len(good) - 1, start - 1, -1):
+            device = good[position]
+            if all(fine(member, device) for member in group):
+                stack.append(((*group, device), position + 1))
+    bad = [(pair, texts) for pair, texts in sorted(problems.items()) if texts]
+    if not bad:  # the search budget ran out before any pair failed
+        return None, f"{need}; no such group found among {len(good)} GPUs within the search"
+    shown = "; ".join(f"GPU{a}-GPU{b} {', '.join(texts)}" for (a, b), texts in bad[:3])
+    more = f"; and {len(bad) - 3} more pairs" if len(bad) > 3 else ""
+    return None, f"{need}; {shown}{more}"

@@ -186,6 +186,7 @@ class GpufitSession:
                 host=self.settings.host,
                 fleet_tolerance=self.settings.fleet_tolerance,
                 fleet_strict=self.settings.fail_on_missing,
+                links=inventory.links,
             )
         return self._baselines
 

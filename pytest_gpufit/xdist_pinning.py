@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_gpufit.hardware.probe import visible_devices
-from pytest_gpufit.hardware.records import Gpu, Inventory
+from pytest_gpufit.hardware.records import Gpu, Inventory, links_among
 
 PLAN = "gpufit_plan"  # the xdist workerinput key of a worker's device plan
 
@@ -64,17 +64,17 @@ def pinned_to(inventory: Inventory, plan: Any) -> Inventory:
     already shows only its GPUs; simulated cards are narrowed here the same way."""
     from dataclasses import replace
 
-    gpus = inventory.gpus
+    gpus, links = inventory.gpus, inventory.links
     if inventory.simulated:
         by_index = {g.index: g for g in gpus}
-        gpus = tuple(
-            replace(by_index[i], index=n) for n, i in enumerate(plan.group) if i in by_index
-        )
+        kept = [i for i in plan.group if i in by_index]
+        gpus = tuple(replace(by_index[i], index=n) for n, i in enumerate(kept))
+        links = links_among(links, kept)
     note = (
         f"xdist worker {plan.worker} holds {len(gpus)} GPU(s): "
         f"CUDA_VISIBLE_DEVICES={plan.visible} (--gpufit-gpus-per-worker)"
     )
-    return replace(inventory, gpus=gpus, pinned=note)
+    return replace(inventory, gpus=gpus, pinned=note, links=links)
 
 
 def auto_workers(gpu_count: int, per_worker: int) -> int | None:

@@ -48,8 +48,46 @@ class FakeCard:
     power_mw: tuple[int, int] = (700000, 700000)  # enforced, default
 
 
+@dataclass
+class FakeLink:
+    """What NVML says about one pair: common ancestor (NVML_TOPOLOGY_* value) and P2P status
+    (NVML_P2P_STATUS_* value) per capability; a capability missing from ``p2p`` is refused
+    as not supported by the library (an old driver), as is the topology when it is None."""
+
+    topology: int | None = 30  # NVML_TOPOLOGY_HOSTBRIDGE
+    p2p: dict[str, int] = field(default_factory=dict)  # read, write, nvlink, atomics -> status
+
+
+OK, NOT_SUPPORTED, CHIPSET, DISABLED = 0, 5, 1, 4  # NVML_P2P_STATUS_*
+P2P_CAPS = {0: "read", 1: "write", 2: "nvlink", 3: "atomics"}
+
+
+def statuses(read: int, write: int, nvlink: int, atomics: int) -> dict[str, int]:
+    return {"read": read, "write": write, "nvlink": nvlink, "atomics": atomics}
+
+
+# Scenarios as ``nvidia-smi topo -m`` / ``topo -p2p`` would show them.
+LINK_SCENARIOS = {
+    # Two SXM cards on an NVLink (NV18); PCIe-wise they meet only at the system level.
+    "nvlink-pair": FakeLink(50, statuses(OK, OK, OK, OK)),
+    # Two PCIe cards behind one PCIe switch [PIX], P2P on.
+    "pcie-same-switch": FakeLink(10, statuses(OK, OK, NOT_SUPPORTED, NOT_SUPPORTED)),
+    # Two PCIe cards on one CPU's root complex [PHB/NODE], P2P on.
+    "pcie-same-root": FakeLink(30, statuses(OK, OK, NOT_SUPPORTED, NOT_SUPPORTED)),
+    # One card per CPU socket [SYS]: the chipset does not carry P2P across the socket link.
+    "across-sockets-p2p-off": FakeLink(50, statuses(CHIPSET, CHIPSET, NOT_SUPPORTED, CHIPSET)),
+    # P2P turned off by the driver (a registry key / module parameter), same switch.
+    "p2p-disabled": FakeLink(10, statuses(DISABLED, DISABLED, NOT_SUPPORTED, DISABLED)),
+    # A driver that answers neither query.
+    "no-support": FakeLink(None, {}),
+}
+
+
 class FakeNvml:
-    """Enough of pynvml for the probe; ``init_error`` makes nvmlInit raise."""
+    """Enough of pynvml for the probe; ``init_error`` makes nvmlInit raise.
+
+    ``links`` maps a pair of NVML indices (either order) to what NVML says about it; a pair
+    left out answers ``NotSupported`` to every query."""
 
     NVMLError = NVMLError
     NVMLError_LibraryNotFound = NVMLError_LibraryNotFound
@@ -64,8 +102,10 @@ class FakeNvml:
         driver: str = "550.54.15",
         cuda: int = 12040,
         init_error: type[Exception] | None = None,
+        links: dict[tuple[int, int], FakeLink] | None = None,
     ) -> None:
         self.cards = cards
+        self.links = {tuple(sorted(pair)): link for pair, link in (links or {}).items()}
         self.driver = driver
         self.cuda = cuda
         self.init_error = init_error
@@ -164,6 +204,26 @@ class FakeNvml:
 
     def nvmlDeviceGetPowerManagementDefaultLimit(self, h: int) -> int:  # noqa: N802
         return self._card(h, "nvmlDeviceGetPowerManagementDefaultLimit").power_mw[1]
+
+    def _link(self, h1: int, h2: int) -> FakeLink:
+        for h in (h1, h2):
+            self._card(h, "link")
+        link = self.links.get(tuple(sorted((h1, h2))))
+        if link is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return link
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, h1: int, h2: int) -> int:  # noqa: N802
+        level = self._link(h1, h2).topology
+        if level is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return level
+
+    def nvmlDeviceGetP2PStatus(self, h1: int, h2: int, index: int) -> int:  # noqa: N802
+        status = self._link(h1, h2).p2p.get(P2P_CAPS.get(index, "?"))
+        if status is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return status
 
 
 class OldFakeNvml(FakeNvml):

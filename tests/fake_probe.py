@@ -27,13 +27,14 @@ def pytest_gpufit_probe(config):
 
 def nvml_probe(cards: str, calls: str | None = None) -> str:
     """A conftest whose probe is NVML over ``fake_nvml`` cards (a Python list expression of
-    ``FakeCard(...)``); it honours ``CUDA_VISIBLE_DEVICES`` as NVML's real probe does.
+    ``FakeCard(...)``, optionally followed by ``, links={...}`` of ``LINK_SCENARIOS``); it
+    honours ``CUDA_VISIBLE_DEVICES`` as NVML's real probe does.
     With ``calls``, each probe appends a line to that file."""
     record = f"    open({calls!r}, 'a').write('probe\\n')\n" if calls else ""
     return f"""
 import sys
 sys.path.insert(0, {TESTS!r})
-from fake_nvml import FakeNvml, FakeCard, RTX_4090
+from fake_nvml import FakeNvml, FakeCard, FakeLink, LINK_SCENARIOS, RTX_4090
 from pytest_gpufit.hardware.nvml import probe_nvml
 
 def pytest_gpufit_probe(config):

@@ -205,3 +205,129 @@ def test_host_facts_in_the_report_header_and_the_markdown_summary() -> None:
         )
     )
     assert len(inventory_lines(none)) == 1, "nothing said: no host facts line"
+
+
+# ---- links between GPUs: topology and P2P (issue 21, item 5) -------------------------------
+
+LINK_EXPECTED = {
+    # scenario -> (topology, read, write, atomics, nvlink, p2p, level)
+    "nvlink-pair": ("system", "ok", "ok", "ok", "ok", True, "nvlink"),
+    "pcie-same-switch": (
+        "single-switch",
+        "ok",
+        "ok",
+        "not-supported",
+        "not-supported",
+        True,
+        "single-switch",
+    ),
+    "pcie-same-root": (
+        "host-bridge",
+        "ok",
+        "ok",
+        "not-supported",
+        "not-supported",
+        True,
+        "host-bridge",
+    ),
+    "across-sockets-p2p-off": (
+        "system",
+        "chipset-not-supported",
+        "chipset-not-supported",
+        "chipset-not-supported",
+        "not-supported",
+        False,
+        "system",
+    ),
+    "p2p-disabled": (
+        "single-switch",
+        "disabled-by-regkey",
+        "disabled-by-regkey",
+        "disabled-by-regkey",
+        "not-supported",
+        False,
+        "single-switch",
+    ),
+    "no-support": (None, None, None, None, None, None, None),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(LINK_EXPECTED))
+def test_each_pair_gets_its_topology_and_p2p_status(scenario: str) -> None:
+    from fake_nvml import LINK_SCENARIOS
+
+    nvml = FakeNvml([FakeCard(), FakeCard(uuid="GPU-2")], links={(0, 1): LINK_SCENARIOS[scenario]})
+    inv = probe(nvml)
+    (link,) = inv.links
+    topology, read, write, atomics, nvlink, p2p, level = LINK_EXPECTED[scenario]
+    assert (link.a, link.b) == (0, 1) and link.simulated is False
+    assert link.topology == topology
+    assert (link.p2p_read, link.p2p_write, link.p2p_atomics) == (read, write, atomics)
+    assert link.p2p_nvlink == nvlink
+    assert link.p2p is p2p and link.level == level
+    assert inv.link(1, 0) is link
+    assert inv.to_dict()["links"] == [link.to_dict()]
+    assert nvml.initialised == 0
+
+
+def test_one_gpu_has_no_links_and_three_have_three() -> None:
+    assert probe(FakeNvml([FakeCard()])).links == ()
+    cards = [FakeCard(uuid=f"GPU-{i}") for i in range(3)]
+    inv = probe(FakeNvml(cards))
+    assert [(x.a, x.b) for x in inv.links] == [(0, 1), (0, 2), (1, 2)]
+    # A pair the library answers nothing about is all None, not an exception.
+    assert all(x.topology is None and x.p2p is None for x in inv.links)
+
+
+def test_a_query_the_driver_refuses_leaves_that_field_none() -> None:
+    from fake_nvml import FakeLink
+
+    link = FakeLink(10, {"read": 0, "write": 0})  # atomics and NVLink refused
+    (probed,) = probe(FakeNvml([FakeCard(), FakeCard(uuid="GPU-2")], links={(0, 1): link})).links
+    assert probed.topology == "single-switch" and probed.p2p is True
+    assert probed.p2p_atomics is None and probed.p2p_nvlink is None
+
+
+def test_bindings_without_the_link_calls_give_none_fields() -> None:
+    class Old(FakeNvml):
+        def __getattribute__(self, name: str) -> object:
+            if name in ("nvmlDeviceGetTopologyCommonAncestor", "nvmlDeviceGetP2PStatus"):
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    (link,) = probe(Old([FakeCard(), FakeCard(uuid="GPU-2")])).links
+    assert link.topology is None and link.p2p is None
+
+
+def test_links_follow_cuda_visible_devices_and_lost_cards() -> None:
+    from fake_nvml import LINK_SCENARIOS
+
+    cards = [FakeCard(uuid=f"GPU-{i}") for i in range(3)]
+    links = {
+        (0, 1): LINK_SCENARIOS["pcie-same-switch"],
+        (0, 2): LINK_SCENARIOS["across-sockets-p2p-off"],
+        (1, 2): LINK_SCENARIOS["pcie-same-root"],
+    }
+    # CUDA numbers the visible cards 0, 1 in CUDA_VISIBLE_DEVICES order: NVML 2 and 0.
+    (link,) = probe(FakeNvml(cards, links=links), visible="2,0").links
+    assert (link.a, link.b, link.topology, link.p2p) == (0, 1, "system", False)
+    # NVML 0 is lost: NVML 1 and 2 become GPU0 and GPU1, and their link is theirs.
+    cards[0].lost = True
+    inv = probe(FakeNvml(cards, links=links))
+    assert [g.uuid for g in inv.gpus] == ["GPU-1", "GPU-2"]
+    (link,) = inv.links
+    assert (link.a, link.b, link.topology) == (0, 1, "host-bridge")
+
+
+def test_devices_option_keeps_the_links_among_the_kept_gpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fake_nvml import LINK_SCENARIOS
+
+    from pytest_gpufit.hardware import probe as probe_module
+
+    cards = [FakeCard(uuid=f"GPU-{i}") for i in range(3)]
+    links = {(0, 2): LINK_SCENARIOS["nvlink-pair"], (0, 1): LINK_SCENARIOS["pcie-same-root"]}
+    monkeypatch.setattr(probe_module, "_nvml", lambda: probe(FakeNvml(cards, links=links)))
+    inv = probe_module.build_inventory(devices=(0, 2))
+    assert [(x.a, x.b, x.level) for x in inv.links] == [(0, 2, "nvlink")]

@@ -24,6 +24,8 @@ METRICS: dict[str, bool] = {
     "peak_memory": False,
     "kl": False,
     "top1_agreement": True,
+    "allreduce_busbw_gb_s": True,  # pytest_gpufit.allreduce
+    "allreduce_latency_us": False,
 }
 # Per load level, stored as ``c8_ttft_ms_p99`` (concurrency 8) or ``r2_goodput`` (2 req/s);
 # a tolerance given for the bare name applies to every level.
@@ -45,6 +47,8 @@ METRIC_LABELS = {
     "peak_memory": "peak memory",
     "kl": "KL",
     "top1_agreement": "top-1 agreement",
+    "allreduce_busbw_gb_s": "all-reduce bus bandwidth GB/s",
+    "allreduce_latency_us": "all-reduce latency us",
     "ttft_ms_p50": "TTFT p50 ms",
     "ttft_ms_p99": "TTFT p99 ms",
     "itl_ms_p99": "ITL p99 ms",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_gpufit.hardware.records import Environment, Gpu
+from pytest_gpufit.hardware.records import Environment, Gpu, GpuLink
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,14 @@ class Fingerprint:
     # meet in one store, and gpufit baseline fleet compares them. Absent from older records.
     host: str | None = None
     host_facts: Mapping[str, Any] | None = None
+    # The card's links to the other GPUs of the machine (topology, P2P status), as
+    # ``GpuLink.to_dict``; None on one GPU, for simulated cards, and in older records.
+    links: tuple[Mapping[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["host_facts"] = None if self.host_facts is None else dict(self.host_facts)
+        data["links"] = None if self.links is None else [dict(x) for x in self.links]
         return data
 
 
@@ -65,9 +69,17 @@ def fingerprint(
     commit: str | None = None,
     engine: str | None = None,
     host: str | None = None,
+    links: Sequence[GpuLink] = (),
 ) -> Fingerprint:
-    """The fingerprint of a run on ``gpu`` (None: the CPU); ``commit`` is read once per session."""
+    """The fingerprint of a run on ``gpu`` (None: the CPU); ``commit`` is read once per session.
+
+    ``links`` are the machine's (``Inventory.links``): those of ``gpu`` are kept."""
     facts = gpu.host_facts() if gpu is not None and not gpu.simulated else None
+    own = (
+        tuple(x.to_dict() for x in links if gpu.index in (x.a, x.b) and not x.simulated)
+        if gpu is not None and not gpu.simulated
+        else ()
+    )
     return Fingerprint(
         gpu_name=gpu.name if gpu else "cpu",
         gpu_memory_bytes=gpu.memory_total_bytes if gpu else None,
@@ -81,6 +93,7 @@ def fingerprint(
         engine=engine,
         host=host,
         host_facts=facts if facts and any(v is not None for v in facts.values()) else None,
+        links=own or None,
     )
 
 
@@ -102,9 +115,44 @@ def _shown(value: Any) -> str:
 
 
 def environment_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``['driver 550.54.15 -> 560.35.03', 'torch 2.5.1 -> 2.6.0']``."""
+    """``['driver 550.54.15 -> 560.35.03', 'torch 2.5.1 -> 2.6.0']``, then what changed on a
+    link between GPUs (P2P turned off by a BIOS or driver change shows here)."""
     return [
         f"{label} {_shown(old.get(key))} -> {_shown(new.get(key))}"
         for key, label in _DIFF_FIELDS
         if old.get(key) != new.get(key)
-    ]
+    ] + link_changes(old.get("links"), new.get("links"))
+
+
+_LINK_FIELDS = (
+    ("topology", "topology"),
+    ("p2p_read", "P2P read"),
+    ("p2p_write", "P2P write"),
+    ("p2p_atomics", "P2P atomics"),
+    ("p2p_nvlink", "P2P over NVLink"),
+)
+
+
+def link_changes(old: Any, new: Any) -> list[str]:
+    """What changed on each GPU pair both records describe; nothing when either has no links
+    (a record of an older gpufit, or of one GPU), and a malformed entry is passed over.
+
+    >>> a = [{"a": 0, "b": 1, "topology": "single-switch", "p2p_read": "ok"}]
+    >>> b = [{"a": 0, "b": 1, "topology": "single-switch", "p2p_read": "chipset-not-supported"}]
+    >>> link_changes(a, b)
+    ['GPU0-GPU1 P2P read ok -> chipset-not-supported']
+    """
+
+    def pairs(links: Any) -> dict[tuple[Any, Any], Mapping[str, Any]]:
+        if not isinstance(links, list):
+            return {}
+        return {(x.get("a"), x.get("b")): x for x in links if isinstance(x, Mapping)}
+
+    before, after = pairs(old), pairs(new)
+    out = []
+    for pair in sorted(set(before) & set(after), key=str):
+        for key, label in _LINK_FIELDS:
+            was, now = before[pair].get(key), after[pair].get(key)
+            if was != now:
+                out.append(f"GPU{pair[0]}-GPU{pair[1]} {label} {_shown(was)} -> {_shown(now)}")
+    return out

@@ -18,7 +18,7 @@ from pytest_gpufit.baseline.fleet import (
 )
 from pytest_gpufit.baseline.store import Store, failed_checks, slug
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.records import Environment, Gpu
+from pytest_gpufit.hardware.records import Environment, Gpu, GpuLink
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,10 @@ class BaselineSession:
         host: str | None = None,
         fleet_tolerance: float | None = None,
         fleet_strict: bool = False,
+        links: tuple[GpuLink, ...] = (),
     ) -> None:
         self.store = store
+        self.links = links  # the machine's GPU pairs: each card's enter its fingerprint
         self.environment = environment
         self.gpus = {g.name: g for g in gpus}
         self.commit = git_commit(root)
@@ -101,7 +103,7 @@ class BaselineSession:
         self._accepted: dict[tuple[str, str], dict[str, Any] | None] = {}
 
     def fingerprint(self, gpu: Gpu | None) -> Fingerprint:
-        return fingerprint(gpu, self.environment, self.commit, host=self.host)
+        return fingerprint(gpu, self.environment, self.commit, host=self.host, links=self.links)
 
     def host_runs(self, gpu_name: str, suite: str) -> tuple[list[HostRun], int]:
         """The latest stored run per host of ``suite`` on ``gpu_name``, and the number of runs

@@ -9,7 +9,7 @@ from typing import Any
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.dtypes import parse_compute_capability, with_variants
-from pytest_gpufit.hardware.records import Gpu
+from pytest_gpufit.hardware.records import Gpu, GpuLink
 
 MIB = 2**20
 
@@ -147,3 +147,44 @@ def parse_setup(text: str, what: str = "--gpufit-simulate") -> list[str]:
 
 def simulated_gpus(text: str, what: str = "--gpufit-simulate") -> tuple[Gpu, ...]:
     return tuple(catalog_gpu(card, i) for i, card in enumerate(parse_setup(text, what)))
+
+
+def simulated_link(first: Gpu, second: Gpu) -> GpuLink:
+    """What the catalog knows of two simulated cards: never the PCIe topology (a host fact).
+
+    Two NVLink cards of one kind: P2P over NVLink. Two PCIe cards of one kind: the catalog's
+    ``p2p`` (stock driver), no NVLink. Anything else, or a card the catalog says nothing
+    about: unknown (None), which a ``requires_p2p`` never counts as met.
+
+    >>> pro, sxm = catalog_gpu("rtx-pro-6000"), catalog_gpu("h100-sxm", 1)
+    >>> pair = simulated_link(pro, catalog_gpu("rtx-pro-6000", 1))
+    >>> pair.p2p, pair.topology, pair.p2p_nvlink
+    (True, None, 'not-supported')
+    >>> simulated_link(pro, sxm).p2p is None
+    True
+    """
+    a, b = sorted((first.index, second.index))
+    kind = first.catalog_id
+    entry = catalog().get(kind or "", {})
+    if kind is None or kind != second.catalog_id or entry.get("vendor", "nvidia") != "nvidia":
+        return GpuLink(a, b, simulated=True)
+    interconnect = str(entry.get("interconnect", ""))
+    if interconnect.startswith("nvlink"):
+        return GpuLink(a, b, p2p_read="ok", p2p_write="ok", p2p_nvlink="ok", simulated=True)
+    p2p = entry.get("p2p")
+    status = None if p2p is None else "ok" if p2p else "not-supported"
+    nvlink = "not-supported" if interconnect.startswith("pcie") else None
+    return GpuLink(a, b, p2p_read=status, p2p_write=status, p2p_nvlink=nvlink, simulated=True)
+
+
+MAX_LINKED_GPUS = 64  # pairs grow as n^2: 1,024 simulated cards would make 523,776 records
+
+
+def simulated_links(gpus: tuple[Gpu, ...]) -> tuple[GpuLink, ...]:
+    """One ``simulated_link`` per pair of simulated cards; none beyond ``MAX_LINKED_GPUS``
+    cards (far more than one host holds), where ``requires_p2p`` finds no link facts."""
+    if len(gpus) > MAX_LINKED_GPUS:
+        return ()
+    return tuple(
+        simulated_link(first, second) for n, first in enumerate(gpus) for second in gpus[n + 1 :]
+    )

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from pytest_gpufit.hardware.dtypes import native_dtypes
 from pytest_gpufit.hardware.environment import software_environment
-from pytest_gpufit.hardware.records import Gpu, Inventory
+from pytest_gpufit.hardware.records import NVML_TOPOLOGY, P2P_STATUS, Gpu, GpuLink, Inventory
 
 T = TypeVar("T")
 
@@ -234,6 +234,59 @@ def _host_facts(nvml: ModuleType, handle: Any, query: Callable[..., Any]) -> dic
     }
 
 
+# nvmlGpuP2PCapsIndex_t. Literal values: pynvml spells NVML_P2P_CAPS_INDEX_READ as ``0,``
+# (a tuple), so its constant cannot be passed to the library.
+P2P_CAPS = {"p2p_read": 0, "p2p_write": 1, "p2p_nvlink": 2, "p2p_atomics": 3}
+
+
+def _handle(nvml: ModuleType, nvml_index: int) -> Any:
+    try:
+        return nvml.nvmlDeviceGetHandleByIndex(nvml_index)
+    except nvml.NVMLError:
+        return None
+
+
+def _links(nvml: ModuleType, handles: list[tuple[int, Any]]) -> tuple[GpuLink, ...]:
+    """Topology and P2P status of every pair of the probed GPUs (``(index, handle)``).
+
+    A query the driver refuses (or a binding without it) leaves its field None; a lost GPU
+    here leaves the pair's fields None too: the card itself is judged by ``_device``."""
+
+    def ask(name: str, *args: Any) -> Any:
+        fn = getattr(nvml, name, None)
+        if fn is None:
+            return None
+        try:
+            return fn(*args)
+        except nvml.NVMLError:
+            return None
+
+    out = []
+    for n, (a, first) in enumerate(handles):
+        for b, second in handles[n + 1 :]:
+            if first is None or second is None:
+                out.append(GpuLink(a, b))
+                continue
+            level = ask("nvmlDeviceGetTopologyCommonAncestor", first, second)
+
+            def status(field: str, first: Any = first, second: Any = second) -> str | None:
+                value = ask("nvmlDeviceGetP2PStatus", first, second, P2P_CAPS[field])
+                return P2P_STATUS.get(value, "unknown") if isinstance(value, int) else None
+
+            out.append(
+                GpuLink(
+                    a,
+                    b,
+                    topology=NVML_TOPOLOGY.get(level) if isinstance(level, int) else None,
+                    p2p_read=status("p2p_read"),
+                    p2p_write=status("p2p_write"),
+                    p2p_atomics=status("p2p_atomics"),
+                    p2p_nvlink=status("p2p_nvlink"),
+                )
+            )
+    return tuple(out)
+
+
 def probe_nvml(
     nvml: ModuleType | None = None, visible: str | None = None, use_environ: bool = True
 ) -> Inventory:
@@ -283,22 +336,26 @@ def _probe_initialised(nvml: ModuleType, visible: str | None) -> Inventory:
     if count == 0:
         reason = "the NVIDIA driver reports no GPU"
     gpus: list[Gpu] = []
+    kept: list[int] = []  # the NVML index of each probed GPU
     problems: list[str] = []
     for index, nvml_index in enumerate(chosen):
         try:
             gpus.append(_device(nvml, nvml_index, index))
+            kept.append(nvml_index)
         except _Lost as lost:
             problems.append(f"GPU{index} (NVML index {nvml_index}) is lost: {lost}")
     if problems and not gpus:
         reason = "; ".join(problems)
     # Keep indices consecutive after dropping a lost card: that is what CUDA would number.
     gpus = [dataclasses.replace(g, index=i) for i, g in enumerate(gpus)]
+    handles = [(i, _handle(nvml, k)) for i, k in enumerate(kept)]
     return Inventory(
         gpus=tuple(gpus),
         environment=environment,
         source="nvml",
         reason=reason,
         warnings=tuple(problems),
+        links=_links(nvml, handles) if len(handles) > 1 else (),
     )
 
 

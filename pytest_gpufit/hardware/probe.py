@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.catalog import simulated_gpus
+from pytest_gpufit.hardware.catalog import simulated_gpus, simulated_links
 from pytest_gpufit.hardware.environment import software_environment
 from pytest_gpufit.hardware.records import Gpu, Inventory
 
@@ -19,8 +19,12 @@ def build_inventory(
     """The session's inventory; ``devices`` keeps only those GPU indices (``what`` names the
     setting in errors)."""
     if simulate:
+        gpus = simulated_gpus(simulate)
         inventory = Inventory(
-            gpus=simulated_gpus(simulate), environment=software_environment(), source="simulated"
+            gpus=gpus,
+            environment=software_environment(),
+            source="simulated",
+            links=simulated_links(gpus),
         )
     else:
         inventory = (provider() if provider else None) or _nvml()
@@ -38,6 +42,7 @@ def build_inventory(
         source=inventory.source,
         reason=inventory.reason,
         warnings=inventory.warnings,
+        links=tuple(x for x in inventory.links if {x.a, x.b} <= set(devices)),
     )
 
 
@@ -53,7 +58,7 @@ def visible_devices(gpus: Sequence[Gpu], indices: Iterable[int], outer: str | No
     An entry of the outer ``CUDA_VISIBLE_DEVICES`` where it has one (the child reads it in the
     same numbering), else the GPU's UUID (immune to CUDA's device order), else its index.
 
-    >>> from pytest_gpufit.hardware.catalog import simulated_gpus
+    >>> from pytest_gpufit.hardware.catalog import simulated_gpus, simulated_links
     >>> visible_devices(simulated_gpus("4*t4"), [1, 3], "4,5,6,7")
     '5,7'
     >>> visible_devices(simulated_gpus("2*t4"), [1], None)
