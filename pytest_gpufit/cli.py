@@ -15,6 +15,7 @@ from typing import Any
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.probe import build_inventory
 from pytest_gpufit.hardware.records import Inventory
+from pytest_gpufit.numbers import parse_whole
 from pytest_gpufit.settings import OPTIONS
 from pytest_gpufit.units import format_gb
 
@@ -365,9 +366,10 @@ def _percent(text: str) -> float:
 
 
 def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
+    try:
+        return parse_whole(text, text=True)
+    except GpufitError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _engine_options(fit: argparse.ArgumentParser) -> None:
