@@ -137,19 +137,15 @@ def _table(args: argparse.Namespace) -> int:
 
 def _store(args: argparse.Namespace) -> Any:
     """The baseline folder the plugin would use here: --dir (relative to the current folder),
-    else GPUFIT_BASELINE_DIR, ini gpufit_baseline_dir, or the default, relative to the rootdir
-    of the pytest configuration file found from the current folder upward."""
-    import os
-
+    else the settings a pytest session started here would have (GPUFIT_BASELINE_DIR, the ini
+    key gpufit_baseline_dir, or the default), relative to that session's rootdir."""
     from pytest_gpufit.baseline import Store
-    from pytest_gpufit.ini_files import find_ini
-    from pytest_gpufit.settings import resolve
+    from pytest_gpufit.ini_files import pytest_settings
 
     if args.dir is not None:
         return Store(Path.cwd() / args.dir)
-    ini = find_ini(Path.cwd())
-    settings = resolve(lambda name: None, ini.get, os.environ)
-    return Store(ini.rootdir / settings.baseline_dir)
+    found = pytest_settings()
+    return Store(found.rootdir / found.settings.baseline_dir)
 
 
 def _baseline_list(args: argparse.Namespace) -> int:

@@ -97,8 +97,7 @@ def test_a_module_without_a_layer_breaks_the_contract(tmp_path: Path) -> None:
 
 def test_importing_the_plugin_loads_no_heavy_module() -> None:
     code = (
-        "import sys, pytest_gpufit.plugin; "
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+        f"import sys, pytest_gpufit.plugin; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
