@@ -15,6 +15,7 @@ from typing import Any
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.probe import build_inventory
 from pytest_gpufit.hardware.records import Inventory
+from pytest_gpufit.numbers import parse_whole
 from pytest_gpufit.settings import OPTIONS
 from pytest_gpufit.units import format_gb
 
@@ -137,19 +138,15 @@ def _table(args: argparse.Namespace) -> int:
 
 def _store(args: argparse.Namespace) -> Any:
     """The baseline folder the plugin would use here: --dir (relative to the current folder),
-    else GPUFIT_BASELINE_DIR, ini gpufit_baseline_dir, or the default, relative to the rootdir
-    of the pytest configuration file found from the current folder upward."""
-    import os
-
+    else the settings a pytest session started here would have (GPUFIT_BASELINE_DIR, the ini
+    key gpufit_baseline_dir, or the default), relative to that session's rootdir."""
     from pytest_gpufit.baseline import Store
-    from pytest_gpufit.ini_files import find_ini
-    from pytest_gpufit.settings import resolve
+    from pytest_gpufit.ini_files import pytest_settings
 
     if args.dir is not None:
         return Store(Path.cwd() / args.dir)
-    ini = find_ini(Path.cwd())
-    settings = resolve(lambda name: None, ini.get, os.environ)
-    return Store(ini.rootdir / settings.baseline_dir)
+    found = pytest_settings()
+    return Store(found.rootdir / found.settings.baseline_dir)
 
 
 def _baseline_list(args: argparse.Namespace) -> int:
@@ -366,9 +363,10 @@ def _percent(text: str) -> float:
 
 
 def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
+    try:
+        return parse_whole(text, text=True)
+    except GpufitError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _engine_options(fit: argparse.ArgumentParser) -> None:

@@ -1,90 +1,98 @@
-"""pytest's configuration file, found the way pytest finds it, for the ``gpufit`` command.
+"""The gpufit settings a pytest session started here would have, for the ``gpufit`` command.
 
-The plugin reads ini keys through ``pytest.Config.getini``; the command line has no pytest
-session, so it finds the same file here: in the current folder and upward, the first of
-``pytest.ini``, ``.pytest.ini``, ``pyproject.toml`` with ``[tool.pytest.ini_options]``,
-``tox.ini`` with ``[pytest]`` and ``setup.cfg`` with ``[tool:pytest]``. Its folder is the
-rootdir that relative settings (``gpufit_baseline_dir``) are read against, as in pytest.
+The command has no pytest session, so it asks pytest rather than finding the configuration
+file itself: ``pytest.main`` runs with a small plugin that reads the configuration as soon as
+pytest has resolved it (rootdir, configuration file, ``-o`` overrides, ``PYTEST_ADDOPTS`` and
+the file's ``addopts``) and stops it there, before any ``conftest.py`` or test is imported. So
+``gpufit baseline`` reads the file pytest reads, in every form the installed pytest knows
+(pytest 9 adds ``pytest.toml``, ``.pytest.toml`` and ``[tool.pytest]`` to ``pytest.ini``,
+``pyproject.toml``, ``tox.ini`` and ``setup.cfg``), with the plugin's own precedence.
+
+Only public pytest API is used: ``pytest.main``, a plugin's ``pytest_load_initial_conftests``
+hook, and ``pytest.Config`` (``rootpath``, ``inipath``, ``getini``). pytest's own resolver
+(``_pytest.config.findpaths.determine_setup``) is private and changed its signature between
+pytest 7, 8 and 9.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import contextlib
+import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import pytest
 
 from pytest_gpufit.errors import GpufitError
-
-# (file name, section); pyproject.toml is TOML, the rest INI.
-CANDIDATES = (
-    ("pytest.ini", "pytest"),
-    (".pytest.ini", "pytest"),
-    ("pyproject.toml", "tool.pytest.ini_options"),
-    ("tox.ini", "pytest"),
-    ("setup.cfg", "tool:pytest"),
-)
+from pytest_gpufit.settings import Settings, ini_reader, resolve
 
 
 @dataclass(frozen=True)
-class IniFile:
-    """The configuration file that applies (``path`` None: none found) and its rootdir."""
+class PytestSettings:
+    """The rootdir and configuration file pytest found, and gpufit's settings resolved there."""
 
     rootdir: Path
-    path: Path | None = None
-    values: Mapping[str, str] = field(default_factory=dict)
-
-    def get(self, key: str) -> str | None:
-        return self.values.get(key)
+    inipath: Path | None
+    settings: Settings
 
 
-def _section(path: Path, section: str) -> dict[str, str] | None:
-    """The section's keys, or None when the file does not have it."""
-    # Late: only the command line needs them. pytest itself depends on both (tomli < 3.11).
-    import iniconfig
+class _Read(Exception):  # noqa: N818 - not an error: it carries the result out of pytest.main
+    def __init__(self, found: PytestSettings | GpufitError) -> None:
+        super().__init__()
+        self.found = found
 
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
 
+class _Reader:
+    """A pytest plugin that reads the settings once pytest has parsed its configuration."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_load_initial_conftests(self, early_config: pytest.Config) -> None:
+        # The first hook after the configuration is read and the plugins are loaded, before
+        # pytest imports any conftest.py: read, then stop pytest by raising.
+        namespace = early_config.known_args_namespace
+        try:
+            early_config.getini("gpufit_baseline_dir")
+        except ValueError:
+            raise _Read(
+                GpufitError(
+                    "the gpufit plugin is not active in a pytest session started here "
+                    "(-p no:gpufit in PYTEST_ADDOPTS or the ini addopts, or "
+                    "PYTEST_DISABLE_PLUGIN_AUTOLOAD?), so pytest uses no gpufit settings; "
+                    "name the baseline folder with --dir"
+                )
+            ) from None
+        try:
+            settings = resolve(
+                lambda name: getattr(namespace, "gpufit_" + name, None), ini_reader(early_config)
+            )
+        except GpufitError as error:
+            raise _Read(error) from None
+        raise _Read(PytestSettings(early_config.rootpath, early_config.inipath, settings))
+
+
+def pytest_settings() -> PytestSettings:
+    """What a pytest session started in the current folder would find (see the module)."""
+    output = io.StringIO()
     try:
-        if path.suffix == ".toml":
-            data: Any = tomllib.loads(path.read_text("utf-8"))
-            for part in section.split("."):
-                data = data.get(part) if isinstance(data, dict) else None
-            if not isinstance(data, dict):
-                return None
-            return {str(k): _text(v) for k, v in data.items()}
-        ini = iniconfig.IniConfig(str(path))
-        if section not in ini:
-            return None
-        return dict(ini[section].items())
-    except (OSError, ValueError, iniconfig.ParseError) as error:  # ValueError: TOML, UTF-8
-        raise GpufitError(f"{path}: cannot read this configuration file: {error}") from None
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            # Nothing runs: no plugin module needs assertion rewriting (~0.8 s saved).
+            code = pytest.main(["--assert=plain"], plugins=[_Reader()])
+    except _Read as read:
+        if isinstance(read.found, GpufitError):
+            raise read.found from None
+        return read.found
+    raise GpufitError(_failure(output.getvalue(), int(code)))
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, list):
-        return " ".join(str(v) for v in value)
-    return str(value)
+def _failure(output: str, code: int) -> str:
+    """pytest's own message when it stopped before the configuration was read.
 
-
-def find_ini(start: Path) -> IniFile:
-    """The configuration file pytest would read when run in ``start``, and its rootdir."""
-    start = Path(start).resolve()
-    first_pyproject: Path | None = None
-    for folder in (start, *start.parents):
-        for name, section in CANDIDATES:
-            path = folder / name
-            if not path.is_file():
-                continue
-            values = _section(path, section)
-            if values is not None or name in ("pytest.ini", ".pytest.ini"):
-                return IniFile(folder, path, values or {})
-            if name == "pyproject.toml" and first_pyproject is None:
-                first_pyproject = path
-    if first_pyproject is not None:  # pytest's fallback: a pyproject.toml marks the rootdir
-        return IniFile(first_pyproject.parent, first_pyproject)
-    return IniFile(start)
+    >>> _failure("ERROR: /p/pyproject.toml: Expected ']' (at line 1)\\n", 4)
+    "/p/pyproject.toml: cannot read this configuration file: Expected ']' (at line 1)"
+    """
+    text = output.strip().removeprefix("ERROR:").strip()
+    match = re.match(r"(\S+\.(?:toml|ini|cfg)): (.*)", text, re.DOTALL)
+    if match:
+        return f"{match[1]}: cannot read this configuration file: {match[2]}"
+    return f"pytest stopped before reading its configuration (exit {code}): {text or 'no output'}"

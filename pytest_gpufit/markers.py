@@ -26,6 +26,7 @@ import pytest
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.request import FitRequest
 from pytest_gpufit.hardware.dtypes import (
     CC_JSON_SCHEMA,
     DTYPES,
@@ -33,7 +34,8 @@ from pytest_gpufit.hardware.dtypes import (
     parse_compute_capability,
 )
 from pytest_gpufit.hardware.records import LINK_LEVELS
-from pytest_gpufit.requirements import FitRequest, Requirement
+from pytest_gpufit.numbers import parse_whole
+from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.units import parse_size, shown, size_json_schema
 
 REQUIRED: Any = inspect.Parameter.empty
@@ -116,11 +118,7 @@ _ASCII_DIGIT = re.compile(r"[0-9]")
 
 
 def positive_int(value: Any, what: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON Schema's integer: 2.0 is 2
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GpufitError(f"{what}: expected a whole number >= 1, got {shown(value)}")
-    return value
+    return parse_whole(value, what)
 
 
 def _at_most(maximum: int) -> Parse:
@@ -129,10 +127,7 @@ def _at_most(maximum: int) -> Parse:
     def parse(value: Any, what: str) -> int | None:
         if value is None and maximum == MAX_CONTEXT:
             return None  # requires_fit(context=None): the model's own context
-        number = positive_int(value, what)
-        if number > maximum:
-            raise GpufitError(f"{what}: expected at most {maximum:,}, got {shown(value)}")
-        return number
+        return parse_whole(value, what, maximum=maximum)
 
     return parse
 
@@ -673,3 +668,50 @@ def typo_error(mark_name: str, registered: frozenset[str]) -> GpufitError | None
         "ungated; if the mark is your own, register it under `markers` in the pytest "
         "configuration)"
     )
+
+
+# ---- the marks of a pytest item --------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(
+    name: str, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]
+) -> Requirement:
+    return requirement_from_marker(name, args, dict(kwargs))
+
+
+def _parse_mark(mark: pytest.Mark) -> Requirement:
+    """Suites of thousands of tests repeat a handful of markers: parse each once."""
+    try:
+        return _parse_cached(mark.name, mark.args, tuple(sorted(mark.kwargs.items())))
+    except TypeError:  # an unhashable argument: parse without the cache
+        return requirement_from_marker(mark.name, mark.args, mark.kwargs)
+
+
+def item_requirement(
+    item: pytest.Item, registered: frozenset[str] | None = None
+) -> Requirement | None:
+    """All gpufit marks of an item (and its own ``gpufit_requirement``), merged; None when it
+    has none.
+
+    A mark that looks like a misspelled gpufit marker and is not registered is an error, and
+    ``requires_fit`` models must exist: both are caught here, at collection.
+    """
+    if registered is None:
+        registered = registered_names(item.config.getini("markers"))
+    merged: Requirement | None = getattr(item, "gpufit_requirement", None)
+    # One walk over the item's marks (closest first), not one per marker name.
+    for mark in item.iter_markers():
+        try:
+            if mark.name not in BY_NAME:
+                typo = typo_error(mark.name, registered)
+                if typo is not None:
+                    raise typo
+                continue
+            req = _parse_mark(mark)
+            if req.fits:
+                check_fit_models(req, Path(str(item.path)).parent)
+        except GpufitError as error:
+            raise GpufitError(f"{item.nodeid}: @{error}") from None
+        merged = req if merged is None else merged.merge(req)
+    return merged

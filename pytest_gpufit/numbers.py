@@ -1,8 +1,61 @@
-"""Numbers and counts as people write them: ``1,000,000 tok/s``, ``0.0123``, ``1 GPU``."""
+"""Numbers and counts as people write them: ``1,000,000 tok/s``, ``0.0123``, ``1 GPU``; and
+the one parser of a whole number a user gives (a marker argument, an option, a YAML field)."""
 
 from __future__ import annotations
 
 import math
+
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.units import shown
+
+MAX_DIGITS = 100  # of a whole number given as text: int() of thousands of digits is refused
+
+
+def parse_whole(
+    value: object,
+    what: str = "",
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+    unit: str = "",
+    text: bool = False,
+    say_range: bool = False,
+) -> int:
+    """A whole number from ``minimum`` (to ``maximum``: a cap that turns a typo such as 10**12
+    into a message); a bad one raises an error that starts with ``what``.
+
+    Whole means an int, or a float with no fraction (JSON and JSON Schema's ``integer`` count
+    5.0 as 5); never a bool. ``text=True`` also reads ASCII digits (an option, an environment
+    variable, an ini value: ``int('²')`` would crash). ``say_range`` names the whole range in
+    the first message (suite files), ``unit`` follows the numbers in messages.
+
+    >>> parse_whole(2.0, "count"), parse_whole("8", "--batch", text=True)
+    (2, 8)
+    >>> parse_whole(0, "requires_gpu count")
+    Traceback (most recent call last):
+    pytest_gpufit.errors.GpufitError: requires_gpu count: expected a whole number >= 1, got 0
+    >>> parse_whole(5000, maximum=1000, unit=" runs", say_range=True)
+    Traceback (most recent call last):
+    pytest_gpufit.errors.GpufitError: expected at most 1,000 runs, got 5000
+    """
+    prefix = f"{what}: " if what else ""
+    number = value
+    if text and isinstance(value, str) and value.isascii() and value.isdigit():
+        if len(value.lstrip("0")) > MAX_DIGITS:
+            cap = f"{maximum:,}{unit}" if maximum is not None else f"{MAX_DIGITS} digits"
+            raise GpufitError(f"{prefix}expected at most {cap}, got {shown(value)}")
+        number = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
+        if say_range and maximum is not None:
+            wanted = f"from {minimum} to {maximum:,}{unit}"
+        else:
+            wanted = f">= {minimum}{unit}"
+        raise GpufitError(f"{prefix}expected a whole number {wanted}, got {shown(value)}")
+    if maximum is not None and number > maximum:
+        raise GpufitError(f"{prefix}expected at most {maximum:,}{unit}, got {shown(value)}")
+    return number
 
 
 def format_number(value: float, digits: int = 3) -> str:

@@ -6,10 +6,8 @@ Imports only the standard library, pytest and small pure modules: no torch, no C
 
 from __future__ import annotations
 
-import functools
 import sys
-import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +16,13 @@ import pytest
 from pytest_gpufit import hookspec
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.records import Environment, Gpu, Inventory
-from pytest_gpufit.markers import (
-    BY_NAME,
-    check_fit_models,
-    marker_lines,
-    registered_names,
-    requirement_from_marker,
-    typo_error,
-)
+from pytest_gpufit.markers import item_requirement, marker_lines, registered_names
 from pytest_gpufit.requirements import Requirement
-from pytest_gpufit.session import (
-    PLANNING,
-    REQUIREMENT,
-    SESSION,
-    VERDICT,
-    GateFailure,
-    GpufitSession,
-    skip,
-    state_of,
-)
-from pytest_gpufit.settings import OPTIONS, resolve
+from pytest_gpufit.session import GateFailure, GpufitSession, SuiteSupport, skip
+from pytest_gpufit.settings import OPTIONS, ini_reader, resolve
+from pytest_gpufit.stash import PLANNING, REQUIREMENT, SESSION, VERDICT, state_of
 from pytest_gpufit.suites import is_suite_file
+from pytest_gpufit.xdist_pinning import XdistPinning, auto_workers
 
 __all__ = ["GateFailure", "state_of"]
 
@@ -54,14 +38,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gpufit", "GPU gating (pytest-gpufit)")
     for option in OPTIONS:
         extra = f" (ini {option.ini}, env {option.env})"
+        kwargs: dict[str, Any] = {"choices": option.choices or None}
+        if option.switch:
+            kwargs = {"action": "store_const", "const": "true"}
+        elif option.many:
+            kwargs = {"action": "append"}
         group.addoption(
             option.flag,
             dest="gpufit_" + option.name,
             default=None,
-            choices=option.choices or None,
             help=option.help + extra,
+            **kwargs,
         )
-        parser.addini(option.ini, option.help, default=None)
+        if option.many:
+            parser.addini(option.ini, option.help, type="linelist", default=None)
+        else:
+            parser.addini(option.ini, option.help, default=None)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -77,8 +69,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if session.runner_selection is not None:
         config.pluginmanager.register(session.runner_selection, "gpufit-runner-selection")
     if config.pluginmanager.hasplugin("xdist") and not session.is_worker:
-        from pytest_gpufit.xdist_pinning import XdistPinning
-
         session.pinning = XdistPinning(session)
         config.pluginmanager.register(session.pinning, "gpufit-xdist-pinning")
 
@@ -88,12 +78,12 @@ def _session(config: pytest.Config) -> GpufitSession:
     session = config.stash.get(SESSION, None)
     if session is None:
         try:
-            settings = resolve(lambda name: config.getoption("gpufit_" + name), _ini(config))
+            settings = resolve(lambda name: config.getoption("gpufit_" + name), ini_reader(config))
             if settings.baseline != "off":
-                from pytest_gpufit.baseline import Store
+                from pytest_gpufit.baseline import Store  # late: sessions with baselines
 
                 Store(config.rootpath / settings.baseline_dir)
-            session = GpufitSession(config, settings)
+            session = GpufitSession(config, settings, SuiteSupport(_suite_checks, _model_cache))
             if settings.runner:
                 from pytest_gpufit.fleet.select import RunnerSelection  # late: fleet jobs only
 
@@ -104,22 +94,18 @@ def _session(config: pytest.Config) -> GpufitSession:
     return session
 
 
-def _ini(config: pytest.Config) -> Any:
-    """An ini value, or None where neither the ini file nor ``-o`` sets the key."""
+def _suite_checks(path: Path) -> Mapping[str, list[str]]:
+    """{suite name: every "target::check"} of a suite file, read again at the session's end."""
+    from pytest_gpufit.suites.schema import parse_suite  # late: only sessions with suites
 
-    def get(key: str) -> Any:
-        value = config.getini(key)
-        if value != "":
-            return value  # pytest 9 gives the default, None, for an unset key
-        # Older pytest gives "" for unset keys too: tell "unset" from "set but empty".
-        overrides = getattr(config.known_args_namespace, "override_ini", None) or []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # config.inicfg, pytest 9
-            in_file = key in config.inicfg
-        given = in_file or any(o.split("=", 1)[0].strip() == key for o in overrides)
-        return value if given else None
+    suite = parse_suite(path)
+    return {suite.name: [f"{t.name}::{c.kind}" for t in suite.targets for c in t.checks]}
 
-    return get
+
+def _model_cache() -> Any:
+    from pytest_gpufit.suites.runtime import ModelCache  # late: only sessions with suites
+
+    return ModelCache()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -187,49 +173,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_cached(
-    name: str, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]
-) -> Requirement:
-    return requirement_from_marker(name, args, dict(kwargs))
-
-
-def _parse_marker(mark: pytest.Mark) -> Requirement:
-    """Suites of thousands of tests repeat a handful of markers: parse each once."""
-    try:
-        return _parse_cached(mark.name, mark.args, tuple(sorted(mark.kwargs.items())))
-    except TypeError:  # an unhashable argument: parse without the cache
-        return requirement_from_marker(mark.name, mark.args, mark.kwargs)
-
-
-def item_requirement(
-    item: pytest.Item, registered: frozenset[str] | None = None
-) -> Requirement | None:
-    """All gpufit markers of an item, merged; None when it has none.
-
-    A mark that looks like a misspelled gpufit marker and is not registered is an error, and
-    ``requires_fit`` models must exist: both are caught here, at collection.
-    """
-    if registered is None:
-        registered = registered_names(item.config.getini("markers"))
-    merged: Requirement | None = getattr(item, "gpufit_requirement", None)
-    # One walk over the item's marks (closest first), not one per marker name.
-    for mark in item.iter_markers():
-        try:
-            if mark.name not in BY_NAME:
-                typo = typo_error(mark.name, registered)
-                if typo is not None:
-                    raise typo
-                continue
-            req = _parse_marker(mark)
-            if req.fits:
-                check_fit_models(req, Path(str(item.path)).parent)
-        except GpufitError as error:
-            raise GpufitError(f"{item.nodeid}: @{error}") from None
-        merged = req if merged is None else merged.merge(req)
-    return merged
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     registered = registered_names(config.getini("markers"))
     errors = []
@@ -294,15 +237,25 @@ def pytest_runtest_makereport(
         # A gate that fails is the test failing, not an error in a fixture.
         report.when = "call"
         report.longrepr = str(call.excinfo.value)
-    state_of(item.config).annotate(item, report)
+    gpufit = state_of(item.config)
+    gpufit.forbid_skip(report)
+    gpufit.annotate(item, report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    # A module that skips while it is collected (importorskip at module level) is a skip too.
+    state_of(collector.config).forbid_skip(report)
     return report
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto``: one worker per GPU group when there are GPUs to pin."""
-    from pytest_gpufit.xdist_pinning import auto_workers
-
     # xdist asks before pytest_configure has run: the session is made here then.
     session = _session(config)
     return auto_workers(len(session.inventory.gpus), session.settings.gpus_per_worker)

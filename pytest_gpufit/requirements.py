@@ -13,23 +13,9 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from pytest_gpufit.fit.request import FitRequest
 from pytest_gpufit.hardware.records import LINK_LEVELS, TOPOLOGY_TEXT, Gpu, GpuLink, Inventory
 from pytest_gpufit.units import format_gb
-
-
-@dataclass(frozen=True)
-class FitRequest:
-    """``requires_fit``: a model at a precision, context, batch and number of instances;
-    ``gpus`` > 1 splits one copy over that many devices (tensor parallel); ``engine`` judges
-    by that engine's plan (does it start?) rather than by raw bytes."""
-
-    model: str
-    dtype: str = "bf16"
-    context: int | None = None
-    batch: int = 1
-    instances: int = 1
-    gpus: int = 1
-    engine: str | None = None
 
 
 @dataclass(frozen=True)

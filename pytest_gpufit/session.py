@@ -9,8 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +22,32 @@ from pytest_gpufit.hardware.records import Gpu, Inventory
 from pytest_gpufit.report import (
     TestResult,
     inventory_lines,
+    measurement_table,
     merge_results,
+    one_line,
     result_from_report,
     summary_lines,
     write_outputs,
 )
 from pytest_gpufit.requirements import Requirement, Verdict, evaluate
 from pytest_gpufit.settings import Settings, gate_conflicts
-from pytest_gpufit.xdist_pinning import PLAN
-
-# Fixtures that make a test a user of gpufit (and so worth a probe and a summary).
-FIXTURES = frozenset({"gpu", "gpu_inventory", "gpu_environment"})
+from pytest_gpufit.skips import allowed, forbidden_text, skip_lines, skip_reason
+from pytest_gpufit.stash import FIXTURES, PLANNING, REQUIREMENT, VERDICT, state_of
+from pytest_gpufit.xdist_pinning import PLAN, pinned_to
 
 
 class GateFailure(GpufitError):
     """An unmet requirement under ``--gpufit-on-missing=fail``; reported as a test failure."""
 
 
-SESSION = pytest.StashKey["GpufitSession"]()
-REQUIREMENT = pytest.StashKey["Requirement | None"]()
-VERDICT = pytest.StashKey[Verdict]()
-# Set while ``gpufit plan`` collects (fleet/collect.py): no probe, no expect, no runner
-# selection; the plan judges every class by simulation.
-PLANNING = pytest.StashKey[bool]()
+@dataclasses.dataclass(frozen=True)
+class SuiteSupport:
+    """What the session needs from the YAML suites, given by the plugin so that the session
+    never imports them: each is called only in sessions that run suite checks."""
+
+    # A suite file -> {suite name: every "target::check" it declares}.
+    checks_of: Callable[[Path], Mapping[str, list[str]]]
+    new_model_cache: Callable[[], Any]  # the cache that loads each model once per session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +74,13 @@ def skip(reason: str) -> None:
 class GpufitSession:
     """The session's facts and decisions; registered as a plugin for its report hooks."""
 
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+    def __init__(
+        self, config: pytest.Config, settings: Settings, suites: SuiteSupport | None = None
+    ) -> None:
         gate_conflicts(settings)
         self.config = config
         self.settings = settings
+        self.suites = suites
         self.workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
         # A worker takes the controller's plan as it is: --gpufit-devices was applied there,
         # in the controller's numbering, before CUDA_VISIBLE_DEVICES renumbered this worker.
@@ -132,19 +137,15 @@ class GpufitSession:
             raise pytest.UsageError(str(error)) from None
 
     def _pinned(self, inventory: Inventory) -> Inventory:
-        if self.plan is None:
-            return inventory
-        from pytest_gpufit.xdist_pinning import pinned_to
-
-        return pinned_to(inventory, self.plan)
+        return inventory if self.plan is None else pinned_to(inventory, self.plan)
 
     @property
     def model_cache(self) -> Any:
-        """The suites' ModelCache: each model loaded once per session."""
+        """The suites' model cache: each model loaded once per session."""
         if self._model_cache is None:
-            from pytest_gpufit.suites.runtime import ModelCache
-
-            self._model_cache = ModelCache()
+            if self.suites is None:
+                raise GpufitError("this session was made without suite support: no model cache")
+            self._model_cache = self.suites.new_model_cache()
         return self._model_cache
 
     # ---- servers of served suite targets (backend: openai) -------------------------------
@@ -174,6 +175,7 @@ class GpufitSession:
     def baselines(self) -> Any:
         """The BaselineSession, made on first use."""
         if self._baselines is None:
+            # late: only sessions with baselines read the store
             from pytest_gpufit.baseline import BaselineSession, Store
 
             store = Store(self.config.rootpath / self.settings.baseline_dir)
@@ -269,6 +271,25 @@ class GpufitSession:
             raise GateFailure(reason)
         skip(reason)
 
+    def forbid_skip(self, report: pytest.TestReport | pytest.CollectReport) -> None:
+        """Under ``--gpufit-forbid-skips`` a skip the allow-list does not accept becomes a
+        failure that names its reason: a test's (a set-up skip fails the test, as an unmet
+        gate does) or a collector's (``importorskip`` in a module: a collection error).
+
+        An xfail is not a skip (the test ran), and ``gpufit plan`` only collects.
+        """
+        if not (self.settings.forbid_skips and report.skipped) or hasattr(report, "wasxfail"):
+            return
+        if self.config.stash.get(PLANNING, False):
+            return
+        reason = skip_reason(report.longrepr)
+        if allowed(reason, self.settings.allow_skip):
+            return
+        report.outcome = "failed"
+        report.longrepr = forbidden_text(reason, self.settings.source("forbid_skips"))
+        if isinstance(report, pytest.TestReport) and report.when == "setup":
+            report.when = "call"  # the test failed, like a gate; not an error in a fixture
+
     @staticmethod
     def verdict_of(item: pytest.Item) -> Verdict | None:
         return item.stash.get(VERDICT, None)
@@ -323,24 +344,12 @@ class GpufitSession:
 
     def note_items(self, items: list[pytest.Item]) -> None:
         """After collection: does this session use gpufit at all?"""
-        suites = sys.modules.get("pytest_gpufit.suites.items")
-        suite_item = getattr(suites, "CheckItem", ())
-        for item in items:
-            if (
-                item.stash.get(REQUIREMENT, None) is not None
-                or isinstance(item, suite_item)
-                or FIXTURES.intersection(getattr(item, "fixturenames", ()))
-            ):
-                self.used = True
-                return
+        if any(uses_gpufit(item) for item in items):
+            self.used = True
 
-    def uses_gpufit(self, item: pytest.Item) -> bool:
-        if item.stash.get(REQUIREMENT, None) is not None or VERDICT in item.stash:
-            return True
-        suites = sys.modules.get("pytest_gpufit.suites.items")
-        return isinstance(item, getattr(suites, "CheckItem", ())) or bool(
-            FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        )
+    @staticmethod
+    def uses_gpufit(item: pytest.Item) -> bool:
+        return uses_gpufit(item)
 
     def annotate(self, item: pytest.Item, report: pytest.TestReport) -> None:
         """What the controller needs from a worker's report, as plain data on the report."""
@@ -384,33 +393,50 @@ class GpufitSession:
         if self.verdicts:
             for line in summary_lines(self.inventory, self.verdicts):
                 terminalreporter.write_line(line)
+        if self.used:
+            for line in self._skip_lines():
+                terminalreporter.write_line(line)
         for line in self.saved_runs:
             terminalreporter.write_line(line)
         if self.pinning is not None:
             for line in self.pinning.summary():
                 terminalreporter.write_line(line)
         if self.measurements:
-            from pytest_gpufit.report import measurement_table
-
             terminalreporter.section("gpufit suite results")
             for line in measurement_table(self.measurements):
                 terminalreporter.write_line(line)
 
+    def _skip_lines(self) -> list[str]:
+        """Every skip of the session, one line per reason; a skip that a verdict line above
+        already explains (an unmet requirement, a simulated run) is left out, and an xfail is
+        no skip."""
+        skipped = {
+            r.nodeid: r.reason
+            for r in self.results.values()
+            # report.py counts an xfail as a skip; it ran, and pytest counts it on its own
+            if r.outcome == "skipped" and not r.reason.startswith("xfail: ")
+        }
+        explained = {
+            nodeid: (
+                one_line(verdict.reason),
+                one_line(f"simulated: would run on {verdict.reason}"),
+            )
+            for nodeid, verdict in self.verdicts.items()
+        }
+        return skip_lines(skipped, explained)
+
     def _suite_checks(self) -> dict[str, set[str]]:
         """Every check node id of each suite that measured something, read from its file."""
-        from pytest_gpufit.suites.schema import parse_suite  # late: only sessions with suites
-
         expected: dict[str, set[str]] = {}
+        if self.suites is None:
+            return expected
         for file in sorted({nodeid.split("::")[0] for nodeid in self.measurements}):
             try:
-                suite = parse_suite(self.config.rootpath / file)
+                declared = self.suites.checks_of(self.config.rootpath / file)
             except (GpufitError, OSError):
                 continue  # changed since collection: nothing is known to be missing
-            expected.setdefault(suite.name, set()).update(
-                f"{file}::{target.name}::{check.kind}"
-                for target in suite.targets
-                for check in target.checks
-            )
+            for name, checks in declared.items():
+                expected.setdefault(name, set()).update(f"{file}::{check}" for check in checks)
         return expected
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -445,9 +471,15 @@ class GpufitSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def state_of(config: pytest.Config) -> GpufitSession:
-    """The session object of a configured pytest session."""
-    return config.stash[SESSION]
+def uses_gpufit(item: pytest.Item) -> bool:
+    """Whether an item uses gpufit: a gpufit mark (or a verdict), a gpufit fixture, or its own
+    ``gpufit_requirement`` (a suite check declares one, even when it is None)."""
+    return (
+        item.stash.get(REQUIREMENT, None) is not None
+        or VERDICT in item.stash
+        or hasattr(item, "gpufit_requirement")
+        or bool(FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    )
 
 
 def placement(item: Any) -> tuple[Any, Gpu | None]:
@@ -468,7 +500,7 @@ def _fit_judge(req: Requirement, item: pytest.Item) -> Any:
 
 
 def _with_free_memory_now(inventory: Inventory) -> Inventory:
-    from pytest_gpufit.hardware.nvml import free_memory
+    from pytest_gpufit.hardware.nvml import free_memory  # late: pynvml, on first use
 
     free = free_memory([g.uuid for g in inventory.gpus])
     gpus = tuple(

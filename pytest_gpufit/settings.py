@@ -7,14 +7,25 @@ and the ``gpufit`` command both read them from here.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.expect import parse_expect
+from pytest_gpufit.numbers import parse_whole
 from pytest_gpufit.units import parse_percent
 
 Parser = Callable[[str, str], Any]  # (text, where it came from) -> value
+
+# A runner class name (the pool file's, and so --gpufit-runner's): job, artifact, file names.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# The ``plan`` of a ``gpufit plan --format github-matrix`` entry (--gpufit-plan).
+DIGEST_PATTERN = r"^[0-9a-f]{16}$"
 
 
 def text(value: str, source: str) -> str:
@@ -27,9 +38,7 @@ def whole_number(value: str, source: str) -> int:
     >>> whole_number("2", "x")
     2
     """
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
-        raise GpufitError(f"{source}: expected a whole number >= 1, got {value!r}")
-    return int(value)
+    return parse_whole(value, source, text=True)
 
 
 def gpu_indices(value: str, source: str) -> tuple[int, ...]:
@@ -42,14 +51,12 @@ def gpu_indices(value: str, source: str) -> tuple[int, ...]:
 
 def expectation(value: str, source: str) -> str:
     """Checked here so that a malformed ``--gpufit-expect`` stops the session before it starts."""
-    from pytest_gpufit.expect import parse_expect
-
     parse_expect(value, source)
     return value
 
 
 def simulation(value: str, source: str) -> str:
-    from pytest_gpufit.hardware.catalog import parse_setup
+    from pytest_gpufit.hardware.catalog import parse_setup  # late: it reads the catalog
 
     parse_setup(value, source)
     return value
@@ -71,10 +78,6 @@ def host_name(value: str, source: str) -> str:
 
 def runner_name(value: str, source: str) -> str:
     """A runner class name as the pool file allows it (checked against the file later)."""
-    import re
-
-    from pytest_gpufit.fleet.pool import NAME_PATTERN
-
     if not re.fullmatch(NAME_PATTERN, value):
         raise GpufitError(
             f"{source}: expected a runner class name of gpufit-runners.yaml (letters, digits, "
@@ -85,15 +88,34 @@ def runner_name(value: str, source: str) -> str:
 
 def plan_digest(value: str, source: str) -> str:
     """The ``plan`` of a ``gpufit plan --format github-matrix`` entry: 16 hex digits."""
-    import re
-
-    from pytest_gpufit.fleet.plan import DIGEST_PATTERN
-
     if not re.fullmatch(DIGEST_PATTERN, value):
         raise GpufitError(
             f"{source}: expected the 'plan' of a gpufit plan matrix entry (16 hex digits, "
             f"e.g. ${{{{ matrix.plan }}}}), got {value!r}"
         )
+    return value
+
+
+def switch(value: str, source: str) -> bool:
+    """On or off: true/false, yes/no, on/off, 1/0, in any case.
+
+    >>> switch("True", "x"), switch("0", "x")
+    (True, False)
+    """
+    lowered = value.lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise GpufitError(f"{source}: expected true or false, got {value!r}")
+
+
+def skip_pattern(value: str, source: str) -> str:
+    """A regular expression a skip reason may match (checked here, used by ``re.search``)."""
+    try:
+        re.compile(value)
+    except re.error as error:
+        raise GpufitError(f"{source}: {value!r} is not a regular expression: {error}") from None
     return value
 
 
@@ -109,13 +131,20 @@ def choice(*choices: str) -> Parser:
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its three spellings, its parser and its default (already parsed)."""
+    """One setting: its three spellings, its parser and its default (already parsed).
+
+    A ``switch`` is a command-line flag without a value (``--gpufit-forbid-skips``); a setting
+    of ``many`` values is repeated on the command line, one a line in the ini file and in the
+    environment variable, and resolves to a tuple.
+    """
 
     name: str
     help: str
     parse: Parser = text
     default: Any = None
     choices: tuple[str, ...] = ()
+    switch: bool = False
+    many: bool = False
 
     @property
     def flag(self) -> str:
@@ -129,19 +158,32 @@ class Option:
     def env(self) -> str:
         return "GPUFIT_" + self.name.upper()
 
-    def read(self, value: str, source: str) -> Any:
+    def read(self, value: Any, source: str) -> Any:
         """Parse a value as given; set but empty is an error, never "use the default"."""
-        stripped = value.strip()
-        if not stripped:
+        if self.many:
+            lines = value if isinstance(value, list) else str(value).splitlines()
+            given = [str(line).strip() for line in lines if str(line).strip()]
+        else:
+            given = [str(value).strip()] if str(value).strip() else []
+        if not given:
             example = self.help.split(";")[0]
             raise GpufitError(f"{source} is set but empty; unset it or give {example}")
-        return self.parse(stripped, source)
+        if self.many:
+            return tuple(self.parse(one, source) for one in given)
+        return self.parse(given[0], source)
 
 
 def _option(
-    name: str, help: str, *choices: str, parse: Parser = text, default: Any = None
+    name: str,
+    help: str,
+    *choices: str,
+    parse: Parser = text,
+    default: Any = None,
+    switch: bool = False,
+    many: bool = False,
 ) -> Option:
-    return Option(name, help, choice(*choices) if choices else parse, default, choices)
+    parser = choice(*choices) if choices else parse
+    return Option(name, help, parser, default, choices, switch, many)
 
 
 OPTIONS = (
@@ -233,6 +275,24 @@ OPTIONS = (
         "(else a check the plan job never saw could run nowhere)",
         parse=plan_digest,
     ),
+    _option(
+        "forbid_skips",
+        "true on a GPU runner: every skip of the run fails, naming its reason (skip marks, "
+        "pytest.skip, importorskip while collecting, gpufit's own skips), unless "
+        "--gpufit-allow-skip accepts the reason",
+        parse=switch,
+        default=False,
+        switch=True,
+    ),
+    _option(
+        "allow_skip",
+        "with forbid_skips: a regular expression of skip reasons to accept, e.g. "
+        "'needs 2 GPUs'; repeat the option (one a line in the ini key and the variable); a "
+        "reason that any of them matches (re.search) stays a skip",
+        parse=skip_pattern,
+        default=(),
+        many=True,
+    ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -256,6 +316,8 @@ class Settings:
     runner: str | None = None
     runners: str = "gpufit-runners.yaml"
     plan: str | None = None
+    forbid_skips: bool = False
+    allow_skip: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -299,9 +361,28 @@ def resolve(
         if source is None:
             values[option.name] = option.default
             continue
-        values[option.name] = option.read(str(value), source)
+        values[option.name] = option.read(value, source)
         sources[option.name] = source
     return Settings(**values, sources=sources)
+
+
+def ini_reader(config: pytest.Config) -> Callable[[str], Any]:
+    """``resolve``'s ini getter for a parsed pytest config: a key's value, or None where
+    neither the configuration file nor ``-o`` sets it."""
+
+    def get(key: str) -> Any:
+        value = config.getini(key)
+        if value is None or value not in ("", []):
+            return value  # pytest 9 gives the default, None, for an unset key
+        # Older pytest gives "" (or []) for unset keys too: tell "unset" from "set but empty".
+        overrides = getattr(config.known_args_namespace, "override_ini", None) or []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # config.inicfg, pytest 9
+            in_file = key in config.inicfg
+        given = in_file or any(o.split("=", 1)[0].strip() == key for o in overrides)
+        return value if given else None
+
+    return get
 
 
 def gate_conflicts(settings: Settings) -> None:
@@ -326,6 +407,19 @@ def gate_conflicts(settings: Settings) -> None:
             "measures nothing into the store: under on_missing=fail (from "
             f"{settings.source('on_missing')}) the fleet check would silently not run; set "
             "--gpufit-baseline=compare, or unset the fleet tolerance"
+        )
+    if settings.allow_skip and not settings.forbid_skips:
+        raise GpufitError(
+            f"allow_skip (from {settings.source('allow_skip')}) accepts skip reasons that "
+            f"forbid_skips would fail, and forbid_skips is off (from "
+            f"{settings.source('forbid_skips')}): the allow-list would do nothing; set "
+            "--gpufit-forbid-skips, or unset the allow-list"
+        )
+    if settings.simulate and settings.forbid_skips:
+        raise GpufitError(
+            f"forbid_skips (from {settings.source('forbid_skips')}) and simulate="
+            f"{settings.simulate!r} (from {settings.source('simulate')}) cannot be combined: "
+            "a simulated run skips every gated test it plans; unset one of them"
         )
     if settings.plan and not settings.runner:
         raise GpufitError(

@@ -8,7 +8,9 @@ worker process as soon as its gateway exists, before the worker imports pytest o
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -62,8 +64,6 @@ def sharing(groups: Sequence[Group]) -> list[str]:
 def pinned_to(inventory: Inventory, plan: Any) -> Inventory:
     """A worker's view of its ``WorkerPlan``: the controller set CUDA_VISIBLE_DEVICES, so NVML
     already shows only its GPUs; simulated cards are narrowed here the same way."""
-    from dataclasses import replace
-
     gpus, links = inventory.gpus, inventory.links
     if inventory.simulated:
         by_index = {g.index: g for g in gpus}
@@ -102,8 +102,6 @@ class XdistPinning:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_setupnodes(self, config: pytest.Config, specs: Sequence[Any]) -> None:
-        import os
-
         self.groups = plan(
             self.session.inventory.gpus,
             self.session.settings.gpus_per_worker,

@@ -1,76 +1,103 @@
-"""The house has no import cycle: every import the package makes, late ones included."""
+"""The house has layers (pyproject.toml's import-linter contract), and the plugin stays light."""
 
 from __future__ import annotations
 
-import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).parent.parent / "pytest_gpufit"
+import pytest
+
+ROOT = Path(__file__).parent.parent
+LINT = (
+    "import sys; from importlinter.cli import lint_imports; "
+    "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))"
+)
+
+# What importing the plugin must never load: each costs start-up time or a CUDA context.
+HEAVY = (
+    "torch",
+    "transformers",
+    "vllm",
+    "safetensors",
+    "tokenizers",
+    "numpy",
+    "pynvml",
+    "aiohttp",
+    "httpx",
+    "openai",
+    "matplotlib",
+    "yaml",
+)
 
 
-def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """Module -> the package modules it imports (module level and inside functions)."""
-    modules: dict[str, Path] = {}
-    for path in package.rglob("*.py"):
-        parts = path.relative_to(package.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        modules[name] = path
-    graph: dict[str, set[str]] = {name: set() for name in modules}
-    for name, path in modules.items():
-        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = here.split(".")[: len(here.split(".")) - node.level + 1]
-                    base = ".".join([*up, base] if base else up)
-                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
-            graph[name].update(t for t in targets if t in modules and t != name)
-    return graph
+def _lint(root: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter over the package under ``root``, with ``root``'s pyproject.toml."""
+    return subprocess.run(
+        [sys.executable, "-c", LINT],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected groups of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    found: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        for nxt in sorted(graph[node]):
-            if nxt not in index:
-                visit(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            group = []
-            while True:
-                member = stack.pop()
-                group.append(member)
-                if member == node:
-                    break
-            if len(group) > 1:
-                found.append(sorted(group))
-
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return found
+def test_the_layers_contract_holds() -> None:
+    pytest.importorskip("importlinter")
+    out = _lint(ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Contracts: 1 kept, 0 broken." in out.stdout
 
 
-def test_the_package_has_no_import_cycle() -> None:
-    graph = import_graph()
-    assert (
-        "pytest_gpufit.session" in graph["pytest_gpufit.suites.items"]
-    )  # the graph sees late imports
-    assert cycles(graph) == []
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        # A late import counts: the session reaching for the suites is the old loop.
+        (
+            "session.py",
+            "def _late():\n    from pytest_gpufit.suites.schema import parse_suite\n",
+            "pytest_gpufit.session is not allowed to import pytest_gpufit.suites",
+        ),
+        (
+            "settings.py",
+            "from pytest_gpufit.fleet.pool import load_pool\n",
+            "pytest_gpufit.settings is not allowed to import pytest_gpufit.fleet",
+        ),
+        (
+            "stash.py",
+            "from pytest_gpufit.requirements import Requirement\n",
+            "pytest_gpufit.stash is not allowed to import pytest_gpufit.requirements",
+        ),
+    ],
+)
+def test_an_import_against_the_layers_breaks_the_contract(
+    tmp_path: Path, module: str, line: str, broken: str
+) -> None:
+    pytest.importorskip("importlinter")
+    shutil.copytree(ROOT / "pytest_gpufit", tmp_path / "pytest_gpufit")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    with (tmp_path / "pytest_gpufit" / module).open("a") as file:
+        file.write("\n" + line)
+    out = _lint(tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert broken in out.stdout
 
 
-def test_the_cycle_finder_finds_a_cycle() -> None:
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+def test_a_module_without_a_layer_breaks_the_contract(tmp_path: Path) -> None:
+    pytest.importorskip("importlinter")
+    shutil.copytree(ROOT / "pytest_gpufit", tmp_path / "pytest_gpufit")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    (tmp_path / "pytest_gpufit" / "newcomer.py").write_text('"""Placed nowhere."""\n')
+    out = _lint(tmp_path)
+    assert out.returncode == 1
+    assert "- pytest_gpufit.newcomer" in out.stdout
+
+
+def test_importing_the_plugin_loads_no_heavy_module() -> None:
+    code = (
+        f"import sys, pytest_gpufit.plugin; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from fake_probe import catalog_probe, nvml_probe
@@ -387,6 +388,58 @@ def test_unicode_digits_are_a_usage_error(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_a_whole_number_of_thousands_of_digits_is_a_usage_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # int() refuses more than 4300 digits with a ValueError: that was a traceback.
+    monkeypatch.setenv("GPUFIT_GPUS_PER_WORKER", "9" * 5000)
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: GPUFIT_GPUS_PER_WORKER: expected at most 100 digits, *"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "message"),
+    [
+        # the five callers' messages: settings and the CLI (text), markers, fit commands, suites
+        ("0", {"what": "--batch", "text": True}, "--batch: expected a whole number >= 1, got '0'"),
+        ("²", {"what": "X", "text": True}, "X: expected a whole number >= 1, got '²'"),
+        ("2", {"what": "requires_gpu count"}, "requires_gpu count: expected a whole number >= 1"),
+        (True, {"what": "n"}, "n: expected a whole number >= 1, got True"),
+        (
+            65,
+            {"what": "requires_fit gpus", "maximum": 64},
+            "requires_fit gpus: expected at most 64",
+        ),
+        ("1000000000", {"maximum": 999_999_999, "text": True}, "expected at most 999,999,999"),
+        (
+            "many",
+            {"maximum": 1000, "unit": " runs", "say_range": True},
+            "expected a whole number from 1 to 1,000 runs, got 'many'",
+        ),
+        (-1, {"minimum": 0, "maximum": 10}, "expected a whole number >= 0, got -1"),
+    ],
+)
+def test_one_whole_number_parser(value: object, kwargs: dict[str, Any], message: str) -> None:
+    from pytest_gpufit.errors import GpufitError
+    from pytest_gpufit.numbers import parse_whole
+
+    with pytest.raises(GpufitError) as error:
+        parse_whole(value, **kwargs)
+    assert str(error.value).startswith(message)
+
+
+def test_one_whole_number_parser_accepts() -> None:
+    from pytest_gpufit.numbers import parse_whole
+
+    assert parse_whole(5.0, "x") == 5  # JSON's 5.0
+    assert parse_whole("007", "x", text=True) == 7
+    assert parse_whole(0, "x", minimum=0) == 0
+    assert parse_whole(1000, "x", maximum=1000) == 1000
 
 
 def test_settings_resolve_keeps_its_signature_and_names_sources() -> None:

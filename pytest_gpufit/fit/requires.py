@@ -14,9 +14,9 @@ from pathlib import Path
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.context import check_context
 from pytest_gpufit.fit.estimate import estimate, lacks_kernel, per_card_bytes, usable_bytes
+from pytest_gpufit.fit.request import FitRequest
 from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.records import Gpu
-from pytest_gpufit.requirements import FitRequest
 from pytest_gpufit.units import format_gb
 
 Clause = Callable[[FitRequest, Gpu], "tuple[str, str] | None"]

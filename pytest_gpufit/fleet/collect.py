@@ -17,7 +17,8 @@ import pytest
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fleet.plan import ItemFact
 from pytest_gpufit.fleet.select import item_fact
-from pytest_gpufit.session import PLANNING, REQUIREMENT
+from pytest_gpufit.markers import item_requirement, registered_names
+from pytest_gpufit.stash import PLANNING, REQUIREMENT
 
 __all__ = ["PLANNING", "collect", "item_fact"]
 
@@ -45,9 +46,6 @@ def late_marks(items: Sequence[pytest.Item]) -> list[str]:
     """Items whose gpufit marks were added or changed after gpufit's collection hook (by a
     ``trylast`` ``pytest_collection_modifyitems``): a gate job selects before such a hook runs,
     so it would place them as they were, on a class that may not be able to run them."""
-    from pytest_gpufit.markers import registered_names
-    from pytest_gpufit.plugin import item_requirement  # late: the plugin module, once loaded
-
     late: list[str] = []
     if not items:
         return late

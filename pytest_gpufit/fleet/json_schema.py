@@ -17,10 +17,10 @@ from pytest_gpufit.expect import KEYS
 from pytest_gpufit.fleet.pool import (
     CLASS_FIELDS,
     MAX_SHARDS,
-    NAME_PATTERN,
     PLACEMENTS,
     POOL_FIELDS,
 )
+from pytest_gpufit.settings import NAME_PATTERN
 
 SCHEMA_PATH = Path(__file__).with_name("runners.schema.json")
 

@@ -157,9 +157,6 @@ def make_plan(pool: Pool, items: Iterable[ItemFact], judge: Judge | None = None)
 # ---- output --------------------------------------------------------------------------------
 
 
-DIGEST_PATTERN = r"^[0-9a-f]{16}$"
-
-
 def digest(plan: Plan) -> str:
     """A short hash of where every item runs and of each class's job count.
 

@@ -18,8 +18,8 @@ from packaging.version import InvalidVersion, Version
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.expect import KEYS as EXPECT_KEYS
 from pytest_gpufit.expect import parse_expect
+from pytest_gpufit.settings import NAME_PATTERN  # the pattern --gpufit-runner is checked with
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # job names, artifact names, file names
 MAX_SHARDS = 256
 PLACEMENTS = ("every", "one")
 # field -> (required, description); the validator and the JSON Schema both read this table.
@@ -223,7 +223,7 @@ def parse_pool(data: Any, path: Path) -> Pool:
 def load_pool(path: Path, option: str = "--gpufit-runners / GPUFIT_RUNNERS") -> Pool:
     """Read and check a pool file; every problem is a ``GpufitError`` naming file and line.
     ``option`` is what points at the file where the caller reads it (named when it is missing)."""
-    from pytest_gpufit.suites.yaml_lines import load_yaml  # late: YAML only when asked
+    from pytest_gpufit.yaml_lines import load_yaml  # late: YAML only when asked
 
     if not path.is_file():
         raise GpufitError(

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.fleet.plan import ItemFact
+from pytest_gpufit.fleet.plan import ItemFact, digest, make_plan
 from pytest_gpufit.fleet.pool import Pool, RunnerClass, derived_expect, load_pool
-from pytest_gpufit.session import FIXTURES, PLANNING, REQUIREMENT
+from pytest_gpufit.stash import FIXTURES, PLANNING, REQUIREMENT
 
 
 def item_fact(item: pytest.Item) -> ItemFact:
@@ -64,8 +64,6 @@ class RunnerSelection:
 
     def select(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Keep this class's items; deselect the rest (pytest's deselected, with reasons)."""
-        from pytest_gpufit.fleet.plan import digest, make_plan
-
         if config.stash.get(PLANNING, False):
             return  # `gpufit plan` collects every item, for every class
         plan = make_plan(self.pool, [item_fact(item) for item in items])

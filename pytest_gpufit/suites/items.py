@@ -16,6 +16,8 @@ import pytest
 from pytest_gpufit.backends import MissingExtra, load_backend
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.requirements import Requirement, Verdict
+from pytest_gpufit.session import placement
+from pytest_gpufit.stash import state_of
 from pytest_gpufit.suites.checks import CheckFailed, Context, run_check
 from pytest_gpufit.suites.compare import against_baseline
 from pytest_gpufit.suites.schema import Check, Suite, Target, parse_suite
@@ -56,8 +58,6 @@ class TargetCollector(pytest.Collector):
         # After the target's last check (pytest tears a collector down when the next item is
         # not its own): a launched server stops here, not at the end of the session.
         if self.target.backend == "openai":
-            from pytest_gpufit.session import state_of
-
             state_of(self.config).stop_served(self.served_key)
 
 
@@ -85,8 +85,6 @@ class CheckItem(pytest.Item):
         return merged
 
     def runtest(self) -> None:
-        from pytest_gpufit.session import placement, state_of  # late: a light module anyway
-
         state = state_of(self.config)
         ctx = Context(*placement(self), state.model_cache)  # cuda:N of the judged GPU
         if self.target.backend == "openai":

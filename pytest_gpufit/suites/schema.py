@@ -18,7 +18,6 @@ from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.spec import resolve_model
 from pytest_gpufit.markers import YAML_KEYS, check_fit_models, requirement_from_yaml
 from pytest_gpufit.requirements import Requirement
-from pytest_gpufit.suites.yaml_lines import Located, load_yaml
 from pytest_gpufit.units import (
     parse_percent,
     parse_size,
@@ -26,6 +25,7 @@ from pytest_gpufit.units import (
     shown,
     size_json_schema,
 )
+from pytest_gpufit.yaml_lines import Located, load_yaml
 
 CHECK_ORDER = ("fits", "serves", "loads", "generates", "throughput", "load", "precision")
 BACKENDS = ("transformers", "openai")

@@ -1,0 +1,80 @@
+"""Skips: their reasons, the ``--gpufit-forbid-skips`` policy, and the summary that names each
+reason once. Pure functions over what pytest's reports carry."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from pytest_gpufit.numbers import plural
+
+SHOWN_REASONS = 10  # skip reasons in the terminal summary before "and N more"
+
+
+def skip_reason(longrepr: object) -> str:
+    """The reason of a skip report: pytest gives ``(path, line, 'Skipped: reason')``.
+
+    >>> skip_reason(("t.py", 3, "Skipped: could not import 'vllm'"))
+    "could not import 'vllm'"
+    """
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr or "")
+
+
+def allowed(reason: str, patterns: Iterable[str]) -> bool:
+    """Whether a skip reason is one the user accepts: any pattern matches part of it.
+
+    >>> allowed("could not import 'vllm': No module named 'vllm'", [r"import 'vllm'"])
+    True
+    >>> allowed("needs 60 GB of GPU memory", [r"import 'vllm'"])
+    False
+    """
+    return any(re.search(pattern, reason) for pattern in patterns)
+
+
+def forbidden_text(reason: str, where: str) -> str:
+    """The failure a forbidden skip becomes: the reason, where the rule came from, the way out.
+
+    >>> print(forbidden_text("no GPU", "--gpufit-forbid-skips"))
+    gpufit: skipped (no GPU), and skips fail this run (--gpufit-forbid-skips); make what it \
+needs available, or accept the reason with --gpufit-allow-skip=REGEX
+    """
+    return (
+        f"gpufit: skipped ({reason or 'no reason given'}), and skips fail this run ({where}); "
+        "make what it needs available, or accept the reason with --gpufit-allow-skip=REGEX"
+    )
+
+
+def skip_lines(
+    skipped: Mapping[str, str], explained: Mapping[str, Sequence[str]] | None = None
+) -> list[str]:
+    """The terminal summary of skips, one line per reason, most frequent first.
+
+    ``skipped`` maps node ids to reasons; a skip whose reason is one of ``explained[nodeid]``
+    (the verdict lines above already said it) is left out.
+
+    >>> for line in skip_lines({"a": "no vllm", "b": "no vllm", "c": "slow"}):
+    ...     print(line)
+    gpufit: 3 tests skipped:
+      2 tests: no vllm
+      1 test: slow
+    >>> skip_lines({"a": "needs 60 GB", "b": "slow"}, {"a": ["needs 60 GB"]})
+    ['gpufit: 1 more test skipped:', '  1 test: slow']
+    """
+    explained = explained or {}
+    reasons = Counter(
+        reason for nodeid, reason in skipped.items() if reason not in explained.get(nodeid, ())
+    )
+    if not reasons:
+        return []
+    total = sum(reasons.values())
+    noun = "more test" if total < len(skipped) else "test"  # the rest were explained above
+    lines = [f"gpufit: {plural(total, noun)} skipped:"]
+    for reason, count in reasons.most_common(SHOWN_REASONS):
+        lines.append(f"  {plural(count, 'test')}: {reason or 'no reason given'}")
+    if len(reasons) > SHOWN_REASONS:
+        hidden = len(reasons) - SHOWN_REASONS
+        lines.append(f"  and {plural(hidden, 'more reason')} (pytest -rs lists every skip)")
+    return lines
