@@ -165,10 +165,11 @@ def _baseline_list(args: argparse.Namespace) -> int:
 
 
 def _metrics_text(metrics: Any, where: str) -> str:
-    from pytest_gpufit.baseline import format_number, metric_values
+    from pytest_gpufit.baseline import metric_values
+    from pytest_gpufit.metrics import format_value
 
     values = metric_values(metrics, where)
-    return ", ".join(f"{k} {format_number(v)}" for k, v in values.items()) or "(no metrics)"
+    return ", ".join(f"{k} {format_value(k, v)}" for k, v in values.items()) or "(no metrics)"
 
 
 def _baseline_show(args: argparse.Namespace) -> int:
