@@ -524,8 +524,8 @@ def parser() -> argparse.ArgumentParser:
         help="two runs side by side; a report, so it exits 0 on a regression: --exit-code is "
         "the gate form",
         description="Two runs side by side: the environment, each metric's change, outcomes, "
-        "and checks measured with other parameters (not comparable). A report exits 0 "
-        "whatever it shows; give --exit-code to gate on it (exit 1 on a regression).",
+        "and checks measured with other parameters (not comparable). A report, it exits 0 "
+        "whatever it shows: --exit-code is the gate form (exit 1 on a regression).",
     )
     diff.add_argument("old")
     diff.add_argument("new")

@@ -281,3 +281,33 @@ def test_store_write_refuses_another_suite_in_a_suites_folder(tmp_path: Path) ->
     with pytest.raises(GpufitError, match="suite 'Fast Path' \\(two.yaml\\) would share it"):
         store.write_run(fp, "Fast Path", {"two.yaml::t::throughput": entry})
     assert len(store.runs()) == 1
+
+
+# ---- gpufit baseline diff ------------------------------------------------------------------
+
+
+def test_diff_marks_other_parameters_not_comparable_and_says_exit_code_is_the_gate(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    fp = fingerprint(catalog_gpu("h100-sxm"), Environment(), None)
+    setup = {"check": "throughput", "params": {"new_tokens": 64}, "target": {"model": "m"}}
+    nodeid = "s.yaml::t::throughput"
+
+    def run(decode: float, new_tokens: int) -> str:
+        params = {"new_tokens": new_tokens}
+        entry = {"metrics": {"decode_tok_s": decode}, "setup": {**setup, "params": params}}
+        return store.write_run(fp, "s", {nodeid: {"outcome": "passed", **entry}})
+
+    old, slower, other = run(10.95, 64), run(5.0, 64), run(32.51, 4)
+    report = _cli(tmp_path, "--dir", ".", "diff", old, other)
+    assert report.returncode == 0, report.stderr
+    assert f"not comparable (new_tokens: 64 -> 4): {nodeid}" in report.stdout
+    assert "better" not in report.stdout, "figures of other parameters are not compared"
+    assert _cli(tmp_path, "--dir", ".", "diff", old, other, "--exit-code").returncode == 1
+    worse = _cli(tmp_path, "--dir", ".", "diff", old, slower)
+    assert worse.returncode == 0 and "worse" in worse.stdout
+    assert _cli(tmp_path, "--dir", ".", "diff", old, slower, "--exit-code").returncode == 1
+    for where in (["diff", "--help"], ["--help"]):  # the verb's help and the verb list
+        helped = _cli(tmp_path, *where)
+        assert "--exit-code is the gate form" in " ".join(helped.stdout.split())
