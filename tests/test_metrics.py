@@ -13,8 +13,8 @@ from pytest_gpufit.baseline.compare import judge
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.records import Inventory
 from pytest_gpufit.report import markdown_summary
-from pytest_gpufit.suites.json_schema import build_schema
 from pytest_gpufit.suites import serving_checks
+from pytest_gpufit.suites.json_schema import build_schema
 
 
 def _stored(metric: metrics.Metric) -> str:
