@@ -163,10 +163,11 @@ def _baseline_list(args: argparse.Namespace) -> int:
 
 
 def _metrics_text(metrics: Any, where: str) -> str:
-    from pytest_gpufit.baseline import format_number, metric_values
+    from pytest_gpufit.baseline import metric_values
+    from pytest_gpufit.metrics import format_value
 
     values = metric_values(metrics, where)
-    return ", ".join(f"{k} {format_number(v)}" for k, v in values.items()) or "(no metrics)"
+    return ", ".join(f"{k} {format_value(k, v)}" for k, v in values.items()) or "(no metrics)"
 
 
 def _baseline_show(args: argparse.Namespace) -> int:
@@ -200,7 +201,9 @@ def _baseline_accept(args: argparse.Namespace) -> int:
 
 
 def _baseline_diff(args: argparse.Namespace) -> int:
-    from pytest_gpufit.baseline import compare, environment_changes, format_number, metric_values
+    from pytest_gpufit.baseline import compare, environment_changes, metric_values
+    from pytest_gpufit.baseline.setup import setup_changes
+    from pytest_gpufit.metrics import format_value
 
     store = _store(args)
     paths = [store.find(r) for r in (args.old, args.new)]
@@ -213,6 +216,14 @@ def _baseline_diff(args: argparse.Namespace) -> int:
         before, after = old["results"][nodeid], new["results"][nodeid]
         if before["outcome"] != after["outcome"]:
             outcomes.append(f"outcome {before['outcome']} -> {after['outcome']}: {nodeid}")
+        if "setup" in after:
+            # Figures measured with other parameters or another target are not compared.
+            moved = setup_changes(before.get("setup"), after["setup"])
+            if moved:
+                outcomes.append(f"not comparable ({', '.join(moved)}): {nodeid}")
+                continue
+            if moved is None:
+                outcomes.append(f"note: {args.old} kept no check parameters: {nodeid}")
         for c in compare(
             before.get("metrics", {}),
             after.get("metrics", {}),
@@ -224,8 +235,8 @@ def _baseline_diff(args: argparse.Namespace) -> int:
                 [
                     nodeid,
                     c.metric,
-                    format_number(c.old),
-                    format_number(c.new),
+                    format_value(c.metric, c.old),
+                    format_value(c.metric, c.new),
                     f"{c.change:+.1%}",
                     c.verdict,
                 ]
@@ -235,7 +246,7 @@ def _baseline_diff(args: argparse.Namespace) -> int:
         lost -= set(metric_values(after.get("metrics", {}), f"{paths[1]}: {nodeid}"))
         for metric in sorted(lost):
             old_value = metric_values(before.get("metrics", {}))[metric]
-            rows.append([nodeid, metric, format_number(old_value), "-", "", "missing"])
+            rows.append([nodeid, metric, format_value(metric, old_value), "-", "", "missing"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -245,7 +256,7 @@ def _baseline_diff(args: argparse.Namespace) -> int:
     for nodeid in only:
         print(f"only in {'old' if nodeid in old['results'] else 'new'}: {nodeid}")
     worse = any(row[-1] in ("worse", "missing") for row in rows[1:])
-    stopped = any(line.startswith("outcome passed ->") for line in outcomes)
+    stopped = any(line.startswith(("outcome passed ->", "not comparable")) for line in outcomes)
     gone = any(nodeid in old["results"] for nodeid in only)
     return 1 if args.exit_code and (worse or stopped or gone) else 0
 
@@ -507,15 +518,23 @@ def parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="accept a run even though some of its checks failed"
     )
     accept.set_defaults(handler=_baseline_accept)
-    diff = add_verb("diff", help="two runs side by side")
+    diff = add_verb(
+        "diff",
+        help="two runs side by side; a report, so it exits 0 on a regression: --exit-code is "
+        "the gate form",
+        description="Two runs side by side: the environment, each metric's change, outcomes, "
+        "and checks measured with other parameters (not comparable). A report, it exits 0 "
+        "whatever it shows: --exit-code is the gate form (exit 1 on a regression).",
+    )
     diff.add_argument("old")
     diff.add_argument("new")
     diff.add_argument("--tolerance", type=_percent, default=0.05)
     diff.add_argument(
         "--exit-code",
         action="store_true",
-        help="exit 1 when a metric got worse beyond the tolerance or went unmeasured, a check "
-        "stopped passing, or a check of OLD is missing from NEW (as git diff --exit-code)",
+        help="the gate form: exit 1 when a metric got worse beyond the tolerance or went "
+        "unmeasured, a check stopped passing or was measured with other parameters, or a check "
+        "of OLD is missing from NEW (as git diff --exit-code); without it diff exits 0",
     )
     diff.set_defaults(handler=_baseline_diff)
     fleet = add_verb(

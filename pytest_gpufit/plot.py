@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_gpufit.baseline import METRIC_LABELS, format_number, metric_values
+from pytest_gpufit.baseline import metric_values
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.metrics import format_value, label
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Panel:
 
     @property
     def title(self) -> str:
-        return f"{METRIC_LABELS.get(self.metric, self.metric)}: {self.gpu}, suite {self.suite}"
+        return f"{label(self.metric)}: {self.gpu}, suite {self.suite}"
 
 
 def run_label(record: dict[str, Any], accepted: bool) -> str:
@@ -96,7 +97,9 @@ def plot_runs(records: Sequence[tuple[dict[str, Any], bool]], output: Path) -> P
             ax.axvline(panel.accepted, color="green", linestyle="--", linewidth=1)
         ax.set_xticks(range(len(panel.runs)), panel.runs)
         ax.set_xlim(-0.5, len(panel.runs) - 0.5)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_number(v)))
+        ax.yaxis.set_major_formatter(
+            FuncFormatter(lambda v, _, name=panel.metric: format_value(name, v))
+        )
         ax.set_title(panel.title)
         ax.tick_params(axis="x", labelsize=7)
         ax.legend(fontsize=7)

@@ -14,6 +14,7 @@ from typing import Any
 from pytest_gpufit.atomic import why_unwritable, write_text_atomic
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.records import Environment, Gpu, Inventory, pcie_text, power_text
+from pytest_gpufit.metrics import BY_NAME, format_value
 from pytest_gpufit.numbers import format_number, format_percent, plural
 from pytest_gpufit.requirements import Verdict
 from pytest_gpufit.units import format_gb, format_gib
@@ -191,11 +192,11 @@ COLUMNS = (
     "dtype",
     "device",
     "est total",
-    "load s",
+    BY_NAME["load_seconds"].label,
     "peak / est weights",
-    "prefill tok/s",
-    "decode tok/s (% ceiling)",
-    "TTFT ms",
+    BY_NAME["prefill_tok_s"].label,
+    f"{BY_NAME['decode_tok_s'].label} (% ceiling)",
+    BY_NAME["ttft_ms"].label,
 )
 
 
@@ -204,12 +205,12 @@ def _target_row(rows: list[Mapping[str, Any]]) -> list[str]:
     for row in rows:
         merged.update(row["metrics"])
 
-    def get(key: str) -> str:
-        value = merged.get(key)
-        return format_number(value) if isinstance(value, (int, float)) else "-"
+    def get(name: str) -> str:
+        value = merged.get(BY_NAME[name].key)
+        return BY_NAME[name].format(value) if isinstance(value, (int, float)) else "-"
 
     peak = "-"
-    if "peak_allocated_bytes" in merged:
+    if BY_NAME["peak_memory"].key in merged:  # beside the estimate, in its format
         peak = format_gb(merged["peak_allocated_bytes"])
         if "estimate_weights_bytes" in merged:
             peak += f" / {format_gb(merged['estimate_weights_bytes'])}"
@@ -293,17 +294,19 @@ def served_lines(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 lines.append(f"{name}: {', '.join(parts)}")
         for level, figures in (metrics.get("levels") or {}).items():
 
-            def get(key: str, figures: Mapping[str, Any] = figures) -> str:
-                value = figures.get(key)
-                return format_number(value) if isinstance(value, (int, float)) else "-"
+            def get(figure: str, figures: Mapping[str, Any] = figures) -> str:
+                metric = BY_NAME.get(figure)  # a level metric, read at its source; or a count
+                value = figures.get(metric.key if metric else figure)
+                if not isinstance(value, (int, float)):
+                    return "-"
+                return metric.format(value) if metric else format_number(value)
 
-            goodput = figures.get("goodput")
             lines.append(
                 f"{name} load {level}: {get('completed')}/"
                 f"{format_number(figures.get('completed', 0) + figures.get('failed', 0))} ok, "
-                f"{get('output_throughput')} tok/s, TTFT p50/p99 {get('median_ttft_ms')}/"
-                f"{get('p99_ttft_ms')} ms, ITL p99 {get('p99_itl_ms')} ms, goodput "
-                + (f"{goodput:.0%}" if isinstance(goodput, (int, float)) else "-")
+                f"{get('output_tok_s')} tok/s, TTFT p50/p99 {get('ttft_ms_p50')}/"
+                f"{get('ttft_ms_p99')} ms, ITL p99 {get('itl_ms_p99')} ms, "
+                f"goodput {get('goodput')}"
             )
     return lines
 
@@ -389,8 +392,8 @@ def _baseline_lines(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
     ]
     for nodeid, c in compared:
         lines.append(
-            f"| {_md(nodeid)} | {c['metric']} | {format_number(c['old'])} | "
-            f"{format_number(c['new'])} | {format_percent(c['change'], signed=True)} | "
+            f"| {_md(nodeid)} | {c['metric']} | {format_value(c['metric'], c['old'])} | "
+            f"{format_value(c['metric'], c['new'])} | {format_percent(c['change'], signed=True)} | "
             f"{format_percent(c['tolerance'])} | {c['verdict']} |"
         )
     return lines

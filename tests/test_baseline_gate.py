@@ -260,6 +260,12 @@ def test_format1_store_is_refused_then_migrated(pytester: pytest.Pytester) -> No
     # The command exactly as the message prints it (--dir after the verb) works.
     out = _cli(pytester.path, "migrate", "--dir", str(pytester.path / "store"))
     assert out.returncode == 0, out.stderr
+    # A format-1 record kept no check parameters: compared only where the suite allows a
+    # baseline that lacks something (issue 18.9), else a failure asking for a new baseline.
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*was saved before gpufit kept each check's parameters*"])
+    _suite(pytester, "s", FITS, "baseline: {missing: warn}")
     pytester.runpytest(*_args("compare")).assert_outcomes(passed=1)
 
 

@@ -14,7 +14,6 @@ from pytest_gpufit.baseline.compare import (
     Comparison,
     compare,
     confirm,
-    format_number,
     judge,
     metric_values,
     parse_confirm,
@@ -30,6 +29,7 @@ from pytest_gpufit.baseline.fingerprint import (
 from pytest_gpufit.baseline.golden import check_golden, compare_golden
 from pytest_gpufit.baseline.session import BaselineSession, SavedRun
 from pytest_gpufit.baseline.store import FORMAT, RunInfo, Store, failed_checks, slug
+from pytest_gpufit.numbers import format_number
 
 MODES = ("off", "compare", "save")
 

@@ -6,55 +6,20 @@ Everything here is pure: values in, verdicts out.
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_gpufit import metrics
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.numbers import format_number as format_number  # the one formatter, for fleet
 from pytest_gpufit.units import parse_percent
 
-# metric -> True when higher is better
-METRICS: dict[str, bool] = {
-    "decode_tok_s": True,
-    "prefill_tok_s": True,
-    "ttft_ms": False,
-    "load_seconds": False,
-    "peak_memory": False,
-    "kl": False,
-    "top1_agreement": True,
-    "allreduce_busbw_gb_s": True,  # pytest_gpufit.allreduce
-    "allreduce_latency_us": False,
-}
-# Per load level, stored as ``c8_ttft_ms_p99`` (concurrency 8) or ``r2_goodput`` (2 req/s);
-# a tolerance given for the bare name applies to every level.
-LEVEL_METRICS: dict[str, bool] = {
-    "ttft_ms_p50": False,
-    "ttft_ms_p99": False,
-    "itl_ms_p99": False,
-    "goodput": True,
-    "output_tok_s": True,
-}
-_LEVEL = re.compile(r"^(c[0-9]+|r[0-9.e+-]+)_(" + "|".join(LEVEL_METRICS) + r")$")
-METRIC_SOURCES = {"peak_memory": "peak_allocated_bytes"}
-_FLOORS = {"kl": 1e-3}
-METRIC_LABELS = {
-    "decode_tok_s": "decode tok/s",
-    "prefill_tok_s": "prefill tok/s",
-    "ttft_ms": "TTFT ms",
-    "load_seconds": "load s",
-    "peak_memory": "peak memory",
-    "kl": "KL",
-    "top1_agreement": "top-1 agreement",
-    "allreduce_busbw_gb_s": "all-reduce bus bandwidth GB/s",
-    "allreduce_latency_us": "all-reduce latency us",
-    "ttft_ms_p50": "TTFT p50 ms",
-    "ttft_ms_p99": "TTFT p99 ms",
-    "itl_ms_p99": "ITL p99 ms",
-    "goodput": "goodput",
-    "output_tok_s": "output tok/s",
-}
+# Views of the metric table (pytest_gpufit.metrics), for code that asks by name.
+METRICS: dict[str, bool] = {m.name: m.higher_is_better for m in metrics.CHECK_METRICS}
+LEVEL_METRICS: dict[str, bool] = {m.name: m.higher_is_better for m in metrics.LEVEL_METRICS}
+METRIC_LABELS: dict[str, str] = {m.name: m.label for m in metrics.TABLE}
 MISSING = ("fail", "warn")
 MAX_CONFIRM = 20
 
@@ -69,19 +34,6 @@ class BaselinePolicy:
     confirm: int = 2
 
 
-def format_number(value: float) -> str:
-    """A number as people write it in a baseline text.
-
-    >>> format_number(14230.4), format_number(1e6), format_number(14.53), format_number(3e-6)
-    ('14,230', '1,000,000', '14.53', '3e-06')
-    """
-    if not math.isfinite(value):
-        return str(value)
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.4g}"
-
-
 def parse_tolerances(raw: Any, where: str) -> dict[str, float]:
     """``{decode_tok_s: 5%, ...}`` -> fractions; unknown metrics and bare numbers are errors."""
     if raw is None:
@@ -90,8 +42,8 @@ def parse_tolerances(raw: Any, where: str) -> dict[str, float]:
         raise GpufitError(f"{where}: expected a mapping of metric: percentage, got {raw!r}")
     out = {}
     for metric, value in raw.items():
-        if metric not in METRICS and metric not in LEVEL_METRICS:
-            known = ", ".join([*METRICS, *LEVEL_METRICS])
+        if metric not in metrics.BY_NAME:
+            known = ", ".join(metrics.tolerance_names())
             raise GpufitError(f"{where}: unknown metric {metric!r}; known: {known}")
         out[str(metric)] = parse_percent(value, f"{where}.{metric}")
     return out
@@ -140,24 +92,23 @@ def _measurement(
     return number
 
 
-def metric_values(metrics: Mapping[str, Any], where: str | None = None) -> dict[str, float]:
+def metric_values(measured: Mapping[str, Any], where: str | None = None) -> dict[str, float]:
     """The baseline metrics of one check's measurements; NaN or infinity is an error.
 
     >>> metric_values({"decode_tok_s": 121.0, "peak_allocated_bytes": 10, "text": "hi"})
     {'decode_tok_s': 121.0, 'peak_memory': 10.0}
     """
     out = {}
-    for metric in METRICS:
-        source = METRIC_SOURCES.get(metric, metric)
-        value = metrics.get(source)
+    for metric in metrics.CHECK_METRICS:
+        value = measured.get(metric.key)
         if value is None:
             continue
         if not is_number(value):
-            raise GpufitError(f"{where or 'measured'}: {source} is {value!r}, not a number")
-        # KL may round to a hair below zero; no other metric can be negative.
-        out[metric] = _measurement(source, value, where, METRIC_LABELS[metric], metric == "kl")
-    for key, value in metrics.items():
-        if _LEVEL.match(key) and is_number(value):
+            raise GpufitError(f"{where or 'measured'}: {metric.key} is {value!r}, not a number")
+        out[metric.name] = _measurement(metric.key, value, where, metric.label, metric.negative_ok)
+    for key, value in measured.items():
+        level, _ = metrics.split_level(key)
+        if level is not None and is_number(value):
             out[key] = _measurement(key, value, where, key, False)
     return out
 
@@ -168,13 +119,20 @@ def base_metric(metric: str) -> str:
     >>> base_metric("c8_ttft_ms_p99"), base_metric("r2.5_goodput"), base_metric("kl")
     ('ttft_ms_p99', 'goodput', 'kl')
     """
-    match = _LEVEL.match(metric)
-    return match.group(2) if match else metric
+    return metrics.split_level(metric)[1]
+
+
+def _metric(name: str) -> metrics.Metric:
+    metric = metrics.find(name)
+    if metric is None:
+        raise GpufitError(
+            f"{name!r} is not a metric; known: {', '.join(metrics.tolerance_names())}"
+        )
+    return metric
 
 
 def higher_is_better(metric: str) -> bool:
-    base = base_metric(metric)
-    return METRICS[base] if base in METRICS else LEVEL_METRICS[base]
+    return _metric(metric).higher_is_better
 
 
 @dataclass(frozen=True)
@@ -190,31 +148,31 @@ class Comparison:
     runs: tuple[float, ...] = ()
     spread: float = 0.0  # relative spread of ``runs`` (or the check's own repeats)
 
+    @property
+    def _old_new(self) -> str:
+        return f"{metrics.format_value(self.metric, self.old)} -> " + metrics.format_value(
+            self.metric, self.new
+        )
+
     def text(self) -> str:
-        label = METRIC_LABELS.get(self.metric, self.metric)
-        base = base_metric(self.metric)
-        if base != self.metric:
-            level = self.metric[: -len(base) - 1]
-            kind = "concurrency" if level.startswith("c") else "rate"
-            label = f"{kind} {level[1:]}{'/s' if kind == 'rate' else ''} {METRIC_LABELS[base]}"
+        label = metrics.label(self.metric)
         confirmed = ""
         if len(self.runs) > 1:
             confirmed = f"; median of {len(self.runs)} runs"
         if self.spread:
             confirmed += f", spread {self.spread:.1%}"
         return (
-            f"{label} {format_number(self.old)} -> {format_number(self.new)} "
-            f"({self.change:+.1%}, tolerance {self.tolerance:.0%}{confirmed})"
+            f"{label} {self._old_new}"
+            f" ({self.change:+.1%}, tolerance {self.tolerance:.0%}{confirmed})"
         )
 
     def records_only(self) -> str | None:
         """A warning when the tolerance lets a higher-is-better metric fall to zero unfailed."""
         if not higher_is_better(self.metric) or self.tolerance < 1 or self.old <= 0:
             return None
-        label = METRIC_LABELS.get(self.metric, self.metric)
         return (
-            f"{label}: tolerance {self.tolerance:.0%} can never fail (it cannot fall by more "
-            f"than 100%), so {format_number(self.old)} -> {format_number(self.new)} passed "
+            f"{metrics.label(self.metric)}: tolerance {self.tolerance:.0%} can never fail (it "
+            f"cannot fall by more than 100%), so {self._old_new} passed "
             f"unjudged; lower baseline.tolerance.{self.metric} (or --gpufit-baseline-tolerance) "
             "to gate on it"
         )
@@ -223,10 +181,9 @@ class Comparison:
         """A warning when the tolerance is tighter than twice the measured spread."""
         if self.tolerance >= 2 * self.spread:
             return None
-        label = METRIC_LABELS.get(self.metric, self.metric)
         return (
-            f"{label}: tolerance {self.tolerance:.0%} is tighter than twice the measured spread "
-            f"({self.spread:.1%}), so the gate can flip on noise; widen "
+            f"{metrics.label(self.metric)}: tolerance {self.tolerance:.0%} is tighter than "
+            f"twice the measured spread ({self.spread:.1%}), so the gate can flip on noise; widen "
             f"baseline.tolerance.{self.metric} or measure with more repeats"
         )
 
@@ -255,7 +212,7 @@ def judge(
     """
     new = float(statistics.median(values))
     # KL near zero is noise relative to itself: measure its change against a floor.
-    scale = max(abs(old), _FLOORS.get(metric, 0.0))
+    scale = max(abs(old), _metric(metric).floor)
     if scale == 0:
         change = 0.0 if new == 0 else math.copysign(math.inf, new)
     else:

@@ -16,7 +16,7 @@ from pytest_gpufit.baseline.fleet import (
     latest_per_host,
     run_values,
 )
-from pytest_gpufit.baseline.store import Store, failed_checks, slug
+from pytest_gpufit.baseline.store import Store, failed_checks, slug, suite_files, two_files
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.records import Environment, Gpu, GpuLink
 
@@ -143,9 +143,14 @@ class BaselineSession:
         ran: dict[str, set[str]] = {}
         for (_, suite), results in groups.items():
             ran.setdefault(suite, set()).update(results)
+        clashes = _clashes(groups)
         saved = []
         fleet_failures: list[str] = []
+        refused: list[str] = []
         for (gpu_name, suite), results in sorted(groups.items()):
+            if (gpu_name, suite) in clashes:
+                refused.append(clashes[gpu_name, suite])
+                continue
             failed = failed_checks({"results": results})
             not_run = tuple(sorted(set((expected or {}).get(suite, ())) - ran[suite]))
             ok = accept and not failed and not not_run
@@ -155,8 +160,13 @@ class BaselineSession:
             )
             if engines:
                 fp = dataclasses.replace(fp, engine=", ".join(engines))
+            try:
+                self.store.check_owner(gpu_name, suite, results)
+            except GpufitError as error:  # another suite owns the folder: save the others
+                refused.append(str(error))
+                continue
             verdict = self._fleet(gpu_name, suite, fp, results) if not accept else None
-            run_id = self.store.write_run(fp, suite, results, accept=ok)
+            run_id = self.store.write_run(fp, suite, results, accept=ok, not_run=not_run)
             saved.append(
                 SavedRun(
                     gpu_name,
@@ -171,9 +181,11 @@ class BaselineSession:
                 )
             )
             fleet_failures += verdict.failures if verdict else ()
+        kept = "; ".join(f"{run.run_id} ({run.gpu_name}, {run.suite})" for run in saved)
+        if refused:
+            raise GpufitError("\n".join([*refused, f"(runs saved: {kept or 'none'})"]))
         if fleet_failures:
             # Every run is written first: the record of a slow host is what the fleet view shows.
-            kept = "; ".join(f"{run.run_id} ({run.gpu_name}, {run.suite})" for run in saved)
             raise FleetFailure("\n".join([*fleet_failures, f"(runs saved: {kept})"]))
         return saved
 
@@ -197,6 +209,33 @@ class BaselineSession:
             self.fleet_tolerance,
             self.fleet_strict,
         )
+
+
+def _clashes(groups: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+    """The (GPU, suite) runs of one session that cannot have a baseline folder of their own:
+    one suite name in two files, or two suite names that make one folder name. Each -> why."""
+    out: dict[tuple[str, str], str] = {}
+    by_folder: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for gpu_name, suite in groups:
+        by_folder.setdefault((slug(gpu_name), slug(suite)), []).append((gpu_name, suite))
+    for key, results in groups.items():
+        files = suite_files(results)
+        if len(files) > 1:
+            out[key] = two_files(key[1], files)
+    for keys in by_folder.values():
+        names = sorted({suite for _, suite in keys})
+        if len(names) < 2:
+            continue
+        named = " and ".join(
+            f"{k[1]!r} ({', '.join(suite_files(groups[k]))})" for k in sorted(keys)
+        )
+        for key in keys:
+            out[key] = (
+                f"suites {named} would share the baseline folder {slug(key[0])}/{slug(key[1])}"
+                " (a folder holds one suite); rename one suite (its suite: key); nothing was "
+                "saved for either"
+            )
+    return out
 
 
 def _engine_of(entry: Mapping[str, Any]) -> bool:

@@ -6,6 +6,13 @@ Layout (format 2; ``--gpufit-baseline-dir``, default ``.gpufit/baselines``)::
     <gpu-model-slug>/<suite-slug>/accepted             the id of the accepted run
 
 The accepted run is keyed by (GPU model, suite), so saving one suite never replaces another's.
+A suite folder belongs to one suite: its name and its file (read from the node ids of its
+records). Two suites whose names make one folder name ("Fast Path", "fast-path"), or one name
+in two files, are an error naming both, never one replacing the other's baseline.
+
+A run that did not run every check of its suite (``-k``, ``-x``) records the missing ones in
+``not_run`` and is accepted only with ``force``.
+
 Format 1 stores (``<gpu>/runs/*.json`` and one ``<gpu>/accepted`` per GPU model) are refused
 with the command that migrates them: ``gpufit baseline migrate``.
 
@@ -22,7 +29,7 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +118,58 @@ class RunInfo:
     path: Path
 
 
+def suite_files(results: Mapping[str, Any]) -> list[str]:
+    """The suite files a run's checks come from (their node ids' first part): one, normally.
+
+    >>> suite_files({"s/a.yaml::t::fits": {}, "s/a.yaml::u::fits": {}})
+    ['s/a.yaml']
+    """
+    return sorted({str(nodeid).split("::", 1)[0] for nodeid in results})
+
+
+def _named(suite: str, files: Sequence[str]) -> str:
+    return f"{suite!r} ({', '.join(files)})" if files else repr(suite)
+
+
+def two_files(suite: str, files: Sequence[str]) -> str:
+    """The error of one suite name in two files: they would share (and replace) one baseline."""
+    return (
+        f"suite {suite!r} is named in two files ({', '.join(files)}); a baseline folder holds "
+        "one suite, and these would replace each other's baseline: give each file its own "
+        "suite: name"
+    )
+
+
+def shared_folder(
+    folder: Path, owner: tuple[str, Sequence[str]], suite: str, files: Sequence[str]
+) -> str:
+    """The error of a second suite in a suite's folder, naming both suites and their files."""
+    moved = ""
+    if owner[0] == suite:
+        moved = (
+            f"; if the file moved, the old runs cannot stand for it (their node ids differ): "
+            f"remove {folder} and save a new baseline"
+        )
+    return (
+        f"baseline folder {folder} belongs to suite {_named(*owner)}; suite "
+        f"{_named(suite, files)} would share it (both make the folder name {folder.name!r}): "
+        f"rename one suite (its suite: key){moved}"
+    )
+
+
+def not_run_text(not_run: Sequence[str], when: str = "") -> str:
+    """``2 checks of the suite did not run (a, b)``, the first five named.
+
+    >>> not_run_text(["s.yaml::t::fits"], " in its session")
+    '1 check of the suite did not run in its session (s.yaml::t::fits)'
+    """
+    n = len(not_run)
+    return (
+        f"{n} check{'s' * (n != 1)} of the suite did not run{when} "
+        f"({', '.join(not_run[:5])}{' ...' if n > 5 else ''})"
+    )
+
+
 def _refuse_link(path: Path, what: str) -> None:
     """The store holds plain files: a link could make one suite's baseline another record (or
     a file outside the store) without the reviewed diff showing it."""
@@ -166,6 +225,9 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
             )
     if not isinstance(data["fingerprint"].get("gpu_name"), str):
         raise GpufitError(f"baseline record {path}: fingerprint.gpu_name is missing")
+    not_run = data.get("not_run", [])
+    if not isinstance(not_run, list) or not all(isinstance(n, str) for n in not_run):
+        raise GpufitError(f"baseline record {path}: 'not_run' is not a list of node ids")
     _check_place(data, path)
     for nodeid, entry in data["results"].items():
         where = f"baseline record {path}: {nodeid}"
@@ -250,7 +312,34 @@ class Store:
         run_id = self._pointer(folder / "accepted")
         if run_id is None:
             return None
-        return self.read(folder / "runs" / f"{run_id}.json")
+        record = self.read(folder / "runs" / f"{run_id}.json")
+        if record["suite"] != suite:  # another suite of the same folder name
+            owner = (record["suite"], suite_files(record["results"]))
+            raise GpufitError(shared_folder(folder, owner, suite, []))
+        return record
+
+    def _owner(self, folder: Path) -> tuple[str, list[str]] | None:
+        """The suite (name, files) a suite folder belongs to: its accepted run's, else its
+        newest run's; None for a new folder."""
+        run_id = self._pointer(folder / "accepted")
+        runs = sorted((folder / "runs").glob("*.json")) if (folder / "runs").is_dir() else []
+        path = folder / "runs" / f"{run_id}.json" if run_id else (runs[-1] if runs else None)
+        if path is None:
+            return None
+        record = self.read(path)
+        return record["suite"], suite_files(record["results"])
+
+    def check_owner(self, gpu_name: str, suite: str, results: Mapping[str, Any]) -> None:
+        """Refuse a run of ``suite`` that would share its folder with another suite (another
+        name of the same folder name, or the same name in another file)."""
+        files = suite_files(results)
+        if len(files) > 1:
+            raise GpufitError(two_files(suite, files))
+        folder = self.suite_dir(gpu_name, suite)
+        owner = self._owner(folder)
+        if owner is not None and owner != (suite, files):
+            saved = f"; nothing was saved for {suite!r}"
+            raise GpufitError(shared_folder(folder, owner, suite, files) + saved)
 
     def runs(self) -> list[RunInfo]:
         """Every stored run, per GPU model and suite, oldest first within each."""
@@ -285,10 +374,22 @@ class Store:
     # ---- writing ------------------------------------------------------------------------------
 
     def write_run(
-        self, fp: Fingerprint, suite: str, results: Mapping[str, Any], accept: bool = False
+        self,
+        fp: Fingerprint,
+        suite: str,
+        results: Mapping[str, Any],
+        accept: bool = False,
+        *,
+        not_run: Sequence[str] = (),
     ) -> str:
-        """Store one run of one suite; accept it only when asked and no check failed."""
+        """Store one run of one suite; accept it only when asked, no check failed and none of
+        the suite's checks is in ``not_run`` (checks the session did not run).
+
+        A run of another suite whose name makes the same folder name, or of the same name from
+        another file, is refused (GpufitError) before anything is written.
+        """
         self._refuse_legacy()
+        self.check_owner(fp.gpu_name, suite, results)
         # Microseconds in the id, so ids sort in creation order (list, plot) even for runs
         # saved within one second.
         now = time.time()
@@ -302,9 +403,11 @@ class Store:
             "fingerprint": fp.to_dict(),
             "results": dict(results),
         }
+        if not_run:
+            record["not_run"] = sorted(not_run)
         path = self.suite_dir(fp.gpu_name, suite) / "runs" / f"{run_id}.json"
         _atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
-        if accept and not failed_checks(record):
+        if accept and not failed_checks(record) and not not_run:
             self.accept(run_id)
         return run_id
 
@@ -312,7 +415,8 @@ class Store:
         """Make a run the accepted one of its GPU model and suite; return the files to commit.
 
         A run with failed checks is refused unless ``force``: accepting it would make the
-        regression the new normal.
+        regression the new normal; so is a run of part of its suite (``-k``): it would stand
+        for checks it did not run.
         """
         path = self.find(run_id)
         record = self.read(path)
@@ -323,6 +427,13 @@ class Store:
                 f"({', '.join(failed)}); accepting it would make the failure the baseline. "
                 "Fix and save again, or accept anyway with --force"
             )
+        not_run = record.get("not_run", [])
+        if not_run and not force:
+            raise GpufitError(
+                f"run {run_id}: {not_run_text(not_run, ' in its session')}; "
+                "a baseline is accepted only from a run of the whole suite: run it all and "
+                "save again, or accept it anyway with --force"
+            )
         pointer = path.parent.parent / "accepted"
         _atomic_write(pointer, run_id + "\n")
         return [path, pointer]
@@ -330,54 +441,88 @@ class Store:
     def migrate(self) -> list[str]:
         """Rewrite a format-1 store as format 2: each run split per suite, pointers per suite.
 
-        Returns what was done, one line per file. Format-1 runs held only passed checks.
+        Returns what was done, one line per file. Format-1 runs held only passed checks. Every
+        record is read and planned first: two suites that would share a folder (names of one
+        folder name, or one name in two files) are refused before anything is written or
+        removed.
         """
-        lines: list[str] = []
-        for gpu in (
-            sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
-        ):
+        writes: list[tuple[Path, dict[str, Any], bool]] = []  # (file, record, accepted)
+        removals: list[Path] = []
+        owners: dict[Path, tuple[str, list[str]]] = {}
+        clashes: list[str] = []
+        gpus = sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        for gpu in gpus:
             pointer = gpu / "accepted"
             old_accepted = self._pointer(pointer) if pointer.is_file() else None
-            runs = sorted(p for p in (gpu / "runs").glob("*.json") if p.is_file())
-            for run in runs:
-                try:
-                    data = json.loads(run.read_text("utf-8"))
-                except (OSError, ValueError) as error:
-                    raise GpufitError(f"baseline record {run} is unreadable ({error})") from None
-                if not isinstance(data, dict) or data.get("format") != 1:
-                    raise GpufitError(f"baseline record {run} is not a format-1 record")
-                if not isinstance(data.get("results"), dict) or not isinstance(
-                    data.get("fingerprint"), dict
-                ):
-                    raise GpufitError(f"baseline record {run} is not a gpufit baseline record")
-                by_suite: dict[str, dict[str, Any]] = {}
-                for nodeid, entry in data["results"].items():
-                    if not isinstance(entry, dict):
-                        raise GpufitError(f"baseline record {run}: {nodeid} is not a mapping")
-                    suite = str(entry.get("suite") or nodeid.split("::", 1)[0])
-                    by_suite.setdefault(suite, {})[nodeid] = {"outcome": "passed", **entry}
-                for suite, results in sorted(by_suite.items()):
+            for run in sorted(p for p in (gpu / "runs").glob("*.json") if p.is_file()):
+                data, by_suite = _format1_suites(run)
+                for suite, results in by_suite.items():
+                    files = suite_files(results)
+                    folder = gpu / slug(suite)
+                    owner = owners.setdefault(folder, self._owner(folder) or (suite, files))
+                    if len(files) > 1:
+                        clashes.append(f"run {run.name}: {two_files(suite, files)}")
+                    elif owner != (suite, files):
+                        clashes.append(
+                            f"run {run.name}: suites {_named(*owner)} and {_named(suite, files)} "
+                            f"would share the folder {folder}"
+                        )
                     run_id = run.stem if len(by_suite) == 1 else f"{run.stem}-{slug(suite)}"
                     check_run_id(run_id)
                     record = dict(data, format=FORMAT, id=run_id, suite=suite, results=results)
-                    folder = gpu / slug(suite)
                     target = folder / "runs" / f"{run_id}.json"
                     check_record(record, target)
-                    _atomic_write(target, json.dumps(record, indent=2, sort_keys=True) + "\n")
-                    lines.append(f"wrote {target}")
-                    if run.stem == old_accepted:
-                        _atomic_write(folder / "accepted", run_id + "\n")
-                        lines.append(f"wrote {folder / 'accepted'} ({run_id})")
-                run.unlink()
-                lines.append(f"removed {run}")
+                    if target.exists() or any(target == w[0] for w in writes):
+                        clashes.append(f"run {run.name}: {target} exists already")
+                    writes.append((target, record, run.stem == old_accepted))
+                removals.append(run)
             if pointer.is_file():
-                pointer.unlink()
-                lines.append(f"removed {pointer}")
+                removals.append(pointer)
+        if clashes:
+            shown = list(dict.fromkeys(clashes))
+            more = f"; and {len(shown) - 5} more" if len(shown) > 5 else ""
+            raise GpufitError(
+                f"cannot migrate {self.root}: {'; '.join(shown[:5])}{more}. A baseline "
+                "folder holds one suite: give one suite another name (its suite: key, and the "
+                '"suite" of its entries in the old records) or remove its entries from the old '
+                "records, then migrate again; nothing was changed"
+            )
+        lines: list[str] = []
+        for target, record, accepted in writes:
+            _atomic_write(target, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            lines.append(f"wrote {target}")
+            if accepted:
+                _atomic_write(target.parent.parent / "accepted", record["id"] + "\n")
+                lines.append(f"wrote {target.parent.parent / 'accepted'} ({record['id']})")
+        for path in removals:  # only after every record is written: nothing is lost
+            path.unlink()
+            lines.append(f"removed {path}")
+        for gpu in gpus:
             try:
                 (gpu / "runs").rmdir()
             except OSError:
                 pass  # not empty (a suite named "runs") or already gone
         return lines
+
+
+def _format1_suites(run: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A format-1 run, and its results per suite (each marked passed, as format 1 held only
+    passed checks); an unreadable or wrongly shaped run is a GpufitError naming it."""
+    try:
+        data = json.loads(run.read_text("utf-8"))
+    except (OSError, ValueError) as error:
+        raise GpufitError(f"baseline record {run} is unreadable ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != 1:
+        raise GpufitError(f"baseline record {run} is not a format-1 record")
+    if not isinstance(data.get("results"), dict) or not isinstance(data.get("fingerprint"), dict):
+        raise GpufitError(f"baseline record {run} is not a gpufit baseline record")
+    by_suite: dict[str, dict[str, Any]] = {}
+    for nodeid, entry in data["results"].items():
+        if not isinstance(entry, dict):
+            raise GpufitError(f"baseline record {run}: {nodeid} is not a mapping")
+        suite = str(entry.get("suite") or nodeid.split("::", 1)[0])
+        by_suite.setdefault(suite, {})[nodeid] = {"outcome": "passed", **entry}
+    return data, dict(sorted(by_suite.items()))
 
 
 def failed_checks(record: Mapping[str, Any]) -> list[str]:

@@ -14,6 +14,7 @@ from pytest_gpufit.fit.estimate import MemoryEstimate, estimate, fit_on
 from pytest_gpufit.fit.spec import ModelSpec, load_spec
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.measure import repeat
+from pytest_gpufit.metrics import non_finite
 from pytest_gpufit.numbers import plural
 from pytest_gpufit.suites.limits import expect_throughput_limits
 from pytest_gpufit.suites.runtime import ModelCache
@@ -247,21 +248,6 @@ def run_golden(ctx: Context, params: dict[str, Any]) -> None:
     ids = _prompt(ctx, loaded, params)
     ctx.metrics["golden"] = loaded.greedy_topk(ids, params["new_tokens"], params["top_k"])
     ctx.metrics["golden_max_logprob_diff"] = params["max_logprob_diff"]
-
-
-def non_finite(value: Any, path: str = "") -> list[str]:
-    """``name = value`` for every NaN or infinite number in ``value``, nested ones included.
-
-    >>> non_finite({"kl": float("nan"), "ok": 1.0, "golden": {"lp": [[0.0, float("-inf")]]}})
-    ['kl = nan', 'golden.lp[0][1] = -inf']
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        return [f"{path} = {value}"]
-    if isinstance(value, dict):
-        return [b for k, v in value.items() for b in non_finite(v, f"{path}.{k}" if path else k)]
-    if isinstance(value, (list, tuple)):
-        return [b for i, v in enumerate(value) for b in non_finite(v, f"{path}[{i}]")]
-    return []
 
 
 RUNNERS = {

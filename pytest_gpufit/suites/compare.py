@@ -16,6 +16,7 @@ from pytest_gpufit.baseline import (
     environment_changes,
     metric_values,
 )
+from pytest_gpufit.baseline.setup import judge_setup
 from pytest_gpufit.errors import GpufitError
 
 
@@ -36,6 +37,7 @@ def against_baseline(
     default_tolerance: float,
     remeasure: Callable[[], Mapping[str, Any]] | None = None,
     suite: str = "",
+    setup: Mapping[str, Any] | None = None,
 ) -> Outcome:
     """Compare one check; a worse metric or a golden mismatch fails, a better one warns.
 
@@ -62,6 +64,12 @@ def against_baseline(
         )
         (outcome.warnings if policy.missing == "warn" else outcome.failures).append(message)
         return outcome
+    if setup is not None:  # figures measured with other parameters are not compared
+        failure, warning = judge_setup(old, setup, run_id, nodeid, policy.missing)
+        outcome.warnings += [warning] if warning else []
+        if failure:
+            outcome.failures.append(failure)
+            return outcome
     changes = environment_changes(accepted.get("fingerprint", {}), now.to_dict())
     prefix = ", ".join(changes) or "no environment change"
     old_metrics = old.get("metrics", {})

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from pytest_gpufit.backends import MissingExtra, load_backend
+from pytest_gpufit.baseline.setup import check_setup
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.metrics import nulled
 from pytest_gpufit.requirements import Requirement, Verdict
 from pytest_gpufit.session import placement
 from pytest_gpufit.stash import state_of
@@ -188,6 +190,7 @@ class CheckItem(pytest.Item):
             state.settings.baseline_tolerance,
             remeasure,
             self.suite.name,
+            check_setup(self.check.kind, self.check.params, self.target),
         )
         ctx.metrics["baseline"] = outcome.comparisons
         for message in outcome.warnings:
@@ -231,7 +234,8 @@ def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
         "device": item.target.device,
         "gpu": gpu.name if gpu else "cpu",
         "backend": item.target.backend,
-        "metrics": _finite({k: v for k, v in metrics.items() if k != "tokens"}),
+        "metrics": nulled({k: v for k, v in metrics.items() if k != "tokens"}),
+        "setup": check_setup(item.check.kind, item.check.params, item.target),  # for baselines
     }
     # Strict JSON: a NaN has already failed the check (its message names it); here it is null.
     item.user_properties.append(("gpufit_measurement", json.dumps(entry, allow_nan=False)))
@@ -239,17 +243,6 @@ def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if number and math.isfinite(value):
             item.user_properties.append((key, value))
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite float, nested ones included, replaced by None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

@@ -1,0 +1,313 @@
+"""Baselines that cannot be talked into a green (issue 18, items 9-11).
+
+Each hole as a user met it: a check edited under the same node id compared across parameters,
+a partial run accepted without --force, two suites sharing one baseline folder, a migration that
+overwrote one suite with another and deleted the source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# Imported once here: pytester's in-process runs restore sys.modules, and httpx and aiohttp
+# keep one copy of their exception classes (see test_suite_openai.py).
+import aiohttp  # noqa: F401
+import httpcore  # noqa: F401
+import httpx  # noqa: F401
+import pytest
+from serving_fakes import FakeOpenAI
+
+from pytest_gpufit.baseline import Store, fingerprint
+from pytest_gpufit.baseline.setup import check_setup, setup_changes
+from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.hardware.catalog import catalog_gpu
+from pytest_gpufit.hardware.records import Environment
+from pytest_gpufit.suites.schema import parse_suite
+
+GPUFIT = shutil.which("gpufit") or str(Path(sys.executable).parent / "gpufit")
+FITS = "  - {name: t, model: qwen3-0.6b, weights: random, device: cpu, checks: {fits: {}}}\n"
+
+
+def _args(mode: str) -> list[str]:
+    return ["-p", "no:randomly", f"--gpufit-baseline={mode}", "--gpufit-baseline-dir=store"]
+
+
+def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GPUFIT_")}
+    return subprocess.run(
+        [GPUFIT, "baseline", *args], cwd=cwd, capture_output=True, text=True, env=environ
+    )
+
+
+def _served(endpoint: str, throughput: str, baseline: str = "") -> str:
+    return (
+        f"suite: served\n{baseline}\ntargets:\n"
+        f"  - name: fake\n    backend: openai\n    device: cpu\n    endpoint: {endpoint}\n"
+        f"    checks:\n      throughput: {throughput}\n"
+    )
+
+
+@pytest.fixture
+def fake() -> FakeOpenAI:
+    with FakeOpenAI() as server:
+        yield server
+
+
+# ---- 18.9: a baseline keeps the parameters its figures were measured with ---------------------
+
+SLOW_64 = "{prompt_tokens: 8, new_tokens: 64, warmup: 0, repeats: 2}"
+FAST_4 = "{prompt_tokens: 8, new_tokens: 4, warmup: 0, repeats: 2}"
+
+
+def test_a_check_edited_under_the_same_node_id_is_not_compared(
+    pytester: pytest.Pytester, fake: FakeOpenAI
+) -> None:
+    """Accepted at new_tokens: 64, the server 2x slower, the check edited to new_tokens: 4:
+    "10.95 -> 32.51, better than baseline" passed; figures of other parameters now fail."""
+    fake.delay_s = 0.002
+    pytester.makefile(".gpufit.yaml", s=_served(fake.base_url, SLOW_64))
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    (record,) = (pytester.path / "store").rglob("*.json")
+
+    fake.delay_s = 0.004
+    pytester.makefile(".gpufit.yaml", s=_served(fake.base_url, FAST_4))
+    result = pytester.runpytest(*_args("compare"), "--gpufit-on-missing=fail")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*fake::throughput: s.gpufit.yaml::fake::throughput was measured with other "
+            "parameters in baseline run * (new_tokens: 64 -> 4): figures measured differently "
+            "cannot be compared; if the change is meant, record a new baseline: run the suite "
+            "with --gpufit-baseline=save*"
+        ]
+    )
+    assert "better than baseline" not in result.stdout.str()
+    setup = json.loads(record.read_text())["results"]["s.gpufit.yaml::fake::throughput"]["setup"]
+    assert setup["params"]["new_tokens"] == 64 and setup["target"]["endpoint"] == fake.base_url
+    # A threshold is no part of what was measured: tightening one keeps the baseline.
+    fake.delay_s = 0.002
+    stricter = SLOW_64.replace("repeats: 2}", "repeats: 3, min_decode_tok_s: 1}")
+    pytester.makefile(".gpufit.yaml", s=_served(fake.base_url, stricter))
+    wide = "--gpufit-baseline-tolerance=1000%"  # judged alike: the figures' noise is no matter
+    pytester.runpytest(*_args("compare"), wide).assert_outcomes(passed=1)
+
+
+def test_another_endpoint_is_another_target(pytester: pytest.Pytester, fake: FakeOpenAI) -> None:
+    pytester.makefile(".gpufit.yaml", s=_served(fake.base_url, FAST_4))
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    with FakeOpenAI() as other:
+        pytester.makefile(".gpufit.yaml", s=_served(other.base_url, FAST_4))
+        result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*other parameters in baseline run * "
+            f'(endpoint: "{fake.base_url}" -> "{other.base_url}")*'
+        ]
+    )
+
+
+def _strip_setups(store: Path) -> None:
+    """Make the stored records look like ones saved before setups were kept."""
+    for path in store.rglob("runs/*.json"):
+        data = json.loads(path.read_text())
+        for entry in data["results"].values():
+            entry.pop("setup", None)
+        path.write_text(json.dumps(data))
+
+
+def test_a_record_from_before_setups_fails_or_warns_under_missing_warn(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makefile(".gpufit.yaml", s=f"suite: s\ntargets:\n{FITS}")
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    _strip_setups(pytester.path / "store")
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*s.gpufit.yaml::t::fits: baseline run * was saved before gpufit kept each check's "
+            "parameters*--gpufit-baseline=save*or set baseline: {missing: warn}*"
+        ]
+    )
+    pytester.makefile(".gpufit.yaml", s=f"suite: s\nbaseline: {{missing: warn}}\ntargets:\n{FITS}")
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*BaselineWarning*was saved before gpufit kept*compared anyway*"])
+
+
+def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "s.gpufit.yaml").write_text(
+        "suite: s\ntargets:\n"
+        "  - {name: t, model: qwen3-0.6b, weights: random, dtype: bf16, device: 'cuda:1', "
+        "checks: {throughput: {new_tokens: 8, min_decode_tok_s: 5}}}\n"
+    )
+    target = parse_suite(tmp_path / "s.gpufit.yaml").targets[0]
+    check = target.checks[0]
+    setup = check_setup(check.kind, check.params, target)
+    assert setup["target"] == {
+        "model": "Qwen__Qwen3-0.6B",
+        "weights": "random",
+        "dtype": "bf16",
+        "backend": "transformers",
+        "device": "cuda",
+        "endpoint": None,
+        "served_model": None,
+    }
+    assert setup["params"]["new_tokens"] == 8 and setup["params"]["min_decode_tok_s"] == 5
+    fp16 = {**setup, "target": {**setup["target"], "dtype": "fp16"}}
+    assert setup_changes(setup, fp16) == ['dtype: "bf16" -> "fp16"']
+    looser = {**setup, "params": {**setup["params"], "min_decode_tok_s": 1, "repeats": 9}}
+    assert setup_changes(setup, looser) == []
+    fewer = {**setup, "params": {k: v for k, v in setup["params"].items() if k != "batch"}}
+    assert setup_changes(setup, fewer) == ["batch: 1 -> (none)"]
+
+
+# ---- 18.10: accept refuses a run of part of a suite ----------------------------------------
+
+
+def test_accept_refuses_a_partial_run_without_force(pytester: pytest.Pytester) -> None:
+    """The save said "NOT accepted ... use --force"; `gpufit baseline accept RUN` accepted it."""
+    pytester.makefile(
+        ".gpufit.yaml", s=f"suite: s\ntargets:\n{FITS}{FITS.replace('name: t', 'name: other')}"
+    )
+    result = pytester.runpytest(*_args("save"), "-k", "not other")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*NOT accepted: 1 check of the suite did not run*"])
+    (record,) = (pytester.path / "store").rglob("*.json")
+    refused = _cli(pytester.path, "--dir", "store", "accept", record.stem)
+    assert refused.returncode == 2, refused.stdout
+    assert "Traceback" not in refused.stderr
+    assert (
+        f"run {record.stem}: 1 check of the suite did not run in its session "
+        "(s.gpufit.yaml::other::fits)"
+    ) in refused.stderr
+    assert "--force" in refused.stderr
+    assert not list((pytester.path / "store").rglob("accepted"))
+    forced = _cli(pytester.path, "--dir", "store", "accept", record.stem, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert len(list((pytester.path / "store").rglob("accepted"))) == 1
+
+
+# ---- 18.11: one baseline folder, one suite -------------------------------------------------
+
+
+def test_two_suites_of_one_folder_name_are_an_error_naming_both_files(
+    pytester: pytest.Pytester,
+) -> None:
+    """ "Fast Path" and "fast-path" share the folder fast-path: saving one replaced the other's
+    accepted pointer. Now the second save is an error naming both files, the first's kept."""
+    pytester.makefile(".gpufit.yaml", one=f"suite: Fast Path\ntargets:\n{FITS}")
+    pytester.makefile(".gpufit.yaml", two=f"suite: fast-path\ntargets:\n{FITS}")
+    pytester.runpytest("one.gpufit.yaml", *_args("save")).assert_outcomes(passed=1)
+    (pointer,) = (pytester.path / "store").rglob("accepted")
+    first = pointer.read_text()
+    result = pytester.runpytest("two.gpufit.yaml", *_args("save"))
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(
+        [
+            "*gpufit baseline: baseline folder */cpu/fast-path belongs to suite 'Fast Path' "
+            "(one.gpufit.yaml); suite 'fast-path' (two.gpufit.yaml) would share it*rename one*"
+        ]
+    )
+    assert pointer.read_text() == first
+    assert len(list((pytester.path / "store").rglob("*.json"))) == 1, "nothing written for two"
+    # Compare refuses to read the other suite's baseline as its own.
+    result = pytester.runpytest("two.gpufit.yaml", *_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*baseline folder */fast-path belongs to suite 'Fast Path'*"])
+
+
+def test_one_suite_name_in_two_files_is_an_error_in_one_session(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makefile(".gpufit.yaml", a=f"suite: smoke\ntargets:\n{FITS}")
+    pytester.makefile(".gpufit.yaml", b=f"suite: smoke\ntargets:\n{FITS}")
+    result = pytester.runpytest(*_args("save"))
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(
+        ["*gpufit baseline: suite 'smoke' is named in two files (a.gpufit.yaml, b.gpufit.yaml)*"]
+    )
+    assert not (pytester.path / "store").exists() or not list(
+        (pytester.path / "store").rglob("accepted")
+    )
+
+
+def _fp1() -> dict[str, object]:
+    gpu = catalog_gpu("h100-sxm")
+    return fingerprint(gpu, Environment(driver_version="550"), None).to_dict()
+
+
+def test_migrate_refuses_two_suites_of_one_folder_and_loses_nothing(tmp_path: Path) -> None:
+    """A format-1 run held suites "Fast Path" and "fast-path": migrate wrote one over the other
+    and deleted the source."""
+    gpu = tmp_path / "nvidia-h100-80gb-hbm3"
+    (gpu / "runs").mkdir(parents=True)
+    results = {
+        "one.yaml::t::fits": {"suite": "Fast Path", "metrics": {}},
+        "two.yaml::t::fits": {"suite": "fast-path", "metrics": {}},
+    }
+    record = {"format": 1, "id": "r1", "fingerprint": _fp1(), "results": results}
+    source = gpu / "runs" / "r1.json"
+    source.write_text(json.dumps(record))
+    (gpu / "accepted").write_text("r1\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    out = _cli(tmp_path, "--dir", str(tmp_path), "migrate")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        "suites 'Fast Path' (one.yaml) and 'fast-path' (two.yaml) would share the folder"
+        in out.stderr
+    )
+    assert "nothing was changed" in out.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_store_write_refuses_another_suite_in_a_suites_folder(tmp_path: Path) -> None:
+    """Through the store's own API too (as the A/B recorder writes)."""
+    store = Store(tmp_path)
+    fp = fingerprint(catalog_gpu("h100-sxm"), Environment(), None)
+    entry = {"outcome": "passed", "metrics": {"decode_tok_s": 1.0}}
+    store.write_run(fp, "Fast Path", {"one.yaml::t::throughput": entry}, accept=True)
+    with pytest.raises(GpufitError, match="belongs to suite 'Fast Path' \\(one.yaml\\)"):
+        store.write_run(fp, "fast-path", {"two.yaml::t::throughput": entry}, accept=True)
+    with pytest.raises(GpufitError, match="suite 'Fast Path' \\(two.yaml\\) would share it"):
+        store.write_run(fp, "Fast Path", {"two.yaml::t::throughput": entry})
+    assert len(store.runs()) == 1
+
+
+# ---- gpufit baseline diff ------------------------------------------------------------------
+
+
+def test_diff_marks_other_parameters_not_comparable_and_says_exit_code_is_the_gate(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    fp = fingerprint(catalog_gpu("h100-sxm"), Environment(), None)
+    setup = {"check": "throughput", "params": {"new_tokens": 64}, "target": {"model": "m"}}
+    nodeid = "s.yaml::t::throughput"
+
+    def run(decode: float, new_tokens: int) -> str:
+        params = {"new_tokens": new_tokens}
+        entry = {"metrics": {"decode_tok_s": decode}, "setup": {**setup, "params": params}}
+        return store.write_run(fp, "s", {nodeid: {"outcome": "passed", **entry}})
+
+    old, slower, other = run(10.95, 64), run(5.0, 64), run(32.51, 4)
+    report = _cli(tmp_path, "--dir", ".", "diff", old, other)
+    assert report.returncode == 0, report.stderr
+    assert f"not comparable (new_tokens: 64 -> 4): {nodeid}" in report.stdout
+    assert "better" not in report.stdout, "figures of other parameters are not compared"
+    assert _cli(tmp_path, "--dir", ".", "diff", old, other, "--exit-code").returncode == 1
+    worse = _cli(tmp_path, "--dir", ".", "diff", old, slower)
+    assert worse.returncode == 0 and "worse" in worse.stdout
+    assert _cli(tmp_path, "--dir", ".", "diff", old, slower, "--exit-code").returncode == 1
+    for where in (["diff", "--help"], ["--help"]):  # the verb's help and the verb list
+        helped = _cli(tmp_path, *where)
+        assert "--exit-code is the gate form" in " ".join(helped.stdout.split())
