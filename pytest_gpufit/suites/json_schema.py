@@ -17,18 +17,16 @@ from typing import Any
 from pytest_gpufit.baseline import METRICS
 from pytest_gpufit.baseline.compare import LEVEL_METRICS, MAX_CONFIRM, MISSING
 from pytest_gpufit.markers import requires_json_schema
+from pytest_gpufit.suites.fields import KIND_SCHEMAS, MAX_REPEATS, Kind
 from pytest_gpufit.suites.schema import (
     BASELINE_FIELDS,
     CHECK_FIELDS,
     CHECK_ORDER,
-    KIND_SCHEMAS,
     LAUNCH_FIELDS,
-    MAX_REPEATS,
     SUITE_FIELDS,
     TARGET_FIELDS,
     TARGET_KINDS,
     TARGET_REQUIRED,
-    Kind,
 )
 from pytest_gpufit.units import percent_json_schema
 
