@@ -18,7 +18,9 @@ from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.requirements import Requirement, Verdict
 from pytest_gpufit.suites.checks import CheckFailed, Context, run_check
 from pytest_gpufit.suites.compare import against_baseline
-from pytest_gpufit.suites.schema import Check, Suite, Target, parse_suite
+from pytest_gpufit.suites.kinds import KINDS
+from pytest_gpufit.suites.records import Check, Suite, Target
+from pytest_gpufit.suites.schema import parse_suite
 from pytest_gpufit.units import format_gb
 
 
@@ -70,8 +72,9 @@ class CheckItem(pytest.Item):
         parent = self.parent
         assert isinstance(parent, TargetCollector)
         self.suite, self.target = parent.suite, parent.target
-        # fits is an estimate: it runs against simulated cards; the rest would use the device.
-        self.gpufit_simulation_safe = check.kind == "fits"
+        self.check_kind = KINDS[check.kind]
+        # An estimate (fits) runs against simulated cards; the rest would use the device.
+        self.gpufit_simulation_safe = self.check_kind.simulation
 
     @property
     def gpufit_requirement(self) -> Requirement | None:
@@ -98,12 +101,12 @@ class CheckItem(pytest.Item):
                 run_check(ctx, self.check)
                 if state.settings.baseline == "compare":
                     self._compare(state, ctx)
-                elif state.settings.baseline == "off" and self._golden:
+                elif state.settings.baseline == "off" and self._baseline_judges:
                     # Golden tokens are judged only against a baseline: with none, nothing
                     # was checked, and a green here would claim numerics that were not.
                     state.gate(
-                        "reference: golden is judged against the accepted baseline, and "
-                        "baselines are off (--gpufit-baseline); run with "
+                        f"{self._baseline_judges} is judged against the accepted baseline, "
+                        "and baselines are off (--gpufit-baseline); run with "
                         "--gpufit-baseline=compare, or =save to record the reference"
                     )
             except MissingExtra as error:
@@ -125,8 +128,10 @@ class CheckItem(pytest.Item):
             record(self, ctx.gpu, ctx.metrics)
 
     @property
-    def _golden(self) -> bool:
-        return self.check.kind == "precision" and self.check.params.get("reference") == "golden"
+    def _baseline_judges(self) -> str | None:
+        """What in this check only an accepted baseline judges (``reference: golden``)."""
+        judges = self.check_kind.baseline_judges
+        return judges(self.check.params) if judges is not None else None
 
     def _served(self, state: Any, ctx: Context) -> Any:
         """A callable giving the target's running server (launched on the first call)."""

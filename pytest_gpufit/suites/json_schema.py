@@ -1,6 +1,6 @@
 """Generate ``schema.json`` (the suite contract for editors) from the validator's own tables.
 
-Run after changing a table in ``schema.py`` or ``markers.py``::
+Run after changing a table in ``schema.py``, ``kinds.py`` or ``markers.py``::
 
     python -m pytest_gpufit.suites.json_schema           # rewrites pytest_gpufit/suites/schema.json
     python -m pytest_gpufit.suites.json_schema --check   # exit 1 when the file is stale
@@ -17,11 +17,10 @@ from typing import Any
 from pytest_gpufit.baseline import METRICS
 from pytest_gpufit.baseline.compare import LEVEL_METRICS, MAX_CONFIRM, MISSING
 from pytest_gpufit.markers import requires_json_schema
-from pytest_gpufit.suites.fields import KIND_SCHEMAS, MAX_REPEATS, Kind
+from pytest_gpufit.suites.fields import KIND_SCHEMAS, MAX_REPEATS, Kind, seconds
+from pytest_gpufit.suites.kinds import KINDS
 from pytest_gpufit.suites.schema import (
     BASELINE_FIELDS,
-    CHECK_FIELDS,
-    CHECK_ORDER,
     LAUNCH_FIELDS,
     SUITE_FIELDS,
     TARGET_FIELDS,
@@ -76,7 +75,7 @@ def _launch() -> dict[str, Any]:
             "oneOf": [{"type": "array", "items": argument, "minItems": 1}, {"type": "string"}],
             "description": "the server's command line; {port} is the port gpufit picks",
         },
-        "ready_timeout_s": KIND_SCHEMAS[CHECK_FIELDS["load"]["max_seconds"]],
+        "ready_timeout_s": KIND_SCHEMAS[seconds],
         "env": {
             "type": "object",
             "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
@@ -97,13 +96,13 @@ def _launch() -> dict[str, Any]:
 
 def _checks() -> dict[str, Any]:
     properties = {
-        kind: {
+        name: {
             "oneOf": [
                 {"type": "null"},
-                _object({key: _kind_schema(k, key) for key, k in CHECK_FIELDS[kind].items()}),
+                _object({key: _kind_schema(k, key) for key, k in kind.fields.items()}),
             ]
         }
-        for kind in CHECK_ORDER
+        for name, kind in KINDS.items()
     }
     return {**_object(properties), "minProperties": 1}
 

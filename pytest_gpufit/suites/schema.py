@@ -8,7 +8,6 @@ import difflib
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,88 +18,26 @@ from pytest_gpufit.markers import YAML_KEYS, check_fit_models, requirement_from_
 from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.suites.fields import (
     Kind,
-    batch,
     boolean,
     choice,
-    fraction,
     kind,
-    levels,
     non_negative_int,
-    percent,
     positive_int,
-    positive_number,
-    rates,
-    repeats,
     seconds,
-    size,
-    slo,
     text,
-    token_list,
-    warmup,
 )
+from pytest_gpufit.suites.kinds import CHECK_ORDER, KINDS, model_free, unsupported
+from pytest_gpufit.suites.records import (  # re-exported: importable from here as before
+    Check as Check,
+)
+from pytest_gpufit.suites.records import Launch as Launch
+from pytest_gpufit.suites.records import Suite as Suite
+from pytest_gpufit.suites.records import Target as Target
 from pytest_gpufit.suites.yaml_lines import Located, load_yaml
 
-CHECK_ORDER = ("fits", "serves", "loads", "generates", "throughput", "load", "precision")
 BACKENDS = ("transformers", "openai")
 DTYPES = ("fp32", "bf16", "fp16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-
-
-@dataclass(frozen=True)
-class Check:
-    kind: str
-    params: dict[str, Any]
-    line: int
-    field_lines: Mapping[str, int] = field(default_factory=dict)  # YAML line of each key
-
-
-@dataclass(frozen=True)
-class Launch:
-    """``launch:`` of an openai target: the server gpufit starts, waits for and stops."""
-
-    command: tuple[str, ...]
-    ready_timeout_s: float = 900.0
-    env: tuple[tuple[str, str], ...] = ()
-    log_forbid: tuple[str, ...] = ()
-    line: int = 0
-    cwd: Path | None = None  # the suite's folder: relative paths in the command start here
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    model: Path | None  # None: an openai target without a model folder (no fit estimate)
-    weights: str
-    backend: str
-    dtype: str
-    device: str
-    context: int | None
-    requirement: Requirement | None
-    checks: tuple[Check, ...]
-    trust_remote_code: bool
-    seed: int
-    line: int
-    has_tokenizer: bool
-    baseline: BaselinePolicy = BaselinePolicy()
-    endpoint: str | None = None  # openai: the API base URL, ``{port}`` for a launched server
-    served_model: str | None = None  # openai: None means the only model /v1/models lists
-    api_key_env: str | None = None  # openai: the NAME of the variable holding the key
-    launch: Launch | None = None
-
-    @property
-    def model_path(self) -> Path:
-        """The model folder; only called where the schema made sure there is one."""
-        if self.model is None:
-            raise GpufitError(f"target {self.name} names no model (give model: for a fit estimate)")
-        return self.model
-
-
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    path: Path
-    requirement: Requirement | None
-    targets: tuple[Target, ...] = field(default=())
 
 
 class _Where:
@@ -114,7 +51,6 @@ class _Where:
 
 
 # Target field kinds (the shared ones are in pytest_gpufit/suites/fields.py).
-_reference = choice(("fp32", "golden"))  # golden: the baseline's stored tokens
 _DEVICE = r"^(cpu|cuda|cuda:[0-9]{1,4})$"  # ASCII digits: 'cuda:²' is no device
 
 
@@ -149,67 +85,6 @@ def _env_name(value: Any) -> str:
     return value
 
 
-CHECK_FIELDS: dict[str, dict[str, Kind]] = {
-    "fits": {},
-    "serves": {},
-    "loads": {"max_seconds": seconds, "max_peak_memory": size, "within_estimate": percent},
-    "generates": {
-        "prompt": text,
-        "prompt_tokens": positive_int,
-        "max_new_tokens": positive_int,
-        "expect_contains": text,
-        "expect_tokens": token_list,
-    },
-    "throughput": {
-        "prompt_tokens": positive_int,
-        "new_tokens": positive_int,
-        "batch": batch,
-        "warmup": warmup,
-        "repeats": repeats,
-        "min_decode_tok_s": positive_number,
-        "min_prefill_tok_s": positive_number,
-        "max_ttft_ms": positive_number,
-    },
-    "load": {
-        "concurrency": levels,
-        "rate": rates,
-        "requests": positive_int,
-        "prompt_tokens": positive_int,
-        "new_tokens": positive_int,
-        "max_seconds": seconds,
-        "timeout_s": seconds,
-        "slo": slo,
-        "min_goodput": percent,
-        "max_error_rate": percent,
-    },
-    "precision": {
-        "reference": _reference,
-        "prompt_tokens": positive_int,
-        "max_kl": positive_number,
-        "min_top1_agreement": fraction,
-        "new_tokens": positive_int,
-        "top_k": positive_int,
-        "max_logprob_diff": positive_number,
-    },
-}
-CHECK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "generates": {"max_new_tokens": 16},
-    "throughput": {"prompt_tokens": 128, "new_tokens": 64, "batch": 1, "warmup": 1, "repeats": 5},
-    "load": {
-        "requests": 16,
-        "prompt_tokens": 128,
-        "new_tokens": 64,
-        "max_seconds": 300.0,
-        "timeout_s": 120.0,
-    },
-    "precision": {
-        "reference": "fp32",
-        "prompt_tokens": 64,
-        "new_tokens": 16,
-        "top_k": 5,
-        "max_logprob_diff": 0.1,
-    },
-}
 REQUIRES_FIELDS = tuple(YAML_KEYS)  # from the marker table (pytest_gpufit.markers.SPECS)
 # Scalar target fields and their kinds; requires, checks and baseline are mappings of their own.
 TARGET_KINDS: dict[str, Kind] = {
@@ -319,18 +194,20 @@ def _checks(node: Any, line: int, where: str, at: _Where) -> tuple[Check, ...]:
         key_line = node.key_lines[name]
         body = node[name]
         body = Located() if body is None else _mapping(body, key_line, f"{where}.{name}", at)
-        fields = CHECK_FIELDS[name]
+        check_kind = KINDS[name]
+        fields = check_kind.fields
         _unknown(body, list(fields), body, f"{where}.{name}.", at)
-        params = dict(CHECK_DEFAULTS.get(name, {}))
+        params = dict(check_kind.defaults)
         for key, value in body.items():
             try:
                 params[key] = fields[key](value)
             except GpufitError as error:
                 raise at.error(body.key_lines[key], f"{where}.{name}.{key}", str(error)) from None
-        if name == "generates" and "prompt" in params and "prompt_tokens" in params:
-            raise at.error(key_line, f"{where}.generates", "give prompt or prompt_tokens, not both")
-        if name == "generates" and "prompt" not in params and "prompt_tokens" not in params:
-            params["prompt_tokens"] = 16
+        if check_kind.refine is not None:
+            try:
+                params = check_kind.refine(params)
+            except GpufitError as error:
+                raise at.error(key_line, f"{where}.{name}", str(error)) from None
         checks.append(Check(name, params, key_line, dict(body.key_lines)))
     return tuple(checks)
 
@@ -362,7 +239,7 @@ def _target(
             raise at.error(
                 lines[key], f"{where}.{key}", "only for backend: openai (a served model)"
             )
-    if "model" not in node and not openai:
+    if "model" not in node and not openai and not model_free(_names(node["checks"])):
         raise at.error(node.line, where, "missing required key 'model'")
     model: Path | None = None
     if "model" in node:
@@ -396,10 +273,10 @@ def _target(
     for check in checks:
         if openai:
             continue  # the server's tokenizer reads text prompts
-        if check.kind == "generates" and "prompt" in check.params and not has_tokenizer:
+        if "prompt" in check.params and not has_tokenizer:  # a text prompt, tokenized here
             raise at.error(
                 check.line,
-                f"{where}.checks.generates.prompt",
+                f"{where}.checks.{check.kind}.prompt",
                 f"a text prompt needs a tokenizer, and {_model_words(node['model'], folder)} "
                 "has none "
                 f"({', '.join(TOKENIZER_FILES)}); give prompt_tokens: N instead",
@@ -434,18 +311,22 @@ def _target(
     )
 
 
+def _names(checks: Any) -> list[str]:
+    """The check kinds a target names (before they are validated)."""
+    return [str(name) for name in checks] if isinstance(checks, Located) else []
+
+
 def _capabilities(
     checks: tuple[Check, ...], backend: str, has_model: bool, where: str, at: _Where
 ) -> None:
     """A check that needs what the backend cannot measure is an error now, not at run time."""
-    from pytest_gpufit.backends import unsupported  # light: the table, no backend imported
-
     for check in checks:
-        if check.kind == "fits" and not has_model:
+        reads_model = KINDS[check.kind].reads_model
+        if reads_model is not None and not has_model:
             raise at.error(
                 check.line,
-                f"{where}.checks.fits",
-                "the fit estimate needs the model's config: give model: (a folder with "
+                f"{where}.checks.{check.kind}",
+                f"{reads_model} needs the model's config: give model: (a folder with "
                 "config.json, or a shipped model id)",
             )
         problem = unsupported(backend, check.kind, check.params)
