@@ -18,7 +18,7 @@ from pytest_gpufit.baseline import METRICS
 from pytest_gpufit.baseline.compare import LEVEL_METRICS, MAX_CONFIRM, MISSING
 from pytest_gpufit.markers import requires_json_schema
 from pytest_gpufit.suites.fields import KIND_SCHEMAS, MAX_REPEATS, Kind, seconds
-from pytest_gpufit.suites.kinds import KINDS
+from pytest_gpufit.suites.kinds import KINDS, model_free
 from pytest_gpufit.suites.schema import (
     BASELINE_FIELDS,
     LAUNCH_FIELDS,
@@ -107,6 +107,16 @@ def _checks() -> dict[str, Any]:
     return {**_object(properties), "minProperties": 1}
 
 
+def _model_required() -> dict[str, Any]:
+    """``model:`` is required, unless every check the target names needs no model."""
+    required: dict[str, Any] = {"required": ["model"]}
+    free = [name for name in KINDS if model_free([name])]
+    if not free:
+        return required
+    only_free = {"properties": {"checks": {"propertyNames": {"enum": free}}}}
+    return {"anyOf": [required, only_free]}
+
+
 def build_schema() -> dict[str, Any]:
     """The JSON Schema of a suite file, from the tables the validator uses."""
     requires = {**requires_json_schema(), "type": ["object", "null"]}
@@ -126,7 +136,7 @@ def build_schema() -> dict[str, Any]:
         "required": list(TARGET_REQUIRED),
         # model: for the transformers backend (the default); a served target may omit it.
         "if": {"not": {"properties": {"backend": {"const": "openai"}}, "required": ["backend"]}},
-        "then": {"required": ["model"]},
+        "then": _model_required(),
     }
     suite_properties = {
         "suite": KIND_SCHEMAS[TARGET_KINDS["name"]],  # text, like a target name

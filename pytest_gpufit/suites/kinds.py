@@ -200,7 +200,6 @@ KINDS: dict[str, CheckKind] = {
         ),
     )
 }
-CHECK_ORDER = tuple(KINDS)
 
 
 def needs(kind: str, params: Mapping[str, Any]) -> list[tuple[str | None, str]]:

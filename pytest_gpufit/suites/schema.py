@@ -26,7 +26,7 @@ from pytest_gpufit.suites.fields import (
     seconds,
     text,
 )
-from pytest_gpufit.suites.kinds import CHECK_ORDER, KINDS, model_free, unsupported
+from pytest_gpufit.suites.kinds import KINDS, model_free, unsupported
 from pytest_gpufit.suites.records import (  # re-exported: importable from here as before
     Check as Check,
 )
@@ -187,8 +187,8 @@ def _baseline(
 def _checks(node: Any, line: int, where: str, at: _Where) -> tuple[Check, ...]:
     node = _mapping(node, line, where, at)
     if not node:
-        raise at.error(line, where, f"name at least one check: {', '.join(CHECK_ORDER)}")
-    _unknown(node, CHECK_ORDER, node, f"{where}.", at)
+        raise at.error(line, where, f"name at least one check: {', '.join(KINDS)}")
+    _unknown(node, list(KINDS), node, f"{where}.", at)
     checks = []
     for name in node:
         key_line = node.key_lines[name]
