@@ -7,13 +7,14 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_gpufit.backends import MissingExtra, load_backend
+from pytest_gpufit.backends.capabilities import Serve
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.requirements import Requirement, Verdict
 from pytest_gpufit.suites.checks import CheckFailed, Context, run_check
@@ -133,7 +134,7 @@ class CheckItem(pytest.Item):
         judges = self.check_kind.baseline_judges
         return judges(self.check.params) if judges is not None else None
 
-    def _served(self, state: Any, ctx: Context) -> Any:
+    def _served(self, state: Any, ctx: Context) -> Callable[[], Serve]:
         """A callable giving the target's running server (launched on the first call)."""
         target, parent = ctx.target, self.parent
         assert isinstance(parent, TargetCollector)
@@ -152,7 +153,7 @@ class CheckItem(pytest.Item):
 
         return lambda: state.served(parent.served_key, start)
 
-    def _progress(self) -> Any:
+    def _progress(self) -> Callable[[str], None] | None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         if reporter is None:
