@@ -13,7 +13,6 @@ from pytest_gpufit.baseline.compare import judge
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.records import Inventory
 from pytest_gpufit.report import markdown_summary
-from pytest_gpufit.suites import serving_checks
 from pytest_gpufit.suites.json_schema import build_schema
 
 
@@ -52,12 +51,7 @@ def test_names_are_unique_and_the_schema_lists_them_in_table_order() -> None:
     assert list(schema) == names
 
 
-def test_the_level_family_can_replace_the_served_checks_own_mapping() -> None:
-    """suites/serving_checks.LEVEL_FIGURES is the table's level family, name for source, until
-    run_load calls ``metrics.level_figures`` (then the mapping, and this comparison, go)."""
-    own = getattr(serving_checks, "LEVEL_FIGURES", None)
-    if own is not None:
-        assert {m.name: m.key for m in metrics.LEVEL_METRICS} == own
+def test_level_figures_name_each_figure_by_its_level() -> None:
     figures = {"median_ttft_ms": 12.345678, "p99_itl_ms": 3.0, "request_goodput": 9.0}
     assert metrics.level_figures("r2.5", figures) == {
         "r2.5_ttft_ms_p50": 12.3457,

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.markers import requirement_from_yaml
 from pytest_gpufit.suites import json_schema
-from pytest_gpufit.suites.schema import CHECK_FIELDS, TARGET_KINDS
+from pytest_gpufit.suites.kinds import KINDS
+from pytest_gpufit.suites.schema import TARGET_KINDS
 from pytest_gpufit.units import parse_percent
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -49,35 +50,35 @@ FIELDS: dict[str, tuple[Any, dict[str, Any]]] = {
     "requires.vram": (lambda v: requirement_from_yaml("vram", v), REQUIRES["vram"]),
     "requires.count": (lambda v: requirement_from_yaml("count", v), REQUIRES["count"]),
     "loads.max_peak_memory": (
-        CHECK_FIELDS["loads"]["max_peak_memory"],
+        KINDS["loads"].fields["max_peak_memory"],
         _check_schema("loads", "max_peak_memory"),
     ),
     "loads.max_seconds": (
-        CHECK_FIELDS["loads"]["max_seconds"],
+        KINDS["loads"].fields["max_seconds"],
         _check_schema("loads", "max_seconds"),
     ),
     "loads.within_estimate": (
-        CHECK_FIELDS["loads"]["within_estimate"],
+        KINDS["loads"].fields["within_estimate"],
         _check_schema("loads", "within_estimate"),
     ),
     "throughput.min_decode_tok_s": (
-        CHECK_FIELDS["throughput"]["min_decode_tok_s"],
+        KINDS["throughput"].fields["min_decode_tok_s"],
         _check_schema("throughput", "min_decode_tok_s"),
     ),
     "throughput.repeats": (
-        CHECK_FIELDS["throughput"]["repeats"],
+        KINDS["throughput"].fields["repeats"],
         _check_schema("throughput", "repeats"),
     ),
     "throughput.warmup": (
-        CHECK_FIELDS["throughput"]["warmup"],
+        KINDS["throughput"].fields["warmup"],
         _check_schema("throughput", "warmup"),
     ),
     "precision.min_top1_agreement": (
-        CHECK_FIELDS["precision"]["min_top1_agreement"],
+        KINDS["precision"].fields["min_top1_agreement"],
         _check_schema("precision", "min_top1_agreement"),
     ),
     "generates.expect_tokens": (
-        CHECK_FIELDS["generates"]["expect_tokens"],
+        KINDS["generates"].fields["expect_tokens"],
         _check_schema("generates", "expect_tokens"),
     ),
     "target.device": (TARGET_KINDS["device"], TARGET["device"]),

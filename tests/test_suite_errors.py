@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_gpufit.suites.schema import CHECK_FIELDS, REQUIRES_FIELDS, SUITE_FIELDS, TARGET_FIELDS
+from pytest_gpufit.suites.kinds import KINDS
+from pytest_gpufit.suites.schema import REQUIRES_FIELDS, SUITE_FIELDS, TARGET_FIELDS
 
 ROOT = Path(__file__).parent.parent
 TARGET = """suite: s
@@ -150,9 +151,9 @@ def test_json_schema_matches_the_validator_and_the_shipped_suites() -> None:
     assert set(target["properties"]) == set(TARGET_FIELDS)
     assert set(target["properties"]["requires"]["properties"]) == set(REQUIRES_FIELDS)
     checks = target["properties"]["checks"]["properties"]
-    assert set(checks) == set(CHECK_FIELDS)
+    assert set(checks) == set(KINDS)
     for kind, spec in checks.items():
-        assert set(spec["oneOf"][1]["properties"]) == set(CHECK_FIELDS[kind])
+        assert set(spec["oneOf"][1]["properties"]) == set(KINDS[kind].fields)
     for suite in (ROOT / "suites").glob("*.yaml"):
         jsonschema.validate(yaml.safe_load(suite.read_text()), schema)
         assert "yaml-language-server: $schema=" in suite.read_text().splitlines()[0]

@@ -5,49 +5,28 @@ module with ``load(...) -> Loaded``, ``OutOfMemory`` (the exception type a load 
 device is full), ``prompt_ids(loaded, text, batch, tokens, seed)``, ``kl_and_top1(reference,
 test)`` and ``free_device(device)``; checks reach it only through ``load_backend``, so a
 dependency that cannot be imported is one ``MissingExtra``, judged by the session's policy.
+
+Suite checks do not call these modules: they ask typed capabilities
+(``backends/capabilities.py``), which ``in_process.py`` (this module protocol, in the test
+process) and ``streamed.py`` (an OpenAI-compatible server) implement.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
+from pytest_gpufit.backends import in_process, streamed
+from pytest_gpufit.backends.capabilities import Loaded
 from pytest_gpufit.errors import GpufitError
 
-
-class Loaded(Protocol):
-    """A model on a device, with what loading it measured."""
-
-    device: Any
-    dtype: str
-    load_seconds: float
-    peak_allocated_bytes: int | None
-    wrong_dtype_parameters: tuple[str, ...]
-
-    def generate(self, input_ids: Any, new_tokens: int) -> tuple[Any, float, float]:
-        """Greedy decode exactly ``new_tokens`` (no early stop): (token ids, TTFT s, decode s)."""
-        ...
-
-    def logits(self, input_ids: Any) -> Any:
-        """Logits at every position, as fp32."""
-        ...
-
-    def greedy_topk(self, input_ids: Any, new_tokens: int, k: int) -> dict[str, Any]:
-        """Greedy tokens with each step's top-k ids and log-probabilities (golden checks)."""
-        ...
-
-    def free_bytes(self) -> int | None:
-        """Free device memory now; None where it cannot be known (the CPU)."""
-        ...
-
-    def reference_fp32(self) -> Loaded:
-        """The same weights upcast to fp32, on the same device."""
-        ...
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
-
-    def unload(self) -> None: ...
+__all__ = [
+    "CAPABILITIES",
+    "CAPABILITY_TEXT",
+    "Loaded",
+    "MissingExtra",
+    "first_line",
+    "load_backend",
+]
 
 
 class MissingExtra(Exception):
@@ -83,13 +62,11 @@ def first_line(error: BaseException) -> str:
     return f"{name}: {text.splitlines()[0]}" if text else name
 
 
-# What each backend can measure. A check that needs more is a collection error (see ``needs``).
+# What each backend can measure, as its implementation of the capabilities declares it. A check
+# kind that needs more is a collection error (``pytest_gpufit.suites.kinds``).
 CAPABILITIES: dict[str, frozenset[str]] = {
-    "transformers": frozenset(
-        {"load", "peak_memory", "generate", "token_ids", "throughput", "batch"}
-        | {"fp32_logits", "golden"}
-    ),
-    "openai": frozenset({"serve", "generate", "throughput", "load_levels", "golden"}),
+    "transformers": in_process.CAPABILITIES,
+    "openai": streamed.CAPABILITIES,
 }
 # capability -> what it is, for the collection error
 CAPABILITY_TEXT = {
@@ -105,48 +82,6 @@ CAPABILITY_TEXT = {
     "top-k logprobs; use reference: golden)",
     "golden": "top-k log-probabilities",
 }
-
-
-def needs(kind: str, params: dict[str, Any]) -> list[tuple[str | None, str]]:
-    """(field or None for the whole check, capability) pairs a check needs from its backend.
-
-    >>> needs("precision", {"reference": "fp32", "max_kl": 0.1})
-    [('reference', 'fp32_logits')]
-    >>> needs("loads", {"max_peak_memory": 10})
-    [(None, 'load'), ('max_peak_memory', 'peak_memory')]
-    """
-    out: list[tuple[str | None, str]] = []
-    whole = {
-        "serves": "serve",
-        "load": "load_levels",
-        "loads": "load",
-        "generates": "generate",
-        "throughput": "throughput",
-    }
-    if kind in whole:
-        out.append((None, whole[kind]))
-    if kind == "precision":
-        golden = params.get("reference") == "golden"
-        out.append((None, "golden") if golden else ("reference", "fp32_logits"))
-    for key in ("max_peak_memory", "within_estimate"):
-        if kind == "loads" and key in params:
-            out.append((key, "peak_memory"))
-    if kind == "generates" and "expect_tokens" in params:
-        out.append(("expect_tokens", "token_ids"))
-    if kind == "throughput" and params.get("batch", 1) != 1:
-        out.append(("batch", "batch"))
-    return out
-
-
-def unsupported(backend: str, kind: str, params: dict[str, Any]) -> tuple[str | None, str] | None:
-    """The first (field, message) a ``backend`` cannot measure for this check, or None."""
-    have = CAPABILITIES.get(backend, frozenset())
-    for key, capability in needs(kind, params):
-        if capability not in have:
-            return key, (
-                f"the {backend} backend cannot measure this: it needs {CAPABILITY_TEXT[capability]}"
-            )
-    return None
 
 
 def load_backend(name: str) -> Any:

@@ -7,13 +7,14 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_gpufit.backends import MissingExtra, load_backend
+from pytest_gpufit.backends.capabilities import Serve
 from pytest_gpufit.baseline.setup import check_setup
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.metrics import nulled
@@ -22,7 +23,9 @@ from pytest_gpufit.session import placement
 from pytest_gpufit.stash import state_of
 from pytest_gpufit.suites.checks import CheckFailed, Context, run_check
 from pytest_gpufit.suites.compare import against_baseline
-from pytest_gpufit.suites.schema import Check, Suite, Target, parse_suite
+from pytest_gpufit.suites.kinds import KINDS
+from pytest_gpufit.suites.records import Check, Suite, Target
+from pytest_gpufit.suites.schema import parse_suite
 from pytest_gpufit.units import format_gb
 
 
@@ -72,8 +75,9 @@ class CheckItem(pytest.Item):
         parent = self.parent
         assert isinstance(parent, TargetCollector)
         self.suite, self.target = parent.suite, parent.target
-        # fits is an estimate: it runs against simulated cards; the rest would use the device.
-        self.gpufit_simulation_safe = check.kind == "fits"
+        self.check_kind = KINDS[check.kind]
+        # An estimate (fits) runs against simulated cards; the rest would use the device.
+        self.gpufit_simulation_safe = self.check_kind.simulation
 
     @property
     def gpufit_requirement(self) -> Requirement | None:
@@ -98,12 +102,12 @@ class CheckItem(pytest.Item):
                 run_check(ctx, self.check)
                 if state.settings.baseline == "compare":
                     self._compare(state, ctx)
-                elif state.settings.baseline == "off" and self._golden:
+                elif state.settings.baseline == "off" and self._baseline_judges:
                     # Golden tokens are judged only against a baseline: with none, nothing
                     # was checked, and a green here would claim numerics that were not.
                     state.gate(
-                        "reference: golden is judged against the accepted baseline, and "
-                        "baselines are off (--gpufit-baseline); run with "
+                        f"{self._baseline_judges} is judged against the accepted baseline, "
+                        "and baselines are off (--gpufit-baseline); run with "
                         "--gpufit-baseline=compare, or =save to record the reference"
                     )
             except MissingExtra as error:
@@ -125,10 +129,12 @@ class CheckItem(pytest.Item):
             record(self, ctx.gpu, ctx.metrics)
 
     @property
-    def _golden(self) -> bool:
-        return self.check.kind == "precision" and self.check.params.get("reference") == "golden"
+    def _baseline_judges(self) -> str | None:
+        """What in this check only an accepted baseline judges (``reference: golden``)."""
+        judges = self.check_kind.baseline_judges
+        return judges(self.check.params) if judges is not None else None
 
-    def _served(self, state: Any, ctx: Context) -> Any:
+    def _served(self, state: Any, ctx: Context) -> Callable[[], Serve]:
         """A callable giving the target's running server (launched on the first call)."""
         target, parent = ctx.target, self.parent
         assert isinstance(parent, TargetCollector)
@@ -147,7 +153,7 @@ class CheckItem(pytest.Item):
 
         return lambda: state.served(parent.served_key, start)
 
-    def _progress(self) -> Any:
+    def _progress(self) -> Callable[[str], None] | None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         if reporter is None:

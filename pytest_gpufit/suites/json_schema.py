@@ -1,6 +1,6 @@
 """Generate ``schema.json`` (the suite contract for editors) from the validator's own tables.
 
-Run after changing a table in ``schema.py`` or ``markers.py``::
+Run after changing a table in ``schema.py``, ``kinds.py`` or ``markers.py``::
 
     python -m pytest_gpufit.suites.json_schema           # rewrites pytest_gpufit/suites/schema.json
     python -m pytest_gpufit.suites.json_schema --check   # exit 1 when the file is stale
@@ -17,18 +17,15 @@ from typing import Any
 from pytest_gpufit.baseline import METRICS
 from pytest_gpufit.baseline.compare import LEVEL_METRICS, MAX_CONFIRM, MISSING
 from pytest_gpufit.markers import requires_json_schema
+from pytest_gpufit.suites.fields import KIND_SCHEMAS, MAX_REPEATS, Kind, seconds
+from pytest_gpufit.suites.kinds import KINDS, model_free
 from pytest_gpufit.suites.schema import (
     BASELINE_FIELDS,
-    CHECK_FIELDS,
-    CHECK_ORDER,
-    KIND_SCHEMAS,
     LAUNCH_FIELDS,
-    MAX_REPEATS,
     SUITE_FIELDS,
     TARGET_FIELDS,
     TARGET_KINDS,
     TARGET_REQUIRED,
-    Kind,
 )
 from pytest_gpufit.units import percent_json_schema
 
@@ -78,7 +75,7 @@ def _launch() -> dict[str, Any]:
             "oneOf": [{"type": "array", "items": argument, "minItems": 1}, {"type": "string"}],
             "description": "the server's command line; {port} is the port gpufit picks",
         },
-        "ready_timeout_s": KIND_SCHEMAS[CHECK_FIELDS["load"]["max_seconds"]],
+        "ready_timeout_s": KIND_SCHEMAS[seconds],
         "env": {
             "type": "object",
             "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
@@ -99,15 +96,25 @@ def _launch() -> dict[str, Any]:
 
 def _checks() -> dict[str, Any]:
     properties = {
-        kind: {
+        name: {
             "oneOf": [
                 {"type": "null"},
-                _object({key: _kind_schema(k, key) for key, k in CHECK_FIELDS[kind].items()}),
+                _object({key: _kind_schema(k, key) for key, k in kind.fields.items()}),
             ]
         }
-        for kind in CHECK_ORDER
+        for name, kind in KINDS.items()
     }
     return {**_object(properties), "minProperties": 1}
+
+
+def _model_required() -> dict[str, Any]:
+    """``model:`` is required, unless every check the target names needs no model."""
+    required: dict[str, Any] = {"required": ["model"]}
+    free = [name for name in KINDS if model_free([name])]
+    if not free:
+        return required
+    only_free = {"properties": {"checks": {"propertyNames": {"enum": free}}}}
+    return {"anyOf": [required, only_free]}
 
 
 def build_schema() -> dict[str, Any]:
@@ -129,7 +136,7 @@ def build_schema() -> dict[str, Any]:
         "required": list(TARGET_REQUIRED),
         # model: for the transformers backend (the default); a served target may omit it.
         "if": {"not": {"properties": {"backend": {"const": "openai"}}, "required": ["backend"]}},
-        "then": {"required": ["model"]},
+        "then": _model_required(),
     }
     suite_properties = {
         "suite": KIND_SCHEMAS[TARGET_KINDS["name"]],  # text, like a target name

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from pytest_gpufit.measure import Spread
+from pytest_gpufit.suites.context import Context
 
 THROUGHPUT_LIMITS = (
     ("min_decode_tok_s", "decode_tok_s", "decode", "tok/s", False),
@@ -13,7 +16,7 @@ THROUGHPUT_LIMITS = (
 
 
 def expect_throughput_limits(
-    ctx: Any, params: dict[str, Any], stats: dict[str, Any], how: Callable[[str], str]
+    ctx: Context, params: Mapping[str, Any], stats: Mapping[str, Spread], how: Callable[[str], str]
 ) -> None:
     """The throughput thresholds a suite set, judged on medians; ``how`` says what was timed."""
     for key, metric, label, unit, is_max in THROUGHPUT_LIMITS:

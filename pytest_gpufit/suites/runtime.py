@@ -8,7 +8,7 @@ from typing import Any
 from pytest_gpufit.backends import load_backend
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.spec import load_spec
-from pytest_gpufit.suites.schema import Target
+from pytest_gpufit.suites.records import Target
 
 Key = tuple[str, str, str, str, str, bool, int]
 

@@ -5,89 +5,39 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import shlex
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pytest_gpufit.baseline import BaselinePolicy, parse_confirm, parse_missing, parse_tolerances
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.spec import resolve_model
 from pytest_gpufit.markers import YAML_KEYS, check_fit_models, requirement_from_yaml
 from pytest_gpufit.requirements import Requirement
-from pytest_gpufit.units import (
-    parse_percent,
-    parse_size,
-    percent_json_schema,
-    shown,
-    size_json_schema,
+from pytest_gpufit.suites.fields import (
+    Kind,
+    boolean,
+    choice,
+    kind,
+    non_negative_int,
+    positive_int,
+    seconds,
+    text,
 )
+from pytest_gpufit.suites.kinds import KINDS, model_free, unsupported
+from pytest_gpufit.suites.records import (  # re-exported: importable from here as before
+    Check as Check,
+)
+from pytest_gpufit.suites.records import Launch as Launch
+from pytest_gpufit.suites.records import Suite as Suite
+from pytest_gpufit.suites.records import Target as Target
 from pytest_gpufit.yaml_lines import Located, load_yaml
 
-CHECK_ORDER = ("fits", "serves", "loads", "generates", "throughput", "load", "precision")
 BACKENDS = ("transformers", "openai")
 DTYPES = ("fp32", "bf16", "fp16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-
-
-@dataclass(frozen=True)
-class Check:
-    kind: str
-    params: dict[str, Any]
-    line: int
-    field_lines: Mapping[str, int] = field(default_factory=dict)  # YAML line of each key
-
-
-@dataclass(frozen=True)
-class Launch:
-    """``launch:`` of an openai target: the server gpufit starts, waits for and stops."""
-
-    command: tuple[str, ...]
-    ready_timeout_s: float = 900.0
-    env: tuple[tuple[str, str], ...] = ()
-    log_forbid: tuple[str, ...] = ()
-    line: int = 0
-    cwd: Path | None = None  # the suite's folder: relative paths in the command start here
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    model: Path | None  # None: an openai target without a model folder (no fit estimate)
-    weights: str
-    backend: str
-    dtype: str
-    device: str
-    context: int | None
-    requirement: Requirement | None
-    checks: tuple[Check, ...]
-    trust_remote_code: bool
-    seed: int
-    line: int
-    has_tokenizer: bool
-    baseline: BaselinePolicy = BaselinePolicy()
-    endpoint: str | None = None  # openai: the API base URL, ``{port}`` for a launched server
-    served_model: str | None = None  # openai: None means the only model /v1/models lists
-    api_key_env: str | None = None  # openai: the NAME of the variable holding the key
-    launch: Launch | None = None
-
-    @property
-    def model_path(self) -> Path:
-        """The model folder; only called where the schema made sure there is one."""
-        if self.model is None:
-            raise GpufitError(f"target {self.name} names no model (give model: for a fit estimate)")
-        return self.model
-
-
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    path: Path
-    requirement: Requirement | None
-    targets: tuple[Target, ...] = field(default=())
 
 
 class _Where:
@@ -100,251 +50,21 @@ class _Where:
         return GpufitError(f"{self.path}:{line}: {where}: {message}")
 
 
-# ---- field kinds ---------------------------------------------------------------------------
-# Each kind parses one YAML value and carries the JSON Schema of what it accepts, so
-# ``schema.json`` is generated from these tables (pytest_gpufit/suites/json_schema.py).
-
-Kind = Callable[[Any], Any]
-KIND_SCHEMAS: dict[Kind, dict[str, Any]] = {}
-
-NUMBER_LIMIT = 1e100  # thresholds are finite and below this
-MAX_REPEATS = 1000  # throughput repeats and warmup runs
-MAX_TOKENS = 10_000_000  # prompt, new tokens, context
-MAX_BATCH = 100_000
-MAX_SEED = 2**32 - 1
-
-
-_K = TypeVar("_K", bound=Kind)
-
-
-def _kind(schema: dict[str, Any]) -> Callable[[_K], _K]:
-    def register(kind: _K) -> _K:
-        KIND_SCHEMAS[kind] = schema
-        return kind
-
-    return register
-
-
-def _whole(value: Any) -> Any:
-    """JSON (and JSON Schema's ``integer``) counts 5.0 as the whole number 5."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _int_kind(minimum: int, maximum: int, meaning: str = "") -> Kind:
-    """Whole numbers from ``minimum`` to ``maximum`` (a cap that catches typos such as 10^12)."""
-
-    def parse(value: Any) -> int:
-        value = _whole(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise GpufitError(
-                f"expected a whole number from {minimum} to {maximum:,}{meaning}, got {value!r}"
-            )
-        if value > maximum:
-            raise GpufitError(f"expected at most {maximum:,}{meaning}, got {shown(value)}")
-        return value
-
-    schema = {"type": "integer", "minimum": minimum, "maximum": maximum}
-    return _kind(schema)(parse)
-
-
-_positive_int = _int_kind(1, MAX_TOKENS)
-_count = _int_kind(0, MAX_SEED)
-_repeats = _int_kind(1, MAX_REPEATS, " runs")
-_warmup = _int_kind(0, MAX_REPEATS, " runs")
-_batch = _int_kind(1, MAX_BATCH)
-
-# YAML 1.1 reads ``1e9`` as text: accept text that is a positive number below NUMBER_LIMIT
-# (a plain decimal of up to 100 digits, or d.ddde[+-]NN), ASCII digits only.
-_POSITIVE_TEXT = (
-    r"^ *(0*[1-9][0-9]{0,99}(\.[0-9]*)?|0*\.0*[1-9][0-9]*"
-    r"|([1-9](\.[0-9]*)?|0?\.0*[1-9][0-9]*)[eE][+-]?[0-9]{1,2}) *$"
-)
-_POSITIVE_NUMBER_SCHEMA = {
-    "oneOf": [
-        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": NUMBER_LIMIT},
-        {"type": "string", "pattern": _POSITIVE_TEXT},
-    ]
-}
-
-
-def _finite(value: Any) -> float:
-    """A real number (not a bool), finite and below NUMBER_LIMIT in size."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise GpufitError(f"expected a number, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise GpufitError(f"expected a finite number, got {value!r}")
-    if abs(value) >= NUMBER_LIMIT:  # before float(): a 400-digit int overflows it
-        raise GpufitError(f"expected a number below 1e100, got {shown(value)}")
-    return float(value)
-
-
-@_kind(_POSITIVE_NUMBER_SCHEMA)
-def _positive_number(value: Any) -> float:
-    if isinstance(value, str):
-        if not re.match(_POSITIVE_TEXT, value):
-            raise GpufitError(f"expected a number > 0, got {value!r}")
-        return float(value)
-    number = _finite(value)
-    if number <= 0:
-        raise GpufitError(f"expected a number > 0, got {value!r}")
-    return number
-
-
-@_kind({"type": "number", "minimum": 0, "maximum": 1})
-def _fraction(value: Any) -> float:
-    number = _finite(value) if not isinstance(value, str) else -1.0
-    if not 0 <= number <= 1:
-        raise GpufitError(f"expected a number from 0 to 1, got {value!r}")
-    return number
-
-
-@_kind({"type": "string", "minLength": 1})
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise GpufitError(f"expected text, got {value!r}")
-    return value
-
-
-@_kind({"type": "boolean"})
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise GpufitError(f"expected true or false, got {value!r}")
-    return value
-
-
-@_kind({"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1})
-def _token_list(value: Any) -> list[int]:
-    value = [_whole(v) for v in value] if isinstance(value, list) else value
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
-    ):
-        raise GpufitError(f"expected a list of token ids, got {value!r}")
-    return list(value)
-
-
-_SECONDS_TEXT = _POSITIVE_TEXT.replace(") *$", ") *s? *$")
-
-
-@_kind(
-    {
-        "oneOf": [
-            _POSITIVE_NUMBER_SCHEMA["oneOf"][0],
-            {"type": "string", "pattern": _SECONDS_TEXT},
-        ],
-        "description": "seconds: a number, or text such as '90s'",
-    }
-)
-def _seconds(value: Any) -> float:
-    if isinstance(value, str):
-        if not re.match(_SECONDS_TEXT, value):
-            raise GpufitError(f"expected seconds such as 90 or '90s', got {value!r}")
-        return float(value.strip().removesuffix("s"))
-    return _positive_number(value)
-
-
-@_kind(size_json_schema())
-def _size(value: Any) -> int:
-    return parse_size(value, "size")
-
-
-@_kind(percent_json_schema())
-def _percent(value: Any) -> float:
-    return parse_percent(value, "percentage")
-
-
-def _choice(options: tuple[str, ...]) -> Kind:
-    def parse(value: Any) -> str:
-        if value not in options:
-            raise GpufitError(f"expected one of {', '.join(options)}, got {value!r}")
-        return str(value)
-
-    return _kind({"enum": list(options)})(parse)
-
-
-_reference = _choice(("fp32", "golden"))  # golden: the baseline's stored tokens
+# Target field kinds (the shared ones are in pytest_gpufit/suites/fields.py).
 _DEVICE = r"^(cpu|cuda|cuda:[0-9]{1,4})$"  # ASCII digits: 'cuda:²' is no device
 
 
-@_kind({"type": "string", "pattern": _DEVICE})
+@kind({"type": "string", "pattern": _DEVICE})
 def _device(value: Any) -> str:
     if not isinstance(value, str) or not re.match(_DEVICE, value):
         raise GpufitError(f"expected cuda, cuda:N or cpu, got {value!r}")
     return value
 
 
-MAX_CONCURRENCY = 100_000
-
-
-@_kind(
-    {
-        "type": "array",
-        "items": {"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY},
-        "minItems": 1,
-    }
-)
-def _levels(value: Any) -> list[int]:
-    """Concurrency levels: whole numbers from 1, in the order given."""
-    items = [_whole(v) for v in value] if isinstance(value, list) else value
-    if (
-        not isinstance(items, list)
-        or not items
-        or not all(
-            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_CONCURRENCY
-            for v in items
-        )
-    ):
-        raise GpufitError(f"expected a list of concurrencies such as [1, 8, 32], got {value!r}")
-    return list(items)
-
-
-@_kind({"type": "array", "items": _POSITIVE_NUMBER_SCHEMA, "minItems": 1})
-def _rates(value: Any) -> list[float]:
-    """Request rates in requests/s (Poisson arrivals)."""
-    if not isinstance(value, list) or not value:
-        raise GpufitError(f"expected a list of request rates such as [2, 5], got {value!r}")
-    return [_positive_number(v) for v in value]
-
-
-SLO_METRICS = ("ttft", "tpot", "itl", "e2el")
-SLO_STATS = ("p50", "p90", "p99")
-SLO_KEYS = tuple(f"{m}_ms_{q}" for m in SLO_METRICS for q in SLO_STATS)
-
-
-@_kind(
-    {
-        "type": "object",
-        "additionalProperties": False,
-        "minProperties": 1,
-        "properties": {key: _POSITIVE_NUMBER_SCHEMA for key in SLO_KEYS},
-        "description": "per level: a percentile in ms must stay at or below its value",
-    }
-)
-def _slo(value: Any) -> dict[str, float]:
-    if not isinstance(value, Mapping) or not value:
-        raise GpufitError(f"expected a mapping such as {{ttft_ms_p99: 2000}}, got {value!r}")
-    out = {}
-    for key, bound in value.items():
-        if key not in SLO_KEYS:
-            hint = difflib.get_close_matches(str(key), SLO_KEYS, n=1)
-            did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
-            raise GpufitError(
-                f"unknown SLO {key!r}; {did_you_mean}(accepted: {', '.join(SLO_KEYS)})"
-            )
-        try:
-            out[str(key)] = _positive_number(bound)
-        except GpufitError as error:
-            raise GpufitError(f"{key}: {error}") from None
-    return out
-
-
 _URL = r"^https?://[^\s/]+(/[^\s]*)?$"
 
 
-@_kind({"type": "string", "pattern": _URL})
+@kind({"type": "string", "pattern": _URL})
 def _url(value: Any) -> str:
     if not isinstance(value, str) or not re.match(_URL, value):
         raise GpufitError(
@@ -356,7 +76,7 @@ def _url(value: Any) -> str:
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
-@_kind({"type": "string", "pattern": _ENV_NAME})
+@kind({"type": "string", "pattern": _ENV_NAME})
 def _env_name(value: Any) -> str:
     if not isinstance(value, str) or not re.match(_ENV_NAME, value):
         raise GpufitError(
@@ -365,82 +85,21 @@ def _env_name(value: Any) -> str:
     return value
 
 
-CHECK_FIELDS: dict[str, dict[str, Kind]] = {
-    "fits": {},
-    "serves": {},
-    "loads": {"max_seconds": _seconds, "max_peak_memory": _size, "within_estimate": _percent},
-    "generates": {
-        "prompt": _text,
-        "prompt_tokens": _positive_int,
-        "max_new_tokens": _positive_int,
-        "expect_contains": _text,
-        "expect_tokens": _token_list,
-    },
-    "throughput": {
-        "prompt_tokens": _positive_int,
-        "new_tokens": _positive_int,
-        "batch": _batch,
-        "warmup": _warmup,
-        "repeats": _repeats,
-        "min_decode_tok_s": _positive_number,
-        "min_prefill_tok_s": _positive_number,
-        "max_ttft_ms": _positive_number,
-    },
-    "load": {
-        "concurrency": _levels,
-        "rate": _rates,
-        "requests": _positive_int,
-        "prompt_tokens": _positive_int,
-        "new_tokens": _positive_int,
-        "max_seconds": _seconds,
-        "timeout_s": _seconds,
-        "slo": _slo,
-        "min_goodput": _percent,
-        "max_error_rate": _percent,
-    },
-    "precision": {
-        "reference": _reference,
-        "prompt_tokens": _positive_int,
-        "max_kl": _positive_number,
-        "min_top1_agreement": _fraction,
-        "new_tokens": _positive_int,
-        "top_k": _positive_int,
-        "max_logprob_diff": _positive_number,
-    },
-}
-CHECK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "generates": {"max_new_tokens": 16},
-    "throughput": {"prompt_tokens": 128, "new_tokens": 64, "batch": 1, "warmup": 1, "repeats": 5},
-    "load": {
-        "requests": 16,
-        "prompt_tokens": 128,
-        "new_tokens": 64,
-        "max_seconds": 300.0,
-        "timeout_s": 120.0,
-    },
-    "precision": {
-        "reference": "fp32",
-        "prompt_tokens": 64,
-        "new_tokens": 16,
-        "top_k": 5,
-        "max_logprob_diff": 0.1,
-    },
-}
 REQUIRES_FIELDS = tuple(YAML_KEYS)  # from the marker table (pytest_gpufit.markers.SPECS)
 # Scalar target fields and their kinds; requires, checks and baseline are mappings of their own.
 TARGET_KINDS: dict[str, Kind] = {
-    "name": _text,
-    "model": _text,
-    "weights": _choice(("checkpoint", "random")),
-    "backend": _choice(BACKENDS),
+    "name": text,
+    "model": text,
+    "weights": choice(("checkpoint", "random")),
+    "backend": choice(BACKENDS),
     "endpoint": _url,
-    "served_model": _text,
+    "served_model": text,
     "api_key_env": _env_name,
-    "dtype": _choice(DTYPES),
+    "dtype": choice(DTYPES),
     "device": _device,
-    "context": _positive_int,
-    "trust_remote_code": _bool,
-    "seed": _count,
+    "context": positive_int,
+    "trust_remote_code": boolean,
+    "seed": non_negative_int,
 }
 TARGET_DEFAULTS: dict[str, Any] = {
     "weights": "checkpoint",
@@ -528,26 +187,28 @@ def _baseline(
 def _checks(node: Any, line: int, where: str, at: _Where) -> tuple[Check, ...]:
     node = _mapping(node, line, where, at)
     if not node:
-        raise at.error(line, where, f"name at least one check: {', '.join(CHECK_ORDER)}")
-    _unknown(node, CHECK_ORDER, node, f"{where}.", at)
+        raise at.error(line, where, f"name at least one check: {', '.join(KINDS)}")
+    _unknown(node, list(KINDS), node, f"{where}.", at)
     checks = []
-    for kind in node:
-        key_line = node.key_lines[kind]
-        body = node[kind]
-        body = Located() if body is None else _mapping(body, key_line, f"{where}.{kind}", at)
-        fields = CHECK_FIELDS[kind]
-        _unknown(body, list(fields), body, f"{where}.{kind}.", at)
-        params = dict(CHECK_DEFAULTS.get(kind, {}))
+    for name in node:
+        key_line = node.key_lines[name]
+        body = node[name]
+        body = Located() if body is None else _mapping(body, key_line, f"{where}.{name}", at)
+        check_kind = KINDS[name]
+        fields = check_kind.fields
+        _unknown(body, list(fields), body, f"{where}.{name}.", at)
+        params = dict(check_kind.defaults)
         for key, value in body.items():
             try:
                 params[key] = fields[key](value)
             except GpufitError as error:
-                raise at.error(body.key_lines[key], f"{where}.{kind}.{key}", str(error)) from None
-        if kind == "generates" and "prompt" in params and "prompt_tokens" in params:
-            raise at.error(key_line, f"{where}.generates", "give prompt or prompt_tokens, not both")
-        if kind == "generates" and "prompt" not in params and "prompt_tokens" not in params:
-            params["prompt_tokens"] = 16
-        checks.append(Check(kind, params, key_line, dict(body.key_lines)))
+                raise at.error(body.key_lines[key], f"{where}.{name}.{key}", str(error)) from None
+        if check_kind.refine is not None:
+            try:
+                params = check_kind.refine(params)
+            except GpufitError as error:
+                raise at.error(key_line, f"{where}.{name}", str(error)) from None
+        checks.append(Check(name, params, key_line, dict(body.key_lines)))
     return tuple(checks)
 
 
@@ -578,7 +239,7 @@ def _target(
             raise at.error(
                 lines[key], f"{where}.{key}", "only for backend: openai (a served model)"
             )
-    if "model" not in node and not openai:
+    if "model" not in node and not openai and not model_free(_names(node["checks"])):
         raise at.error(node.line, where, "missing required key 'model'")
     model: Path | None = None
     if "model" in node:
@@ -612,10 +273,10 @@ def _target(
     for check in checks:
         if openai:
             continue  # the server's tokenizer reads text prompts
-        if check.kind == "generates" and "prompt" in check.params and not has_tokenizer:
+        if "prompt" in check.params and not has_tokenizer:  # a text prompt, tokenized here
             raise at.error(
                 check.line,
-                f"{where}.checks.generates.prompt",
+                f"{where}.checks.{check.kind}.prompt",
                 f"a text prompt needs a tokenizer, and {_model_words(node['model'], folder)} "
                 "has none "
                 f"({', '.join(TOKENIZER_FILES)}); give prompt_tokens: N instead",
@@ -650,18 +311,22 @@ def _target(
     )
 
 
+def _names(checks: Any) -> list[str]:
+    """The check kinds a target names (before they are validated)."""
+    return [str(name) for name in checks] if isinstance(checks, Located) else []
+
+
 def _capabilities(
     checks: tuple[Check, ...], backend: str, has_model: bool, where: str, at: _Where
 ) -> None:
     """A check that needs what the backend cannot measure is an error now, not at run time."""
-    from pytest_gpufit.backends import unsupported  # light: the table, no backend imported
-
     for check in checks:
-        if check.kind == "fits" and not has_model:
+        reads_model = KINDS[check.kind].reads_model
+        if reads_model is not None and not has_model:
             raise at.error(
                 check.line,
-                f"{where}.checks.fits",
-                "the fit estimate needs the model's config: give model: (a folder with "
+                f"{where}.checks.{check.kind}",
+                f"{reads_model} needs the model's config: give model: (a folder with "
                 "config.json, or a shipped model id)",
             )
         problem = unsupported(backend, check.kind, check.params)
@@ -701,7 +366,7 @@ def _launch(node: Any, line: int, where: str, at: _Where) -> Launch | None:
     timeout = 900.0
     if "ready_timeout_s" in node:
         try:
-            timeout = _seconds(node["ready_timeout_s"])
+            timeout = seconds(node["ready_timeout_s"])
         except GpufitError as error:
             raise at.error(
                 lines["ready_timeout_s"], f"{where}.ready_timeout_s", str(error)
@@ -790,7 +455,7 @@ def parse_suite(path: Path) -> Suite:
         if required not in data:
             raise at.error(1, required, "missing required key")
     try:
-        name = _text(data["suite"])
+        name = text(data["suite"])
     except GpufitError as error:
         raise at.error(data.key_lines["suite"], "suite", str(error)) from None
     targets_node = data["targets"]

@@ -1,0 +1,257 @@
+"""What the model checks do: fits (an estimate), loads, generates, throughput and precision.
+
+Each is written once over the backend capabilities its kind needs
+(``pytest_gpufit.backends.capabilities``), records figures in ``ctx.metrics`` and unmet
+expectations in ``ctx.failures``; a failure that stops the check raises ``CheckFailed`` with the
+measured figure in the message.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from pytest_gpufit.fit.estimate import estimate, fit_on
+from pytest_gpufit.measure import repeat
+from pytest_gpufit.numbers import plural
+from pytest_gpufit.suites.context import CheckFailed, Context
+from pytest_gpufit.suites.limits import expect_throughput_limits
+from pytest_gpufit.units import format_gb
+
+Params = dict[str, Any]
+
+
+def _system_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def run_fits(ctx: Context, params: Params) -> None:
+    est = ctx.estimate()
+    ctx.metrics.update(estimate_total_bytes=est.total_bytes, context=est.context)
+    if ctx.gpu is None:
+        memory, where = _system_memory(), "system memory"
+    else:
+        fit = fit_on(ctx.spec, est, ctx.gpu)
+        # What CUDA can allocate, not NVML's total: the same rule as requires_fit and the tables.
+        memory, where = fit.usable_bytes, ctx.gpu.label
+        ctx.metrics.update(max_context=fit.max_context, precision_support=fit.precision_support)
+    ctx.metrics["headroom_bytes"] = memory - est.total_bytes
+    ctx.expect(
+        est.total_bytes <= memory,
+        f"does not fit: needs {format_gb(est.total_bytes)} ({est.dtype} at context "
+        f"{est.context}, estimate); {where} has {format_gb(memory)}"
+        + (" usable" if ctx.gpu is not None else ""),
+    )
+
+
+def run_loads(ctx: Context, params: Params) -> None:
+    loaded = ctx.in_process_model().loaded()
+    est = ctx.estimate()
+    ctx.metrics.update(
+        load_seconds=round(loaded.load_seconds, 3),
+        estimate_weights_bytes=est.weights_bytes,
+        estimate_total_bytes=est.total_bytes,
+    )
+    wrong = loaded.wrong_dtype_parameters
+    ctx.expect(
+        not wrong,
+        f"{plural(len(wrong), 'parameter')} {'is' if len(wrong) == 1 else 'are'} not in "
+        f"{ctx.target.dtype}: "
+        f"{', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}",
+    )
+    if "max_seconds" in params:
+        ctx.expect(
+            loaded.load_seconds <= params["max_seconds"],
+            f"load took {loaded.load_seconds:.2f} s > max_seconds {params['max_seconds']}",
+        )
+    peak = loaded.peak_allocated_bytes
+    if peak is not None:
+        ctx.metrics["peak_allocated_bytes"] = peak
+    wants_memory = "max_peak_memory" in params or "within_estimate" in params
+    if wants_memory and peak is None:
+        raise CheckFailed(
+            f"max_peak_memory and within_estimate need a CUDA device to measure; "
+            f"this target runs on {ctx.target.device}"
+        )
+    if peak is not None and "max_peak_memory" in params:
+        ctx.expect(
+            peak <= params["max_peak_memory"],
+            f"peak memory {format_gb(peak)} > max_peak_memory "
+            f"{format_gb(params['max_peak_memory'])}",
+        )
+    if peak is not None and "within_estimate" in params:
+        gap = (peak - est.weights_bytes) / est.weights_bytes
+        ctx.metrics["peak_vs_estimate"] = round(gap, 4)
+        ctx.expect(
+            abs(gap) <= params["within_estimate"],
+            f"peak memory after loading {format_gb(peak)} is {gap:+.1%} from the "
+            f"estimated weights {format_gb(est.weights_bytes)} (within_estimate "
+            f"{params['within_estimate']:.0%})",
+        )
+
+
+def _rate(count: float, seconds: float, what: str) -> float:
+    """``count / seconds``, refusing a time no real run takes (zero, negative, NaN).
+
+    >>> _rate(10, 0.5, "decode")
+    20.0
+    """
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise CheckFailed(
+            f"the backend timed {what} at {seconds!r} s; a real run takes a positive, finite "
+            "time (a broken timer or backend)"
+        )
+    return count / seconds
+
+
+def _p99(values: Sequence[float]) -> float:
+    """The 99th percentile, interpolated linearly as numpy's default (and serving.load) do.
+
+    >>> _p99([1.0]), round(_p99([1.0, 2.0, 3.0]), 2)
+    (1.0, 2.98)
+    """
+    values = list(values)
+    if len(values) < 2:
+        return float(values[0])
+    return float(statistics.quantiles(values, n=100, method="inclusive")[98])
+
+
+def run_generates(ctx: Context, params: Params) -> None:
+    gen = ctx.generator()
+    prompt = gen.prompt(params.get("prompt"), params.get("prompt_tokens", 0))
+    asked = params["max_new_tokens"]
+    out = gen.generate(prompt, asked)
+    # One unrepeated run: reported, but not a baseline metric (throughput has the medians).
+    ctx.metrics.update(new_tokens=out.count, single_run_ttft_ms=round(out.ttft_s * 1000, 2))
+    if out.token_ids is not None:
+        ctx.metrics["tokens"] = out.token_ids
+    if out.stream is not None:
+        ctx.metrics.update(text=out.stream.text, finish_reason=out.stream.finish_reason)
+    if prompt.counted:
+        ctx.metrics["prompt_tokens"] = prompt.tokens
+    if gen.in_process:  # in process generation never stops early; a server may stop at EOS
+        ctx.expect(out.count == asked, f"produced {plural(out.count, 'token')}, expected {asked}")
+    if "expect_tokens" in params:
+        want, new = params["expect_tokens"], out.token_ids or []
+        ctx.expect(new[: len(want)] == want, f"tokens {new[: len(want)]} != expected {want}")
+    if "expect_contains" in params:
+        if out.stream is not None:
+            text = out.stream.text
+        else:
+            decoded = gen.decode(out.token_ids or [])
+            if decoded is None:
+                raise CheckFailed("expect_contains needs a tokenizer in the model folder")
+            text = ctx.metrics["text"] = decoded
+        ctx.expect(
+            params["expect_contains"] in text,
+            f"output {text!r} does not contain {params['expect_contains']!r}",
+        )
+
+
+def run_throughput(ctx: Context, params: Params) -> None:
+    """Prefill and decode rates and time to first token, medians of repeated runs of exactly
+    ``new_tokens``. From a server: streamed TTFT, ITL and E2E as the client sees them; decode
+    counts the server's own usage tokens."""
+    gen = ctx.generator()
+    batch, prompt_n, new_n = params["batch"], params["prompt_tokens"], params["new_tokens"]
+    prompt = gen.prompt(None, prompt_n, batch)
+    short: list[int] = []
+
+    def one_round() -> dict[str, float]:
+        out = gen.generate(prompt, new_n, ignore_eos=True)
+        if gen.in_process and out.count != new_n:  # the rates count new_n: fewer would inflate
+            raise CheckFailed(
+                f"the backend produced {out.count} tokens where {new_n} were asked; "
+                "throughput is measured on exactly new_tokens (no early stop)"
+            )
+        if out.count < new_n:
+            short.append(out.count)
+        figures = {"ttft_ms": out.ttft_s * 1000}
+        if out.stream is not None:
+            figures["e2e_ms"] = out.stream.e2e_s * 1000
+        prompt_count = batch * (out.prompt_tokens or prompt.tokens or 0)
+        decoded = batch * (out.count - 1)
+        if gen.in_process:  # its own timer: a zero or NaN time is a broken backend
+            figures["prefill_tok_s"] = _rate(prompt_count, out.ttft_s, "time to first token")
+            figures["decode_tok_s"] = _rate(decoded, out.decode_s, "decode") if new_n > 1 else 0.0
+        else:
+            ttft, decode = out.ttft_s, out.decode_s
+            figures["prefill_tok_s"] = prompt_count / ttft if ttft > 0 else 0.0
+            figures["decode_tok_s"] = decoded / decode if out.count > 1 and decode > 0 else 0.0
+        if out.stream is not None and out.stream.itl_s:
+            figures["itl_ms_p99"] = _p99(out.stream.itl_s) * 1000
+        return figures
+
+    stats = repeat(one_round, params["warmup"], params["repeats"])
+    for name, spread in stats.items():
+        ctx.metrics[name] = round(spread.median, 2)
+        ctx.metrics[f"{name}_spread"] = round(spread.relative_spread, 4)
+    ctx.metrics["repeats"] = params["repeats"]
+    if prompt.counted:
+        ctx.metrics["prompt_tokens"] = prompt.tokens
+    if short:
+        # The server stopped early (no ignore_eos): the rates count the tokens it did produce.
+        ctx.metrics["short_runs"] = len(short)
+        ctx.metrics["note"] = (
+            f"{len(short)} of {params['warmup'] + params['repeats']} runs produced fewer than "
+            f"{new_n} tokens (fewest {min(short)}); the server ignored ignore_eos or stopped at "
+            "EOS, so rates count the tokens it produced"
+        )
+    # Beside the card's bandwidth ceiling where the model runs here (a served target's
+    # model may be unnamed: no ceiling yet).
+    if gen.in_process and ctx.gpu is not None and ctx.gpu.memory_bandwidth_bytes_s:
+        est = ctx.estimate(context=prompt_n + new_n, batch=batch)
+        ceiling = fit_on(ctx.spec, est, ctx.gpu).decode_tok_s_ceiling
+        if ceiling:
+            ctx.metrics["decode_tok_s_ceiling"] = ceiling
+            ctx.metrics["decode_pct_of_ceiling"] = round(
+                100 * stats["decode_tok_s"].median / ceiling, 1
+            )
+
+    def how(metric: str) -> str:
+        if gen.in_process:
+            return f"median of {params['repeats']}, spread {stats[metric].relative_spread:.1%}"
+        return f"median of {params['repeats']} streamed requests, as the client sees them"
+
+    expect_throughput_limits(ctx, params, stats, how)
+
+
+def run_precision(ctx: Context, params: Params) -> None:
+    if params["reference"] == "golden":
+        run_golden(ctx, params)
+        return
+    model = ctx.in_process_model()
+    loaded = model.loaded()
+    free = loaded.free_bytes()
+    need = estimate(ctx.spec, "fp32", params["prompt_tokens"]).weights_bytes
+    if free is not None and need > free:
+        raise CheckFailed(
+            f"the fp32 reference needs {format_gb(need)} on {ctx.target.device} beside the "
+            f"{ctx.target.dtype} model, and only {format_gb(free)} is free; use a smaller "
+            "model for precision checks or reference: golden"
+        )
+    ids = model.prompt(None, params["prompt_tokens"]).payload
+    reference = loaded.reference_fp32()
+    try:
+        kl, top1 = model.kl_and_top1(reference.logits(ids), loaded.logits(ids))
+    finally:
+        reference.unload()
+    ctx.metrics.update(kl=round(kl, 8), top1_agreement=round(top1, 4))
+    if "max_kl" in params:
+        ctx.expect(kl <= params["max_kl"], f"KL divergence {kl:.4g} > max_kl {params['max_kl']:g}")
+    if "min_top1_agreement" in params:
+        ctx.expect(
+            top1 >= params["min_top1_agreement"],
+            f"top-1 agreement {top1:.3f} < min_top1_agreement {params['min_top1_agreement']:g}",
+        )
+
+
+def run_golden(ctx: Context, params: Params) -> None:
+    """Greedy tokens and top-k log-probabilities, for the baseline to store and compare."""
+    golden = ctx.golden_topk()
+    prompt = golden.prompt(None, params["prompt_tokens"])
+    ctx.metrics["golden"] = golden.greedy_topk(prompt, params["new_tokens"], params["top_k"])
+    ctx.metrics["golden_max_logprob_diff"] = params["max_logprob_diff"]
