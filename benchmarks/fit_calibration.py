@@ -87,7 +87,8 @@ def measured(row: dict[str, str]) -> float:
 
 def predict(row: dict[str, str], rows: list[dict[str, str]]) -> float | None:
     """The fit engine's figure for a row, in the row's unit; None where it has none."""
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
     from pytest_gpufit.fit.estimate import usable_bytes
     from pytest_gpufit.fit.spec import load_spec
     from pytest_gpufit.hardware.catalog import catalog_gpu

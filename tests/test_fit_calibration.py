@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from pytest_gpufit.fit.engines import parse_knobs, plan
+from pytest_gpufit.engines.knobs import parse_knobs
+from pytest_gpufit.engines.planning import plan
 from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.catalog import catalog_gpu
 

@@ -400,7 +400,8 @@ def test_ignore_list_patterns() -> None:
 def test_vllm_pads_gpt_oss_mxfp4_experts() -> None:
     """Resident weights 13.64 GiB at TP 1 on an H100, 6.6% above the checkpoint: the Marlin
     MoE kernel's n % 256 / k % 128 padding (Mxfp4MoEMethod.create_weights)."""
-    from pytest_gpufit.fit.engines import mxfp4_padding, parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import mxfp4_padding, plan
 
     spec = load_spec("gpt-oss-20b")
     assert mxfp4_padding(spec, 1) == pytest.approx(3072 * 2944 / (2880 * 2880))
@@ -427,14 +428,15 @@ def test_vllm_pads_gpt_oss_mxfp4_experts() -> None:
     ],
 )
 def test_bad_engine_knobs_are_one_error(engine: str, raw: dict[str, object], message: str) -> None:
-    from pytest_gpufit.fit.engines import parse_knobs
+    from pytest_gpufit.engines.knobs import parse_knobs
 
     with pytest.raises(GpufitError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_knobs(engine, **raw)
 
 
 def test_tp_that_does_not_divide_the_heads_is_refused() -> None:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
 
     spec = load_spec("llama-3.1-8b")
     with pytest.raises(GpufitError, match="3 GPUs do not divide the 32 attention heads"):
@@ -456,7 +458,8 @@ def test_tp_that_does_not_divide_the_heads_is_refused() -> None:
 
 
 def test_vllm_plan_log_lines_and_knobs() -> None:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
 
     spec = load_spec("llama-3.1-8b")
     gpu = catalog_gpu("h100-sxm")
@@ -475,7 +478,8 @@ def test_vllm_plan_log_lines_and_knobs() -> None:
 
 
 def test_vllm_refuses_a_max_model_len_beyond_the_model_or_the_cache() -> None:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
 
     spec = load_spec("llama-3.1-8b")
     too_long = plan(
@@ -488,7 +492,8 @@ def test_vllm_refuses_a_max_model_len_beyond_the_model_or_the_cache() -> None:
 
 @pytest.mark.parametrize("engine", ["sglang", "llama.cpp", "transformers"])
 def test_other_engines_plan_and_refuse_what_cannot_fit(engine: str) -> None:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
 
     fits = plan(load_spec("llama-3.1-8b"), "bf16", catalog_gpu("h100-sxm"), 1, parse_knobs(engine))
     assert fits.starts and fits.kv_cache_tokens > 0 and fits.log_lines()
@@ -501,7 +506,8 @@ def test_other_engines_plan_and_refuse_what_cannot_fit(engine: str) -> None:
     [("transformers", "int8", 1), ("transformers", "fp32", 4), ("sglang", "fp8_e5m2", 1)],
 )
 def test_every_engine_honours_its_kv_cache_dtype(engine: str, kv: str, size: int) -> None:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
 
     p = plan(
         load_spec("llama-3.1-8b"),

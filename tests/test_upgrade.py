@@ -91,3 +91,28 @@ def test_bad_input_is_one_message(
         return
     assert code == 2 and out == "" and message in err, err
     assert "Traceback" not in err
+
+
+def test_transformers_plans_at_the_tables_context_like_every_engine(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The legend says the plan runs with --max-model-len at the table's context; transformers
+    was planned at the model's maximum (131,072 for Llama-3.1-8B: 'does not start' on a 4090
+    where 8,192 tokens fit easily)."""
+    code, out, err = run(
+        capsys,
+        "upgrade",
+        "rtx-4090",
+        "2*rtx-4090",
+        "llama-3.1-8b",
+        "--dtypes",
+        "bf16",
+        "--engine",
+        "transformers",
+        "--format",
+        "json",
+    )
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["a"]["starts"] is True and row["a"]["reason"] is None
+    assert 0 < row["a"]["kv_cache_tokens"] < row["b"]["kv_cache_tokens"]

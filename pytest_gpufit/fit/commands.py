@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pytest_gpufit.engines.registry import DEFAULT as DEFAULT_ENGINE
+from pytest_gpufit.engines.registry import NAMES
 from pytest_gpufit.errors import GpufitError
 
 
@@ -52,8 +54,8 @@ def _one_setup(text: str, option: str) -> list[Any]:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
+    from pytest_gpufit.engines.registry import check_engine
     from pytest_gpufit.fit.compare_setups import compare, render
-    from pytest_gpufit.fit.engines import check_engine
     from pytest_gpufit.fit.table import default_models
 
     (a,) = _one_setup(args.a, "first setup")
@@ -108,6 +110,6 @@ def add_commands(sub: Any) -> None:
     up.add_argument("models", nargs="*", help="default: the shipped models")
     up.add_argument("--dtypes", default="bf16,fp8", help="comma list (default bf16,fp8)")
     up.add_argument("--context", type=_positive, help="tokens (default 8192 or the model's max)")
-    up.add_argument("--engine", default="vllm", help="vllm sglang llama.cpp transformers")
+    up.add_argument("--engine", default=DEFAULT_ENGINE, help=" ".join(NAMES))
     up.add_argument("--format", default="text", choices=("text", "markdown", "json"))
     up.set_defaults(handler=_upgrade)

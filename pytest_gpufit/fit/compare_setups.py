@@ -17,6 +17,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_gpufit.engines.knobs import parse_knobs
+from pytest_gpufit.engines.planning import plan
+from pytest_gpufit.engines.registry import DEFAULT as DEFAULT_ENGINE
+from pytest_gpufit.engines.registry import engine as registered
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.context import check_context
 from pytest_gpufit.fit.estimate import GpuFit, MemoryEstimate, estimate, fit_on
@@ -110,16 +114,10 @@ def decode_ceiling(
 def _view(
     spec: ModelSpec, est: MemoryEstimate, setup: Setup, engine: str, fit: GpuFit
 ) -> SetupView:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
-
     starts: bool | None
     reason: str | None
     try:
-        knobs = (
-            parse_knobs(engine, max_model_len=est.context)
-            if engine != "transformers"
-            else (parse_knobs(engine))
-        )
+        knobs = parse_knobs(engine, **registered(engine).knobs_for(est.context, 1, None))
         the_plan = plan(spec, est.dtype, setup.gpu, setup.count, knobs)
         starts, reason, tokens = the_plan.starts, the_plan.reason, the_plan.kv_cache_tokens
     except GpufitError as error:  # e.g. TP that does not divide the heads
@@ -174,7 +172,7 @@ def compare(
     b: Setup,
     dtypes: Sequence[str],
     context: int | None = None,
-    engine: str = "vllm",
+    engine: str = DEFAULT_ENGINE,
 ) -> list[Upgrade]:
     rows = []
     for model in models:

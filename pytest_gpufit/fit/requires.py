@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from pytest_gpufit.engines.knobs import parse_knobs
+from pytest_gpufit.engines.planning import plan
+from pytest_gpufit.engines.registry import engine
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.context import check_context
 from pytest_gpufit.fit.estimate import estimate, lacks_kernel, per_card_bytes, usable_bytes
@@ -38,10 +41,11 @@ def fit_judge(base: Path | None = None) -> Clause:
                 f"CC {gpu.cc_text}, native: {native}",
             )
         if fit.engine is not None:
-            from pytest_gpufit.fit.engines import parse_knobs, plan
-
             try:
-                knobs = parse_knobs(fit.engine, **_batch_knobs(fit, spec.max_position_embeddings))
+                asked = engine(fit.engine).knobs_for(
+                    fit.context, fit.batch, spec.max_position_embeddings
+                )
+                knobs = parse_knobs(fit.engine, **asked)
             except GpufitError as error:  # batch x context past what the engine accepts
                 raise GpufitError(
                     f"requires_fit batch={fit.batch}, context={fit.context}, engine="
@@ -83,22 +87,3 @@ def fit_judge(base: Path | None = None) -> Clause:
         )
 
     return judge
-
-
-def _batch_knobs(fit: FitRequest, model_max: int | None) -> dict[str, int | None]:
-    """The engine knobs that serve ``fit.batch`` requests of ``fit.context`` tokens: llama.cpp
-    shares ``-c`` cells among ``-np`` slots, transformers batches ``max_num_seqs`` sequences,
-    vLLM schedules at most ``max_num_seqs`` (256) at once; the KV cache must hold them all."""
-    if fit.engine == "llama.cpp":
-        per_slot = fit.context or model_max or 4096
-        return {"max_model_len": per_slot * fit.batch, "max_num_seqs": fit.batch}
-    if fit.engine == "vllm" and fit.batch > 256:  # a prefill chunk of >= 1 token per sequence
-        chunk = fit.batch if fit.batch > 8192 else None
-        return {
-            "max_model_len": fit.context,
-            "max_num_seqs": fit.batch,
-            "max_num_batched_tokens": chunk,
-        }
-    if fit.engine == "transformers":
-        return {"max_model_len": fit.context, "max_num_seqs": fit.batch}
-    return {"max_model_len": fit.context}
