@@ -70,7 +70,10 @@ def test_knob_not_of_this_engine_names_the_engine_and_its_knobs() -> None:
 
 
 def test_probes_ask_the_specific_engines_before_the_generic_one() -> None:
-    assert engine_probes() == ("/get_server_info", "/props", "/version")
+    probes = engine_probes()
+    generic = [p for e in registry.all_engines() if e.generic for p in e.probes]
+    assert probes[-len(generic) :] == tuple(generic) == ("/version",)
+    assert set(probes) == {p for e in registry.all_engines() for p in e.probes}
     # An SGLang server that also answers /version like vLLM is SGLang.
     both = {"/get_server_info": {"version": "0.5.4"}, "/version": {"version": "0.5.4"}}
     assert engine_from(both).engine == "sglang"
