@@ -20,7 +20,7 @@ from pytest_gpufit.fit.estimate import estimate, lacks_kernel, per_card_bytes, u
 from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.requirements import FitRequest
-from pytest_gpufit.units import format_gb
+from pytest_gpufit.units import GIB, format_gb
 
 Clause = Callable[[FitRequest, Gpu], "tuple[str, str] | None"]
 
@@ -52,6 +52,11 @@ def fit_judge(base: Path | None = None) -> Clause:
                     f"{fit.engine!r}: the engine setting it needs is refused: {error}"
                 ) from None
             the_plan = plan(spec, est.dtype, gpu, fit.gpus, knobs)
+            # The engine words memory in GiB (its log does); the card is said in the same unit.
+            card = (
+                f"{the_plan.usable_bytes_per_gpu / GIB:.2f} GiB usable of "
+                f"{gpu.memory_total_bytes / GIB:.2f} GiB"
+            )
             if not the_plan.starts:
                 return (
                     f"{spec.name} in {est.dtype} to start on {fit.engine}{split} "
@@ -59,15 +64,14 @@ def fit_judge(base: Path | None = None) -> Clause:
                     f"({the_plan.reason}; planned at {the_plan.max_model_len:,} tokens per "
                     "request, set by requires_fit(context=...), the model's maximum when left "
                     "out)",
-                    f"{format_gb(gpu.memory_total_bytes)}",
+                    card,
                 )
             if the_plan.max_concurrency < fit.batch:
                 # Starting is not serving: batch names that many requests of the context at once.
                 return (
                     f"{spec.name} in {est.dtype} on {fit.engine}{split} to hold {fit.batch} "
                     f"requests of {the_plan.max_model_len:,} tokens at once (plan)",
-                    f"KV cache for {the_plan.max_concurrency:.2f} of them on a "
-                    f"{format_gb(gpu.memory_total_bytes)} card",
+                    f"KV cache for {the_plan.max_concurrency:.2f} of them ({card})",
                 )
             return None
         if fit.gpus == 1:
