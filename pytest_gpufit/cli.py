@@ -66,6 +66,7 @@ def _fit(args: argparse.Namespace) -> int:
     from pytest_gpufit.engines.knobs import cli_options, knobs_from_options
     from pytest_gpufit.engines.planning import plan_setups, plan_text
     from pytest_gpufit.engines.registry import engine
+    from pytest_gpufit.fit.context import parse_rope_scaling
     from pytest_gpufit.fit.table import build_rows, render
 
     options = {o: getattr(args, o.lstrip("-").replace("-", "_")) for o in cli_options()}
@@ -76,7 +77,10 @@ def _fit(args: argparse.Namespace) -> int:
         asked = engine(knobs.engine).knobs_for(args.context, knobs.max_num_seqs or 1, None)
         knobs = dataclasses.replace(knobs, max_model_len=asked["max_model_len"])
     setups = _setups(args.gpu)
-    (row,) = build_rows([args.model], setups, [args.dtype], args.context, args.batch, args.kv_dtype)
+    rope = None if args.rope_scaling is None else parse_rope_scaling(args.rope_scaling)
+    (row,) = build_rows(
+        [args.model], setups, [args.dtype], args.context, args.batch, args.kv_dtype, rope=rope
+    )
     est = row.estimate
     plans = plan_setups(row.spec, args.dtype, setups, knobs) if knobs else []
     if args.json:
@@ -397,6 +401,14 @@ def parser() -> argparse.ArgumentParser:
         help="tokens per sequence (default 8192, or the model's maximum if smaller)",
     )
     fit.add_argument("--batch", type=_positive, default=1)
+    fit.add_argument(
+        "--rope-scaling",
+        "--hf-overrides",
+        dest="rope_scaling",
+        metavar="SPEC",
+        help="rope scaling as the engine is given it: yarn:4:32768, or the JSON block (vLLM's "
+        "--hf-overrides form too); extends the model's maximum context (docs/fit.md)",
+    )
     fit.add_argument(
         "--gpu",
         help="ID, N*ID (tensor-parallel), a comma list, or 'local'; "

@@ -103,6 +103,16 @@ above 0 and at most 1, got 1.5
                     f"accepted: {', '.join(the_engine.kv_cache_types)}"
                 )
             values[field] = text
+        elif field == "moe_backend":
+            knob = _knob(name, field)
+            text = str(value).strip().lower()
+            if knob is None or text not in knob.choices:
+                choices = ", ".join(knob.choices) if knob else ""
+                raise GpufitError(
+                    f"{_flag(name, field)} {value!r} is not a {name} MoE backend; accepted: "
+                    f"{choices}"
+                )
+            values[field] = text
         elif field == "enforce_eager":
             if not isinstance(value, bool):
                 raise GpufitError(f"{_flag(name, field)} is a flag (true/false), got {value!r}")
@@ -155,7 +165,7 @@ def add_cli_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*first.options, action="store_true", help=text)
         else:
             metavar = "F" if first.field == "gpu_memory_utilization" else "N"
-            metavar = "T" if first.field == "kv_cache_dtype" else metavar
+            metavar = "T" if first.field in ("kv_cache_dtype", "moe_backend") else metavar
             group.add_argument(*first.options, metavar=metavar, help=text)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_gpufit.engines.protocol import EngineKnobs, EnginePlan, plain_flag
@@ -27,6 +28,7 @@ from pytest_gpufit.fit.estimate import (
     weights_per_gpu,
 )
 from pytest_gpufit.fit.spec import ModelSpec
+from pytest_gpufit.hardware.catalog import catalog
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.units import GIB
 
@@ -82,6 +84,45 @@ def plan_text(setup_id: str, gpu: Gpu, engine_plan: EnginePlan) -> list[str]:
 # ---- what the engines' plans share ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Interconnect:
+    """How two cards of a setup talk, as the catalog says: ``nvlink`` (NVLink or NVSwitch),
+    ``pcie`` or ``unknown`` (a probed card, or one the catalog has no link for); ``p2p``: the
+    stock driver's PCIe peer-to-peer (None where no source says)."""
+
+    kind: str
+    p2p: bool | None = None
+
+    @property
+    def text(self) -> str:
+        """``pcie (P2P on)``, ``nvlink``, ``unknown``.
+
+        >>> Interconnect("pcie", False).text
+        'pcie (P2P off)'
+        """
+        if self.kind != "pcie" or self.p2p is None:
+            return self.kind
+        return f"pcie (P2P {'on' if self.p2p else 'off'})"
+
+
+def interconnect(gpu: Gpu) -> Interconnect:
+    """The link between two cards like ``gpu`` (catalog ``interconnect`` and ``p2p``).
+
+    >>> from pytest_gpufit.hardware.catalog import catalog_gpu
+    >>> interconnect(catalog_gpu("h100-sxm")).kind, interconnect(catalog_gpu("rtx-4090")).kind
+    ('nvlink', 'pcie')
+    """
+    entry = catalog().get(gpu.catalog_id or "", {})
+    kind = str(entry.get("interconnect", ""))
+    p2p = entry.get("p2p")
+    p2p = p2p if isinstance(p2p, bool) else None
+    if kind.startswith("nvlink"):
+        return Interconnect("nvlink", True)
+    if kind.startswith("pcie"):
+        return Interconnect("pcie", p2p)
+    return Interconnect("unknown", p2p)
+
+
 def knob_flag(engine_name: str, field: str) -> str:
     """How ``engine_name`` spells the knob ``field`` in its messages.
 
@@ -117,28 +158,79 @@ def rope_cache(spec: ModelSpec, act_bytes: int) -> int:
     return (spec.max_position_embeddings or 0) * spec.rotary_dim * act_bytes
 
 
-def mxfp4_padding(spec: ModelSpec, tp: int) -> float:
-    """vLLM's Marlin MXFP4 MoE kernel pads each expert: n % 256 and k % 128 (its
-    ``Mxfp4MoEMethod.create_weights``: intermediate per rank to 128, hidden to 256); the
-    factor by which the expert weights grow. 1.0 where nothing pads."""
+# vLLM's MXFP4 MoE backends and how each pads an expert (Mxfp4MoEMethod.create_weights in
+# vllm/model_executor/layers/quantization/mxfp4.py): (intermediate per rank, hidden) rounded up
+# to these multiples. Triton on Hopper also swizzles the values (triton_kernels'
+# HopperMXValueLayout: the packed dimension to 64, the other to 256); its scales' layout is
+# not modelled.
+MOE_BACKENDS = {
+    "marlin": (128, 256),
+    "triton": (64, 1),
+    "flashinfer-trtllm": (256, 256),
+    "flashinfer-cutlass": (128, 128),
+}
+DEFAULT_MOE_BACKEND = "marlin"
+
+
+def _up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def mxfp4_padding(spec: ModelSpec, tp: int, backend: str = DEFAULT_MOE_BACKEND) -> float:
+    """The factor by which vLLM's MXFP4 MoE ``backend`` grows the expert weights (1.0 where
+    nothing pads): Marlin needs n % 256 and k % 128, so gpt-oss's hidden 2,880 becomes 3,072.
+
+    >>> from pytest_gpufit.fit.spec import load_spec
+    >>> round(mxfp4_padding(load_spec("gpt-oss-20b"), 1), 4)
+    1.0904
+    >>> mxfp4_padding(load_spec("gpt-oss-20b"), 1, "triton")
+    1.0
+    """
     h, i = spec.hidden_size, spec.expert_intermediate_size
     if not i:
         return 1.0
     i_rank = math.ceil(i / tp)
-    padded_i = -(-i_rank // 128) * 128
-    padded_h = -(-h // 256) * 256
-    return (padded_h * padded_i) / (h * i_rank)
+    inter, hidden = MOE_BACKENDS[backend]
+    return (_up(h, hidden) * _up(i_rank, inter)) / (h * i_rank)
 
 
-def served_weights(spec: ModelSpec, precision: str, tp: int) -> int:
+def hopper_swizzle_padding(spec: ModelSpec, tp: int) -> float:
+    """The Triton backend's value swizzle on Hopper: gate/up (2/3 of an expert) and down
+    (1/3) each padded along the packed dimension to 64 bytes and the other to 256.
+
+    >>> from pytest_gpufit.fit.spec import load_spec
+    >>> round(hopper_swizzle_padding(load_spec("gpt-oss-20b"), 1), 4)
+    1.0601
+    """
+    h, i = spec.hidden_size, spec.expert_intermediate_size
+    if not i:
+        return 1.0
+    i_rank = _up(math.ceil(i / tp), 64)  # create_weights' own round-up first
+    base = math.ceil(i / tp)
+    gate_up = _up(h // 2, 64) * _up(2 * i_rank, 256) / ((h // 2) * 2 * base)
+    down = _up(i_rank // 2, 64) * _up(h, 256) / ((base / 2) * h)
+    return (2 * gate_up + down) / 3
+
+
+def served_weights(
+    spec: ModelSpec, precision: str, tp: int, gpu: Gpu | None = None, backend: str | None = None
+) -> int:
     """Weights per rank as vLLM and SGLang load them: the checkpoint's share, the padded MXFP4
-    experts, and the rotary cos/sin cache they precompute."""
+    experts (by MoE ``backend``; Marlin unless given), and the rotary cos/sin cache they
+    precompute."""
     est = estimate(spec, precision, 1)
     weights = weights_per_gpu(spec, precision, tp, total=est.weights_bytes)
     fmt, _ = role_formats(spec, precision)
     if fmt["experts"] == "mxfp4" and spec.params.experts:
         experts = spec.params.experts * bytes_per_weight("mxfp4") / tp
-        weights += int(experts * (mxfp4_padding(spec, tp) - 1))
+        backend = backend or DEFAULT_MOE_BACKEND
+        hopper = gpu is not None and (gpu.compute_capability or (0, 0))[0] == 9
+        factor = (
+            hopper_swizzle_padding(spec, tp)
+            if backend == "triton" and hopper
+            else mxfp4_padding(spec, tp, backend)
+        )
+        weights += int(experts * (factor - 1))
     weights += rope_cache(spec, 4 if spec.model_type == "gpt_oss" else act_bytes(precision))
     return weights
 

@@ -35,6 +35,7 @@ class Knob:
     options: tuple[str, ...] = ()  # the gpufit fit options, short ones first (-c, --ctx-size)
     help: str = ""
     keys: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # the values it takes, where it is a choice
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class EngineKnobs:
     max_num_batched_tokens: int | None = None  # vLLM chunk (8192); llama.cpp -ub
     kv_cache_dtype: str | None = None
     enforce_eager: bool = False  # no CUDA-graph pool
+    moe_backend: str | None = None  # vLLM's MXFP4 MoE kernel backend (its padding differs)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class EnginePlan:
     max_model_len: int = 0
     kv_cache_dtype: str = ""
     usable_source: str = ""
+    interconnect: str = ""  # the link the TP >= 2 runtime was planned for (vLLM)
+    moe_backend: str = ""  # the MXFP4 MoE backend planned for (vLLM, where experts are MXFP4)
 
     # The figures in the engine's own log wording (``Engine.log_lines``), set by ``plan``;
     # not part of the JSON, which carries the figures themselves.

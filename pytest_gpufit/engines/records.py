@@ -63,6 +63,7 @@ class LogSetup:
     block_size: int | None = None
     gpu_memory_gib: float | None = None  # the device's total memory, where the log states it
     ranks_seen: int | None = None  # worker ranks that logged (vLLM "rank=N"/"TP N", SGLang "TPN")
+    moe_backend: str | None = None  # vLLM's MXFP4 MoE backend ("Using Triton backend")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,9 @@ from typing import Any
 from pytest_gpufit.engines import log_words
 from pytest_gpufit.engines.log_words import NUMBER, WHOLE, num
 from pytest_gpufit.engines.planning import (
+    MOE_BACKENDS,
     act_bytes,
+    interconnect,
     kv_dtype,
     model_len,
     request_bytes,
@@ -36,6 +38,7 @@ from pytest_gpufit.engines.records import EngineAllocation, EngineFacts, LogSetu
 from pytest_gpufit.fit.estimate import (
     check_tensor_parallel,
     kv_bytes_per_token_per_gpu,
+    role_formats,
     usable_bytes,
 )
 from pytest_gpufit.fit.spec import ModelSpec
@@ -48,9 +51,15 @@ MAX_NUM_BATCHED_TOKENS = 8192
 BLOCK_SIZE = 16  # tokens per KV page: "GPU KV cache size" is a whole number of pages
 # Non-torch memory that grows during the profiling run and is charged to the budget: cuBLAS
 # workspaces at TP 1 (0.25, 0.25, 0.25, 0.27 GiB in four rows), NCCL and custom all-reduce
-# buffers at TP >= 2 (2.07, 2.13, 2.07 GiB: median).
+# buffers at TP >= 2 over NVLink/NVSwitch (H100 SXM: 2.07, 2.13, 2.07 GiB: median), where
+# NCCL's NVLS and vLLM's symmetric-memory all-reduce keep large buffers.
 NON_TORCH_TP1 = int(0.25 * GIB)
 NON_TORCH_TPN = int(2.07 * GIB)
+# The same at TP >= 2 over PCIe, where neither exists (and vLLM's custom all-reduce, at TP 2
+# with P2P only, keeps an 8 MiB buffer): 0.25 GiB, 2x RTX 4090 without P2P (vllm#13061,
+# fixtures/calibration/pcie-tp.tsv, the one calibration row). P2P on or off is not resolved
+# by any row held here; the figure is used for both.
+NON_TORCH_PCIE_TPN = int(0.25 * GIB)
 # The CUDA context at worker start (0.51 GiB at TP 1; 1.53, 1.55, 2.01 at TP >= 2: median):
 # allocated before the budget is measured, so it comes out of the (1 - utilization) margin.
 CONTEXT_TP1 = int(0.51 * GIB)
@@ -88,9 +97,15 @@ _CONCURRENCY = re.compile(
 )
 _VERSION = re.compile(r"LLM engine \(v([0-9][^)\s]*)\)|API server version\s+([0-9]\S*)")
 _MAX_LEN = re.compile(r"Using max model len\s+" + WHOLE)
+_LOADING = re.compile(r"Starting to load model (\S+?)(?:\.\.\.)?\s*$")
 _CHUNK = re.compile(r"max_num_batched_tokens=" + WHOLE)
 _TOTAL_MEM = re.compile(r"total_gpu_memory=" + NUMBER + r"\s*GiB")
 _UTIL = re.compile(r"gpu_memory_utilization=([0-9]+(?:\.[0-9]+)?)")
+# Its MXFP4 MoE backend choice (mxfp4.py get_mxfp4_backend), in the names --moe-backend takes.
+_MOE_BACKEND = re.compile(
+    r"\bUsing (Marlin|Triton) backend\b|Using FlashInfer MXFP4 (BF16|MXFP8 CUTLASS) backend "
+    r"for (SM90|SM100)"
+)
 _KEYS = {
     **log_words.COMMON_KEYS,
     "model_tag": "model",
@@ -160,6 +175,32 @@ def kv_tokens_from_metrics(labels: Mapping[str, str]) -> int | None:
         return None
 
 
+def runtime_bytes(tp: int, link: str) -> int:
+    """Non-torch memory charged to the budget per rank: cuBLAS at TP 1; at TP >= 2 the
+    all-reduce buffers of the link (NVLink's, where the link is unknown: the larger figure).
+
+    >>> runtime_bytes(2, "pcie") < runtime_bytes(2, "nvlink") == runtime_bytes(2, "unknown")
+    True
+    """
+    if tp == 1:
+        return NON_TORCH_TP1
+    return NON_TORCH_PCIE_TPN if link == "pcie" else NON_TORCH_TPN
+
+
+def _mxfp4_experts(spec: ModelSpec, precision: str) -> bool:
+    return bool(spec.params.experts) and role_formats(spec, precision)[0]["experts"] == "mxfp4"
+
+
+def _backend_name(match: re.Match[str]) -> str:
+    """``Using Triton backend`` -> triton; the FlashInfer BF16 backend pads like TRT-LLM's on
+    SM100 (256) and like CUTLASS's on SM90 (128)."""
+    if match.group(1):
+        return match.group(1).lower()
+    if match.group(2) == "BF16" and match.group(3) == "SM100":
+        return "flashinfer-trtllm"
+    return "flashinfer-cutlass"
+
+
 class Vllm:
     """vLLM (``vllm serve``)."""
 
@@ -192,6 +233,14 @@ class Vllm:
         ),
         Knob("kv_cache_dtype", "--kv-cache-dtype", ("--kv-cache-dtype",), "auto, fp8, bf16..."),
         Knob("enforce_eager", "--enforce-eager", ("--enforce-eager",), "no CUDA graphs"),
+        Knob(
+            "moe_backend",
+            "--moe-backend",
+            ("--moe-backend",),
+            "MXFP4 MoE kernels: marlin (default), triton, flashinfer-trtllm, flashinfer-cutlass "
+            "(the log's 'Using ... backend'; each pads the experts its own way)",
+            choices=tuple(MOE_BACKENDS),
+        ),
     )
     kv_cache_types = KV_CACHE_TYPES
     split = "tensor parallel"
@@ -218,11 +267,12 @@ class Vllm:
         usable, source = usable_bytes(gpu)
         util = knobs.gpu_memory_utilization or GPU_MEMORY_UTILIZATION
         budget = int(usable * util)
-        weights = served_weights(spec, precision, tp)
+        weights = served_weights(spec, precision, tp, gpu, knobs.moe_backend)
         kv_name, kv_b = kv_dtype(precision, knobs, KV_CACHE_TYPES)
         per_token = kv_bytes_per_token_per_gpu(spec, kv_b, tp)
         acts = activation_bytes(spec, precision, tp, knobs)
-        runtime = NON_TORCH_TP1 if tp == 1 else NON_TORCH_TPN
+        link = interconnect(gpu)
+        runtime = runtime_bytes(tp, link.kind)
         context = CONTEXT_TP1 if tp == 1 else CONTEXT_TPN
         graphs = 0 if knobs.enforce_eager else CUDA_GRAPH_POOL
         available = budget - weights - acts - runtime
@@ -282,6 +332,8 @@ class Vllm:
             max_model_len=length,
             kv_cache_dtype=kv_name,
             usable_source=source,
+            interconnect=link.text if tp > 1 else "",
+            moe_backend=(knobs.moe_backend or "marlin") if _mxfp4_experts(spec, precision) else "",
         )
 
     def log_lines(self, plan: EnginePlan) -> list[str]:
@@ -355,6 +407,10 @@ class Vllm:
             found["gpu_memory_utilization"] = float(match.group(1))
         if match := _TOTAL_MEM.search(line):
             found["gpu_memory_gib"] = num(match.group(1))
+        if match := _MOE_BACKEND.search(line):
+            found["moe_backend"] = _backend_name(match)
+        if match := _LOADING.search(line):
+            found.setdefault("model", match.group(1))
         if match := _VERSION.search(line):
             return match.group(1) or match.group(2)
         return None
@@ -372,6 +428,7 @@ class Vllm:
             # fp8_e4m3 / fp8_e5m2: one byte either way
             "kv_cache_dtype": "fp8" if kv and kv.startswith("fp8") else kv,
             "enforce_eager": bool(setup.enforce_eager),
+            "moe_backend": setup.moe_backend,
         }
 
     # ---- its server -------------------------------------------------------------------------
