@@ -320,6 +320,11 @@ def test_calibrate_plans_with_the_moe_backend_the_log_names(
     weights = next(f for f in result["figures"] if f["name"] == "weights per GPU")
     assert abs(weights["error"]) < 0.005  # -0.35%; Marlin's padding gave +2.3%
     assert result["plan"]["moe_backend"] == "triton"
+    # Without the card, Triton's weights are not compared: its layout depends on the GPU.
+    assert main(["calibrate", path, "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["figures"] == []
+    assert result["not_compared"] == ["weights per GPU: depends on the card; give --gpu CARD"]
 
 
 @pytest.mark.parametrize(

@@ -236,17 +236,18 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
     }
     figures: list[Figure] = []
     skipped: list[str] = []
+    card_figures = []
     if a.weights_gib is not None:
-        figures.append(
-            Figure(
-                "weights per GPU",
-                "GiB",
-                a.weights_gib,
-                plan.weights_bytes_per_gpu / GIB,
-                line["weights"] or line["weights_sg"] or line["weights_lc"],
-                "weights_gib",
-            )
+        weights = Figure(
+            "weights per GPU",
+            "GiB",
+            a.weights_gib,
+            plan.weights_bytes_per_gpu / GIB,
+            line["weights"] or line["weights_sg"] or line["weights_lc"],
+            "weights_gib",
         )
+        # Triton's MXFP4 layout depends on the GPU generation (Hopper swizzles the experts).
+        (card_figures if plan.moe_backend == "triton" else figures).append(weights)
     tokens = a.kv_cache_tokens
     if tokens is None and a.kv_cache_blocks is not None:
         tokens = a.kv_cache_blocks * (log.setup.block_size or VLLM_BLOCK_SIZE)
@@ -263,7 +264,6 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
                 "kv_bytes_per_token",
             )
         )
-    card_figures = []
     if a.kv_cache_gib is not None:
         card_figures.append(
             Figure(
