@@ -236,7 +236,7 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
     }
     figures: list[Figure] = []
     skipped: list[str] = []
-    card_figures = []
+    card_figures: list[Figure] = []
     if a.weights_gib is not None:
         weights = Figure(
             "weights per GPU",
