@@ -1,11 +1,17 @@
 """The fit engine held against what serving engines reported: per quantity, the median and
 worst |error| before and after issue 12, on the calibration rows (vLLM 0.19, H100) and on
-held-out rows from public logs (``fixtures/calibration/heldout.tsv``, each with its source).
+held-out rows from public logs (``fixtures/calibration/heldout.tsv``, each with its source);
+then the PCIe rows (``pcie-tp.tsv``, issue 21: tensor parallel over PCIe, each row marked
+calibration or held-out) before and after the link-aware runtime, and the MXFP4 MoE-backend
+rows (``moe-backend.tsv``) with the backend each log names.
 
 "Before" is what the replaced formulas predicted (weights / N, KV bytes / N, a prefill over the
 context / N, a 768 MiB runtime, NVML's total as the usable memory). It was recorded by running
 this script with ``--record-before`` against the code before the change (main at bfe6ea9), into
-``fixtures/calibration/before.tsv``, so that the comparison needs no old checkout.
+``fixtures/calibration/before.tsv``, so that the comparison needs no old checkout. The PCIe
+rows' "before" (one H100 NVLink figure for every link) was recorded the same way with
+``--record-pcie-before`` against the code before issue 21 (h/engines at f6cef8f), into
+``fixtures/calibration/pcie-before.tsv``.
 
     PYTHONPATH=. python benchmarks/fit_calibration.py
 """
@@ -24,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "calibration"
 CALIBRATION = FIXTURES / "vllm-0.19-h100-sweep.tsv"
 HELDOUT = FIXTURES / "heldout.tsv"
+PCIE = FIXTURES / "pcie-tp.tsv"
+MOE_BACKEND = FIXTURES / "moe-backend.tsv"
 BEFORE = FIXTURES / "before.tsv"
+PCIE_BEFORE = FIXTURES / "pcie-before.tsv"
 # Model names in the logs -> the config the estimator reads (Instruct/Chat share base shapes).
 MODELS = {
     "Llama-3.1-8B-Instruct": "llama-3.1-8b",
@@ -81,13 +90,23 @@ def _kv_dtype(row: dict[str, str]) -> str | None:
     return "fp8" if "--kv-cache-dtype fp8" in row.get("notes", "") else None
 
 
+def _moe_backend(row: dict[str, str]) -> str | None:
+    """The backend a row's notes name (``--moe-backend triton``), as its log line said."""
+    words = row.get("notes", "").split()
+    for i, word in enumerate(words[:-1]):
+        if word == "--moe-backend":
+            return words[i + 1].strip(";,)")
+    return None
+
+
 def measured(row: dict[str, str]) -> float:
     return float(row["value"])
 
 
 def predict(row: dict[str, str], rows: list[dict[str, str]]) -> float | None:
     """The fit engine's figure for a row, in the row's unit; None where it has none."""
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
     from pytest_gpufit.fit.estimate import usable_bytes
     from pytest_gpufit.fit.spec import load_spec
     from pytest_gpufit.hardware.catalog import catalog_gpu
@@ -105,6 +124,8 @@ def predict(row: dict[str, str], rows: list[dict[str, str]]) -> float | None:
     raw: dict[str, Any] = {"gpu_memory_utilization": util, "kv_cache_dtype": _kv_dtype(row)}
     if length and length != "-":
         raw["max_model_len"] = int(length)
+    if _moe_backend(row):  # only when named: the code before issue 21 has no such knob
+        raw["moe_backend"] = _moe_backend(row)
     p = plan(spec, _precision(row), gpu, tp, parse_knobs(engine, **raw))
     if quantity == "weights_per_gpu":
         return p.weights_bytes_per_gpu / GIB
@@ -116,7 +137,20 @@ def predict(row: dict[str, str], rows: list[dict[str, str]]) -> float | None:
         return p.activation_bytes_per_gpu / GIB
     if quantity == "runtime_nonweight_nonkv_per_gpu":
         return (p.runtime_bytes_per_gpu + p.context_bytes_per_gpu) / GIB
+    if quantity == "non_torch_in_budget_per_gpu":
+        return p.runtime_bytes_per_gpu / GIB
     return None
+
+
+def record_pcie_before() -> None:
+    """Write pcie-before.tsv from the code on PYTHONPATH (the code before issue 21)."""
+    rows = load(PCIE)
+    lines = ["row\tbefore"]
+    for row in rows:
+        value = predict(row, rows)
+        lines.append(f"{row['_key']}\t{'' if value is None else repr(value)}")
+    PCIE_BEFORE.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {PCIE_BEFORE}")
 
 
 def predict_before(row: dict[str, str], rows: list[dict[str, str]]) -> float | None:
@@ -174,9 +208,11 @@ def record_before() -> None:
     print(f"wrote {BEFORE}")
 
 
-def recorded_before() -> dict[str, float]:
+def recorded_before(path: Path = BEFORE) -> dict[str, float]:
     out = {}
-    for row in load(BEFORE):
+    if not path.exists():
+        return out
+    for row in load(path):
         if row["before"]:
             out[row["row"]] = float(row["before"])
     return out
@@ -185,7 +221,7 @@ def recorded_before() -> dict[str, float]:
 def errors(path: Path) -> list[dict[str, Any]]:
     """One record per row: quantity, measured, before, after and their relative errors."""
     rows = load(path)
-    before = recorded_before()
+    before = recorded_before(PCIE_BEFORE if path == PCIE else BEFORE)
     out = []
     for row in rows:
         after = predict(row, rows)
@@ -201,6 +237,10 @@ def errors(path: Path) -> list[dict[str, Any]]:
                 "tensor_parallel": row["tensor_parallel"],
                 "engine": row.get("engine") or "vllm",
                 "source": row.get("source", ""),
+                "card": row.get("card", ""),
+                "interconnect": row.get("interconnect", ""),
+                "role": row.get("role", ""),
+                "moe_backend": _moe_backend(row) or "",
                 "measured": value,
                 "after": after,
                 "after_error": after / value - 1,
@@ -244,11 +284,62 @@ def report() -> str:
                     f"({r['after_error']:+.2%}); {r['source']}"
                 )
         lines.append("")
+    lines += pcie_report()
+    lines += moe_backend_report()
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2%}"
+
+
+def pcie_report() -> list[str]:
+    """The PCIe rows one by one, before and after the link-aware runtime; held-out rows set
+    no constant."""
+    records = errors(PCIE)
+    lines = [
+        "## PCIe and other-version rows (pcie-tp.tsv): before -> after issue 21; "
+        "[held-out] rows set no constant"
+    ]
+    for role in ("calibration", "held-out"):
+        group = [r for r in records if r["role"] == role]
+        for quantity in sorted({r["quantity"] for r in group}):
+            picked = [r for r in group if r["quantity"] == quantity]
+            lines.append(
+                f"{role:11s} {quantity:30s} n={len(picked)}  "
+                f"{_summary(picked, 'before_error'):>17s} -> {_summary(picked, 'after_error'):>15s}"
+            )
+    lines.append("rows:")
+    for r in records:
+        mark = "[held-out] " if r["role"] == "held-out" else "[calibration] "
+        before = "-" if r["before"] is None else f"{r['before']:.6g}"
+        lines.append(
+            f"  {mark}{r['quantity']} {r['model']} TP{r['tensor_parallel']} on {r['card']} "
+            f"({r['interconnect']}): measured {r['measured']:.6g}, before {before} "
+            f"({_pct(r['before_error'])}), after {r['after']:.6g} ({_pct(r['after_error'])}); "
+            f"{r['source']}"
+        )
+    lines.append("")
+    return lines
+
+
+def moe_backend_report() -> list[str]:
+    """Held-out MXFP4 rows: the backend the log names, and the plan with it."""
+    lines = ["## MXFP4 MoE backend (moe-backend.tsv, held-out): the log's backend"]
+    for r in errors(MOE_BACKEND):
+        lines.append(
+            f"  [held-out] {r['quantity']} {r['model']} TP{r['tensor_parallel']} "
+            f"{r['moe_backend']}: measured {r['measured']:.6g}, predicted {r['after']:.6g} "
+            f"({_pct(r['after_error'])}); {r['source']}"
+        )
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":
     if "--record-before" in sys.argv:
         record_before()
+    elif "--record-pcie-before" in sys.argv:
+        record_pcie_before()
     else:
         print(report())

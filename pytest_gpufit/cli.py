@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_gpufit.engines.knobs import add_cli_options as add_engine_options
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.probe import build_inventory
 from pytest_gpufit.hardware.records import Inventory
@@ -64,18 +65,24 @@ def _setups(gpu_arg: str | None, option: str = "--gpu") -> list[Any]:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from pytest_gpufit.fit.engines import CLI_OPTIONS, knobs_from_options, plan_setups, plan_text
+    from pytest_gpufit.engines.knobs import cli_options, knobs_from_options
+    from pytest_gpufit.engines.planning import plan_setups, plan_text
+    from pytest_gpufit.engines.registry import engine
+    from pytest_gpufit.fit.context import parse_rope_scaling
     from pytest_gpufit.fit.table import build_rows, render
 
-    options = {o: getattr(args, o.lstrip("-").replace("-", "_")) for o in CLI_OPTIONS}
+    options = {o: getattr(args, o.lstrip("-").replace("-", "_")) for o in cli_options()}
     knobs = knobs_from_options(args.engine, options)
     if knobs is not None and knobs.max_model_len is None and args.context is not None:
         # --context is the engine's context too, as requires_fit(context=) is: the plan and the
-        # table above it answer the same question. llama.cpp's -c is shared by its -np slots.
-        slots = (knobs.max_num_seqs or 1) if knobs.engine == "llama.cpp" else 1
-        knobs = dataclasses.replace(knobs, max_model_len=args.context * slots)
+        # table above it answer the same question (llama.cpp's -c is shared by its -np slots).
+        asked = engine(knobs.engine).knobs_for(args.context, knobs.max_num_seqs or 1, None)
+        knobs = dataclasses.replace(knobs, max_model_len=asked["max_model_len"])
     setups = _setups(args.gpu)
-    (row,) = build_rows([args.model], setups, [args.dtype], args.context, args.batch, args.kv_dtype)
+    rope = None if args.rope_scaling is None else parse_rope_scaling(args.rope_scaling)
+    (row,) = build_rows(
+        [args.model], setups, [args.dtype], args.context, args.batch, args.kv_dtype, rope=rope
+    )
     est = row.estimate
     plans = plan_setups(row.spec, args.dtype, setups, knobs) if knobs else []
     if args.json:
@@ -380,43 +387,6 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _engine_options(fit: argparse.ArgumentParser) -> None:
-    """``gpufit fit --engine`` and the engines' own knobs (checked in fit/engines.py)."""
-    group = fit.add_argument_group("serving engine (docs/fit.md, Engine profiles)")
-    group.add_argument(
-        "--engine",
-        help="vllm, sglang, llama.cpp or transformers: what the engine allocates per GPU, "
-        "whether it starts, its KV cache in tokens; --gpu N*CARD runs it over N GPUs",
-    )
-    group.add_argument("--gpu-memory-utilization", metavar="F", help="vllm: 0-1 (default 0.9)")
-    group.add_argument("--mem-fraction-static", metavar="F", help="sglang: 0-1 (default 0.88)")
-    group.add_argument(
-        "--max-model-len",
-        metavar="N",
-        help="vllm/sglang/transformers: tokens per request (default: --context, else the "
-        "model's maximum)",
-    )
-    group.add_argument("--max-num-seqs", metavar="N", help="vllm (default 256); transformers batch")
-    group.add_argument(
-        "--max-num-batched-tokens", metavar="N", help="vllm/sglang prefill chunk (default 8192)"
-    )
-    group.add_argument(
-        "--kv-cache-dtype", metavar="T", help="vllm/sglang/transformers: auto, fp8, bf16..."
-    )
-    group.add_argument("--enforce-eager", action="store_true", help="vllm/sglang: no CUDA graphs")
-    group.add_argument(
-        "-c",
-        "--ctx-size",
-        metavar="N",
-        help="llama.cpp: context cells (default: --context x --parallel)",
-    )
-    group.add_argument("-np", "--parallel", metavar="N", help="llama.cpp: slots (default 1)")
-    group.add_argument("-ub", "--ubatch-size", metavar="N", help="llama.cpp (default 512)")
-    group.add_argument(
-        "--cache-type-k", metavar="T", help="llama.cpp KV type: f16 (default), q8_0, q4_0..."
-    )
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="gpufit", description="What this GPU can run.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -442,12 +412,20 @@ def parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--batch", type=_positive, default=1)
     fit.add_argument(
+        "--rope-scaling",
+        "--hf-overrides",
+        dest="rope_scaling",
+        metavar="SPEC",
+        help="rope scaling as the engine is given it: yarn:4:32768, or the JSON block (vLLM's "
+        "--hf-overrides form too); extends the model's maximum context (docs/fit.md)",
+    )
+    fit.add_argument(
         "--gpu",
         help="ID, N*ID (tensor-parallel), a comma list, or 'local'; "
         "default: this machine's GPUs, else every catalog card",
     )
     fit.add_argument("--json", action="store_true")
-    _engine_options(fit)
+    add_engine_options(fit)
     fit.set_defaults(handler=_fit)
 
     table = sub.add_parser("table", help="compatibility table: models x precisions x GPUs")

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from pytest_gpufit.engines.registry import NAMES as ENGINE_NAMES
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.request import FitRequest
 from pytest_gpufit.hardware.dtypes import (
@@ -215,7 +216,7 @@ def _precision(value: Any, what: str) -> str:
 def _engine(value: Any, what: str) -> str | None:
     if value is None:
         return None
-    from pytest_gpufit.fit.engines import check_engine  # late: the fit engine, on use
+    from pytest_gpufit.engines.registry import check_engine
 
     return check_engine(value, what)
 
@@ -395,12 +396,12 @@ SPECS: tuple[MarkerSpec, ...] = (
                 _engine,
                 "str | None",
                 None,
-                {"enum": ["vllm", "sglang", "llama.cpp", "transformers", None]},
+                {"enum": [*ENGINE_NAMES, None]},
             ),
         ),
         "the model (a folder, a config.json, or a shipped id) fits at this precision, context "
         "and batch, `instances` times: on one GPU, or split over `gpus` GPUs (tensor "
-        "parallel); with `engine` (vllm, sglang, llama.cpp, transformers) it must start there",
+        f"parallel); with `engine` ({', '.join(ENGINE_NAMES)}) it must start there",
         build=_fit,
         yaml=(YamlKey("fit", ARGUMENTS),),
     ),
@@ -533,6 +534,7 @@ def check_fit_models(req: Requirement, base: Path) -> None:
     if not req.fits:
         return
     # late: only tests with requires_fit pay
+    from pytest_gpufit.engines.registry import engine
     from pytest_gpufit.fit.context import check_context
     from pytest_gpufit.fit.estimate import check_tensor_parallel
     from pytest_gpufit.fit.spec import load_spec, resolve_model
@@ -544,8 +546,10 @@ def check_fit_models(req: Requirement, base: Path) -> None:
                 spec = load_spec(fit.model, base)
                 # Beyond the model's maximum, or a split the engines refuse: errors, not verdicts.
                 check_context(spec, fit.context, "context")
-                if fit.engine != "llama.cpp":  # it splits whole layers, not attention heads
+                if fit.engine is None:
                     check_tensor_parallel(spec, fit.gpus, "gpus")
+                else:  # each engine its own way (llama.cpp splits whole layers, not heads)
+                    engine(fit.engine).check_split(spec, fit.gpus, "gpus")
         except GpufitError as error:
             raise GpufitError(f"requires_fit: {error}") from None
 

@@ -303,3 +303,41 @@ def test_calibrate_json_stays_strict_json_when_the_log_says_zero(
     assert [f["error"] for f in result["figures"]] == [None, None]
     code, out, _ = run(capsys, "calibrate", str(log), "--gpu", "h100")
     assert "inf" not in out and "n/a" in out
+
+
+def test_calibrate_plans_with_the_moe_backend_the_log_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """vLLM 0.14 on an H100 logs 'Using Triton backend' for gpt-oss's MXFP4 experts; Triton
+    pads them less than Marlin, which was always assumed (+2.3% on this log)."""
+    log = read_engine_log(read("vllm-0.14-gpt-oss-120b-triton.log"))
+    assert log.setup.moe_backend == "triton"
+    assert log.setup.model == "openai/gpt-oss-120b"  # "Starting to load model ..."
+    path = str(LOGS / "vllm-0.14-gpt-oss-120b-triton.log")
+    assert main(["calibrate", path, "--gpu", "h100", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["knobs"]["moe_backend"] == "triton"
+    weights = next(f for f in result["figures"] if f["name"] == "weights per GPU")
+    assert abs(weights["error"]) < 0.005  # -0.35%; Marlin's padding gave +2.3%
+    assert result["plan"]["moe_backend"] == "triton"
+    # Without the card, Triton's weights are not compared: its layout depends on the GPU.
+    assert main(["calibrate", path, "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["figures"] == []
+    assert result["not_compared"] == ["weights per GPU: depends on the card; give --gpu CARD"]
+
+
+@pytest.mark.parametrize(
+    ("line", "backend"),
+    [
+        ("INFO [mxfp4.py:165] Using Marlin backend", "marlin"),
+        ("INFO [mxfp4.py:53] [get_mxfp4_backend_with_lora] Using Triton backend", "triton"),
+        ("INFO Using FlashInfer MXFP4 BF16 backend for SM90", "flashinfer-cutlass"),
+        ("INFO Using FlashInfer MXFP4 MXFP8 CUTLASS backend for SM100", "flashinfer-cutlass"),
+        ("INFO Using FlashInfer MXFP4 BF16 backend for SM100, For faster ...", "flashinfer-trtllm"),
+        ("INFO [cuda.py:351] Using FLASH_ATTN attention backend out of ...", None),
+        ("INFO Using FlashInfer backend.", None),
+    ],
+)
+def test_the_moe_backend_line(line: str, backend: str | None) -> None:
+    assert parse_log_setup("vllm serve m\n" + line).moe_backend == backend

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from pytest_gpufit.fit.engines import parse_knobs, plan
+from pytest_gpufit.engines.knobs import parse_knobs
+from pytest_gpufit.engines.planning import plan
 from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.catalog import catalog_gpu
 
@@ -33,8 +34,10 @@ BENCH = _benchmark()
 CALIBRATION = BENCH.errors(BENCH.CALIBRATION)
 HELDOUT = BENCH.errors(BENCH.HELDOUT)
 # Known misses on the calibration set, kept visible: vLLM pads gpt-oss's MXFP4 experts for its
-# MoE kernels (Mxfp4MoEMethod.create_weights); the Marlin padding modelled here reproduces TP 1
-# (-0.4%) but not TP 2 (+1.1%) and TP 4 (-1.9%): the backend the sweep used is not in its log.
+# MoE kernels (Mxfp4MoEMethod.create_weights); the Marlin padding (the default) reproduces TP 1
+# (+0.4%) but not TP 2 (+1.1%) and TP 4 (-1.9%); Triton's (--moe-backend triton, vLLM's pick
+# on an H100 since it ships triton_kernels) gives -1.7%, -1.0%, -3.9%: neither reproduces all
+# three, and the backend the sweep used is not in its log (its scales' layout is not modelled).
 KNOWN_MISSES = {
     ("weights_per_gpu", "gpt-oss-20b", "2"),
     ("weights_per_gpu", "gpt-oss-20b", "4"),
@@ -150,3 +153,46 @@ def test_heldout_kv_tokens_are_reported_not_met() -> None:
     errors = {r["engine"]: r["after_error"] for r in _held("kv_tokens_at_engine_budget")}
     assert errors["vllm"] == pytest.approx(0.4055, abs=0.01)
     assert errors["sglang"] == pytest.approx(-0.0992, abs=0.01)
+
+
+# ---- PCIe rows (issue 21.1) and the MoE backend rows (issue 21.4) ---------------------------
+
+PCIE = BENCH.errors(BENCH.PCIE)
+MOE = BENCH.errors(BENCH.MOE_BACKEND)
+
+
+def test_pcie_rows_are_sourced_and_marked() -> None:
+    assert PCIE and all(r["source"].startswith("https://github.com/") for r in PCIE)
+    assert {r["role"] for r in PCIE} == {"calibration", "held-out"}
+    assert all(r["before"] is not None for r in PCIE)  # pcie-before.tsv covers every row
+
+
+def test_pcie_calibration_row_sets_the_pcie_constant() -> None:
+    """The one PCIe calibration row (2 x RTX 4090, vllm#13061): 0.25 GiB non-torch per rank;
+    the H100 NVLink figure applied to every link said 2.07 GiB (+728%)."""
+    (row,) = [r for r in PCIE if r["role"] == "calibration"]
+    assert row["after_error"] == pytest.approx(0, abs=0.005)
+    assert row["before_error"] == pytest.approx(7.28, abs=0.01)
+
+
+def test_pcie_heldout_rows_are_reported_not_met() -> None:
+    """Held out (no constant set from them): the 4090 pair's KV tokens -31% before, -6.7% after
+    (its V0 profile has no sampler pass, the V1 model's activations over-count); the L40S TP 1
+    row +18.5% and vLLM 0.6.5's non-torch figures -86% / -42% (other engine versions, not
+    modelled). Pinned so a change shows; they claim no target."""
+    errors = {(r["quantity"], r["card"], r["tensor_parallel"]): r for r in PCIE}
+    kv = errors[("kv_tokens_at_engine_budget", "rtx-4090", "2")]
+    assert kv["before_error"] == pytest.approx(-0.3108, abs=0.005)
+    assert kv["after_error"] == pytest.approx(-0.0669, abs=0.005)
+    assert errors[("kv_tokens_at_engine_budget", "l40s", "1")]["after_error"] == pytest.approx(
+        0.1847, abs=0.005
+    )
+    assert errors[("non_torch_in_budget_per_gpu", "h100-sxm", "2")]["after_error"] < -0.4
+
+
+def test_moe_backend_rows_within_half_a_percent() -> None:
+    """gpt-oss-120b on one H100: Marlin's log (vllm#23278) and Triton's (vllm#33155), each
+    planned with the backend it names."""
+    by_backend = {r["moe_backend"]: r["after_error"] for r in MOE}
+    assert set(by_backend) == {"marlin", "triton"}
+    assert all(abs(e) < 0.005 for e in by_backend.values())

@@ -400,7 +400,8 @@ def test_ignore_list_patterns() -> None:
 def test_vllm_pads_gpt_oss_mxfp4_experts() -> None:
     """Resident weights 13.64 GiB at TP 1 on an H100, 6.6% above the checkpoint: the Marlin
     MoE kernel's n % 256 / k % 128 padding (Mxfp4MoEMethod.create_weights)."""
-    from pytest_gpufit.fit.engines import mxfp4_padding, parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import mxfp4_padding, plan
 
     spec = load_spec("gpt-oss-20b")
     assert mxfp4_padding(spec, 1) == pytest.approx(3072 * 2944 / (2880 * 2880))
@@ -427,14 +428,15 @@ def test_vllm_pads_gpt_oss_mxfp4_experts() -> None:
     ],
 )
 def test_bad_engine_knobs_are_one_error(engine: str, raw: dict[str, object], message: str) -> None:
-    from pytest_gpufit.fit.engines import parse_knobs
+    from pytest_gpufit.engines.knobs import parse_knobs
 
     with pytest.raises(GpufitError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_knobs(engine, **raw)
 
 
 def test_tp_that_does_not_divide_the_heads_is_refused() -> None:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
 
     spec = load_spec("llama-3.1-8b")
     with pytest.raises(GpufitError, match="3 GPUs do not divide the 32 attention heads"):
@@ -456,7 +458,8 @@ def test_tp_that_does_not_divide_the_heads_is_refused() -> None:
 
 
 def test_vllm_plan_log_lines_and_knobs() -> None:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
 
     spec = load_spec("llama-3.1-8b")
     gpu = catalog_gpu("h100-sxm")
@@ -475,7 +478,8 @@ def test_vllm_plan_log_lines_and_knobs() -> None:
 
 
 def test_vllm_refuses_a_max_model_len_beyond_the_model_or_the_cache() -> None:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
 
     spec = load_spec("llama-3.1-8b")
     too_long = plan(
@@ -488,7 +492,8 @@ def test_vllm_refuses_a_max_model_len_beyond_the_model_or_the_cache() -> None:
 
 @pytest.mark.parametrize("engine", ["sglang", "llama.cpp", "transformers"])
 def test_other_engines_plan_and_refuse_what_cannot_fit(engine: str) -> None:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
 
     fits = plan(load_spec("llama-3.1-8b"), "bf16", catalog_gpu("h100-sxm"), 1, parse_knobs(engine))
     assert fits.starts and fits.kv_cache_tokens > 0 and fits.log_lines()
@@ -501,7 +506,8 @@ def test_other_engines_plan_and_refuse_what_cannot_fit(engine: str) -> None:
     [("transformers", "int8", 1), ("transformers", "fp32", 4), ("sglang", "fp8_e5m2", 1)],
 )
 def test_every_engine_honours_its_kv_cache_dtype(engine: str, kv: str, size: int) -> None:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import plan
 
     p = plan(
         load_spec("llama-3.1-8b"),
@@ -521,3 +527,51 @@ def test_catalog_usable_memory_is_a_number_below_nvml_total() -> None:
     for entry in entries.values():
         usable = entry["usable_mib"]
         assert isinstance(usable, int) and 0 < usable <= entry["memory_mib"]
+
+
+def test_mxfp4_padding_by_moe_backend() -> None:
+    """Mxfp4MoEMethod.create_weights: Marlin rounds gpt-oss's hidden 2,880 up to 3,072 and the
+    intermediate per rank to 128; Triton only the intermediate, to 64 (plus its Hopper
+    swizzle); FlashInfer TRT-LLM both to 256, CUTLASS both to 128."""
+    from pytest_gpufit.engines.knobs import parse_knobs
+    from pytest_gpufit.engines.planning import mxfp4_padding, plan
+
+    spec = load_spec("gpt-oss-120b")
+    assert mxfp4_padding(spec, 1, "marlin") == pytest.approx(3072 * 2944 / (2880 * 2880))
+    assert mxfp4_padding(spec, 1, "triton") == 1.0
+    assert mxfp4_padding(spec, 2, "triton") == pytest.approx(1472 / 1440)
+    assert mxfp4_padding(spec, 1, "flashinfer-trtllm") == pytest.approx((3072 / 2880) ** 2)
+    weights = {
+        backend: plan(
+            spec, "stored", catalog_gpu("h100-sxm"), 1, parse_knobs("vllm", moe_backend=backend)
+        ).weights_bytes_per_gpu
+        for backend in ("marlin", "triton", "flashinfer-trtllm", "flashinfer-cutlass")
+    }
+    assert weights["flashinfer-cutlass"] < weights["triton"] < weights["marlin"]
+    assert weights["marlin"] < weights["flashinfer-trtllm"]
+    default = plan(spec, "stored", catalog_gpu("h100-sxm"), 1, parse_knobs("vllm"))
+    assert default.weights_bytes_per_gpu == weights["marlin"] and default.moe_backend == "marlin"
+    # A dense model has no MXFP4 experts: no backend to name.
+    dense = plan(load_spec("llama-3.1-8b"), "bf16", catalog_gpu("h100-sxm"), 1, parse_knobs("vllm"))
+    assert dense.moe_backend == ""
+
+
+def test_moe_backend_knob_is_checked() -> None:
+    from pytest_gpufit.engines.knobs import parse_knobs
+
+    assert parse_knobs("vllm", moe_backend=" Triton ").moe_backend == "triton"
+    with pytest.raises(GpufitError, match="--moe-backend 'cuda' is not a vllm MoE backend"):
+        parse_knobs("vllm", moe_backend="cuda")
+    with pytest.raises(GpufitError, match="--moe-backend does not apply to sglang"):
+        parse_knobs("sglang", moe_backend="triton")
+
+
+def test_cpu_estimate_counts_no_cuda_runtime() -> None:
+    """A served CPU target's estimate counted the 768 MiB CUDA runtime: 'est total 0.8 GB' for a
+    0.6 MB model."""
+    spec = load_spec("qwen3-0.6b")
+    gpu = estimate(spec, "bf16", 256)
+    cpu = estimate(spec, "bf16", 256, device="cpu")
+    assert gpu.overhead_bytes >= 768 * 2**20
+    assert cpu.overhead_bytes == 0
+    assert cpu.total_bytes == cpu.weights_bytes + cpu.kv_cache_bytes + cpu.activation_bytes

@@ -337,3 +337,20 @@ def pytest_gpufit_probe(config):
     """)
     result = pytester.runpytest("-rA", "--gpufit-on-missing=fail")
     result.assert_outcomes(passed=1)
+
+
+def test_an_engine_verdict_says_the_card_in_the_engines_unit(pytester: pytest.Pytester) -> None:
+    """vLLM's words are GiB ("weights need 56.88 GiB per GPU"); the card was then said in GB
+    ("has 25.8 GB"): one message, one unit."""
+    pytester.makepyfile("""
+        from pytest_gpufit import requires_fit
+
+        @requires_fit("qwen3-30b-a3b", context=8192, engine="vllm")
+        def test_vllm(): pass
+    """)
+    pytester.makeconftest(catalog_probe("rtx-4090"))
+    result = pytester.runpytest("-rA", "--gpufit-on-missing=fail")
+    result.assert_outcomes(failed=1)
+    line = next(ln for ln in result.stdout.lines if "weights need" in ln)
+    assert "GiB usable of 23.99 GiB" in line
+    assert " GB" not in line.replace("GiB", "")

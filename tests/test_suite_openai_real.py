@@ -43,6 +43,7 @@ def test_shipped_serve_suite_on_a_real_transformers_serve(
     data = json.loads(report.read_text())["measurements"]
     node = "s.gpufit.yaml::tiny-transformers-serve::"
     serves = data[node + "serves"]["metrics"]
+    assert serves["engine"] == "transformers"  # from its launch command; it said owned_by "local"
     assert serves["served_model"].endswith("tiny-serve")
     assert Path(serves["server_log"]).read_text().count("gpufit launch:") == 1
     throughput = data[node + "throughput"]["metrics"]

@@ -84,6 +84,9 @@ def test_checkpoint_suite_passes_every_check_loading_the_model_once(
     assert 0 <= precision["kl"] < 0.05 and precision["top1_agreement"] >= 0.5
     loads = data["tiny.gpufit.yaml::tiny::loads"]["metrics"]
     assert loads["estimate_weights_bytes"] > 0 and loads["load_seconds"] > 0
+    # A CPU target counts no CUDA runtime (768 MiB): the tiny model's estimate stays tiny.
+    fits = data["tiny.gpufit.yaml::tiny::fits"]["metrics"]
+    assert fits["estimate_total_bytes"] < 100 * 2**20
     result.stdout.fnmatch_lines(["*gpufit suite results*", "tiny::tiny*bf16*cpu*"])
 
 

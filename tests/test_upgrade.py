@@ -91,3 +91,57 @@ def test_bad_input_is_one_message(
         return
     assert code == 2 and out == "" and message in err, err
     assert "Traceback" not in err
+
+
+def test_transformers_plans_at_the_tables_context_like_every_engine(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The legend says the plan runs with --max-model-len at the table's context; transformers
+    was planned at the model's maximum (131,072 for Llama-3.1-8B: 'does not start' on a 4090
+    where 8,192 tokens fit easily)."""
+    code, out, err = run(
+        capsys,
+        "upgrade",
+        "rtx-4090",
+        "2*rtx-4090",
+        "llama-3.1-8b",
+        "--dtypes",
+        "bf16",
+        "--engine",
+        "transformers",
+        "--format",
+        "json",
+    )
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["a"]["starts"] is True and row["a"]["reason"] is None
+    assert 0 < row["a"]["kv_cache_tokens"] < row["b"]["kv_cache_tokens"]
+
+
+def test_kv_and_concurrency_are_counted_as_vllm_counts_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The view said '272k KV' (k = 1,024) beside fit's '278,784 tokens', and no concurrency:
+    now the KV cache as vLLM's log writes it and the requests of the user's context it holds."""
+    code, out, _ = run(
+        capsys, "upgrade", "rtx-pro-6000", "2*rtx-pro-6000", "qwen3-30b-a3b", "--dtypes", "bf16"
+    )
+    assert code == 0
+    assert "starts, 278,784 KV, 34.03x" in out and "272k KV" not in out
+    assert "concurrency 34.03x -> " in out and "at 8,192 tokens" in out
+    assert "C x: requests of that context it holds at once" in out
+    code, out, _ = run(
+        capsys,
+        "upgrade",
+        "rtx-pro-6000",
+        "2*rtx-pro-6000",
+        "qwen3-30b-a3b",
+        "--dtypes",
+        "bf16",
+        "--format",
+        "json",
+    )
+    (row,) = json.loads(out)
+    assert row["a"]["kv_cache_tokens"] == 278784 and row["a"]["max_concurrency"] == 34.03
+    assert row["b"]["max_concurrency"] > 2 * row["a"]["max_concurrency"]
+    assert row["a"]["context"] == row["b"]["context"] == 8192

@@ -20,7 +20,12 @@ from typing import Any, TypeVar
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.serving.client import GenRequest, OpenAIClient, ServedModel, StreamResult
 from pytest_gpufit.serving.errors import EndpointError
-from pytest_gpufit.serving.facts import EngineAllocation, EngineFacts, parse_engine_log
+from pytest_gpufit.serving.facts import (
+    EngineAllocation,
+    EngineFacts,
+    engine_from_command,
+    parse_engine_log,
+)
 from pytest_gpufit.serving.load import LevelResult, Slo, format_level, run_load
 from pytest_gpufit.serving.prompts import SizedPrompt, sized_prompt
 from pytest_gpufit.serving.server import LaunchedServer, log_tail
@@ -73,6 +78,9 @@ class Served:
             self.models = self.run(lambda c: c.list_models())
             self.model = self._pick_model()
             self.facts = self.run(lambda c: c.engine_facts())
+            if self.facts.engine is None and launch is not None:
+                # What gpufit launched names the engine where the server does not say.
+                self.facts = engine_from_command(launch.command)
         except BaseException:
             self.stop()
             raise

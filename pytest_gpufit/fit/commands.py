@@ -10,7 +10,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pytest_gpufit.engines.registry import DEFAULT as DEFAULT_ENGINE
+from pytest_gpufit.engines.registry import NAMES
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.numbers import parse_whole
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -52,8 +55,9 @@ def _one_setup(text: str, option: str) -> list[Any]:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
+    from pytest_gpufit.engines.registry import check_engine
     from pytest_gpufit.fit.compare_setups import compare, render
-    from pytest_gpufit.fit.engines import check_engine
+    from pytest_gpufit.fit.context import parse_rope_scaling
     from pytest_gpufit.fit.table import default_models
 
     (a,) = _one_setup(args.a, "first setup")
@@ -64,17 +68,17 @@ def _upgrade(args: argparse.Namespace) -> int:
     if any(not m.strip() for m in args.models):
         raise GpufitError("a model name is empty; give a shipped id or a folder")
     engine = check_engine(args.engine)
-    rows = compare(args.models or default_models(), a, b, dtypes, args.context, engine)
+    rope = None if args.rope_scaling is None else parse_rope_scaling(args.rope_scaling)
+    rows = compare(args.models or default_models(), a, b, dtypes, args.context, engine, rope)
     print(render(rows, a, b, args.format))
     return 0
 
 
 def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    if len(text) > 9:
-        raise argparse.ArgumentTypeError(f"expected at most 999,999,999, got {text[:20]!r}")
-    return int(text)
+    try:
+        return parse_whole(text, text=True, maximum=999_999_999)
+    except GpufitError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_commands(sub: Any) -> None:
@@ -108,6 +112,14 @@ def add_commands(sub: Any) -> None:
     up.add_argument("models", nargs="*", help="default: the shipped models")
     up.add_argument("--dtypes", default="bf16,fp8", help="comma list (default bf16,fp8)")
     up.add_argument("--context", type=_positive, help="tokens (default 8192 or the model's max)")
-    up.add_argument("--engine", default="vllm", help="vllm sglang llama.cpp transformers")
+    up.add_argument("--engine", default=DEFAULT_ENGINE, help=" ".join(NAMES))
+    up.add_argument(
+        "--rope-scaling",
+        "--hf-overrides",
+        dest="rope_scaling",
+        metavar="SPEC",
+        help="rope scaling as the engine is given it (yarn:4:32768 or JSON): a context beyond "
+        "the trained length",
+    )
     up.add_argument("--format", default="text", choices=("text", "markdown", "json"))
     up.set_defaults(handler=_upgrade)

@@ -17,8 +17,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_gpufit.engines.knobs import parse_knobs
+from pytest_gpufit.engines.planning import plan
+from pytest_gpufit.engines.registry import DEFAULT as DEFAULT_ENGINE
+from pytest_gpufit.engines.registry import engine as registered
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.fit.context import check_context
+from pytest_gpufit.fit.context import RopeScaling, check_context, with_rope_scaling
 from pytest_gpufit.fit.estimate import GpuFit, MemoryEstimate, estimate, fit_on
 from pytest_gpufit.fit.spec import ModelSpec, load_spec
 from pytest_gpufit.hardware.catalog import card_link
@@ -47,6 +51,8 @@ class SetupView:
     decode_tok_s_ceiling: float | None
     link: str | None
     link_share: float  # the fraction of one token's decode time spent on the link
+    max_concurrency: float = 0.0  # requests of the table's context the KV cache holds (plan)
+    context: int = 0  # the context the plan ran at (the table's)
 
 
 @dataclass(frozen=True)
@@ -110,18 +116,14 @@ def decode_ceiling(
 def _view(
     spec: ModelSpec, est: MemoryEstimate, setup: Setup, engine: str, fit: GpuFit
 ) -> SetupView:
-    from pytest_gpufit.fit.engines import parse_knobs, plan
-
     starts: bool | None
     reason: str | None
+    concurrency = 0.0
     try:
-        knobs = (
-            parse_knobs(engine, max_model_len=est.context)
-            if engine != "transformers"
-            else (parse_knobs(engine))
-        )
+        knobs = parse_knobs(engine, **registered(engine).knobs_for(est.context, 1, None))
         the_plan = plan(spec, est.dtype, setup.gpu, setup.count, knobs)
         starts, reason, tokens = the_plan.starts, the_plan.reason, the_plan.kv_cache_tokens
+        concurrency = the_plan.max_concurrency
     except GpufitError as error:  # e.g. TP that does not divide the heads
         starts, reason, tokens = None, str(error), 0
     ceiling, share, link = decode_ceiling(spec, est, setup)
@@ -138,6 +140,8 @@ def _view(
         decode_tok_s_ceiling=ceiling,
         link=link,
         link_share=round(share, 4),
+        max_concurrency=concurrency if starts else 0.0,
+        context=est.context,
     )
 
 
@@ -150,8 +154,11 @@ def _gains(a: SetupView, b: SetupView, a_setup: Setup, b_setup: Setup) -> tuple[
     if b.fits and a.fits and b.max_context > a.max_context:
         gains.append(f"+{short_tokens(b.max_context - a.max_context)} ctx")
     if b.starts and a.starts and b.kv_cache_tokens > a.kv_cache_tokens:
-        before, after = short_tokens(a.kv_cache_tokens), short_tokens(b.kv_cache_tokens)
-        gains.append(f"KV cache {before} -> {after} tokens")
+        # Counted as vLLM's log counts them ("GPU KV cache size: 278,784 tokens").
+        gains.append(f"KV cache {a.kv_cache_tokens:,} -> {b.kv_cache_tokens:,} tokens")
+    if b.starts and b.max_concurrency > (a.max_concurrency if a.starts else 0):
+        before = f"{a.max_concurrency:.2f}x" if a.starts else "none"
+        gains.append(f"concurrency {before} -> {b.max_concurrency:.2f}x at {b.context:,} tokens")
     # B's cards can also hold independent copies of A's setup (data parallel).
     replicas = (
         (b_setup.count // a_setup.count) * a.copies
@@ -174,11 +181,12 @@ def compare(
     b: Setup,
     dtypes: Sequence[str],
     context: int | None = None,
-    engine: str = "vllm",
+    engine: str = DEFAULT_ENGINE,
+    rope: RopeScaling | None = None,
 ) -> list[Upgrade]:
     rows = []
     for model in models:
-        spec = load_spec(model)
+        spec = with_rope_scaling(load_spec(model), rope)
         check_context(spec, context)
         for dtype in dtypes:
             est = estimate(spec, dtype, context)
@@ -201,7 +209,9 @@ def _cell(v: SetupView) -> str:
     # The plan's reason up to its advice ("weights need 87.00 GiB per GPU, more than the ...").
     why = f" ({v.reason.split(':')[0]})" if v.reason else ""
     started = (
-        f"starts, {short_tokens(v.kv_cache_tokens)} KV" if v.starts else f"does not start{why}"
+        f"starts, {v.kv_cache_tokens:,} KV, {v.max_concurrency:.2f}x"
+        if v.starts
+        else f"does not start{why}"
     )
     ceiling = f", <= {v.decode_tok_s_ceiling:.0f} tok/s" if v.decode_tok_s_ceiling else ""
     link = f" (link {v.link}: {v.link_share:.1%} of it)" if v.link else ""
@@ -213,7 +223,7 @@ LEGEND = (
     "starts / does not start, N KV: the engine's plan (--engine, default vllm) with "
     "--max-model-len at the table's context (--context: 8192, or the model's maximum if "
     "smaller), other knobs at its defaults; N KV: its KV cache in tokens (vLLM's 'GPU KV cache "
-    "size')",
+    "size'); C x: requests of that context it holds at once (vLLM's 'Maximum concurrency')",
     "<= T tok/s: decode ceiling of one copy at batch 1: weight and KV reads over the cards' "
     "bandwidth plus the tensor-parallel all-reduces over the link (share of the time in "
     "brackets); all-reduce latency is not counted, so it is a bound, not a measurement",

@@ -282,13 +282,17 @@ def estimate(
     context: int | None = None,
     batch: int = 1,
     kv_dtype: str | None = None,
+    device: str = "cuda",
 ) -> MemoryEstimate:
-    """Memory for one instance on one device.
+    """Memory for one instance on one device. On ``device="cpu"`` there is no CUDA runtime
+    (context, cuBLAS workspaces) and no caching allocator's reserve to count.
 
     >>> from pytest_gpufit.fit.spec import load_spec
     >>> e = estimate(load_spec("llama-3.1-8b"), "bf16", context=8192)
     >>> round(e.weights_bytes / 1e9, 2), round(e.kv_cache_bytes / 2**30, 2)
     (16.06, 1.0)
+    >>> estimate(load_spec("qwen3-0.6b"), context=8, device="cpu").overhead_bytes
+    0
     """
     precision = check_precision(dtype)
     if context is not None and (_not_whole(context) or context < 1):
@@ -306,6 +310,8 @@ def estimate(
     overhead = RUNTIME_OVERHEAD_BYTES + int(
         ALLOCATOR_RESERVE_FRACTION * (weights + kv_total + acts)
     )
+    if device == "cpu":
+        overhead = 0
     warnings = list(spec.warnings)
     if context > (spec.max_position_embeddings or context):
         warnings.append(

@@ -1,10 +1,10 @@
 """``gpufit calibrate``: an engine's own log beside the fit engine's plan for the same setup.
 
-The log says what the engine allocated and, mostly, how it was started (``serving.facts``
-reads both); this module finds the model and precision that setup names, asks
-``engines.plan`` for the same card, tensor-parallel size and knobs, and sets each figure the
-log reports beside the prediction. The serving gate's ``serves`` check uses the same
-comparison for the server it launched.
+The log says what the engine allocated and, mostly, how it was started (``engines.logs``
+reads both, in each engine's words); this module finds the model and precision that setup
+names, asks ``engines.planning.plan`` for the same card, tensor-parallel size and knobs, and
+sets each figure the log reports beside the prediction. The serving gate's ``serves`` check
+uses the same comparison for the server it launched.
 """
 
 from __future__ import annotations
@@ -16,17 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_gpufit.engines.knobs import parse_knobs
+from pytest_gpufit.engines.logs import read_engine_log
+from pytest_gpufit.engines.planning import plan
+from pytest_gpufit.engines.protocol import EngineKnobs, EnginePlan
+from pytest_gpufit.engines.records import EngineLog
+from pytest_gpufit.engines.registry import DEFAULT as DEFAULT_ENGINE
+from pytest_gpufit.engines.registry import engine as registered
+from pytest_gpufit.engines.vllm import BLOCK_SIZE as VLLM_BLOCK_SIZE
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.names import variant_note
-from pytest_gpufit.serving.facts import EngineLog, read_engine_log
 from pytest_gpufit.units import GIB
 
 if TYPE_CHECKING:
-    from pytest_gpufit.fit.engines import EngineKnobs, EnginePlan
     from pytest_gpufit.fit.spec import ModelSpec
     from pytest_gpufit.hardware.records import Gpu
 
-VLLM_BLOCK_SIZE = 16  # vLLM's default --block-size: "# GPU blocks" x 16 = tokens
 MAX_LOG_BYTES = 64 * 2**20  # a server log is megabytes; more is the wrong file
 
 # Name suffixes of quantized repackagings -> the precision they hold (checked in this order).
@@ -203,28 +208,7 @@ def resolve_log_model(
 
 def knobs_from(log: EngineLog, engine: str) -> EngineKnobs:
     """The engine knobs the log states, checked as the CLI checks them."""
-    from pytest_gpufit.fit.engines import parse_knobs
-
-    s = log.setup
-    raw: dict[str, Any] = {
-        "gpu_memory_utilization": s.gpu_memory_utilization,
-        "max_model_len": s.max_model_len,
-        "max_num_seqs": s.max_num_seqs,
-        "max_num_batched_tokens": s.max_num_batched_tokens,
-        "kv_cache_dtype": s.kv_cache_dtype,
-        "enforce_eager": bool(s.enforce_eager),
-    }
-    if engine == "sglang":  # SGLang's chunk and request limits are not the vLLM knobs
-        raw.pop("max_num_batched_tokens")
-        raw.pop("max_num_seqs")
-    if engine == "llama.cpp":
-        raw.pop("gpu_memory_utilization")
-        raw.pop("enforce_eager")
-    if engine == "transformers":
-        raw = {}
-    kv = raw.get("kv_cache_dtype")
-    if isinstance(kv, str) and engine == "vllm" and kv.startswith("fp8"):
-        raw["kv_cache_dtype"] = "fp8"  # fp8_e4m3 / fp8_e5m2: one byte either way
+    raw = registered(engine).knobs_from_setup(log.setup)
     try:
         return parse_knobs(engine, **{k: v for k, v in raw.items() if v is not None})
     except GpufitError as error:
@@ -252,17 +236,18 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
     }
     figures: list[Figure] = []
     skipped: list[str] = []
+    card_figures: list[Figure] = []
     if a.weights_gib is not None:
-        figures.append(
-            Figure(
-                "weights per GPU",
-                "GiB",
-                a.weights_gib,
-                plan.weights_bytes_per_gpu / GIB,
-                line["weights"] or line["weights_sg"] or line["weights_lc"],
-                "weights_gib",
-            )
+        weights = Figure(
+            "weights per GPU",
+            "GiB",
+            a.weights_gib,
+            plan.weights_bytes_per_gpu / GIB,
+            line["weights"] or line["weights_sg"] or line["weights_lc"],
+            "weights_gib",
         )
+        # Triton's MXFP4 layout depends on the GPU generation (Hopper swizzles the experts).
+        (card_figures if plan.moe_backend == "triton" else figures).append(weights)
     tokens = a.kv_cache_tokens
     if tokens is None and a.kv_cache_blocks is not None:
         tokens = a.kv_cache_blocks * (log.setup.block_size or VLLM_BLOCK_SIZE)
@@ -279,7 +264,6 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
                 "kv_bytes_per_token",
             )
         )
-    card_figures = []
     if a.kv_cache_gib is not None:
         card_figures.append(
             Figure(
@@ -326,9 +310,7 @@ def hold_against_plan(
     """The plan for the setup a launched server's log states (its engine, TP and knobs; vLLM's
     profile when the log does not name the engine) on the judged card, and each figure the
     log reports beside it: what the serving gate records."""
-    from pytest_gpufit.fit.engines import plan
-
-    engine = log.setup.engine or "vllm"
+    engine = log.setup.engine or DEFAULT_ENGINE
     seen = log.setup.ranks_seen if (log.setup.ranks_seen or 0) > 1 else None
     tp = log.setup.tensor_parallel or seen or 1  # as calibrate reads it: N ranks logging, TP N
     the_plan = plan(spec, precision, gpu, tp, knobs_from(log, engine))
@@ -349,7 +331,6 @@ def calibrate_text(
     """Read one log and hold it against the plan for the setup it states; ``--model``,
     ``--dtype`` and ``--tensor-parallel`` override what it states, the count of ``--gpu N*ID``
     (``default_tensor_parallel``) only fills in what it does not."""
-    from pytest_gpufit.fit.engines import plan
     from pytest_gpufit.fit.estimate import check_precision
 
     log = read_engine_log(text)
@@ -359,7 +340,7 @@ def calibrate_text(
             "'Model loading took', 'GPU KV cache size', 'Load weight end', 'KV Cache is "
             "allocated', 'model buffer size', 'KV buffer size'); is this a server's start-up log?"
         )
-    engine = log.setup.engine or "vllm"
+    engine = log.setup.engine or DEFAULT_ENGINE
     spec, notes = resolve_log_model(log.setup.model, model, base)
     named = log.setup.model or ""
     hinted = precision_from(None, log.setup.quantization, named)

@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from pytest_gpufit.engines.knobs import parse_knobs
+from pytest_gpufit.engines.planning import plan
+from pytest_gpufit.engines.registry import engine
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.context import check_context
 from pytest_gpufit.fit.estimate import estimate, lacks_kernel, per_card_bytes, usable_bytes
 from pytest_gpufit.fit.request import FitRequest
 from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.records import Gpu
-from pytest_gpufit.units import format_gb
+from pytest_gpufit.units import GIB, format_gb
 
 Clause = Callable[[FitRequest, Gpu], "tuple[str, str] | None"]
 
@@ -38,16 +41,22 @@ def fit_judge(base: Path | None = None) -> Clause:
                 f"CC {gpu.cc_text}, native: {native}",
             )
         if fit.engine is not None:
-            from pytest_gpufit.fit.engines import parse_knobs, plan
-
             try:
-                knobs = parse_knobs(fit.engine, **_batch_knobs(fit, spec.max_position_embeddings))
+                asked = engine(fit.engine).knobs_for(
+                    fit.context, fit.batch, spec.max_position_embeddings
+                )
+                knobs = parse_knobs(fit.engine, **asked)
             except GpufitError as error:  # batch x context past what the engine accepts
                 raise GpufitError(
                     f"requires_fit batch={fit.batch}, context={fit.context}, engine="
                     f"{fit.engine!r}: the engine setting it needs is refused: {error}"
                 ) from None
             the_plan = plan(spec, est.dtype, gpu, fit.gpus, knobs)
+            # The engine words memory in GiB (its log does); the card is said in the same unit.
+            card = (
+                f"{the_plan.usable_bytes_per_gpu / GIB:.2f} GiB usable of "
+                f"{gpu.memory_total_bytes / GIB:.2f} GiB"
+            )
             if not the_plan.starts:
                 return (
                     f"{spec.name} in {est.dtype} to start on {fit.engine}{split} "
@@ -55,15 +64,14 @@ def fit_judge(base: Path | None = None) -> Clause:
                     f"({the_plan.reason}; planned at {the_plan.max_model_len:,} tokens per "
                     "request, set by requires_fit(context=...), the model's maximum when left "
                     "out)",
-                    f"{format_gb(gpu.memory_total_bytes)}",
+                    card,
                 )
             if the_plan.max_concurrency < fit.batch:
                 # Starting is not serving: batch names that many requests of the context at once.
                 return (
                     f"{spec.name} in {est.dtype} on {fit.engine}{split} to hold {fit.batch} "
                     f"requests of {the_plan.max_model_len:,} tokens at once (plan)",
-                    f"KV cache for {the_plan.max_concurrency:.2f} of them on a "
-                    f"{format_gb(gpu.memory_total_bytes)} card",
+                    f"KV cache for {the_plan.max_concurrency:.2f} of them ({card})",
                 )
             return None
         if fit.gpus == 1:
@@ -83,22 +91,3 @@ def fit_judge(base: Path | None = None) -> Clause:
         )
 
     return judge
-
-
-def _batch_knobs(fit: FitRequest, model_max: int | None) -> dict[str, int | None]:
-    """The engine knobs that serve ``fit.batch`` requests of ``fit.context`` tokens: llama.cpp
-    shares ``-c`` cells among ``-np`` slots, transformers batches ``max_num_seqs`` sequences,
-    vLLM schedules at most ``max_num_seqs`` (256) at once; the KV cache must hold them all."""
-    if fit.engine == "llama.cpp":
-        per_slot = fit.context or model_max or 4096
-        return {"max_model_len": per_slot * fit.batch, "max_num_seqs": fit.batch}
-    if fit.engine == "vllm" and fit.batch > 256:  # a prefill chunk of >= 1 token per sequence
-        chunk = fit.batch if fit.batch > 8192 else None
-        return {
-            "max_model_len": fit.context,
-            "max_num_seqs": fit.batch,
-            "max_num_batched_tokens": chunk,
-        }
-    if fit.engine == "transformers":
-        return {"max_model_len": fit.context, "max_num_seqs": fit.batch}
-    return {"max_model_len": fit.context}

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.fit.context import check_context
+from pytest_gpufit.fit.context import RopeScaling, check_context, with_rope_scaling
 from pytest_gpufit.fit.estimate import GpuFit, MemoryEstimate, estimate, fit_on
 from pytest_gpufit.fit.spec import ModelSpec, load_spec, shipped_models
 from pytest_gpufit.hardware.catalog import catalog, catalog_gpu, split_repeat
@@ -74,12 +74,14 @@ def build_rows(
     batch: int = 1,
     kv_dtype: str | None = None,
     strict_context: bool = True,
+    rope: RopeScaling | None = None,
 ) -> list[Row]:
     """One row per model and precision. A context beyond a model's maximum is an error for a
-    model the user named (``strict_context``); over the default model list the row says so."""
+    model the user named (``strict_context``); over the default model list the row says so.
+    ``rope`` extends every model's maximum as the engines' rope-scaling override does."""
     rows = []
     for model in models:
-        spec = load_spec(model)
+        spec = with_rope_scaling(load_spec(model), rope)
         beyond = None
         try:
             check_context(spec, context)

@@ -56,7 +56,9 @@ class Context:
         asked = context or self.target.context
         # A verdict for a context the model (and vLLM) refuses would be an unearned green.
         check_context(spec, asked, "context")
-        return estimate(spec, self.target.dtype, asked, batch)
+        # A CPU target has no CUDA runtime to count (a 0.6 MB model is not 0.8 GB).
+        device = "cpu" if self.target.device == "cpu" else "cuda"
+        return estimate(spec, self.target.dtype, asked, batch, device=device)
 
     def expect(self, ok: bool, message: str) -> None:
         if not ok:
