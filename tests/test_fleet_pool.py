@@ -154,7 +154,10 @@ def test_the_schema_accepts_the_shipped_pool_and_rejects_what_the_validator_reje
 
 def test_the_shipped_pool_loads() -> None:
     pool = load_pool(ROOT / "gpufit-runners.yaml")
-    assert {r.name for r in pool.runners} == {"pro6000", "h100"}
+    assert {r.name for r in pool.runners} == {"pro6000", "h100", "cpu"}
+    # The GPU classes have cards; the CPU class (issue 22) takes the checks that need no GPU.
+    assert [r.name for r in pool.runners if not r.has_gpus] == ["cpu"]
+    assert pool.ungated_home.name == "cpu" and pool.orphan_home.name == "pro6000"
 
 
 # ---- the expect of a class -------------------------------------------------------------------
