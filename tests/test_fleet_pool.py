@@ -154,7 +154,10 @@ def test_the_schema_accepts_the_shipped_pool_and_rejects_what_the_validator_reje
 
 def test_the_shipped_pool_loads() -> None:
     pool = load_pool(ROOT / "gpufit-runners.yaml")
-    assert {r.name for r in pool.runners} == {"pro6000", "h100"}
+    assert {r.name for r in pool.runners} == {"pro6000", "h100", "cpu"}
+    # The GPU classes have cards; the CPU class (issue 22) takes the checks that need no GPU.
+    assert [r.name for r in pool.runners if not r.has_gpus] == ["cpu"]
+    assert pool.ungated_home.name == "cpu" and pool.orphan_home.name == "pro6000"
 
 
 # ---- the expect of a class -------------------------------------------------------------------
@@ -188,3 +191,39 @@ def test_a_class_expect_replaces_the_derived_clauses_of_its_keys() -> None:
     assert derived_expect(runner) == (
         "count>=1,vram>=97GB,name~RTX PRO 6000,cc>=12.0,cc<13.0,driver>=570"
     )
+
+
+# ---- a CPU class (gpus: none) --------------------------------------------------------------
+
+CPU_CLASS = "  - name: cpu\n    labels: [ubuntu-latest]\n    gpus: none\n"
+
+
+def test_a_cpu_class_has_no_cards_and_expects_no_gpu(tmp_path: Path) -> None:
+    pool = load_pool(write(tmp_path, GOOD.replace("placement", CPU_CLASS + "placement")))
+    cpu = pool.get("cpu")
+    assert cpu.card_ids == () and not cpu.has_gpus and cpu.line == 10
+    assert pool.ungated_home is cpu and pool.orphan_home.name == "pro6000"
+    # A class that asks for no GPU: met by any machine, with or without one.
+    assert derived_expect(cpu) == "count>=0"
+    assert check_expect(parse_expect(derived_expect(cpu)), class_inventory(cpu)) == []
+    assert class_inventory(cpu).reason == "a CPU class (gpus: none)"
+
+
+def test_a_cpu_class_promises_no_driver(tmp_path: Path) -> None:
+    text = GOOD.replace("placement", CPU_CLASS + '    driver: ">=570"\nplacement')
+    with pytest.raises(GpufitError) as error:
+        load_pool(write(tmp_path, text))
+    assert str(error.value) == (
+        f"{tmp_path / 'gpufit-runners.yaml'}:13: runners[2].driver: a CPU class (gpus: none) "
+        "has no NVIDIA driver to promise; drop driver:"
+    )
+
+
+def test_the_schema_takes_gpus_none_and_no_other_word() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json_schema.build_schema()
+    good = {"runners": [{"name": "cpu", "labels": ["ubuntu-latest"], "gpus": "none"}]}
+    jsonschema.validate(good, schema)
+    good["runners"][0]["gpus"] = "nothing"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(good, schema)

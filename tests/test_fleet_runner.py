@@ -270,3 +270,17 @@ def test_bad_plan_digests_are_usage_errors(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{message}"])
     assert "Traceback" not in result.stderr.str()
+
+
+def test_a_cpu_class_job_runs_the_ungated_items_on_a_machine_with_no_gpu(
+    project: pytest.Pytester,
+) -> None:
+    # The pool's CPU class takes the item that needs no GPU; its job on a GPU-less runner
+    # (a hosted one) runs it under the fail policy: the class expects no GPU (count>=0).
+    pool = "runners:\n  - name: cpu\n    labels: [ubuntu-latest]\n    gpus: none\n"
+    (project.path / "gpufit-runners.yaml").write_text(pool + POOL.split("runners:\n", 1)[1])
+    result = project.runpytest("--gpufit-runner=cpu", "--gpufit-on-missing=fail", *RUNNER)
+    assert result.parseoutcomes() == {"passed": 1, "deselected": 5}, result.stdout.str()
+    assert passed(result) == {"test_plain"}
+    result.stdout.fnmatch_lines(["gpufit: runner class 'cpu' of *: expect 'count>=0'"])
+    assert "does not match" not in result.stdout.str()

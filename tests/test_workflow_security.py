@@ -1,18 +1,43 @@
-"""Untrusted code never reaches a GPU runner: the shipped workflows, and the checker on bad ones."""
+"""Untrusted code never reaches a GPU runner, and the shipped workflows are safe by zizmor's
+measure: zizmor on the shipped workflows, the action and the documented examples; zizmor on the
+classic holes; and ``scripts/workflow_check.py``, the one check zizmor does not make (a
+self-hosted runner a pull request can reach with no approval), on the shipped workflows and on
+bad ones.
+
+zizmor comes with the dev extra (``pip install -e '.[dev]'``) and runs offline; where it is
+missing the zizmor tests skip, naming the fix (``.ci/run`` and CI always have it).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.fleet.workflow_check import check_workflow, markdown_workflows
-
 ROOT = Path(__file__).parents[1]
 SHIPPED = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
+SCRIPT = ROOT / "scripts" / "workflow_check.py"
+
+
+def _load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("workflow_check", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["workflow_check"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+workflow_check = _load_script()
+check_workflow = workflow_check.check_workflow
+markdown_workflows = workflow_check.markdown_workflows
+WorkflowError = workflow_check.WorkflowError
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -34,6 +59,71 @@ def test_workflows_in_docs_ci_md_keep_forks_off_the_gpu_runners() -> None:
         assert findings == [], "\n".join(f.text() for f in findings)
 
 
+def test_the_check_is_not_part_of_the_installed_package() -> None:
+    # A development check of workflow files: it lives in scripts/, not in the runtime package.
+    assert not (ROOT / "pytest_gpufit" / "fleet" / "workflow_check.py").exists()
+    assert importlib.util.find_spec("pytest_gpufit.fleet.workflow_check") is None
+
+
+# ---- zizmor ----------------------------------------------------------------------------------
+
+ZIZMOR_INSTALL = "pip install -e '.[dev]' (zizmor, offline)"
+
+
+def zizmor(*paths: Path, persona: str = "regular") -> list[dict[str, Any]]:
+    """zizmor's findings (offline, JSON) on ``paths``, or skip saying what is missing."""
+    exe = shutil.which("zizmor") or shutil.which("zizmor", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip(f"zizmor is not installed: {ZIZMOR_INSTALL}")
+    result = subprocess.run(
+        [exe, "--offline", "--format", "json", f"--persona={persona}", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode in (0, 10, 11, 12, 13, 14), result.stderr  # 1x: findings
+    found: list[dict[str, Any]] = json.loads(result.stdout or "[]")
+    return found
+
+
+def where(finding: dict[str, Any]) -> tuple[str, int]:
+    """(audit id, first line) of a zizmor finding, lines counted from 1."""
+    location = finding["locations"][0]["concrete"]["location"]["start_point"]
+    return finding["ident"], location["row"] + 1
+
+
+def test_zizmor_finds_nothing_in_the_shipped_workflows_and_the_action() -> None:
+    findings = zizmor(ROOT / ".github" / "workflows", ROOT / "action.yml")
+    shown = [f"{f['ident']}: {f['desc']} {where(f)}" for f in findings]
+    assert findings == [], "\n".join(shown)
+
+
+def test_zizmor_finds_nothing_in_the_workflows_docs_ci_md_offers(tmp_path: Path) -> None:
+    blocks = markdown_workflows((ROOT / "docs" / "ci.md").read_text("utf-8"))
+    folder = tmp_path / ".github" / "workflows"
+    folder.mkdir(parents=True)
+    for line, block in blocks:
+        (folder / f"docs-ci-md-line-{line}.yml").write_text(block)
+    findings = zizmor(folder)
+    assert findings == [], [(f["ident"], f["locations"][0]["symbolic"]["key"]) for f in findings]
+
+
+def test_zizmor_fails_the_workflows_as_they_were(tmp_path: Path) -> None:
+    # The shipped gate before issue 22: ${{ }} in run:, a token left in .git/config, the
+    # default permissions, actions pinned to a moving tag. zizmor sees each, so CI would too.
+    before = tmp_path / "gpu-gate.yml"
+    before.write_text(
+        "name: g\non: {push: {branches: [main]}}\njobs:\n  gate:\n    runs-on: ubuntu-latest\n"
+        "    strategy: {matrix: {runner: [a]}}\n    steps:\n"
+        "      - uses: actions/checkout@v4\n"
+        '      - run: pytest --gpufit-runner="${{ matrix.runner }}"\n'
+    )
+    idents = {f["ident"] for f in zizmor(before)}
+    assert idents >= {"unpinned-uses", "artipacked", "excessive-permissions"}, idents
+    assert "template-injection" in {f["ident"] for f in zizmor(before, persona="pedantic")}
+
+
 # ---- the checker on bad workflows ----------------------------------------------------------
 
 HOLE = """
@@ -49,11 +139,19 @@ jobs:
 """
 
 
-def test_pull_request_target_with_a_head_checkout_is_the_classic_hole() -> None:
-    (finding,) = check_workflow(HOLE, "w.yml")
-    assert finding.rule == "pull-request-target-head-checkout"
-    assert finding.line == 4 and finding.job == "build"
-    assert finding.text().startswith("w.yml:4: job build: step 'actions/checkout@v4' checks out")
+def zizmor_on(tmp_path: Path, text: str) -> list[tuple[str, int]]:
+    path = tmp_path / "w.yml"
+    path.write_text(text)
+    return [where(f) for f in zizmor(path)]
+
+
+# pull_request_target with a head checkout was this file's rule 1; zizmor's dangerous-triggers
+# flags every pull_request_target (the checkout or not), so the rule was retired (issue 22).
+
+
+def test_pull_request_target_with_a_head_checkout_is_the_classic_hole(tmp_path: Path) -> None:
+    assert ("dangerous-triggers", 2) in zizmor_on(tmp_path, HOLE)
+    assert check_workflow(HOLE, "w.yml") == []  # zizmor's, not this script's
 
 
 CHECKOUT = "      - uses: actions/checkout@v4\n        with:\n"
@@ -69,22 +167,22 @@ CHECKOUT = "      - uses: actions/checkout@v4\n        with:\n"
         "      - run: git fetch origin pull/${{ github.event.number }}/head",
     ],
 )
-def test_every_way_of_checking_out_the_head_is_found(checkout: str) -> None:
+def test_every_way_of_checking_out_the_head_is_found(tmp_path: Path, checkout: str) -> None:
     workflow = (
         "on:\n  pull_request_target:\n    types: [opened]\n"
         "jobs:\n  j:\n    runs-on: ubuntu-latest\n"
         f"    steps:\n{checkout}\n"
     )
-    assert [f.rule for f in check_workflow(workflow, "w.yml")] == [
-        "pull-request-target-head-checkout"
-    ]
+    assert ("dangerous-triggers", 1) in zizmor_on(tmp_path, workflow)
 
 
-def test_pull_request_target_without_a_head_checkout_is_not_flagged() -> None:
+def test_pull_request_target_without_a_head_checkout_is_flagged_too(tmp_path: Path) -> None:
+    # Stricter than the retired rule: the trigger itself is the hazard (a later edit adds the
+    # checkout, or a step runs the base branch's code on the fork's inputs).
     workflow = HOLE.replace(
         "        with:\n          ref: ${{ github.event.pull_request.head.sha }}\n", ""
     )
-    assert check_workflow(workflow, "w.yml") == []
+    assert ("dangerous-triggers", 2) in zizmor_on(tmp_path, workflow)
 
 
 GPU_ON_PR = """
@@ -185,18 +283,18 @@ def test_what_is_not_a_workflow_has_no_findings(text: str) -> None:
 
 
 def test_bad_yaml_is_one_error_naming_the_line() -> None:
-    with pytest.raises(GpufitError, match=r"^w\.yml:4: not a YAML workflow \(.+\)$"):
+    with pytest.raises(WorkflowError, match=r"^w\.yml:4: not a YAML workflow \(.+\)$"):
         check_workflow("on: push\njobs:\n  a: 1\n b: 2\n", "w.yml")
 
 
 def test_the_command_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
-    bad.write_text(HOLE)
+    bad.write_text(GPU_ON_PR)
     good = tmp_path / "good.yml"
     good.write_text(GPU_ON_PR.replace("[push, pull_request]", "push"))
-    run = [sys.executable, "-m", "pytest_gpufit.fleet.workflow_check"]
+    run = [sys.executable, str(SCRIPT)]
     found = subprocess.run([*run, str(bad), str(good)], capture_output=True, text=True)
-    assert found.returncode == 1 and f"{bad}:4: job build:" in found.stdout
+    assert found.returncode == 1 and f"{bad}:4: job gate:" in found.stdout
     clean = subprocess.run([*run, str(good)], capture_output=True, text=True)
     assert clean.returncode == 0 and "no finding in 1 file" in clean.stdout
     missing = subprocess.run([*run, str(tmp_path / "nope.yml")], capture_output=True, text=True)
@@ -222,11 +320,9 @@ def test_the_command_line(tmp_path: Path) -> None:
         "          git checkout FETCH_HEAD",
     ],
 )
-def test_a_head_checkout_by_another_road_is_found(steps: str) -> None:
+def test_a_head_checkout_by_another_road_is_found(tmp_path: Path, steps: str) -> None:
     workflow = f"on: pull_request_target\njobs:\n  j:\n    runs-on: ubuntu-latest\n{steps}\n"
-    assert [f.rule for f in check_workflow(workflow, "w.yml")] == [
-        "pull-request-target-head-checkout"
-    ]
+    assert ("dangerous-triggers", 1) in zizmor_on(tmp_path, workflow)
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,10 @@ def test_paths_the_workflows_run_exist() -> None:
 def test_gate_fails_on_missing_and_deploy_waits_on_it() -> None:
     gate = load(ROOT / ".github" / "workflows" / "gpu-gate.yml")
     text = " ".join(commands(gate))
-    assert "--gpufit-on-missing=fail" in text and '--gpufit-runner="${{ matrix.runner }}"' in text
+    # The matrix reaches the script as a variable, never spliced into its text (zizmor).
+    assert gate["jobs"]["gate"]["env"]["RUNNER_CLASS"] == "${{ matrix.runner }}"
+    assert "--gpufit-on-missing=fail" in text and '--gpufit-runner="$RUNNER_CLASS"' in text
+    assert "--gpufit-forbid-skips" in text  # a skip from anywhere fails a gate (issue 18.12)
     assert "--gpufit-baseline=" in text and "--gpufit-report=" in text
     assert gate["jobs"]["deploy"]["needs"] == "gate" and gate["jobs"]["deploy"]["environment"]
     assert gate["jobs"]["gate"]["concurrency"]["group"]
@@ -112,19 +115,32 @@ def test_a_cpu_plan_job_emits_the_matrix_the_gate_jobs_run_on() -> None:
     assert job["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
     assert job["runs-on"] == "${{ matrix.labels }}"
     command = " ".join(commands({"jobs": {"gate": job}}))
+    env = job["env"]
+    assert env == {
+        "RUNNER_CLASS": "${{ matrix.runner }}",
+        "CLASS_GPUS": "${{ matrix.gpus }}",
+        "SHARD": "${{ matrix.shard }}",
+        "SHARDS": "${{ matrix.shards }}",
+        "PLAN": "${{ matrix.plan }}",
+        # A CPU class (a hosted runner, another VM each job) is not baselined.
+        "BASELINE": "${{ matrix.gpus == 'none' && 'off' || inputs.baseline || 'compare' }}",
+        "MODELS_DIR_INPUT": "${{ inputs.models-dir }}",
+    }
     for flag in (
-        '--gpufit-runner="${{ matrix.runner }}"',
+        '--gpufit-runner="$RUNNER_CLASS"',
         "--gpufit-runners=gpufit-runners.yaml",
         # The job fails unless it places the items as the plan job did (fleet/plan.py digest).
-        '--gpufit-plan="${{ matrix.plan }}"',
-        '--splits="${{ matrix.shards }}"',
-        '--group="${{ matrix.shard }}"',
+        '--gpufit-plan="$PLAN"',
+        '--splits="$SHARDS"',
+        '--group="$SHARD"',
         "--splitting-algorithm=least_duration",  # never an empty shard (docs/ci.md)
-        '--durations-path=".gpufit/baselines/durations/${{ matrix.runner }}.json"',
+        '--durations-path=".gpufit/baselines/durations/$RUNNER_CLASS.json"',
         "--store-durations",
     ):
         assert flag in command, flag
-    assert "fleet]" in command  # pytest-split comes with the fleet extra
+    assert 'pip install -e ".[$GATE_EXTRAS]"' in command
+    # pytest-split comes with the fleet extra; every served suite needs the endpoint extra.
+    assert set(gate["env"]["GATE_EXTRAS"].split(",")) == {"hf", "endpoint", "fleet"}
     assert gate["defaults"]["run"]["shell"] == "bash"  # pipefail
 
 
@@ -151,10 +167,16 @@ def test_the_shipped_pool_plans_the_shipped_suites_with_no_orphaned_gate() -> No
     )
     assert result.returncode == 0, result.stdout + result.stderr
     include = json.loads(result.stdout)["include"]
-    assert {e["runner"] for e in include} == {"pro6000", "h100"}
+    assert {e["runner"] for e in include} == {"pro6000", "h100", "cpu"}
     for entry in include:
         parse_expect(entry["expect"])
-        assert "self-hosted" in entry["labels"]
+        # The GPU classes run on self-hosted runners; the CPU class (the checks that need no
+        # GPU) on a hosted one, whose job installs the CPU build of torch (matrix gpus: none).
+        if entry["gpus"] == "none":
+            assert entry["labels"] == ["ubuntu-latest"] and entry["expect"] == "count>=0"
+        else:
+            assert "self-hosted" in entry["labels"]
+            assert "driver>=580" in entry["expect"]  # torch 2.13.0's CUDA 13.0 build needs it
 
 
 def test_the_command_check_sees_the_commands() -> None:
@@ -283,19 +305,62 @@ def test_the_action_keeps_the_cache_as_an_option_off_by_default() -> None:
     assert "${{ inputs.baseline-dir }}" in upload["with"]["path"]
 
 
-def test_the_action_passes_no_empty_expect() -> None:
+FAKE_PYTHON = """#!/usr/bin/env bash
+# A stand-in for the venv's python: runs `-c` code with the real one, prints a pytest line.
+if [ "$1" = -c ]; then exec "$REAL_PYTHON" "$@"; fi
+printf '%s\\n' "$@"
+"""
+
+
+def action_gate_words(tmp_path: Path, **env: str) -> list[str]:
+    """The words the action's Gate step passes to `python -m pytest`, for these inputs."""
+    step = next(s for s in load(ROOT / "action.yml")["runs"]["steps"] if s.get("name") == "Gate")
+    bin_dir = tmp_path / "gpufit-venv" / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    inputs = {"SUITES": "suites/", "EXTRA_ARGS": "", "EXPECT": "", "FORBID_SKIPS": "true"}
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", step["run"]],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "RUNNER_TEMP": str(tmp_path),
+            "REAL_PYTHON": sys.executable,
+            **inputs,
+            **env,
+        },
+    )
+    words = result.stdout.splitlines()
+    assert words[:2] == ["-m", "pytest"], result.stdout + result.stderr
+    return words[2:]
+
+
+def test_the_action_passes_no_empty_expect(tmp_path: Path) -> None:
     # An empty --gpufit-expect is a usage error: the action's default "" must not reach pytest.
-    gate = next(s for s in load(ROOT / "action.yml")["runs"]["steps"] if s.get("name") == "Gate")
-    command = gate["run"].replace("${{ inputs.suites }}", "suites/").split("${{")[0]
     for expect in ("", "count>=1,name~RTX PRO 6000"):
-        words = subprocess.run(
-            ["bash", "-c", f'EXPECT="$0"; printf "%s\\n" {command}', expect],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
+        words = action_gate_words(tmp_path, EXPECT=expect)
         flags = [w for w in words if w.startswith("--gpufit-expect")]
         assert flags == ([f"--gpufit-expect={expect}"] if expect else [])
+
+
+def test_the_action_reads_its_word_inputs_as_words_and_never_runs_them(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    extra = f'-k "not slow" $(touch {marker}) `touch {marker}`; touch {marker}'
+    words = action_gate_words(
+        tmp_path,
+        SUITES="suites/a.yaml 'suites/with space.yaml'",
+        EXTRA_ARGS=extra,
+        FORBID_SKIPS="false",
+    )
+    assert words[:2] == ["suites/a.yaml", "suites/with space.yaml"]
+    assert words[-len(shlex.split(extra)) :] == shlex.split(extra)
+    assert words[-8:-6] == ["-k", "not slow"]
+    assert not marker.exists()  # quoted, split, passed on: never executed
+    assert "--gpufit-forbid-skips" not in words
+    assert "--gpufit-forbid-skips" in action_gate_words(tmp_path)  # the default: "true"
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ def _class_schema() -> dict[str, Any]:
 
     ids = "|".join(sorted(catalog()))
     count = r"(([1-9][0-9]{0,2}|10[01][0-9]|102[0-4])\s*\*\s*)?"  # 1 to 1024, as the validator
-    setup = rf"^\s*{count}({ids})\s*(,\s*{count}({ids})\s*)*$"
+    setup = rf"^\s*(none|{count}({ids})\s*(,\s*{count}({ids})\s*)*)\s*$"  # none: a CPU class
     # --gpufit-expect's grammar, as far as a pattern goes (values are checked by the validator)
     clause = rf"\s*({'|'.join(KEYS)})\s*(>=|<=|==|!=|~|>|<|=)\s*[^,\s][^,]*"
     kinds: dict[str, dict[str, Any]] = {

@@ -8,11 +8,12 @@ Placement:
 - a gated item (a gpufit marker, a suite check on a GPU, or a ``gpu`` fixture) runs on every
   class that can run it (``placement: every``: one gate per card model), or on the first one
   (``placement: one``);
-- an ungated item (no GPU requirement at all) runs once, on the first class: it does not
-  depend on the card, and running it N times would only cost runner time;
+- an ungated item (no GPU requirement at all) runs once: on the pool's first CPU class
+  (``gpus: none``), else on the first class; it does not depend on the card, and running it N
+  times would only cost runner time;
 - an orphaned gate (no class can run it) is an error of the plan; a gate job keeps it on the
-  first class, where ``--gpufit-on-missing=fail`` fails it with its reason: no item is ever
-  dropped by every class.
+  first class with GPUs, where ``--gpufit-on-missing=fail`` fails it with its reason: no item
+  is ever dropped by every class.
 """
 
 from __future__ import annotations
@@ -66,10 +67,11 @@ class Plan:
         return tuple(p for p in self.items if p.orphaned)
 
     def keeps(self, runner: str) -> set[str]:
-        """Node ids a gate job of ``runner`` keeps: its own, and orphans on the first class."""
-        first = self.pool.runners[0].name
+        """Node ids a gate job of ``runner`` keeps: its own, and orphans on the first class
+        with GPUs."""
+        home = self.pool.orphan_home.name
         return {
-            p.nodeid for p in self.items if runner in p.runners or (p.orphaned and runner == first)
+            p.nodeid for p in self.items if runner in p.runners or (p.orphaned and runner == home)
         }
 
     def shards(self, runner: RunnerClass) -> int:
@@ -79,16 +81,25 @@ class Plan:
 
     def why_not(self, placement: Placement, runner: str) -> str:
         """Why a gate job of ``runner`` deselects an item."""
-        first = self.pool.runners[0].name
         if not placement.gated:
-            return f"ungated: runs once, on the first class {first!r}"
+            return f"ungated: runs once, on {ungated_words(self.pool)}"
         if placement.orphaned:
-            return f"orphaned gate: no class can run it; kept on the first class {first!r}"
+            home = self.pool.orphan_home
+            which = "first class" if home is self.pool.runners[0] else "first GPU class"
+            return f"orphaned gate: no class can run it; kept on the {which} {home.name!r}"
         if runner in placement.eligible:
             return f"placement one: runs on {placement.runners[0]!r}, the first class that can"
         reason = dict(placement.cannot).get(runner, "")
         where = ", ".join(placement.runners)
         return f"planned for {where}; this class cannot run it: {reason}"
+
+
+def ungated_words(pool: Pool) -> str:
+    """Where the items that need no GPU run, in words."""
+    home = pool.ungated_home
+    if not home.has_gpus:
+        return f"the CPU class {home.name!r}"
+    return f"the first class {home.name!r}"
 
 
 def class_inventory(runner: RunnerClass) -> Inventory:
@@ -97,7 +108,10 @@ def class_inventory(runner: RunnerClass) -> Inventory:
 
     gpus = tuple(catalog_gpu(card, i) for i, card in enumerate(runner.card_ids))
     return Inventory(
-        gpus=gpus, environment=Environment(driver_version=runner.driver_floor), source="simulated"
+        gpus=gpus,
+        environment=Environment(driver_version=runner.driver_floor),
+        source="simulated",
+        reason=None if gpus else "a CPU class (gpus: none)",
     )
 
 
@@ -135,11 +149,11 @@ def simulation_judge() -> Judge:
 def make_plan(pool: Pool, items: Iterable[ItemFact], judge: Judge | None = None) -> Plan:
     """Place every item on the pool's classes (see the module's docstring)."""
     judge = judge or simulation_judge()
-    first = pool.runners[0].name
+    home = pool.ungated_home.name
     placed = []
     for item in items:
         if not item.gated:
-            placed.append(Placement(item.nodeid, False, (first,)))
+            placed.append(Placement(item.nodeid, False, (home,)))
             continue
         req = item.requirement or Requirement()  # a gpu fixture alone: one GPU
         eligible, cannot = [], []
@@ -174,12 +188,14 @@ def digest(plan: Plan) -> str:
 def matrix(plan: Plan) -> dict[str, Any]:
     """``strategy.matrix`` for the gate jobs: one entry per class and shard; a class the plan
     gives nothing has no job (``idle_lines`` says so). ``plan`` is the plan's ``digest``, for
-    the gate job's ``--gpufit-plan``."""
+    the gate job's ``--gpufit-plan``; ``gpus`` is the class's as written (``none`` for a CPU
+    class, whose job installs no CUDA build)."""
     plan_digest = digest(plan)
     include = [
         {
             "runner": runner.name,
             "labels": list(runner.labels),
+            "gpus": runner.gpus,
             "shard": shard,
             "shards": plan.shards(runner),
             "expect": derived_expect(runner),
@@ -266,6 +282,12 @@ def table_lines(plan: Plan, shown: int = 10) -> list[str]:
     lines += [
         "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     ]
+    ungated = len(plan.items) - gated
+    if ungated:
+        where = ungated_words(pool)
+        if pool.ungated_home.has_gpus:
+            where += " (no CPU class in the pool: add one with gpus: none to keep them off it)"
+        lines.append(f"ungated: {ungated} item(s) need no GPU and run once, on {where}")
     for runner in pool.runners:
         by_reason: dict[str, list[str]] = {}
         for p in plan.items:

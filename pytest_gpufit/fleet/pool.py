@@ -26,7 +26,11 @@ PLACEMENTS = ("every", "one")
 CLASS_FIELDS: dict[str, tuple[bool, str]] = {
     "name": (True, "the class's name, used by --gpufit-runner (letters, digits, . _ -)"),
     "labels": (True, "the runs-on labels of its self-hosted runners"),
-    "gpus": (True, "its cards as for --gpufit-simulate: ID[,ID...] or N*ID, catalog ids"),
+    "gpus": (
+        True,
+        "its cards as for --gpufit-simulate: ID[,ID...] or N*ID, catalog ids; or none: a CPU "
+        "class, which takes the checks that need no GPU",
+    ),
     "driver": (False, "the NVIDIA driver its runners have at least: '>=570' or '==570.86'"),
     "shards": (False, f"jobs the class's checks are split into (pytest-split), 1 to {MAX_SHARDS}"),
     "expect": (
@@ -44,6 +48,7 @@ POOL_FIELDS: dict[str, tuple[bool, str]] = {
     ),
 }
 _DRIVER = re.compile(r"^\s*(>=|==)\s*([0-9][0-9.]*)\s*$")
+NO_GPUS = "none"  # ``gpus: none``: a CPU class
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,11 @@ class RunnerClass:
     line: int = 0
 
     @property
+    def has_gpus(self) -> bool:
+        """False for a CPU class (``gpus: none``)."""
+        return bool(self.card_ids)
+
+    @property
     def driver_floor(self) -> str | None:
         """The lowest driver version the class promises (planning judges with it)."""
         match = _DRIVER.match(self.driver) if self.driver else None
@@ -72,6 +82,17 @@ class Pool:
     placement: str = "every"
     path: str = ""
     line: int = 0  # of the `runners:` key
+
+    @property
+    def ungated_home(self) -> RunnerClass:
+        """Where an item that needs no GPU runs once: the first CPU class, else the first."""
+        return next((r for r in self.runners if not r.has_gpus), self.runners[0])
+
+    @property
+    def orphan_home(self) -> RunnerClass:
+        """Where a gate job keeps an orphaned gate (to fail it with its reason): the first
+        class with GPUs, whose reason names the card, else the first class."""
+        return next((r for r in self.runners if r.has_gpus), self.runners[0])
 
     def get(self, name: str, what: str = "--gpufit-runner") -> RunnerClass:
         """The class called ``name``; an unknown name is an error naming the file's classes."""
@@ -139,9 +160,18 @@ def _runner(path: Path, index: int, entry: Any) -> RunnerClass:
         raise GpufitError(f"{at('labels')}: a label is repeated in {labels!r}")
     gpus = entry["gpus"]
     if not isinstance(gpus, str):
-        raise GpufitError(f"{at('gpus')}: expected text such as 2*h100-sxm, got {gpus!r}")
-    card_ids = tuple(parse_setup(gpus, at("gpus")))
+        raise GpufitError(
+            f"{at('gpus')}: expected text such as 2*h100-sxm (or none for a CPU class), "
+            f"got {gpus!r}"
+        )
+    cpu = gpus.strip() == NO_GPUS
+    card_ids = () if cpu else tuple(parse_setup(gpus, at("gpus")))
     driver = entry.get("driver")
+    if driver is not None and cpu:
+        raise GpufitError(
+            f"{at('driver')}: a CPU class (gpus: none) has no NVIDIA driver to promise; "
+            "drop driver:"
+        )
     if driver is not None:
         match = _DRIVER.match(driver) if isinstance(driver, str) else None
         valid = False
@@ -241,21 +271,26 @@ def _floor_gb(n_bytes: int) -> int:
 
 def derived_expect(runner: RunnerClass) -> str:
     """The ``--gpufit-expect`` of a class: count, memory, name, compute capability, driver.
+    A CPU class promises no GPU (``count>=0``, which every machine meets), and its own
+    ``expect`` clauses, if any.
 
     >>> r = RunnerClass("h", ("self-hosted",), "2*h100-sxm", ("h100-sxm", "h100-sxm"), ">=550")
     >>> derived_expect(r)
     'count>=2,vram>=81GB,name~NVIDIA H100 80GB HBM3,cc>=9.0,driver>=550'
+    >>> derived_expect(RunnerClass("cpu", ("ubuntu-latest",), "none", ()))
+    'count>=0'
     """
     from pytest_gpufit.hardware.catalog import catalog_gpu  # late: reads the catalog
 
     gpus = [catalog_gpu(card) for card in runner.card_ids]
     clauses: dict[str, list[str]] = {"count": [f"count>={len(gpus)}"]}
-    clauses["vram"] = [f"vram>={min(_floor_gb(g.memory_total_bytes) for g in gpus)}GB"]
+    if gpus:
+        clauses["vram"] = [f"vram>={min(_floor_gb(g.memory_total_bytes) for g in gpus)}GB"]
     names = {g.name for g in gpus}
     if len(names) == 1:
         clauses["name"] = [f"name~{names.pop()}"]
     ccs = [g.compute_capability for g in gpus]
-    if all(cc is not None for cc in ccs):
+    if ccs and all(cc is not None for cc in ccs):
         low = min(cc for cc in ccs if cc is not None)
         clauses["cc"] = [f"cc>={low[0]}.{low[1]}"]
     if runner.driver_floor:

@@ -51,13 +51,19 @@ class _Where:
 
 
 # Target field kinds (the shared ones are in pytest_gpufit/suites/fields.py).
-_DEVICE = r"^(cpu|cuda|cuda:[0-9]{1,4})$"  # ASCII digits: 'cuda:²' is no device
+# ASCII digits: 'cuda:²' is no device. remote: a server gpufit does not start (its hardware
+# is the server's, not this machine's), the default of an openai target without launch:.
+_DEVICE = r"^(cpu|cuda|cuda:[0-9]{1,4}|remote)$"
+REMOTE = "remote"
 
 
 @kind({"type": "string", "pattern": _DEVICE})
 def _device(value: Any) -> str:
     if not isinstance(value, str) or not re.match(_DEVICE, value):
-        raise GpufitError(f"expected cuda, cuda:N or cpu, got {value!r}")
+        raise GpufitError(
+            f"expected cuda, cuda:N or cpu, got {value!r} (or remote: a served model that "
+            "gpufit does not launch)"
+        )
     return value
 
 
@@ -270,6 +276,7 @@ def _target(
     endpoint = values["endpoint"]
     if openai:
         endpoint = _endpoint(endpoint, launch, lines.get("endpoint", node.line), where, at)
+    device = _placed_device(node, values["device"], openai and launch is None, checks, where, at)
     for check in checks:
         if openai:
             continue  # the server's tokenizer reads text prompts
@@ -287,7 +294,7 @@ def _target(
         weights=weights,
         backend=values["backend"],
         dtype=values["dtype"],
-        device=values["device"],
+        device=device,
         context=values["context"],
         requirement=_requires(
             node.get("requires"), lines.get("requires", node.line), f"{where}.requires", at
@@ -314,6 +321,47 @@ def _target(
 def _names(checks: Any) -> list[str]:
     """The check kinds a target names (before they are validated)."""
     return [str(name) for name in checks] if isinstance(checks, Located) else []
+
+
+def _placed_device(
+    node: Located, device: str, remote: bool, checks: tuple[Check, ...], where: str, at: _Where
+) -> str:
+    """The target's device: ``remote`` by default for a server gpufit does not start (an
+    openai target without ``launch:``), whose hardware this machine's probe cannot judge."""
+    lines = node.key_lines
+    if "device" not in node:
+        device = REMOTE if remote else device
+    elif device == REMOTE and not remote:
+        raise at.error(
+            lines["device"],
+            f"{where}.device",
+            "remote is a server gpufit does not start (backend: openai with endpoint: and no "
+            "launch:); a launched server or an in-process model runs here: use cuda, cuda:N "
+            "or cpu",
+        )
+    if device != REMOTE:
+        return device
+    why = (
+        "this target is a remote endpoint (no launch:), so its hardware is the server's and "
+        "this machine's GPUs are never used"
+    )
+    if "requires" in node and isinstance(node["requires"], Located) and node["requires"]:
+        key = next(iter(node["requires"]))
+        raise at.error(
+            node["requires"].key_lines[key],
+            f"{where}.requires.{key}",
+            f"judges this machine's GPUs (or its torch), but {why}; drop it (gate the "
+            "server's hardware with the deployment's own checks), or launch the server here",
+        )
+    for check in checks:
+        if check.kind == "fits":
+            raise at.error(
+                check.line,
+                f"{where}.checks.fits",
+                f"estimates the model on this machine's memory, but {why}; drop it, or ask "
+                "`gpufit fit MODEL --gpu CARD` about the server's cards",
+            )
+    return device
 
 
 def _capabilities(
@@ -476,4 +524,14 @@ def parse_suite(path: Path) -> Suite:
         seen[target.name] = target.line
         targets.append(target)
     requirement = _requires(data.get("requires"), data.key_lines.get("requires", 1), "requires", at)
+    remote = [t for t in targets if t.device == REMOTE]
+    if requirement is not None and remote:
+        raise at.error(
+            data.key_lines["requires"],
+            "requires",
+            f"judges this machine's GPUs (or its torch), but target {remote[0].name!r} (line "
+            f"{remote[0].line}) is a remote endpoint (no launch:), whose hardware is the "
+            "server's; move requires: to the targets that run here, or put the remote target "
+            "in a suite of its own",
+        )
     return Suite(name, path, requirement, tuple(targets))

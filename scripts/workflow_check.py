@@ -1,17 +1,29 @@
-"""Check GitHub Actions workflows for the two ways untrusted code reaches a GPU runner.
+#!/usr/bin/env python3
+"""The one fork check zizmor does not make: a self-hosted runner a pull request can reach.
 
-1. ``pull_request_target`` with a checkout of the pull request's head: that event runs in the
-   base repository's context (its secrets, a write token, its self-hosted runners) for any
-   fork's pull request; checking out the head then builds and runs the fork's code there.
-2. A job on a self-hosted runner that a ``pull_request`` (a fork's included) can start, with no
-   approval in between: a fork's pull request then runs its code on the machine, which keeps
-   what it leaves behind for the next job. The safe pattern: the gate on pushes to protected
-   branches, and on pull requests only in a job behind a protected environment (required
-   reviewers), or one its ``if:`` keeps from forks.
+A job on a self-hosted runner that a ``pull_request`` (a fork's included) can start, with no
+approval in between, runs a fork's code on the machine, which keeps what it leaves behind for
+the next job and sits in your network. The safe pattern: the gate on pushes to protected
+branches, and on pull requests only in a job behind a protected environment (required
+reviewers), or one its ``if:`` keeps from forks.
 
-Usage: ``python -m pytest_gpufit.fleet.workflow_check .github/workflows/*.yml`` (exit 1 on a
-finding, 2 on a file that cannot be read). Only what a workflow file says is checked: whether an
-environment really has required reviewers is a repository setting, checked in its settings.
+zizmor (``zizmor --offline .github/workflows action.yml``, run by ``.ci/run``) checks the rest:
+``dangerous-triggers`` flags every ``pull_request_target`` and ``workflow_run`` (which this
+file used to flag only with a checkout of the pull request's head), template injection,
+credentials persisted by checkout, broad permissions and unpinned actions. Its
+``self-hosted-runner`` audit (``--persona auditor``) flags any job with a literal
+``self-hosted`` label, whatever the trigger or the approval; it does not see a runner group, a
+self-hosted runner's own label (``ubuntu-h100``), labels from a matrix, or an
+``environment:``. That is what this file checks.
+
+A development check of workflow files, outside the installed package: ``.ci/run``, CI and
+``tests/test_workflow_security.py`` run it. Usage (exit 1 on a finding, 2 on a file that cannot
+be read)::
+
+    python scripts/workflow_check.py .github/workflows/*.yml
+
+Only what a workflow file says is checked: whether an environment really has required
+reviewers is a repository setting, checked in its settings.
 """
 
 from __future__ import annotations
@@ -25,17 +37,6 @@ from typing import Any
 
 import yaml
 
-from pytest_gpufit.errors import GpufitError
-
-# What checks out (or fetches) a pull request's own code rather than the base branch.
-_HEAD_REF = re.compile(
-    r"github\.event\.pull_request\.head\.(sha|ref)|github\.head_ref|"
-    r"github\.event\.pull_request\.merge_commit_sha|refs/pull/|"
-    r"github\.event\.pull_request\.head\.repo\.full_name"
-)
-_HEAD_FETCH = re.compile(r"gh\s+pr\s+checkout|refs/pull/|\bpull/\$\{\{|git\s+fetch\b.*\bpull/")
-# A git command that, given the head's ref or sha, fetches or checks out its code.
-_GIT = re.compile(r"\bgit\s+(fetch|checkout|switch|pull|reset|clone|worktree)\b")
 # GitHub's hosted images (a larger runner's own name is counted as self-hosted: it may be).
 _HOSTED = re.compile(
     r"^(ubuntu-(latest|[0-9]{2}\.[0-9]{2})(-arm)?|windows-(latest|[0-9]{4}|11-arm)|"
@@ -54,6 +55,10 @@ _SAME_REPO = re.compile(
 _MATRIX_REF = re.compile(r"^\$\{\{\s*matrix\.([A-Za-z0-9_-]+)\s*\}\}$")
 
 
+class WorkflowError(Exception):
+    """A file that cannot be read, or is not YAML: one message naming the file and line."""
+
+
 @dataclass(frozen=True)
 class Finding:
     """One way untrusted code can reach a runner, at a file, line and job."""
@@ -61,7 +66,7 @@ class Finding:
     path: str
     line: int
     job: str
-    rule: str  # pull-request-target-head-checkout | self-hosted-pull-request
+    rule: str  # self-hosted-pull-request
     message: str
 
     def text(self) -> str:
@@ -178,101 +183,43 @@ def _gated(jobs: Mapping[str, Any], name: str, seen: frozenset[str] = frozenset(
     return any(_gated(jobs, str(n), seen | {name}) for n in needs)
 
 
-def _head_env(*envs: Any) -> list[str]:
-    """Names of ``env:`` variables set to the pull request's head (its ref, sha or repo)."""
-    return [
-        str(key)
-        for env in envs
-        if isinstance(env, Mapping)
-        for key, value in env.items()
-        if _HEAD_REF.search(str(value))
-    ]
-
-
-def _names_head(text: str, names: Sequence[str]) -> bool:
-    """Whether ``text`` names the head: directly, or through one of the ``names`` variables."""
-    if _HEAD_REF.search(text):
-        return True
-    return any(re.search(rf"\benv\.{re.escape(n)}\b|\$\{{?{re.escape(n)}\b", text) for n in names)
-
-
-def _head_checkouts(job: Mapping[str, Any], workflow_env: Any = None) -> list[str]:
-    """The steps of a job that check out or fetch the pull request's head."""
-    found = []
-    for index, step in enumerate(job.get("steps") or []):
-        if not isinstance(step, Mapping):
-            continue
-        names = _head_env(workflow_env, job.get("env"), step.get("env"))
-        name = str(step.get("name") or step.get("uses") or f"step {index + 1}")
-        uses = str(step.get("uses", ""))
-        with_ = step.get("with") or {}
-        if (
-            uses.startswith("actions/checkout")
-            and isinstance(with_, Mapping)
-            and any(_names_head(str(with_.get(k, "")), names) for k in ("ref", "repository"))
-        ):
-            found.append(name)
-        run = str(step.get("run", ""))
-        if _HEAD_FETCH.search(run) or (_GIT.search(run) and _names_head(run, names)):
-            found.append(name)
-    return found
-
-
 def check_workflow(text: str, path: str) -> list[Finding]:
-    """Findings of one workflow file's text; a file that is not YAML is one GpufitError."""
+    """Findings of one workflow file's text; a file that is not YAML is one WorkflowError."""
     try:
         workflow = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path
         problem = getattr(error, "problem", None) or type(error).__name__
-        raise GpufitError(f"{where}: not a YAML workflow ({problem})") from None
+        raise WorkflowError(f"{where}: not a YAML workflow ({problem})") from None
     if not isinstance(workflow, Mapping) or not isinstance(workflow.get("jobs"), Mapping):
         return []
-    triggers = _triggers(workflow)
+    if "pull_request" not in _triggers(workflow):
+        return []
     jobs: Mapping[str, Any] = workflow["jobs"]
     lines = _lines(text)
     findings = []
     for name, job in jobs.items():
-        if not isinstance(job, Mapping):
+        if not isinstance(job, Mapping) or "uses" in job:
+            continue  # "uses": a reusable workflow: check that file itself
+        labels, known = _labels(job)
+        if (known and not _self_hosted(labels)) or _gated(jobs, str(name)):
             continue
-        line = lines.get(str(name), 1)
-        if "pull_request_target" in triggers:
-            for step in _head_checkouts(job, workflow.get("env")):
-                findings.append(
-                    Finding(
-                        path,
-                        line,
-                        str(name),
-                        "pull-request-target-head-checkout",
-                        f"step {step!r} checks out the pull request's head under "
-                        "pull_request_target, which runs a fork's code with this repository's "
-                        "secrets, write token and runners; use on: pull_request for untrusted "
-                        "code (no secrets), and run the GPU gate behind a protected environment",
-                    )
-                )
-        # (pull_request_target without a head checkout runs the base branch's own code.)
-        if "pull_request" in triggers:
-            if "uses" in job:
-                continue  # a reusable workflow: check that file itself
-            labels, known = _labels(job)
-            if not (known and not _self_hosted(labels)) and not _gated(jobs, str(name)):
-                shown = ", ".join(labels) if known else str(job.get("runs-on"))
-                what = "self-hosted runners" if known else "runners an expression picks"
-                findings.append(
-                    Finding(
-                        path,
-                        line,
-                        str(name),
-                        "self-hosted-pull-request",
-                        f"runs on {what} "
-                        f"({shown}) and a pull request (a fork's included) can start it with "
-                        "no approval; give it (or a job it needs) a protected environment "
-                        "(environment: with required reviewers), or keep forks out with "
-                        "if: github.event.pull_request.head.repo.full_name == github.repository, "
-                        "or run it on pushes to protected branches only",
-                    )
-                )
+        shown = ", ".join(labels) if known else str(job.get("runs-on"))
+        what = "self-hosted runners" if known else "runners an expression picks"
+        findings.append(
+            Finding(
+                path,
+                lines.get(str(name), 1),
+                str(name),
+                "self-hosted-pull-request",
+                f"runs on {what} ({shown}) and a pull request (a fork's included) can start "
+                "it with no approval; give it (or a job it needs) a protected environment "
+                "(environment: with required reviewers), or keep forks out with "
+                "if: github.event.pull_request.head.repo.full_name == github.repository, "
+                "or run it on pushes to protected branches only",
+            )
+        )
     return findings
 
 
@@ -282,7 +229,7 @@ def check_paths(paths: Iterable[Path]) -> list[Finding]:
         try:
             text = path.read_text("utf-8")
         except (OSError, ValueError) as error:
-            raise GpufitError(f"{path}: cannot read it ({error})") from None
+            raise WorkflowError(f"{path}: cannot read it ({error})") from None
         findings += check_workflow(text, str(path))
     return findings
 
@@ -301,13 +248,11 @@ def markdown_workflows(text: str) -> list[tuple[int, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
-        print(
-            "usage: python -m pytest_gpufit.fleet.workflow_check WORKFLOW.yml ...", file=sys.stderr
-        )
+        print("usage: python scripts/workflow_check.py WORKFLOW.yml ...", file=sys.stderr)
         return 2
     try:
         findings = check_paths(Path(a) for a in args)
-    except GpufitError as error:
+    except WorkflowError as error:
         print(f"workflow_check: error: {error}", file=sys.stderr)
         return 2
     for finding in findings:
