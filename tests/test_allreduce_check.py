@@ -320,3 +320,54 @@ def test_nccl_on_the_cpu_is_refused_before_any_rank_starts(pytester: pytest.Pyte
         ["*gloo::allreduce: backend: nccl runs on GPUs (device: cuda); on the CPU only gloo*"]
     )
     assert _calls(pytester) == []
+
+
+# ---- the GPU tier's link suite (tests/gpu/link-2gpu.gpufit.yaml) -----------------------------
+
+LINK_SUITE = Path(__file__).parent / "gpu" / "link-2gpu.gpufit.yaml"
+
+
+def test_the_link_suite_gates_two_gpus_with_p2p_and_has_floors() -> None:
+    suite = parse_suite(LINK_SUITE)
+    assert suite.requirement is not None
+    assert (suite.requirement.count, suite.requirement.p2p) == (2, True)
+    (target,) = suite.targets
+    (check,) = target.checks
+    assert target.model is None and target.device == "cuda"
+    assert check.kind == "allreduce" and check.params["dtype"] == "bf16"
+    assert check.params["min_busbw_gb_s"] > 0 and check.params["max_latency_us"] > 0
+
+
+@pytest.mark.parametrize(
+    ("scenario", "outcome"),
+    [("pcie-same-switch", "passed"), ("p2p-disabled", "failed")],
+)
+def test_the_link_suite_on_a_faked_pair(
+    pytester: pytest.Pytester, scenario: str, outcome: str
+) -> None:
+    pytester.makefile(".gpufit.yaml", link=LINK_SUITE.read_text())
+    cards = f"[FakeCard(), FakeCard(uuid='GPU-2')], links={{(0, 1): LINK_SCENARIOS[{scenario!r}]}}"
+    _fake_ranks(pytester, nvml_probe(cards))
+    result = pytester.runpytest("--gpufit-on-missing=fail")
+    result.assert_outcomes(**{outcome: 1})
+    if outcome == "failed":  # P2P off: the requirement fails before any rank starts
+        result.stdout.fnmatch_lines(["*needs P2P between 2 GPUs; GPU0-GPU1 P2P read/write dis*"])
+        assert _calls(pytester) == []
+    else:
+        assert [c["ranks"] for c in _calls(pytester)] == [2]
+        result.stdout.fnmatch_lines(
+            [
+                "link-2gpu::pair: all-reduce nccl, 2 ranks, bf16: bus bandwidth 49.8 GB/s at "
+                "128 MiB, latency 10 us at 8 B"
+            ]
+        )
+
+
+def test_the_link_suite_under_simulation(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".gpufit.yaml", link=LINK_SUITE.read_text())
+    result = pytester.runpytest("-rs", "--gpufit-simulate=2*rtx-pro-6000-blackwell")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*simulated: would run on GPU0 NVIDIA RTX PRO 6000*GPU1*"])
+    result = pytester.runpytest("-rs", "--gpufit-simulate=2*rtx-4090")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*needs P2P between 2 GPUs; GPU0-GPU1*"])
