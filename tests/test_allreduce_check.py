@@ -5,6 +5,7 @@ and, with a faked probe and faked ranks, which GPUs a GPU target's ranks are giv
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,7 @@ def pytest_gpufit_probe(config):
 # are 10 us + bytes / 50 GB/s per all-reduce (so the bus bandwidth nears 50 GB/s).
 FAKE_RANKS = """
 import json
+import sys
 from pytest_gpufit import allreduce
 
 REAL = allreduce._run_ranks
@@ -371,3 +373,24 @@ def test_the_link_suite_under_simulation(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("-rs", "--gpufit-simulate=2*rtx-4090")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*needs P2P between 2 GPUs; GPU0-GPU1*"])
+
+
+def test_gpufit_plan_places_the_link_suite_on_a_class_with_a_p2p_pair(
+    pytester: pytest.Pytester,
+) -> None:
+    # Before the classes' simulated cards carried their pairs, no class could meet p2p: true.
+    (pytester.path / "suites").mkdir()
+    (pytester.path / "suites" / "link-2gpu.yaml").write_text(LINK_SUITE.read_text())
+    pytester.makefile(
+        ".yaml",
+        runners="runners:\n"
+        "  - {name: pro6000x2, labels: [gpu], gpus: 2*rtx-pro-6000-blackwell}\n"
+        "  - {name: rtx4090x2, labels: [gpu], gpus: 2*rtx-4090}\n",
+    )
+    result = pytester.run(
+        sys.executable, "-m", "pytest_gpufit.cli", "plan", "--runners", "runners.yaml", "suites"
+    )
+    out = result.stdout.str()
+    assert result.ret == 0, out + result.stderr.str()
+    assert "rtx4090x2 cannot run:" in out and "GPU0-GPU1 P2P read/write not supported" in out
+    assert "pro6000x2 cannot run" not in out
