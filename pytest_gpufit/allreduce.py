@@ -114,8 +114,9 @@ def buffer_size(value: Any, what: str) -> int:
     >>> buffer_size("4KiB", "min_size")
     4096
     """
-    # A bare number would be GB (the house unit), which no one means for an all-reduce buffer.
-    if not isinstance(value, str):
+    # A bare number would be GB (the house unit), which no one means for an all-reduce buffer;
+    # so would the text of one ("8" is 8 GB to parse_size).
+    if not isinstance(value, str) or not value.strip()[-1:].isalpha():
         raise GpufitError(
             f"{what}: expected a size with its unit such as '8B' or '64MiB', got {shown(value)}"
         )

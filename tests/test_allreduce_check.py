@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from fake_probe import catalog_probe, nvml_probe
 
+from pytest_gpufit.allreduce import parse_params
 from pytest_gpufit.baseline import Store
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.catalog import catalog_gpu
+from pytest_gpufit.suites import json_schema
 from pytest_gpufit.suites.kinds import KINDS, model_free
 from pytest_gpufit.suites.schema import parse_suite
 
@@ -148,6 +150,57 @@ def test_bad_values_are_refused_at_collection(tmp_path: Path, checks: str, messa
     path.write_text(f"suite: s\ntargets:\n  - name: t\n    checks: {checks}\n")
     with pytest.raises(GpufitError, match=r"s.gpufit.yaml:[34]: (targets\[0\].checks.)?" + message):
         parse_suite(path)
+
+
+SIZE_VALUES = [
+    "8B",
+    "8 b",
+    "4KiB",
+    "4kib",
+    "64MiB",
+    "1.5MiB",
+    "16GiB",
+    "17GiB",
+    "0B",
+    "0.4B",
+    "1TB",
+    "8",
+    "8GB",
+    8,
+    8.0,
+    True,
+    None,
+    "",
+    "8 parsecs",
+    "²B",
+    "1e3B",
+]
+
+
+@pytest.mark.parametrize("key", ["min_size", "max_size"])
+def test_the_schema_takes_every_size_the_validator_takes_and_no_bare_number(key: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    parse = KINDS["allreduce"].fields[key]
+    schema = json_schema.build_schema()["properties"]["targets"]["items"]["properties"]
+    field = schema["checks"]["properties"]["allreduce"]["oneOf"][1]["properties"][key]
+    validator = jsonschema.Draft202012Validator(field)
+    accepted = []
+    for value in SIZE_VALUES:
+        try:
+            parse(value)
+        except GpufitError:
+            continue
+        accepted.append(value)
+        assert validator.is_valid(value), value
+    assert accepted == ["8B", "8 b", "4KiB", "4kib", "64MiB", "1.5MiB", "16GiB", "8GB"]
+    # Bare numbers would be GB: both refuse them. The range (1 B to 16 GiB) is the validator's.
+    assert not any(validator.is_valid(v) for v in (8, 8.0, "8", True, None, "", "²B"))
+
+
+def test_a_size_written_as_a_bare_number_in_text_is_refused_too() -> None:
+    # parse_size reads "8" as 8 GB; an all-reduce sweep from 8 GB was never what "8" meant.
+    with pytest.raises(GpufitError, match="min_size: expected a size with its unit .* got '8'"):
+        parse_params({"min_size": "8"})
 
 
 def test_a_target_of_only_allreduce_needs_no_model_and_keeps_the_defaults(tmp_path: Path) -> None:
