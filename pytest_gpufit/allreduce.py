@@ -108,9 +108,15 @@ def _positive(value: Any, what: str, high: float = 1e12) -> float:
     return float(value)
 
 
-def _size(value: Any, what: str) -> int:
-    # A bare number would be GB (the house unit), which no one means for an all-reduce buffer.
-    if not isinstance(value, str):
+def buffer_size(value: Any, what: str) -> int:
+    """One all-reduce buffer: a size with its unit, 1 B to 16 GiB.
+
+    >>> buffer_size("4KiB", "min_size")
+    4096
+    """
+    # A bare number would be GB (the house unit), which no one means for an all-reduce buffer;
+    # so would the text of one ("8" is 8 GB to parse_size).
+    if not isinstance(value, str) or not value.strip()[-1:].isalpha():
         raise GpufitError(
             f"{what}: expected a size with its unit such as '8B' or '64MiB', got {shown(value)}"
         )
@@ -138,7 +144,7 @@ def parse_params(raw: Mapping[str, Any] | None, where: str = "allreduce") -> All
     for key, value in raw.items():
         what = f"{where}.{key}"
         if key in ("min_size", "max_size"):
-            out[key] = _size(value, what)
+            out[key] = buffer_size(value, what)
         elif key == "factor":
             out[key] = _whole(value, what, 2, 1024)
         elif key == "dtype":
@@ -160,14 +166,29 @@ def parse_params(raw: Mapping[str, Any] | None, where: str = "allreduce") -> All
         else:  # the floors
             out[key] = _positive(value, what)
     params = AllReduceParams(**{**asdict(default), **out})
+    try:
+        check_sweep(params)
+    except GpufitError as error:
+        raise GpufitError(f"{where}.{error}") from None
+    return params
+
+
+def check_sweep(params: AllReduceParams) -> AllReduceParams:
+    """The rules between fields: a sweep that goes up, to at least one element; the error
+    starts with the field it names.
+
+    >>> check_sweep(AllReduceParams(min_size=2**20, max_size=2**10))
+    Traceback (most recent call last):
+    pytest_gpufit.errors.GpufitError: min_size: 1 MiB is above max_size 1 KiB
+    """
     if params.min_size > params.max_size:
         raise GpufitError(
-            f"{where}.min_size: {format_size(params.min_size)} is above max_size "
+            f"min_size: {format_size(params.min_size)} is above max_size "
             f"{format_size(params.max_size)}"
         )
     element = ELEMENT_BYTES[params.dtype]
     if params.max_size < element:
-        raise GpufitError(f"{where}.max_size: below one {params.dtype} element ({element} B)")
+        raise GpufitError(f"max_size: below one {params.dtype} element ({element} B)")
     return params
 
 

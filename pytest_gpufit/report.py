@@ -11,9 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_gpufit.allreduce import format_size
 from pytest_gpufit.atomic import why_unwritable, write_text_atomic
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.records import Environment, Gpu, Inventory, pcie_text, power_text
+from pytest_gpufit.hardware.records import (
+    Environment,
+    Gpu,
+    GpuLink,
+    Inventory,
+    pcie_text,
+    power_text,
+)
 from pytest_gpufit.metrics import BY_NAME, format_value
 from pytest_gpufit.numbers import format_number, format_percent, plural
 from pytest_gpufit.requirements import Verdict
@@ -120,7 +128,21 @@ def inventory_lines(inventory: Inventory) -> list[str]:
         facts = host_facts_text(g)
         if facts:
             lines.append(f"  {facts}")
+    lines += [link_text(link) for link in inventory.links]
     return lines + [f"warning: {w}" for w in inventory.warnings]
+
+
+def link_text(link: GpuLink) -> str:
+    """One short line per GPU pair: whether P2P works, and how the pair is joined.
+
+    >>> link_text(GpuLink(0, 1, "single-switch", "ok", "ok"))
+    'link GPU0-GPU1: P2P ok; topology: single-switch, through one PCIe switch [PIX]'
+    >>> off = GpuLink(0, 1, "system", "chipset-not-supported", "chipset-not-supported")
+    >>> print(link_text(off))  # doctest: +NORMALIZE_WHITESPACE
+    link GPU0-GPU1: P2P read/write not supported by the chipset; topology: system,
+    across CPU sockets [SYS]
+    """
+    return f"link {link.name}: {'; '.join(link.p2p_problems()) or 'P2P ok'}; {link.where()}"
 
 
 def host_facts_text(gpu: Gpu) -> str | None:
@@ -246,7 +268,8 @@ def measurement_table(measurements: Mapping[str, Mapping[str, Any]]) -> list[str
     table = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
-    return table + served_lines(measurements) + backend_notes(measurements)
+    extra = served_lines(measurements) + allreduce_lines(measurements)
+    return table + extra + backend_notes(measurements)
 
 
 # What each backend's speed figures mean: they are not the same measurement.
@@ -269,6 +292,37 @@ def backend_notes(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if present == {"transformers"}:
         return []  # the table as it always was: only one kind of figure
     return [f"- {BACKEND_MEANING[b]}" for b in sorted(present) if b in BACKEND_MEANING]
+
+
+def allreduce_lines(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Each all-reduce check's two baseline figures, with what they were measured on.
+
+    >>> row = {"suite": "link", "target": "pair", "check": "allreduce", "metrics": {
+    ...     "allreduce_busbw_gb_s": 52.4, "allreduce_latency_us": 13.5,
+    ...     "allreduce_busbw_size_bytes": 2**26, "allreduce_latency_size_bytes": 8,
+    ...     "allreduce_backend": "nccl", "allreduce_ranks": 2, "allreduce_dtype": "bf16"}}
+    >>> print(*allreduce_lines({"x": row}))  # doctest: +NORMALIZE_WHITESPACE
+    link::pair: all-reduce nccl, 2 ranks, bf16: bus bandwidth 52.4 GB/s at 64 MiB,
+    latency 13.5 us at 8 B
+    """
+    lines = []
+    for row in measurements.values():
+        metrics = row.get("metrics") or {}
+        busbw, latency = metrics.get("allreduce_busbw_gb_s"), metrics.get("allreduce_latency_us")
+        if row.get("check") != "allreduce" or busbw is None or latency is None:
+            continue  # a check that failed before it measured says nothing here
+        what = (
+            f"all-reduce {metrics.get('allreduce_backend')}, "
+            f"{metrics.get('allreduce_ranks')} ranks, {metrics.get('allreduce_dtype')}"
+        )
+        large = format_size(int(metrics.get("allreduce_busbw_size_bytes", 0)))
+        small = format_size(int(metrics.get("allreduce_latency_size_bytes", 0)))
+        lines.append(
+            f"{row.get('suite')}::{row.get('target')}: {what}: bus bandwidth "
+            f"{BY_NAME['allreduce_busbw_gb_s'].format(busbw)} GB/s at {large}, latency "
+            f"{BY_NAME['allreduce_latency_us'].format(latency)} us at {small}"
+        )
+    return lines
 
 
 def served_lines(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -416,6 +470,7 @@ def markdown_summary(
             facts = host_facts_text(gpu)
             if facts:
                 lines.append(f"  - {_md(facts)}")
+        lines += [f"- {_md(link_text(link))}" for link in inventory.links]
     else:
         lines.append(f"- no GPU: {_md(inventory.reason or 'none found')}")
     if verdicts:
@@ -432,7 +487,8 @@ def markdown_summary(
         lines += [
             "| " + " | ".join(_md(c) for c in row) + " |" for row in measurement_rows(measurements)
         ]
-        extra = served_lines(measurements) + backend_notes(measurements)
+        extra = served_lines(measurements) + allreduce_lines(measurements)
+        extra += backend_notes(measurements)
         if extra:
             lines += ["", *(_md(x) if x.startswith("- ") else f"- {_md(x)}" for x in extra)]
     lines += _baseline_lines(measurements)

@@ -7,11 +7,14 @@
 # from the shipped real configs, saves a baseline and compares against it twice (the run-to-run
 # spread), serves a random Qwen3-0.6B with `transformers serve` on the card and runs the openai
 # backend's checks against it (tests/gpu/serve.gpufit.yaml), asks `gpufit fit` for its
-# predictions, writes every result as JSON under OUT_DIR, prints a short table last and packs
-# everything into OUT_DIR/bundle.json (one file to bring back).
+# predictions, and, where the machine has two or more GPUs, measures all-reduce between them
+# (benchmarks/allreduce_sweep.py --gpus all, then the gated suite tests/gpu/link-2gpu.gpufit.yaml);
+# writes every result as JSON under OUT_DIR, prints a short table last and packs everything
+# into OUT_DIR/bundle.json (one file to bring back).
 # On a machine without a GPU it stops after the probe with exit 3, unless GPUFIT_TIER_DRY_RUN=1:
 # then it runs the serve part on the CPU with a shrunk checkpoint (same suite file, rewritten by
-# tests/gpu/serve_dry_run.py), the fit predictions and the summary, so they are proven here.
+# tests/gpu/serve_dry_run.py), the all-reduce sweep on gloo across 2 CPU processes, the fit
+# predictions and the summary, so they are proven here.
 # GPUFIT_TIER_SERVE_ONLY=1 runs only the probe, the fit predictions and the serve part (a short
 # device call: about 3 to 4 minutes on top of the machine's start, not measured yet).
 #
@@ -111,8 +114,34 @@ serve_suite() {
   return $rc
 }
 
+gpu_count() {
+  "$py" -c 'import json, sys; print(len(json.load(open(sys.argv[1])).get("gpus") or []))' \
+    "$out/probe.json" 2>/dev/null || echo 0
+}
+
+allreduce_step() {
+  # All-reduce between the cards as nccl-tests measures it (docs/link.md), then the same check
+  # as a gated suite (2 GPUs with P2P, floors) on the GPUs its requirement picks. A dry run
+  # proves the step and its files with gloo across 2 CPU processes (it measures no link).
+  local sweep=(benchmarks/allreduce_sweep.py --json "$out/allreduce.json")
+  if [ "$dry" = 1 ]; then
+    "$py" "${sweep[@]}" --processes 2 --min 8B --max 64KiB >"$out/allreduce.txt" 2>&1
+    local rc=$?
+    cat "$out/allreduce.txt"
+    return $rc
+  fi
+  "$py" "${sweep[@]}" --gpus all --min 8B --max 128MiB >"$out/allreduce.txt" 2>&1
+  local rc=$?
+  cat "$out/allreduce.txt"
+  "$py" -m pytest tests/gpu/link-2gpu.gpufit.yaml --run-gpu-tier -p no:randomly \
+    -p no:cacheprovider -q -rA --gpufit-on-missing=fail \
+    --gpufit-report="$out/suite-allreduce.json" || rc=1
+  return $rc
+}
+
 if [ "$dry" = 1 ]; then
   step "serve: transformers serve on the CPU (dry run)" serve_suite
+  step "all-reduce: gloo across 2 CPU processes (dry run)" allreduce_step
 elif [ "$serve_only" = 1 ]; then
   step "serve: transformers serve on the card" serve_suite
 else
@@ -130,6 +159,13 @@ else
       --gpufit-baseline-tolerance=1000% --gpufit-report="$out/suite-compare-$i.json"
   done
   step "serve: transformers serve on the card" serve_suite
+  gpus=$(gpu_count)
+  if [ "$gpus" -ge 2 ]; then
+    step "all-reduce: NCCL across $gpus GPUs" allreduce_step
+  else
+    echo "== all-reduce: not run ($gpus GPU on this machine; it needs 2 or more)" \
+      | tee "$out/allreduce.txt"
+  fi
 fi
 "$py" scripts/gpu_tier_summary.py "$out" | tee "$out/summary.txt"
 "$py" scripts/gpu_tier_summary.py "$out" --bundle "$out/bundle.json" || status=1

@@ -183,6 +183,42 @@ def serve(out: Path) -> None:
         )
 
 
+def allreduce(out: Path) -> None:
+    """The all-reduce sweep (benchmarks/allreduce_sweep.py --json) and the gated link suite."""
+    data = load(out / "allreduce.json")
+    if not isinstance(data, dict):
+        text = out / "allreduce.txt"
+        if text.exists():  # "not run (1 GPU ...)", or a sweep that failed before its JSON
+            print()
+            print("all-reduce: " + " | ".join(text.read_text().strip().splitlines()[-3:]))
+        return
+    m = data.get("metrics") or {}
+    print()
+    print(
+        f"all-reduce {m.get('allreduce_backend')}, {m.get('allreduce_ranks')} ranks, "
+        f"{m.get('allreduce_dtype')}: bus bandwidth {m.get('allreduce_busbw_gb_s', 0):.2f} GB/s "
+        f"at {m.get('allreduce_busbw_size_bytes')} B (spread "
+        f"{m.get('allreduce_busbw_gb_s_spread', 0):.1%}), latency "
+        f"{m.get('allreduce_latency_us', 0):.1f} us at {m.get('allreduce_latency_size_bytes')} B "
+        f"(spread {m.get('allreduce_latency_us_spread', 0):.1%}), nccl-tests avg busbw "
+        f"{m.get('allreduce_avg_busbw_gb_s', 0):.2f} GB/s"
+    )
+    for link in data.get("links") or []:
+        print(
+            f"  link GPU{link.get('a')}-GPU{link.get('b')}: topology {link.get('topology')}, "
+            f"P2P read {link.get('p2p_read')}, write {link.get('p2p_write')}, "
+            f"NVLink {link.get('p2p_nvlink')}"
+        )
+    report = load(out / "suite-allreduce.json")
+    if isinstance(report, dict):
+        outcomes = {
+            nodeid: (v.get("outcome") if isinstance(v, dict) else v)
+            for nodeid, v in (report.get("results") or {}).items()
+        }
+        failed = sorted(k for k, v in outcomes.items() if v != "passed")
+        print(f"  gated suite: {'NOT PASSED: ' + ', '.join(failed) if failed else 'passed'}")
+
+
 def bundle(out: Path, target: Path) -> None:
     """Every result under ``out`` in one JSON file, keyed by its path relative to ``out``."""
     files: dict[str, Any] = {}
@@ -217,6 +253,7 @@ def main() -> None:
     memory(args.out)
     suites(args.out)
     serve(args.out)
+    allreduce(args.out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ JUDGING_ONLY: Mapping[str, frozenset[str]] = {
     "throughput": frozenset({"min_decode_tok_s", "min_prefill_tok_s", "max_ttft_ms", "repeats"}),
     "load": frozenset({"min_goodput", "max_error_rate"}),
     "precision": frozenset({"max_kl", "min_top1_agreement", "max_logprob_diff"}),
+    "allreduce": frozenset({"min_busbw_gb_s", "max_latency_us", "repeats", "timeout_s"}),
 }
 SAVE_AGAIN = "run the suite with --gpufit-baseline=save (accepted when every check passes)"
 

@@ -104,7 +104,7 @@ def ungated_words(pool: Pool) -> str:
 
 def class_inventory(runner: RunnerClass) -> Inventory:
     """The class's cards from the catalog, with the lowest driver it promises."""
-    from pytest_gpufit.hardware.catalog import catalog_gpu  # late: reads the catalog
+    from pytest_gpufit.hardware.catalog import catalog_gpu, simulated_links  # late: catalog
 
     gpus = tuple(catalog_gpu(card, i) for i, card in enumerate(runner.card_ids))
     return Inventory(
@@ -112,6 +112,7 @@ def class_inventory(runner: RunnerClass) -> Inventory:
         environment=Environment(driver_version=runner.driver_floor),
         source="simulated",
         reason=None if gpus else "a CPU class (gpus: none)",
+        links=simulated_links(gpus),  # what the catalog knows of each pair (requires_p2p)
     )
 
 

@@ -33,7 +33,8 @@ class CheckFailed(Exception):
 @dataclass
 class Context:
     """What a check may use: the target, its device (a GPU record, or None on the CPU), the
-    figures it measured and the expectations it found unmet."""
+    figures it measured and the expectations it found unmet; a check of several devices
+    (allreduce) has every GPU its requirement picked in ``devices``."""
 
     target: Target
     gpu: Gpu | None
@@ -43,6 +44,8 @@ class Context:
     # A served target (backend: openai): its running server, started on first call.
     served: Callable[[], Serve] | None = None
     progress: Callable[[str], None] | None = None  # one line on the terminal (load levels)
+    # Every GPU the target's verdict picked (``gpu`` among them); empty on the CPU.
+    devices: tuple[Gpu, ...] = ()
     _bound: Bound | None = field(default=None, init=False, repr=False)
 
     @property

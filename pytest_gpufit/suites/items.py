@@ -17,6 +17,7 @@ from pytest_gpufit.backends import MissingExtra, load_backend
 from pytest_gpufit.backends.capabilities import Serve
 from pytest_gpufit.baseline.setup import check_setup
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.metrics import nulled
 from pytest_gpufit.requirements import Requirement, Verdict
 from pytest_gpufit.session import placement
@@ -85,6 +86,8 @@ class CheckItem(pytest.Item):
         if self.target.device.startswith("cuda"):
             index = self.target.device.partition(":")[2]
             parts.append(Requirement(count=int(index) + 1 if index else 1))
+            if self.check_kind.requires is not None:  # allreduce: 2 GPUs
+                parts.append(self.check_kind.requires)
         merged = None
         for part in parts:
             merged = part if merged is None else merged.merge(part)
@@ -92,7 +95,8 @@ class CheckItem(pytest.Item):
 
     def runtest(self) -> None:
         state = state_of(self.config)
-        ctx = Context(*placement(self), state.model_cache)  # cuda:N of the judged GPU
+        target, gpu = placement(self)  # cuda:N of the judged GPU
+        ctx = Context(target, gpu, state.model_cache, devices=self._devices(state, gpu))
         if self.target.backend == "openai":
             ctx.served, ctx.progress = self._served(state, ctx), self._progress()
         fail_on_missing = state.settings.fail_on_missing
@@ -127,6 +131,16 @@ class CheckItem(pytest.Item):
                 raise CheckFailed(_oom_message(ctx, out_of_memory))
         finally:
             record(self, ctx.gpu, ctx.metrics)
+
+    def _devices(self, state: Any, gpu: Gpu | None) -> tuple[Gpu, ...]:
+        """Every GPU the verdict picked, for a check of several devices (allreduce)."""
+        if gpu is None:
+            return ()
+        verdict = state.verdict_of(self)
+        judged = verdict.devices if verdict is not None else ()
+        by_index = {g.index: g for g in state.inventory.gpus}
+        devices = tuple(by_index[i] for i in judged if i in by_index)
+        return devices if gpu in devices else (gpu,)
 
     @property
     def _baseline_judges(self) -> str | None:
@@ -179,7 +193,9 @@ class CheckItem(pytest.Item):
             # A fresh context on the same (judged, placed) device and model cache: only the
             # figures are wanted, so a threshold missed on a re-run does not stop the
             # confirmation. ``self.target`` may say plain ``cuda``, which is cuda:0.
-            again = Context(ctx.target, gpu, state.model_cache, served=ctx.served)
+            again = Context(
+                ctx.target, gpu, state.model_cache, served=ctx.served, devices=ctx.devices
+            )
             try:
                 run_check(again, self.check)
             except CheckFailed:

@@ -14,10 +14,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_gpufit import allreduce
 from pytest_gpufit.backends import CAPABILITIES, CAPABILITY_TEXT
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.suites import fields as f
 from pytest_gpufit.suites.context import Context
+from pytest_gpufit.suites.link_checks import run_allreduce
 from pytest_gpufit.suites.model_checks import (
     run_fits,
     run_generates,
@@ -66,6 +69,9 @@ class CheckKind:
     refine: Callable[[Params], Params] | None = None
     # The words naming what in this check only an accepted baseline judges (None: nothing).
     baseline_judges: Callable[[Mapping[str, Any]], str | None] | None = None
+    # What its devices must meet on a GPU target, beside the suite's and the target's
+    # requirements (allreduce: 2 GPUs); judged by the one evaluate, its devices in ctx.devices.
+    requires: Requirement | None = None
 
 
 def _generates_prompt(params: Params) -> Params:
@@ -74,6 +80,30 @@ def _generates_prompt(params: Params) -> Params:
     if "prompt" not in params and "prompt_tokens" not in params:
         params["prompt_tokens"] = 16
     return params
+
+
+# An all-reduce buffer: a size with its unit, 1 B to 16 GiB (a bare number would be GB). The
+# JSON Schema takes any size with a unit; the range is the validator's.
+_UNIT_SIZE = r"^ *([0-9]+(\.[0-9]*)?|\.[0-9]+) *([Bb]|[KkMmGgTt][Ii]?[Bb]) *$"
+
+
+@f.kind(
+    {
+        "type": "string",
+        "pattern": _UNIT_SIZE,
+        "description": "a size with its unit, 1 B to 16 GiB: '8B', '4KiB', '64MiB'",
+    }
+)
+def _buffer_size(value: Any) -> int:
+    return allreduce.buffer_size(value, "size")
+
+
+def _sweep(params: Params) -> Params:
+    allreduce.check_sweep(allreduce.AllReduceParams(**params))
+    return params
+
+
+_ALLREDUCE_DEFAULTS = allreduce.AllReduceParams()
 
 
 def _golden(params: Mapping[str, Any]) -> bool:
@@ -197,6 +227,33 @@ KINDS: dict[str, CheckKind] = {
             ),
             metrics=("kl", "top1_agreement"),
             baseline_judges=lambda params: "reference: golden" if _golden(params) else None,
+        ),
+        CheckKind(
+            "allreduce",
+            run_allreduce,
+            fields={
+                "min_size": _buffer_size,
+                "max_size": _buffer_size,
+                "factor": f.int_kind(2, 1024),
+                "dtype": f.choice(tuple(allreduce.ELEMENT_BYTES)),
+                "warmup": f.warmup,
+                "iters": f.int_kind(1, 10_000, " all-reduces"),
+                "repeats": f.repeats,
+                "processes": f.int_kind(2, allreduce.MAX_RANKS, " ranks"),
+                "backend": f.choice(("nccl", "gloo")),
+                "min_busbw_gb_s": f.positive_number,
+                "max_latency_us": f.positive_number,
+                "timeout_s": f.seconds,
+            },
+            # The sizes' defaults are AllReduceParams' (8 B to 64 MiB): a size field takes text.
+            defaults={
+                key: getattr(_ALLREDUCE_DEFAULTS, key)
+                for key in ("factor", "dtype", "warmup", "iters", "repeats", "timeout_s")
+            },
+            uses_backend=False,  # devices only: no model, no backend
+            metrics=allreduce.BASELINE_METRICS,
+            refine=_sweep,
+            requires=Requirement(count=2),
         ),
     )
 }
