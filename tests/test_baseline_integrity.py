@@ -27,6 +27,7 @@ from pytest_gpufit.baseline.setup import check_setup, setup_changes
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.catalog import catalog_gpu
 from pytest_gpufit.hardware.records import Environment
+from pytest_gpufit.suites.kinds import KINDS
 from pytest_gpufit.suites.schema import parse_suite
 
 GPUFIT = shutil.which("gpufit") or str(Path(sys.executable).parent / "gpufit")
@@ -152,7 +153,7 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
     )
     target = parse_suite(tmp_path / "s.gpufit.yaml").targets[0]
     check = target.checks[0]
-    setup = check_setup(check.kind, check.params, target)
+    setup = check_setup(check.kind, check.params, target, KINDS[check.kind].judging_only, 2)
     assert setup["target"] == {
         "model": "Qwen__Qwen3-0.6B",
         "weights": "random",
@@ -161,6 +162,7 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
         "device": "cuda",
         "endpoint": None,
         "served_model": None,
+        "gpus": 2,
     }
     assert setup["params"]["new_tokens"] == 8 and setup["params"]["min_decode_tok_s"] == 5
     fp16 = {**setup, "target": {**setup["target"], "dtype": "fp16"}}
@@ -169,6 +171,10 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
     assert setup_changes(setup, looser) == []
     fewer = {**setup, "params": {k: v for k, v in setup["params"].items() if k != "batch"}}
     assert setup_changes(setup, fewer) == ["batch: 1 -> (none)"]
+    # What only judges comes from the check kind's registry entry, stored with the setup.
+    assert "min_decode_tok_s" in setup["judging"] and "new_tokens" not in setup["judging"]
+    more_gpus = {**setup, "target": {**setup["target"], "gpus": 4}}
+    assert setup_changes(setup, more_gpus) == ["gpus: 2 -> 4"]
 
 
 # ---- 18.10: accept refuses a run of part of a suite ----------------------------------------

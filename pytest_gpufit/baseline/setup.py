@@ -16,22 +16,10 @@ figures are compared, with a warning.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-# Parameters that only judge the figures (thresholds, expected text) or only repeat the
-# measurement: changing one keeps a baseline comparable. Every other parameter is part of what
-# was measured, so a parameter a check kind gains is compared until it is listed here (a
-# missed entry costs a re-save, never a false green).
-JUDGING_ONLY: Mapping[str, frozenset[str]] = {
-    "loads": frozenset({"max_seconds", "max_peak_memory", "within_estimate"}),
-    "generates": frozenset({"expect_contains", "expect_tokens"}),
-    "throughput": frozenset({"min_decode_tok_s", "min_prefill_tok_s", "max_ttft_ms", "repeats"}),
-    "load": frozenset({"min_goodput", "max_error_rate"}),
-    "precision": frozenset({"max_kl", "min_top1_agreement", "max_logprob_diff"}),
-    "allreduce": frozenset({"min_busbw_gb_s", "max_latency_us", "repeats", "timeout_s"}),
-}
 SAVE_AGAIN = "run the suite with --gpufit-baseline=save (accepted when every check passes)"
 
 
@@ -70,13 +58,25 @@ def model_name(model: Path | None) -> str | None:
     return model.stem if model.suffix == ".json" else model.name
 
 
-def check_setup(kind: str, params: Mapping[str, Any], target: SetupTarget) -> dict[str, Any]:
-    """The setup of one check, as stored: plain JSON values (tuples as lists)."""
+def check_setup(
+    kind: str,
+    params: Mapping[str, Any],
+    target: SetupTarget,
+    judging_only: Iterable[str] = (),
+    gpus: int | None = None,
+) -> dict[str, Any]:
+    """The setup of one check, as stored: plain JSON values (tuples as lists).
+
+    ``judging_only`` names the parameters that only judge the figures (the check kind's
+    registry entry says which), stored with the setup so a later run knows what to ignore;
+    ``gpus`` is how many GPUs the check was judged on (an all-reduce over 2 is not one over 4).
+    """
     stored: dict[str, Any] = json.loads(
         json.dumps(
             {
                 "check": kind,
                 "params": dict(params),
+                "judging": sorted(judging_only),
                 "target": {
                     "model": model_name(target.model),
                     "weights": target.weights,
@@ -85,6 +85,7 @@ def check_setup(kind: str, params: Mapping[str, Any], target: SetupTarget) -> di
                     "device": target.device.partition(":")[0],  # cuda:1 and cuda: one kind
                     "endpoint": target.endpoint,
                     "served_model": target.served_model,
+                    "gpus": gpus,
                 },
             },
             sort_keys=True,
@@ -102,7 +103,8 @@ def setup_changes(old: Any, new: Mapping[str, Any]) -> list[str] | None:
     """What differs between a baseline's setup and this run's (``name: old -> new``); None when
     the baseline recorded none.
 
-    >>> a = {"check": "throughput", "params": {"new_tokens": 64, "repeats": 5}, "target": {}}
+    >>> a = {"check": "throughput", "params": {"new_tokens": 64, "repeats": 5}, "target": {},
+    ...      "judging": ["repeats"]}
     >>> setup_changes(a, {**a, "params": {"new_tokens": 4, "repeats": 9}})
     ['new_tokens: 64 -> 4']
     >>> setup_changes(None, a) is None, setup_changes(a, a)
@@ -110,8 +112,7 @@ def setup_changes(old: Any, new: Mapping[str, Any]) -> list[str] | None:
     """
     if not isinstance(old, Mapping):
         return None
-    kind = str(new.get("check", ""))
-    ignored = JUDGING_ONLY.get(kind, frozenset())
+    ignored = frozenset(new.get("judging") or ())  # this run's kind says what only judges
     out = []
     if old.get("check") != new.get("check"):
         out.append(f"check: {_shown(old.get('check'))} -> {_shown(new.get('check'))}")

@@ -67,6 +67,10 @@ class CheckKind:
     metrics: tuple[str, ...] = ()  # the baseline metrics it yields (names of the Metric table)
     # Cross-field rules and derived defaults on the parsed fields; a GpufitError names the check.
     refine: Callable[[Params], Params] | None = None
+    # Parameters that only judge the figures (thresholds, expected text) or only repeat the
+    # measurement: a baseline stays comparable when one changes. Every other parameter is part
+    # of what was measured (a missed entry costs a re-save, never a false green).
+    judging_only: frozenset[str] = frozenset()
     # The words naming what in this check only an accepted baseline judges (None: nothing).
     baseline_judges: Callable[[Mapping[str, Any]], str | None] | None = None
     # What its devices must meet on a GPU target, beside the suite's and the target's
@@ -135,6 +139,7 @@ KINDS: dict[str, CheckKind] = {
                 Need("peak_memory", "within_estimate"),
             ),
             metrics=("load_seconds", "peak_memory"),
+            judging_only=frozenset({"max_seconds", "max_peak_memory", "within_estimate"}),
         ),
         CheckKind(
             "generates",
@@ -149,6 +154,7 @@ KINDS: dict[str, CheckKind] = {
             defaults={"max_new_tokens": 16},
             needs=(Need("generate"), Need("token_ids", "expect_tokens")),
             refine=_generates_prompt,
+            judging_only=frozenset({"expect_contains", "expect_tokens"}),
         ),
         CheckKind(
             "throughput",
@@ -175,6 +181,9 @@ KINDS: dict[str, CheckKind] = {
                 Need("batch", "batch", when=lambda params: params.get("batch", 1) != 1),
             ),
             metrics=("decode_tok_s", "prefill_tok_s", "ttft_ms"),
+            judging_only=frozenset(
+                {"min_decode_tok_s", "min_prefill_tok_s", "max_ttft_ms", "repeats"}
+            ),
         ),
         CheckKind(
             "load",
@@ -201,6 +210,7 @@ KINDS: dict[str, CheckKind] = {
             needs=(Need("load_levels"),),
             # per level, stored as c8_ttft_ms_p99 (concurrency 8) or r2_goodput (2 req/s)
             metrics=("ttft_ms_p50", "ttft_ms_p99", "itl_ms_p99", "goodput", "output_tok_s"),
+            judging_only=frozenset({"min_goodput", "max_error_rate"}),
         ),
         CheckKind(
             "precision",
@@ -226,6 +236,7 @@ KINDS: dict[str, CheckKind] = {
                 Need("fp32_logits", "reference", when=lambda params: not _golden(params)),
             ),
             metrics=("kl", "top1_agreement"),
+            judging_only=frozenset({"max_kl", "min_top1_agreement", "max_logprob_diff"}),
             baseline_judges=lambda params: "reference: golden" if _golden(params) else None,
         ),
         CheckKind(
@@ -252,6 +263,7 @@ KINDS: dict[str, CheckKind] = {
             },
             uses_backend=False,  # devices only: no model, no backend
             metrics=allreduce.BASELINE_METRICS,
+            judging_only=frozenset({"min_busbw_gb_s", "max_latency_us", "repeats", "timeout_s"}),
             refine=_sweep,
             requires=Requirement(count=2),
         ),
