@@ -264,16 +264,15 @@ def decode_estimate(
     dp 130 260 732
     ep 151 457 811
     """
-    if cards <= 1:
-        strategy = "dp"
-    one, link = step_seconds(strategy, reads, 1, cards, bandwidth, path, allreduce)
-    bound = _bound_seconds(strategy, reads, cards, bandwidth)
+    way = "dp" if cards <= 1 else strategy  # one card: one copy, whatever it is called
+    one, link = step_seconds(way, reads, 1, cards, bandwidth, path, allreduce)
+    bound = _bound_seconds(way, reads, cards, bandwidth)
     c = max(1, concurrency)
-    if strategy == "dp":
+    if way == "dp":
         # each copy serves c / n requests (one each when there are fewer than copies)
         step, _ = step_seconds("dp", reads, max(1.0, c / cards), 1, bandwidth, path, allreduce)
         aggregate = c / step
-    elif strategy == "pp":
+    elif way == "pp":
         if c < cards:
             aggregate = c / one
         else:
@@ -282,7 +281,7 @@ def decode_estimate(
             send = send_seconds(micro * reads.hidden * reads.act_bytes, path)
             aggregate = micro / (whole / cards + send)  # one micro-batch leaves per stage time
     else:
-        step, _ = step_seconds(strategy, reads, c, cards, bandwidth, path, allreduce)
+        step, _ = step_seconds(way, reads, c, cards, bandwidth, path, allreduce)
         aggregate = c / step
     return DecodeEstimate(
         strategy=strategy,
@@ -293,7 +292,7 @@ def decode_estimate(
         aggregate_tok_s=round(aggregate, 1),
         per_request_tok_s=round(aggregate / c, 1),
         link_share=round(link / one, 4),
-        allreduce="none" if strategy == "dp" or cards == 1 else allreduce,
+        allreduce="none" if way in ("dp", "pp") else allreduce,
     )
 
 
