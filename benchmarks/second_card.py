@@ -116,6 +116,11 @@ def error(item: dict[str, Any]) -> float:
     return float(item["predicted"]) / float(item["measured"]) - 1
 
 
+def explained_miss(item: dict[str, Any]) -> bool:
+    """A row whose note explains why the model misses it (``miss, explained: ...``)."""
+    return "miss, explained:" in item["note"]
+
+
 def _print_link(rows: list[dict[str, Any]]) -> None:
     print("All-reduce time, published vs the model (fit/link_time.py), microseconds")
     print(f"{'row':<18} {'role':<11} {'what':<42} {'measured':>9} {'model':>8} {'error':>8}")
@@ -136,9 +141,10 @@ def _print_decode(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         if "predicted" not in r:
             continue
+        bound = f"{r['bound']:>7.1f}" if r["measure"] == "decode_tok_s_batch1" else f"{'-':>7}"
         print(
             f"{r['row']:<19} {r['role']:<11} {r['what']:<44} {r['measured']:>9.1f} "
-            f"{r['predicted']:>8.1f} {error(r):>+8.1%} {r['bound']:>7.1f}"
+            f"{r['predicted']:>8.1f} {error(r):>+8.1%} {bound}"
         )
         if r["note"]:
             print(f"{'':<31} {r['note']}")
@@ -153,7 +159,7 @@ def _summary(link: list[dict[str, Any]], decode: list[dict[str, Any]]) -> None:
         held = [r for r in rows if r["role"] == "held-out" and "predicted" in r]
         within = [r for r in held if abs(error(r)) <= TOLERANCE]
         misses = [r for r in held if abs(error(r)) > TOLERANCE]
-        explained = [r for r in misses if r["note"].startswith("miss, explained")]
+        explained = [r for r in misses if explained_miss(r)]
         median = statistics.median(abs(error(r)) for r in held) if held else 0.0
         print(
             f"{name}: {len(held)} held-out rows, {len(within)} within {TOLERANCE:.0%}, "
