@@ -383,7 +383,8 @@ def compare(
                 dataclasses.replace(w, gains=gains if w is main else _way_gains(first, w))
                 for w in ways
             ]
-            rows.append(Upgrade(spec.name, est.dtype, view_a, view_b, gains, (first, *ways)))
+            ways_all = (first, *ways)
+            rows.append(Upgrade(spec.name, est.dtype, view_a, view_b, gains, ways_all, concurrency))
     return rows
 
 
