@@ -239,21 +239,21 @@ def _way(
         planned, reason = None, str(error)
     if planned is None:
         return WayView(
-            setup.id,
-            label,
-            strategy,
-            cards,
-            "",
-            None,
-            reason,
-            0,
-            0,
-            0,
-            1,
-            0.0,
-            est.context,
-            "",
-            None,
+            setup=setup.id,
+            label=label,
+            strategy=strategy,
+            cards=cards,
+            launch="",
+            starts=None,
+            reason=reason,
+            weights_bytes_per_card=0,
+            kv_cache_bytes_per_card=0,
+            kv_cache_tokens=0,
+            replicas=1,
+            max_concurrency=0.0,
+            context=est.context,
+            link="",
+            decode=None,
         )
     busiest = planned.busiest
     path = link_path(setup, choice)
