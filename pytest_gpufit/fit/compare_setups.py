@@ -475,7 +475,7 @@ def render(rows: Sequence[Upgrade], a: Setup, b: Setup, fmt: str = "text") -> st
                 [
                     r.model if i == 0 else "",
                     r.dtype if i == 0 else "",
-                    w.setup if i == 0 else f"{w.setup} {w.label}",
+                    w.setup if w.cards == 1 else f"{w.setup} {w.label}",
                     _plan_cell(w),
                     _memory_cell(w),
                     one,
