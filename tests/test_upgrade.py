@@ -145,3 +145,122 @@ def test_kv_and_concurrency_are_counted_as_vllm_counts_them(
     assert row["a"]["kv_cache_tokens"] == 278784 and row["a"]["max_concurrency"] == 34.03
     assert row["b"]["max_concurrency"] > 2 * row["a"]["max_concurrency"]
     assert row["a"]["context"] == row["b"]["context"] == 8192
+
+
+def test_the_second_card_table_shows_every_way_with_its_figures(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 21.2/21.6: for the user's two models on 1x vs 2x RTX PRO 6000, one table with
+    TP 2, PP 2, 2 replicas (and EP for the MoE), each with memory per card, KV as vLLM counts
+    it, requests at once, and decode (model, bound beside it); the same in --json."""
+    args = ("upgrade", "rtx-pro-6000", "2*rtx-pro-6000", "qwen3-30b-a3b", "qwen3-32b")
+    code, out, _ = run(capsys, *args, "--dtypes", "bf16")
+    assert code == 0
+    for way in ("TP 2", "PP 2", "2 replicas", "TP 2 + EP"):
+        assert f"2*rtx-pro-6000-blackwell {way} " in out, way
+    assert out.count("TP 2 + EP") == 1  # the MoE only
+    assert "2 x 278,784 KV, 68.06x" in out  # replicas: one cache per copy, requests add up
+    assert "link pcie5, host-bridge, P2P on, one-shot" in out and "no link" in out
+    assert "(<= " in out and "a model (fit/decode_time.py" in out
+    assert "+99% per copy" not in out and "decode ceiling" not in out
+    code, out, _ = run(capsys, *args, "--dtypes", "bf16", "--format", "json")
+    rows = {r["model"]: r for r in json.loads(out)}
+    moe = {w["label"]: w for w in rows["Qwen3-30B-A3B"]["ways"]}
+    dense = {w["label"]: w for w in rows["Qwen3-32B"]["ways"]}
+    assert list(moe) == ["1 card", "TP 2", "PP 2", "2 replicas", "TP 2 + EP"]
+    assert list(dense) == ["1 card", "TP 2", "PP 2", "2 replicas"]
+    assert moe["TP 2 + EP"]["launch"] == "--tensor-parallel-size 2 --enable-expert-parallel"
+    for ways in (moe, dense):
+        one, tp, pp, dp = ways["1 card"], ways["TP 2"], ways["PP 2"], ways["2 replicas"]
+        assert one["kv_cache_tokens"] < tp["kv_cache_tokens"] and tp["weights_bytes_per_card"]
+        assert dp["decode"]["batch1_tok_s"] == one["decode"]["batch1_tok_s"]
+        assert pp["decode"]["batch1_tok_s"] <= one["decode"]["batch1_tok_s"]
+        assert one["decode"]["batch1_tok_s"] < tp["decode"]["batch1_tok_s"]
+        for way in ways.values():
+            d = way["decode"]
+            assert d["batch1_tok_s"] < d["bound_tok_s"] and d["aggregate_tok_s"] > 0
+    # the gain of the engine's own split is the model's decode change, not the bound's
+    gains = rows["Qwen3-32B"]["gains"]
+    assert any(g.startswith("decode +") and g.endswith("(model)") for g in gains), gains
+
+
+def test_topology_p2p_and_concurrency_change_the_figures(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def tp2(*extra: str) -> dict[str, object]:
+        code, out, err = run(
+            capsys,
+            "upgrade",
+            "rtx-pro-6000",
+            "2*rtx-pro-6000",
+            "qwen3-32b",
+            "--dtypes",
+            "bf16",
+            "--format",
+            "json",
+            *extra,
+        )
+        assert code == 0, err
+        (row,) = json.loads(out)
+        return {w["label"]: w for w in row["ways"]}["TP 2"]  # type: ignore[no-any-return]
+
+    near, far = tp2(), tp2("--topology", "SYS", "--p2p", "off")
+    assert "one-shot" in str(near["link"]) and "sockets, P2P off, nccl" in str(far["link"])
+    assert far["decode"]["batch1_tok_s"] < near["decode"]["batch1_tok_s"]  # type: ignore[index]
+    assert tp2("--concurrency", "4")["decode"]["concurrency"] == 4  # type: ignore[index]
+    # one card holds 10 requests of 8,192 tokens: the aggregate is at 10, and says so
+    code, out, _ = run(
+        capsys,
+        "upgrade",
+        "rtx-pro-6000",
+        "2*rtx-pro-6000",
+        "qwen3-32b",
+        "--dtypes",
+        "bf16",
+        "--concurrency",
+        "32",
+    )
+    assert "at C=10, all the cache holds" in out and "C=32 tok/s" in out
+
+
+def test_a_card_without_p2p_runs_nccl(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "upgrade", "rtx-4090", "2*rtx-4090", "llama-3.1-8b", "--dtypes", "int4"
+    )
+    assert code == 0 and "P2P off, sends" in out  # the stock 4090 driver: no P2P
+    code, out, _ = run(
+        capsys,
+        "upgrade",
+        "rtx-4090",
+        "2*rtx-4090",
+        "llama-3.1-8b",
+        "--dtypes",
+        "int4",
+        "--p2p",
+        "on",
+    )
+    assert "P2P on, sends" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--topology", "bus"), "--topology: expected one of"),
+        (("--p2p", "maybe"), "--p2p: expected on or off, got 'maybe'"),
+    ],
+)
+def test_bad_link_options_are_one_message(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run(capsys, "upgrade", "h100", "2*h100", "qwen3-0.6b", *args)
+    assert code == 2 and out == "" and message in err, err
+    assert "Traceback" not in err
+
+
+def test_a_concurrency_below_one_is_refused_by_the_parser(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upgrade", "h100", "2*h100", "qwen3-0.6b", "--concurrency", "0"])
+    assert exit_info.value.code == 2
+    assert "--concurrency: expected a whole number >= 1" in capsys.readouterr().err

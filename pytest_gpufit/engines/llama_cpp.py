@@ -116,6 +116,12 @@ class LlamaCpp:
     )
     kv_cache_types: dict[str, str | None] = {name: name for name in KV_TYPES}
     split = "layers split over"
+    # Its layer split runs the layers one card after the other: pipeline parallel at batch 1.
+    parallelism = {
+        "pp": "-sm layer over {n} GPUs (its default)",
+        "dp": "{n} llama-server processes, one per GPU (CUDA_VISIBLE_DEVICES), behind a router",
+    }
+    split_strategy = "pp"
     log_marks = re.compile(
         r"\bllama_(?:model|kv_cache|context|init|new_context)|load_tensors:|"
         r"ggml_cuda_init|llm_load_tensors|llama-server"
@@ -133,6 +139,9 @@ class LlamaCpp:
         # It splits whole layers, not attention heads: any count of GPUs will do.
         if isinstance(gpus, bool) or not isinstance(gpus, int) or not (1 <= gpus <= 1024):
             raise GpufitError(f"{where} must be a whole number 1-1024, got {gpus!r}")
+
+    def allreduce_kind(self, ranks: int, nvlink: bool, p2p: bool) -> str:
+        return "nccl"  # its layer split sends activations between cards; no all-reduce kernel
 
     def plan(
         self, spec: ModelSpec, precision: str, gpu: Gpu, gpus: int, knobs: EngineKnobs

@@ -123,6 +123,19 @@ def interconnect(gpu: Gpu) -> Interconnect:
     return Interconnect("unknown", p2p)
 
 
+def custom_allreduce_kind(ranks: int, nvlink: bool, p2p: bool) -> str:
+    """vLLM's custom all-reduce (SGLang carries the same code): over NVLink at any size, over
+    PCIe at 2 ranks with P2P only ("Custom allreduce is disabled because it's not supported on
+    more than two PCIe-only GPUs", ``custom_all_reduce.py``); otherwise NCCL.
+
+    >>> custom_allreduce_kind(2, False, True), custom_allreduce_kind(4, False, True)
+    ('one-shot', 'nccl')
+    >>> custom_allreduce_kind(2, False, False), custom_allreduce_kind(8, True, True)
+    ('nccl', 'one-shot')
+    """
+    return "one-shot" if nvlink or (ranks == 2 and p2p) else "nccl"
+
+
 def knob_flag(engine_name: str, field: str) -> str:
     """How ``engine_name`` spells the knob ``field`` in its messages.
 

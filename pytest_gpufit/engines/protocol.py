@@ -128,6 +128,24 @@ class Engine(Protocol):
         """How it spreads one copy over N GPUs, in words: ``tensor parallel``."""
         ...
 
+    @property
+    def parallelism(self) -> Mapping[str, str]:
+        """The ways it can use N cards (``tp``, ``pp``, ``dp``, ``ep``: ``engines.parallel``)
+        -> how it is launched so, ``{n}`` standing for the count:
+        ``{"pp": "--pipeline-parallel-size {n}"}``."""
+        ...
+
+    @property
+    def split_strategy(self) -> str:
+        """Which of ``parallelism`` its own ``plan(..., gpus=n)`` computes (``tp``; llama.cpp's
+        layer split is ``pp``)."""
+        ...
+
+    def allreduce_kind(self, ranks: int, nvlink: bool, p2p: bool) -> str:
+        """The all-reduce its tensor parallel runs over ``ranks`` cards: ``one-shot`` (a custom
+        kernel reading peers over P2P) or ``nccl`` (``fit.link_time``)."""
+        ...
+
     def check_split(self, spec: ModelSpec, gpus: int, where: str = ...) -> None:
         """Raise ``GpufitError`` naming ``where`` when it cannot spread ``spec`` over ``gpus``
         GPUs."""

@@ -20,6 +20,7 @@ from pytest_gpufit.engines import log_words
 from pytest_gpufit.engines.log_words import NUMBER, num
 from pytest_gpufit.engines.planning import (
     act_bytes,
+    custom_allreduce_kind,
     kv_dtype,
     model_len,
     request_bytes,
@@ -124,6 +125,13 @@ class Sglang:
     )
     kv_cache_types = KV_CACHE_TYPES
     split = "tensor parallel"
+    parallelism = {
+        "tp": "--tp {n}",
+        "pp": "--pp-size {n}",
+        "dp": "--dp {n} (or {n} servers behind a router)",
+        "ep": "--tp {n} --ep-size {n}",
+    }
+    split_strategy = "tp"
     log_marks = re.compile(r"sglang|Load weight (?:begin|end)|KV Cache is allocated|ServerArgs\(")
     command_marks = re.compile(r"sglang\.launch_server\s+(.*)$")
     setup_keys = _KEYS
@@ -136,6 +144,9 @@ class Sglang:
 
     def check_split(self, spec: ModelSpec, gpus: int, where: str = "tensor parallel") -> None:
         check_tensor_parallel(spec, gpus, where)
+
+    def allreduce_kind(self, ranks: int, nvlink: bool, p2p: bool) -> str:
+        return custom_allreduce_kind(ranks, nvlink, p2p)
 
     def plan(
         self, spec: ModelSpec, precision: str, gpu: Gpu, tp: int, knobs: EngineKnobs

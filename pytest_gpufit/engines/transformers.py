@@ -47,6 +47,11 @@ class Transformers:
     )
     kv_cache_types = KV_CACHE_TYPES
     split = "tensor parallel"
+    parallelism = {
+        "tp": 'tp_plan="auto" under torchrun --nproc-per-node {n}',
+        "dp": "{n} processes, one per GPU (CUDA_VISIBLE_DEVICES), behind a router",
+    }
+    split_strategy = "tp"
     log_marks = re.compile(r"(?!)")  # its log has no allocation lines to tell it by
     # `transformers serve`, or the module form `python -m transformers.cli.transformers serve`
     command_marks = re.compile(r"\btransformers(?:\.cli\.transformers)?\s+serve\b\s*(.*)$")
@@ -57,6 +62,9 @@ class Transformers:
 
     def check_split(self, spec: ModelSpec, gpus: int, where: str = "tensor parallel") -> None:
         check_tensor_parallel(spec, gpus, where)
+
+    def allreduce_kind(self, ranks: int, nvlink: bool, p2p: bool) -> str:
+        return "nccl"  # torch.distributed's all-reduce
 
     def plan(
         self, spec: ModelSpec, precision: str, gpu: Gpu, tp: int, knobs: EngineKnobs

@@ -27,6 +27,7 @@ from pytest_gpufit.engines.log_words import NUMBER, WHOLE, num
 from pytest_gpufit.engines.planning import (
     MOE_BACKENDS,
     act_bytes,
+    custom_allreduce_kind,
     interconnect,
     kv_dtype,
     model_len,
@@ -244,6 +245,14 @@ class Vllm:
     )
     kv_cache_types = KV_CACHE_TYPES
     split = "tensor parallel"
+    # The ways to use N cards, as vLLM is launched for each (docs/fit.md, "A second card").
+    parallelism = {
+        "tp": "--tensor-parallel-size {n}",
+        "pp": "--pipeline-parallel-size {n}",
+        "dp": "--data-parallel-size {n} (or {n} servers behind a router)",
+        "ep": "--tensor-parallel-size {n} --enable-expert-parallel",
+    }
+    split_strategy = "tp"
     log_marks = re.compile(
         r"vllm|gpu_model_runner|kv_cache_utils|LLM engine|# GPU blocks|"
         r"Model loading took|Loading model weights took"
@@ -260,6 +269,9 @@ class Vllm:
 
     def check_split(self, spec: ModelSpec, gpus: int, where: str = "tensor parallel") -> None:
         check_tensor_parallel(spec, gpus, where)
+
+    def allreduce_kind(self, ranks: int, nvlink: bool, p2p: bool) -> str:
+        return custom_allreduce_kind(ranks, nvlink, p2p)
 
     def plan(
         self, spec: ModelSpec, precision: str, gpu: Gpu, tp: int, knobs: EngineKnobs

@@ -56,8 +56,9 @@ def _one_setup(text: str, option: str) -> list[Any]:
 
 def _upgrade(args: argparse.Namespace) -> int:
     from pytest_gpufit.engines.registry import check_engine
-    from pytest_gpufit.fit.compare_setups import compare, render
+    from pytest_gpufit.fit.compare_setups import LinkChoice, compare, render
     from pytest_gpufit.fit.context import parse_rope_scaling
+    from pytest_gpufit.fit.link_time import parse_topology
     from pytest_gpufit.fit.table import default_models
 
     (a,) = _one_setup(args.a, "first setup")
@@ -69,9 +70,30 @@ def _upgrade(args: argparse.Namespace) -> int:
         raise GpufitError("a model name is empty; give a shipped id or a folder")
     engine = check_engine(args.engine)
     rope = None if args.rope_scaling is None else parse_rope_scaling(args.rope_scaling)
-    rows = compare(args.models or default_models(), a, b, dtypes, args.context, engine, rope)
+    link = LinkChoice(parse_topology(args.topology), _p2p(args.p2p))
+    rows = compare(
+        args.models or default_models(),
+        a,
+        b,
+        dtypes,
+        args.context,
+        engine,
+        rope,
+        concurrency=args.concurrency,
+        link=link,
+    )
     print(render(rows, a, b, args.format))
     return 0
+
+
+def _p2p(text: str | None) -> bool | None:
+    """``--p2p on|off``; None (not given): the catalog's answer for the card."""
+    if text is None:
+        return None
+    key = text.strip().lower()
+    if key not in ("on", "off"):
+        raise GpufitError(f"--p2p: expected on or off, got {text!r}")
+    return key == "on"
 
 
 def _positive(text: str) -> int:
@@ -104,8 +126,9 @@ def add_commands(sub: Any) -> None:
     up = sub.add_parser(
         "upgrade",
         aliases=["compare-setups"],
-        help="what a second (or another) setup adds: models that newly fit or start, "
-        "context, copies, decode ceiling with the link",
+        help="what a second (or another) setup adds: every way to use its cards (tensor, "
+        "pipeline, expert parallel, replicas) with memory, KV cache, requests at once and "
+        "decode, the link's all-reduce counted",
     )
     up.add_argument("a", metavar="FROM", help="the setup you have: ID or N*ID")
     up.add_argument("b", metavar="TO", help="the setup you consider: ID or N*ID")
@@ -120,6 +143,28 @@ def add_commands(sub: Any) -> None:
         metavar="SPEC",
         help="rope scaling as the engine is given it (yarn:4:32768 or JSON): a context beyond "
         "the trained length",
+    )
+    up.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=16,
+        metavar="N",
+        help="requests at once for the aggregate decode (default 16; capped by what the KV "
+        "cache holds at --context)",
+    )
+    up.add_argument(
+        "--topology",
+        default="host-bridge",
+        metavar="LEVEL",
+        help="how the cards are joined: single-switch (PIX), multiple-switches (PXB), "
+        "host-bridge (PHB, the default: a workstation's CPU slots), numa-node (NODE), system "
+        "(SYS: across sockets); NVLink cards are NVLink whatever this says",
+    )
+    up.add_argument(
+        "--p2p",
+        metavar="on|off",
+        help="peer-to-peer between the cards (default: the catalog's answer for the card; on "
+        "where it has none)",
     )
     up.add_argument("--format", default="text", choices=("text", "markdown", "json"))
     up.set_defaults(handler=_upgrade)

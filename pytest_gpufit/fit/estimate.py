@@ -152,9 +152,9 @@ def role_formats(spec: ModelSpec, precision: str) -> tuple[dict[str, str], str]:
     return fmt, main
 
 
-def _role_bytes(spec: ModelSpec, precision: str) -> dict[str, float]:
-    """Bytes of each role, with the modules a checkpoint keeps unquantized (its ignore list)
-    counted at the checkpoint's float format, module by module."""
+def role_bytes(spec: ModelSpec, precision: str) -> dict[str, float]:
+    """Bytes of each parameter role (``Params`` fields), with the modules a checkpoint keeps
+    unquantized (its ignore list) counted at the checkpoint's float format, module by module."""
     p = spec.params
     fmt, _ = role_formats(spec, precision)
     out = {r: getattr(p, r) * bytes_per_weight(fmt[r]) for r in _ROLES}
@@ -171,7 +171,7 @@ def _weights(spec: ModelSpec, precision: str) -> tuple[int, int, str, str]:
     """(all weight bytes, bytes a decode step reads, the main format, where the figure is from)."""
     p = spec.params
     fmt, main = role_formats(spec, precision)
-    total = sum(_role_bytes(spec, precision).values())
+    total = sum(role_bytes(spec, precision).values())
     # A decode step reads every non-expert weight, the active experts, and one embedding row.
     active = {r: getattr(p, r) for r in _ROLES}
     active.update(experts=p.experts_active, embedding=p.embedding if p.tied else 0)
@@ -235,7 +235,7 @@ def weights_per_gpu(spec: ModelSpec, precision: str, tp: int, total: int | None 
     """
     if tp == 1 and total is not None:
         return total
-    roles = _role_bytes(spec, precision)
+    roles = role_bytes(spec, precision)
     all_bytes = sum(roles.values())
     if tp == 1 or all_bytes == 0:
         return int(total if total is not None else all_bytes)

@@ -42,6 +42,7 @@ KNOWN_TYPES = {
     "deepseek_v2",
     "deepseek_v3",
     "gpt_oss",
+    "minimax_m2",  # GQA and routed experts whose size is intermediate_size, read as such
 }
 _TORCH_DTYPES = {
     "bfloat16": "bf16",
