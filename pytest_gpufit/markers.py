@@ -34,7 +34,7 @@ from pytest_gpufit.hardware.dtypes import (
     canonical_dtype,
     parse_compute_capability,
 )
-from pytest_gpufit.hardware.records import LINK_LEVELS
+from pytest_gpufit.hardware.records import LINK_LEVELS, SMI_LEVELS, link_level
 from pytest_gpufit.numbers import parse_whole
 from pytest_gpufit.requirements import Requirement
 from pytest_gpufit.units import parse_size, shown, size_json_schema
@@ -249,17 +249,6 @@ def _p2p_count(value: Any, what: str) -> int:
     return number
 
 
-# nvidia-smi topo -m's names for the same levels.
-_SMI_LEVELS = {
-    "nv": "nvlink",
-    "pix": "single-switch",
-    "pxb": "multiple-switches",
-    "phb": "host-bridge",
-    "node": "numa-node",
-    "sys": "system",
-}
-
-
 def _topology(value: Any, what: str) -> str | None:
     """A topology bound: a level of ``LINK_LEVELS`` or nvidia-smi's name for it.
 
@@ -268,10 +257,9 @@ def _topology(value: Any, what: str) -> str | None:
     """
     if value is None:
         return None
-    text = value.strip().lower() if isinstance(value, str) else ""
-    text = _SMI_LEVELS.get(text.rstrip("0123456789") if text.startswith("nv") else text, text)
+    text = link_level(value) if isinstance(value, str) else ""
     if text not in LINK_LEVELS:
-        smi = ", ".join(name.upper() for name in _SMI_LEVELS)
+        smi = ", ".join(name.upper() for name in SMI_LEVELS)
         raise GpufitError(
             f"{what}: expected one of {', '.join(LINK_LEVELS)} (nearest first; or nvidia-smi's "
             f"{smi}), got {shown(value)}"

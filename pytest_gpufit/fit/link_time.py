@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.hardware.records import LINK_LEVELS
+from pytest_gpufit.hardware.records import LINK_LEVELS, SMI_LEVELS, link_level
 
 US = 1e-6
 
@@ -90,15 +90,6 @@ TOPOLOGY_CLASS_TEXT = {
     "sockets": "across CPU sockets [SYS]",
     "nvlink": "NVLink",
 }
-# nvidia-smi topo -m's names for NVML's levels.
-SMI_NAMES = {
-    "nv": "nvlink",
-    "pix": "single-switch",
-    "pxb": "multiple-switches",
-    "phb": "host-bridge",
-    "node": "numa-node",
-    "sys": "system",
-}
 DEFAULT_TOPOLOGY = "host-bridge"  # two cards in one workstation's CPU slots
 
 
@@ -127,13 +118,12 @@ def parse_topology(text: str, option: str = "--topology") -> str:
     >>> parse_topology("PIX"), parse_topology("numa-node"), parse_topology("sys")
     ('switch', 'host-bridge', 'sockets')
     """
-    key = text.strip().lower()
-    key = SMI_NAMES.get(key.rstrip("0123456789") if key.startswith("nv") else key, key)
+    key = link_level(text)
     if key in TOPOLOGY_CLASSES:
         return TOPOLOGY_CLASSES[key]
     if key in TOPOLOGY_CLASS_TEXT:
         return key
-    smi = ", ".join(name.upper() for name in SMI_NAMES)
+    smi = ", ".join(name.upper() for name in SMI_LEVELS)
     raise GpufitError(
         f"{option}: expected one of {', '.join(LINK_LEVELS)} (or nvidia-smi's {smi}), got {text!r}"
     )

@@ -139,6 +139,28 @@ TOPOLOGY_TEXT = {
 }
 # The bound order of ``requires_p2p(topology=...)``: a pair joined by NVLink meets any bound.
 LINK_LEVELS = ("nvlink", *TOPOLOGIES)
+# nvidia-smi ``topo -m``'s names for the levels (NV# is any NVLink count).
+SMI_LEVELS = {
+    "nv": "nvlink",
+    "pix": "single-switch",
+    "pxb": "multiple-switches",
+    "phb": "host-bridge",
+    "node": "numa-node",
+    "sys": "system",
+}
+
+
+def link_level(text: str) -> str:
+    """A level of ``LINK_LEVELS`` from its name or nvidia-smi's (any case); other text comes
+    back lower-cased, for the caller to refuse or read otherwise.
+
+    >>> link_level("PIX"), link_level("NV12"), link_level("Host-Bridge"), link_level("x")
+    ('single-switch', 'nvlink', 'host-bridge', 'x')
+    """
+    key = text.strip().lower()
+    return SMI_LEVELS.get(key.rstrip("0123456789") if key.startswith("nv") else key, key)
+
+
 # NVML's P2P status (nvmlGpuP2PStatus_t), by value.
 P2P_STATUS = {
     0: "ok",
