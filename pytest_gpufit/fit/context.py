@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.config_fields import MAXIMA
 from pytest_gpufit.fit.spec import ModelSpec
 
 # Rope types whose maximum vLLM does not scale (already part of max_position_embeddings).
 _UNSCALED = ("su", "longrope", "llama3")
+# The longest context any length here may reach: config.json's own bound for the field.
+_MAX_LENGTH = MAXIMA["max_position_embeddings"]
 
 
 @dataclass(frozen=True)
@@ -137,9 +140,11 @@ def _number(value: object, where: str, name: str) -> float:
 
 def _whole(value: object, where: str) -> int:
     text = str(value).strip()
-    if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or len(text) > 10:
+    ok = not isinstance(value, bool) and text.isascii() and text.isdigit() and len(text) <= 10
+    if not ok or not 1 <= int(text) <= _MAX_LENGTH:  # 0 would read as "not given"
         raise GpufitError(
-            f"{where}: original_max_position_embeddings must be a whole number, got {value!r:.40}"
+            f"{where}: original_max_position_embeddings must be a whole number from 1 to "
+            f"{_MAX_LENGTH:,}, got {value!r:.40}"
         )
     return int(text)
 
@@ -156,7 +161,13 @@ def scaled_maximum(spec: ModelSpec, rope: RopeScaling) -> int:
     if rope.rope_type in _UNSCALED:
         return top
     base = rope.original_max_position_embeddings if rope.rope_type == "yarn" else top
-    return int((base or top) * rope.factor)
+    scaled = (base or top) * rope.factor  # a finite factor can still overflow: 1e308 x 32768
+    if not scaled <= _MAX_LENGTH:
+        raise GpufitError(
+            f"--rope-scaling: {rope.rope_type} x{rope.factor:g} over {base or top:,} tokens "
+            f"gives a maximum beyond {_MAX_LENGTH:,} tokens; no model is trained for that"
+        )
+    return int(scaled)
 
 
 def with_rope_scaling(spec: ModelSpec, rope: RopeScaling | None) -> ModelSpec:
