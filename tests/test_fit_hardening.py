@@ -3,13 +3,21 @@ figures held against what vLLM itself computes: each test here failed before its
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
 from pytest_gpufit.cli import main
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.fit.context import parse_rope_scaling
+from pytest_gpufit.fit.context import (
+    RopeScaling,
+    check_context,
+    parse_rope_scaling,
+    scaled_maximum,
+)
+from pytest_gpufit.fit.spec import load_spec
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -35,3 +43,135 @@ def test_a_huge_factor_is_one_error_not_a_traceback(
 def test_original_length_must_be_a_length(original: str) -> None:
     with pytest.raises(GpufitError, match=re.escape("original_max_position_embeddings must be")):
         parse_rope_scaling(f"yarn:4:{original}")
+
+
+# ---- rope scaling written into config.json (as the Qwen3 card says to) -------------------------
+
+QWEN3_YARN = {
+    "rope_type": "yarn",
+    "factor": 4.0,
+    "original_max_position_embeddings": 32768,
+}
+
+
+def qwen_folder(tmp_path: Path, rope: object, model_type: str = "qwen3_moe") -> Path:
+    config = json.loads(_shipped("qwen3-30b-a3b"))
+    config["rope_scaling"] = rope
+    config["model_type"] = model_type
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def _shipped(model: str) -> str:
+    return Path(load_spec(model).path).read_text()
+
+
+def test_a_yarn_block_in_config_json_extends_the_maximum_as_vllm_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = qwen_folder(tmp_path, QWEN3_YARN)
+    spec = load_spec(folder)
+    assert spec.max_position_embeddings == 131072  # 32,768 x 4: vLLM's derived maximum
+    assert any("rope_scaling in config.json" in w for w in spec.warnings)
+    code, out, err = run(
+        capsys,
+        "fit",
+        str(folder),
+        "--context",
+        "131072",
+        "--gpu",
+        "2*rtx-pro-6000",
+        "--engine",
+        "vllm",
+    )
+    assert code == 0, err
+    assert "Maximum concurrency for 131,072 tokens per request" in out
+    # --hf-overrides replaces the block: the maximum is derived from the config's own 40,960.
+    assert scaled_maximum(spec, RopeScaling("dynamic", 2.0)) == 81920
+
+
+@pytest.mark.parametrize(
+    ("rope", "maximum"),
+    [
+        ({"type": "dynamic", "factor": 2.0}, 81920),
+        ({"rope_type": "linear", "factor": 2}, 81920),
+        ({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}, 40960),
+        ({"rope_type": "longrope", "factor": 4.0}, 40960),
+        ({"type": "su", "factor": 4.0}, 40960),
+        ({"rope_type": "default"}, 40960),
+        ({"type": "mrope", "mrope_section": [16, 24, 24]}, 40960),
+        (None, 40960),
+    ],
+)
+def test_every_rope_type_vllm_reads(tmp_path: Path, rope: object, maximum: int) -> None:
+    assert load_spec(qwen_folder(tmp_path, rope)).max_position_embeddings == maximum
+
+
+def test_gemma3_maximum_is_already_scaled(tmp_path: Path) -> None:
+    """vLLM skips the factor for Gemma 3: its 131,072 already includes it."""
+    folder = qwen_folder(tmp_path, {"rope_type": "linear", "factor": 8.0}, "gemma3_text")
+    assert load_spec(folder).max_position_embeddings == 40960
+
+
+def test_yarn_without_its_original_length_does_not_extend(tmp_path: Path) -> None:
+    spec = load_spec(qwen_folder(tmp_path, {"rope_type": "yarn", "factor": 4.0}))
+    assert spec.max_position_embeddings == 40960
+    assert any("original_max_position_embeddings" in w for w in spec.warnings)
+
+
+@pytest.mark.parametrize(
+    ("rope", "message"),
+    [
+        (
+            {"rope_type": "yarn", "factor": "four", "original_max_position_embeddings": 32768},
+            "field 'rope_scaling.factor' must be a number above 0",
+        ),
+        ({"rope_type": "dynamic", "factor": -2}, "field 'rope_scaling.factor' must be"),
+        ({"rope_type": "dynamic", "factor": 1e300}, "must give a maximum from 1 to 1,000,000,000"),
+        (
+            {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": -1},
+            "field 'rope_scaling.original_max_position_embeddings' must be a whole number",
+        ),
+        ({"rope_type": 4, "factor": 4}, "field 'rope_scaling.rope_type' must be a string"),
+        ("yarn", "field 'rope_scaling' must be a JSON object"),
+    ],
+)
+def test_a_bad_rope_block_names_the_file_and_field(
+    tmp_path: Path, rope: object, message: str
+) -> None:
+    folder = qwen_folder(tmp_path, rope)
+    with pytest.raises(GpufitError, match=re.escape(message)) as caught:
+        load_spec(folder)
+    assert "config.json:" in str(caught.value)
+
+
+def test_shipped_models_keep_their_maximum() -> None:
+    """gpt-oss and DeepSeek-V3 (YaRN), Llama 3.1 (llama3): config's maximum == vLLM's."""
+    for model, top in (
+        ("gpt-oss-20b", 131072),
+        ("deepseek-v3", 163840),
+        ("llama-3.1-8b", 131072),
+        ("qwen3-32b", 40960),
+    ):
+        assert load_spec(model).max_position_embeddings == top
+
+
+def test_beyond_a_config_scaled_maximum_names_the_rope_scaling(tmp_path: Path) -> None:
+    spec = load_spec(qwen_folder(tmp_path, QWEN3_YARN))
+    with pytest.raises(GpufitError) as caught:
+        check_context(spec, 262144)
+    assert "maximum of 131,072 tokens" in str(caught.value)
+    assert "max_position_embeddings 40,960 with its rope scaling" in str(caught.value)
+
+
+@pytest.mark.parametrize("what", ["requires_fit context", "context"])
+def test_the_hint_outside_the_cli_is_one_that_works_there(what: str) -> None:
+    """requires_fit and a suite target take no --rope-scaling: the hint names what they take
+    (a rope_scaling block in a copy of the model's config.json, read since this fix)."""
+    with pytest.raises(GpufitError) as caught:
+        check_context(load_spec("qwen3-30b-a3b"), 131072, what)
+    message = str(caught.value)
+    assert "--rope-scaling" not in message
+    assert '"rope_scaling": {"rope_type": "yarn"' in message and "config.json" in message

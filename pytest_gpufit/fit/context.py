@@ -23,10 +23,8 @@ from typing import Any
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.config_fields import MAXIMA
-from pytest_gpufit.fit.spec import ModelSpec
+from pytest_gpufit.fit.spec import ModelSpec, rope_maximum
 
-# Rope types whose maximum vLLM does not scale (already part of max_position_embeddings).
-_UNSCALED = ("su", "longrope", "llama3")
 # The longest context any length here may reach: config.json's own bound for the field.
 _MAX_LENGTH = MAXIMA["max_position_embeddings"]
 
@@ -157,15 +155,14 @@ def scaled_maximum(spec: ModelSpec, rope: RopeScaling) -> int:
     >>> scaled_maximum(load_spec("qwen3-30b-a3b"), RopeScaling("yarn", 4.0, 32768))
     131072
     """
-    top = spec.max_position_embeddings or 2048
-    if rope.rope_type in _UNSCALED:
-        return top
-    base = rope.original_max_position_embeddings if rope.rope_type == "yarn" else top
-    scaled = (base or top) * rope.factor  # a finite factor can still overflow: 1e308 x 32768
-    if not scaled <= _MAX_LENGTH:
+    # The block replaces the config's own rope_scaling: its maximum is the config's.
+    top = spec.configured_max_position_embeddings or spec.max_position_embeddings or 2048
+    original = rope.original_max_position_embeddings
+    scaled = rope_maximum(top, rope.rope_type, rope.factor, original, spec.model_type)
+    if not scaled <= _MAX_LENGTH:  # a finite factor can still overflow: 1e308 x 32768
         raise GpufitError(
-            f"--rope-scaling: {rope.rope_type} x{rope.factor:g} over {base or top:,} tokens "
-            f"gives a maximum beyond {_MAX_LENGTH:,} tokens; no model is trained for that"
+            f"--rope-scaling: {rope.rope_type} x{rope.factor:g} gives a maximum beyond "
+            f"{_MAX_LENGTH:,} tokens; no model is trained for that"
         )
     return int(scaled)
 
@@ -180,7 +177,13 @@ def with_rope_scaling(spec: ModelSpec, rope: RopeScaling | None) -> ModelSpec:
     documented = DOCUMENTED.get(spec.name)
     if documented is not None:
         note += f"; {documented.note} ({documented.source})"
-    return dataclasses.replace(spec, max_position_embeddings=top, warnings=(*spec.warnings, note))
+    configured = spec.configured_max_position_embeddings or spec.max_position_embeddings
+    return dataclasses.replace(
+        spec,
+        max_position_embeddings=top,
+        configured_max_position_embeddings=configured,
+        warnings=(*spec.warnings, note),
+    )
 
 
 def check_context(spec: ModelSpec, context: int | None, what: str = "--context") -> None:
@@ -200,13 +203,26 @@ def check_context(spec: ModelSpec, context: int | None, what: str = "--context")
         documented = DOCUMENTED.get(spec.name)
         if documented is not None and context <= documented.context:
             rope = documented.rope
+            # gpufit's commands take --rope-scaling; requires_fit and a suite's target read the
+            # block from the model's config.json.
+            how = (
+                f"--rope-scaling {rope.rope_type}:{rope.factor:g}:"
+                f"{rope.original_max_position_embeddings}"
+                if what.startswith("--")
+                else f"{rope.to_json()[1:-1]} in a copy of its config.json, given as the model"
+            )
             hint = (
                 f", or extend it with rope scaling as its model card documents "
-                f"({documented.context:,} tokens): --rope-scaling "
-                f"{rope.rope_type}:{rope.factor:g}:{rope.original_max_position_embeddings} "
-                f"(vLLM: --hf-overrides '{rope.to_json()}')"
+                f"({documented.context:,} tokens): {how} (vLLM: --hf-overrides "
+                f"'{rope.to_json()}')"
             )
+        configured = spec.configured_max_position_embeddings
+        source = (
+            "max_position_embeddings in its config.json"
+            if configured is None
+            else f"max_position_embeddings {configured:,} with its rope scaling"
+        )
         raise GpufitError(
             f"{what} {context:,} is beyond {spec.name}'s maximum of {top:,} tokens "
-            f"(max_position_embeddings in its config.json); ask for at most {top:,}{hint}"
+            f"({source}); ask for at most {top:,}{hint}"
         )
