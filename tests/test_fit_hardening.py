@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from pytest_gpufit.cli import main
+from pytest_gpufit.engines.knobs import parse_knobs
+from pytest_gpufit.engines.planning import plan
+from pytest_gpufit.engines.protocol import EnginePlan
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.context import (
     RopeScaling,
@@ -18,6 +21,7 @@ from pytest_gpufit.fit.context import (
     scaled_maximum,
 )
 from pytest_gpufit.fit.spec import load_spec
+from pytest_gpufit.hardware.catalog import catalog_gpu
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -175,3 +179,53 @@ def test_the_hint_outside_the_cli_is_one_that_works_there(what: str) -> None:
     message = str(caught.value)
     assert "--rope-scaling" not in message
     assert '"rope_scaling": {"rope_type": "yarn"' in message and "config.json" in message
+
+
+# ---- vLLM's max concurrency: whole pages, and what a sliding layer reserves --------------------
+
+
+def _vllm_plan(model: str, precision: str, **knobs: object) -> EnginePlan:
+    return plan(
+        load_spec(model), precision, catalog_gpu("h100-sxm"), 1, parse_knobs("vllm", **knobs)
+    )
+
+
+def test_concurrency_counts_whole_pages_per_request() -> None:
+    """vLLM: num_blocks / cdiv(max_model_len, 16): a 1,000-token request holds 63 pages."""
+    p = _vllm_plan("qwen3-30b-a3b", "bf16", max_model_len=1000)
+    blocks = p.kv_cache_tokens // 16
+    assert p.max_concurrency == round(blocks / 63, 2)
+    assert f"Maximum concurrency for 1,000 tokens per request: {blocks / 63:.2f}x" in p.log
+
+
+def test_sliding_layers_reserve_the_window_and_a_prefill_chunk() -> None:
+    """gpt-oss: 12 full and 12 sliding (window 128) layers. vLLM's SlidingWindowSpec reserves
+    cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), 16) + 1 pages per layer, so at
+    8,192 tokens a request holds 512 + 513 pages per layer pair: about half of the bare
+    window's count (283.75x before this fix)."""
+    p = _vllm_plan("gpt-oss-20b", "stored", max_model_len=8192)
+    blocks = p.kv_cache_tokens // 16
+    assert p.max_concurrency == round(blocks * 24 / (12 * 512 + 12 * 513), 2)
+    assert 140 < p.max_concurrency < 150
+
+
+def test_one_request_must_fit_its_pages_to_start() -> None:
+    """vLLM's check_enough_kv_cache_memory counts the same pages: a budget that holds the bare
+    window but not window - 1 + chunk + 1 page does not start."""
+    spec = load_spec("gpt-oss-20b")
+    p = _vllm_plan("gpt-oss-20b", "stored", max_model_len=131072)
+    page_per_layer = p.kv_bytes_per_token_per_gpu * 16 // 24
+    need = page_per_layer * (12 * 8192 + 12 * (-(-(127 + 8192) // 16) + 1))
+    bare = p.kv_bytes_per_token_per_gpu * (12 * 131072 + 12 * 128) // 24
+    assert need > bare
+    util = (p.budget_bytes_per_gpu - p.kv_cache_bytes_per_gpu + (need + bare) // 2) / (
+        p.usable_bytes_per_gpu
+    )
+    squeezed = plan(
+        spec,
+        "stored",
+        catalog_gpu("h100-sxm"),
+        1,
+        parse_knobs("vllm", max_model_len=131072, gpu_memory_utilization=util),
+    )
+    assert not squeezed.starts and "to serve one request" in (squeezed.reason or "")
