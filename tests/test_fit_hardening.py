@@ -20,6 +20,7 @@ from pytest_gpufit.fit.context import (
     parse_rope_scaling,
     scaled_maximum,
 )
+from pytest_gpufit.fit.logs import calibrate_text
 from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.catalog import catalog_gpu
 
@@ -229,3 +230,35 @@ def test_one_request_must_fit_its_pages_to_start() -> None:
         parse_knobs("vllm", max_model_len=131072, gpu_memory_utilization=util),
     )
     assert not squeezed.starts and "to serve one request" in (squeezed.reason or "")
+
+
+# ---- gpufit calibrate: a log held against the plan of the same setup ---------------------------
+
+QWEN_LOG = """\
+INFO 07-01 10:00:00 [gpu_model_runner.py:2000] Starting to load model Qwen/Qwen3-30B-A3B...
+INFO 07-01 10:00:10 [gpu_model_runner.py:2100] Model loading took 56.88 GiB memory and 56.3 s
+INFO 07-01 10:00:20 [gpu_worker.py:436] Available KV cache memory: 15.41 GiB
+INFO 07-01 10:00:20 [kv_cache_utils.py:1319] GPU KV cache size: 168,288 tokens
+INFO 07-01 10:00:20 [kv_cache_utils.py:1323] Maximum concurrency for 8,192 tokens per request: \
+20.54x
+"""
+
+
+def test_the_concurrency_line_states_the_length_the_plan_runs_at() -> None:
+    """The log's "Maximum concurrency for 8,192 tokens" was set beside the plan's figure at the
+    model's 40,960 tokens (3.10x against 20.54x: -84.9%, a miss of the setup, not the model)."""
+    result = calibrate_text(QWEN_LOG, "q.log", gpu=catalog_gpu("h100"), precision="bf16")
+    assert result.knobs["max_model_len"] == 8192
+    figure = next(f for f in result.figures if f.key == "max_concurrency")
+    tokens = next(f for f in result.figures if f.key == "kv_cache_tokens")
+    # At 8,192 tokens (512 pages) the plan's concurrency is its own tokens over 8,192.
+    assert figure.predicted == round(tokens.predicted / 8192, 2)
+
+
+def test_a_concurrency_at_another_length_than_the_setup_is_not_compared() -> None:
+    log = QWEN_LOG.replace(
+        "Starting to load", "Using max model len 40960\nINFO 07-01 [x.py:1] Starting to load"
+    )
+    result = calibrate_text(log, "q.log", gpu=catalog_gpu("h100"), precision="bf16")
+    assert not any(f.key == "max_concurrency" for f in result.figures)
+    assert any("max concurrency at 8192 tokens" in s for s in result.not_compared)

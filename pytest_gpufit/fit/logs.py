@@ -209,6 +209,11 @@ def resolve_log_model(
 def knobs_from(log: EngineLog, engine: str) -> EngineKnobs:
     """The engine knobs the log states, checked as the CLI checks them."""
     raw = registered(engine).knobs_from_setup(log.setup)
+    stated = log.allocation.concurrency_tokens
+    if raw.get("max_model_len") is None and stated:
+        # "Maximum concurrency for 8,192 tokens per request" is vLLM stating its max_model_len:
+        # planned at the model's maximum instead, that figure would be held against another.
+        raw["max_model_len"] = stated
     try:
         return parse_knobs(engine, **{k: v for k, v in raw.items() if v is not None})
     except GpufitError as error:
@@ -286,7 +291,12 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
                 "kv_cache_tokens",
             )
         )
-    if a.max_concurrency is not None:
+    if a.max_concurrency is not None and a.concurrency_tokens not in (None, plan.max_model_len):
+        skipped.append(
+            f"max concurrency at {a.concurrency_tokens} tokens: the plan runs at "
+            f"{plan.max_model_len:,} tokens per request (the log's setup says so)"
+        )
+    elif a.max_concurrency is not None:
         card_figures.append(
             Figure(
                 f"max concurrency at {a.concurrency_tokens} tokens",
