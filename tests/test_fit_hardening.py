@@ -25,6 +25,9 @@ from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.catalog import catalog_gpu
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out = capsys.readouterr()
@@ -262,3 +265,15 @@ def test_a_concurrency_at_another_length_than_the_setup_is_not_compared() -> Non
     result = calibrate_text(log, "q.log", gpu=catalog_gpu("h100"), precision="bf16")
     assert not any(f.key == "max_concurrency" for f in result.figures)
     assert any("max concurrency at 8192 tokens" in s for s in result.not_compared)
+
+
+def test_a_log_of_two_engines_is_refused_not_read_as_one(tmp_path: Path) -> None:
+    """An SGLang start and a vLLM start pasted into one file: the SGLang figures were held
+    against a plan and the vLLM lines silently dropped."""
+    sglang = (ROOT / "fixtures" / "engine-logs" / "sglang-qwen3-14b-tp4.log").read_text()
+    for text in (sglang + QWEN_LOG, QWEN_LOG + sglang):
+        with pytest.raises(GpufitError) as caught:
+            calibrate_text(text, "mixed.log", model="qwen3-30b-a3b")
+        message = str(caught.value)
+        assert message.startswith("mixed.log: ")
+        assert "sglang" in message and "vllm" in message and "one server's" in message

@@ -344,6 +344,7 @@ def calibrate_text(
     from pytest_gpufit.fit.estimate import check_precision
 
     log = read_engine_log(text)
+    _one_engine(text, source)
     if not log.allocation.lines:
         raise GpufitError(
             f"{source}: no vLLM, SGLang or llama.cpp allocation lines recognised (looked for "
@@ -397,6 +398,22 @@ def calibrate_text(
         not_compared=tuple(skipped),
         plan=the_plan.to_dict() if card_known else None,
     )
+
+
+def _one_engine(text: str, source: str) -> None:
+    """Refuse a log whose allocation lines are two engines' (starts of different servers pasted
+    into one file): only one of them would be read, as if it were the whole log."""
+    from pytest_gpufit.engines.registry import all_engines
+
+    lines = text.splitlines()
+    found = {e.name: e.read_allocation(lines).lines for e in all_engines()}
+    found = {name: hits for name, hits in found.items() if hits}
+    if len(found) > 1:
+        shown = "; ".join(f"{name}: {hits[0][:60]!r}" for name, hits in found.items())
+        raise GpufitError(
+            f"{source}: allocation lines of {len(found)} engines ({shown}); give one server's "
+            "start-up log per file"
+        )
 
 
 def _knob_dict(knobs: EngineKnobs) -> dict[str, Any]:
