@@ -277,3 +277,16 @@ def test_a_log_of_two_engines_is_refused_not_read_as_one(tmp_path: Path) -> None
         message = str(caught.value)
         assert message.startswith("mixed.log: ")
         assert "sglang" in message and "vllm" in message and "one server's" in message
+
+
+def test_a_log_from_another_card_than_gpu_is_not_held_against_it() -> None:
+    """vLLM V0 states the card's memory (total_gpu_memory=79.15GiB: an H100 80GB); given as
+    --gpu rtx-pro-6000 (95.6 GiB), its KV figures were held against the wrong card."""
+    text = (ROOT / "fixtures" / "engine-logs" / "vllm-0.6-v0-bamba-profile.log").read_text()
+    wrong = calibrate_text(text, "b.log", model="llama-3.1-8b", gpu=catalog_gpu("rtx-pro-6000"))
+    assert not any(f.key in ("kv_cache_gib", "kv_cache_tokens") for f in wrong.figures)
+    assert any("79.15 GiB" in n and "rtx-pro-6000-blackwell" in n for n in wrong.notes)
+    assert any("the log's card" in s for s in wrong.not_compared)
+    right = calibrate_text(text, "b.log", model="llama-3.1-8b", gpu=catalog_gpu("h100"))
+    assert any(f.key == "kv_cache_gib" for f in right.figures)
+    assert not any("79.15 GiB" in n for n in right.notes)

@@ -223,9 +223,12 @@ def knobs_from(log: EngineLog, engine: str) -> EngineKnobs:
 # ---- the comparison -------------------------------------------------------------------------
 
 
-def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Figure], list[str]]:
+def compare(
+    log: EngineLog, plan: EnginePlan, card_known: bool, card_note: str | None = None
+) -> tuple[list[Figure], list[str]]:
     """Each figure the log reports beside the plan's; figures that need the card are compared
-    only when the card is known (``card_known``), else listed as not compared."""
+    only when the card is known (``card_known``), else listed as not compared (``card_note``:
+    why, when a card was given)."""
     a = log.allocation
     line = {  # the log line each figure came from, for the reader
         key: next((ln for ln in a.lines if word in ln), None)
@@ -310,7 +313,8 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
     if card_known:
         figures += card_figures
     else:
-        skipped += [f"{f.name}: depends on the card; give --gpu CARD" for f in card_figures]
+        why = card_note or "depends on the card; give --gpu CARD"
+        skipped += [f"{f.name}: {why}" for f in card_figures]
     return figures, skipped
 
 
@@ -372,6 +376,10 @@ def calibrate_text(
         notes.append(f"the log says tensor parallel {stated}; --tensor-parallel {tp} used")
     knobs = knobs_from(log, engine)
     card_known = gpu is not None
+    card_note = None
+    if gpu is not None and (mismatch := _other_card(log.setup.gpu_memory_gib, gpu)):
+        notes.append(mismatch)
+        card_known, card_note = False, "the log's card is not --gpu's"
     if gpu is None:
         # Weights and KV bytes per token do not depend on the card; the plan needs one, so the
         # catalog's largest stands in and the card-dependent figures are not compared.
@@ -379,7 +387,7 @@ def calibrate_text(
 
         gpu = catalog_gpu("b200")
     the_plan = plan(spec, chosen, gpu, tp, knobs)
-    figures, skipped = compare(log, the_plan, card_known)
+    figures, skipped = compare(log, the_plan, card_known, card_note)
     if card_known and not the_plan.starts:
         notes.append(f"the plan says it does not start: {the_plan.reason}")
     if not figures and not skipped:
@@ -391,12 +399,31 @@ def calibrate_text(
         model=spec.name,
         precision=chosen,
         tensor_parallel=tp,
-        gpu=(gpu.catalog_id or gpu.name) if card_known else None,
+        gpu=(gpu.catalog_id or gpu.name) if card_known or card_note else None,
         knobs=knob_view,
         figures=tuple(figures),
         notes=tuple(notes),
         not_compared=tuple(skipped),
         plan=the_plan.to_dict() if card_known else None,
+    )
+
+
+# How far the memory a log states for its card may be from --gpu's total: CUDA's total is a
+# little under NVML's (an H100 80GB: 79.15-79.22 GiB logged, 79.65 GiB in NVML).
+_CARD_TOLERANCE = 0.05
+
+
+def _other_card(logged_gib: float | None, gpu: Gpu) -> str | None:
+    """Why the log's card (its stated total memory) is not ``gpu``; None when it may be."""
+    if not logged_gib or not gpu.memory_total_bytes:
+        return None
+    total = gpu.memory_total_bytes / GIB
+    if abs(logged_gib / total - 1) <= _CARD_TOLERANCE:
+        return None
+    return (
+        f"the log's card has {logged_gib:.2f} GiB in all (total_gpu_memory), --gpu "
+        f"{gpu.catalog_id or gpu.name} has {total:.2f} GiB: another card, so the figures that "
+        "depend on the card are not compared"
     )
 
 
