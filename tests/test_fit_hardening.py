@@ -1,11 +1,15 @@
 """What users can type into the fit engine's newer knobs (rope scaling, engine logs), and the
-figures held against what vLLM itself computes: each test here failed before its fix."""
+figures held against what vLLM itself computes: each test here failed before its fix, but the
+guards that docs/fit.md holds the calibration benchmark's figures (they fail when it goes stale)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +27,6 @@ from pytest_gpufit.fit.context import (
 from pytest_gpufit.fit.logs import calibrate_text
 from pytest_gpufit.fit.spec import load_spec
 from pytest_gpufit.hardware.catalog import catalog_gpu
-
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -290,3 +293,72 @@ def test_a_log_from_another_card_than_gpu_is_not_held_against_it() -> None:
     right = calibrate_text(text, "b.log", model="llama-3.1-8b", gpu=catalog_gpu("h100"))
     assert any(f.key == "kv_cache_gib" for f in right.figures)
     assert not any("79.15 GiB" in n for n in right.notes)
+
+
+# ---- docs/fit.md holds the calibration benchmark's figures, not hand-kept ones -----------------
+
+
+def _benchmark() -> Any:
+    path = ROOT / "benchmarks" / "fit_calibration.py"
+    spec = importlib.util.spec_from_file_location("fit_calibration_docs", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _shown(text: str, value: float) -> bool:
+    """``text`` is ``value`` as printed to ``text``'s decimals."""
+    decimals = len(text.partition(".")[2])
+    return abs(float(text) - value) <= 0.5 * 10**-decimals + 1e-9
+
+
+ACCURACY_ROWS = {
+    "weights per GPU": "weights_per_gpu",
+    "KV bytes/token per GPU": "kv_bytes_per_token_per_gpu",
+    "GPU KV cache size (tokens)": "kv_tokens_at_engine_budget",
+    "activation peak": "activation_peak_per_gpu",
+    "runtime (context + non-torch)": "runtime_nonweight_nonkv_per_gpu",
+}
+
+
+def test_the_accuracy_table_is_the_benchmarks() -> None:
+    """docs/fit.md's "Accuracy" table (median / worst |error| before -> after) against
+    ``benchmarks/fit_calibration.py`` run now: a change to the plan that moves a figure fails
+    here until the table is rewritten from the benchmark."""
+    bench = _benchmark()
+    records = bench.errors(bench.CALIBRATION)
+    doc = (ROOT / "docs" / "fit.md").read_text()
+    number = r"([0-9]+(?:\.[0-9]+)?)%"
+    for label, quantity in ACCURACY_ROWS.items():
+        row = re.search(
+            rf"^\| {re.escape(label)} \| {number} / {number} \| {number} / {number} \|", doc, re.M
+        )
+        assert row, f"docs/fit.md has no accuracy row {label!r}"
+        group = [r for r in records if r["quantity"] == quantity]
+        for text, key, pick in zip(
+            row.groups(),
+            ("before_error", "before_error", "after_error", "after_error"),
+            (statistics.median, max, statistics.median, max),
+            strict=True,
+        ):
+            value = 100 * pick([abs(r[key]) for r in group])
+            assert _shown(text, value), f"{label}: docs say {text}%, the benchmark {value:.3f}%"
+
+
+def test_the_pcie_table_is_the_benchmarks() -> None:
+    bench = _benchmark()
+    records = bench.errors(bench.PCIE)
+    doc = (ROOT / "docs" / "fit.md").read_text()
+    rows = re.findall(
+        r"^\| \[(?:calibration|held-out)\] [^|]+\| ([0-9.,]+)(?: GiB)? \| [^|]+ \| ([0-9.,]+)"
+        r"(?: \(([-+]?[0-9.]+)%\))? \|",
+        doc,
+        re.M,
+    )
+    assert len(rows) == len(records) == 6
+    for measured, after, error in rows:
+        (record,) = [r for r in records if _shown(measured.replace(",", ""), r["measured"])]
+        assert _shown(after.replace(",", ""), record["after"]), (measured, after, record)
+        if error:
+            assert _shown(error, 100 * record["after_error"]), (measured, error, record)
