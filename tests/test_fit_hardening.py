@@ -362,3 +362,13 @@ def test_the_pcie_table_is_the_benchmarks() -> None:
         assert _shown(after.replace(",", ""), record["after"]), (measured, after, record)
         if error:
             assert _shown(error, 100 * record["after_error"]), (measured, error, record)
+
+
+def test_hf_overrides_beyond_rope_scaling_are_refused_not_dropped() -> None:
+    """vLLM applies every key of --hf-overrides: a max_position_embeddings next to the block
+    moves its maximum (dynamic x2 over 8,192: 16,384), which gpufit would have ignored (81,920)."""
+    text = (
+        '{"rope_scaling": {"rope_type": "dynamic", "factor": 2}, "max_position_embeddings": 8192}'
+    )
+    with pytest.raises(GpufitError, match=r"--hf-overrides: .*max_position_embeddings"):
+        parse_rope_scaling(text, "--hf-overrides")

@@ -105,6 +105,13 @@ def parse_rope_scaling(value: object, where: str = "--rope-scaling") -> RopeScal
             if len(parts) == 3:
                 block["original_max_position_embeddings"] = parts[2]
     if isinstance(block, dict) and isinstance(block.get("rope_scaling"), dict):
+        others = sorted(str(key) for key in block if key != "rope_scaling")
+        if others:  # vLLM applies them all; dropping one would plan another model
+            raise GpufitError(
+                f"{where}: only rope_scaling is modelled; the other overrides "
+                f"({', '.join(others)}) would change the model: leave them out or write them "
+                "into a copy of its config.json"
+            )
         block = block["rope_scaling"]  # the --hf-overrides form
     if not isinstance(block, dict):
         raise GpufitError(f"{where}: expected a rope_scaling object, got {value!r:.80}")
