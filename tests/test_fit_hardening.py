@@ -372,3 +372,22 @@ def test_hf_overrides_beyond_rope_scaling_are_refused_not_dropped() -> None:
     )
     with pytest.raises(GpufitError, match=r"--hf-overrides: .*max_position_embeddings"):
         parse_rope_scaling(text, "--hf-overrides")
+
+
+def test_the_transformers_5_spelling_of_the_block() -> None:
+    """transformers 5 writes rope_parameters (with rope_theta inside); --hf-overrides takes it
+    as vLLM does, and rope_theta beside the block changes neither memory nor the maximum."""
+    yarn = '"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 32768'
+    for text in (
+        f'{{"rope_parameters": {{{yarn}, "rope_theta": 1000000}}}}',
+        f'{{"rope_scaling": {{{yarn}}}, "rope_theta": 1000000}}',
+    ):
+        assert parse_rope_scaling(text) == RopeScaling("yarn", 4.0, 32768)
+
+
+def test_rope_parameters_in_config_json(tmp_path: Path) -> None:
+    folder = qwen_folder(tmp_path, None)
+    config = json.loads((folder / "config.json").read_text())
+    config["rope_parameters"] = {**QWEN3_YARN, "rope_theta": 1000000.0}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_spec(folder).max_position_embeddings == 131072

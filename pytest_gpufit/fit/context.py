@@ -25,6 +25,10 @@ from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.config_fields import MAXIMA
 from pytest_gpufit.fit.spec import ModelSpec, rope_maximum
 
+# The --hf-overrides keys that hold the block, and those that change neither the memory nor the
+# maximum context (the rotary base).
+_BLOCK_KEYS = ("rope_scaling", "rope_parameters")
+_INERT_OVERRIDES = ("rope_theta",)
 # The longest context any length here may reach: config.json's own bound for the field.
 _MAX_LENGTH = MAXIMA["max_position_embeddings"]
 
@@ -104,15 +108,17 @@ def parse_rope_scaling(value: object, where: str = "--rope-scaling") -> RopeScal
             block = {"rope_type": parts[0], "factor": parts[1]}
             if len(parts) == 3:
                 block["original_max_position_embeddings"] = parts[2]
-    if isinstance(block, dict) and isinstance(block.get("rope_scaling"), dict):
-        others = sorted(str(key) for key in block if key != "rope_scaling")
+    # The --hf-overrides form; transformers 5 names the block rope_parameters.
+    key = next((k for k in _BLOCK_KEYS if isinstance(block, dict) and k in block), None)
+    if key is not None and isinstance(block[key], dict):
+        others = sorted(str(k) for k in block if k not in (key, *_INERT_OVERRIDES))
         if others:  # vLLM applies them all; dropping one would plan another model
             raise GpufitError(
-                f"{where}: only rope_scaling is modelled; the other overrides "
+                f"{where}: only {key} is modelled; the other overrides "
                 f"({', '.join(others)}) would change the model: leave them out or write them "
                 "into a copy of its config.json"
             )
-        block = block["rope_scaling"]  # the --hf-overrides form
+        block = block[key]
     if not isinstance(block, dict):
         raise GpufitError(f"{where}: expected a rope_scaling object, got {value!r:.80}")
     rope_type = block.get("rope_type", block.get("type"))

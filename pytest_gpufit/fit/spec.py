@@ -401,7 +401,8 @@ def _rope_maximum(
 ) -> int | None:
     """``max_position_embeddings`` moved by the config's own ``rope_scaling``, as vLLM moves it
     (a Qwen card says to add a YaRN block to config.json for 131,072 tokens)."""
-    rope = config.nested("rope_scaling")
+    # transformers 5 writes the block as rope_parameters (and rope_theta inside it).
+    rope = config.nested("rope_scaling") or config.nested("rope_parameters")
     if rope is None or top is None:
         return top
     rope_type = rope.string("rope_type") or rope.string("type")
