@@ -31,7 +31,6 @@ from pytest_gpufit.engines.planning import (
     interconnect,
     kv_dtype,
     model_len,
-    request_bytes,
     served_weights,
 )
 from pytest_gpufit.engines.protocol import Engine, EngineKnobs, EnginePlan, Knob
@@ -176,6 +175,26 @@ def kv_tokens_from_metrics(labels: Mapping[str, str]) -> int | None:
         return None
 
 
+def request_pages(spec: ModelSpec, length: int, chunk: int) -> int:
+    """KV pages (16 tokens of one layer) one request of ``length`` tokens may hold, as vLLM's
+    ``max_memory_usage_bytes`` counts them (its max concurrency and its "one request fits"
+    check): whole pages on full layers; on a sliding layer the window less one plus a prefill
+    chunk, and one page more (the window need not start on a page boundary).
+
+    >>> from pytest_gpufit.fit.spec import load_spec
+    >>> request_pages(load_spec("qwen3-0.6b"), 1000, 8192)  # 28 layers x 63 pages
+    1764
+    >>> request_pages(load_spec("gpt-oss-20b"), 131072, 8192)  # 12 x 8,192 + 12 x 521
+    104556
+    """
+    kv = spec.kv
+    full = kv.full_layers * -(-length // BLOCK_SIZE)
+    if not kv.sliding_layers:
+        return full
+    window = min((kv.window or length) - 1 + chunk, length)
+    return full + kv.sliding_layers * (-(-window // BLOCK_SIZE) + 1)
+
+
 def runtime_bytes(tp: int, link: str) -> int:
     """Non-torch memory charged to the budget per rank: cuBLAS at TP 1; at TP >= 2 the
     all-reduce buffers of the link (NVLink's, where the link is unknown: the larger figure).
@@ -291,11 +310,15 @@ class Vllm:
         blocks = max(available, 0) // (per_token * BLOCK_SIZE) if per_token else 0
         tokens = blocks * BLOCK_SIZE
         length, reason = model_len(spec, knobs)
-        one = request_bytes(spec, per_token, length)
-        concurrency = round(max(available, 0) / one, 2) if one else 0.0
         gb = GIB
         chunk = knobs.max_num_batched_tokens or MAX_NUM_BATCHED_TOKENS
         seqs = knobs.max_num_seqs or MAX_NUM_SEQS
+        # In pages of one layer (every layer's page the same size): the pool's over one
+        # request's, as get_max_concurrency_for_kv_cache_config divides them.
+        layers = spec.kv.full_layers + spec.kv.sliding_layers
+        pages = request_pages(spec, length, chunk)
+        one = per_token * BLOCK_SIZE * pages // layers
+        concurrency = round(blocks * layers / pages, 2) if pages else 0.0
         if reason is None and chunk < seqs:  # SchedulerConfig._verify_args refuses it
             reason = (
                 f"--max-num-batched-tokens {chunk:,} is smaller than --max-num-seqs {seqs:,}; "

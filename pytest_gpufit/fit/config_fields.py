@@ -43,6 +43,7 @@ MAXIMA: dict[str, int] = {
     "moe_layer_freq": 10**4,
     "num_nextn_predict_layers": 10**4,
     "max_position_embeddings": 10**9,  # 10,485,760 (Llama 4 Scout)
+    "original_max_position_embeddings": 10**9,  # rope_scaling's trained length
     "sliding_window": 10**9,
     "sliding_window_pattern": 10**4,
     "bits": 64,

@@ -22,10 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.fit.spec import ModelSpec
+from pytest_gpufit.fit.config_fields import MAXIMA
+from pytest_gpufit.fit.spec import ModelSpec, rope_maximum
 
-# Rope types whose maximum vLLM does not scale (already part of max_position_embeddings).
-_UNSCALED = ("su", "longrope", "llama3")
+# The --hf-overrides keys that hold the block, and those that change neither the memory nor the
+# maximum context (the rotary base).
+_BLOCK_KEYS = ("rope_scaling", "rope_parameters")
+_INERT_OVERRIDES = ("rope_theta",)
+# The longest context any length here may reach: config.json's own bound for the field.
+_MAX_LENGTH = MAXIMA["max_position_embeddings"]
 
 
 @dataclass(frozen=True)
@@ -103,8 +108,17 @@ def parse_rope_scaling(value: object, where: str = "--rope-scaling") -> RopeScal
             block = {"rope_type": parts[0], "factor": parts[1]}
             if len(parts) == 3:
                 block["original_max_position_embeddings"] = parts[2]
-    if isinstance(block, dict) and isinstance(block.get("rope_scaling"), dict):
-        block = block["rope_scaling"]  # the --hf-overrides form
+    # The --hf-overrides form; transformers 5 names the block rope_parameters.
+    key = next((k for k in _BLOCK_KEYS if isinstance(block, dict) and k in block), None)
+    if key is not None and isinstance(block[key], dict):
+        others = sorted(str(k) for k in block if k not in (key, *_INERT_OVERRIDES))
+        if others:  # vLLM applies them all; dropping one would plan another model
+            raise GpufitError(
+                f"{where}: only {key} is modelled; the other overrides "
+                f"({', '.join(others)}) would change the model: leave them out or write them "
+                "into a copy of its config.json"
+            )
+        block = block[key]
     if not isinstance(block, dict):
         raise GpufitError(f"{where}: expected a rope_scaling object, got {value!r:.80}")
     rope_type = block.get("rope_type", block.get("type"))
@@ -137,9 +151,11 @@ def _number(value: object, where: str, name: str) -> float:
 
 def _whole(value: object, where: str) -> int:
     text = str(value).strip()
-    if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or len(text) > 10:
+    ok = not isinstance(value, bool) and text.isascii() and text.isdigit() and len(text) <= 10
+    if not ok or not 1 <= int(text) <= _MAX_LENGTH:  # 0 would read as "not given"
         raise GpufitError(
-            f"{where}: original_max_position_embeddings must be a whole number, got {value!r:.40}"
+            f"{where}: original_max_position_embeddings must be a whole number from 1 to "
+            f"{_MAX_LENGTH:,}, got {value!r:.40}"
         )
     return int(text)
 
@@ -152,11 +168,16 @@ def scaled_maximum(spec: ModelSpec, rope: RopeScaling) -> int:
     >>> scaled_maximum(load_spec("qwen3-30b-a3b"), RopeScaling("yarn", 4.0, 32768))
     131072
     """
-    top = spec.max_position_embeddings or 2048
-    if rope.rope_type in _UNSCALED:
-        return top
-    base = rope.original_max_position_embeddings if rope.rope_type == "yarn" else top
-    return int((base or top) * rope.factor)
+    # The block replaces the config's own rope_scaling: its maximum is the config's.
+    top = spec.configured_max_position_embeddings or spec.max_position_embeddings or 2048
+    original = rope.original_max_position_embeddings
+    scaled = rope_maximum(top, rope.rope_type, rope.factor, original, spec.model_type)
+    if not scaled <= _MAX_LENGTH:  # a finite factor can still overflow: 1e308 x 32768
+        raise GpufitError(
+            f"--rope-scaling: {rope.rope_type} x{rope.factor:g} gives a maximum beyond "
+            f"{_MAX_LENGTH:,} tokens; no model is trained for that"
+        )
+    return int(scaled)
 
 
 def with_rope_scaling(spec: ModelSpec, rope: RopeScaling | None) -> ModelSpec:
@@ -169,7 +190,13 @@ def with_rope_scaling(spec: ModelSpec, rope: RopeScaling | None) -> ModelSpec:
     documented = DOCUMENTED.get(spec.name)
     if documented is not None:
         note += f"; {documented.note} ({documented.source})"
-    return dataclasses.replace(spec, max_position_embeddings=top, warnings=(*spec.warnings, note))
+    configured = spec.configured_max_position_embeddings or spec.max_position_embeddings
+    return dataclasses.replace(
+        spec,
+        max_position_embeddings=top,
+        configured_max_position_embeddings=configured,
+        warnings=(*spec.warnings, note),
+    )
 
 
 def check_context(spec: ModelSpec, context: int | None, what: str = "--context") -> None:
@@ -189,13 +216,26 @@ def check_context(spec: ModelSpec, context: int | None, what: str = "--context")
         documented = DOCUMENTED.get(spec.name)
         if documented is not None and context <= documented.context:
             rope = documented.rope
+            # gpufit's commands take --rope-scaling; requires_fit and a suite's target read the
+            # block from the model's config.json.
+            how = (
+                f"--rope-scaling {rope.rope_type}:{rope.factor:g}:"
+                f"{rope.original_max_position_embeddings}"
+                if what.startswith("--")
+                else f"{rope.to_json()[1:-1]} in a copy of its config.json, given as the model"
+            )
             hint = (
                 f", or extend it with rope scaling as its model card documents "
-                f"({documented.context:,} tokens): --rope-scaling "
-                f"{rope.rope_type}:{rope.factor:g}:{rope.original_max_position_embeddings} "
-                f"(vLLM: --hf-overrides '{rope.to_json()}')"
+                f"({documented.context:,} tokens): {how} (vLLM: --hf-overrides "
+                f"'{rope.to_json()}')"
             )
+        configured = spec.configured_max_position_embeddings
+        source = (
+            "max_position_embeddings in its config.json"
+            if configured is None
+            else f"max_position_embeddings {configured:,} with its rope scaling"
+        )
         raise GpufitError(
             f"{what} {context:,} is beyond {spec.name}'s maximum of {top:,} tokens "
-            f"(max_position_embeddings in its config.json); ask for at most {top:,}{hint}"
+            f"({source}); ask for at most {top:,}{hint}"
         )

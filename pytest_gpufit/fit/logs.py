@@ -209,6 +209,11 @@ def resolve_log_model(
 def knobs_from(log: EngineLog, engine: str) -> EngineKnobs:
     """The engine knobs the log states, checked as the CLI checks them."""
     raw = registered(engine).knobs_from_setup(log.setup)
+    stated = log.allocation.concurrency_tokens
+    if raw.get("max_model_len") is None and stated:
+        # "Maximum concurrency for 8,192 tokens per request" is vLLM stating its max_model_len:
+        # planned at the model's maximum instead, that figure would be held against another.
+        raw["max_model_len"] = stated
     try:
         return parse_knobs(engine, **{k: v for k, v in raw.items() if v is not None})
     except GpufitError as error:
@@ -218,9 +223,12 @@ def knobs_from(log: EngineLog, engine: str) -> EngineKnobs:
 # ---- the comparison -------------------------------------------------------------------------
 
 
-def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Figure], list[str]]:
+def compare(
+    log: EngineLog, plan: EnginePlan, card_known: bool, card_note: str | None = None
+) -> tuple[list[Figure], list[str]]:
     """Each figure the log reports beside the plan's; figures that need the card are compared
-    only when the card is known (``card_known``), else listed as not compared."""
+    only when the card is known (``card_known``), else listed as not compared (``card_note``:
+    why, when a card was given)."""
     a = log.allocation
     line = {  # the log line each figure came from, for the reader
         key: next((ln for ln in a.lines if word in ln), None)
@@ -286,7 +294,12 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
                 "kv_cache_tokens",
             )
         )
-    if a.max_concurrency is not None:
+    if a.max_concurrency is not None and a.concurrency_tokens not in (None, plan.max_model_len):
+        skipped.append(
+            f"max concurrency at {a.concurrency_tokens} tokens: the plan runs at "
+            f"{plan.max_model_len:,} tokens per request (the log's setup says so)"
+        )
+    elif a.max_concurrency is not None:
         card_figures.append(
             Figure(
                 f"max concurrency at {a.concurrency_tokens} tokens",
@@ -300,7 +313,8 @@ def compare(log: EngineLog, plan: EnginePlan, card_known: bool) -> tuple[list[Fi
     if card_known:
         figures += card_figures
     else:
-        skipped += [f"{f.name}: depends on the card; give --gpu CARD" for f in card_figures]
+        why = card_note or "depends on the card; give --gpu CARD"
+        skipped += [f"{f.name}: {why}" for f in card_figures]
     return figures, skipped
 
 
@@ -334,6 +348,7 @@ def calibrate_text(
     from pytest_gpufit.fit.estimate import check_precision
 
     log = read_engine_log(text)
+    _one_engine(text, source)
     if not log.allocation.lines:
         raise GpufitError(
             f"{source}: no vLLM, SGLang or llama.cpp allocation lines recognised (looked for "
@@ -361,6 +376,10 @@ def calibrate_text(
         notes.append(f"the log says tensor parallel {stated}; --tensor-parallel {tp} used")
     knobs = knobs_from(log, engine)
     card_known = gpu is not None
+    card_note = None
+    if gpu is not None and (mismatch := _other_card(log.setup.gpu_memory_gib, gpu)):
+        notes.append(mismatch)
+        card_known, card_note = False, "the log's card is not --gpu's"
     if gpu is None:
         # Weights and KV bytes per token do not depend on the card; the plan needs one, so the
         # catalog's largest stands in and the card-dependent figures are not compared.
@@ -368,7 +387,7 @@ def calibrate_text(
 
         gpu = catalog_gpu("b200")
     the_plan = plan(spec, chosen, gpu, tp, knobs)
-    figures, skipped = compare(log, the_plan, card_known)
+    figures, skipped = compare(log, the_plan, card_known, card_note)
     if card_known and not the_plan.starts:
         notes.append(f"the plan says it does not start: {the_plan.reason}")
     if not figures and not skipped:
@@ -380,13 +399,48 @@ def calibrate_text(
         model=spec.name,
         precision=chosen,
         tensor_parallel=tp,
-        gpu=(gpu.catalog_id or gpu.name) if card_known else None,
+        gpu=(gpu.catalog_id or gpu.name) if card_known or card_note else None,
         knobs=knob_view,
         figures=tuple(figures),
         notes=tuple(notes),
         not_compared=tuple(skipped),
         plan=the_plan.to_dict() if card_known else None,
     )
+
+
+# How far the memory a log states for its card may be from --gpu's total: CUDA's total is a
+# little under NVML's (an H100 80GB: 79.15-79.22 GiB logged, 79.65 GiB in NVML).
+_CARD_TOLERANCE = 0.05
+
+
+def _other_card(logged_gib: float | None, gpu: Gpu) -> str | None:
+    """Why the log's card (its stated total memory) is not ``gpu``; None when it may be."""
+    if not logged_gib or not gpu.memory_total_bytes:
+        return None
+    total = gpu.memory_total_bytes / GIB
+    if abs(logged_gib / total - 1) <= _CARD_TOLERANCE:
+        return None
+    return (
+        f"the log's card has {logged_gib:.2f} GiB in all (total_gpu_memory), --gpu "
+        f"{gpu.catalog_id or gpu.name} has {total:.2f} GiB: another card, so the figures that "
+        "depend on the card are not compared"
+    )
+
+
+def _one_engine(text: str, source: str) -> None:
+    """Refuse a log whose allocation lines are two engines' (starts of different servers pasted
+    into one file): only one of them would be read, as if it were the whole log."""
+    from pytest_gpufit.engines.registry import all_engines
+
+    lines = text.splitlines()
+    found = {e.name: e.read_allocation(lines).lines for e in all_engines()}
+    found = {name: hits for name, hits in found.items() if hits}
+    if len(found) > 1:
+        shown = "; ".join(f"{name}: {hits[0][:60]!r}" for name, hits in found.items())
+        raise GpufitError(
+            f"{source}: allocation lines of {len(found)} engines ({shown}); give one server's "
+            "start-up log per file"
+        )
 
 
 def _knob_dict(knobs: EngineKnobs) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import dataclasses
 import fnmatch
 import functools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -44,6 +45,9 @@ KNOWN_TYPES = {
     "gpt_oss",
     "minimax_m2",  # GQA and routed experts whose size is intermediate_size, read as such
 }
+# vLLM's _get_and_verify_max_len: rope types whose factor is already part of
+# max_position_embeddings (``su`` is longrope's old name).
+ROPE_UNSCALED = ("su", "longrope", "llama3")
 _TORCH_DTYPES = {
     "bfloat16": "bf16",
     "float16": "fp16",
@@ -151,6 +155,9 @@ class ModelSpec:
     experts_per_token: int = 0  # top_k of an MoE model, 0 for a dense one
     expert_intermediate_size: int = 0  # I of one routed expert
     rotary_dim: int = 0  # width of the rotary cos/sin table per position (engines cache it)
+    # max_position_embeddings as config.json writes it, where rope scaling (its own
+    # rope_scaling, or one given as the engines take it) moved the maximum; None: not moved.
+    configured_max_position_embeddings: int | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -314,6 +321,9 @@ def spec_from_config(
     if model_type.startswith("gemma2") or model_type.startswith("gemma3"):
         norms += layers * 2 * h  # pre/post feed-forward norms
 
+    configured = config.whole("max_position_embeddings")
+    maximum = _rope_maximum(config, model_type, configured, warnings)
+
     mtp = 0
     n_mtp = config.whole("num_nextn_predict_layers", minimum=0) or 0
     if n_mtp:
@@ -353,7 +363,8 @@ def spec_from_config(
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         intermediate_size=moe["active_intermediate"],
-        max_position_embeddings=config.whole("max_position_embeddings"),
+        max_position_embeddings=maximum,
+        configured_max_position_embeddings=configured if configured != maximum else None,
         stored_dtype=_stored_dtype(config, top, warnings),
         params=params,
         kv=kv,
@@ -366,6 +377,64 @@ def spec_from_config(
         expert_intermediate_size=moe["expert_i"],
         rotary_dim=config.whole("qk_rope_head_dim") or head_dim,
     )
+
+
+def rope_maximum(
+    top: int, rope_type: str, factor: float, original: int | None, model_type: str = ""
+) -> float:
+    """The maximum context vLLM derives from ``max_position_embeddings`` (``top``) and a rope
+    scaling block (its ``_get_and_verify_max_len``): YaRN scales the original trained length,
+    the other types the maximum; llama3/longrope/su are already in it, as is Gemma 3's.
+
+    >>> rope_maximum(40960, "yarn", 4.0, 32768), rope_maximum(40960, "dynamic", 2.0, None)
+    (131072.0, 81920.0)
+    >>> rope_maximum(131072, "llama3", 8.0, 8192)
+    131072.0
+    """
+    if rope_type in ROPE_UNSCALED or "gemma3" in model_type:
+        return float(top)
+    base = original if rope_type == "yarn" and original else top
+    return base * factor
+
+
+def _rope_maximum(
+    config: ConfigFields, model_type: str, top: int | None, warnings: list[str]
+) -> int | None:
+    """``max_position_embeddings`` moved by the config's own ``rope_scaling``, as vLLM moves it
+    (a Qwen card says to add a YaRN block to config.json for 131,072 tokens)."""
+    # transformers 5 writes the block as rope_parameters (and rope_theta inside it).
+    rope = config.nested("rope_scaling") or config.nested("rope_parameters")
+    if rope is None or top is None:
+        return top
+    rope_type = rope.string("rope_type") or rope.string("type")
+    if rope_type is None:
+        return top
+    raw = rope.data.get("factor")
+    factor = 1.0 if raw is None else raw  # vLLM's default ("default" has no factor)
+    if (
+        isinstance(factor, bool)
+        or not isinstance(factor, (int, float))
+        or not math.isfinite(factor)
+        or factor <= 0
+    ):
+        raise rope.error("factor", "must be a number above 0", raw)
+    original = rope.whole("original_max_position_embeddings")
+    if rope_type == "yarn" and original is None:
+        warnings.append(
+            "rope_scaling in config.json is yarn without original_max_position_embeddings, "
+            "which vLLM needs to derive the maximum: the maximum stays max_position_embeddings"
+        )
+        return top
+    scaled = rope_maximum(top, rope_type, float(factor), original, model_type)
+    limit = MAXIMA["max_position_embeddings"]
+    if not 1 <= scaled <= limit:
+        raise rope.error("factor", f"must give a maximum from 1 to {limit:,} tokens", raw)
+    if int(scaled) != top:
+        warnings.append(
+            f"rope_scaling in config.json ({rope_type} x{float(factor):g}): maximum context "
+            f"{int(scaled):,} tokens (max_position_embeddings {top:,})"
+        )
+    return int(scaled)
 
 
 def _stored_dtype(config: ConfigFields, top: ConfigFields, warnings: list[str]) -> str:
