@@ -53,7 +53,9 @@ SETUP = {
         "device": "cuda",
         "endpoint": None,
         "served_model": None,
+        "gpus": 1,
     },
+    "judging": [],
 }
 
 
