@@ -264,3 +264,17 @@ def test_a_concurrency_below_one_is_refused_by_the_parser(
         main(["upgrade", "h100", "2*h100", "qwen3-0.6b", "--concurrency", "0"])
     assert exit_info.value.code == 2
     assert "--concurrency: expected a whole number >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level", ["nvlink", "NV4"])
+def test_nvlink_is_refused_for_cards_without_it(
+    capsys: pytest.CaptureFixture[str], level: str
+) -> None:
+    # Before: two RTX PRO 6000 (PCIe only) were modelled as NVLink, and the link cell lost its
+    # topology ("link pcie5, one-shot 9%"): a figure for a machine that cannot exist.
+    code, out, err = run(
+        capsys, "upgrade", "rtx-pro-6000", "2*rtx-pro-6000", "qwen3-30b-a3b", "--topology", level
+    )
+    assert code == 2 and out == "", out
+    assert f"--topology {level}: rtx-pro-6000-blackwell has no NVLink" in err, err
+    assert "PIX, PXB, PHB, NODE, SYS" in err and "Traceback" not in err
