@@ -102,6 +102,7 @@ class Upgrade:
     gains: tuple[str, ...]
     ways: tuple[WayView, ...] = ()  # A as it runs, then every way to run it on B's cards
     concurrency: int = DEFAULT_CONCURRENCY  # the user's, for the aggregate decode
+    notes: tuple[str, ...] = ()  # the estimate's warnings: a model card's note on rope scaling
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +113,7 @@ class Upgrade:
             "gains": list(self.gains),
             "ways": [w.to_dict() for w in self.ways],
             "concurrency": self.concurrency,
+            "notes": list(self.notes),
         }
 
 
@@ -384,7 +386,18 @@ def compare(
                 for w in ways
             ]
             ways_all = (first, *ways)
-            rows.append(Upgrade(spec.name, est.dtype, view_a, view_b, gains, ways_all, concurrency))
+            rows.append(
+                Upgrade(
+                    spec.name,
+                    est.dtype,
+                    view_a,
+                    view_b,
+                    gains,
+                    ways_all,
+                    concurrency,
+                    est.warnings,
+                )
+            )
     return rows
 
 
@@ -484,10 +497,13 @@ def render(rows: Sequence[Upgrade], a: Setup, b: Setup, fmt: str = "text") -> st
                     "; ".join(w.gains) or "-",
                 ]
             )
+    # What the estimate notes (a model card's caution on rope scaling), once, above the table.
+    notes = list(dict.fromkeys(f"note: {r.model}: {n}" for r in rows for n in r.notes))
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join([*lines, "", *(f"- {item}" for item in LEGEND)])
+        above = [*(f"- {n}" for n in notes), ""] if notes else []  # a list, not one paragraph
+        return "\n".join([*above, *lines, "", *(f"- {item}" for item in LEGEND)])
     if fmt != "text":
         raise GpufitError(f"--format: expected text, markdown or json, got {fmt!r}")
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
@@ -495,4 +511,4 @@ def render(rows: Sequence[Upgrade], a: Setup, b: Setup, fmt: str = "text") -> st
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
         for row in [header, *body]
     ]
-    return "\n".join([*table, "", *(f"  {item}" for item in LEGEND)])
+    return "\n".join([*notes, *table, "", *(f"  {item}" for item in LEGEND)])
