@@ -240,9 +240,11 @@ def _target_row(rows: list[Mapping[str, Any]]) -> list[str]:
     if "decode_pct_of_ceiling" in merged:
         decode += f" ({format_number(merged['decode_pct_of_ceiling'])}%)"
     total = format_gb(merged["estimate_total_bytes"]) if "estimate_total_bytes" in merged else "-"
+    # A target of all-reduce checks has no model: its dtype is a default that nothing ran in.
+    modelless = all(row.get("check") == "allreduce" for row in rows)
     return [
         f"{merged['suite']}::{merged['target']}",
-        merged["dtype"],
+        "-" if modelless else merged["dtype"],
         merged["device"],
         total,
         get("load_seconds"),

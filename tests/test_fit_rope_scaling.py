@@ -122,3 +122,34 @@ def test_upgrade_at_a_scaled_context(capsys: pytest.CaptureFixture[str]) -> None
     assert code == 0, err
     (row,) = json.loads(out)
     assert row["b"]["context"] == 131072 and row["b"]["starts"]
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "json"])
+def test_upgrade_prints_the_model_cards_note(capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    # Before: `gpufit fit` printed the Qwen3 card's caution about static YaRN, `gpufit upgrade`
+    # (the view the second-card question is asked in) did not, in any format.
+    code, out, err = run(
+        capsys,
+        "upgrade",
+        "rtx-pro-6000",
+        "2*rtx-pro-6000",
+        "qwen3-30b-a3b",
+        "qwen3-32b",
+        "--dtypes",
+        "bf16",
+        "--context",
+        "131072",
+        "--rope-scaling",
+        "yarn:4:32768",
+        "--format",
+        fmt,
+    )
+    assert code == 0, err
+    note = "rope scaling yarn x4: maximum context 131,072 tokens; the Qwen3 model card"
+    if fmt == "json":
+        rows = json.loads(out)
+        assert all(any(note in n for n in row["notes"]) for row in rows)
+    else:
+        for model in ("Qwen3-30B-A3B", "Qwen3-32B"):  # once per model, above the table
+            assert out.count(f"note: {model}: {note}") == 1, out
+        assert out.index(note) < out.index("| Qwen3-32B" if fmt == "markdown" else "dtype")

@@ -15,6 +15,7 @@ from pytest_gpufit.report import (
     inventory_lines,
     link_text,
     markdown_summary,
+    measurement_rows,
     measurement_table,
 )
 
@@ -140,3 +141,15 @@ def test_the_session_header_shows_the_pairs(pytester: pytest.Pytester) -> None:
             "system, across CPU sockets [[]SYS]",
         ]
     )
+
+
+def test_a_target_of_only_all_reduce_checks_shows_no_model_dtype() -> None:
+    # Before: the results table showed the target's default dtype (bf16) for a target with no
+    # model, beside an all-reduce that ran in fp32 ("all-reduce gloo, 2 ranks, fp32").
+    measured = {
+        key: {**row, "metrics": {**row["metrics"], "allreduce_dtype": "fp32"}}
+        for key, row in MEASURED.items()
+    }
+    rows = {row[0]: row for row in measurement_rows(measured)}
+    assert rows["link::pair"][1] == "-"
+    assert measurement_table(measured)[-1].startswith("link::pair: all-reduce nccl, 2 ranks, fp32")

@@ -264,3 +264,51 @@ def test_a_concurrency_below_one_is_refused_by_the_parser(
         main(["upgrade", "h100", "2*h100", "qwen3-0.6b", "--concurrency", "0"])
     assert exit_info.value.code == 2
     assert "--concurrency: expected a whole number >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level", ["nvlink", "NV4"])
+def test_nvlink_is_refused_for_cards_without_it(
+    capsys: pytest.CaptureFixture[str], level: str
+) -> None:
+    # Before: two RTX PRO 6000 (PCIe only) were modelled as NVLink, and the link cell lost its
+    # topology ("link pcie5, one-shot 9%"): a figure for a machine that cannot exist.
+    code, out, err = run(
+        capsys, "upgrade", "rtx-pro-6000", "2*rtx-pro-6000", "qwen3-30b-a3b", "--topology", level
+    )
+    assert code == 2 and out == "", out
+    assert f"--topology {level}: rtx-pro-6000-blackwell has no NVLink" in err, err
+    assert "PIX, PXB, PHB, NODE, SYS" in err and "Traceback" not in err
+
+
+def test_the_legend_explains_every_mark_the_cells_use(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: "(30 each)", "at C=10, all the cache holds", "(A: C=10)", "newly fits", "+16k
+    # ctx", PP's "sends" had no legend entry, and the plan's entry said "--context: 8192" at
+    # any --context.
+    code, out, err = run(
+        capsys,
+        "upgrade",
+        "rtx-pro-6000",
+        "2*rtx-pro-6000",
+        "qwen3-32b",
+        "llama-3.1-70b",
+        "mixtral-8x7b-v0.1",
+        "--dtypes",
+        "bf16",
+    )
+    assert code == 0, err
+    table, legend = out.split("\n\n", 1)
+    marks = ["each)", "all the cache holds", "(A: C=", "newly fits", "newly starts"]
+    marks += [" ctx;", "copies ", "(one per card)", "sends", "no link", "(model)", "(<= "]
+    for mark in marks:
+        assert mark in table, mark  # the case covers it
+        assert mark.strip(" ;") in legend, f"{mark!r} is not in the legend"
+    assert "the table's context, 8,192 tokens (--context)" in legend
+    code, out, err = run(
+        capsys, "upgrade", "rtx-pro-6000", "2*rtx-pro-6000", "qwen3-32b", "--context", "16384"
+    )
+    legend = out.split("\n\n", 1)[1]
+    assert code == 0 and "16,384 tokens" in legend and "8192" not in legend, err
+    # the model's known optimism at long contexts is said where the figure is read
+    assert "long contexts" in legend

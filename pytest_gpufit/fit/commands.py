@@ -71,6 +71,7 @@ def _upgrade(args: argparse.Namespace) -> int:
     engine = check_engine(args.engine)
     rope = None if args.rope_scaling is None else parse_rope_scaling(args.rope_scaling)
     link = LinkChoice(parse_topology(args.topology), _p2p(args.p2p))
+    _check_nvlink(args.topology, link.topology, (a, b))
     rows = compare(
         args.models or default_models(),
         a,
@@ -84,6 +85,22 @@ def _upgrade(args: argparse.Namespace) -> int:
     )
     print(render(rows, a, b, args.format))
     return 0
+
+
+def _check_nvlink(text: str, topology: str, setups: tuple[Any, ...]) -> None:
+    """``--topology nvlink`` (or ``NV#``) for cards the catalog knows as PCIe-only is an error:
+    the plan would model a link those cards cannot have."""
+    from pytest_gpufit.engines.planning import interconnect
+
+    if topology != "nvlink":
+        return
+    for setup in setups:
+        if setup.count > 1 and interconnect(setup.gpu).kind == "pcie":
+            card = setup.gpu.catalog_id or setup.id
+            raise GpufitError(
+                f"--topology {text}: {card} has no NVLink (the catalog: PCIe only); give how "
+                "its cards are joined over PCIe: PIX, PXB, PHB, NODE, SYS (nvidia-smi topo -m)"
+            )
 
 
 def _p2p(text: str | None) -> bool | None:

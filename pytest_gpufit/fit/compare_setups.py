@@ -102,6 +102,7 @@ class Upgrade:
     gains: tuple[str, ...]
     ways: tuple[WayView, ...] = ()  # A as it runs, then every way to run it on B's cards
     concurrency: int = DEFAULT_CONCURRENCY  # the user's, for the aggregate decode
+    notes: tuple[str, ...] = ()  # the estimate's warnings: a model card's note on rope scaling
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +113,7 @@ class Upgrade:
             "gains": list(self.gains),
             "ways": [w.to_dict() for w in self.ways],
             "concurrency": self.concurrency,
+            "notes": list(self.notes),
         }
 
 
@@ -384,7 +386,18 @@ def compare(
                 for w in ways
             ]
             ways_all = (first, *ways)
-            rows.append(Upgrade(spec.name, est.dtype, view_a, view_b, gains, ways_all, concurrency))
+            rows.append(
+                Upgrade(
+                    spec.name,
+                    est.dtype,
+                    view_a,
+                    view_b,
+                    gains,
+                    ways_all,
+                    concurrency,
+                    est.warnings,
+                )
+            )
     return rows
 
 
@@ -433,22 +446,41 @@ LEGEND = (
     "them (--engine, default vllm): TP n tensor parallel, PP n pipeline parallel, n replicas "
     "(one copy per card behind a router), TP n + EP expert parallel (MoE models); the flags "
     "are in the JSON's ways[].launch",
-    "plan: the engine's plan with --max-model-len at the table's context (--context: 8192, or "
-    "the model's maximum if smaller), other knobs at its defaults; N KV: its KV cache in tokens "
-    "per copy (vLLM's 'GPU KV cache size'; PP: the stage with the fewest); C x: requests of "
-    "that context it holds at once, all copies together (vLLM's 'Maximum concurrency')",
+    "plan: the engine's plan with --max-model-len at {context}, other knobs at its defaults; "
+    "N KV: its KV cache in tokens per copy (vLLM's 'GPU KV cache size'; PP: the stage with the "
+    "fewest; n x N: one cache per replica); C x: requests of that context it holds at once, all "
+    "copies together (vLLM's 'Maximum concurrency')",
     "per card: weights + KV cache of the busiest card (GiB, as the engine's log words them)",
     "1 request tok/s: decode of one request, a model (fit/decode_time.py: bytes over bandwidth, "
     "a fixed time per layer, the link's all-reduces or sends; calibrated on published rows, "
-    "docs/fit.md); (<= T): the bandwidth bound, the busiest card's memory bandwidth over the "
-    "bytes a token reads; all-reduce latency is not counted, so it is a bound, not a measurement",
+    "docs/fit.md); it reads the KV cache at the card's full bandwidth, so at long contexts it "
+    "is optimistic (gpt-oss-20b at 128K: 173 modelled, 105.5 measured); (<= T): the bandwidth "
+    "bound, the busiest card's memory bandwidth over the bytes a token reads; all-reduce "
+    "latency is not counted, so it is a bound, not a measurement",
     "C=N tok/s: output tokens/s of N requests of that context at once (--concurrency), the "
-    "same model; it counts memory and latency, not arithmetic, so at large N it is optimistic",
-    "link: the link kind, its PCIe topology (--topology) and P2P (--p2p), the all-reduce the "
-    "engine runs (one-shot: vLLM's custom kernel, 2 PCIe cards with P2P; nccl otherwise) and "
-    "its share of a 1-request token",
-    "B adds: over A; copies A -> B (one per card): B also runs independent copies of A's setup",
+    "same model, and (n each) per request; 'at C=n, all the cache holds': the plan's KV cache "
+    "holds only n such requests, so the figure is at n; it counts memory and latency, not "
+    "arithmetic, so at large N it is optimistic",
+    "link: the link kind, its PCIe topology (--topology) and P2P (--p2p), then what crosses "
+    "it: the all-reduce the engine runs (one-shot: vLLM's custom kernel, 2 PCIe cards with "
+    "P2P; nccl otherwise) or PP's sends of activations between stages, and its share of a "
+    "1-request token; no link: replicas do not talk to each other",
+    "B adds: over A; newly fits: by the raw estimate of `gpufit table`, newly starts: by the "
+    "engine's plan; +N ctx: the largest context one copy holds (`gpufit table`); KV cache and "
+    "concurrency: the plan's; copies A -> B: copies that fit side by side by `gpufit table`'s "
+    "estimate (its fits xN), (one per card): B's cards each run a copy of A's setup; decode "
+    "... (model): the change in the two decode columns, (A: C=n): A's aggregate is at the n "
+    "requests its cache holds",
 )
+
+
+def _legend_context(rows: Sequence[Upgrade]) -> str:
+    """The context the plans ran at, as the legend says it: the one figure when every row
+    shares it (``16,384 tokens``), else where it comes from."""
+    contexts = {w.context for r in rows for w in r.ways}
+    if len(contexts) == 1:
+        return f"the table's context, {contexts.pop():,} tokens (--context)"
+    return "the table's context (--context; default 8,192, or the model's maximum if smaller)"
 
 
 def _shown(row: Upgrade) -> tuple[WayView, ...]:
@@ -484,10 +516,15 @@ def render(rows: Sequence[Upgrade], a: Setup, b: Setup, fmt: str = "text") -> st
                     "; ".join(w.gains) or "-",
                 ]
             )
+    # What the estimate notes (a model card's caution on rope scaling), once, above the table.
+    notes = list(dict.fromkeys(f"note: {r.model}: {n}" for r in rows for n in r.notes))
+    context = _legend_context(rows)
+    legend = [item.replace("{context}", context) for item in LEGEND]
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join([*lines, "", *(f"- {item}" for item in LEGEND)])
+        above = [*(f"- {n}" for n in notes), ""] if notes else []  # a list, not one paragraph
+        return "\n".join([*above, *lines, "", *(f"- {item}" for item in legend)])
     if fmt != "text":
         raise GpufitError(f"--format: expected text, markdown or json, got {fmt!r}")
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
@@ -495,4 +532,4 @@ def render(rows: Sequence[Upgrade], a: Setup, b: Setup, fmt: str = "text") -> st
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
         for row in [header, *body]
     ]
-    return "\n".join([*table, "", *(f"  {item}" for item in LEGEND)])
+    return "\n".join([*notes, *table, "", *(f"  {item}" for item in legend)])
