@@ -77,6 +77,18 @@ def test_markers_are_registered_for_strict_markers(pytester: pytest.Pytester) ->
     result.stdout.fnmatch_lines(["@pytest.mark.requires_vram(size, free=False)*"])
 
 
+def test_pytest_help_lists_every_gpufit_option(pytester: pytest.Pytester) -> None:
+    # argparse %-formats each help text: a bare "5%" in one made `pytest --help` a traceback.
+    from pytest_gpufit.settings import OPTIONS
+
+    result = pytester.runpytest("--help")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+    out = result.stdout.str()
+    for option in OPTIONS:
+        assert option.flag in out
+    result.stdout.fnmatch_lines(["*--gpufit-baseline-tolerance*", "*e.g. 5%*"])
+
+
 @pytest.mark.parametrize(
     ("ini", "env", "cli", "expected_outcome"),
     [
