@@ -162,6 +162,17 @@ def test_expect_mismatch_stops_the_session_listing_every_failed_clause(
     assert "  - count>=1" not in out, "a clause that holds is not listed"
 
 
+def test_expect_mismatch_says_what_the_machine_has_on_one_line(pytester: pytest.Pytester) -> None:
+    # The card's host facts follow its line, joined as one clause: no indent left inside it.
+    pytester.makeconftest(nvml_probe("[FakeCard()]"))
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--gpufit-expect=name~RTX PRO 6000")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["  this machine has: GPU0 NVIDIA H100 80GB HBM3, 85.5 GB *, CUDA 12.4; PCIe gen1 x16 *"]
+    )
+
+
 def test_expect_match_runs_normally(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(catalog_probe("rtx-pro-6000-blackwell"))
     pytester.makepyfile("def test_x(): pass")
