@@ -538,3 +538,17 @@ def test_step_summary_from_gated_tests_under_xdist(
     pytester.makepyfile(test_used="def test_used(gpu_environment): pass")
     pytester.runpytest_subprocess("-n", "2", "test_used.py").assert_outcomes(passed=1)
     assert "no GPU: NVIDIA driver not loaded" in summary.read_text()
+
+
+def test_the_readme_options_table_names_every_option() -> None:
+    # The README's table is where a newcomer looks up what the shipped workflow passes.
+    from pathlib import Path
+
+    from pytest_gpufit.settings import OPTIONS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `--gpufit-")]
+    for option in OPTIONS:
+        row = next((line for line in table if line.startswith(f"| `{option.flag}")), None)
+        assert row is not None, f"README's options table lacks {option.flag}"
+        assert f"`{option.ini}`" in row and f"`{option.env}`" in row, row
