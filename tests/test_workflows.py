@@ -439,3 +439,51 @@ def test_the_action_keeps_the_runners_models_dir_unless_the_input_is_given(
         },
     )
     assert result.stdout.strip() == f"MODELS_DIR={seen}", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"forbid-skips": "ture"}, "forbid-skips: expected true or false, got 'ture'"),
+        ({"forbid-skips": "True"}, "forbid-skips: expected true or false, got 'True'"),
+        ({"baseline-cache": "yes"}, "baseline-cache: expected true or false, got 'yes'"),
+    ],
+)
+def test_the_action_refuses_a_switch_it_would_read_as_false(
+    tmp_path: Path, inputs: dict[str, str], message: str
+) -> None:
+    # The action compares its switches with "true": a typo would silently turn the forbid (or
+    # the cache) off. Every green is earned: the job stops before it installs anything.
+    action = load(ROOT / "action.yml")
+    ran = tmp_path / "ran"
+    for step in action["runs"]["steps"]:
+        if "run" not in step:
+            continue
+        result = subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", step["run"]],
+            capture_output=True,
+            text=True,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "RUNNER_TEMP": str(tmp_path),
+                "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"),
+                **action_step_env(step, python=f"touch {ran}; false", **inputs),
+            },
+        )
+        assert result.returncode != 0, step.get("name")
+        assert message in result.stdout + result.stderr, result.stdout + result.stderr
+        break
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_the_action_takes_true_and_false_for_its_switches(tmp_path: Path, value: str) -> None:
+    step = next(s for s in load(ROOT / "action.yml")["runs"]["steps"] if "run" in s)
+    inputs = {"forbid-skips": value, "baseline-cache": value}
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", step["run"]],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **action_step_env(step, **inputs)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
