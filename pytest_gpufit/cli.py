@@ -454,7 +454,7 @@ def parser() -> argparse.ArgumentParser:
         default="text",
         choices=("text", "github-matrix"),
         help="text (default): class x items and why the rest cannot run there; github-matrix: "
-        "one line of JSON for strategy.matrix (runner, labels, shard, shards, expect)",
+        "one line of JSON for strategy.matrix (runner, labels, gpus, shard, shards, expect, plan)",
     )
     plan.add_argument(
         "pytest_args", nargs=argparse.REMAINDER, help="what pytest collects, e.g. suites/ tests/"
@@ -506,7 +506,13 @@ def parser() -> argparse.ArgumentParser:
     )
     diff.add_argument("old")
     diff.add_argument("new")
-    diff.add_argument("--tolerance", type=_percent, default=0.05)
+    diff.add_argument(
+        "--tolerance",
+        type=_percent,
+        default=0.05,
+        help="one tolerance for every metric (default 5%%); a suite's baseline.tolerance is "
+        "not read, so a metric the gate allows more may show worse here",
+    )
     diff.add_argument(
         "--exit-code",
         action="store_true",

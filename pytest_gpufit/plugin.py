@@ -47,7 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             option.flag,
             dest="gpufit_" + option.name,
             default=None,
-            help=option.help + extra,
+            help=(option.help + extra).replace("%", "%%"),  # argparse %-formats help texts
             **kwargs,
         )
         if option.many:

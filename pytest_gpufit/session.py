@@ -212,7 +212,9 @@ class GpufitSession:
             return []
         lines = [f"gpufit: this runner does not match {where}={expect!r}:"]
         lines += [f"  - {f}" for f in failed]
-        lines.append("  this machine has: " + "; ".join(inventory_lines(inventory)))
+        lines.append(
+            "  this machine has: " + "; ".join(x.strip() for x in inventory_lines(inventory))
+        )
         self.expect_failure = lines
         return lines
 
@@ -230,7 +232,9 @@ class GpufitSession:
             return []
         lines = [f"gpufit: this runner does not match the expect of {where}: {selection.expect!r}:"]
         lines += [f"  - {f}" for f in failed]
-        lines.append("  this machine has: " + "; ".join(inventory_lines(inventory)))
+        lines.append(
+            "  this machine has: " + "; ".join(x.strip() for x in inventory_lines(inventory))
+        )
         self.expect_failure = self.expect_failure + lines
         return lines
 

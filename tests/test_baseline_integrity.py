@@ -317,3 +317,5 @@ def test_diff_marks_other_parameters_not_comparable_and_says_exit_code_is_the_ga
     for where in (["diff", "--help"], ["--help"]):  # the verb's help and the verb list
         helped = _cli(tmp_path, *where)
         assert "--exit-code is the gate form" in " ".join(helped.stdout.split())
+    helped = " ".join(_cli(tmp_path, "diff", "--help").stdout.split())
+    assert "--tolerance TOLERANCE one tolerance for every metric (default 5%)" in helped

@@ -77,6 +77,18 @@ def test_markers_are_registered_for_strict_markers(pytester: pytest.Pytester) ->
     result.stdout.fnmatch_lines(["@pytest.mark.requires_vram(size, free=False)*"])
 
 
+def test_pytest_help_lists_every_gpufit_option(pytester: pytest.Pytester) -> None:
+    # argparse %-formats each help text: a bare "5%" in one made `pytest --help` a traceback.
+    from pytest_gpufit.settings import OPTIONS
+
+    result = pytester.runpytest("--help")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+    out = result.stdout.str()
+    for option in OPTIONS:
+        assert option.flag in out
+    result.stdout.fnmatch_lines(["*--gpufit-baseline-tolerance*", "*e.g. 5%*"])
+
+
 @pytest.mark.parametrize(
     ("ini", "env", "cli", "expected_outcome"),
     [
@@ -148,6 +160,17 @@ def test_expect_mismatch_stops_the_session_listing_every_failed_clause(
     assert "name~RTX PRO 6000: GPU0 NVIDIA H100 80GB HBM3 has 'NVIDIA H100 80GB HBM3'" in out
     assert "cc>=12.0: GPU0 NVIDIA H100 80GB HBM3 has CC 9.0" in out
     assert "  - count>=1" not in out, "a clause that holds is not listed"
+
+
+def test_expect_mismatch_says_what_the_machine_has_on_one_line(pytester: pytest.Pytester) -> None:
+    # The card's host facts follow its line, joined as one clause: no indent left inside it.
+    pytester.makeconftest(nvml_probe("[FakeCard()]"))
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--gpufit-expect=name~RTX PRO 6000")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["  this machine has: GPU0 NVIDIA H100 80GB HBM3, 85.5 GB *, CUDA 12.4; PCIe gen1 x16 *"]
+    )
 
 
 def test_expect_match_runs_normally(pytester: pytest.Pytester) -> None:
@@ -515,3 +538,17 @@ def test_step_summary_from_gated_tests_under_xdist(
     pytester.makepyfile(test_used="def test_used(gpu_environment): pass")
     pytester.runpytest_subprocess("-n", "2", "test_used.py").assert_outcomes(passed=1)
     assert "no GPU: NVIDIA driver not loaded" in summary.read_text()
+
+
+def test_the_readme_options_table_names_every_option() -> None:
+    # The README's table is where a newcomer looks up what the shipped workflow passes.
+    from pathlib import Path
+
+    from pytest_gpufit.settings import OPTIONS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `--gpufit-")]
+    for option in OPTIONS:
+        row = next((line for line in table if line.startswith(f"| `{option.flag}")), None)
+        assert row is not None, f"README's options table lacks {option.flag}"
+        assert f"`{option.ini}`" in row and f"`{option.env}`" in row, row

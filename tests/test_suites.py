@@ -250,6 +250,37 @@ targets:
     result.assert_outcomes(failed=2)
 
 
+def test_a_gpu_torch_cannot_use_is_one_clear_failure_not_a_traceback(
+    pytester: pytest.Pytester,
+) -> None:
+    # NVML sees a card, but torch cannot use it: the CPU build on a GPU runner, or a CUDA build
+    # newer than the driver. Every check that needs the device fails saying which, and how to
+    # fix it (was: AttributeError: module 'torch._C' has no attribute '_cuda_...').
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch can use a GPU here: the case needs one that cannot")
+    from fake_probe import catalog_probe
+
+    pytester.makeconftest(catalog_probe("rtx-4090"))
+    config = Path(__file__).parent.parent / "fixtures" / "tiny-llama"
+    checks = "      loads: {}\n      generates: {prompt_tokens: 4, max_new_tokens: 3}\n"
+    text = suite_text(config, checks, "\n    weights: random").replace(
+        "device: cpu", "device: cuda"
+    )
+    pytester.makefile(".gpufit.yaml", rnd=text)
+    result = pytester.runpytest("--gpufit-on-missing=fail")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "Traceback" not in out and "AttributeError" not in out and "_cuda_" not in out, out
+    if torch.version.cuda is None:
+        result.stdout.fnmatch_lines(
+            [f"tiny::loads: cuda:0: torch {torch.__version__} is a CPU build*CUDA build*"]
+        )
+    else:
+        result.stdout.fnmatch_lines(["tiny::loads: cuda:0: torch *cannot use a GPU here*"])
+
+
 def test_suite_requires_gates_like_markers(pytester: pytest.Pytester) -> None:
     pytester.makefile(
         ".gpufit.yaml",

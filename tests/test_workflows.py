@@ -391,3 +391,99 @@ def test_docs_name_every_action_input_and_the_baseline_home() -> None:
         assert f"`{name}`" in docs, f"docs/ci.md does not describe the action input {name}"
     for fact in (".gpufit/baselines", "--gpufit-on-missing=fail", "baseline: {missing: warn}"):
         assert fact in docs, fact
+
+
+def action_step_env(step: dict[str, Any], **inputs: str) -> dict[str, str]:
+    """The step's `env:` as the runner sets it: each `${{ inputs.X }}` is X's value or default."""
+    action = load(ROOT / "action.yml")
+    given = {name: str(spec.get("default", "")) for name, spec in action["inputs"].items()}
+    given.update(inputs)
+    env = {}
+    for key, value in step.get("env", {}).items():
+        env[key] = re.sub(r"\$\{\{\s*inputs\.([a-z-]+)\s*\}\}", lambda m: given[m[1]], str(value))
+    return env
+
+
+@pytest.mark.parametrize(
+    ("runner_env", "inputs", "seen"),
+    [
+        ({"MODELS_DIR": "/data/models"}, {}, "/data/models"),  # the runner's .env is kept
+        ({"MODELS_DIR": "/data/models"}, {"models-dir": "/mnt/ckpt"}, "/mnt/ckpt"),
+        ({}, {}, ""),  # neither: the suites' own ${MODELS_DIR:-/models}
+    ],
+)
+def test_the_action_keeps_the_runners_models_dir_unless_the_input_is_given(
+    tmp_path: Path, runner_env: dict[str, str], inputs: dict[str, str], seen: str
+) -> None:
+    # docs/ci.md tells a runner's admin to set MODELS_DIR in the runner's .env file: a default
+    # of the action's models-dir input must not replace it (a step's env: wins over the runner's).
+    step = next(s for s in load(ROOT / "action.yml")["runs"]["steps"] if s.get("name") == "Gate")
+    bin_dir = tmp_path / "gpufit-venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(
+        '#!/usr/bin/env bash\nif [ "$1" = -c ]; then exec "$REAL_PYTHON" "$@"; fi\n'
+        'echo "MODELS_DIR=${MODELS_DIR-}"\n'
+    )
+    (bin_dir / "python").chmod(0o755)
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", step["run"]],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "RUNNER_TEMP": str(tmp_path),
+            "REAL_PYTHON": sys.executable,
+            **runner_env,
+            **action_step_env(step, **inputs),
+        },
+    )
+    assert result.stdout.strip() == f"MODELS_DIR={seen}", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"forbid-skips": "ture"}, "forbid-skips: expected true or false, got 'ture'"),
+        ({"forbid-skips": "True"}, "forbid-skips: expected true or false, got 'True'"),
+        ({"baseline-cache": "yes"}, "baseline-cache: expected true or false, got 'yes'"),
+    ],
+)
+def test_the_action_refuses_a_switch_it_would_read_as_false(
+    tmp_path: Path, inputs: dict[str, str], message: str
+) -> None:
+    # The action compares its switches with "true": a typo would silently turn the forbid (or
+    # the cache) off. Every green is earned: the job stops before it installs anything.
+    action = load(ROOT / "action.yml")
+    ran = tmp_path / "ran"
+    for step in action["runs"]["steps"]:
+        if "run" not in step:
+            continue
+        result = subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", step["run"]],
+            capture_output=True,
+            text=True,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "RUNNER_TEMP": str(tmp_path),
+                "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"),
+                **action_step_env(step, python=f"touch {ran}; false", **inputs),
+            },
+        )
+        assert result.returncode != 0, step.get("name")
+        assert message in result.stdout + result.stderr, result.stdout + result.stderr
+        break
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_the_action_takes_true_and_false_for_its_switches(tmp_path: Path, value: str) -> None:
+    step = next(s for s in load(ROOT / "action.yml")["runs"]["steps"] if "run" in s)
+    inputs = {"forbid-skips": value, "baseline-cache": value}
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", step["run"]],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **action_step_env(step, **inputs)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -152,11 +152,31 @@ def _tokenizer(folder: Path | None, trust: bool) -> Any:
     return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust)
 
 
+def _check_torch_can_use_cuda(device: torch.device) -> None:
+    """NVML may see a card that torch cannot use: say which torch and why, not a traceback."""
+    if torch.cuda.is_available():
+        return
+    if torch.version.cuda is None:
+        raise GpufitError(
+            f"{device}: torch {torch.__version__} is a CPU build and cannot use the GPU the "
+            "probe found; install the CUDA build (on Linux, `pip install torch==VERSION` from "
+            'PyPI; docs/ci.md, "What the gate installs")'
+        )
+    raise GpufitError(
+        f"{device}: torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use a GPU "
+        "here (torch.cuda.is_available() is False): an NVIDIA driver older than CUDA "
+        f"{torch.version.cuda} needs, or CUDA_VISIBLE_DEVICES hiding the card; `gpufit probe` "
+        "shows the driver"
+    )
+
+
 def load(
     model_path: Path, weights: str, dtype: str, device: str, trust_remote_code: bool, seed: int = 0
 ) -> TransformersModel:
     """Load onto ``device`` at ``dtype``; random weights are built on the device directly."""
     torch_device = torch.device(device)
+    if torch_device.type == "cuda":
+        _check_torch_can_use_cuda(torch_device)
     torch_dtype = TORCH_DTYPES[dtype]
     folder = model_path if model_path.is_dir() else None
     sync = device_sync(torch_device)
