@@ -34,6 +34,24 @@ def allowed(reason: str, patterns: Iterable[str]) -> bool:
     return any(re.search(pattern, reason) for pattern in patterns)
 
 
+# Reasons that share no word: a pattern that matches each of them (or the empty text) matches
+# any reason, so it would turn --gpufit-forbid-skips off without saying so.
+UNRELATED_REASONS = ("a", "Z", "7", "-", " ")
+
+
+def matches_any_reason(pattern: str) -> bool:
+    """Whether an allow-list pattern would accept every skip (``.*``, ``vllm|``, ``^``, ``.``).
+
+    >>> matches_any_reason(".*"), matches_any_reason("vllm|"), matches_any_reason("(?s).")
+    (True, True, True)
+    >>> matches_any_reason("import 'vllm'"), matches_any_reason("^$")
+    (False, True)
+    """
+    return re.search(pattern, "") is not None or all(
+        re.search(pattern, reason) for reason in UNRELATED_REASONS
+    )
+
+
 def forbidden_text(reason: str, where: str) -> str:
     """The failure a forbidden skip becomes: the reason, where the rule came from, the way out.
 

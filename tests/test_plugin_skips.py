@@ -210,6 +210,20 @@ def test_skip_settings_resolve_to_a_switch_and_a_tuple() -> None:
         resolve(lambda name: None, lambda key: "sure" if key == "gpufit_forbid_skips" else None, {})
 
 
+# ---- skips by other names (the gate attack of the layer) -------------------------------------
+
+
+@pytest.mark.parametrize("pattern", [".*", "vllm|", "^", "(?i)", ".", "(?s).?"])
+def test_an_allow_list_pattern_that_accepts_every_reason_is_a_usage_error(
+    pytester: pytest.Pytester, pattern: str
+) -> None:
+    """`--gpufit-allow-skip=.*` kept every skip a skip: forbid-skips switched off unseen."""
+    pytester.makepyfile("import pytest\ndef test_x():\n    pytest.skip('no vllm')\n")
+    result = pytester.runpytest("--gpufit-forbid-skips", f"--gpufit-allow-skip={pattern}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--gpufit-allow-skip: {pattern!r} matches any skip reason*"])
+
+
 # ---- the terminal summary names every skip reason once (issue 22 #4) -------------------------
 
 
