@@ -31,7 +31,13 @@ from pytest_gpufit.report import (
 )
 from pytest_gpufit.requirements import Requirement, Verdict, evaluate
 from pytest_gpufit.settings import Settings, gate_conflicts
-from pytest_gpufit.skips import allowed, forbidden_text, skip_lines, skip_reason
+from pytest_gpufit.skips import (
+    allowed,
+    forbidden_text,
+    skip_lines,
+    skip_reason,
+    stopped_early,
+)
 from pytest_gpufit.stash import FIXTURES, PLANNING, REQUIREMENT, VERDICT, state_of
 from pytest_gpufit.xdist_pinning import PLAN, pinned_to
 
@@ -271,22 +277,35 @@ class GpufitSession:
             raise GateFailure(reason)
         skip(reason)
 
-    def forbid_skip(self, report: pytest.TestReport | pytest.CollectReport) -> None:
+    def forbid_skip(
+        self, report: pytest.TestReport | pytest.CollectReport, raised_xfail: bool = False
+    ) -> None:
         """Under ``--gpufit-forbid-skips`` a skip the allow-list does not accept becomes a
         failure that names its reason: a test's (a set-up skip fails the test, as an unmet
         gate does) or a collector's (``importorskip`` in a module: a collection error).
 
-        An xfail is not a skip (the test ran), and ``gpufit plan`` only collects.
+        An xfail whose test ran is not a skip; one raised by ``pytest.xfail()`` or an
+        ``xfail(run=False)`` mark (``raised_xfail``) stopped the test where a skip would, and
+        is. ``gpufit plan`` only collects.
         """
-        if not (self.settings.forbid_skips and report.skipped) or hasattr(report, "wasxfail"):
+        if not (self.settings.forbid_skips and report.skipped):
             return
         if self.config.stash.get(PLANNING, False):
             return
-        reason = skip_reason(report.longrepr)
+        wasxfail = getattr(report, "wasxfail", None)
+        if wasxfail is not None:
+            stopped = stopped_early(str(wasxfail), raised_xfail)
+            if stopped is None:
+                return
+            reason = stopped
+        else:
+            reason = skip_reason(report.longrepr)
         if allowed(reason, self.settings.allow_skip):
             return
         report.outcome = "failed"
         report.longrepr = forbidden_text(reason, self.settings.source("forbid_skips"))
+        if wasxfail is not None:
+            del report.wasxfail  # a failure now, not an xfail
         if isinstance(report, pytest.TestReport) and report.when == "setup":
             report.when = "call"  # the test failed, like a gate; not an error in a fixture
 

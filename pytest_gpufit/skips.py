@@ -52,6 +52,23 @@ def matches_any_reason(pattern: str) -> bool:
     )
 
 
+def stopped_early(wasxfail: str, raised_xfail: bool) -> str | None:
+    """The skip an xfail stands for, or None for an xfail whose test ran: ``pytest.xfail()``
+    in a test or fixture stops it where a skip would, and ``xfail(run=False)`` never runs it
+    (pytest's reason starts ``[NOTRUN]``). An xfail mark whose test ran and failed is no skip.
+
+    >>> stopped_early("[NOTRUN] needs vllm", True)
+    'xfail, not run: needs vllm'
+    >>> stopped_early("no vllm here", True), stopped_early("known bug", False)
+    ('pytest.xfail: no vllm here', None)
+    """
+    if not raised_xfail:
+        return None
+    if wasxfail.startswith("[NOTRUN] "):
+        return "xfail, not run: " + wasxfail.removeprefix("[NOTRUN] ")
+    return "pytest.xfail: " + wasxfail
+
+
 def forbidden_text(reason: str, where: str) -> str:
     """The failure a forbidden skip becomes: the reason, where the rule came from, the way out.
 

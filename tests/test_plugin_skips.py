@@ -212,6 +212,48 @@ def test_skip_settings_resolve_to_a_switch_and_a_tuple() -> None:
 
 # ---- skips by other names (the gate attack of the layer) -------------------------------------
 
+# Ways out of a test that report "xfailed", not "skipped": each stops the test where a skip would.
+XFAILS = """
+import pytest
+
+@pytest.mark.xfail(run=False, reason="needs vllm")
+def test_never_run():
+    pass
+
+def test_bails_out():
+    pytest.xfail("no vllm here")
+
+@pytest.fixture
+def engine():
+    pytest.xfail("the fixture found no engine")
+
+def test_fixture_bails_out(engine):
+    pass
+
+@pytest.mark.xfail(reason="known bug")
+def test_known_bug():
+    assert False
+"""
+
+
+def test_an_xfail_that_stops_a_test_before_it_ran_is_a_skip(pytester: pytest.Pytester) -> None:
+    """xfail(run=False) never runs its test and pytest.xfail() bails out like pytest.skip();
+    both passed a forbid-skips run as "xfailed". A test that ran and failed under its xfail
+    mark stays an xfail."""
+    pytester.makepyfile(XFAILS)
+    result = pytester.runpytest("--gpufit-forbid-skips", "-rf")
+    result.assert_outcomes(failed=3, xfailed=1)
+    for reason in (
+        "xfail, not run: needs vllm",
+        "pytest.xfail: no vllm here",
+        "pytest.xfail: the fixture found no engine",
+    ):
+        assert f"gpufit: skipped ({reason}), and skips fail this run" in result.stdout.str()
+    allowed = pytester.runpytest("--gpufit-forbid-skips", "--gpufit-allow-skip=needs vllm")
+    allowed.assert_outcomes(failed=2, xfailed=2)
+    # Without the rule pytest's own outcomes stand.
+    pytester.runpytest().assert_outcomes(xfailed=4)
+
 
 @pytest.mark.parametrize("pattern", [".*", "vllm|", "^", "(?i)", ".", "(?s).?"])
 def test_an_allow_list_pattern_that_accepts_every_reason_is_a_usage_error(
