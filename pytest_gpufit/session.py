@@ -33,6 +33,7 @@ from pytest_gpufit.requirements import Requirement, Verdict, evaluate
 from pytest_gpufit.settings import Settings, gate_conflicts
 from pytest_gpufit.skips import (
     allowed,
+    early_exit_text,
     forbidden_text,
     skip_lines,
     skip_reason,
@@ -98,6 +99,7 @@ class GpufitSession:
         self.results: dict[str, TestResult] = {}
         self.output_errors: list[str] = []  # outputs that could not be written
         self.expect_failure: list[str] = []
+        self.early_exit: str | None = None  # pytest.exit(returncode=0) under forbid_skips
         self.used = settings.explicit
         self.inventory_reported = False
         self.pinning: Any = None
@@ -309,6 +311,17 @@ class GpufitSession:
         if isinstance(report, pytest.TestReport) and report.when == "setup":
             report.when = "call"  # the test failed, like a gate; not an error in a fixture
 
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """``pytest.exit(msg, returncode=0)`` (a conftest that stops the run when vllm is
+        missing) ends a session green with the rest of its tests never run: under
+        ``--gpufit-forbid-skips`` that is a skip of them all, and fails (``pytest_sessionfinish``).
+        """
+        stop = excinfo.value
+        if not (self.settings.forbid_skips and isinstance(stop, pytest.exit.Exception)):
+            return
+        if stop.returncode == 0 and not self.config.stash.get(PLANNING, False):
+            self.early_exit = str(stop.msg)
+
     @staticmethod
     def verdict_of(item: pytest.Item) -> Verdict | None:
         return item.stash.get(VERDICT, None)
@@ -464,6 +477,9 @@ class GpufitSession:
             self._model_cache.clear()
         if self.is_worker:
             return  # the controller merges every worker's results and writes once
+        if self.early_exit is not None:
+            where = self.settings.source("forbid_skips")
+            self.output_errors.append(early_exit_text(self.early_exit, where))
         if self.settings.baseline != "off" and self.measurements:
             try:
                 saved = self.baselines.save(

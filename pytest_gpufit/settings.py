@@ -286,7 +286,8 @@ OPTIONS = (
     _option(
         "forbid_skips",
         "true on a GPU runner: every skip of the run fails, naming its reason (skip marks, "
-        "pytest.skip, importorskip while collecting, gpufit's own skips), unless "
+        "pytest.skip, importorskip while collecting, gpufit's own skips, an xfail that "
+        "stopped its test before it ran, pytest.exit with code 0), unless "
         "--gpufit-allow-skip accepts the reason",
         parse=switch,
         default=False,

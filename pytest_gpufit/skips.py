@@ -82,6 +82,22 @@ needs available, or accept the reason with --gpufit-allow-skip=REGEX
     )
 
 
+def early_exit_text(message: str, where: str) -> str:
+    """The failure of a session that ``pytest.exit(..., returncode=0)`` ended before its end.
+
+    >>> print(early_exit_text("no GPU", "--gpufit-forbid-skips"))
+    gpufit: pytest.exit() ended the run early with exit code 0 (no GPU): the tests after it \
+did not run, and skips fail this run (--gpufit-forbid-skips); make what it needs available, or \
+let pytest.exit give a non-zero code
+    """
+    why = message or "no reason given"
+    return (
+        f"gpufit: pytest.exit() ended the run early with exit code 0 ({why}): the tests after "
+        f"it did not run, and skips fail this run ({where}); make what it needs available, or "
+        "let pytest.exit give a non-zero code"
+    )
+
+
 def skip_lines(
     skipped: Mapping[str, str], explained: Mapping[str, Sequence[str]] | None = None
 ) -> list[str]:

@@ -266,6 +266,41 @@ def test_an_allow_list_pattern_that_accepts_every_reason_is_a_usage_error(
     result.stderr.fnmatch_lines([f"*--gpufit-allow-skip: {pattern!r} matches any skip reason*"])
 
 
+EXITS = """
+import pytest
+
+def test_first():
+    pass
+
+def test_stops():
+    pytest.exit("no GPU here, stopping", returncode=0)
+
+def test_never_reached():
+    assert False
+"""
+
+
+def test_pytest_exit_with_code_0_fails_a_run_that_forbids_skips(
+    pytester: pytest.Pytester,
+) -> None:
+    """A conftest or test that calls pytest.exit(..., returncode=0) when its engine is missing
+    ended the gate "1 passed", exit 0, the rest never run."""
+    pytester.makepyfile(EXITS)
+    assert pytester.runpytest("-p", "no:randomly").ret == pytest.ExitCode.OK  # pytest's own
+    result = pytester.runpytest("-p", "no:randomly", "--gpufit-forbid-skips")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "gpufit: pytest.exit() ended the run early with exit code 0 (no GPU here, "
+            "stopping): the tests after it did not run, and skips fail this run "
+            "(--gpufit-forbid-skips)*"
+        ]
+    )
+    # A non-zero code is the user's own failure: kept as given.
+    pytester.makepyfile(EXITS.replace("returncode=0", "returncode=3"))
+    assert pytester.runpytest("-p", "no:randomly", "--gpufit-forbid-skips").ret == 3
+
+
 # ---- the terminal summary names every skip reason once (issue 22 #4) -------------------------
 
 
