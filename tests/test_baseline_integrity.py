@@ -161,6 +161,8 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
         "device": "cuda",
         "endpoint": None,
         "served_model": None,
+        "seed": 0,  # random weights and prompt tokens
+        "trust_remote_code": False,  # whose modelling code runs
     }
     assert setup["params"]["new_tokens"] == 8 and setup["params"]["min_decode_tok_s"] == 5
     fp16 = {**setup, "target": {**setup["target"], "dtype": "fp16"}}
@@ -169,6 +171,71 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
     assert setup_changes(setup, looser) == []
     fewer = {**setup, "params": {k: v for k, v in setup["params"].items() if k != "batch"}}
     assert setup_changes(setup, fewer) == ["batch: 1 -> (none)"]
+
+
+# A launched server: the argument is its decode delay, standing for the model and the engine
+# flags a launch command names (another model, --max-num-seqs, quantization, prefix caching).
+SERVE = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from serving_fakes import FakeOpenAI
+with FakeOpenAI(int(sys.argv[1])) as server:
+    server.delay_s = float(sys.argv[2])
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.5)
+"""
+
+
+def _launched(delay: str, env: str = "{}") -> str:
+    return (
+        "suite: served\ntargets:\n  - name: fake\n    backend: openai\n    device: cpu\n"
+        f'    launch: {{command: [{sys.executable}, serve.py, "{{port}}", "{delay}"], '
+        f"env: {env}, ready_timeout_s: 30}}\n"
+        f"    checks:\n      throughput: {SLOW_64}\n"
+    )
+
+
+def test_a_server_launched_with_another_command_is_another_target(
+    pytester: pytest.Pytester,
+) -> None:
+    """The launch command names the model and the engine's setup, and no stored field said it:
+    a command edited to serve a faster setup read "decode tok/s 163 -> 818, better than
+    baseline" and passed."""
+    pytester.makepyfile(serve=SERVE.format(tests=str(Path(__file__).parent)))
+    secret = "HF_TOKEN: hf_do_not_store_me"
+    pytester.makefile(".gpufit.yaml", s=_launched("0.004", f"{{VLLM_X: a, {secret}}}"))
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    (record,) = (pytester.path / "store").rglob("*.json")
+    assert "hf_do_not_store_me" not in record.read_text(), "a credential reached the store"
+    launch = json.loads(record.read_text())["results"]["s.gpufit.yaml::fake::throughput"]
+    assert launch["setup"]["target"]["launch"]["command"][1:] == ["serve.py", "{port}", "0.004"]
+
+    pytester.makefile(".gpufit.yaml", s=_launched("0.001", f"{{VLLM_X: a, {secret}}}"))
+    result = pytester.runpytest(*_args("compare"), "--gpufit-on-missing=fail")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*other parameters in baseline run * (launch.command: [[]*]*"])
+    assert "better than baseline" not in result.stdout.str()
+    # The engine's environment is part of its setup too.
+    pytester.makefile(".gpufit.yaml", s=_launched("0.004", f"{{VLLM_X: b, {secret}}}"))
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(['*(launch.env.VLLM_X: "a" -> "b")*'])
+
+
+def test_a_hand_edited_setup_in_a_record_is_one_error_naming_it(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".gpufit.yaml", s=f"suite: s\ntargets:\n{FITS}")
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    (record,) = (pytester.path / "store").rglob("runs/*.json")
+    data = json.loads(record.read_text())
+    data["results"]["s.gpufit.yaml::t::fits"]["setup"]["params"] = ["not", "a", "mapping"]
+    record.write_text(json.dumps(data))
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [f"*baseline record {record}: s.gpufit.yaml::t::fits: 'setup' is not a mapping*"]
+    )
+    assert "TypeError" not in result.stdout.str()
 
 
 # ---- 18.10: accept refuses a run of part of a suite ----------------------------------------

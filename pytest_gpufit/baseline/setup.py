@@ -15,7 +15,9 @@ figures are compared, with a warning.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +34,17 @@ JUDGING_ONLY: Mapping[str, frozenset[str]] = {
     "precision": frozenset({"max_kl", "min_top1_agreement", "max_logprob_diff"}),
 }
 SAVE_AGAIN = "run the suite with --gpufit-baseline=save (accepted when every check passes)"
+
+
+class SetupLaunch(Protocol):
+    """The ``launch:`` fields a setup reads (a suite ``Launch`` has them)."""
+
+    @property
+    def command(self) -> tuple[str, ...]: ...
+    @property
+    def env(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def cwd(self) -> Path | None: ...
 
 
 class SetupTarget(Protocol):
@@ -51,6 +64,12 @@ class SetupTarget(Protocol):
     def endpoint(self) -> str | None: ...
     @property
     def served_model(self) -> str | None: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def trust_remote_code(self) -> bool: ...
+    @property
+    def launch(self) -> SetupLaunch | None: ...
 
 
 def model_name(model: Path | None) -> str | None:
@@ -69,23 +88,59 @@ def model_name(model: Path | None) -> str | None:
     return model.stem if model.suffix == ".json" else model.name
 
 
+# Launch variables whose values are credentials: the store (committed, uploaded) keeps a digest.
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def launch_setup(launch: SetupLaunch) -> dict[str, Any]:
+    """What a launched server was started with: its command (the suite's folder written
+    ``{suite_dir}``, so that checkouts in other places compare alike) and environment. The
+    command names the model, its flags the engine's setup (``--max-num-seqs``, quantization,
+    prefix caching): another command is another measurement. ``ready_timeout_s`` and
+    ``log_forbid`` only judge, and are left out.
+
+    >>> from types import SimpleNamespace as L
+    >>> setup = launch_setup(L(command=("vllm", "serve", "/r/s/m", "--port", "{port}"),
+    ...                        env=(("HF_TOKEN", "hf_x"), ("VLLM_USE_V1", "1")), cwd=Path("/r/s")))
+    >>> setup["command"], setup["env"]
+    (['vllm', 'serve', '{suite_dir}/m', '--port', '{port}'], \
+{'HF_TOKEN': 'sha256:f5618cd8b98c', 'VLLM_USE_V1': '1'})
+    """
+    folder = str(launch.cwd) if launch.cwd is not None else None
+    command = [arg.replace(folder, "{suite_dir}") if folder else arg for arg in launch.command]
+    env = {
+        name: _digest(value) if _SECRET_NAME.search(name) else value for name, value in launch.env
+    }
+    return {"command": command, "env": env}
+
+
+def _digest(value: str) -> str:
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
 def check_setup(kind: str, params: Mapping[str, Any], target: SetupTarget) -> dict[str, Any]:
-    """The setup of one check, as stored: plain JSON values (tuples as lists)."""
+    """The setup of one check, as stored: plain JSON values (tuples as lists).
+
+    The target's identity: model, weights, dtype, backend, device kind, endpoint and served
+    model; the ``seed`` (random weights and prompt tokens) and ``trust_remote_code`` (whose
+    modelling code runs); and for a launched server its command and environment.
+    """
+    identity: dict[str, Any] = {
+        "model": model_name(target.model),
+        "weights": target.weights,
+        "dtype": target.dtype,
+        "backend": target.backend,
+        "device": target.device.partition(":")[0],  # cuda:1 and cuda: one kind
+        "endpoint": target.endpoint,
+        "served_model": target.served_model,
+        "seed": target.seed,
+        "trust_remote_code": target.trust_remote_code,
+    }
+    if target.launch is not None:
+        identity["launch"] = launch_setup(target.launch)
     stored: dict[str, Any] = json.loads(
         json.dumps(
-            {
-                "check": kind,
-                "params": dict(params),
-                "target": {
-                    "model": model_name(target.model),
-                    "weights": target.weights,
-                    "dtype": target.dtype,
-                    "backend": target.backend,
-                    "device": target.device.partition(":")[0],  # cuda:1 and cuda: one kind
-                    "endpoint": target.endpoint,
-                    "served_model": target.served_model,
-                },
-            },
+            {"check": kind, "params": dict(params), "target": identity},
             sort_keys=True,
             default=str,
         )
@@ -115,10 +170,33 @@ def setup_changes(old: Any, new: Mapping[str, Any]) -> list[str] | None:
     if old.get("check") != new.get("check"):
         out.append(f"check: {_shown(old.get('check'))} -> {_shown(new.get('check'))}")
     for part, skip in (("target", frozenset()), ("params", ignored)):
-        before, after = old.get(part) or {}, new.get(part) or {}
+        before, after = _flat(old.get(part), part), _flat(new.get(part), part)
         for key in sorted(set(before) | set(after)):
-            if key not in skip and before.get(key) != after.get(key):
+            if key.split(".")[0] not in skip and before.get(key) != after.get(key):
                 out.append(f"{key}: {_shown(before.get(key))} -> {_shown(after.get(key))}")
+    return out
+
+
+def _flat(value: Any, part: str) -> dict[str, Any]:
+    """A setup part as ``{dotted.key: value}``: a launch's ``command`` and each ``env``
+    variable are named apart in a message. A part that is not a mapping (a record edited by
+    hand) is one value named by the part, so it never compares as equal to a real one.
+
+    >>> _flat({"launch": {"command": ["a"], "env": {"X": "1"}}, "seed": 0}, "target")
+    {'launch.command': ['a'], 'launch.env.X': '1', 'seed': 0}
+    >>> _flat(None, "params"), _flat([1], "params")
+    ({}, {'params': [1]})
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        return {part: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, Mapping):
+            out.update({f"{key}.{name}": v for name, v in _flat(item, str(key)).items()})
+        else:
+            out[str(key)] = item
     return out
 
 

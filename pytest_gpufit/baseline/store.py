@@ -235,6 +235,17 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
             raise GpufitError(f"{where}: expected a mapping with 'metrics' and 'outcome'")
         if not isinstance(entry.get("outcome"), str):
             raise GpufitError(f"{where}: 'outcome' is missing")
+        setup = entry.get("setup")
+        if setup is not None and not (
+            isinstance(setup, dict)
+            and isinstance(setup.get("params"), dict)
+            and isinstance(setup.get("target"), dict)
+        ):
+            raise GpufitError(
+                f"{where}: 'setup' is not a mapping with 'params' and 'target' mappings (what "
+                "the check was measured with); restore the file, or delete it and save a new "
+                "baseline"
+            )
         metric_values(entry.get("metrics", {}), where)
         if "golden" in entry.get("metrics", {}):
             check_golden(entry["metrics"]["golden"], where)
