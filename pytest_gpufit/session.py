@@ -42,6 +42,8 @@ from pytest_gpufit.skips import (
 from pytest_gpufit.stash import FIXTURES, PLANNING, REQUIREMENT, VERDICT, state_of
 from pytest_gpufit.xdist_pinning import PLAN, pinned_to
 
+ELSEWHERE = "gpufit_planned_elsewhere"  # xdist workeroutput: items of other runner classes
+
 
 class GateFailure(GpufitError):
     """An unmet requirement under ``--gpufit-on-missing=fail``; reported as a test failure."""
@@ -109,6 +111,7 @@ class GpufitSession:
         self._baselines: Any = None
         self._served: dict[str, Any] = {}  # suite target -> its server, or why it did not start
         self.runner_selection: Any = None  # fleet.select.RunnerSelection under --gpufit-runner
+        self.planned_elsewhere: set[str] = set()  # node ids an xdist worker's selection dropped
 
     # ---- facts, made on first use ---------------------------------------------------------
 
@@ -457,18 +460,35 @@ class GpufitSession:
         }
         return skip_lines(skipped, explained)
 
+    def _elsewhere(self) -> set[str]:
+        """Node ids the runner-pool plan gives to other runner classes (``--gpufit-runner``):
+        they run on other cards, into those cards' baselines, never here."""
+        selection = self.runner_selection
+        return set(selection.deselected if selection is not None else ()) | self.planned_elsewhere
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist: a worker selected the items (the controller collects none); keep what its
+        runner selection left to other classes."""
+        output = getattr(node, "workeroutput", None) or {}
+        self.planned_elsewhere.update(output.get(ELSEWHERE, ()))
+
     def _suite_checks(self) -> dict[str, set[str]]:
-        """Every check node id of each suite that measured something, read from its file."""
+        """Every check node id of each suite that measured something, read from its file,
+        except those the runner-pool plan runs on other classes: a run of this class's part
+        of a suite is the whole suite on this card."""
         expected: dict[str, set[str]] = {}
         if self.suites is None:
             return expected
+        elsewhere = self._elsewhere()
         for file in sorted({nodeid.split("::")[0] for nodeid in self.measurements}):
             try:
                 declared = self.suites.checks_of(self.config.rootpath / file)
             except (GpufitError, OSError):
                 continue  # changed since collection: nothing is known to be missing
             for name, checks in declared.items():
-                expected.setdefault(name, set()).update(f"{file}::{check}" for check in checks)
+                ids = {f"{file}::{check}" for check in checks}
+                expected.setdefault(name, set()).update(ids - elsewhere)
         return expected
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -476,6 +496,9 @@ class GpufitSession:
         if self._model_cache is not None:
             self._model_cache.clear()
         if self.is_worker:
+            workeroutput = getattr(self.config, "workeroutput", None)
+            if workeroutput is not None and self.runner_selection is not None:
+                workeroutput[ELSEWHERE] = sorted(self.runner_selection.deselected)
             return  # the controller merges every worker's results and writes once
         if self.early_exit is not None:
             where = self.settings.source("forbid_skips")

@@ -20,6 +20,7 @@ import aiohttp  # noqa: F401
 import httpcore  # noqa: F401
 import httpx  # noqa: F401
 import pytest
+from fake_probe import catalog_probe
 from serving_fakes import FakeOpenAI
 
 from pytest_gpufit.baseline import Store, fingerprint
@@ -178,6 +179,7 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
 SERVE = """
 import sys, time
 sys.path.insert(0, {tests!r})
+from fake_probe import catalog_probe
 from serving_fakes import FakeOpenAI
 with FakeOpenAI(int(sys.argv[1])) as server:
     server.delay_s = float(sys.argv[2])
@@ -262,6 +264,46 @@ def test_accept_refuses_a_partial_run_without_force(pytester: pytest.Pytester) -
     forced = _cli(pytester.path, "--dir", "store", "accept", record.stem, "--force")
     assert forced.returncode == 0, forced.stderr
     assert len(list((pytester.path / "store").rglob("accepted"))) == 1
+
+
+RUNNERS = """runners:
+  - {name: h100, labels: [self-hosted], gpus: 1*h100-sxm}
+  - {name: pro, labels: [self-hosted], gpus: 1*rtx-pro-6000-blackwell}
+placement: one
+"""
+SPLIT = """suite: split
+targets:
+  - name: on-h100
+    requires: {name: H100}
+    model: qwen3-0.6b
+    weights: random
+    checks: {fits: {}}
+  - name: on-pro
+    requires: {name: RTX PRO}
+    model: qwen3-0.6b
+    weights: random
+    checks: {fits: {}}
+"""
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]])
+def test_a_runner_class_run_of_its_part_of_a_suite_is_accepted(
+    pytester: pytest.Pytester, xdist: list[str]
+) -> None:
+    """The shipped gate saves with --gpufit-runner: the checks the plan gives another class
+    were counted as "did not run", so no class's run was ever accepted and the documented
+    `gpufit baseline accept RUN` refused it, leaving --force (which accepts failures too)."""
+    pytester.makeconftest(catalog_probe("h100-sxm"))
+    pytester.makefile(".yaml", runners=RUNNERS)
+    pytester.makefile(".gpufit.yaml", s=SPLIT)
+    runner = ["--gpufit-runners=runners.yaml", "--gpufit-runner=h100"]
+    result = pytester.runpytest_subprocess(*runner, *_args("save"), *xdist)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*(1 check) of suite split saved and accepted for NVIDIA H100*"])
+    # Deselected by the user, not by the plan: still a partial run.
+    shutil.rmtree(pytester.path / "store")
+    result = pytester.runpytest_subprocess(*_args("save"), "-k", "h100", *xdist)
+    result.stdout.fnmatch_lines(["*NOT accepted: 1 check of the suite did not run*on-pro::fits*"])
 
 
 # ---- 18.11: one baseline folder, one suite -------------------------------------------------
