@@ -93,11 +93,14 @@ class Plan:
 
 def class_inventory(runner: RunnerClass) -> Inventory:
     """The class's cards from the catalog, with the lowest driver it promises."""
-    from pytest_gpufit.hardware.catalog import catalog_gpu  # late: reads the catalog
+    from pytest_gpufit.hardware.catalog import catalog_gpu, simulated_links  # late: the catalog
 
     gpus = tuple(catalog_gpu(card, i) for i, card in enumerate(runner.card_ids))
     return Inventory(
-        gpus=gpus, environment=Environment(driver_version=runner.driver_floor), source="simulated"
+        gpus=gpus,
+        environment=Environment(driver_version=runner.driver_floor),
+        source="simulated",
+        links=simulated_links(gpus),  # requires_p2p judged as --gpufit-simulate judges it
     )
 
 
