@@ -11,10 +11,17 @@ from pytest_gpufit.errors import GpufitError
 
 
 class Located(dict[str, Any]):
-    """A mapping from YAML that knows its own line and each key's line (1-based)."""
+    """A mapping from YAML that knows its own line and each key's line (1-based); one made
+    empty (for a key given no value: ``fits:``) knows none.
 
-    line: int = 0
-    key_lines: dict[str, int]
+    >>> Located().key_lines, Located().line
+    ({}, 0)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.line = 0
+        self.key_lines: dict[str, int] = {}
 
 
 class _Loader(yaml.SafeLoader):
@@ -25,7 +32,6 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Located:
     loader.flatten_mapping(node)
     mapping = Located()
     mapping.line = node.start_mark.line + 1
-    mapping.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
