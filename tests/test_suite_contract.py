@@ -363,6 +363,7 @@ def _targets(draw: st.DrawFn) -> Any:
 @settings(max_examples=300, deadline=None)
 @given(targets=st.lists(_targets(), min_size=0, max_size=2), top=st.booleans())
 @example(targets=[{**_USUALLY, "checks": {"fits": None}}], top=False)
+@example(targets=[{**_USUALLY, "requires": {"name": None}, "checks": {"fits": {}}}], top=False)
 def test_every_suite_the_validator_accepts_the_schema_accepts(
     targets: list[Any], top: bool
 ) -> None:
