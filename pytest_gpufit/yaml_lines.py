@@ -28,18 +28,29 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Located:
+    # A key written twice is an error; a key written here overrides the same key merged in
+    # with ``<<: *anchor`` (YAML's merge: the mapping's own keys win), and of several merged
+    # mappings the first named wins (PyYAML's flatten_mapping puts it last).
+    own = sum(1 for key_node, _ in node.value if key_node.tag != MERGE_TAG)
     loader.flatten_mapping(node)
+    merged = len(node.value) - own
     mapping = Located()
     mapping.line = node.start_mark.line + 1
-    for key_node, value_node in node.value:
+    for position, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
             raise GpufitError(f"{key_node.start_mark.line + 1}: keys must be text, got {key!r}")
-        if key in mapping:
+        if position >= merged and key in mapping and mapping.key_lines[key] > 0:
             raise GpufitError(f"{key_node.start_mark.line + 1}: duplicate key {key!r}")
         mapping[key] = loader.construct_object(value_node, deep=True)
-        mapping.key_lines[key] = key_node.start_mark.line + 1
+        # A merged key's line is negative until the mapping's own key replaces it.
+        line = key_node.start_mark.line + 1
+        mapping.key_lines[key] = line if position >= merged else -line
+    mapping.key_lines = {key: abs(line) for key, line in mapping.key_lines.items()}
     return mapping
 
 
