@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,23 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Located:
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    # Python refuses to read an integer of more than 4,300 digits (a ValueError, not a YAML
+    # error): say where it is, like any bad value, instead of a traceback.
+    try:
+        value: int = loader.construct_yaml_int(node)
+    except ValueError:
+        digits = sum(c.isdigit() for c in str(node.value))
+        raise GpufitError(
+            f"{node.start_mark.line + 1}: a whole number of {digits:,} digits, more than "
+            f"Python reads ({sys.get_int_max_str_digits():,}); write a smaller number"
+        ) from None
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def load_yaml(path: Path) -> Any:

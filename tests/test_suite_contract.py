@@ -253,6 +253,11 @@ BAD = {
         "unicode_cc.gpufit.yaml:2: requires.compute_capability: requires_compute_capability: "
         "expected a compute capability",
     ),
+    "huge_yaml_int": (
+        TARGET_TEXT.replace("weights: random", "weights: random\n    context: " + "1" * 5000)
+        + "      fits: {}\n",
+        "huge_yaml_int.gpufit.yaml:6: a whole number of 5,000 digits, more than Python reads",
+    ),
     "huge_percent": (
         "suite: s\nbaseline: {tolerance: {decode_tok_s: 1000000%}}\n"
         + TARGET_TEXT[9:]
@@ -279,6 +284,8 @@ def test_the_json_schema_rejects_the_same_suites() -> None:
     import yaml
 
     for name, (text, _) in BAD.items():
+        if name == "huge_yaml_int":
+            continue  # no YAML reader makes it a number (PyYAML raises): nothing to validate
         data = yaml.safe_load(text)
         if name in ("nan_threshold", "nan_fraction"):
             continue  # NaN: see test_validator_and_schema_agree_on_random_values
