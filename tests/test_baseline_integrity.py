@@ -90,9 +90,11 @@ def test_a_check_edited_under_the_same_node_id_is_not_compared(
     assert "better than baseline" not in result.stdout.str()
     setup = json.loads(record.read_text())["results"]["s.gpufit.yaml::fake::throughput"]["setup"]
     assert setup["params"]["new_tokens"] == 64 and setup["target"]["endpoint"] == fake.base_url
-    # A threshold is no part of what was measured: tightening one keeps the baseline.
+    # A threshold is no part of what was measured: tightening one keeps the baseline. (repeats
+    # too, after a warm-up run; with warmup: 0, as here, the count of warm runs beside the cold
+    # one moves the median: test_repeats_count_when_the_first_timed_run_is_the_cold_one.)
     fake.delay_s = 0.002
-    stricter = SLOW_64.replace("repeats: 2}", "repeats: 3, min_decode_tok_s: 1}")
+    stricter = SLOW_64.replace("repeats: 2}", "repeats: 2, min_decode_tok_s: 1}")
     pytester.makefile(".gpufit.yaml", s=_served(fake.base_url, stricter))
     wide = "--gpufit-baseline-tolerance=1000%"  # judged alike: the figures' noise is no matter
     pytester.runpytest(*_args("compare"), wide).assert_outcomes(passed=1)
@@ -172,6 +174,24 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
     assert setup_changes(setup, looser) == []
     fewer = {**setup, "params": {k: v for k, v in setup["params"].items() if k != "batch"}}
     assert setup_changes(setup, fewer) == ["batch: 1 -> (none)"]
+
+
+def test_repeats_count_when_the_first_timed_run_is_the_cold_one(tmp_path: Path) -> None:
+    """repeats only repeats a warm measurement: with warmup: 0 the first timed run is cold (a
+    GPU's kernel autotuning and lazy loading, a server's first request), so a baseline of
+    repeats: 1 (the cold run) against repeats: 5 (the median of four warm runs and the cold
+    one) read a 'better than baseline' that hid a regression up to the cold/warm gap."""
+    (tmp_path / "s.gpufit.yaml").write_text(
+        "suite: s\ntargets:\n"
+        "  - {name: t, model: qwen3-0.6b, weights: random, "
+        "checks: {throughput: {warmup: 0, repeats: 1}}}\n"
+    )
+    target = parse_suite(tmp_path / "s.gpufit.yaml").targets[0]
+    cold = check_setup("throughput", target.checks[0].params, target)
+    more = {**cold, "params": {**cold["params"], "repeats": 5}}
+    assert setup_changes(cold, more) == ["repeats: 1 -> 5"]
+    warm = {**cold, "params": {**cold["params"], "warmup": 1}}
+    assert setup_changes(warm, {**warm, "params": {**warm["params"], "repeats": 5}}) == []
 
 
 # A launched server: the argument is its decode delay, standing for the model and the engine

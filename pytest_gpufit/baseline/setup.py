@@ -161,11 +161,18 @@ def setup_changes(old: Any, new: Mapping[str, Any]) -> list[str] | None:
     ['new_tokens: 64 -> 4']
     >>> setup_changes(None, a) is None, setup_changes(a, a)
     (True, [])
+    >>> cold = {**a, "params": {"warmup": 0, "repeats": 1}}
+    >>> setup_changes(cold, {**a, "params": {"warmup": 0, "repeats": 5}})
+    ['repeats: 1 -> 5']
     """
     if not isinstance(old, Mapping):
         return None
     kind = str(new.get("check", ""))
     ignored = JUDGING_ONLY.get(kind, frozenset())
+    if _cold_first_run(old.get("params"), new.get("params")):
+        # Without warm-up runs the first timed run is the cold one (kernel autotuning, lazy
+        # loading, a server's first request): how many warm runs join it moves the median.
+        ignored = ignored - {"repeats"}
     out = []
     if old.get("check") != new.get("check"):
         out.append(f"check: {_shown(old.get('check'))} -> {_shown(new.get('check'))}")
@@ -175,6 +182,15 @@ def setup_changes(old: Any, new: Mapping[str, Any]) -> list[str] | None:
             if key.split(".")[0] not in skip and before.get(key) != after.get(key):
                 out.append(f"{key}: {_shown(before.get(key))} -> {_shown(after.get(key))}")
     return out
+
+
+def _cold_first_run(*params: Any) -> bool:
+    """Whether either setup timed its runs with no warm-up run before them.
+
+    >>> _cold_first_run({"warmup": 0, "repeats": 1}, {"warmup": 0}), _cold_first_run({}, None)
+    (True, False)
+    """
+    return any(isinstance(p, Mapping) and p.get("warmup") == 0 for p in params)
 
 
 def _flat(value: Any, part: str) -> dict[str, Any]:
