@@ -22,6 +22,7 @@ import httpx  # noqa: F401
 import pytest
 from fake_probe import catalog_probe
 from serving_fakes import FakeOpenAI
+from tiny_models import BASE
 
 from pytest_gpufit.baseline import Store, fingerprint
 from pytest_gpufit.baseline.setup import check_setup, setup_changes
@@ -156,6 +157,7 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
     target = parse_suite(tmp_path / "s.gpufit.yaml").targets[0]
     check = target.checks[0]
     setup = check_setup(check.kind, check.params, target)
+    assert setup["target"].pop("model_config").startswith("sha256:")
     assert setup["target"] == {
         "model": "Qwen__Qwen3-0.6B",
         "weights": "random",
@@ -174,6 +176,29 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
     assert setup_changes(setup, looser) == []
     fewer = {**setup, "params": {k: v for k, v in setup["params"].items() if k != "batch"}}
     assert setup_changes(setup, fewer) == ["batch: 1 -> (none)"]
+
+
+def test_another_model_in_a_folder_of_the_same_name_is_another_target(
+    pytester: pytest.Pytester,
+) -> None:
+    """The model was known by its folder's name alone: a 1-layer model in b/tiny compared with
+    the 8-layer one of a/tiny read "decode tok/s 4.29 -> 16.1, better than baseline"."""
+    for folder, layers in (("a", 8), ("b", 1)):
+        config = {**BASE, "model_type": "llama", "num_hidden_layers": layers}
+        (pytester.path / folder / "tiny").mkdir(parents=True)
+        (pytester.path / folder / "tiny" / "config.json").write_text(json.dumps(config))
+    suite = f"suite: s\ntargets:\n{FITS.replace('qwen3-0.6b', 'MODEL')}"
+    pytester.makefile(".gpufit.yaml", s=suite.replace("MODEL", "a/tiny"))
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    # The same model saved again (a newer transformers writes its version) is the same target.
+    config = json.loads((pytester.path / "a/tiny/config.json").read_text())
+    config["transformers_version"] = "4.99.0"
+    (pytester.path / "a/tiny/config.json").write_text(json.dumps(config, indent=2))
+    pytester.runpytest(*_args("compare")).assert_outcomes(passed=1)
+    pytester.makefile(".gpufit.yaml", s=suite.replace("MODEL", "b/tiny"))
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(['*other parameters*(model_config: "sha256:*" -> "sha256:*")*'])
 
 
 def test_repeats_count_when_the_first_timed_run_is_the_cold_one(tmp_path: Path) -> None:
@@ -201,6 +226,7 @@ import sys, time
 sys.path.insert(0, {tests!r})
 from fake_probe import catalog_probe
 from serving_fakes import FakeOpenAI
+from tiny_models import BASE
 with FakeOpenAI(int(sys.argv[1])) as server:
     server.delay_s = float(sys.argv[2])
     print("ready", flush=True)

@@ -92,6 +92,39 @@ def model_name(model: Path | None) -> str | None:
 _SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
+# Keys a config.json gains or loses by being saved again, not by being another model.
+_RESAVED_KEYS = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype"})
+
+
+def model_config(model: Path | None) -> str | None:
+    """A digest of the model's ``config.json`` (its architecture and sizes), so that another
+    model in a folder of the same name (``/a/tiny`` and ``/b/tiny``, a ``current`` link moved
+    to another model) is another target; None when there is no config to read. Keys that a
+    re-save changes (``transformers_version``, ``torch_dtype``) are left out.
+
+    >>> import json, tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    >>> model_config(folder)
+    'sha256:1c4885415157'
+    >>> _ = (folder / "config.json").write_text(
+    ...     json.dumps({"num_hidden_layers": 2, "transformers_version": "4.57.0"}))
+    >>> model_config(folder), model_config(None), model_config(folder / "nothing")
+    ('sha256:1c4885415157', None, None)
+    """
+    if model is None:
+        return None
+    path = model / "config.json" if model.is_dir() else model
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    kept = {key: value for key, value in config.items() if key not in _RESAVED_KEYS}
+    return _digest(json.dumps(kept, sort_keys=True, default=str))
+
+
 def launch_setup(launch: SetupLaunch) -> dict[str, Any]:
     """What a launched server was started with: its command (the suite's folder written
     ``{suite_dir}``, so that checkouts in other places compare alike) and environment. The
@@ -121,12 +154,13 @@ def _digest(value: str) -> str:
 def check_setup(kind: str, params: Mapping[str, Any], target: SetupTarget) -> dict[str, Any]:
     """The setup of one check, as stored: plain JSON values (tuples as lists).
 
-    The target's identity: model, weights, dtype, backend, device kind, endpoint and served
-    model; the ``seed`` (random weights and prompt tokens) and ``trust_remote_code`` (whose
+    The target's identity: model (its folder's name and a digest of its config), weights,
+    dtype, backend, device kind, endpoint and served model; the ``seed`` (random weights and prompt tokens) and ``trust_remote_code`` (whose
     modelling code runs); and for a launched server its command and environment.
     """
     identity: dict[str, Any] = {
         "model": model_name(target.model),
+        "model_config": model_config(target.model),
         "weights": target.weights,
         "dtype": target.dtype,
         "backend": target.backend,
