@@ -425,6 +425,26 @@ def test_migrate_refuses_two_suites_of_one_folder_and_loses_nothing(tmp_path: Pa
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+def test_migrate_names_a_suite_whose_folder_is_a_format_1_file(tmp_path: Path) -> None:
+    """A suite named "accepted" needs the folder <gpu>/accepted, format 1's pointer file:
+    migrate said "baseline pointer .../accepted/accepted is unreadable (Not a directory)"."""
+    gpu = tmp_path / "nvidia-h100-80gb-hbm3"
+    (gpu / "runs").mkdir(parents=True)
+    results = {"a.yaml::t::fits": {"suite": "accepted", "metrics": {}}}
+    record = {"format": 1, "id": "r1", "fingerprint": _fp1(), "results": results}
+    (gpu / "runs" / "r1.json").write_text(json.dumps(record))
+    (gpu / "accepted").write_text("r1\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    out = _cli(tmp_path, "--dir", str(tmp_path), "migrate")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        f"run r1.json: suite 'accepted' (a.yaml) needs the folder {gpu / 'accepted'}, which is "
+        "a file of the format-1 store"
+    ) in out.stderr
+    assert "nothing was changed" in out.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_store_write_refuses_another_suite_in_a_suites_folder(tmp_path: Path) -> None:
     """Through the store's own API too (as the A/B recorder writes)."""
     store = Store(tmp_path)

@@ -470,6 +470,12 @@ class Store:
                 for suite, results in by_suite.items():
                     files = suite_files(results)
                     folder = gpu / slug(suite)
+                    if folder.exists() and not folder.is_dir():  # format 1's own 'accepted'
+                        clashes.append(
+                            f"run {run.name}: suite {_named(suite, files)} needs the folder "
+                            f"{folder}, which is a file of the format-1 store"
+                        )
+                        continue
                     owner = owners.setdefault(folder, self._owner(folder) or (suite, files))
                     if len(files) > 1:
                         clashes.append(f"run {run.name}: {two_files(suite, files)}")
