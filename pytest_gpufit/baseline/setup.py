@@ -155,8 +155,9 @@ def check_setup(kind: str, params: Mapping[str, Any], target: SetupTarget) -> di
     """The setup of one check, as stored: plain JSON values (tuples as lists).
 
     The target's identity: model (its folder's name and a digest of its config), weights,
-    dtype, backend, device kind, endpoint and served model; the ``seed`` (random weights and prompt tokens) and ``trust_remote_code`` (whose
-    modelling code runs); and for a launched server its command and environment.
+    dtype, backend, device kind, endpoint and served model; the ``seed`` (random weights and
+    prompt tokens) and ``trust_remote_code`` (whose modelling code runs); and for a launched
+    server its command and environment.
     """
     identity: dict[str, Any] = {
         "model": model_name(target.model),
