@@ -20,6 +20,7 @@ import aiohttp  # noqa: F401
 import httpcore  # noqa: F401
 import httpx  # noqa: F401
 import pytest
+import serving_fakes
 from fake_probe import catalog_probe
 from serving_fakes import FakeOpenAI
 from tiny_models import BASE
@@ -114,6 +115,26 @@ def test_another_endpoint_is_another_target(pytester: pytest.Pytester, fake: Fak
             f'(endpoint: "{fake.base_url}" -> "{other.base_url}")*'
         ]
     )
+
+
+def test_another_model_behind_the_same_endpoint_is_another_target(
+    pytester: pytest.Pytester, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no served_model: in the suite the client asks for the only model the server lists,
+    and nothing stored said which: a staging server redeployed with a smaller model behind the
+    same URL was compared with the old one's figures."""
+    pytester.makefile(".gpufit.yaml", s=_served(fake.base_url, FAST_4))
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    (record,) = (pytester.path / "store").rglob("*.json")
+    setup = json.loads(record.read_text())["results"]["s.gpufit.yaml::fake::throughput"]["setup"]
+    assert setup["target"]["served_model"] == "fake/tiny"
+    pytester.runpytest(*_args("compare"), "--gpufit-baseline-tolerance=1000%").assert_outcomes(
+        passed=1
+    )
+    monkeypatch.setattr(serving_fakes, "MODEL", "fake/smaller")
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(['*(served_model: "fake/tiny" -> "fake/smaller")*'])
 
 
 def _strip_setups(store: Path) -> None:
@@ -225,6 +246,7 @@ SERVE = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from fake_probe import catalog_probe
+import serving_fakes
 from serving_fakes import FakeOpenAI
 from tiny_models import BASE
 with FakeOpenAI(int(sys.argv[1])) as server:

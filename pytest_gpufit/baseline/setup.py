@@ -151,8 +151,15 @@ def _digest(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
 
 
-def check_setup(kind: str, params: Mapping[str, Any], target: SetupTarget) -> dict[str, Any]:
+def check_setup(
+    kind: str, params: Mapping[str, Any], target: SetupTarget, served_model: Any = None
+) -> dict[str, Any]:
     """The setup of one check, as stored: plain JSON values (tuples as lists).
+
+    ``served_model`` is the model a server listed and the client asked for (the check's
+    ``metrics["served_model"]``): with no ``served_model:`` in the suite it is the only model
+    the server lists, so a server redeployed with another model behind the same URL is
+    another target.
 
     The target's identity: model (its folder's name and a digest of its config), weights,
     dtype, backend, device kind, endpoint and served model; the ``seed`` (random weights and
@@ -167,7 +174,7 @@ def check_setup(kind: str, params: Mapping[str, Any], target: SetupTarget) -> di
         "backend": target.backend,
         "device": target.device.partition(":")[0],  # cuda:1 and cuda: one kind
         "endpoint": target.endpoint,
-        "served_model": target.served_model,
+        "served_model": served_model if isinstance(served_model, str) else target.served_model,
         "seed": target.seed,
         "trust_remote_code": target.trust_remote_code,
     }

@@ -196,7 +196,7 @@ class CheckItem(pytest.Item):
             state.settings.baseline_tolerance,
             remeasure,
             self.suite.name,
-            check_setup(self.check.kind, self.check.params, self.target),
+            _setup(self, ctx.metrics),
         )
         ctx.metrics["baseline"] = outcome.comparisons
         for message in outcome.warnings:
@@ -230,6 +230,12 @@ def _with_engine(fingerprint: Any, engine: Any) -> Any:
     return dataclasses.replace(fingerprint, engine=engine)
 
 
+def _setup(item: CheckItem, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The check's setup, with the model its server listed where the target is served."""
+    served = metrics.get("served_model") if item.target.backend == "openai" else None
+    return check_setup(item.check.kind, item.check.params, item.target, served)
+
+
 def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
     """Measurements as JUnit properties, and for the summary, the report and the baseline."""
     entry = {
@@ -241,7 +247,7 @@ def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
         "gpu": gpu.name if gpu else "cpu",
         "backend": item.target.backend,
         "metrics": nulled({k: v for k, v in metrics.items() if k != "tokens"}),
-        "setup": check_setup(item.check.kind, item.check.params, item.target),  # for baselines
+        "setup": _setup(item, metrics),  # for baselines
     }
     # Strict JSON: a NaN has already failed the check (its message names it); here it is null.
     item.user_properties.append(("gpufit_measurement", json.dumps(entry, allow_nan=False)))
