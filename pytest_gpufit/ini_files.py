@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,14 @@ def pytest_settings() -> PytestSettings:
         if isinstance(read.found, GpufitError):
             raise read.found from None
         return read.found
+    except ValueError as error:
+        # pytest splits PYTEST_ADDOPTS like a shell line before it reads any file, and lets
+        # shlex's error out as a traceback (an ini file's addopts it reports itself).
+        addopts = os.environ.get("PYTEST_ADDOPTS")
+        where = f"PYTEST_ADDOPTS={addopts!r}: " if addopts else ""
+        raise GpufitError(
+            f"{where}pytest stopped before reading its configuration: {error}"
+        ) from None
     raise GpufitError(_failure(output.getvalue(), int(code)))
 
 

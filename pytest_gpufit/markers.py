@@ -303,7 +303,7 @@ SPECS: tuple[MarkerSpec, ...] = (
                 1,
                 {"type": "integer", "minimum": 1},
             ),
-            Param("name", _names, "str | None", None, {"type": "string"}),
+            Param("name", _names, "str | None", None, {"type": ["string", "null"]}),
         ),
         "at least `count` GPUs, each named like `name` (a case-insensitive substring)",
         fields={"count": "count", "name": "names"},

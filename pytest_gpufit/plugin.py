@@ -238,7 +238,8 @@ def pytest_runtest_makereport(
         report.when = "call"
         report.longrepr = str(call.excinfo.value)
     gpufit = state_of(item.config)
-    gpufit.forbid_skip(report)
+    raised_xfail = call.excinfo is not None and call.excinfo.errisinstance(pytest.xfail.Exception)
+    gpufit.forbid_skip(report, raised_xfail)
     gpufit.annotate(item, report)
     return report
 

@@ -31,9 +31,18 @@ from pytest_gpufit.report import (
 )
 from pytest_gpufit.requirements import Requirement, Verdict, evaluate
 from pytest_gpufit.settings import Settings, gate_conflicts
-from pytest_gpufit.skips import allowed, forbidden_text, skip_lines, skip_reason
+from pytest_gpufit.skips import (
+    allowed,
+    early_exit_text,
+    forbidden_text,
+    skip_lines,
+    skip_reason,
+    stopped_early,
+)
 from pytest_gpufit.stash import FIXTURES, PLANNING, REQUIREMENT, VERDICT, state_of
 from pytest_gpufit.xdist_pinning import PLAN, pinned_to
+
+ELSEWHERE = "gpufit_planned_elsewhere"  # xdist workeroutput: items of other runner classes
 
 
 class GateFailure(GpufitError):
@@ -92,6 +101,7 @@ class GpufitSession:
         self.results: dict[str, TestResult] = {}
         self.output_errors: list[str] = []  # outputs that could not be written
         self.expect_failure: list[str] = []
+        self.early_exit: str | None = None  # pytest.exit(returncode=0) under forbid_skips
         self.used = settings.explicit
         self.inventory_reported = False
         self.pinning: Any = None
@@ -101,6 +111,7 @@ class GpufitSession:
         self._baselines: Any = None
         self._served: dict[str, Any] = {}  # suite target -> its server, or why it did not start
         self.runner_selection: Any = None  # fleet.select.RunnerSelection under --gpufit-runner
+        self.planned_elsewhere: set[str] = set()  # node ids an xdist worker's selection dropped
 
     # ---- facts, made on first use ---------------------------------------------------------
 
@@ -275,24 +286,48 @@ class GpufitSession:
             raise GateFailure(reason)
         skip(reason)
 
-    def forbid_skip(self, report: pytest.TestReport | pytest.CollectReport) -> None:
+    def forbid_skip(
+        self, report: pytest.TestReport | pytest.CollectReport, raised_xfail: bool = False
+    ) -> None:
         """Under ``--gpufit-forbid-skips`` a skip the allow-list does not accept becomes a
         failure that names its reason: a test's (a set-up skip fails the test, as an unmet
         gate does) or a collector's (``importorskip`` in a module: a collection error).
 
-        An xfail is not a skip (the test ran), and ``gpufit plan`` only collects.
+        An xfail whose test ran is not a skip; one raised by ``pytest.xfail()`` or an
+        ``xfail(run=False)`` mark (``raised_xfail``) stopped the test where a skip would, and
+        is. ``gpufit plan`` only collects.
         """
-        if not (self.settings.forbid_skips and report.skipped) or hasattr(report, "wasxfail"):
+        if not (self.settings.forbid_skips and report.skipped):
             return
         if self.config.stash.get(PLANNING, False):
             return
-        reason = skip_reason(report.longrepr)
+        wasxfail = getattr(report, "wasxfail", None)
+        if wasxfail is not None:
+            stopped = stopped_early(str(wasxfail), raised_xfail)
+            if stopped is None:
+                return
+            reason = stopped
+        else:
+            reason = skip_reason(report.longrepr)
         if allowed(reason, self.settings.allow_skip):
             return
         report.outcome = "failed"
         report.longrepr = forbidden_text(reason, self.settings.source("forbid_skips"))
+        if wasxfail is not None:
+            del report.wasxfail  # a failure now, not an xfail
         if isinstance(report, pytest.TestReport) and report.when == "setup":
             report.when = "call"  # the test failed, like a gate; not an error in a fixture
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """``pytest.exit(msg, returncode=0)`` (a conftest that stops the run when vllm is
+        missing) ends a session green with the rest of its tests never run: under
+        ``--gpufit-forbid-skips`` that is a skip of them all, and fails (``pytest_sessionfinish``).
+        """
+        stop = excinfo.value
+        if not (self.settings.forbid_skips and isinstance(stop, pytest.exit.Exception)):
+            return
+        if stop.returncode == 0 and not self.config.stash.get(PLANNING, False):
+            self.early_exit = str(stop.msg)
 
     @staticmethod
     def verdict_of(item: pytest.Item) -> Verdict | None:
@@ -429,18 +464,35 @@ class GpufitSession:
         }
         return skip_lines(skipped, explained)
 
+    def _elsewhere(self) -> set[str]:
+        """Node ids the runner-pool plan gives to other runner classes (``--gpufit-runner``):
+        they run on other cards, into those cards' baselines, never here."""
+        selection = self.runner_selection
+        return set(selection.deselected if selection is not None else ()) | self.planned_elsewhere
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist: a worker selected the items (the controller collects none); keep what its
+        runner selection left to other classes."""
+        output = getattr(node, "workeroutput", None) or {}
+        self.planned_elsewhere.update(output.get(ELSEWHERE, ()))
+
     def _suite_checks(self) -> dict[str, set[str]]:
-        """Every check node id of each suite that measured something, read from its file."""
+        """Every check node id of each suite that measured something, read from its file,
+        except those the runner-pool plan runs on other classes: a run of this class's part
+        of a suite is the whole suite on this card."""
         expected: dict[str, set[str]] = {}
         if self.suites is None:
             return expected
+        elsewhere = self._elsewhere()
         for file in sorted({nodeid.split("::")[0] for nodeid in self.measurements}):
             try:
                 declared = self.suites.checks_of(self.config.rootpath / file)
             except (GpufitError, OSError):
                 continue  # changed since collection: nothing is known to be missing
             for name, checks in declared.items():
-                expected.setdefault(name, set()).update(f"{file}::{check}" for check in checks)
+                ids = {f"{file}::{check}" for check in checks}
+                expected.setdefault(name, set()).update(ids - elsewhere)
         return expected
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -448,7 +500,13 @@ class GpufitSession:
         if self._model_cache is not None:
             self._model_cache.clear()
         if self.is_worker:
+            workeroutput = getattr(self.config, "workeroutput", None)
+            if workeroutput is not None and self.runner_selection is not None:
+                workeroutput[ELSEWHERE] = sorted(self.runner_selection.deselected)
             return  # the controller merges every worker's results and writes once
+        if self.early_exit is not None:
+            where = self.settings.source("forbid_skips")
+            self.output_errors.append(early_exit_text(self.early_exit, where))
         if self.settings.baseline != "off" and self.measurements:
             try:
                 saved = self.baselines.save(

@@ -18,6 +18,7 @@ import pytest
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.expect import parse_expect
 from pytest_gpufit.numbers import parse_whole
+from pytest_gpufit.skips import matches_any_reason
 from pytest_gpufit.units import parse_percent
 
 Parser = Callable[[str, str], Any]  # (text, where it came from) -> value
@@ -111,11 +112,18 @@ def switch(value: str, source: str) -> bool:
 
 
 def skip_pattern(value: str, source: str) -> str:
-    """A regular expression a skip reason may match (checked here, used by ``re.search``)."""
+    """A regular expression a skip reason may match (checked here, used by ``re.search``); one
+    that matches any reason would switch ``forbid_skips`` off unseen, so it is refused."""
     try:
         re.compile(value)
     except re.error as error:
         raise GpufitError(f"{source}: {value!r} is not a regular expression: {error}") from None
+    if matches_any_reason(value):
+        raise GpufitError(
+            f"{source}: {value!r} matches any skip reason (it matches the empty text, or any "
+            "one character), so no skip would fail; name the reasons you accept (such as "
+            "\"could not import 'vllm'\"), or leave skips allowed (no --gpufit-forbid-skips)"
+        )
     return value
 
 
@@ -278,7 +286,8 @@ OPTIONS = (
     _option(
         "forbid_skips",
         "true on a GPU runner: every skip of the run fails, naming its reason (skip marks, "
-        "pytest.skip, importorskip while collecting, gpufit's own skips), unless "
+        "pytest.skip, importorskip while collecting, gpufit's own skips, an xfail that "
+        "stopped its test before it ran, pytest.exit with code 0), unless "
         "--gpufit-allow-skip accepts the reason",
         parse=switch,
         default=False,

@@ -34,6 +34,41 @@ def allowed(reason: str, patterns: Iterable[str]) -> bool:
     return any(re.search(pattern, reason) for pattern in patterns)
 
 
+# Reasons that share no word: a pattern that matches each of them (or the empty text) matches
+# any reason, so it would turn --gpufit-forbid-skips off without saying so.
+UNRELATED_REASONS = ("a", "Z", "7", "-", " ")
+
+
+def matches_any_reason(pattern: str) -> bool:
+    """Whether an allow-list pattern would accept every skip (``.*``, ``vllm|``, ``^``, ``.``).
+
+    >>> matches_any_reason(".*"), matches_any_reason("vllm|"), matches_any_reason("(?s).")
+    (True, True, True)
+    >>> matches_any_reason("import 'vllm'"), matches_any_reason("^$")
+    (False, True)
+    """
+    return re.search(pattern, "") is not None or all(
+        re.search(pattern, reason) for reason in UNRELATED_REASONS
+    )
+
+
+def stopped_early(wasxfail: str, raised_xfail: bool) -> str | None:
+    """The skip an xfail stands for, or None for an xfail whose test ran: ``pytest.xfail()``
+    in a test or fixture stops it where a skip would, and ``xfail(run=False)`` never runs it
+    (pytest's reason starts ``[NOTRUN]``). An xfail mark whose test ran and failed is no skip.
+
+    >>> stopped_early("[NOTRUN] needs vllm", True)
+    'xfail, not run: needs vllm'
+    >>> stopped_early("no vllm here", True), stopped_early("known bug", False)
+    ('pytest.xfail: no vllm here', None)
+    """
+    if not raised_xfail:
+        return None
+    if wasxfail.startswith("[NOTRUN] "):
+        return "xfail, not run: " + wasxfail.removeprefix("[NOTRUN] ")
+    return "pytest.xfail: " + wasxfail
+
+
 def forbidden_text(reason: str, where: str) -> str:
     """The failure a forbidden skip becomes: the reason, where the rule came from, the way out.
 
@@ -44,6 +79,22 @@ needs available, or accept the reason with --gpufit-allow-skip=REGEX
     return (
         f"gpufit: skipped ({reason or 'no reason given'}), and skips fail this run ({where}); "
         "make what it needs available, or accept the reason with --gpufit-allow-skip=REGEX"
+    )
+
+
+def early_exit_text(message: str, where: str) -> str:
+    """The failure of a session that ``pytest.exit(..., returncode=0)`` ended before its end.
+
+    >>> print(early_exit_text("no GPU", "--gpufit-forbid-skips"))
+    gpufit: pytest.exit() ended the run early with exit code 0 (no GPU): the tests after it \
+did not run, and skips fail this run (--gpufit-forbid-skips); make what it needs available, or \
+let pytest.exit give a non-zero code
+    """
+    why = message or "no reason given"
+    return (
+        f"gpufit: pytest.exit() ended the run early with exit code 0 ({why}): the tests after "
+        f"it did not run, and skips fail this run ({where}); make what it needs available, or "
+        "let pytest.exit give a non-zero code"
     )
 
 

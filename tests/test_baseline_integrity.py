@@ -20,7 +20,10 @@ import aiohttp  # noqa: F401
 import httpcore  # noqa: F401
 import httpx  # noqa: F401
 import pytest
+import serving_fakes
+from fake_probe import catalog_probe
 from serving_fakes import FakeOpenAI
+from tiny_models import BASE
 
 from pytest_gpufit.baseline import Store, fingerprint
 from pytest_gpufit.baseline.setup import check_setup, setup_changes
@@ -90,9 +93,11 @@ def test_a_check_edited_under_the_same_node_id_is_not_compared(
     assert "better than baseline" not in result.stdout.str()
     setup = json.loads(record.read_text())["results"]["s.gpufit.yaml::fake::throughput"]["setup"]
     assert setup["params"]["new_tokens"] == 64 and setup["target"]["endpoint"] == fake.base_url
-    # A threshold is no part of what was measured: tightening one keeps the baseline.
+    # A threshold is no part of what was measured: tightening one keeps the baseline. (repeats
+    # too, after a warm-up run; with warmup: 0, as here, the count of warm runs beside the cold
+    # one moves the median: test_repeats_count_when_the_first_timed_run_is_the_cold_one.)
     fake.delay_s = 0.002
-    stricter = SLOW_64.replace("repeats: 2}", "repeats: 3, min_decode_tok_s: 1}")
+    stricter = SLOW_64.replace("repeats: 2}", "repeats: 2, min_decode_tok_s: 1}")
     pytester.makefile(".gpufit.yaml", s=_served(fake.base_url, stricter))
     wide = "--gpufit-baseline-tolerance=1000%"  # judged alike: the figures' noise is no matter
     pytester.runpytest(*_args("compare"), wide).assert_outcomes(passed=1)
@@ -111,6 +116,26 @@ def test_another_endpoint_is_another_target(pytester: pytest.Pytester, fake: Fak
             f'(endpoint: "{fake.base_url}" -> "{other.base_url}")*'
         ]
     )
+
+
+def test_another_model_behind_the_same_endpoint_is_another_target(
+    pytester: pytest.Pytester, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no served_model: in the suite the client asks for the only model the server lists,
+    and nothing stored said which: a staging server redeployed with a smaller model behind the
+    same URL was compared with the old one's figures."""
+    pytester.makefile(".gpufit.yaml", s=_served(fake.base_url, FAST_4))
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    (record,) = (pytester.path / "store").rglob("*.json")
+    setup = json.loads(record.read_text())["results"]["s.gpufit.yaml::fake::throughput"]["setup"]
+    assert setup["target"]["served_model"] == "fake/tiny"
+    pytester.runpytest(*_args("compare"), "--gpufit-baseline-tolerance=1000%").assert_outcomes(
+        passed=1
+    )
+    monkeypatch.setattr(serving_fakes, "MODEL", "fake/smaller")
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(['*(served_model: "fake/tiny" -> "fake/smaller")*'])
 
 
 def _strip_setups(store: Path) -> None:
@@ -154,6 +179,7 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
     target = parse_suite(tmp_path / "s.gpufit.yaml").targets[0]
     check = target.checks[0]
     setup = check_setup(check.kind, check.params, target, KINDS[check.kind].judging_only, 2)
+    assert setup["target"].pop("model_config").startswith("sha256:")
     assert setup["target"] == {
         "model": "Qwen__Qwen3-0.6B",
         "weights": "random",
@@ -163,6 +189,8 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
         "endpoint": None,
         "served_model": None,
         "gpus": 2,
+        "seed": 0,  # random weights and prompt tokens
+        "trust_remote_code": False,  # whose modelling code runs
     }
     assert setup["params"]["new_tokens"] == 8 and setup["params"]["min_decode_tok_s"] == 5
     fp16 = {**setup, "target": {**setup["target"], "dtype": "fp16"}}
@@ -175,6 +203,117 @@ def test_setups_name_the_target_identity_and_ignore_judging_only_parameters(
     assert "min_decode_tok_s" in setup["judging"] and "new_tokens" not in setup["judging"]
     more_gpus = {**setup, "target": {**setup["target"], "gpus": 4}}
     assert setup_changes(setup, more_gpus) == ["gpus: 2 -> 4"]
+
+
+def test_another_model_in_a_folder_of_the_same_name_is_another_target(
+    pytester: pytest.Pytester,
+) -> None:
+    """The model was known by its folder's name alone: a 1-layer model in b/tiny compared with
+    the 8-layer one of a/tiny read "decode tok/s 4.29 -> 16.1, better than baseline"."""
+    for folder, layers in (("a", 8), ("b", 1)):
+        config = {**BASE, "model_type": "llama", "num_hidden_layers": layers}
+        (pytester.path / folder / "tiny").mkdir(parents=True)
+        (pytester.path / folder / "tiny" / "config.json").write_text(json.dumps(config))
+    suite = f"suite: s\ntargets:\n{FITS.replace('qwen3-0.6b', 'MODEL')}"
+    pytester.makefile(".gpufit.yaml", s=suite.replace("MODEL", "a/tiny"))
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    # The same model saved again (a newer transformers writes its version) is the same target.
+    config = json.loads((pytester.path / "a/tiny/config.json").read_text())
+    config["transformers_version"] = "4.99.0"
+    (pytester.path / "a/tiny/config.json").write_text(json.dumps(config, indent=2))
+    pytester.runpytest(*_args("compare")).assert_outcomes(passed=1)
+    pytester.makefile(".gpufit.yaml", s=suite.replace("MODEL", "b/tiny"))
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(['*other parameters*(model_config: "sha256:*" -> "sha256:*")*'])
+
+
+def test_repeats_count_when_the_first_timed_run_is_the_cold_one(tmp_path: Path) -> None:
+    """repeats only repeats a warm measurement: with warmup: 0 the first timed run is cold (a
+    GPU's kernel autotuning and lazy loading, a server's first request), so a baseline of
+    repeats: 1 (the cold run) against repeats: 5 (the median of four warm runs and the cold
+    one) read a 'better than baseline' that hid a regression up to the cold/warm gap."""
+    (tmp_path / "s.gpufit.yaml").write_text(
+        "suite: s\ntargets:\n"
+        "  - {name: t, model: qwen3-0.6b, weights: random, "
+        "checks: {throughput: {warmup: 0, repeats: 1}}}\n"
+    )
+    target = parse_suite(tmp_path / "s.gpufit.yaml").targets[0]
+    cold = check_setup(
+        "throughput", target.checks[0].params, target, KINDS["throughput"].judging_only
+    )
+    more = {**cold, "params": {**cold["params"], "repeats": 5}}
+    assert setup_changes(cold, more) == ["repeats: 1 -> 5"]
+    warm = {**cold, "params": {**cold["params"], "warmup": 1}}
+    assert setup_changes(warm, {**warm, "params": {**warm["params"], "repeats": 5}}) == []
+
+
+# A launched server: the argument is its decode delay, standing for the model and the engine
+# flags a launch command names (another model, --max-num-seqs, quantization, prefix caching).
+SERVE = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from fake_probe import catalog_probe
+import serving_fakes
+from serving_fakes import FakeOpenAI
+from tiny_models import BASE
+with FakeOpenAI(int(sys.argv[1])) as server:
+    server.delay_s = float(sys.argv[2])
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.5)
+"""
+
+
+def _launched(delay: str, env: str = "{}") -> str:
+    return (
+        "suite: served\ntargets:\n  - name: fake\n    backend: openai\n    device: cpu\n"
+        f'    launch: {{command: [{sys.executable}, serve.py, "{{port}}", "{delay}"], '
+        f"env: {env}, ready_timeout_s: 30}}\n"
+        f"    checks:\n      throughput: {SLOW_64}\n"
+    )
+
+
+def test_a_server_launched_with_another_command_is_another_target(
+    pytester: pytest.Pytester,
+) -> None:
+    """The launch command names the model and the engine's setup, and no stored field said it:
+    a command edited to serve a faster setup read "decode tok/s 163 -> 818, better than
+    baseline" and passed."""
+    pytester.makepyfile(serve=SERVE.format(tests=str(Path(__file__).parent)))
+    secret = "HF_TOKEN: hf_do_not_store_me"
+    pytester.makefile(".gpufit.yaml", s=_launched("0.004", f"{{VLLM_X: a, {secret}}}"))
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    (record,) = (pytester.path / "store").rglob("*.json")
+    assert "hf_do_not_store_me" not in record.read_text(), "a credential reached the store"
+    launch = json.loads(record.read_text())["results"]["s.gpufit.yaml::fake::throughput"]
+    assert launch["setup"]["target"]["launch"]["command"][1:] == ["serve.py", "{port}", "0.004"]
+
+    pytester.makefile(".gpufit.yaml", s=_launched("0.001", f"{{VLLM_X: a, {secret}}}"))
+    result = pytester.runpytest(*_args("compare"), "--gpufit-on-missing=fail")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*other parameters in baseline run * (launch.command: [[]*]*"])
+    assert "better than baseline" not in result.stdout.str()
+    # The engine's environment is part of its setup too.
+    pytester.makefile(".gpufit.yaml", s=_launched("0.004", f"{{VLLM_X: b, {secret}}}"))
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(['*(launch.env.VLLM_X: "a" -> "b")*'])
+
+
+def test_a_hand_edited_setup_in_a_record_is_one_error_naming_it(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".gpufit.yaml", s=f"suite: s\ntargets:\n{FITS}")
+    pytester.runpytest(*_args("save")).assert_outcomes(passed=1)
+    (record,) = (pytester.path / "store").rglob("runs/*.json")
+    data = json.loads(record.read_text())
+    data["results"]["s.gpufit.yaml::t::fits"]["setup"]["params"] = ["not", "a", "mapping"]
+    record.write_text(json.dumps(data))
+    result = pytester.runpytest(*_args("compare"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [f"*baseline record {record}: s.gpufit.yaml::t::fits: 'setup' is not a mapping*"]
+    )
+    assert "TypeError" not in result.stdout.str()
 
 
 # ---- 18.10: accept refuses a run of part of a suite ----------------------------------------
@@ -201,6 +340,46 @@ def test_accept_refuses_a_partial_run_without_force(pytester: pytest.Pytester) -
     forced = _cli(pytester.path, "--dir", "store", "accept", record.stem, "--force")
     assert forced.returncode == 0, forced.stderr
     assert len(list((pytester.path / "store").rglob("accepted"))) == 1
+
+
+RUNNERS = """runners:
+  - {name: h100, labels: [self-hosted], gpus: 1*h100-sxm}
+  - {name: pro, labels: [self-hosted], gpus: 1*rtx-pro-6000-blackwell}
+placement: one
+"""
+SPLIT = """suite: split
+targets:
+  - name: on-h100
+    requires: {name: H100}
+    model: qwen3-0.6b
+    weights: random
+    checks: {fits: {}}
+  - name: on-pro
+    requires: {name: RTX PRO}
+    model: qwen3-0.6b
+    weights: random
+    checks: {fits: {}}
+"""
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]])
+def test_a_runner_class_run_of_its_part_of_a_suite_is_accepted(
+    pytester: pytest.Pytester, xdist: list[str]
+) -> None:
+    """The shipped gate saves with --gpufit-runner: the checks the plan gives another class
+    were counted as "did not run", so no class's run was ever accepted and the documented
+    `gpufit baseline accept RUN` refused it, leaving --force (which accepts failures too)."""
+    pytester.makeconftest(catalog_probe("h100-sxm"))
+    pytester.makefile(".yaml", runners=RUNNERS)
+    pytester.makefile(".gpufit.yaml", s=SPLIT)
+    runner = ["--gpufit-runners=runners.yaml", "--gpufit-runner=h100"]
+    result = pytester.runpytest_subprocess(*runner, *_args("save"), *xdist)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*(1 check) of suite split saved and accepted for NVIDIA H100*"])
+    # Deselected by the user, not by the plan: still a partial run.
+    shutil.rmtree(pytester.path / "store")
+    result = pytester.runpytest_subprocess(*_args("save"), "-k", "h100", *xdist)
+    result.stdout.fnmatch_lines(["*NOT accepted: 1 check of the suite did not run*on-pro::fits*"])
 
 
 # ---- 18.11: one baseline folder, one suite -------------------------------------------------
@@ -272,6 +451,26 @@ def test_migrate_refuses_two_suites_of_one_folder_and_loses_nothing(tmp_path: Pa
         "suites 'Fast Path' (one.yaml) and 'fast-path' (two.yaml) would share the folder"
         in out.stderr
     )
+    assert "nothing was changed" in out.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_migrate_names_a_suite_whose_folder_is_a_format_1_file(tmp_path: Path) -> None:
+    """A suite named "accepted" needs the folder <gpu>/accepted, format 1's pointer file:
+    migrate said "baseline pointer .../accepted/accepted is unreadable (Not a directory)"."""
+    gpu = tmp_path / "nvidia-h100-80gb-hbm3"
+    (gpu / "runs").mkdir(parents=True)
+    results = {"a.yaml::t::fits": {"suite": "accepted", "metrics": {}}}
+    record = {"format": 1, "id": "r1", "fingerprint": _fp1(), "results": results}
+    (gpu / "runs" / "r1.json").write_text(json.dumps(record))
+    (gpu / "accepted").write_text("r1\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    out = _cli(tmp_path, "--dir", str(tmp_path), "migrate")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        f"run r1.json: suite 'accepted' (a.yaml) needs the folder {gpu / 'accepted'}, which is "
+        "a file of the format-1 store"
+    ) in out.stderr
     assert "nothing was changed" in out.stderr
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 

@@ -16,6 +16,8 @@ import pytest
 from pytest_gpufit.baseline import BaselineSession, Store, fingerprint
 from pytest_gpufit.baseline.fleet import judge_fleet, latest_per_host, suspicious_facts
 from pytest_gpufit.baseline.session import FleetFailure
+from pytest_gpufit.baseline.setup import model_config
+from pytest_gpufit.fit.spec import resolve_model
 from pytest_gpufit.hardware.catalog import catalog_gpu
 from pytest_gpufit.hardware.records import Environment, Gpu
 
@@ -54,6 +56,10 @@ SETUP = {
         "endpoint": None,
         "served_model": None,
         "gpus": 1,
+        # What the suite's check records (model_config: the shipped config's digest).
+        "model_config": model_config(resolve_model("qwen3-0.6b", Path("."))),
+        "seed": 0,
+        "trust_remote_code": False,
     },
     "judging": [],
 }

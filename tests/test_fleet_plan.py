@@ -141,6 +141,22 @@ def test_every_item_is_kept_by_some_class_and_gates_by_each_that_can(tmp_path: P
     assert set().union(*(result.keeps(r.name) for r in pool.runners)) == {f.nodeid for f in facts}
 
 
+def test_p2p_is_planned_on_the_classes_whose_cards_have_it(tmp_path: Path) -> None:
+    """The plan judged each class's cards without their links: every requires_p2p check was
+    an orphaned gate, though --gpufit-simulate=2*h100-sxm says NVLink joins the pair."""
+    path = tmp_path / "pool.yaml"
+    path.write_text(
+        "runners:\n"
+        "  - {name: nvlink, labels: [self-hosted], gpus: 2*h100-sxm}\n"
+        "  - {name: pcie, labels: [self-hosted], gpus: 2*rtx-4090}\n"
+        "placement: every\n"
+    )
+    facts = [ItemFact("p2p", Requirement(count=2, p2p=True), True)]
+    (placed,) = make_plan(load_pool(path), facts).items
+    assert placed.runners == ("nvlink",) and not placed.orphaned
+    assert "GPU0-GPU1 P2P read/write not supported" in dict(placed.cannot)["pcie"]
+
+
 def test_a_plan_of_2000_gated_tests_on_6_classes_places_every_one(tmp_path: Path) -> None:
     """Every item is placed or orphaned (its time is benchmarks/fleet_plan.py's: no timed
     assertion here, a loaded CI machine made one flaky)."""

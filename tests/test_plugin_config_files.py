@@ -98,6 +98,17 @@ def test_the_command_imports_no_conftest(tmp_path: Path) -> None:
     assert out.stdout.strip() == f"no baseline runs in {tmp_path / '.gpufit' / 'baselines'}"
 
 
+def test_a_pytest_addopts_pytest_cannot_split_is_one_error(tmp_path: Path) -> None:
+    """An unclosed quote in PYTEST_ADDOPTS was a ValueError traceback from `gpufit baseline`."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    out = _list(tmp_path, env={"PYTEST_ADDOPTS": "-o 'gpufit_baseline_dir=a b"})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert (
+        'PYTEST_ADDOPTS="-o \'gpufit_baseline_dir=a b": pytest stopped before reading its '
+        "configuration: No closing quotation"
+    ) in out.stderr
+
+
 def test_without_the_plugin_the_command_says_so(tmp_path: Path) -> None:
     (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:gpufit\n")
     out = _list(tmp_path)

@@ -210,6 +210,97 @@ def test_skip_settings_resolve_to_a_switch_and_a_tuple() -> None:
         resolve(lambda name: None, lambda key: "sure" if key == "gpufit_forbid_skips" else None, {})
 
 
+# ---- skips by other names (the gate attack of the layer) -------------------------------------
+
+# Ways out of a test that report "xfailed", not "skipped": each stops the test where a skip would.
+XFAILS = """
+import pytest
+
+@pytest.mark.xfail(run=False, reason="needs vllm")
+def test_never_run():
+    pass
+
+def test_bails_out():
+    pytest.xfail("no vllm here")
+
+@pytest.fixture
+def engine():
+    pytest.xfail("the fixture found no engine")
+
+def test_fixture_bails_out(engine):
+    pass
+
+@pytest.mark.xfail(reason="known bug")
+def test_known_bug():
+    assert False
+"""
+
+
+def test_an_xfail_that_stops_a_test_before_it_ran_is_a_skip(pytester: pytest.Pytester) -> None:
+    """xfail(run=False) never runs its test and pytest.xfail() bails out like pytest.skip();
+    both passed a forbid-skips run as "xfailed". A test that ran and failed under its xfail
+    mark stays an xfail."""
+    pytester.makepyfile(XFAILS)
+    result = pytester.runpytest("--gpufit-forbid-skips", "-rf")
+    result.assert_outcomes(failed=3, xfailed=1)
+    for reason in (
+        "xfail, not run: needs vllm",
+        "pytest.xfail: no vllm here",
+        "pytest.xfail: the fixture found no engine",
+    ):
+        assert f"gpufit: skipped ({reason}), and skips fail this run" in result.stdout.str()
+    allowed = pytester.runpytest("--gpufit-forbid-skips", "--gpufit-allow-skip=needs vllm")
+    allowed.assert_outcomes(failed=2, xfailed=2)
+    # Without the rule pytest's own outcomes stand.
+    pytester.runpytest().assert_outcomes(xfailed=4)
+
+
+@pytest.mark.parametrize("pattern", [".*", "vllm|", "^", "(?i)", ".", "(?s).?"])
+def test_an_allow_list_pattern_that_accepts_every_reason_is_a_usage_error(
+    pytester: pytest.Pytester, pattern: str
+) -> None:
+    """`--gpufit-allow-skip=.*` kept every skip a skip: forbid-skips switched off unseen."""
+    pytester.makepyfile("import pytest\ndef test_x():\n    pytest.skip('no vllm')\n")
+    result = pytester.runpytest("--gpufit-forbid-skips", f"--gpufit-allow-skip={pattern}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--gpufit-allow-skip: {pattern!r} matches any skip reason*"])
+
+
+EXITS = """
+import pytest
+
+def test_first():
+    pass
+
+def test_stops():
+    pytest.exit("no GPU here, stopping", returncode=0)
+
+def test_never_reached():
+    assert False
+"""
+
+
+def test_pytest_exit_with_code_0_fails_a_run_that_forbids_skips(
+    pytester: pytest.Pytester,
+) -> None:
+    """A conftest or test that calls pytest.exit(..., returncode=0) when its engine is missing
+    ended the gate "1 passed", exit 0, the rest never run."""
+    pytester.makepyfile(EXITS)
+    assert pytester.runpytest("-p", "no:randomly").ret == pytest.ExitCode.OK  # pytest's own
+    result = pytester.runpytest("-p", "no:randomly", "--gpufit-forbid-skips")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "gpufit: pytest.exit() ended the run early with exit code 0 (no GPU here, "
+            "stopping): the tests after it did not run, and skips fail this run "
+            "(--gpufit-forbid-skips)*"
+        ]
+    )
+    # A non-zero code is the user's own failure: kept as given.
+    pytester.makepyfile(EXITS.replace("returncode=0", "returncode=3"))
+    assert pytester.runpytest("-p", "no:randomly", "--gpufit-forbid-skips").ret == 3
+
+
 # ---- the terminal summary names every skip reason once (issue 22 #4) -------------------------
 
 

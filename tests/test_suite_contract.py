@@ -4,10 +4,11 @@ and the two agree on what they accept; bad numbers are collection errors (issue 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pytest_gpufit.errors import GpufitError
@@ -252,6 +253,11 @@ BAD = {
         "unicode_cc.gpufit.yaml:2: requires.compute_capability: requires_compute_capability: "
         "expected a compute capability",
     ),
+    "huge_yaml_int": (
+        TARGET_TEXT.replace("weights: random", "weights: random\n    context: " + "1" * 5000)
+        + "      fits: {}\n",
+        "huge_yaml_int.gpufit.yaml:6: a whole number of 5,000 digits, more than Python reads",
+    ),
     "huge_percent": (
         "suite: s\nbaseline: {tolerance: {decode_tok_s: 1000000%}}\n"
         + TARGET_TEXT[9:]
@@ -278,7 +284,116 @@ def test_the_json_schema_rejects_the_same_suites() -> None:
     import yaml
 
     for name, (text, _) in BAD.items():
+        if name == "huge_yaml_int":
+            continue  # no YAML reader makes it a number (PyYAML raises): nothing to validate
         data = yaml.safe_load(text)
         if name in ("nan_threshold", "nan_fraction"):
             continue  # NaN: see test_validator_and_schema_agree_on_random_values
         assert not jsonschema.Draft202012Validator(SCHEMA).is_valid(data), name
+
+
+# ---- whole suites: what the validator accepts, schema.json accepts; nothing crashes ---------
+
+# Values per key, good and bad, so generated suites reach every branch of the validator.
+_TARGET_VALUES: dict[str, list[Any]] = {
+    "name": ["a", "b", "", 5, None],
+    "model": ["qwen3-0.6b", "no-such-model", "", 1],
+    "weights": ["random", "checkpoint", "lazy"],
+    "backend": ["openai", "transformers", "vllm"],
+    "endpoint": ["http://127.0.0.1:8000/v1", "http://127.0.0.1:{port}/v1", "ftp://x", 8000],
+    "served_model": ["m", "", ["m"]],
+    "api_key_env": ["OPENAI_API_KEY", "sk-123", "1X"],
+    "device": ["cpu", "cuda", "cuda:1", "gpu", "cuda:²"],
+    "context": [1024, 0, 10**8, "4k"],
+    "seed": [0, -1, 2**40, True],
+    "trust_remote_code": [True, "yes"],
+    "requires": [
+        {"count": 2},
+        {"p2p": True, "topology": "PIX"},
+        {"vram": "10GB"},
+        {"vram": "10 parsecs"},
+        {"name": None},
+        {"dtype": ["bf16", "fp8"]},
+        [],
+        None,
+    ],
+    "launch": [
+        {"command": ["srv", "{port}"]},
+        {"command": ["srv"]},
+        {"command": "srv --port {port}"},
+        {"command": []},
+        {"command": ["srv", "{port}"], "env": {"A": 1}, "log_forbid": "x"},
+        {"command": ["srv", "{port}"], "env": {"1A": "x"}},
+        {"command": ["srv", "{port}"], "wait": 3},
+        {},
+    ],
+    "baseline": [{"missing": "warn"}, {"tolerance": {"decode_tok_s": "5%"}}, {"missing": "?"}],
+}
+_CHECK_BODIES: dict[str, list[Any]] = {
+    "fits": [None, {}, {"x": 1}],
+    "serves": [None, {}],
+    "loads": [{}, {"max_seconds": 5}, {"max_peak_memory": "1GB"}, {"within_estimate": "10%"}],
+    "generates": [
+        {},
+        {"prompt": "hi"},
+        {"prompt_tokens": 4},
+        {"prompt": "hi", "prompt_tokens": 4},
+        {"expect_tokens": [1]},
+        {"max_new_tokens": 0},
+    ],
+    "throughput": [{}, {"batch": 2}, {"batch": 1}, {"new_tokens": 4}, {"repeats": 0}],
+    "load": [{}, {"concurrency": [1, 8]}, {"rate": [1]}, {"slo": {"ttft_ms_p99": 5}}],
+    "precision": [{}, {"reference": "golden"}, {"reference": "fp32"}, {"max_kl": 0.1}],
+    "bogus": [{}],
+}
+
+
+_USUALLY = {"name": "a", "model": "qwen3-0.6b", "weights": "random", "device": "cpu"}
+
+
+@st.composite
+def _targets(draw: st.DrawFn) -> Any:
+    if draw(st.integers(0, 20)) == 0:
+        return draw(st.sampled_from([None, "t", [], 5]))  # not a mapping at all
+    target: dict[str, Any] = {}
+    for key, values in _TARGET_VALUES.items():
+        if key in _USUALLY and draw(st.integers(0, 4)) > 0:
+            target[key] = _USUALLY[key]  # mostly valid: later rules are reached too
+        elif draw(st.integers(0, 3)) == 0:
+            target[key] = draw(st.sampled_from(values))
+    kinds = draw(st.lists(st.sampled_from(sorted(_CHECK_BODIES)), max_size=3, unique=True))
+    if draw(st.integers(0, 15)) > 0:
+        target["checks"] = {k: draw(st.sampled_from(_CHECK_BODIES[k])) for k in kinds}
+    return target
+
+
+@settings(max_examples=300, deadline=None)
+@given(targets=st.lists(_targets(), min_size=0, max_size=2), top=st.booleans())
+@example(targets=[{**_USUALLY, "checks": {"fits": None}}], top=False)
+@example(targets=[{**_USUALLY, "requires": {"name": None}, "checks": {"fits": {}}}], top=False)
+def test_every_suite_the_validator_accepts_the_schema_accepts(
+    targets: list[Any], top: bool
+) -> None:
+    """Whole generated suites, written as YAML: the validator raises GpufitError or accepts
+    (no traceback: ``fits:`` with no value crashed collection with an AttributeError), and
+    what it accepts schema.json accepts. The schema is looser where JSON Schema cannot say
+    the rule (a model folder on disk, unique target names) or does not yet (which checks a
+    backend can measure, ``{port}`` only with ``launch:``): an editor passes those, and
+    collection names them."""
+    import tempfile
+
+    import yaml
+
+    from pytest_gpufit.suites.schema import parse_suite
+
+    document: dict[str, Any] = {"suite": "s", "targets": targets}
+    if top:
+        document["requires"] = {"count": 1}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "s.gpufit.yaml"
+        path.write_text(yaml.safe_dump(document))
+        try:
+            parse_suite(path)
+        except GpufitError:
+            return
+    assert jsonschema.Draft202012Validator(SCHEMA).is_valid(document), document

@@ -177,3 +177,41 @@ def test_a_context_beyond_the_models_maximum_fails_the_check(pytester: pytest.Py
     result.stdout.fnmatch_lines(
         ["*context 100,000 is beyond Qwen3-0.6B's maximum of 40,960 tokens*"]
     )
+
+
+ANCHORED = """suite: anchors
+targets:
+  - &base
+    name: first
+    model: qwen3-0.6b
+    weights: random
+    device: cpu
+    checks: {{fits: {{}}}}
+  - <<: *base
+    name: second
+    weights: {weights}
+"""
+
+
+def test_a_key_of_its_own_overrides_a_merged_one(pytester: pytest.Pytester) -> None:
+    """YAML's merge key: the mapping's own keys win over those merged in with <<: *anchor.
+    Overriding name: of an anchored target was 'duplicate key 'name''; a key written twice
+    in one mapping still is, and a merged value's error names the line it was written on."""
+    pytester.makefile(".gpufit.yaml", s=ANCHORED.format(weights="random"))
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["s.gpufit.yaml::first::fits", "s.gpufit.yaml::second::fits"])
+    pytester.makefile(".gpufit.yaml", s=ANCHORED.format(weights="lazy"))
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*s.gpufit.yaml:11: targets[[]1].weights: expected one of*"])
+    twice = ANCHORED.format(weights="random") + "    name: third\n"
+    pytester.makefile(".gpufit.yaml", s=twice)
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*s.gpufit.yaml:12: duplicate key 'name'*"])
+    pytester.makefile(
+        ".gpufit.yaml",
+        s=ANCHORED.format(weights="random").replace(
+            "    weights: random\n    device", "    weights: lazy\n    device"
+        ),
+    )
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*s.gpufit.yaml:6: targets[[]0].weights: expected one of*"])

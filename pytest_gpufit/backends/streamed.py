@@ -35,6 +35,7 @@ class Streamed:
         """Every check of a served target: the engine and log recorded, a server fault a failure
         naming its log (and the log's end when the server is gone)."""
         served = self.served
+        metrics["served_model"] = served.model  # the model asked for: part of the check's setup
         engine = served.engine_text()
         if engine:
             metrics["engine"] = engine

@@ -15,12 +15,25 @@ figures are compared, with a warning.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 SAVE_AGAIN = "run the suite with --gpufit-baseline=save (accepted when every check passes)"
+
+
+class SetupLaunch(Protocol):
+    """The ``launch:`` fields a setup reads (a suite ``Launch`` has them)."""
+
+    @property
+    def command(self) -> tuple[str, ...]: ...
+    @property
+    def env(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def cwd(self) -> Path | None: ...
 
 
 class SetupTarget(Protocol):
@@ -40,6 +53,12 @@ class SetupTarget(Protocol):
     def endpoint(self) -> str | None: ...
     @property
     def served_model(self) -> str | None: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def trust_remote_code(self) -> bool: ...
+    @property
+    def launch(self) -> SetupLaunch | None: ...
 
 
 def model_name(model: Path | None) -> str | None:
@@ -58,35 +77,115 @@ def model_name(model: Path | None) -> str | None:
     return model.stem if model.suffix == ".json" else model.name
 
 
+# Launch variables whose values are credentials: the store (committed, uploaded) keeps a digest.
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+# Keys a config.json gains or loses by being saved again, not by being another model.
+_RESAVED_KEYS = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype"})
+
+
+def model_config(model: Path | None) -> str | None:
+    """A digest of the model's ``config.json`` (its architecture and sizes), so that another
+    model in a folder of the same name (``/a/tiny`` and ``/b/tiny``, a ``current`` link moved
+    to another model) is another target; None when there is no config to read. Keys that a
+    re-save changes (``transformers_version``, ``torch_dtype``) are left out.
+
+    >>> import json, tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    >>> model_config(folder)
+    'sha256:1c4885415157'
+    >>> _ = (folder / "config.json").write_text(
+    ...     json.dumps({"num_hidden_layers": 2, "transformers_version": "4.57.0"}))
+    >>> model_config(folder), model_config(None), model_config(folder / "nothing")
+    ('sha256:1c4885415157', None, None)
+    """
+    if model is None:
+        return None
+    path = model / "config.json" if model.is_dir() else model
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    kept = {key: value for key, value in config.items() if key not in _RESAVED_KEYS}
+    return _digest(json.dumps(kept, sort_keys=True, default=str))
+
+
+def launch_setup(launch: SetupLaunch) -> dict[str, Any]:
+    """What a launched server was started with: its command (the suite's folder written
+    ``{suite_dir}``, so that checkouts in other places compare alike) and environment. The
+    command names the model, its flags the engine's setup (``--max-num-seqs``, quantization,
+    prefix caching): another command is another measurement. ``ready_timeout_s`` and
+    ``log_forbid`` only judge, and are left out.
+
+    >>> from types import SimpleNamespace as L
+    >>> setup = launch_setup(L(command=("vllm", "serve", "/r/s/m", "--port", "{port}"),
+    ...                        env=(("HF_TOKEN", "hf_x"), ("VLLM_USE_V1", "1")), cwd=Path("/r/s")))
+    >>> setup["command"], setup["env"]
+    (['vllm', 'serve', '{suite_dir}/m', '--port', '{port}'], \
+{'HF_TOKEN': 'sha256:f5618cd8b98c', 'VLLM_USE_V1': '1'})
+    """
+    folder = str(launch.cwd) if launch.cwd is not None else None
+    command = [arg.replace(folder, "{suite_dir}") if folder else arg for arg in launch.command]
+    env = {
+        name: _digest(value) if _SECRET_NAME.search(name) else value for name, value in launch.env
+    }
+    return {"command": command, "env": env}
+
+
+def _digest(value: str) -> str:
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
 def check_setup(
     kind: str,
     params: Mapping[str, Any],
     target: SetupTarget,
     judging_only: Iterable[str] = (),
     gpus: int | None = None,
+    served_model: Any = None,
 ) -> dict[str, Any]:
     """The setup of one check, as stored: plain JSON values (tuples as lists).
 
     ``judging_only`` names the parameters that only judge the figures (the check kind's
     registry entry says which), stored with the setup so a later run knows what to ignore;
     ``gpus`` is how many GPUs the check was judged on (an all-reduce over 2 is not one over 4).
+
+    ``served_model`` is the model a server listed and the client asked for (the check's
+    ``metrics["served_model"]``): with no ``served_model:`` in the suite it is the only model
+    the server lists, so a server redeployed with another model behind the same URL is
+    another target.
+
+    The target's identity: model (its folder's name and a digest of its config), weights,
+    dtype, backend, device kind, endpoint and served model; the ``seed`` (random weights and
+    prompt tokens) and ``trust_remote_code`` (whose modelling code runs); and for a launched
+    server its command and environment.
     """
+    identity: dict[str, Any] = {
+        "model": model_name(target.model),
+        "model_config": model_config(target.model),
+        "weights": target.weights,
+        "dtype": target.dtype,
+        "backend": target.backend,
+        "device": target.device.partition(":")[0],  # cuda:1 and cuda: one kind
+        "endpoint": target.endpoint,
+        "served_model": served_model if isinstance(served_model, str) else target.served_model,
+        "seed": target.seed,
+        "trust_remote_code": target.trust_remote_code,
+        "gpus": gpus,
+    }
+    if target.launch is not None:
+        identity["launch"] = launch_setup(target.launch)
     stored: dict[str, Any] = json.loads(
         json.dumps(
             {
                 "check": kind,
                 "params": dict(params),
                 "judging": sorted(judging_only),
-                "target": {
-                    "model": model_name(target.model),
-                    "weights": target.weights,
-                    "dtype": target.dtype,
-                    "backend": target.backend,
-                    "device": target.device.partition(":")[0],  # cuda:1 and cuda: one kind
-                    "endpoint": target.endpoint,
-                    "served_model": target.served_model,
-                    "gpus": gpus,
-                },
+                "target": identity,
             },
             sort_keys=True,
             default=str,
@@ -109,18 +208,57 @@ def setup_changes(old: Any, new: Mapping[str, Any]) -> list[str] | None:
     ['new_tokens: 64 -> 4']
     >>> setup_changes(None, a) is None, setup_changes(a, a)
     (True, [])
+    >>> cold = {**a, "params": {"warmup": 0, "repeats": 1}}
+    >>> setup_changes(cold, {**a, "params": {"warmup": 0, "repeats": 5}})
+    ['repeats: 1 -> 5']
     """
     if not isinstance(old, Mapping):
         return None
     ignored = frozenset(new.get("judging") or ())  # this run's kind says what only judges
+    if _cold_first_run(old.get("params"), new.get("params")):
+        # Without warm-up runs the first timed run is the cold one (kernel autotuning, lazy
+        # loading, a server's first request): how many warm runs join it moves the median.
+        ignored = ignored - {"repeats"}
     out = []
     if old.get("check") != new.get("check"):
         out.append(f"check: {_shown(old.get('check'))} -> {_shown(new.get('check'))}")
     for part, skip in (("target", frozenset()), ("params", ignored)):
-        before, after = old.get(part) or {}, new.get(part) or {}
+        before, after = _flat(old.get(part), part), _flat(new.get(part), part)
         for key in sorted(set(before) | set(after)):
-            if key not in skip and before.get(key) != after.get(key):
+            if key.split(".")[0] not in skip and before.get(key) != after.get(key):
                 out.append(f"{key}: {_shown(before.get(key))} -> {_shown(after.get(key))}")
+    return out
+
+
+def _cold_first_run(*params: Any) -> bool:
+    """Whether either setup timed its runs with no warm-up run before them.
+
+    >>> _cold_first_run({"warmup": 0, "repeats": 1}, {"warmup": 0}), _cold_first_run({}, None)
+    (True, False)
+    """
+    return any(isinstance(p, Mapping) and p.get("warmup") == 0 for p in params)
+
+
+def _flat(value: Any, part: str) -> dict[str, Any]:
+    """A setup part as ``{dotted.key: value}``: a launch's ``command`` and each ``env``
+    variable are named apart in a message. A part that is not a mapping (a record edited by
+    hand) is one value named by the part, so it never compares as equal to a real one.
+
+    >>> _flat({"launch": {"command": ["a"], "env": {"X": "1"}}, "seed": 0}, "target")
+    {'launch.command': ['a'], 'launch.env.X': '1', 'seed': 0}
+    >>> _flat(None, "params"), _flat([1], "params")
+    ({}, {'params': [1]})
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        return {part: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, Mapping):
+            out.update({f"{key}.{name}": v for name, v in _flat(item, str(key)).items()})
+        else:
+            out[str(key)] = item
     return out
 
 

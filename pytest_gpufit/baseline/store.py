@@ -235,6 +235,17 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
             raise GpufitError(f"{where}: expected a mapping with 'metrics' and 'outcome'")
         if not isinstance(entry.get("outcome"), str):
             raise GpufitError(f"{where}: 'outcome' is missing")
+        setup = entry.get("setup")
+        if setup is not None and not (
+            isinstance(setup, dict)
+            and isinstance(setup.get("params"), dict)
+            and isinstance(setup.get("target"), dict)
+        ):
+            raise GpufitError(
+                f"{where}: 'setup' is not a mapping with 'params' and 'target' mappings (what "
+                "the check was measured with); restore the file, or delete it and save a new "
+                "baseline"
+            )
         metric_values(entry.get("metrics", {}), where)
         if "golden" in entry.get("metrics", {}):
             check_golden(entry["metrics"]["golden"], where)
@@ -459,6 +470,12 @@ class Store:
                 for suite, results in by_suite.items():
                     files = suite_files(results)
                     folder = gpu / slug(suite)
+                    if folder.exists() and not folder.is_dir():  # format 1's own 'accepted'
+                        clashes.append(
+                            f"run {run.name}: suite {_named(suite, files)} needs the folder "
+                            f"{folder}, which is a file of the format-1 store"
+                        )
+                        continue
                     owner = owners.setdefault(folder, self._owner(folder) or (suite, files))
                     if len(files) > 1:
                         clashes.append(f"run {run.name}: {two_files(suite, files)}")

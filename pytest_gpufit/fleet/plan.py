@@ -112,7 +112,7 @@ def class_inventory(runner: RunnerClass) -> Inventory:
         environment=Environment(driver_version=runner.driver_floor),
         source="simulated",
         reason=None if gpus else "a CPU class (gpus: none)",
-        links=simulated_links(gpus),  # what the catalog knows of each pair (requires_p2p)
+        links=simulated_links(gpus),  # requires_p2p judged as --gpufit-simulate judges it
     )
 
 

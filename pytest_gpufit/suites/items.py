@@ -212,7 +212,7 @@ class CheckItem(pytest.Item):
             state.settings.baseline_tolerance,
             remeasure,
             self.suite.name,
-            setup_of(self),
+            setup_of(self, ctx.metrics),
         )
         ctx.metrics["baseline"] = outcome.comparisons
         for message in outcome.warnings:
@@ -246,16 +246,19 @@ def _with_engine(fingerprint: Any, engine: Any) -> Any:
     return dataclasses.replace(fingerprint, engine=engine)
 
 
-def setup_of(item: CheckItem) -> dict[str, Any]:
+def setup_of(item: CheckItem, metrics: dict[str, Any]) -> dict[str, Any]:
     """What the check's figures are measured with: its parameters (and which of them only
-    judge), the target's identity and the number of GPUs it was judged on."""
+    judge), the target's identity, the number of GPUs it was judged on, and the model its
+    server listed where the target is served."""
     requirement = item.gpufit_requirement if item.target.device.startswith("cuda") else None
+    served = metrics.get("served_model") if item.target.backend == "openai" else None
     return check_setup(
         item.check.kind,
         item.check.params,
         item.target,
         item.check_kind.judging_only,
         requirement.count if requirement is not None else None,
+        served,
     )
 
 
@@ -270,7 +273,7 @@ def record(item: CheckItem, gpu: Any, metrics: dict[str, Any]) -> None:
         "gpu": gpu.name if gpu else "cpu",
         "backend": item.target.backend,
         "metrics": nulled({k: v for k, v in metrics.items() if k != "tokens"}),
-        "setup": setup_of(item),  # for baselines
+        "setup": setup_of(item, metrics),  # for baselines
     }
     # Strict JSON: a NaN has already failed the check (its message names it); here it is null.
     item.user_properties.append(("gpufit_measurement", json.dumps(entry, allow_nan=False)))
