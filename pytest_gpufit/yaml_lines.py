@@ -13,8 +13,10 @@ from pytest_gpufit.errors import GpufitError
 class Located(dict[str, Any]):
     """A mapping from YAML that knows its own line and each key's line (1-based)."""
 
-    line: int = 0
-    key_lines: dict[str, int]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.line = 0
+        self.key_lines: dict[str, int] = {}
 
 
 class _Loader(yaml.SafeLoader):
@@ -25,7 +27,6 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Located:
     loader.flatten_mapping(node)
     mapping = Located()
     mapping.line = node.start_mark.line + 1
-    mapping.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
