@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pytest_gpufit import schema_file
 from pytest_gpufit.declared.records import object_schema
 from pytest_gpufit.markers import requires_json_schema
-from pytest_gpufit import schema_file
 from pytest_gpufit.suites.kinds import KINDS, model_free
 from pytest_gpufit.suites.schema import BASELINE, LAUNCH, SUITE, TARGET, check_record
 
