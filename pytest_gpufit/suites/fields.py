@@ -45,6 +45,7 @@ def whole(value: Any) -> Any:
     return value
 
 
+int_kind = whole_numbers  # the name check kinds have used
 positive_int = whole_numbers(1, MAX_TOKENS)
 non_negative_int = whole_numbers(0, MAX_SEED)
 repeats = whole_numbers(1, MAX_REPEATS, " runs").described(f"timed runs, at most {MAX_REPEATS}")
