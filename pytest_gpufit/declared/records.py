@@ -138,19 +138,21 @@ class Record:
         """Check ``node`` and return its values by key: the defaults of the fields it leaves out
         (in field order), then what it gives, each read by its field's kind (a nested field's
         value as written, for its owner to read). The first problem, in the order unknown key,
-        missing key, bad value (in file order), is a GpufitError naming file, line and field."""
+        missing key, bad value (each in field order), is a GpufitError naming file, line and
+        field."""
         check_keys(node, self.fields, path, where, self.wording)
         for key in self.required:
             if key not in node:
                 name, message = self.wording.missing(where, key, self.fields[key].description)
                 raise error_at(path, line_of(node), name, message)
         values = {key: f.default for key, f in self.fields.items() if f.default is not None}
-        for key, value in node.items():
-            name = dotted(where, key)
-            try:
-                values[key] = self.fields[key].kind.read(value, name)
-            except GpufitError as error:
-                raise error_at(path, line_of(node, key), name, str(error)) from None
+        for key, field in self.fields.items():
+            if key in node:
+                name = dotted(where, key)
+                try:
+                    values[key] = field.kind.read(node[key], name)
+                except GpufitError as error:
+                    raise error_at(path, line_of(node, key), name, str(error)) from None
         return values
 
     def schema(
