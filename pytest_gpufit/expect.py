@@ -26,7 +26,8 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
     "<": operator.lt,
 }
-_CLAUSE = re.compile(r"^\s*([a-z]+)\s*(>=|<=|==|!=|~|>|<|=)\s*(.+?)\s*$")
+OPERATOR = r"(>=|<=|==|!=|~|>|<|=)"  # also the runner pool's JSON Schema of an expect
+_CLAUSE = re.compile(rf"^\s*([a-z]+)\s*{OPERATOR}\s*(.+?)\s*$")
 _COUNT = re.compile(r"^(?:[0-9]{1,3}|10[01][0-9]|102[0-4])$")
 _USAGE = (
     f"write KEY OP VALUE clauses separated by commas, KEY one of {', '.join(KEYS)}, "

@@ -1,13 +1,13 @@
 """The runner-pool file ``gpufit-runners.yaml``: runner classes, each a kind of self-hosted
 runner (labels, cards, driver, shards), and how checks are placed on them.
 
-Every field is checked here, with the file and line of a bad one; ``json_schema`` turns the
-same tables into the shipped JSON Schema.
+Every field is declared here (``RUNNER_CLASS`` and ``POOL``, records of
+``pytest_gpufit.declared``) and checked with the file and line of a bad one; ``json_schema``
+turns the same records into the shipped JSON Schema.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,40 +15,159 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from pytest_gpufit.declared.records import Field, Record, Wording, closest, line_of
+from pytest_gpufit.declared.values import NESTED, choice, kind, matching
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.expect import KEYS as EXPECT_KEYS
-from pytest_gpufit.expect import parse_expect
+from pytest_gpufit.expect import OPERATOR, parse_expect
 from pytest_gpufit.settings import NAME_PATTERN  # the pattern --gpufit-runner is checked with
 
 MAX_SHARDS = 256
 PLACEMENTS = ("every", "one")
-# field -> (required, description); the validator and the JSON Schema both read this table.
-CLASS_FIELDS: dict[str, tuple[bool, str]] = {
-    "name": (True, "the class's name, used by --gpufit-runner (letters, digits, . _ -)"),
-    "labels": (True, "the runs-on labels of its self-hosted runners"),
-    "gpus": (
-        True,
-        "its cards as for --gpufit-simulate: ID[,ID...] or N*ID, catalog ids; or none: a CPU "
-        "class, which takes the checks that need no GPU",
-    ),
-    "driver": (False, "the NVIDIA driver its runners have at least: '>=570' or '==570.86'"),
-    "shards": (False, f"jobs the class's checks are split into (pytest-split), 1 to {MAX_SHARDS}"),
-    "expect": (
-        False,
-        "clauses of --gpufit-expect that replace the derived ones of the same key "
-        "(e.g. 'name~RTX PRO 6000' where editions differ in name)",
-    ),
-}
-POOL_FIELDS: dict[str, tuple[bool, str]] = {
-    "runners": (True, "the runner classes, in order of preference"),
-    "placement": (
-        False,
-        "every (default): every class that can run a gated check runs it (one gate per card "
-        "model); one: only the first class that can",
-    ),
-}
-_DRIVER = re.compile(r"^\s*(>=|==)\s*([0-9][0-9.]*)\s*$")
 NO_GPUS = "none"  # ``gpus: none``: a CPU class
+DRIVER = r"^\s*(>=|==)\s*[0-9][0-9.]*\s*$"
+LABEL = r"^\S(.*\S)?$"  # non-empty, no space at either end
+
+
+def _unknown_key(where: str, key: str, hint: str | None, accepted: str) -> tuple[str, str]:
+    did_you_mean = f"did you mean {hint!r}? " if hint else ""
+    return where or "pool", f"unknown key {key!r}; {did_you_mean}known keys: {accepted}"
+
+
+def _missing_key(where: str, key: str, description: str) -> tuple[str, str]:
+    return where or "pool", f"missing {key!r}: {description}"
+
+
+# How the pool file words an unknown key and a missing one.
+WORDING = Wording(_unknown_key, _missing_key)
+
+
+@kind(
+    {
+        "type": "array",
+        "minItems": 1,
+        "uniqueItems": True,
+        "items": {"type": "string", "minLength": 1, "pattern": LABEL},
+    }
+)
+def _labels(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise GpufitError(
+            f"expected a list of runner labels, e.g. [self-hosted, linux, gpu, h100], got {value!r}"
+        )
+    for label in value:
+        if not isinstance(label, str) or not re.fullmatch(LABEL, label):
+            raise GpufitError(f"each label must be non-empty text, got {label!r}")
+    if len(set(value)) != len(value):
+        raise GpufitError(f"a label is repeated in {value!r}")
+    return tuple(value)
+
+
+def _setup_schema() -> dict[str, Any]:
+    from pytest_gpufit.hardware.catalog import catalog  # late: reads the catalog
+
+    ids = "|".join(sorted(catalog()))
+    count = r"(([1-9][0-9]{0,2}|10[01][0-9]|102[0-4])\s*\*\s*)?"  # 1 to 1024, as the validator
+    setup = rf"^\s*(none|{count}({ids})\s*(,\s*{count}({ids})\s*)*)\s*$"  # none: a CPU class
+    return {"type": "string", "pattern": setup}
+
+
+@kind(_setup_schema)
+def _gpus(value: Any) -> str:
+    """As written; ``_runner`` expands it with the catalog (``parse_setup``)."""
+    if not isinstance(value, str):
+        raise GpufitError(
+            f"expected text such as 2*h100-sxm (or none for a CPU class), got {value!r}"
+        )
+    return value
+
+
+def _driver_version(driver: str) -> str | None:
+    """The version of a ``>=VERSION`` or ``==VERSION`` clause (None if it is not one)."""
+    return driver.strip()[2:].strip() if re.fullmatch(DRIVER, driver) else None
+
+
+@kind({"type": "string", "pattern": DRIVER})
+def _driver(value: Any) -> str | None:
+    if value is None:
+        return None  # ``driver:`` left empty: no promise, as if absent
+    version = _driver_version(value) if isinstance(value, str) else None
+    try:
+        Version(version or "")
+    except InvalidVersion:
+        raise GpufitError(
+            f"expected '>=VERSION' or '==VERSION' in quotes, e.g. '>=570', got {value!r}"
+        ) from None
+    return str(value)
+
+
+@kind({"type": "integer", "minimum": 1, "maximum": MAX_SHARDS})
+def _shards(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SHARDS:
+        raise GpufitError(f"expected a whole number of jobs from 1 to {MAX_SHARDS}, got {value!r}")
+    return value
+
+
+# --gpufit-expect's grammar, as far as a pattern goes (``parse_expect`` checks the values)
+_CLAUSE = rf"\s*({'|'.join(EXPECT_KEYS)})\s*{OPERATOR}\s*[^,\s][^,]*"
+
+
+@kind({"type": "string", "pattern": rf"^{_CLAUSE}(,({_CLAUSE})?)*$"})
+def _expect(value: Any) -> str | None:
+    """As written; ``_runner`` reads it with ``parse_expect``."""
+    if value is not None and not isinstance(value, str):
+        raise GpufitError(f"expected text such as 'name~H100', got {value!r}")
+    return value  # None: ``expect:`` left empty, as if absent
+
+
+RUNNER_CLASS = Record(
+    {
+        "name": Field(
+            matching(NAME_PATTERN, "a name of letters, digits, '.', '_' or '-' (at most 63)"),
+            required=True,
+            description="the class's name, used by --gpufit-runner (letters, digits, . _ -)",
+        ),
+        "labels": Field(
+            _labels, required=True, description="the runs-on labels of its self-hosted runners"
+        ),
+        "gpus": Field(
+            _gpus,
+            required=True,
+            description="its cards as for --gpufit-simulate: ID[,ID...] or N*ID, catalog ids; "
+            "or none: a CPU class, which takes the checks that need no GPU",
+        ),
+        "driver": Field(
+            _driver,
+            description="the NVIDIA driver its runners have at least: '>=570' or '==570.86'",
+        ),
+        "shards": Field(
+            _shards,
+            default=1,
+            description=f"jobs the class's checks are split into (pytest-split), 1 to {MAX_SHARDS}",
+        ),
+        "expect": Field(
+            _expect,
+            description="clauses of --gpufit-expect that replace the derived ones of the same "
+            "key (e.g. 'name~RTX PRO 6000' where editions differ in name)",
+        ),
+    },
+    WORDING,
+)
+POOL = Record(
+    {
+        "runners": Field(
+            NESTED, required=True, description="the runner classes, in order of preference"
+        ),
+        "placement": Field(
+            choice(PLACEMENTS, "every or one"),
+            default="every",
+            schema_default=True,
+            description="every (default): every class that can run a gated check runs it (one "
+            "gate per card model); one: only the first class that can",
+        ),
+    },
+    WORDING,
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +191,7 @@ class RunnerClass:
     @property
     def driver_floor(self) -> str | None:
         """The lowest driver version the class promises (planning judges with it)."""
-        match = _DRIVER.match(self.driver) if self.driver else None
-        return match.group(2) if match else None
+        return _driver_version(self.driver) if self.driver else None
 
 
 @dataclass(frozen=True)
@@ -100,29 +218,12 @@ class Pool:
             if runner.name == name:
                 return runner
         names = ", ".join(r.name for r in self.runners)
-        close = difflib.get_close_matches(name, [r.name for r in self.runners], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = closest(name, [r.name for r in self.runners])
+        hint = f"; did you mean {close!r}?" if close else ""
         raise GpufitError(
             f"{what}={name!r}: {self.path}:{self.line}: runners: no class {name!r} "
             f"(it has {names}){hint}"
         )
-
-
-def _where(path: Path, mapping: Any, key: str | None = None) -> str:
-    lines = getattr(mapping, "key_lines", {})
-    line = lines.get(key) if key else None
-    return f"{path}:{line or getattr(mapping, 'line', 0) or 1}"
-
-
-def _unknown_keys(path: Path, mapping: Any, fields: dict[str, Any], what: str) -> None:
-    for key in mapping:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise GpufitError(
-                f"{_where(path, mapping, key)}: {what}: unknown key {key!r}; {hint}"
-                f"known keys: {', '.join(fields)}"
-            )
 
 
 def _runner(path: Path, index: int, entry: Any) -> RunnerClass:
@@ -133,79 +234,30 @@ def _runner(path: Path, index: int, entry: Any) -> RunnerClass:
         raise GpufitError(
             f"{path}: {what}: expected a mapping with name, labels, gpus, got {entry!r}"
         )
-    _unknown_keys(path, entry, CLASS_FIELDS, what)
-    for key, (required, meaning) in CLASS_FIELDS.items():
-        if required and key not in entry:
-            raise GpufitError(f"{_where(path, entry)}: {what}: missing {key!r}: {meaning}")
+    values = RUNNER_CLASS.read(entry, path, what)
 
     def at(key: str) -> str:
-        return f"{_where(path, entry, key)}: {what}.{key}"
+        return f"{path}:{line_of(entry, key)}: {what}.{key}"
 
-    name = entry["name"]
-    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-        raise GpufitError(
-            f"{at('name')}: expected a name of letters, digits, '.', '_' or '-' (at most 63), "
-            f"got {name!r}"
-        )
-    labels = entry["labels"]
-    if not isinstance(labels, list) or not labels:
-        raise GpufitError(
-            f"{at('labels')}: expected a list of runner labels, e.g. [self-hosted, linux, gpu, "
-            f"h100], got {labels!r}"
-        )
-    for label in labels:
-        if not isinstance(label, str) or not label.strip() or label != label.strip():
-            raise GpufitError(f"{at('labels')}: each label must be non-empty text, got {label!r}")
-    if len(set(labels)) != len(labels):
-        raise GpufitError(f"{at('labels')}: a label is repeated in {labels!r}")
-    gpus = entry["gpus"]
-    if not isinstance(gpus, str):
-        raise GpufitError(
-            f"{at('gpus')}: expected text such as 2*h100-sxm (or none for a CPU class), "
-            f"got {gpus!r}"
-        )
+    gpus = values["gpus"]
     cpu = gpus.strip() == NO_GPUS
     card_ids = () if cpu else tuple(parse_setup(gpus, at("gpus")))
-    driver = entry.get("driver")
+    driver = values.get("driver")
     if driver is not None and cpu:
         raise GpufitError(
             f"{at('driver')}: a CPU class (gpus: none) has no NVIDIA driver to promise; "
             "drop driver:"
         )
-    if driver is not None:
-        match = _DRIVER.match(driver) if isinstance(driver, str) else None
-        valid = False
-        if match:
-            try:
-                Version(match.group(2))
-                valid = True
-            except InvalidVersion:
-                pass
-        if not valid:
-            raise GpufitError(
-                f"{at('driver')}: expected '>=VERSION' or '==VERSION' in quotes, e.g. "
-                f"'>=570', got {driver!r}"
-            )
-    shards = entry.get("shards", 1)
-    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
-        raise GpufitError(
-            f"{at('shards')}: expected a whole number of jobs from 1 to {MAX_SHARDS}, "
-            f"got {shards!r}"
-        )
-    override = entry.get("expect")
+    override = values.get("expect")
     if override is not None:
-        if not isinstance(override, str):
-            raise GpufitError(
-                f"{at('expect')}: expected text such as 'name~H100', got {override!r}"
-            )
         parse_expect(override, at("expect"))
     return RunnerClass(
-        name=name,
-        labels=tuple(labels),
+        name=values["name"],
+        labels=values["labels"],
         gpus=gpus,
         card_ids=card_ids,
         driver=driver,
-        shards=shards,
+        shards=values["shards"],
         expect_override=override,
         line=getattr(entry, "line", 0),
     )
@@ -218,18 +270,12 @@ def parse_pool(data: Any, path: Path) -> Pool:
             f"{path}: expected a mapping with 'runners:' (a list of runner classes), got "
             f"{type(data).__name__ if data is not None else 'an empty file'}"
         )
-    _unknown_keys(path, data, POOL_FIELDS, "pool")
-    entries = data.get("runners")
+    values = POOL.read(data, path)
+    entries = values["runners"]
     if not isinstance(entries, list) or not entries:
         raise GpufitError(
-            f"{_where(path, data, 'runners')}: runners: expected a non-empty list of runner "
+            f"{path}:{line_of(data, 'runners')}: runners: expected a non-empty list of runner "
             f"classes, got {entries!r}"
-        )
-    placement = data.get("placement", "every")
-    if placement not in PLACEMENTS:
-        raise GpufitError(
-            f"{_where(path, data, 'placement')}: placement: expected every or one, got "
-            f"{placement!r}"
         )
     runners: list[RunnerClass] = []
     seen: dict[str, RunnerClass] = {}
@@ -247,7 +293,7 @@ def parse_pool(data: Any, path: Path) -> Pool:
         seen[runner.name.casefold()] = runner
         runners.append(runner)
     line = getattr(data, "key_lines", {}).get("runners", 1)
-    return Pool(tuple(runners), placement, str(path), line)
+    return Pool(tuple(runners), values["placement"], str(path), line)
 
 
 def load_pool(path: Path, option: str = "--gpufit-runners / GPUFIT_RUNNERS") -> Pool:

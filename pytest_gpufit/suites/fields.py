@@ -1,6 +1,7 @@
-"""The kinds of value a suite field takes: each parses one YAML value into a Python value (or
-raises a GpufitError saying what was expected) and carries the JSON Schema of what it accepts,
-so ``schema.json`` is generated from the same tables the validator reads
+"""The kinds of value a suite field takes (the shared ones, and what a kind is, are in
+``pytest_gpufit/declared/values.py``): each reads one YAML value into a Python value (or raises
+a GpufitError saying what was expected) and carries the JSON Schema of what it accepts, so
+``schema.json`` is generated from the same tables the validator reads
 (``pytest_gpufit/suites/json_schema.py``).
 
 >>> positive_int(5.0), seconds("90s"), choice(("fp32", "golden"))("golden")
@@ -9,14 +10,19 @@ so ``schema.json`` is generated from the same tables the validator reads
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
+from pytest_gpufit.declared.records import closest
+from pytest_gpufit.declared.values import Kind as Kind
+from pytest_gpufit.declared.values import boolean as boolean
+from pytest_gpufit.declared.values import choice as choice
+from pytest_gpufit.declared.values import kind as kind
+from pytest_gpufit.declared.values import text as text
+from pytest_gpufit.declared.values import whole_numbers
 from pytest_gpufit.errors import GpufitError
-from pytest_gpufit.numbers import parse_whole
 from pytest_gpufit.units import (
     parse_percent,
     parse_size,
@@ -25,27 +31,11 @@ from pytest_gpufit.units import (
     size_json_schema,
 )
 
-Kind = Callable[[Any], Any]
-KIND_SCHEMAS: dict[Kind, dict[str, Any]] = {}
-
 NUMBER_LIMIT = 1e100  # thresholds are finite and below this
 MAX_REPEATS = 1000  # throughput repeats and warmup runs
 MAX_TOKENS = 10_000_000  # prompt, new tokens, context
 MAX_BATCH = 100_000
 MAX_SEED = 2**32 - 1
-
-
-_K = TypeVar("_K", bound=Kind)
-
-
-def kind(schema: dict[str, Any]) -> Callable[[_K], _K]:
-    """Register a parser as a kind whose values ``schema`` (JSON Schema) describes."""
-
-    def register(parse: _K) -> _K:
-        KIND_SCHEMAS[parse] = schema
-        return parse
-
-    return register
 
 
 def whole(value: Any) -> Any:
@@ -55,21 +45,14 @@ def whole(value: Any) -> Any:
     return value
 
 
-def int_kind(minimum: int, maximum: int, meaning: str = "") -> Kind:
-    """Whole numbers from ``minimum`` to ``maximum`` (a cap that catches typos such as 10^12)."""
-
-    def parse(value: Any) -> int:
-        return parse_whole(value, minimum=minimum, maximum=maximum, unit=meaning, say_range=True)
-
-    schema = {"type": "integer", "minimum": minimum, "maximum": maximum}
-    return kind(schema)(parse)
-
-
-positive_int = int_kind(1, MAX_TOKENS)
-non_negative_int = int_kind(0, MAX_SEED)
-repeats = int_kind(1, MAX_REPEATS, " runs")
-warmup = int_kind(0, MAX_REPEATS, " runs")
-batch = int_kind(1, MAX_BATCH)
+int_kind = whole_numbers  # the name check kinds have used
+positive_int = whole_numbers(1, MAX_TOKENS)
+non_negative_int = whole_numbers(0, MAX_SEED)
+repeats = whole_numbers(1, MAX_REPEATS, " runs").described(f"timed runs, at most {MAX_REPEATS}")
+warmup = whole_numbers(0, MAX_REPEATS, " runs").described(
+    f"untimed runs first, at most {MAX_REPEATS}"
+)
+batch = whole_numbers(1, MAX_BATCH)
 
 # YAML 1.1 reads ``1e9`` as text: accept text that is a positive number below NUMBER_LIMIT
 # (a plain decimal of up to 100 digits, or d.ddde[+-]NN), ASCII digits only.
@@ -96,10 +79,9 @@ def finite(value: Any) -> float:
     return float(value)
 
 
-@kind(POSITIVE_NUMBER_SCHEMA)
-def positive_number(value: Any) -> float:
+def _positive(value: Any) -> float:
     if isinstance(value, str):
-        if not re.match(POSITIVE_TEXT, value):
+        if not re.fullmatch(POSITIVE_TEXT, value):
             raise GpufitError(f"expected a number > 0, got {value!r}")
         return float(value)
     number = finite(value)
@@ -108,26 +90,15 @@ def positive_number(value: Any) -> float:
     return number
 
 
+positive_number = kind(POSITIVE_NUMBER_SCHEMA)(_positive)
+
+
 @kind({"type": "number", "minimum": 0, "maximum": 1})
 def fraction(value: Any) -> float:
     number = finite(value) if not isinstance(value, str) else -1.0
     if not 0 <= number <= 1:
         raise GpufitError(f"expected a number from 0 to 1, got {value!r}")
     return number
-
-
-@kind({"type": "string", "minLength": 1})
-def text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise GpufitError(f"expected text, got {value!r}")
-    return value
-
-
-@kind({"type": "boolean"})
-def boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise GpufitError(f"expected true or false, got {value!r}")
-    return value
 
 
 @kind({"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1})
@@ -156,10 +127,10 @@ _SECONDS_TEXT = POSITIVE_TEXT.replace(") *$", ") *s? *$")
 )
 def seconds(value: Any) -> float:
     if isinstance(value, str):
-        if not re.match(_SECONDS_TEXT, value):
+        if not re.fullmatch(_SECONDS_TEXT, value):
             raise GpufitError(f"expected seconds such as 90 or '90s', got {value!r}")
         return float(value.strip().removesuffix("s"))
-    return positive_number(value)
+    return _positive(value)
 
 
 @kind(size_json_schema())
@@ -170,15 +141,6 @@ def size(value: Any) -> int:
 @kind(percent_json_schema())
 def percent(value: Any) -> float:
     return parse_percent(value, "percentage")
-
-
-def choice(options: tuple[str, ...]) -> Kind:
-    def parse(value: Any) -> str:
-        if value not in options:
-            raise GpufitError(f"expected one of {', '.join(options)}, got {value!r}")
-        return str(value)
-
-    return kind({"enum": list(options)})(parse)
 
 
 MAX_CONCURRENCY = 100_000
@@ -211,7 +173,7 @@ def rates(value: Any) -> list[float]:
     """Request rates in requests/s (Poisson arrivals)."""
     if not isinstance(value, list) or not value:
         raise GpufitError(f"expected a list of request rates such as [2, 5], got {value!r}")
-    return [positive_number(v) for v in value]
+    return [_positive(v) for v in value]
 
 
 SLO_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -234,13 +196,13 @@ def slo(value: Any) -> dict[str, float]:
     out = {}
     for key, bound in value.items():
         if key not in SLO_KEYS:
-            hint = difflib.get_close_matches(str(key), SLO_KEYS, n=1)
-            did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
+            hint = closest(key, SLO_KEYS)
+            did_you_mean = f"did you mean {hint!r}? " if hint else ""
             raise GpufitError(
                 f"unknown SLO {key!r}; {did_you_mean}(accepted: {', '.join(SLO_KEYS)})"
             )
         try:
-            out[str(key)] = positive_number(bound)
+            out[str(key)] = _positive(bound)
         except GpufitError as error:
             raise GpufitError(f"{key}: {error}") from None
     return out

@@ -4,35 +4,43 @@ file, the line, the field and what is expected."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_gpufit.baseline import BaselinePolicy, parse_confirm, parse_missing, parse_tolerances
+from pytest_gpufit.baseline import (
+    METRICS,
+    BaselinePolicy,
+    parse_confirm,
+    parse_missing,
+    parse_tolerances,
+)
+from pytest_gpufit.baseline.compare import LEVEL_METRICS, MAX_CONFIRM, MISSING
+from pytest_gpufit.declared.records import (
+    Field,
+    Record,
+    Wording,
+    check_keys,
+    dotted,
+    error_at,
+    object_schema,
+)
+from pytest_gpufit.declared.values import NESTED, Kind, boolean, choice, kind, matching, text
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.spec import resolve_model
 from pytest_gpufit.markers import YAML_KEYS, check_fit_models, requirement_from_yaml
 from pytest_gpufit.requirements import Requirement
-from pytest_gpufit.suites.fields import (
-    Kind,
-    boolean,
-    choice,
-    kind,
-    non_negative_int,
-    positive_int,
-    seconds,
-    text,
-)
-from pytest_gpufit.suites.kinds import KINDS, model_free, unsupported
+from pytest_gpufit.suites.fields import non_negative_int, positive_int, seconds
+from pytest_gpufit.suites.kinds import KINDS, CheckKind, model_free, unsupported
 from pytest_gpufit.suites.records import (  # re-exported: importable from here as before
     Check as Check,
 )
 from pytest_gpufit.suites.records import Launch as Launch
 from pytest_gpufit.suites.records import Suite as Suite
 from pytest_gpufit.suites.records import Target as Target
+from pytest_gpufit.units import percent_json_schema
 from pytest_gpufit.yaml_lines import Located, load_yaml
 
 BACKENDS = ("transformers", "openai")
@@ -47,100 +55,176 @@ class _Where:
         self.path = path
 
     def error(self, line: int, where: str, message: str) -> GpufitError:
-        return GpufitError(f"{self.path}:{line}: {where}: {message}")
+        return error_at(self.path, line, where, message)
 
+
+def _unknown_key(where: str, key: str, hint: str | None, accepted: str) -> tuple[str, str]:
+    did_you_mean = f"; did you mean {hint!r}?" if hint else ""
+    return dotted(where, key), f"unknown key{did_you_mean} (accepted: {accepted})"
+
+
+def _missing_key(where: str, key: str, description: str) -> tuple[str, str]:
+    if not where:  # a top-level key names itself
+        return key, "missing required key"
+    return where, f"missing required key {key!r}" + (f" ({description})" if description else "")
+
+
+# How a suite file words an unknown key and a missing one.
+WORDING = Wording(_unknown_key, _missing_key)
 
 # Target field kinds (the shared ones are in pytest_gpufit/suites/fields.py).
 # ASCII digits: 'cuda:²' is no device. remote: a server gpufit does not start (its hardware
 # is the server's, not this machine's), the default of an openai target without launch:.
-_DEVICE = r"^(cpu|cuda|cuda:[0-9]{1,4}|remote)$"
+DEVICE = r"^(cpu|cuda|cuda:[0-9]{1,4}|remote)$"
 REMOTE = "remote"
+_device = matching(
+    DEVICE, "cuda, cuda:N or cpu", " (or remote: a served model that gpufit does not launch)"
+)
+_url = matching(
+    r"^https?://[^\s/]+(/[^\s]*)?$", "an http(s) URL such as http://127.0.0.1:{port}/v1"
+)
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_env_name = matching(ENV_NAME, "the NAME of an environment variable (such as OPENAI_API_KEY)")
+
+# ---- launch: of an openai target --------------------------------------------------------------
+
+_ARGUMENT = {"type": ["string", "number"]}
 
 
-@kind({"type": "string", "pattern": _DEVICE})
-def _device(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(_DEVICE, value):
+@kind({"oneOf": [{"type": "array", "items": _ARGUMENT, "minItems": 1}, {"type": "string"}]})
+def _command(value: Any) -> tuple[str, ...]:
+    command = value
+    if isinstance(command, str):
+        try:
+            command = shlex.split(command)
+        except ValueError as error:
+            raise GpufitError(str(error)) from None
+    if (
+        not isinstance(command, list)
+        or not command
+        or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in command)
+    ):
+        raise GpufitError(f"expected the command as a list of arguments, got {command!r}")
+    return tuple(str(a) for a in command)
+
+
+@kind({"type": "object", "propertyNames": {"pattern": ENV_NAME}, "additionalProperties": _ARGUMENT})
+def _env(value: Any) -> tuple[tuple[str, str], ...]:
+    env = value or {}
+    if not isinstance(env, Mapping) or not all(
+        isinstance(k, str) and re.fullmatch(ENV_NAME, k) and isinstance(v, (str, int, float))
+        for k, v in env.items()
+    ):
+        raise GpufitError(f"expected a mapping of variable NAME: value, got {env!r}")
+    return tuple((str(k), str(v)) for k, v in env.items())
+
+
+@kind(
+    {
+        "oneOf": [
+            {"type": "array", "items": {"type": "string", "minLength": 1}},
+            {"type": "string", "minLength": 1},
+        ]
+    }
+)
+def _log_forbid(value: Any) -> tuple[str, ...]:
+    forbid = value or []
+    if isinstance(forbid, str):
+        forbid = [forbid]
+    if not isinstance(forbid, list) or not all(isinstance(f, str) and f for f in forbid):
         raise GpufitError(
-            f"expected cuda, cuda:N or cpu, got {value!r} (or remote: a served model that "
-            "gpufit does not launch)"
+            f"expected a list of texts that must not appear in the server log, got {forbid!r}"
         )
-    return value
+    return tuple(forbid)
 
 
-_URL = r"^https?://[^\s/]+(/[^\s]*)?$"
+# Its fields are Launch's: what the file leaves out keeps Launch's default.
+LAUNCH = Record(
+    {
+        "command": Field(
+            _command,
+            required=True,
+            description="the server's command line; {port} is the port gpufit picks",
+        ),
+        "ready_timeout_s": Field(seconds),
+        "env": Field(_env),
+        "log_forbid": Field(
+            _log_forbid, description="texts (or regular expressions) that fail the target if logged"
+        ),
+    },
+    WORDING,
+)
+
+# ---- baseline: of a suite, refined by a target ------------------------------------------------
 
 
-@kind({"type": "string", "pattern": _URL})
-def _url(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(_URL, value):
-        raise GpufitError(
-            f"expected an http(s) URL such as http://127.0.0.1:{{port}}/v1, got {value!r}"
-        )
-    return value
+def _tolerance_schema() -> dict[str, Any]:
+    metrics = [*METRICS, *LEVEL_METRICS]
+    return object_schema({metric: percent_json_schema() for metric in metrics}, nullable=True)
 
 
-_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+BASELINE = Record(
+    {
+        "tolerance": Field(Kind(parse_tolerances, _tolerance_schema)),
+        "missing": Field(Kind(parse_missing, {"enum": list(MISSING)})),
+        "confirm": Field(
+            Kind(parse_confirm, {"type": "integer", "minimum": 0, "maximum": MAX_CONFIRM})
+        ),
+    },
+    WORDING,
+)
 
-
-@kind({"type": "string", "pattern": _ENV_NAME})
-def _env_name(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(_ENV_NAME, value):
-        raise GpufitError(
-            f"expected the NAME of an environment variable (such as OPENAI_API_KEY), got {value!r}"
-        )
-    return value
-
+# ---- a target, and the suite -------------------------------------------------------------------
 
 REQUIRES_FIELDS = tuple(YAML_KEYS)  # from the marker table (pytest_gpufit.markers.SPECS)
-# Scalar target fields and their kinds; requires, checks and baseline are mappings of their own.
-TARGET_KINDS: dict[str, Kind] = {
-    "name": text,
-    "model": text,
-    "weights": choice(("checkpoint", "random")),
-    "backend": choice(BACKENDS),
-    "endpoint": _url,
-    "served_model": text,
-    "api_key_env": _env_name,
-    "dtype": choice(DTYPES),
-    "device": _device,
-    "context": positive_int,
-    "trust_remote_code": boolean,
-    "seed": non_negative_int,
+# requires, checks, baseline and launch are mappings read by their own records (NESTED).
+TARGET = Record(
+    {
+        "name": Field(text, required=True),
+        "model": Field(
+            text,
+            description="model folder or config.json (relative to the suite file), or a shipped "
+            "model id",
+        ),
+        "weights": Field(choice(("checkpoint", "random")), default="checkpoint"),
+        "backend": Field(choice(BACKENDS), default="transformers"),
+        "endpoint": Field(_url),
+        "served_model": Field(text),
+        "api_key_env": Field(_env_name),
+        "dtype": Field(choice(DTYPES), default="bf16"),
+        "device": Field(_device, default="cuda"),
+        "context": Field(positive_int),
+        "trust_remote_code": Field(boolean, default=False),
+        "seed": Field(non_negative_int, default=0),
+        "requires": Field(NESTED),
+        "checks": Field(NESTED, required=True),  # and model, for the transformers backend
+        "baseline": Field(NESTED),
+        "launch": Field(NESTED),
+    },
+    WORDING,
+)
+TARGET_FIELDS = tuple(TARGET.fields)
+TARGET_KINDS: dict[str, Kind] = {  # the scalar fields
+    key: field.kind for key, field in TARGET.fields.items() if field.kind is not NESTED
 }
-TARGET_DEFAULTS: dict[str, Any] = {
-    "weights": "checkpoint",
-    "backend": "transformers",
-    "dtype": "bf16",
-    "device": "cuda",
-    "context": None,
-    "trust_remote_code": False,
-    "seed": 0,
-}
-TARGET_FIELDS = (*TARGET_KINDS, "requires", "checks", "baseline", "launch")
-TARGET_REQUIRED = ("name", "checks")  # and model, for the transformers backend
 OPENAI_ONLY = ("endpoint", "served_model", "api_key_env", "launch")
-LAUNCH_FIELDS = ("command", "ready_timeout_s", "env", "log_forbid")
 DEFAULT_ENDPOINT = "http://127.0.0.1:{port}/v1"
-SUITE_FIELDS = ("suite", "requires", "targets", "baseline")
-BASELINE_FIELDS = ("tolerance", "missing", "confirm")
+SUITE = Record(
+    {
+        "suite": Field(text, required=True),
+        "requires": Field(NESTED),
+        "targets": Field(NESTED, required=True),
+        "baseline": Field(NESTED),
+    },
+    WORDING,
+)
+SUITE_FIELDS = tuple(SUITE.fields)
 
 
-def _unknown(
-    keys: Mapping[str, Any],
-    allowed: tuple[str, ...] | list[str],
-    node: Located,
-    where: str,
-    at: _Where,
-) -> None:
-    for key in keys:
-        if key not in allowed:
-            hint = difflib.get_close_matches(key, allowed, n=1)
-            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise at.error(
-                node.key_lines.get(key, node.line),
-                f"{where}{key}",
-                f"unknown key{did_you_mean} (accepted: {', '.join(allowed)})",
-            )
+def check_record(kind: CheckKind) -> Record:
+    """The fields of one check kind (``kinds.py`` declares them) as a record."""
+    fields = {key: Field(k, default=kind.defaults.get(key)) for key, k in kind.fields.items()}
+    return Record(fields, WORDING)
 
 
 def _mapping(value: Any, line: int, where: str, at: _Where) -> Located:
@@ -153,7 +237,7 @@ def _requires(node: Any, line: int, where: str, at: _Where) -> Requirement | Non
     if node is None:
         return None
     node = _mapping(node, line, where, at)
-    _unknown(node, REQUIRES_FIELDS, node, f"{where}.", at)
+    check_keys(node, REQUIRES_FIELDS, at.path, where, WORDING)
     req: Requirement | None = None
     for key, value in node.items():
         try:
@@ -173,16 +257,7 @@ def _baseline(
     base = inherited or BaselinePolicy()
     if node is None:
         return base
-    node = _mapping(node, line, where, at)
-    _unknown(node, BASELINE_FIELDS, node, f"{where}.", at)
-    parsers = {"tolerance": parse_tolerances, "missing": parse_missing, "confirm": parse_confirm}
-    values: dict[str, Any] = {}
-    for key, parse in parsers.items():
-        if key in node:
-            try:
-                values[key] = parse(node[key], f"{where}.{key}")
-            except GpufitError as error:
-                raise at.error(node.key_lines[key], f"{where}.{key}", str(error)) from None
+    values = BASELINE.read(_mapping(node, line, where, at), at.path, where)
     return BaselinePolicy(
         tolerances={**base.tolerances, **values.get("tolerance", {})},
         missing=values.get("missing", base.missing),
@@ -194,21 +269,14 @@ def _checks(node: Any, line: int, where: str, at: _Where) -> tuple[Check, ...]:
     node = _mapping(node, line, where, at)
     if not node:
         raise at.error(line, where, f"name at least one check: {', '.join(KINDS)}")
-    _unknown(node, list(KINDS), node, f"{where}.", at)
+    check_keys(node, KINDS, at.path, where, WORDING)
     checks = []
     for name in node:
         key_line = node.key_lines[name]
         body = node[name]
         body = Located() if body is None else _mapping(body, key_line, f"{where}.{name}", at)
         check_kind = KINDS[name]
-        fields = check_kind.fields
-        _unknown(body, list(fields), body, f"{where}.{name}.", at)
-        params = dict(check_kind.defaults)
-        for key, value in body.items():
-            try:
-                params[key] = fields[key](value)
-            except GpufitError as error:
-                raise at.error(body.key_lines[key], f"{where}.{name}.{key}", str(error)) from None
+        params = check_record(check_kind).read(body, at.path, f"{where}.{name}")
         if check_kind.refine is not None:
             try:
                 params = check_kind.refine(params)
@@ -223,21 +291,8 @@ def _target(
 ) -> Target:
     where = f"targets[{index}]"
     node = _mapping(node, line, where, at)
-    _unknown(node, TARGET_FIELDS, node, f"{where}.", at)
-    for required in TARGET_REQUIRED:
-        if required not in node:
-            raise at.error(node.line, where, f"missing required key {required!r}")
+    values = TARGET.read(node, at.path, where)
     lines = node.key_lines
-
-    def field_value(key: str) -> Any:
-        if key not in node:
-            return TARGET_DEFAULTS.get(key)
-        try:
-            return TARGET_KINDS[key](node[key])
-        except GpufitError as error:
-            raise at.error(lines[key], f"{where}.{key}", str(error)) from None
-
-    values = {key: field_value(key) for key in TARGET_KINDS}
     weights = values["weights"]
     openai = values["backend"] == "openai"
     for key in OPENAI_ONLY:
@@ -273,7 +328,7 @@ def _target(
     launch = _launch(node.get("launch"), lines.get("launch", node.line), f"{where}.launch", at)
     if launch is not None:
         launch = dataclasses.replace(launch, cwd=base)
-    endpoint = values["endpoint"]
+    endpoint = values.get("endpoint")
     if openai:
         endpoint = _endpoint(endpoint, launch, lines.get("endpoint", node.line), where, at)
     device = _placed_device(node, values["device"], openai and launch is None, checks, where, at)
@@ -295,7 +350,7 @@ def _target(
         backend=values["backend"],
         dtype=values["dtype"],
         device=device,
-        context=values["context"],
+        context=values.get("context"),
         requirement=_requires(
             node.get("requires"), lines.get("requires", node.line), f"{where}.requires", at
         ),
@@ -312,8 +367,8 @@ def _target(
             suite_baseline,
         ),
         endpoint=endpoint,
-        served_model=values["served_model"],
-        api_key_env=values["api_key_env"],
+        served_model=values.get("served_model"),
+        api_key_env=values.get("api_key_env"),
         launch=launch,
     )
 
@@ -391,60 +446,7 @@ def _launch(node: Any, line: int, where: str, at: _Where) -> Launch | None:
     if node is None:
         return None
     node = _mapping(node, line, where, at)
-    _unknown(node, LAUNCH_FIELDS, node, f"{where}.", at)
-    if "command" not in node:
-        raise at.error(node.line, where, "missing required key 'command' (the server's argv)")
-    lines = node.key_lines
-    command = node["command"]
-    if isinstance(command, str):
-        try:
-            command = shlex.split(command)
-        except ValueError as error:
-            raise at.error(lines["command"], f"{where}.command", str(error)) from None
-    if (
-        not isinstance(command, list)
-        or not command
-        or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in command)
-    ):
-        raise at.error(
-            lines["command"],
-            f"{where}.command",
-            f"expected the command as a list of arguments, got {command!r}",
-        )
-    timeout = 900.0
-    if "ready_timeout_s" in node:
-        try:
-            timeout = seconds(node["ready_timeout_s"])
-        except GpufitError as error:
-            raise at.error(
-                lines["ready_timeout_s"], f"{where}.ready_timeout_s", str(error)
-            ) from None
-    env = node.get("env") or {}
-    if not isinstance(env, Mapping) or not all(
-        isinstance(k, str) and re.match(_ENV_NAME, k) and isinstance(v, (str, int, float))
-        for k, v in env.items()
-    ):
-        raise at.error(
-            lines.get("env", node.line),
-            f"{where}.env",
-            f"expected a mapping of variable NAME: value, got {env!r}",
-        )
-    forbid = node.get("log_forbid") or []
-    if isinstance(forbid, str):
-        forbid = [forbid]
-    if not isinstance(forbid, list) or not all(isinstance(f, str) and f for f in forbid):
-        raise at.error(
-            lines.get("log_forbid", node.line),
-            f"{where}.log_forbid",
-            f"expected a list of texts that must not appear in the server log, got {forbid!r}",
-        )
-    return Launch(
-        command=tuple(str(a) for a in command),
-        ready_timeout_s=timeout,
-        env=tuple((str(k), str(v)) for k, v in env.items()),
-        log_forbid=tuple(forbid),
-        line=node.line,
-    )
+    return Launch(**LAUNCH.read(node, at.path, where), line=node.line)
 
 
 def _endpoint(
@@ -498,14 +500,7 @@ def parse_suite(path: Path) -> Suite:
             f"{path}:1: a suite file must be a YAML mapping with 'suite' and "
             f"'targets', got {type(data).__name__}"
         )
-    _unknown(data, SUITE_FIELDS, data, "", at)
-    for required in ("suite", "targets"):
-        if required not in data:
-            raise at.error(1, required, "missing required key")
-    try:
-        name = text(data["suite"])
-    except GpufitError as error:
-        raise at.error(data.key_lines["suite"], "suite", str(error)) from None
+    name = SUITE.read(data, path)["suite"]
     targets_node = data["targets"]
     line = data.key_lines["targets"]
     if not isinstance(targets_node, list) or not targets_node:
