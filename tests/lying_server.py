@@ -20,7 +20,7 @@ Modes (``MODES``):
   short         ignores ignore_eos: two tokens and "stop" (a short run)
   logprobs_text logprobs that name the golden tokens " t0", " t1" ... while the text differs
   replay        answers a prompt it saw before at once, from its cache (a burst)
-  under_load    honest while one request is in flight (the prompt probe), usage x4 beyond
+  under_load    honest while one request is in flight (the prompt probe), usage x8 beyond
   silent_first  one token that is part of a character: no content, usage says 1
   huge_numbers  /v1/models lists max_model_len as a 400-digit integer
   huge_get      /version answers 300 MB (sent until the client hangs up)
@@ -104,6 +104,7 @@ class Liar:
         self.bodies: list[dict[str, Any]] = []
         self.in_flight = 0
         self.cache: dict[str, list[str]] = {}
+        self.replays = 0  # answers the replay mode served from its cache
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -260,13 +261,14 @@ class Liar:
             tokens = [""] * min(asked, 1)
             said = len(tokens)
         elif mode == "inflate":
-            tokens = tokens[: max(1, asked // 4)]
+            tokens = tokens[: max(1, asked // 8)]
             said = asked
         gap = 0.05 if mode == "usage" else self.gap_s
         held: list[bytes] = []
         cached = self.cache.get(prompt) if mode == "replay" else None
         if cached is not None:
             tokens = cached  # the old answer at once: no prefill, no decode
+            self.replays += 1
         hold = mode in ("burst", "flush") or cached is not None
         loop = asyncio.get_running_loop()
         due = record.received_at + self.ttft_s

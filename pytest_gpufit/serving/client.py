@@ -268,16 +268,17 @@ def buffering(events: int, reads: int) -> str | None:
     decode rate, ITL or TPOT (a buffering proxy, an ingress, a replayed answer), or None.
 
     >>> print(buffering(64, 1))  # doctest: +NORMALIZE_WHITESPACE
-    buffered: 64 events arrived in 1 distinct read: is a proxy in front of the server (or is
-    this machine too busy to read the stream)?
+    buffered: is a proxy in front of the server? 64 events arrived in 1 distinct read (a client
+    too busy to read its streams would see that too)
     >>> buffering(64, 20) is None, buffering(64, 15) is None, buffering(1, 1) is None
     (True, False, True)
     """
     if events < 2 or (reads > 1 and reads * EVENTS_PER_READ >= events):
         return None
     return (
-        f"buffered: {events} events arrived in {reads} distinct read{'s' if reads != 1 else ''}:"
-        " is a proxy in front of the server (or is this machine too busy to read the stream)?"
+        f"buffered: is a proxy in front of the server? {events} events arrived in {reads} "
+        f"distinct read{'s' if reads != 1 else ''} (a client too busy to read its streams "
+        "would see that too)"
     )
 
 
@@ -1249,8 +1250,8 @@ class _Stream:
         buffered = buffering(self.events, self.reads)
         if buffered is not None and self.paced and self.events >= REFUSE_BUFFERED_FROM:
             raise EndpointError(
-                f"{url}: {buffered} A decode rate, ITL or TPOT needs the tokens as they were "
-                "made; TTFT and E2E alone are measured with paced=False",
+                f"{url}: {buffered}; a decode rate, ITL or TPOT needs the tokens as they were "
+                "made (TTFT and E2E alone are measured with paced=False)",
                 "buffered",
             )
         return StreamResult(
