@@ -224,6 +224,7 @@ class LaunchedServer:
         self.exited: str | None = None  # why the server is gone, once it left on its own
         self._known: dict[int, int] = {}  # the tree's pids seen at readiness -> start time
         self._stopping = False
+        self._settled = threading.Event()  # set once an exit after ready has been dealt with
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._watch_fd: int | None = None
         self._marker: Path | None = None
@@ -297,6 +298,7 @@ class LaunchedServer:
                 ) from exc
         self.pgid = self.process.pid  # session leader: its pid is the group id
         self._stopping = False
+        self._settled.clear()
         self.exited = None
         with _LIVE_LOCK:
             _LIVE.add(self)
@@ -400,20 +402,22 @@ class LaunchedServer:
         """Wait for the leader; if it leaves while nobody is stopping it, say so and stop the
         rest of its group (a daemon it left behind is not the server the suite names)."""
         code = process.wait()
-        with self._lock:
-            if self._stopping or self.process is not process:
-                return
-            said = f"the server exited with code {code} after becoming ready"
-            self.exited = said
-            holders = self._holders()
-            # The process stays known (its exit code is what a caller asks poll() for).
-            self._halt_group(forget=False)
-            left = self._holders()
-        if left:
-            said += f"; {left} still listens on its port {self.port}: stop it yourself"
-        elif holders:
-            said += f"; {holders} went on answering on its port {self.port} (stopped now)"
-        self.exited = said
+        try:
+            with self._lock:
+                if self._stopping or self.process is not process:
+                    return
+                said = f"the server exited with code {code} after becoming ready"
+                holders = self._holders()
+                # The process stays known (its exit code is what a caller asks poll() for).
+                self._halt_group(forget=False)
+                left = self._holders()
+                if left:
+                    said += f"; {left} still listens on its port {self.port}: stop it yourself"
+                elif holders:
+                    said += f"; {holders} went on answering on its port {self.port} (stopped now)"
+                self.exited = said
+        finally:
+            self._settled.set()
 
     def _holders(self) -> str:
         """Who listens on the port now ('' when nobody does, or /proc cannot say)."""
@@ -427,11 +431,15 @@ class LaunchedServer:
         """Why the launched server is no longer the one a check measured, or None while it is:
         it exited (and who still answers on its port), or its port now belongs to another
         process. The one call a check makes after it ran."""
+        process = self.process
+        if self.exited is None and process is not None and process.poll() is not None:
+            # The exit watcher is stopping what the leader left and naming who answers.
+            self._settled.wait(self.grace_s + 15.0)
         if self.exited is not None:
             return self.exited
-        if self.process is None:
+        if process is None:
             return None  # stopped by its owner, or never started
-        code = self.process.poll()
+        code = process.poll()
         if code is not None:
             return f"the server exited with code {code} after becoming ready"
         if self.listener is not None and self.listener.startswith("verified"):
@@ -445,6 +453,7 @@ class LaunchedServer:
         with self._lock:
             self._stopping = True
             self._halt_group()
+            self._settled.set()
         self._stop_watchdog()
         self._forget_launch()
 
@@ -480,13 +489,20 @@ class LaunchedServer:
         if not self._known:
             return
         table = sockets.stats()
+        killed = []
         for pid, began in self._known.items():
             now = table.get(pid)
             if now is not None and now.starttime == began and now.pgrp != self.pgid:
                 try:
                     os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
                 except (ProcessLookupError, PermissionError):
                     pass
+        deadline = time.monotonic() + 5.0
+        while killed and time.monotonic() < deadline:
+            # Gone, or a zombie (its sockets closed) waiting for a parent that is not this one.
+            killed = [pid for pid in killed if sockets.running(pid)]
+            time.sleep(0.02)
 
     @staticmethod
     def _signal_group(pgid: int, signum: int) -> None:

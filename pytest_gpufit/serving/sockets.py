@@ -115,8 +115,12 @@ def parse_stat(text: str) -> Stat:
 
 def stats(proc: Path = PROC) -> dict[int, Stat]:
     """Every process this user can see, by pid."""
-    found = {}
-    for entry in proc.iterdir():
+    found: dict[int, Stat] = {}
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return found  # no /proc (macOS): nothing to place
+    for entry in entries:
         if not entry.name.isdigit():
             continue
         try:
@@ -161,6 +165,15 @@ def socket_inodes(pids: Iterable[int], proc: Path = PROC) -> dict[int, int]:
             if link.startswith("socket:["):
                 found[int(link[8:-1])] = pid
     return found
+
+
+def running(pid: int, proc: Path = PROC) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie whose files are closed)."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return text.rpartition(") ")[2][:1] not in ("Z", "X")
 
 
 def command_line(pid: int, proc: Path = PROC) -> str:
