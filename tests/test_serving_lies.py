@@ -10,12 +10,18 @@ here failed on the code before issue 18 (the lie passed).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from lying_server import MODEL, Liar
 
+from pytest_gpufit.serving import sockets
 from pytest_gpufit.serving.client import GenRequest, OpenAIClient, StreamResult
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.serving.load import LevelResult, Slo, format_level, run_level
@@ -330,8 +336,6 @@ load: {concurrency: [1, 4], requests: 8, prompt_tokens: 8, new_tokens: 16,
         prompts = [r.prompt for r in liar.records]
     for check in ("serves", "generates", "throughput", "load"):
         assert outcome(result, check) == "PASSED", result.stdout.str()
-    import json
-
     load = json.loads(report.read_text())["measurements"]["s.gpufit.yaml::liar::load"]
     levels = load["metrics"]["levels"]
     # Every load request had a prompt of its own, the same length as asked.
@@ -342,3 +346,82 @@ load: {concurrency: [1, 4], requests: 8, prompt_tokens: 8, new_tokens: 16,
         levels["concurrency 4"]["min_prompt_tokens"] == levels["concurrency 4"]["max_prompt_tokens"]
     )
     assert len(set(prompts[-16:])) == 16
+
+
+LAUNCHER = """
+import http.client, os, subprocess, sys, time
+from pathlib import Path
+port = sys.argv[1]
+# {what}
+serve = [sys.executable, {liar!r}, "--port", port]
+if {detach}:
+    # A double fork: the server's parent exits at once, so no process of the launch is its
+    # ancestor (as a process that took the port before the launched server bound it).
+    code = (
+        "import subprocess, sys; p = subprocess.Popen(sys.argv[1:], start_new_session=True, "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(p.pid)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *serve], capture_output=True, text=True)
+    pid = int(out.stdout)
+else:
+    pid = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
+Path({pidfile!r}).write_text(str(pid))
+while True:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=1)
+        c.request("GET", "/v1/models")
+        if c.getresponse().status == 200:
+            break
+    except OSError:
+        time.sleep(0.05)
+time.sleep({linger})
+"""
+
+
+def launched_suite(tmp_path: Path, what: str, detach: bool, linger: float, checks: str) -> str:
+    script = tmp_path / "launcher.py"
+    pidfile = tmp_path / "daemon.pid"
+    script.write_text(
+        LAUNCHER.format(
+            what=what,
+            liar=str(Path(__file__).with_name("lying_server.py")),
+            detach=detach,
+            pidfile=str(pidfile),
+            linger=linger,
+        )  # fmt: skip
+    )
+    launch = json.dumps({"command": [sys.executable, str(script), "{port}"], "ready_timeout_s": 30})
+    text = served_suite("http://127.0.0.1:{port}/v1", checks)
+    return text.replace("    device: cpu\n", f"    device: cpu\n    launch: {launch}\n")
+
+
+def test_a_launch_that_leaves_a_daemon_and_exits_fails_in_a_suite(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """Was: 4 checks passed against the daemon and it was left running."""
+    checks = "serves: {}\nload: {concurrency: [1], requests: 40, prompt_tokens: 4, new_tokens: 16}"
+    text = launched_suite(tmp_path, "starts the server, then exits 0", False, 0.5, checks)
+    pytester.makefile(".gpufit.yaml", s=text)
+    result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+    out = result.stdout.str()
+    assert outcome(result, "load") == "FAILED", out
+    assert "the server exited with code 0" in out
+    daemon = int((tmp_path / "daemon.pid").read_text())
+    assert not sockets.running(daemon), "the daemon was left running"
+
+
+def test_a_squatter_on_the_launched_port_fails_in_a_suite(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """Was: the squatter answered readiness and every check measured it (here it lies, too)."""
+    what = "a detached process takes the port; the 'server' never binds it (loads forever)"
+    text = launched_suite(tmp_path, what, True, 60, "serves: {}\ngenerates: {prompt: hi}")
+    pytester.makefile(".gpufit.yaml", s=text)
+    try:
+        result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+    finally:
+        squatter = int((tmp_path / "daemon.pid").read_text())
+        os.kill(squatter, signal.SIGKILL)
+    out = result.stdout.str()
+    assert outcome(result, "serves") == "FAILED" and outcome(result, "generates") == "FAILED"
+    assert f"belongs to pid {squatter} (`" in out and "not to the launched server" in out, out
