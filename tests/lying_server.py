@@ -6,7 +6,8 @@ recording what it did, so it is also the known-truth server of
 ``benchmarks/serving_accuracy.py``. One asyncio loop (in a thread for tests, or a process:
 ``python tests/lying_server.py --port N --mode M``) serves HTTP/1.1 with keep-alive and
 chunked streams; every request is stamped on arrival of its first byte and every write when
-it is made (``time.perf_counter()``, CLOCK_MONOTONIC: one clock with the client's on Linux).
+it is made (``time.perf_counter()``, CLOCK_MONOTONIC: one clock with the client's on Linux);
+``GET /truth`` answers those records.
 
 Modes (``MODES``):
   honest        tokens as asked, ``ttft_s`` to the first and ``gap_s`` between them
@@ -200,6 +201,8 @@ class Liar:
             for _ in range(300):  # until the client hangs up
                 writer.write(block)
                 await writer.drain()
+        elif path == "/truth":  # what it did, for a client in another process to compare
+            self._json(writer, [vars(r) for r in self.records])
         elif path in ("/health", "/version"):
             self._json(writer, {"version": "0.32.0"} if path == "/version" else {})
         else:
