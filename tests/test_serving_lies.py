@@ -127,6 +127,19 @@ def test_the_prompt_probe_needs_no_content() -> None:
     assert prompt.tokens == 12 and prompt.text == repeat_words(11)
 
 
+def test_an_answer_with_no_text_is_an_answer_in_a_load_level() -> None:
+    """A model whose first token is EOS answers nothing: a request that needs text refuses
+    it; a load level counts it completed, its TTFT at that token's event, and says so."""
+    with Liar("silent_first", ttft_s=0.02) as liar:
+        err = refused(liar, max_tokens=1)
+        result = level(liar, GenRequest(MODEL, "the the", max_tokens=1), concurrency=2,
+                       max_requests=4)  # fmt: skip
+    assert err.kind == "short" and "the stream carried no content" in str(err)
+    assert (result.completed, result.failed, result.silent) == (4, 0, 4)
+    assert result.ttft_ms is not None and result.ttft_ms.p50 >= 20.0  # the server's 20 ms
+    assert "4 of 4 answers carried no text" in format_level(result)
+
+
 def test_a_server_honest_to_the_probe_that_lies_under_load_fails_the_level() -> None:
     """Every request is cross-checked, not only the first: at concurrency 4 this server
     claims eight times the tokens it sends."""

@@ -74,7 +74,9 @@ class GenRequest:
     ``paced`` (the default) says the stream's pacing will be judged (a decode rate, ITL, TPOT):
     a stream of three or more events that arrives in a burst is then refused as ``buffered``;
     with ``paced=False`` it comes back with ``StreamResult.buffered`` saying why its gaps are
-    left out (TTFT and E2E stay measured).
+    left out (TTFT and E2E stay measured). ``need_content`` (the default) refuses a stream that
+    carried no text; without it an empty answer (a model whose first token is EOS) is one,
+    its TTFT taken at its first token's event.
     """
 
     model: str
@@ -88,6 +90,7 @@ class GenRequest:
     timeout_s: float = 120.0
     extra: Mapping[str, Any] = field(default_factory=dict)
     paced: bool = True
+    need_content: bool = True
 
 
 @dataclass(frozen=True)
@@ -625,6 +628,16 @@ def _content_of(choice: Mapping[str, Any], chat: bool) -> str:
     )
 
 
+def _preamble(choice: Mapping[str, Any]) -> bool:
+    """Whether a chat choice is the role-only delta servers send before any token.
+
+    >>> _preamble({"delta": {"role": "assistant", "content": ""}}), _preamble({"delta": {}})
+    (True, False)
+    """
+    delta = choice.get("delta") or {}
+    return "role" in delta and not delta.get("content") and not choice.get("finish_reason")
+
+
 def env_proxy(base_url: str, environ: Mapping[str, str] | None = None) -> str | None:
     """The proxy the environment names for ``base_url`` (``HTTP(S)_PROXY``, ``ALL_PROXY``,
     less ``NO_PROXY``, lower case first, as httpx and curl read them), or None.
@@ -959,8 +972,10 @@ class OpenAIClient:
         One token is generated and none is needed: with byte-level BPE that one token may be
         part of a character, which the server holds back and never streams.
         """
-        request = GenRequest(model, prompt, max_tokens=1, chat=chat, timeout_s=timeout_s)
-        result = await self._bounded(request, False, need_content=False)
+        request = GenRequest(
+            model, prompt, max_tokens=1, chat=chat, timeout_s=timeout_s, need_content=False
+        )
+        result = await self._bounded(request, False)
         if result.prompt_tokens is None:
             raise EndpointError(
                 f"{self.base_url}: the server reported no usage.prompt_tokens, so a prompt of a "
@@ -969,13 +984,9 @@ class OpenAIClient:
             )
         return result.prompt_tokens
 
-    async def _bounded(
-        self, request: GenRequest, ignore_eos: bool, need_content: bool = True
-    ) -> StreamResult:
+    async def _bounded(self, request: GenRequest, ignore_eos: bool) -> StreamResult:
         try:
-            return await asyncio.wait_for(
-                self._stream(request, ignore_eos, need_content), request.timeout_s
-            )
+            return await asyncio.wait_for(self._stream(request, ignore_eos), request.timeout_s)
         except asyncio.TimeoutError as exc:
             raise EndpointError(
                 f"request to {self.base_url} took longer than its {request.timeout_s:g} s limit",
@@ -1000,9 +1011,7 @@ class OpenAIClient:
             )
         return result
 
-    async def _stream(
-        self, request: GenRequest, ignore_eos: bool, need_content: bool = True
-    ) -> StreamResult:
+    async def _stream(self, request: GenRequest, ignore_eos: bool) -> StreamResult:
         path = "/chat/completions" if request.chat else "/completions"
         url = f"{self.base_url}{path}"
         body = self._body(request, ignore_eos)
@@ -1071,7 +1080,7 @@ class OpenAIClient:
         # over max_tokens): judge against the larger of the two given.
         caps = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
         cap = max((c for c in caps if type(c) is int), default=None)
-        return stream.result(cap, ignore_eos, need_content)
+        return stream.result(cap, ignore_eos)
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -1106,12 +1115,14 @@ class _Stream:
         "events",
         "finish",
         "first_at",
+        "first_event_at",
         "itl",
         "last",
         "last_event",
         "last_read",
         "logprobs",
         "model",
+        "need_content",
         "paced",
         "reads",
         "saw_logprobs",
@@ -1127,6 +1138,7 @@ class _Stream:
         self.model = request.model
         self.chat = request.chat
         self.paced = request.paced
+        self.need_content = request.need_content
         self.text: list[str] = []
         self.itl: list[float] = []
         self.logprobs: list[TokenLogprob] = []
@@ -1136,6 +1148,7 @@ class _Stream:
         self.finish: str | None = None
         self.sent_at = 0.0
         self.first_at = 0.0
+        self.first_event_at = 0.0
         self.last = 0.0
         self.last_event = 0.0
         self.last_read = float("-inf")
@@ -1195,6 +1208,8 @@ class _Stream:
             choices = data.get("choices") or []
             for choice in choices:
                 self.events += 1
+                if not self.first_event_at and not (self.chat and _preamble(choice)):
+                    self.first_event_at = now  # the first token, text or not
                 if choice.get("finish_reason"):
                     self.finish = str(choice["finish_reason"])
                 if choice.get("logprobs"):
@@ -1222,7 +1237,7 @@ class _Stream:
                 "malformed",
             ) from exc
 
-    def result(self, cap: int | None, ignore_eos: bool, need_content: bool) -> StreamResult:
+    def result(self, cap: int | None, ignore_eos: bool) -> StreamResult:
         """The measurement, once what the server said agrees with what arrived."""
         url, finish, chunks, start = self.url, self.finish, self.chunks, self.sent_at
         if finish is None:
@@ -1262,7 +1277,7 @@ class _Stream:
             wrong = logprob_text_disagreement([lp.token for lp in logprobs], text)
         if wrong is not None:
             raise EndpointError(f"{url}: {wrong}; the server's word cannot be taken", "malformed")
-        if chunks == 0 and need_content:
+        if chunks == 0 and self.need_content:
             raise EndpointError(
                 f"{url}: the stream carried no content (usage.completion_tokens: {said})", "short"
             )
@@ -1274,7 +1289,8 @@ class _Stream:
                 "buffered",
             )
         return StreamResult(
-            ttft_s=self.first_at - start if chunks else 0.0,
+            # No text at all (an answer that is one EOS): its first token's event, if any.
+            ttft_s=(self.first_at if chunks else self.first_event_at or self.last_event) - start,
             itl_s=tuple(self.itl) if buffered is None else (),
             e2e_s=max(self.last_event, start) - start,
             text=text,

@@ -153,6 +153,7 @@ class LevelResult:
     error_kinds: tuple[tuple[str, int], ...]
     buffered: int = 0
     buffered_reason: str | None = None
+    silent: int = 0  # answers that carried no text (their TTFT is their first token's event)
     distinct_prompts: int = 0
     prompt_tokens: tuple[int, int] | None = None  # fewest and most, as the server counted
 
@@ -174,6 +175,7 @@ class LevelResult:
             "goodput": self.goodput,
             "request_goodput": self.request_goodput,
             "buffered": float(self.buffered),
+            "silent": float(self.silent),
             "distinct_prompts": float(self.distinct_prompts),
         }
         if self.prompt_tokens is not None:
@@ -251,6 +253,7 @@ def summarize_level(
         error_kinds=tuple(sorted(kinds.items())),
         buffered=len(buffered),
         buffered_reason=buffered[0] if buffered else None,
+        silent=sum(1 for r in good if r.content_chunks == 0),
         distinct_prompts=distinct_prompts,
         prompt_tokens=(min(counted), max(counted)) if counted else None,
     )
@@ -280,6 +283,8 @@ def format_level(level: LevelResult) -> str:
             f"; {level.buffered} of {level.completed} streams gave no ITL/TPOT: "
             f"{level.buffered_reason}"
         )
+    if level.silent:
+        line += f"; {level.silent} of {level.completed} answers carried no text"
     return line
 
 
@@ -294,8 +299,10 @@ def _prompted(
     requests: Sequence[GenRequest], prompts: Prompts, keys: Iterator[int]
 ) -> Callable[[int], GenRequest]:
     """The ``i``-th request of a level: paced=False (a burst keeps its TTFT and E2E; the
-    level leaves out its gaps) and, for unique prompts, a prompt no other request has."""
-    base = [dataclasses.replace(r, paced=False) for r in requests]
+    level leaves out its gaps), need_content=False (an answer with no text, a first token
+    that is EOS, is an answer; the level counts them) and, for unique prompts, a prompt no
+    other request has."""
+    base = [dataclasses.replace(r, paced=False, need_content=False) for r in requests]
     if prompts == "shared":
         return lambda i: base[i % len(base)]
     return lambda i: dataclasses.replace(

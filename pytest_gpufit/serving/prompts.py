@@ -10,8 +10,8 @@ Sent again and again, one prompt measures a cache: vLLM and SGLang keep the pref
 prompt they saw (prefix caching, on by default), and a server may replay a whole answer.
 ``unique_prompt`` gives each request a prompt of its own of the same length, with different
 first words (as vLLM's ``random`` dataset puts a random prefix first), so no request's prefill
-is another's; ``prompt_keys`` numbers them from a random start, so a rerun against the same
-server does not meet the prompts of the last run either.
+is another's and no answer can be replayed; ``prompt_keys`` numbers them from a random
+start, so a rerun against the same server does not meet the prompts of the last run either.
 """
 
 from __future__ import annotations
@@ -60,21 +60,26 @@ def words_for(target: int, probes: Sequence[tuple[int, int]]) -> int:
     return max(1, round(n1 * target / t1)) if t1 else target
 
 
-# Sixteen words that the usual vocabularies (byte-level BPE, SentencePiece, word-level) hold
-# as one token each, with or without a space before them, as they hold "the".
+# Fourteen common words that the usual vocabularies (byte-level BPE, SentencePiece) hold as
+# one token each, with or without a space before them, as they hold "the"; all of them are in
+# the word-level vocabulary of the tiny test checkpoints too, so that a random-weight model
+# there goes on answering with words (one it does not know reads as <unk>, and its answer to
+# that is often nothing).
 UNIQUE_WORDS = (
-    "the", "of", "and", "to", "in", "is", "it", "that",
-    "for", "on", "as", "with", "was", "at", "by", "be",
+    "the", "of", "is", "a", "and", "on", "city",
+    "model", "card", "fast", "slow", "test", "runs", "capital",
 )  # fmt: skip
-# Words a key takes (16 ** 8 = 2 ** 32 keys); a shorter prompt takes as many as it has.
-KEY_WORDS = 8
+# Words a key takes: 14 ** 4 = 38,416 prompts before one comes again. Only the first token has
+# to differ for a prefix cache to miss; the rest of the prompt stays the word that was sized.
+KEY_WORDS = 4
 
 
 def key_words(key: int, count: int = KEY_WORDS) -> list[str]:
-    """``key`` in ``count`` base-16 digits, each one of ``UNIQUE_WORDS``, lowest digit first
-    (so consecutive keys differ in the very first word, where a prefix cache starts).
+    """``key`` in ``count`` digits of base ``len(UNIQUE_WORDS)``, each one of the words,
+    lowest digit first (so consecutive keys differ in the very first word, where a prefix
+    cache starts).
 
-    >>> key_words(1, 3), key_words(16, 3)
+    >>> key_words(1, 3), key_words(14, 3)
     (['of', 'the', 'the'], ['the', 'of', 'the'])
     """
     digits = []
@@ -94,7 +99,7 @@ def unique_prompt(text: str, key: int) -> str:
     >>> unique_prompt("the the the the", 1)
     'of the the the'
     >>> unique_prompt("Write a poem.", 2).splitlines()
-    ['and the the the the the the the', 'Write a poem.']
+    ['is the the the', 'Write a poem.']
     """
     words = text.split(" ")
     if len(set(words)) == 1 and words[0] and not any(c.isspace() for c in words[0]):
