@@ -25,6 +25,11 @@ Modes (``MODES``):
   silent_first  one token that is part of a character: no content, usage says 1
   huge_numbers  /v1/models lists max_model_len as a 400-digit integer
   huge_get      /version answers 300 MB (sent until the client hangs up)
+Lies issue 18 did not name, found attacking the checks:
+  one_event     holds the answer and sends all its text in one event at the end
+  second_choice pads each event with a choice the client did not ask for (index 1): more
+                bytes, so an inflated usage would fit them
+  after_finish  goes on streaming text after its finish_reason
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ MODES = (
     "silent_first",
     "huge_numbers",
     "huge_get",
+    "one_event",
+    "second_choice",
+    "after_finish",
 )
 
 
@@ -266,6 +274,9 @@ class Liar:
         elif mode == "inflate":
             tokens = tokens[: max(1, asked // 8)]
             said = asked
+        elif mode == "second_choice":
+            tokens = tokens[: max(1, asked // 4)]  # a quarter of the tokens claimed: the
+            said = asked  # padding's bytes make room for the rest in the byte bound
         gap = 0.05 if mode == "usage" else self.gap_s
         held: list[bytes] = []
         cached = self.cache.get(prompt) if mode == "replay" else None
@@ -292,6 +303,16 @@ class Liar:
                 text = f" w{i}"  # the streamed text says something else
             last = i == len(tokens) - 1
             data = event(self._piece(chat, text, finish if last else None, **extra))
+            if mode == "second_choice":
+                padded = self._piece(chat, text, finish if last else None, **extra)
+                padded["choices"].append({**padded["choices"][0], "index": 1, "text": " pad" * 4})
+                data = event(padded)
+            if mode == "after_finish" and last:
+                data += event(self._piece(chat, " more text", None))
+            if mode == "one_event":
+                if not last:
+                    continue
+                data = event(self._piece(chat, "".join(tokens), finish))
             if hold:
                 held.append(data)
                 if mode == "flush" and len(held) == 8:

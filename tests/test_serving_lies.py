@@ -81,14 +81,39 @@ def test_usage_of_zero_after_streamed_tokens_is_malformed() -> None:
 def test_a_stream_delivered_in_bursts_is_refused_where_its_pacing_is_judged(mode: str) -> None:
     """Was: a buffering proxy's one write read as 120,112 tok/s, ITL p99 0.05 ms."""
     with Liar(mode, gap_s=0.005) as liar:
-        err = refused(liar, max_tokens=32)
-        kept = stream(liar, max_tokens=32, paced=False)
+        err = refused(liar, max_tokens=32, ignore_eos=True)  # a timed request: paced
+        kept = stream(liar, max_tokens=32, ignore_eos=True, paced=False)
     assert err.kind == "buffered" and "is a proxy in front of the server?" in str(err), str(err)
     # TTFT and E2E stay; the gaps and everything made of them go.
     assert kept.buffered is not None and kept.itl_s == () and kept.tpot_s is None
     held = 0.1 if mode == "burst" else 0.03  # 32 (or 8) tokens x 5 ms held back
     assert kept.decode_tok_s is None and kept.ttft_s > held and kept.e2e_s > 0.15
     assert kept.completion_tokens == 32
+
+
+def test_a_whole_answer_held_and_sent_as_one_event_is_buffered() -> None:
+    """Found attacking the burst check: one event holding all 16 tokens is no burst of
+    events, but its decode time is zero (today's throughput divided 15 tokens by it)."""
+    with Liar("one_event", gap_s=0.01) as liar:
+        err = refused(liar, max_tokens=16, paced=True)
+        kept = stream(liar, max_tokens=16)  # not timed (no ignore_eos): the text is kept
+    assert err.kind == "buffered" and "16 tokens arrived in 1 distinct read" in str(err)
+    assert kept.completion_tokens == 16 and kept.decode_tok_s is None and kept.tpot_s is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [
+        ("second_choice", "a choice with index 1; one completion was asked for"),
+        ("after_finish", "text after the finish_reason 'length': ' more text'"),
+    ],
+)
+def test_padding_a_stream_to_make_room_for_a_count_is_malformed(mode: str, said: str) -> None:
+    """Found attacking the usage check: text in a second choice (or after the finish) would
+    raise the byte bound that an inflated usage has to fit under."""
+    with Liar(mode) as liar:
+        err = refused(liar, max_tokens=16)
+    assert err.kind == "malformed" and said in str(err), str(err)
 
 
 def test_an_answer_from_another_model_is_refused() -> None:
@@ -287,6 +312,12 @@ LIES_IN_A_SUITE = {
         "slo: {itl_ms_p99: 50}, min_goodput: 100%}",
         "load",
         "concurrency 2: SLO itl_ms_p99 50 ms: not measured (no itl data)",
+    ),
+    "one_event": (
+        "throughput: {prompt_tokens: 8, new_tokens: 32, warmup: 0, repeats: 2, "
+        "min_decode_tok_s: 100}",
+        "throughput",
+        "buffered: is a proxy in front of the server? 32 tokens arrived in 1 distinct read",
     ),
     "model": (
         "generates: {prompt: hello, max_new_tokens: 4}",

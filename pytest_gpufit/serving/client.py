@@ -71,12 +71,14 @@ class GenRequest:
     a server that rejects the field is asked again without it, once per client. With
     ``require_max_tokens`` a count below ``max_tokens`` is an error (a throughput figure over
     fewer tokens than asked would mislead). ``logprobs`` asks for that many top alternatives.
-    ``paced`` (the default) says the stream's pacing will be judged (a decode rate, ITL, TPOT):
-    a stream of three or more events that arrives in a burst is then refused as ``buffered``;
-    with ``paced=False`` it comes back with ``StreamResult.buffered`` saying why its gaps are
-    left out (TTFT and E2E stay measured). ``need_content`` (the default) refuses a stream that
-    carried no text; without it an empty answer (a model whose first token is EOS) is one,
-    its TTFT taken at its first token's event.
+    ``paced=True`` says the stream's pacing will be judged (a decode rate, ITL, TPOT): a
+    stream of three or more events (or tokens) that arrives in a burst is then refused as
+    ``buffered``; with ``paced=False`` it comes back with ``StreamResult.buffered`` saying why
+    its gaps are left out (TTFT, E2E and the text stay measured). Unset, it follows
+    ``ignore_eos``: the requests that ask for an exact count are the ones timed.
+    ``need_content`` (the default) refuses a stream that carried no text; without it an empty
+    answer (a model whose first token is EOS) is one, its TTFT taken at its first token's
+    event.
     """
 
     model: str
@@ -89,7 +91,7 @@ class GenRequest:
     logprobs: int | None = None
     timeout_s: float = 120.0
     extra: Mapping[str, Any] = field(default_factory=dict)
-    paced: bool = True
+    paced: bool | None = None
     need_content: bool = True
 
 
@@ -261,25 +263,30 @@ DISTINCT_READ_S = 0.0005
 # More events than this to a distinct read, on average, is a stream delivered in bursts: a
 # client on a busy machine that reads late gets two or three at once, not four on average.
 EVENTS_PER_READ = 4
-# A buffered stream is refused (``GenRequest.paced``) from this many events: two events in one
-# read are as likely a client that read late.
+# A buffered stream is refused (``GenRequest.paced``) from this many events (or tokens): two
+# in one read are as likely a client that read late.
 REFUSE_BUFFERED_FROM = 3
 
 
-def buffering(events: int, reads: int) -> str | None:
-    """Why a stream of ``events`` events delivered in ``reads`` distinct reads cannot yield a
-    decode rate, ITL or TPOT (a buffering proxy, an ingress, a replayed answer), or None.
+def buffering(events: int, reads: int, tokens: int = 0) -> str | None:
+    """Why a stream of ``events`` events (``tokens`` tokens) delivered in ``reads`` distinct
+    reads cannot yield a decode rate, ITL or TPOT (a buffering proxy, an ingress, a replayed
+    answer, a whole answer held and sent as one event), or None.
 
     >>> print(buffering(64, 1))  # doctest: +NORMALIZE_WHITESPACE
     buffered: is a proxy in front of the server? 64 events arrived in 1 distinct read (a client
     too busy to read its streams would see that too)
     >>> buffering(64, 20) is None, buffering(64, 15) is None, buffering(1, 1) is None
     (True, False, True)
+    >>> print(buffering(1, 1, tokens=16))  # doctest: +NORMALIZE_WHITESPACE
+    buffered: is a proxy in front of the server? 16 tokens arrived in 1 distinct read (a client
+    too busy to read its streams would see that too)
     """
-    if events < 2 or (reads > 1 and reads * EVENTS_PER_READ >= events):
+    if max(events, tokens) < 2 or (reads > 1 and reads * EVENTS_PER_READ >= events):
         return None
+    what = f"{events} events" if events >= 2 else f"{tokens} tokens"
     return (
-        f"buffered: is a proxy in front of the server? {events} events arrived in {reads} "
+        f"buffered: is a proxy in front of the server? {what} arrived in {reads} "
         f"distinct read{'s' if reads != 1 else ''} (a client too busy to read its streams "
         "would see that too)"
     )
@@ -1137,7 +1144,7 @@ class _Stream:
         self.url = url
         self.model = request.model
         self.chat = request.chat
-        self.paced = request.paced
+        self.paced = request.ignore_eos if request.paced is None else request.paced
         self.need_content = request.need_content
         self.text: list[str] = []
         self.itl: list[float] = []
@@ -1207,6 +1214,13 @@ class _Stream:
                 self.usage = _usage_of(data["usage"])
             choices = data.get("choices") or []
             for choice in choices:
+                if choice.get("index", 0) != 0:
+                    # One completion was asked for (n=1): a second one is padding, not output.
+                    raise EndpointError(
+                        f"{url}: the stream carries a choice with index {choice.get('index')!r}; "
+                        "one completion was asked for (index 0)",
+                        "malformed",
+                    )
                 self.events += 1
                 if not self.first_event_at and not (self.chat and _preamble(choice)):
                     self.first_event_at = now  # the first token, text or not
@@ -1221,6 +1235,11 @@ class _Stream:
                 content = _content_of(choice, self.chat)
                 if not content:
                     continue
+                if self.finish is not None and not choice.get("finish_reason"):
+                    raise EndpointError(
+                        f"{url}: text after the finish_reason {self.finish!r}: {content[:80]!r}",
+                        "malformed",
+                    )
                 if self.chunks == 0:
                     self.first_at = now
                 else:
@@ -1281,8 +1300,9 @@ class _Stream:
             raise EndpointError(
                 f"{url}: the stream carried no content (usage.completion_tokens: {said})", "short"
             )
-        buffered = buffering(self.events, self.reads)
-        if buffered is not None and self.paced and self.events >= REFUSE_BUFFERED_FROM:
+        tokens = said if said is not None else chunks
+        buffered = buffering(self.events, self.reads, tokens)
+        if buffered is not None and self.paced and max(self.events, tokens) >= REFUSE_BUFFERED_FROM:
             raise EndpointError(
                 f"{url}: {buffered}; a decode rate, ITL or TPOT needs the tokens as they were "
                 "made (TTFT and E2E alone are measured with paced=False)",
