@@ -385,14 +385,27 @@ class LaunchedServer:
             self.listener = "not verified: /proc/net/tcp does not show who listens on the port"
             return None
         table = sockets.stats()
-        self._known = sockets.tree(self.pgid, table)
-        ours = sockets.socket_inodes(self._known)
+        tree = sockets.tree(self.pgid, table)
+        # Kept across checks: a process seen in the tree once is stopped with it, even after
+        # its launcher exited and it was re-parented out of the tree.
+        self._known.update(tree)
+        ours = sockets.socket_inodes(tree)
         strangers = [sock for sock in found if sock.inode not in ours]
         if not strangers:
             pids = sorted({ours[sock.inode] for sock in found})
             self.listener = f"verified: pid {', '.join(map(str, pids))} of the launched group"
             return None
-        owner = sockets.describe_owner(strangers[0].inode, table)
+        holders = sockets.socket_inodes(table)
+        seen = [sock for sock in strangers if sock.inode in holders]
+        if not seen:
+            # Held by a process this user cannot inspect: root's docker-proxy publishing a
+            # container's port, say. Neither the launched server nor a squatter can be proved.
+            self.listener = (
+                f"not verified: the socket listening on port {self.port} belongs to a process "
+                "this user cannot inspect (a container's published port?)"
+            )
+            return None
+        owner = sockets.describe_owner(seen[0].inode, table)
         return (
             f"the socket listening on port {self.port} belongs to {owner}, not to the "
             f"launched server (process group {self.pgid})"
@@ -445,6 +458,10 @@ class LaunchedServer:
         if self.listener is not None and self.listener.startswith("verified"):
             wrong = self._verify_listener()
             if wrong is not None:
+                # A launcher that just exited re-parents what it started out of the tree:
+                # the exit watcher's account of that is the one to give.
+                if self._settled.wait(1.0) and self.exited is not None:
+                    return self.exited
                 return f"after becoming ready, {wrong}"
         return None
 
