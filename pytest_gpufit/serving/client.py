@@ -29,17 +29,19 @@ socket reads that delivered the events (``buffering``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.serving.facts import ENGINE_PROBES, EngineFacts, engine_from
@@ -784,7 +786,7 @@ class OpenAIClient:
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                connector=_StampingConnector(limit=self._max_connections),
                 # No cookies to keep between requests of a benchmark.
                 cookie_jar=aiohttp.DummyCookieJar(),
                 # Not trust_env: it looks up .netrc and the proxy variables in a thread on
@@ -1055,9 +1057,14 @@ class OpenAIClient:
                         f"{kind or 'none'!r}, not 'text/event-stream'",
                         "malformed",
                     )
+                connection = response.connection
+                protocol = connection.protocol if connection is not None else None
                 async for piece in response.content.iter_any():
-                    # The instant the bytes were read: every event in them arrived by then.
+                    # When these bytes came off the socket (every event in them had arrived
+                    # by then), not when this task got to them: with other streams' chunks in
+                    # the same loop turn, that was up to a millisecond later.
                     now = time.perf_counter()
+                    now = min(now, getattr(protocol, "read_at", 0.0) or now)
                     if not stream.done:
                         stream.read(decoder.feed(piece), now)
                     else:
@@ -1091,6 +1098,31 @@ class OpenAIClient:
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+class _StampedHandler(ResponseHandler):
+    """aiohttp's response protocol, noting when bytes last came off the socket."""
+
+    read_at = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self.read_at = time.perf_counter()
+        super().data_received(data)
+
+
+class _StampingConnector(aiohttp.TCPConnector):
+    """A connector whose connections say when their bytes arrived (``_StampedHandler``).
+
+    aiohttp has no public hook for the arrival of response bytes; the connector's protocol
+    factory is its own. Where a release names it otherwise, the stamps fall back to the
+    moment the reading task runs.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(getattr(self, "_factory", None), functools.partial):
+            stamped = functools.partial(_StampedHandler, loop=self._loop)
+            self._factory = cast("functools.partial[ResponseHandler]", stamped)
 
 
 async def _headers_sent(
