@@ -423,6 +423,8 @@ class LaunchedServer:
                 holders = self._holders()
                 # The process stays known (its exit code is what a caller asks poll() for).
                 self._halt_group(forget=False)
+                # Its group is gone: a watchdog left waiting could one day signal a reused id.
+                self._stop_watchdog()
                 left = self._holders()
                 if left:
                     said += f"; {left} still listens on its port {self.port}: stop it yourself"
