@@ -40,6 +40,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 MODEL = "liar/tiny"
@@ -335,6 +336,45 @@ class Liar:
         if hold:
             record.writes.append(time.perf_counter())
         await writer.drain()
+
+
+LAUNCHER = """
+import http.client, subprocess, sys, time
+from pathlib import Path
+port, how = sys.argv[1], {how!r}
+serve = [sys.executable, {liar!r}, "--port", port]
+quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+if how == "double":
+    # A double fork: the server's parent exits at once, so no process of the launch is its
+    # ancestor (as a process that took the port before the launched server bound it).
+    code = (
+        "import subprocess, sys; p = subprocess.Popen(sys.argv[1:], start_new_session=True, "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(p.pid)"
+    )
+    pid = int(subprocess.run([sys.executable, "-c", code, *serve], capture_output=True,
+                             text=True).stdout)
+else:
+    pid = subprocess.Popen(serve, start_new_session=how == "setsid", **quiet).pid
+Path({pidfile!r}).write_text(str(pid))
+while True:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=1)
+        c.request("GET", "/v1/models")
+        if c.getresponse().status == 200:
+            break
+    except OSError:
+        time.sleep(0.05)
+time.sleep({linger})
+"""
+
+
+def launcher(how: str, pidfile: Path, linger: float) -> str:
+    """A launch command's script (argument: the port) that starts this server in the background
+    (``how``: "child" in its group, "setsid" in a session of its own, "double" forked twice so
+    it is nobody's child), writes its pid to ``pidfile``, waits until it answers, stays
+    ``linger`` seconds and exits 0: a daemonising wrapper, or a squatter while it lingers."""
+    liar = str(Path(__file__).resolve())
+    return LAUNCHER.format(how=how, liar=liar, pidfile=str(pidfile), linger=linger)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from lying_server import MODEL, Liar
+from lying_server import MODEL, Liar, launcher
 
 from pytest_gpufit.serving import sockets
 from pytest_gpufit.serving.client import GenRequest, OpenAIClient, StreamResult
@@ -392,48 +392,9 @@ load: {concurrency: [1, 4], requests: 8, prompt_tokens: 8, new_tokens: 16,
     assert len(set(prompts[-16:])) == 16
 
 
-LAUNCHER = """
-import http.client, os, subprocess, sys, time
-from pathlib import Path
-port = sys.argv[1]
-# {what}
-serve = [sys.executable, {liar!r}, "--port", port]
-if {detach}:
-    # A double fork: the server's parent exits at once, so no process of the launch is its
-    # ancestor (as a process that took the port before the launched server bound it).
-    code = (
-        "import subprocess, sys; p = subprocess.Popen(sys.argv[1:], start_new_session=True, "
-        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(p.pid)"
-    )
-    out = subprocess.run([sys.executable, "-c", code, *serve], capture_output=True, text=True)
-    pid = int(out.stdout)
-else:
-    pid = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
-Path({pidfile!r}).write_text(str(pid))
-while True:
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=1)
-        c.request("GET", "/v1/models")
-        if c.getresponse().status == 200:
-            break
-    except OSError:
-        time.sleep(0.05)
-time.sleep({linger})
-"""
-
-
-def launched_suite(tmp_path: Path, what: str, detach: bool, linger: float, checks: str) -> str:
+def launched_suite(tmp_path: Path, how: str, linger: float, checks: str) -> str:
     script = tmp_path / "launcher.py"
-    pidfile = tmp_path / "daemon.pid"
-    script.write_text(
-        LAUNCHER.format(
-            what=what,
-            liar=str(Path(__file__).with_name("lying_server.py")),
-            detach=detach,
-            pidfile=str(pidfile),
-            linger=linger,
-        )  # fmt: skip
-    )
+    script.write_text(launcher(how, tmp_path / "daemon.pid", linger))
     launch = json.dumps({"command": [sys.executable, str(script), "{port}"], "ready_timeout_s": 30})
     text = served_suite("http://127.0.0.1:{port}/v1", checks)
     return text.replace("    device: cpu\n", f"    device: cpu\n    launch: {launch}\n")
@@ -444,7 +405,7 @@ def test_a_launch_that_leaves_a_daemon_and_exits_fails_in_a_suite(
 ) -> None:
     """Was: 4 checks passed against the daemon and it was left running."""
     checks = "serves: {}\nload: {concurrency: [1], requests: 40, prompt_tokens: 4, new_tokens: 16}"
-    text = launched_suite(tmp_path, "starts the server, then exits 0", False, 0.5, checks)
+    text = launched_suite(tmp_path, "child", 0.5, checks)  # starts the server, exits 0
     pytester.makefile(".gpufit.yaml", s=text)
     result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
     out = result.stdout.str()
@@ -458,8 +419,8 @@ def test_a_squatter_on_the_launched_port_fails_in_a_suite(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
     """Was: the squatter answered readiness and every check measured it (here it lies, too)."""
-    what = "a detached process takes the port; the 'server' never binds it (loads forever)"
-    text = launched_suite(tmp_path, what, True, 60, "serves: {}\ngenerates: {prompt: hi}")
+    # A detached process takes the port; the "server" never binds it (it loads forever).
+    text = launched_suite(tmp_path, "double", 60, "serves: {}\ngenerates: {prompt: hi}")
     pytester.makefile(".gpufit.yaml", s=text)
     try:
         result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")

@@ -126,7 +126,9 @@ def _install_hooks() -> None:
 
 # The watchdog: reads its pipe until this process says "stop" (b"q") or dies (end of file),
 # and in the second case stops the server's group as stop() would. Its own session, deaf to
-# the terminal's Ctrl-C (which this process handles itself).
+# the terminal's Ctrl-C (which this process handles itself). A script of its own, standard
+# library only (its alive() is group_alive again): a fresh interpreter may not find this
+# package where this process found it (a path added at run time).
 WATCHDOG = """
 import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
