@@ -13,7 +13,7 @@ numpy's default (which vLLM uses) does.
 Every figure comes from what the client received: a stream that arrived in a burst (a
 buffering proxy, a replayed answer: ``client.buffering``) keeps its TTFT and E2E but gives no
 ITL or TPOT and meets no TPOT objective, and the level counts it (``buffered``). Each request
-gets a prompt of its own (``prompts="unique"``, a different first words, as vLLM's ``random``
+gets a prompt of its own (``prompts="unique"``: its first words differ, as vLLM's ``random``
 dataset makes its prompts), so a server's prefix cache or an answer cache cannot serve one
 request from another's work; ``prompts="shared"`` sends the one prompt again on purpose (a
 cache-hit workload). ``distinct_prompts`` in the figures says which.
