@@ -74,7 +74,7 @@ class GenRequest:
     ``require_max_tokens`` a count below ``max_tokens`` is an error (a throughput figure over
     fewer tokens than asked would mislead). ``logprobs`` asks for that many top alternatives.
     ``paced=True`` says the stream's pacing will be judged (a decode rate, ITL, TPOT): a
-    stream of three or more events (or tokens) that arrives in a burst is then refused as
+    stream of four or more events (or tokens) that arrives in a burst is then refused as
     ``buffered``; with ``paced=False`` it comes back with ``StreamResult.buffered`` saying why
     its gaps are left out (TTFT, E2E and the text stay measured). Unset, it follows
     ``ignore_eos``: the requests that ask for an exact count are the ones timed.
@@ -266,8 +266,9 @@ DISTINCT_READ_S = 0.0005
 # client on a busy machine that reads late gets two or three at once, not four on average.
 EVENTS_PER_READ = 4
 # A buffered stream is refused (``GenRequest.paced``) from this many events (or tokens): two
-# in one read are as likely a client that read late.
-REFUSE_BUFFERED_FROM = 3
+# or three in one read are as likely a client that read late, or vLLM merging the steps its
+# API process fell behind on (a busy CPU).
+REFUSE_BUFFERED_FROM = 4
 
 
 def buffering(events: int, reads: int, tokens: int = 0) -> str | None:
