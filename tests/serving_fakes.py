@@ -46,8 +46,14 @@ METRICS = (
 )
 
 
+# The gap before each token: a real server's steps are milliseconds apart, and a stream that
+# arrives all at once is refused as buffered where its pacing is judged (GenRequest.paced).
+PACE_S = 0.01
+
+
 class FakeOpenAI(ThreadingHTTPServer):
-    """The server: ``mode``, ``tokens`` (None: as asked), ``delay_s``, ``fail_after`` steer it."""
+    """The server: ``mode``, ``tokens`` (None: as asked), ``delay_s`` (the gap before each token),
+    ``fail_after`` steer it."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -56,7 +62,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), Handler)
         self.mode = mode
         self.tokens: int | None = None
-        self.delay_s = 0.0
+        self.delay_s = PACE_S
         self.fail_after: int | None = None
         self.release = threading.Event()  # ends a stalled stream at teardown
         self.bodies: list[dict[str, Any]] = []
@@ -97,6 +103,9 @@ class FakeOpenAI(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: FakeOpenAI
+    # TCP_NODELAY, as uvicorn (asyncio), llama.cpp and Go servers set it: with Nagle on, each
+    # small event waits for the ACK of the one before and the stream arrives in bursts.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass

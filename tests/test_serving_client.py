@@ -635,7 +635,10 @@ def test_a_count_above_max_tokens_is_not_taken() -> None:
     with answering(SSE_HEAD + CHUNK_A + CHUNK_B + usage + b"data: [DONE]\n\n") as url:
         err = fails(url, GenRequest(MODEL, "a", max_tokens=2, timeout_s=5))
     assert err.kind == "malformed" and "50 completion tokens" in str(err), str(err)
-    with answering(SSE_HEAD + CHUNK_A + CHUNK_B + usage + b"data: [DONE]\n\n") as url:
+    # Text enough for 50 tokens (a token is a byte or more): only the cap is in question here.
+    long_a = CHUNK_A.replace(b'"a"', b'"' + b"a" * 30 + b'"')
+    long_b = CHUNK_B.replace(b'"b"', b'"' + b"b" * 30 + b'"').replace(b'"length"', b'"stop"')
+    with answering(SSE_HEAD + long_a + long_b + usage + b"data: [DONE]\n\n") as url:
         asked = GenRequest(MODEL, "a", max_tokens=2, extra={"max_completion_tokens": 64})
         assert stream(url, asked).completion_tokens == 50  # the cap the server was given
 

@@ -169,6 +169,8 @@ def test_load_levels(served: tuple[LaunchedServer, str]) -> None:
     for level in levels:
         assert (level.completed, level.failed, level.goodput) == (4, 0, 1.0), level.errors
         assert level.total_output_tokens == 12
+        # A prompt of its own per request (four words in front), one length as counted.
+        assert level.distinct_prompts == 4 and level.prompt_tokens == (8, 8), level
         assert level.ttft_ms is not None and level.e2el_ms is not None
         assert level.ttft_ms.p50 <= level.ttft_ms.p99 < level.e2el_ms.p99 + 1e-9
     assert len(lines) == 2

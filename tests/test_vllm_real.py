@@ -172,8 +172,15 @@ def test_version_and_engine_facts(vllm: tuple[LaunchedServer, str]) -> None:
 
 def test_stream_exact_count_with_ignore_eos(vllm: tuple[LaunchedServer, str]) -> None:
     server, model = vllm
+    # The count is what this test asks about, not the pacing (paced=False): on a CPU shared by
+    # many jobs vLLM may hand over its tokens in a few bursts.
     request = GenRequest(
-        model, "the capital of france is", max_tokens=24, ignore_eos=True, require_max_tokens=True
+        model,
+        "the capital of france is",
+        max_tokens=24,
+        ignore_eos=True,
+        require_max_tokens=True,
+        paced=False,
     )
 
     async def go() -> Any:
@@ -206,11 +213,16 @@ def test_logprobs_come_back(vllm: tuple[LaunchedServer, str]) -> None:
     # One entry per generated token: the streamed text puts a space before each word, and ids
     # past the tokenizer's 20 words (the model's vocabulary has 12 spare) decode to ''.
     assert [lp.token for lp in r.logprobs if lp.token] == r.text.split()
+    # What the client counted itself agreed with vLLM's usage (the cross-check passed); vLLM
+    # may put several tokens in one event when its consumer falls behind (a busy CPU).
+    assert 1 <= r.events <= 5 and r.content_bytes == len(r.text.encode())
 
 
 def test_chat_stream(vllm: tuple[LaunchedServer, str]) -> None:
     server, model = vllm
-    request = GenRequest(model, "paris is", max_tokens=3, chat=True, ignore_eos=True, logprobs=1)
+    request = GenRequest(
+        model, "paris is", max_tokens=3, chat=True, ignore_eos=True, logprobs=1, paced=False
+    )
 
     async def go() -> Any:
         async with OpenAIClient(server.base_url) as client:
@@ -270,9 +282,17 @@ def test_load_levels(vllm: tuple[LaunchedServer, str]) -> None:
         assert level.total_output_tokens == 6 * 8
         # One gap per pair of chunks; under concurrency vLLM may put two tokens in one chunk.
         assert level.itl_ms is not None and 0 < level.itl_ms.count <= 6 * 7
-        assert level.tpot_ms is not None and level.tpot_ms.count == 6
+        # One TPOT per stream that came as it was made: on a busy CPU vLLM's API process can
+        # fall behind a whole short stream and send it as one event (1 of 180 8-token streams
+        # measured at load 11), which gives no TPOT (its decode time is zero).
+        assert level.tpot_ms is not None and level.tpot_ms.count + level.buffered == 6
+        assert level.buffered <= 1, level.buffered_reason
         assert level.ttft_ms is not None and level.e2el_ms is not None
         assert level.ttft_ms.p50 <= level.e2el_ms.p50
+        # Each request its own prompt (prefix caching is on), all of one length as vLLM
+        # counts them.
+        assert level.distinct_prompts == 6 and level.prompt_tokens is not None, level
+        assert level.prompt_tokens[0] == level.prompt_tokens[1], level.prompt_tokens
     assert len(lines) == 2
 
 

@@ -16,22 +16,32 @@ Every fault raises ``EndpointError`` with one readable message (and a ``kind``):
 listening, 401, an unknown model, an HTTP error status, an error event inside a 200 stream
 (vLLM streams one when its engine dies), malformed events, a connection dropped mid-stream, a
 stall, and a token count that came out short when the full count was required.
+
+What the server says about a stream is held against what the client received before it is
+believed (README, "What the gate believes and what it checks"): ``usage.completion_tokens``
+against the chunks, bytes and events that arrived (``count_disagreement``) and the server's own
+logprobs or token ids; ``finish_reason: length`` against that count; each event's ``model``
+against the model asked for; the logprob tokens against the streamed text
+(``logprob_text_disagreement``); and the pacing a decode rate, ITL or TPOT needs against the
+socket reads that delivered the events (``buffering``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.serving.facts import ENGINE_PROBES, EngineFacts, engine_from
@@ -63,6 +73,14 @@ class GenRequest:
     a server that rejects the field is asked again without it, once per client. With
     ``require_max_tokens`` a count below ``max_tokens`` is an error (a throughput figure over
     fewer tokens than asked would mislead). ``logprobs`` asks for that many top alternatives.
+    ``paced=True`` says the stream's pacing will be judged (a decode rate, ITL, TPOT): a
+    stream of four or more events (or tokens) that arrives in a burst is then refused as
+    ``buffered``; with ``paced=False`` it comes back with ``StreamResult.buffered`` saying why
+    its gaps are left out (TTFT, E2E and the text stay measured). Unset, it follows
+    ``ignore_eos``: the requests that ask for an exact count are the ones timed.
+    ``need_content`` (the default) refuses a stream that carried no text; without it an empty
+    answer (a model whose first token is EOS) is one, its TTFT taken at its first token's
+    event.
     """
 
     model: str
@@ -75,6 +93,8 @@ class GenRequest:
     logprobs: int | None = None
     timeout_s: float = 120.0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    paced: bool | None = None
+    need_content: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,7 +103,11 @@ class StreamResult:
 
     ``first_token_at`` is the ``time.perf_counter()`` reading at the first content chunk (the
     client-overhead benchmark compares it with the server's clock). ``logprobs`` is None when
-    the server returned none, even if they were asked for.
+    the server returned none, even if they were asked for. ``completion_tokens`` is the
+    server's count once it agreed with what arrived (``count_disagreement``). ``events`` counts
+    the events that carried a choice, ``reads`` the distinct socket reads that delivered them
+    (``DISTINCT_READ_S``), ``content_bytes`` the UTF-8 bytes of text; ``buffered`` says why the
+    stream's gaps cannot be judged (then ``itl_s`` is empty and ``tpot_s`` None).
     """
 
     ttft_s: float
@@ -97,19 +121,210 @@ class StreamResult:
     ignore_eos_applied: bool
     logprobs: tuple[TokenLogprob, ...] | None
     first_token_at: float
+    events: int = 0
+    reads: int = 0
+    content_bytes: int = 0
+    buffered: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        """The output tokens: the server's (checked) count, else the content chunks received.
+
+        >>> StreamResult(0.1, (), 0.2, "ab", 2, 5, None, "stop", False, None, 0.0).tokens
+        2
+        """
+        return self.completion_tokens if self.completion_tokens is not None else self.content_chunks
 
     @property
     def tpot_s(self) -> float | None:
-        """Time per output token after the first, (E2E - TTFT) / (tokens - 1), as vLLM's TPOT.
+        """Time per output token after the first, (E2E - TTFT) / (tokens - 1), as vLLM's TPOT;
+        None for fewer than two tokens or a buffered stream.
 
         >>> r = StreamResult(0.1, (), 1.1, "", 0, 5, 11, "length", True, None, 0.0)
         >>> round(r.tpot_s, 3)
         0.1
         """
         tokens = self.completion_tokens if self.completion_tokens is not None else 0
-        if tokens < 2:
+        if tokens < 2 or self.buffered is not None:
             return None
         return (self.e2e_s - self.ttft_s) / (tokens - 1)
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        """Output tokens per second after the first, (tokens - 1) / (E2E - TTFT): the rate a
+        user of the stream saw; None where the stream cannot yield one (buffered, < 2 tokens).
+
+        >>> StreamResult(0.1, (), 1.1, "", 3, 5, 11, "length", True, None, 0.0).decode_tok_s
+        10.0
+        >>> StreamResult(0.1, (), 0.1, "", 3, 5, 11, "length", True, None, 0.0,
+        ...              buffered="buffered").decode_tok_s is None
+        True
+        """
+        span = self.e2e_s - self.ttft_s
+        if self.buffered is not None or self.tokens < 2 or span <= 0:
+            return None
+        return (self.tokens - 1) / span
+
+
+# --- cross-checks: what the server says against what the client received ---------------------
+
+# A token that renders as text is at least one byte of it: byte-level BPE (GPT-2, Llama 3,
+# Qwen), SentencePiece with byte fallback (Llama 2, Mistral) and tiktoken all split text into
+# pieces of one byte or more, and a byte of a multi-byte character arrives once the character
+# is whole. Tokens that render as nothing are special tokens the server skips (an EOS that
+# ignore_eos runs past), ids past the tokenizer's vocabulary, a SentencePiece leading-space
+# marker: servers stream every engine step as an event of its own (vLLM sends it with empty
+# text; measured: 24 of 32 tokens silent in 32 events), so each event may hide a few of them,
+# and a stream a few more (a last EOS sent with no event, a character cut off at the end).
+SILENT_PER_EVENT = 2
+SILENT_PER_STREAM = 4
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the client counted in one stream itself: the independent side of the usage check.
+
+    ``logprob_tokens`` and ``token_ids`` are the entries the server returned (None when it
+    returned none); each names one generated token, so where they come back the count is exact.
+    """
+
+    content_chunks: int
+    events: int
+    content_bytes: int
+    logprob_tokens: int | None = None
+    token_ids: int | None = None
+
+    @property
+    def most_tokens(self) -> int:
+        """The most tokens these bytes and events can hold (see ``SILENT_PER_EVENT``).
+
+        >>> Received(content_chunks=2, events=2, content_bytes=8).most_tokens
+        16
+        """
+        return self.content_bytes + SILENT_PER_EVENT * self.events + SILENT_PER_STREAM
+
+
+def count_disagreement(
+    said: int | None, got: Received, cap: int | None, finish: str | None
+) -> str | None:
+    """Why the server's ``usage.completion_tokens`` (``said``) and its ``finish_reason`` cannot
+    be true of the stream that arrived (``got``, for a request capped at ``cap``), or None.
+
+    Several tokens to a chunk is legal (a detokenizer holding a partial character, vLLM
+    merging steps when its consumer falls behind, ``stream_interval``, speculative decoding):
+    the bound is bytes, not chunks. Where the server returned logprobs or token ids, their
+    count must be the count.
+
+    >>> liar = Received(content_chunks=2, events=2, content_bytes=8)
+    >>> print(count_disagreement(64, liar, 64, "length"))  # doctest: +NORMALIZE_WHITESPACE
+    usage.completion_tokens is 64, but the stream carried 8 bytes of text in 2 events: at most
+    16 tokens (a token is a byte of text or more, save 2 silent ones an event and 4 a stream)
+    >>> count_disagreement(0, Received(16, 16, 64), 16, "length")
+    'usage.completion_tokens is 0, but 16 chunks of text arrived (each holds a token or more)'
+    >>> count_disagreement(2, Received(2, 2, 10), 16, "length").split(": ")[0]
+    "finish_reason 'length' after 2 of the 16 tokens max_tokens allows"
+    >>> count_disagreement(5, Received(3, 3, 12, logprob_tokens=4), 16, "stop")
+    'usage.completion_tokens is 5, but the server returned logprobs for 4 tokens'
+    >>> count_disagreement(24, Received(8, 32, 39), 32, "stop") is None
+    True
+    """
+    if said is not None:
+        if said < got.content_chunks:
+            return (
+                f"usage.completion_tokens is {said}, but {got.content_chunks} chunks of text "
+                "arrived (each holds a token or more)"
+            )
+        for what, count in (("logprobs", got.logprob_tokens), ("token ids", got.token_ids)):
+            if count is not None and count != said:
+                return (
+                    f"usage.completion_tokens is {said}, but the server returned {what} for "
+                    f"{count} tokens"
+                )
+        if said > got.most_tokens:
+            return (
+                f"usage.completion_tokens is {said}, but the stream carried {got.content_bytes} "
+                f"bytes of text in {got.events} events: at most {got.most_tokens} tokens (a "
+                f"token is a byte of text or more, save {SILENT_PER_EVENT} silent ones an "
+                f"event and {SILENT_PER_STREAM} a stream)"
+            )
+    if finish == "length" and cap is not None:
+        known = [c for c in (said, got.logprob_tokens, got.token_ids) if c is not None]
+        count = min(known) if known else got.most_tokens
+        if count < cap:
+            held = "" if known else "at most "
+            return (
+                f"finish_reason 'length' after {held}{count} of the {cap} tokens max_tokens "
+                "allows: a generation its length limit cut has all of them"
+            )
+    return None
+
+
+# Reads closer together than this are one delivery (a burst split by TCP segments or by the
+# client's reads); a real server's steps are milliseconds apart.
+DISTINCT_READ_S = 0.0005
+# More events than this to a distinct read, on average, is a stream delivered in bursts: a
+# client on a busy machine that reads late gets two or three at once, not four on average.
+EVENTS_PER_READ = 4
+# A buffered stream is refused (``GenRequest.paced``) from this many events (or tokens): two
+# or three in one read are as likely a client that read late, or vLLM merging the steps its
+# API process fell behind on (a busy CPU).
+REFUSE_BUFFERED_FROM = 4
+
+
+def buffering(events: int, reads: int, tokens: int = 0) -> str | None:
+    """Why a stream of ``events`` events (``tokens`` tokens) delivered in ``reads`` distinct
+    reads cannot yield a decode rate, ITL or TPOT (a buffering proxy, an ingress, a replayed
+    answer, a whole answer held and sent as one event), or None.
+
+    >>> print(buffering(64, 1))  # doctest: +NORMALIZE_WHITESPACE
+    buffered: is a proxy in front of the server? 64 events arrived in 1 distinct read (a client
+    too busy to read its streams would see that too)
+    >>> buffering(64, 20) is None, buffering(64, 15) is None, buffering(1, 1) is None
+    (True, False, True)
+    >>> print(buffering(1, 1, tokens=16))  # doctest: +NORMALIZE_WHITESPACE
+    buffered: is a proxy in front of the server? 16 tokens arrived in 1 distinct read (a client
+    too busy to read its streams would see that too)
+    """
+    if max(events, tokens) < 2 or (reads > 1 and reads * EVENTS_PER_READ >= events):
+        return None
+    what = f"{events} events" if events >= 2 else f"{tokens} tokens"
+    return (
+        f"buffered: is a proxy in front of the server? {what} arrived in {reads} "
+        f"distinct read{'s' if reads != 1 else ''} (a client too busy to read its streams "
+        "would see that too)"
+    )
+
+
+# Token strings of a byte-level or SentencePiece vocabulary, as some servers return them raw.
+_RAW_SPACE = str.maketrans({"\u2581": " ", "\u0120": " ", "\u010a": "\n"})
+
+
+def logprob_text_disagreement(tokens: Sequence[str], text: str) -> str | None:
+    """Why the logprobs' tokens (joined) are not the streamed ``text``, or None.
+
+    White space is left out on both sides (a server may return a token without the space its
+    text carries: SentencePiece, vLLM on a word-level tokenizer). A token that is part of a
+    character (``\ufffd``, ``bytes:``) makes the comparison ASCII-only; tokens given as ids
+    (vLLM's ``token_id:N``) are not text and are not compared.
+
+    >>> logprob_text_disagreement(["fast", "fast"], " fast fast") is None
+    True
+    >>> logprob_text_disagreement([" Paris", " is"], " London is")
+    "the logprobs' tokens say 'Parisis', the streamed text says 'Londonis'"
+    >>> logprob_text_disagreement(["\ufffd", "\ufffd", " ok"], "\u4e2d ok") is None
+    True
+    """
+    if any(t.startswith("token_id:") for t in tokens):
+        return None
+    joined = "".join(tokens).translate(_RAW_SPACE)
+    said, got = "".join(joined.split()), "".join(text.split())
+    if "\ufffd" in joined or any(t.startswith("bytes:") for t in tokens):
+        said = "".join(c for c in said.replace("\ufffd", "") if c.isascii())
+        said = "".join(said.split("bytes:"))
+        got = "".join(c for c in got if c.isascii())
+    if said == got:
+        return None
+    return f"the logprobs' tokens say {said[:200]!r}, the streamed text says {got[:200]!r}"
 
 
 class SSEError(ValueError):
@@ -332,11 +547,40 @@ def stream_error(data: Mapping[str, Any]) -> str | None:
     return None
 
 
+# The largest count a server may state (tokens of a prompt, an output, a context): a billion is
+# past every model's context; a number beyond it (a 400-digit integer, 1e400) is not a count.
+MAX_COUNT = 10**9
+
+
+def bounded_count(value: Any, what: str, *, least: int = 0) -> int:
+    """``value`` as a count from ``least`` to ``MAX_COUNT``; ValueError naming ``what`` otherwise.
+
+    A whole float (4096.0) is taken; a bool, a string, a fraction, NaN or infinity is not.
+
+    >>> bounded_count(4096.0, "max_model_len", least=1)
+    4096
+    >>> bounded_count(10**400, "max_model_len")
+    Traceback (most recent call last):
+    ValueError: max_model_len is a 401-digit number, not a count (0 to 1,000,000,000)
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not least <= value <= MAX_COUNT:
+        shown = (
+            f"a {len(str(value))}-digit number"
+            if type(value) is int and value > MAX_COUNT
+            else (repr(value))
+        )
+        raise ValueError(f"{what} is {shown}, not a count ({least} to {MAX_COUNT:,})")
+    return value
+
+
 def _usage_of(usage: Any) -> dict[str, int | None]:
     """The token counts of a ``usage`` object; ValueError when one is not a count.
 
     A count the server left out or sent as null is None; one that is not a whole number of
-    at least zero (a string, a float, NaN, a negative) is not something a gate may judge on.
+    at least zero (a string, a fraction, NaN, a negative, past ``MAX_COUNT``) is not something
+    a gate may judge on.
 
     >>> _usage_of({"prompt_tokens": 5, "completion_tokens": None, "total_tokens": 5})
     {'prompt_tokens': 5, 'completion_tokens': None}
@@ -349,8 +593,13 @@ def _usage_of(usage: Any) -> dict[str, int | None]:
     counts: dict[str, int | None] = {}
     for key in ("prompt_tokens", "completion_tokens"):
         value = usage.get(key)
-        if value is not None and (type(value) is not int or value < 0):
-            raise ValueError(f"usage.{key} is {value!r}, not a token count")
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_COUNT):
+            shown = (
+                f"a {len(str(value))}-digit number"
+                if type(value) is int and value > 0
+                else (repr(value))
+            )
+            raise ValueError(f"usage.{key} is {shown}, not a token count")
         counts[key] = value
     return counts
 
@@ -363,16 +612,19 @@ def _logprobs_of(choice: Mapping[str, Any], chat: bool) -> list[TokenLogprob]:
     out: list[TokenLogprob] = []
     if chat:
         for item in lp.get("content") or []:
-            top = tuple((t["token"], float(t["logprob"])) for t in item.get("top_logprobs") or [])
-            out.append(TokenLogprob(item["token"], float(item["logprob"]), top))
+            top = tuple(
+                (str(t["token"]), float(t["logprob"])) for t in item.get("top_logprobs") or []
+            )
+            out.append(TokenLogprob(str(item["token"]), float(item["logprob"]), top))
         return out
     tops = lp.get("top_logprobs") or []
     for i, (token, value) in enumerate(
         zip(lp.get("tokens") or [], lp.get("token_logprobs") or [], strict=False)
     ):
         top_map = tops[i] if i < len(tops) and tops[i] else {}
-        top = tuple((k, float(v)) for k, v in top_map.items())
-        out.append(TokenLogprob(token, float(value) if value is not None else float("nan"), top))
+        top = tuple((str(k), float(v)) for k, v in top_map.items())
+        number = float(value) if value is not None else float("nan")
+        out.append(TokenLogprob(str(token), number, top))
     return out
 
 
@@ -384,6 +636,16 @@ def _content_of(choice: Mapping[str, Any], chat: bool) -> str:
     return str(
         delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or ""
     )
+
+
+def _preamble(choice: Mapping[str, Any]) -> bool:
+    """Whether a chat choice is the role-only delta servers send before any token.
+
+    >>> _preamble({"delta": {"role": "assistant", "content": ""}}), _preamble({"delta": {}})
+    (True, False)
+    """
+    delta = choice.get("delta") or {}
+    return "role" in delta and not delta.get("content") and not choice.get("finish_reason")
 
 
 def env_proxy(base_url: str, environ: Mapping[str, str] | None = None) -> str | None:
@@ -450,6 +712,18 @@ def _unreachable(what: str, exc: aiohttp.ClientConnectorError, proxy: str | None
     return EndpointError(f"{what}: nothing listening there ({why})", "connect")
 
 
+# A GET answer (models, version, metrics; vLLM's /metrics is ~100 KB) larger than this is not one.
+MAX_GET_BYTES = 16 * 2**20
+
+
+def _too_big(url: str, how: str) -> EndpointError:
+    return EndpointError(
+        f"GET {url}: the answer {how} past {MAX_GET_BYTES // 2**20} MiB; not read further "
+        "(is this the server's own URL?)",
+        "malformed",
+    )
+
+
 def _bad_url(url: str, exc: Exception) -> EndpointError:
     return EndpointError(
         f"{url}: not a URL the client can send to ({exc or type(exc).__name__}); the endpoint "
@@ -513,11 +787,12 @@ class OpenAIClient:
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                connector=_StampingConnector(limit=self._max_connections),
                 # No cookies to keep between requests of a benchmark.
                 cookie_jar=aiohttp.DummyCookieJar(),
                 # Not trust_env: it looks up .netrc and the proxy variables in a thread on
                 # every request (latency in every TTFT); ``env_proxy`` reads them once.
+                trace_configs=[_SENT],
             )
         return self._session
 
@@ -541,13 +816,23 @@ class OpenAIClient:
     # --- plain GETs -------------------------------------------------------------------------
 
     async def _get(self, url: str) -> tuple[int, str]:
-        """Status and body text of ``GET url``; no answer or nothing listening is an error."""
+        """Status and body text of ``GET url``; no answer or nothing listening is an error, and
+        so is a body past ``MAX_GET_BYTES`` (read no further: a server's answer is not memory)."""
         try:
             async with self._http().get(
                 url, proxy=self._proxy, allow_redirects=False, timeout=self._get_timeout
             ) as response:
-                body = await response.read()
-                return response.status, body.decode("utf-8", "replace")
+                declared = response.content_length
+                if declared is not None and declared > MAX_GET_BYTES:
+                    raise _too_big(url, f"declares {declared:,} bytes")
+                pieces: list[bytes] = []
+                size = 0
+                async for piece in response.content.iter_chunked(2**16):
+                    size += len(piece)
+                    if size > MAX_GET_BYTES:
+                        raise _too_big(url, "goes on")
+                    pieces.append(piece)
+                return response.status, b"".join(pieces).decode("utf-8", "replace")
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise EndpointError(
                 f"GET {url}: no whole answer within {self.stall_s:g} s ({type(exc).__name__})",
@@ -582,14 +867,18 @@ class OpenAIClient:
             return tuple(
                 ServedModel(
                     id=str(e["id"]),
-                    owned_by=e.get("owned_by"),
-                    max_model_len=int(e["max_model_len"]) if e.get("max_model_len") else None,
+                    owned_by=None if e.get("owned_by") is None else str(e["owned_by"]),
+                    max_model_len=(
+                        None
+                        if e.get("max_model_len") is None
+                        else bounded_count(e["max_model_len"], "max_model_len", least=1)
+                    ),
                 )
                 for e in entries
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise EndpointError(
-                f"GET {url}: not an OpenAI model list: {body[:200]!r}", "malformed"
+                f"GET {url}: not an OpenAI model list ({exc}): {body[:200]!r}", "malformed"
             ) from exc
 
     async def metrics_text(self) -> str | None:
@@ -685,6 +974,26 @@ class OpenAIClient:
             result = await self._bounded(request, False)
         return self._check_count(request, result)
 
+    async def count_prompt_tokens(
+        self, model: str, prompt: str, *, chat: bool = False, timeout_s: float = 120.0
+    ) -> int:
+        """How many tokens the server counts in ``prompt`` (``usage.prompt_tokens``).
+
+        One token is generated and none is needed: with byte-level BPE that one token may be
+        part of a character, which the server holds back and never streams.
+        """
+        request = GenRequest(
+            model, prompt, max_tokens=1, chat=chat, timeout_s=timeout_s, need_content=False
+        )
+        result = await self._bounded(request, False)
+        if result.prompt_tokens is None:
+            raise EndpointError(
+                f"{self.base_url}: the server reported no usage.prompt_tokens, so a prompt of a "
+                "given token length cannot be checked",
+                "short",
+            )
+        return result.prompt_tokens
+
     async def _bounded(self, request: GenRequest, ignore_eos: bool) -> StreamResult:
         try:
             return await asyncio.wait_for(self._stream(request, ignore_eos), request.timeout_s)
@@ -716,23 +1025,19 @@ class OpenAIClient:
         path = "/chat/completions" if request.chat else "/completions"
         url = f"{self.base_url}{path}"
         body = self._body(request, ignore_eos)
-        text: list[str] = []
-        itl: list[float] = []
-        logprobs: list[TokenLogprob] = []
-        saw_logprobs = False
-        usage: Mapping[str, int | None] | None = None
-        finish: str | None = None
-        ttft = 0.0
-        first_at = 0.0
-        last = 0.0
-        chunks = 0
-        done = False
-        start = time.perf_counter()
-        last_event = start
+        # Serialized before the clock starts: building the request is not sending it.
+        payload = json.dumps(body).encode()
+        stream = _Stream(url, request)
         decoder = SSEDecoder()
+        stream.sent_at = time.perf_counter()  # until the connection says when it sent it
         try:
             async with self._http().post(
-                url, json=body, proxy=self._proxy, allow_redirects=False
+                url,
+                data=payload,
+                headers=_JSON,
+                proxy=self._proxy,
+                allow_redirects=False,
+                trace_request_ctx=stream,
             ) as response:
                 if response.status != 200:
                     try:
@@ -753,62 +1058,18 @@ class OpenAIClient:
                         f"{kind or 'none'!r}, not 'text/event-stream'",
                         "malformed",
                     )
+                connection = response.connection
+                protocol = connection.protocol if connection is not None else None
                 async for piece in response.content.iter_any():
-                    for event in decoder.feed(piece):
-                        now = time.perf_counter()
-                        if done:
-                            continue  # read to the end, so the connection can be reused
-                        if event.data.strip() == "[DONE]":
-                            done = True
-                            continue
-                        last_event = now
-                        if event.event == "error":
-                            raise EndpointError(
-                                f"{url}: error event in the stream: {error_message(event.data)}",
-                                "stream-error",
-                            )
-                        try:
-                            data = loads_json(event.data)
-                        except ValueError as exc:
-                            raise EndpointError(
-                                f"{url}: malformed event in the stream (not JSON): "
-                                f"{event.data[:200]!r}",
-                                "malformed",
-                            ) from exc
-                        problem = stream_error(data) if isinstance(data, dict) else None
-                        if problem is not None:
-                            raise EndpointError(
-                                f"{url}: the server reported an error inside its 200 stream: "
-                                f"{problem}",
-                                "stream-error",
-                            )
-                        try:
-                            if data.get("usage"):
-                                usage = _usage_of(data["usage"])
-                            for choice in data.get("choices") or []:
-                                if choice.get("finish_reason"):
-                                    finish = str(choice["finish_reason"])
-                                lps = _logprobs_of(choice, request.chat)
-                                if choice.get("logprobs"):
-                                    saw_logprobs = True
-                                logprobs.extend(lps)
-                                content = _content_of(choice, request.chat)
-                                if not content:
-                                    continue
-                                if chunks == 0:
-                                    ttft = now - start
-                                    first_at = now
-                                else:
-                                    itl.append(now - last)
-                                last = now
-                                chunks += 1
-                                text.append(content)
-                        except (AttributeError, TypeError, KeyError, ValueError) as exc:
-                            raise EndpointError(
-                                f"{url}: malformed event in the stream "
-                                f"({type(exc).__name__}: {exc}): {event.data[:200]!r}",
-                                "malformed",
-                            ) from exc
+                    # When these bytes came off the socket (every event in them had arrived
+                    # by then), not when this task got to them: with other streams' chunks in
+                    # the same loop turn, that was up to a millisecond later.
+                    now = time.perf_counter()
+                    now = min(now, getattr(protocol, "read_at", 0.0) or now)
+                    if not stream.done:
+                        stream.read(decoder.feed(piece), now)
+                    else:
+                        decoder.feed(piece)  # read to the end, so the connection can be reused
         except SSEError as exc:
             raise EndpointError(f"{url}: not an event stream: {exc}", "malformed") from exc
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
@@ -826,14 +1087,215 @@ class OpenAIClient:
             ) from exc
         except aiohttp.ClientError as exc:
             raise EndpointError(
-                f"{url}: the connection failed after {chunks} chunks "
+                f"{url}: the connection failed after {stream.chunks} chunks "
                 f"({type(exc).__name__}: {exc}); dropped mid-stream?",
                 "dropped",
             ) from exc
+        # ``extra`` may raise the cap under the newer name (vLLM takes max_completion_tokens
+        # over max_tokens): judge against the larger of the two given.
+        caps = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
+        cap = max((c for c in caps if type(c) is int), default=None)
+        return stream.result(cap, ignore_eos)
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+class _StampedHandler(ResponseHandler):
+    """aiohttp's response protocol, noting when bytes last came off the socket."""
+
+    read_at = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self.read_at = time.perf_counter()
+        super().data_received(data)
+
+
+class _StampingConnector(aiohttp.TCPConnector):
+    """A connector whose connections say when their bytes arrived (``_StampedHandler``).
+
+    aiohttp has no public hook for the arrival of response bytes; the connector's protocol
+    factory is its own. Where a release names it otherwise, the stamps fall back to the
+    moment the reading task runs.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(getattr(self, "_factory", None), functools.partial):
+            stamped = functools.partial(_StampedHandler, loop=self._loop)
+            self._factory = cast("functools.partial[ResponseHandler]", stamped)
+
+
+async def _headers_sent(
+    session: aiohttp.ClientSession,
+    context: Any,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    """The instant a request goes out (its connection is ready and its headers handed to it):
+    TTFT and E2E run from here, not from before the client built the request and took a
+    connection from its pool (~0.2 ms of its own time on the dev machine)."""
+    stream = context.trace_request_ctx
+    if isinstance(stream, _Stream):
+        stream.sent_at = time.perf_counter()
+
+
+_SENT = aiohttp.TraceConfig()
+_SENT.on_request_headers_sent.append(_headers_sent)
+_SENT.freeze()
+
+
+class _Stream:
+    """The state of one stream being read: what arrived, when, and what the server said."""
+
+    __slots__ = (
+        "bytes",
+        "chat",
+        "chunks",
+        "done",
+        "events",
+        "finish",
+        "first_at",
+        "first_event_at",
+        "itl",
+        "last",
+        "last_event",
+        "last_read",
+        "logprobs",
+        "model",
+        "need_content",
+        "paced",
+        "reads",
+        "saw_logprobs",
+        "sent_at",
+        "text",
+        "token_ids",
+        "url",
+        "usage",
+    )
+
+    def __init__(self, url: str, request: GenRequest) -> None:
+        self.url = url
+        self.model = request.model
+        self.chat = request.chat
+        self.paced = request.ignore_eos if request.paced is None else request.paced
+        self.need_content = request.need_content
+        self.text: list[str] = []
+        self.itl: list[float] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.saw_logprobs = False
+        self.token_ids: int | None = None
+        self.usage: Mapping[str, int | None] | None = None
+        self.finish: str | None = None
+        self.sent_at = 0.0
+        self.first_at = 0.0
+        self.first_event_at = 0.0
+        self.last = 0.0
+        self.last_event = 0.0
+        self.last_read = float("-inf")
+        self.chunks = 0
+        self.events = 0
+        self.reads = 0
+        self.bytes = 0
+        self.done = False
+
+    def read(self, events: list[SSEvent], now: float) -> None:
+        """The events one socket read completed, all stamped with that read's instant."""
+        carried = False
+        for event in events:
+            if self.done:
+                return
+            if event.data.strip() == "[DONE]":
+                self.done = True
+                continue
+            self.last_event = now
+            carried = self._event(event, now) or carried
+        if carried:
+            if now - self.last_read > DISTINCT_READ_S:
+                self.reads += 1
+            self.last_read = now
+
+    def _event(self, event: SSEvent, now: float) -> bool:
+        url = self.url
+        if event.event == "error":
+            raise EndpointError(
+                f"{url}: error event in the stream: {error_message(event.data)}", "stream-error"
+            )
+        try:
+            data = loads_json(event.data)
+        except ValueError as exc:
+            raise EndpointError(
+                f"{url}: malformed event in the stream (not JSON): {event.data[:200]!r}",
+                "malformed",
+            ) from exc
+        problem = stream_error(data) if isinstance(data, dict) else None
+        if problem is not None:
+            raise EndpointError(
+                f"{url}: the server reported an error inside its 200 stream: {problem}",
+                "stream-error",
+            )
+        try:
+            said = data.get("model")
+            if said is not None and said != self.model:
+                raise EndpointError(
+                    f"{url}: the server answered as model {said!r} to a request for "
+                    f"{self.model!r} (a proxy that rewrites it, or a server that is not the one "
+                    "asked for; vLLM with several --served-model-name answers with the first: "
+                    "name that one in served_model)",
+                    "model",
+                )
+            if data.get("usage"):
+                self.usage = _usage_of(data["usage"])
+            choices = data.get("choices") or []
+            for choice in choices:
+                if choice.get("index", 0) != 0:
+                    # One completion was asked for (n=1): a second one is padding, not output.
+                    raise EndpointError(
+                        f"{url}: the stream carries a choice with index {choice.get('index')!r}; "
+                        "one completion was asked for (index 0)",
+                        "malformed",
+                    )
+                self.events += 1
+                if not self.first_event_at and not (self.chat and _preamble(choice)):
+                    self.first_event_at = now  # the first token, text or not
+                if choice.get("finish_reason"):
+                    self.finish = str(choice["finish_reason"])
+                if choice.get("logprobs"):
+                    self.saw_logprobs = True
+                    self.logprobs.extend(_logprobs_of(choice, self.chat))
+                ids = choice.get("token_ids")
+                if ids is not None:
+                    self.token_ids = (self.token_ids or 0) + len(ids)
+                content = _content_of(choice, self.chat)
+                if not content:
+                    continue
+                if self.finish is not None and not choice.get("finish_reason"):
+                    raise EndpointError(
+                        f"{url}: text after the finish_reason {self.finish!r}: {content[:80]!r}",
+                        "malformed",
+                    )
+                if self.chunks == 0:
+                    self.first_at = now
+                else:
+                    self.itl.append(now - self.last)
+                self.last = now
+                self.chunks += 1
+                self.bytes += len(content) if content.isascii() else len(content.encode())
+                self.text.append(content)
+            return bool(choices)
+        except (AttributeError, TypeError, KeyError, ValueError, OverflowError) as exc:
+            raise EndpointError(
+                f"{url}: malformed event in the stream "
+                f"({type(exc).__name__}: {exc}): {event.data[:200]!r}",
+                "malformed",
+            ) from exc
+
+    def result(self, cap: int | None, ignore_eos: bool) -> StreamResult:
+        """The measurement, once what the server said agrees with what arrived."""
+        url, finish, chunks, start = self.url, self.finish, self.chunks, self.sent_at
         if finish is None:
             # [DONE] alone does not say the generation finished: llama.cpp sends it after an
             # error too. Every OpenAI-compatible server names a finish_reason when it ends.
-            ended = "with [DONE] but" if done else "without [DONE] and"
+            ended = "with [DONE] but" if self.done else "without [DONE] and"
             raise EndpointError(
                 f"{url}: the stream ended after {chunks} chunks {ended} without a finish_reason",
                 "dropped",
@@ -844,12 +1306,8 @@ class OpenAIClient:
                 f"{chunks} chunks (it aborted the request)",
                 "stream-error",
             )
-        said = usage.get("completion_tokens") if usage else None
-        # ``extra`` may raise the cap under the newer name (vLLM takes max_completion_tokens
-        # over max_tokens): judge against the larger of the two given.
-        caps = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
-        cap = max((c for c in caps if type(c) is int), default=None)
-        if isinstance(said, int) and cap is not None and said > cap:
+        said = self.usage.get("completion_tokens") if self.usage else None
+        if said is not None and cap is not None and said > cap:
             # Every token figure (throughput, TPOT) divides by this count: one above the cap
             # the server was given is a count that cannot be true.
             raise EndpointError(
@@ -857,20 +1315,47 @@ class OpenAIClient:
                 f"max_tokens {cap}; its usage cannot be trusted",
                 "malformed",
             )
-        if chunks == 0:
+        logprobs = tuple(self.logprobs) if self.saw_logprobs and self.logprobs else None
+        got = Received(
+            content_chunks=chunks,
+            events=self.events,
+            content_bytes=self.bytes,
+            logprob_tokens=len(logprobs) if logprobs is not None else None,
+            token_ids=self.token_ids,
+        )
+        text = "".join(self.text)
+        wrong = count_disagreement(said, got, cap, finish)
+        if wrong is None and logprobs is not None:
+            wrong = logprob_text_disagreement([lp.token for lp in logprobs], text)
+        if wrong is not None:
+            raise EndpointError(f"{url}: {wrong}; the server's word cannot be taken", "malformed")
+        if chunks == 0 and self.need_content:
             raise EndpointError(
                 f"{url}: the stream carried no content (usage.completion_tokens: {said})", "short"
             )
+        tokens = said if said is not None else chunks
+        buffered = buffering(self.events, self.reads, tokens)
+        if buffered is not None and self.paced and max(self.events, tokens) >= REFUSE_BUFFERED_FROM:
+            raise EndpointError(
+                f"{url}: {buffered}; a decode rate, ITL or TPOT needs the tokens as they were "
+                "made (TTFT and E2E alone are measured with paced=False)",
+                "buffered",
+            )
         return StreamResult(
-            ttft_s=ttft,
-            itl_s=tuple(itl),
-            e2e_s=last_event - start,
-            text="".join(text),
+            # No text at all (an answer that is one EOS): its first token's event, if any.
+            ttft_s=(self.first_at if chunks else self.first_event_at or self.last_event) - start,
+            itl_s=tuple(self.itl) if buffered is None else (),
+            e2e_s=max(self.last_event, start) - start,
+            text=text,
             content_chunks=chunks,
-            prompt_tokens=usage.get("prompt_tokens") if usage else None,
-            completion_tokens=usage.get("completion_tokens") if usage else None,
+            prompt_tokens=self.usage.get("prompt_tokens") if self.usage else None,
+            completion_tokens=said,
             finish_reason=finish,
             ignore_eos_applied=ignore_eos,
-            logprobs=tuple(logprobs) if saw_logprobs and logprobs else None,
-            first_token_at=first_at,
+            logprobs=logprobs,
+            first_token_at=self.first_at,
+            events=self.events,
+            reads=self.reads,
+            content_bytes=self.bytes,
+            buffered=buffered,
         )

@@ -9,8 +9,10 @@ class EndpointError(GpufitError):
     """A request to a serving endpoint failed; the message says what the server did.
 
     ``kind`` names the family so a load level can count errors by cause: ``connect``,
-    ``status``, ``auth``, ``model``, ``stream-error``, ``malformed``, ``dropped``, ``timeout``,
-    ``short``, ``config``.
+    ``status``, ``auth``, ``model`` (an unknown model, or an answer from another one),
+    ``stream-error``, ``malformed`` (including a claim that disagrees with what arrived),
+    ``buffered`` (a stream delivered in a burst where its pacing is judged), ``dropped``,
+    ``timeout``, ``short``, ``config``.
     """
 
     def __init__(self, message: str, kind: str = "status", status: int | None = None) -> None:
@@ -21,3 +23,7 @@ class EndpointError(GpufitError):
 
 class ServerStartError(GpufitError):
     """A launched server did not come up; the message names its log file and quotes its end."""
+
+
+class LaunchWarning(UserWarning):
+    """A launch that works but costs: two xdist workers starting a server for one target."""

@@ -7,26 +7,40 @@ is up; those in flight end within their own timeout). Per level it reports what 
 latency (``e2el``) as mean/p50/p90/p99 in ms, and ``request_goodput`` (good requests per
 second); plus ``error_rate`` and ``goodput`` as a share: the fraction of all requests sent that
 met every per-request SLO, as AIPerf and DistServe define goodput (a failed request never
-meets it). Percentiles interpolate linearly, as numpy's default (which vLLM uses) does.
+meets it). Percentiles interpolate linearly (``statistics.quantiles``, method "inclusive"), as
+numpy's default (which vLLM uses) does.
+
+Every figure comes from what the client received: a stream that arrived in a burst (a
+buffering proxy, a replayed answer: ``client.buffering``) keeps its TTFT and E2E but gives no
+ITL or TPOT and meets no TPOT objective, and the level counts it (``buffered``). Each request
+gets a prompt of its own (``prompts="unique"``: its first words differ, as vLLM's ``random``
+dataset makes its prompts), so a server's prefix cache or an answer cache cannot serve one
+request from another's work; ``prompts="shared"`` sends the one prompt again on purpose (a
+cache-hit workload). ``distinct_prompts`` in the figures says which.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
-import math
 import random
+import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from pytest_gpufit.serving.client import GenRequest, OpenAIClient, StreamResult
 from pytest_gpufit.serving.errors import EndpointError
+from pytest_gpufit.serving.prompts import prompt_keys, unique_prompt
+
+Prompts = Literal["unique", "shared"]
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation (numpy's default method).
+def percentile(values: Sequence[float], q: int) -> float:
+    """The ``q``-th percentile (1..99) with linear interpolation (numpy's default method).
 
     >>> percentile([1.0, 2.0, 3.0, 4.0], 50)
     2.5
@@ -37,11 +51,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     """
     if not values:
         raise ValueError("percentile of no values")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    if len(values) == 1:
+        return float(values[0])  # statistics.quantiles wants two points before Python 3.13
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 @dataclass(frozen=True)
@@ -65,11 +77,15 @@ def percentiles(values: Sequence[float]) -> Percentiles | None:
     """
     if not values:
         return None
+    if len(values) == 1:
+        cuts = [float(values[0])] * 99
+    else:
+        cuts = statistics.quantiles(values, n=100, method="inclusive")
     return Percentiles(
-        mean=round(sum(values) / len(values), 9),
-        p50=round(percentile(values, 50), 9),
-        p90=round(percentile(values, 90), 9),
-        p99=round(percentile(values, 99), 9),
+        mean=round(statistics.fmean(values), 9),
+        p50=round(cuts[49], 9),
+        p90=round(cuts[89], 9),
+        p99=round(cuts[98], 9),
         count=len(values),
     )
 
@@ -84,15 +100,21 @@ class Slo:
     e2e_ms: float | None = None
 
     def met_by(self, result: StreamResult) -> bool:
-        """Whether one request met every objective.
+        """Whether one request met every objective. A buffered stream has no TPOT to meet one
+        with (a single token has none to miss).
 
         >>> r = StreamResult(0.2, (0.01,), 1.2, "", 2, 8, 101, "length", True, None, 0.0)
         >>> Slo(ttft_ms=300, tpot_ms=20).met_by(r), Slo(ttft_ms=100).met_by(r)
         (True, False)
+        >>> burst = dataclasses.replace(r, buffered="buffered: ...")
+        >>> Slo(ttft_ms=300, tpot_ms=20).met_by(burst)
+        False
         """
         if self.ttft_ms is not None and result.ttft_s * 1000 > self.ttft_ms:
             return False
         tpot = result.tpot_s
+        if self.tpot_ms is not None and result.buffered is not None:
+            return False
         if self.tpot_ms is not None and tpot is not None and tpot * 1000 > self.tpot_ms:
             return False
         return not (self.e2e_ms is not None and result.e2e_s * 1000 > self.e2e_ms)
@@ -129,6 +151,11 @@ class LevelResult:
     e2el_ms: Percentiles | None
     errors: tuple[str, ...]
     error_kinds: tuple[tuple[str, int], ...]
+    buffered: int = 0
+    buffered_reason: str | None = None
+    silent: int = 0  # answers that carried no text (their TTFT is their first token's event)
+    distinct_prompts: int = 0
+    prompt_tokens: tuple[int, int] | None = None  # fewest and most, as the server counted
 
     @property
     def name(self) -> str:
@@ -147,7 +174,12 @@ class LevelResult:
             "error_rate": self.error_rate,
             "goodput": self.goodput,
             "request_goodput": self.request_goodput,
+            "buffered": float(self.buffered),
+            "silent": float(self.silent),
+            "distinct_prompts": float(self.distinct_prompts),
         }
+        if self.prompt_tokens is not None:
+            out["min_prompt_tokens"], out["max_prompt_tokens"] = map(float, self.prompt_tokens)
         for metric, stats in (
             ("ttft", self.ttft_ms),
             ("tpot", self.tpot_ms),
@@ -169,6 +201,7 @@ def summarize_level(
     slo: Slo | None = None,
     concurrency: int | None = None,
     rate: float | None = None,
+    distinct_prompts: int = 0,
 ) -> LevelResult:
     """Summarize a level's outcomes (pure: the numbers come only from the arguments).
 
@@ -179,13 +212,15 @@ def summarize_level(
     (2, 1, 0.333, 0.667)
     >>> level.request_throughput, level.output_throughput, level.ttft_ms.p99
     (1.0, 3.0, 100.0)
+    >>> burst = dataclasses.replace(ok, itl_s=(), buffered="buffered: ...")
+    >>> level = summarize_level([Outcome(burst), Outcome(ok)], 1.0)
+    >>> level.buffered, level.itl_ms.count, level.tpot_ms.count, level.ttft_ms.count
+    (1, 2, 1, 2)
     """
     good = [o.result for o in outcomes if o.result is not None]
     failed = [o for o in outcomes if o.result is None]
     sent = len(outcomes)
-    tokens = sum(
-        r.completion_tokens if r.completion_tokens is not None else r.content_chunks for r in good
-    )
+    tokens = sum(r.tokens for r in good)
     meeting = sum(1 for r in good if slo is None or slo.met_by(r))
     seconds = duration_s if duration_s > 0 else float("nan")
     kinds = Counter(o.kind or "error" for o in failed)
@@ -193,7 +228,10 @@ def summarize_level(
     for o in failed:
         if o.error and o.error not in distinct and len(distinct) < 3:
             distinct.append(o.error)
+    # Only streams that arrived as they were made give gaps (a buffered one has none).
     tpots = [t * 1000 for r in good if (t := r.tpot_s) is not None]
+    buffered = [r.buffered for r in good if r.buffered is not None]
+    counted = [r.prompt_tokens for r in good if r.prompt_tokens is not None]
     return LevelResult(
         concurrency=concurrency,
         rate=rate,
@@ -213,6 +251,11 @@ def summarize_level(
         e2el_ms=percentiles([r.e2e_s * 1000 for r in good]),
         errors=tuple(distinct),
         error_kinds=tuple(sorted(kinds.items())),
+        buffered=len(buffered),
+        buffered_reason=buffered[0] if buffered else None,
+        silent=sum(1 for r in good if r.content_chunks == 0),
+        distinct_prompts=distinct_prompts,
+        prompt_tokens=(min(counted), max(counted)) if counted else None,
     )
 
 
@@ -235,6 +278,13 @@ def format_level(level: LevelResult) -> str:
     )
     if level.errors:
         line += f"; first error: {level.errors[0]}"
+    if level.buffered:
+        line += (
+            f"; {level.buffered} of {level.completed} streams gave no ITL/TPOT: "
+            f"{level.buffered_reason}"
+        )
+    if level.silent:
+        line += f"; {level.silent} of {level.completed} answers carried no text"
     return line
 
 
@@ -243,6 +293,21 @@ async def _one(client: OpenAIClient, request: GenRequest) -> Outcome:
         return Outcome(await client.stream(request))
     except EndpointError as exc:
         return Outcome(None, str(exc), exc.kind)
+
+
+def _prompted(
+    requests: Sequence[GenRequest], prompts: Prompts, keys: Iterator[int]
+) -> Callable[[int], GenRequest]:
+    """The ``i``-th request of a level: paced=False (a burst keeps its TTFT and E2E; the
+    level leaves out its gaps), need_content=False (an answer with no text, a first token
+    that is EOS, is an answer; the level counts them) and, for unique prompts, a prompt no
+    other request has."""
+    base = [dataclasses.replace(r, paced=False, need_content=False) for r in requests]
+    if prompts == "shared":
+        return lambda i: base[i % len(base)]
+    return lambda i: dataclasses.replace(
+        base[i % len(base)], prompt=unique_prompt(base[i % len(base)].prompt, next(keys))
+    )
 
 
 async def run_level(
@@ -255,30 +320,39 @@ async def run_level(
     max_seconds: float = 300.0,
     slo: Slo | None = None,
     seed: int = 0,
+    prompts: Prompts = "unique",
+    keys: Iterator[int] | None = None,
 ) -> LevelResult:
     """One level: ``concurrency`` closed-loop workers, or Poisson arrivals at ``rate`` req/s
-    (capped at ``concurrency`` in flight when both are given)."""
+    (capped at ``concurrency`` in flight when both are given). ``prompts="unique"`` makes
+    each request's prompt its own with ``keys`` (a random start when None)."""
     if not requests:
         raise ValueError("run_level needs at least one request")
     if concurrency is None and rate is None:
         raise ValueError("a level needs a concurrency or a rate")
+    if prompts not in ("unique", "shared"):
+        raise ValueError(f"prompts is {prompts!r}; expected 'unique' or 'shared'")
+    make = _prompted(requests, prompts, keys if keys is not None else prompt_keys())
+    sent: set[str] = set()
     counter = itertools.count()
     outcomes: list[Outcome] = []
     start = time.perf_counter()
     deadline = start + max_seconds
 
-    def next_index() -> int | None:
+    def next_request() -> GenRequest | None:
         i = next(counter)
         if i >= max_requests or time.perf_counter() >= deadline:
             return None
-        return i
+        request = make(i)
+        sent.add(request.prompt)
+        return request
 
     if rate is None:
         assert concurrency is not None
 
         async def worker() -> None:
-            while (i := next_index()) is not None:
-                outcomes.append(await _one(client, requests[i % len(requests)]))
+            while (request := next_request()) is not None:
+                outcomes.append(await _one(client, request))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     else:
@@ -294,8 +368,8 @@ async def run_level(
 
         tasks: list[asyncio.Task[None]] = []
         arrival = start
-        while (i := next_index()) is not None:
-            tasks.append(asyncio.ensure_future(bounded(requests[i % len(requests)])))
+        while (request := next_request()) is not None:
+            tasks.append(asyncio.ensure_future(bounded(request)))
             arrival += rng.expovariate(rate)
             delay = arrival - time.perf_counter()
             if arrival >= deadline:
@@ -304,7 +378,7 @@ async def run_level(
                 await asyncio.sleep(delay)
         await asyncio.gather(*tasks)
     duration = time.perf_counter() - start
-    return summarize_level(outcomes, duration, slo, concurrency, rate)
+    return summarize_level(outcomes, duration, slo, concurrency, rate, len(sent))
 
 
 async def run_load(
@@ -317,12 +391,15 @@ async def run_load(
     max_seconds: float = 300.0,
     slo: Slo | None = None,
     on_level: Callable[[LevelResult], None] | None = None,
+    prompts: Prompts = "unique",
 ) -> tuple[LevelResult, ...]:
-    """Every concurrency level, then every rate level; ``on_level`` hears each as it ends."""
+    """Every concurrency level, then every rate level; ``on_level`` hears each as it ends.
+    Unique prompts stay unique across the levels (one run of keys)."""
     levels: list[LevelResult] = []
     cap = max(concurrency) if rates and concurrency else None
     plan: list[tuple[int | None, float | None]] = [(c, None) for c in concurrency]
     plan += [(cap, r) for r in rates]
+    keys = prompt_keys()
     for conc, rate in plan:
         level = await run_level(
             client,
@@ -332,6 +409,8 @@ async def run_load(
             max_requests=max_requests,
             max_seconds=max_seconds,
             slo=slo,
+            prompts=prompts,
+            keys=keys,
         )
         levels.append(level)
         if on_level is not None:

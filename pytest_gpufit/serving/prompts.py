@@ -1,17 +1,27 @@
-"""Prompts of a requested token length, counted by the server itself.
+"""Prompts of a requested token length, counted by the server itself, and made unique.
 
 The client has no tokenizer (the server's is the one that counts), so a prompt is a repeated
 word, sized from the server's own ``usage.prompt_tokens``: two probes fit tokens = a * words +
 b (b: BOS and template tokens), the fitted length is sent and checked, and corrected while it
-misses. The result states the count the server reported, never an assumed one.
+misses. The result states the count the server reported, never an assumed one. A probe asks
+for one generated token and needs none of it (``OpenAIClient.count_prompt_tokens``).
+
+Sent again and again, one prompt measures a cache: vLLM and SGLang keep the prefill of a
+prompt they saw (prefix caching, on by default), and a server may replay a whole answer.
+``unique_prompt`` gives each request a prompt of its own of the same length, with different
+first words (as vLLM's ``random`` dataset puts a random prefix first), so no request's prefill
+is another's and no answer can be replayed; ``prompt_keys`` numbers them from a random
+start, so a rerun against the same server does not meet the prompts of the last run either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from pytest_gpufit.serving.client import GenRequest, OpenAIClient
+from pytest_gpufit.serving.client import OpenAIClient
 from pytest_gpufit.serving.errors import EndpointError
 
 
@@ -50,18 +60,63 @@ def words_for(target: int, probes: Sequence[tuple[int, int]]) -> int:
     return max(1, round(n1 * target / t1)) if t1 else target
 
 
-async def _count(
-    client: OpenAIClient, model: str, text: str, chat: bool, timeout_s: float = 120.0
-) -> int:
-    request = GenRequest(model=model, prompt=text, max_tokens=1, chat=chat, timeout_s=timeout_s)
-    result = await client.stream(request)
-    if result.prompt_tokens is None:
-        raise EndpointError(
-            f"{client.base_url}: the server reported no usage.prompt_tokens, so a prompt of a "
-            "given token length cannot be checked",
-            "short",
-        )
-    return result.prompt_tokens
+# Fourteen common words that the usual vocabularies (byte-level BPE, SentencePiece) hold as
+# one token each, with or without a space before them, as they hold "the"; all of them are in
+# the word-level vocabulary of the tiny test checkpoints too, so that a random-weight model
+# there goes on answering with words (one it does not know reads as <unk>, and its answer to
+# that is often nothing).
+UNIQUE_WORDS = (
+    "the", "of", "is", "a", "and", "on", "city",
+    "model", "card", "fast", "slow", "test", "runs", "capital",
+)  # fmt: skip
+# Words a key takes: 14 ** 4 = 38,416 prompts before one comes again. Only the first token has
+# to differ for a prefix cache to miss; the rest of the prompt stays the word that was sized.
+KEY_WORDS = 4
+
+
+def key_words(key: int, count: int = KEY_WORDS) -> list[str]:
+    """``key`` in ``count`` digits of base ``len(UNIQUE_WORDS)``, each one of the words,
+    lowest digit first (so consecutive keys differ in the very first word, where a prefix
+    cache starts).
+
+    >>> key_words(1, 3), key_words(14, 3)
+    (['of', 'the', 'the'], ['the', 'of', 'the'])
+    """
+    digits = []
+    for _ in range(count):
+        key, digit = divmod(key, len(UNIQUE_WORDS))
+        digits.append(UNIQUE_WORDS[digit])
+    return digits
+
+
+def unique_prompt(text: str, key: int) -> str:
+    """``text`` made a prompt of its own by ``key``. A prompt of one repeated word (what
+    ``sized_prompt`` builds) keeps its word count: its first words spell the key, each a
+    one-token word as the word it replaces, so the server counts the same length (each
+    request's ``usage.prompt_tokens`` is reported, so a vocabulary where that fails shows).
+    Any other prompt gets the key's words and a line break in front of it.
+
+    >>> unique_prompt("the the the the", 1)
+    'of the the the'
+    >>> unique_prompt("Write a poem.", 2).splitlines()
+    ['is the the the', 'Write a poem.']
+    """
+    words = text.split(" ")
+    if len(set(words)) == 1 and words[0] and not any(c.isspace() for c in words[0]):
+        count = min(KEY_WORDS, len(words))
+        return " ".join(key_words(key, count) + words[count:])
+    return " ".join(key_words(key)) + "\n" + text
+
+
+def prompt_keys() -> Iterator[int]:
+    """Keys for ``unique_prompt``: consecutive, from a random start (a fresh run of gpufit
+    against a server that kept the last run's cache meets none of its prompts).
+
+    >>> keys = prompt_keys()
+    >>> first = next(keys); next(keys) == first + 1
+    True
+    """
+    return itertools.count(random.SystemRandom().randrange(len(UNIQUE_WORDS) ** KEY_WORDS))
 
 
 async def sized_prompt(
@@ -80,7 +135,7 @@ async def sized_prompt(
     words = tokens
     for _ in range(attempts):
         text = repeat_words(words, word)
-        counted = await _count(client, model, text, chat, timeout_s)
+        counted = await client.count_prompt_tokens(model, text, chat=chat, timeout_s=timeout_s)
         if abs(counted - tokens) <= tolerance:
             return SizedPrompt(text, counted)
         probes.append((words, counted))
