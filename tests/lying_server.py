@@ -226,6 +226,9 @@ class Liar:
         prompt = str(body["messages"][-1]["content"] if chat else body.get("prompt", ""))
         asked = int(body.get("max_tokens") or 16)
         record = Record(prompt, arrived)
+        # Kept at once (filled in as it streams): a client may read the last event and go on
+        # before this handler's bookkeeping after the stream would have run.
+        self.records.append(record)
         self.in_flight += 1
         try:
             writer.write(
@@ -236,7 +239,6 @@ class Liar:
             await self._stream(body, chat, prompt, asked, record, writer)
         finally:
             self.in_flight -= 1
-        self.records.append(record)
 
     def _piece(self, chat: bool, text: str, finish: str | None, **extra: Any) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, **extra}
