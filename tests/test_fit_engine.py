@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -337,25 +339,54 @@ def test_per_card_need_of_a_tp_setup_keeps_the_mla_cache_whole() -> None:
     assert grown > 8192 * 61 * 576 * 2  # the whole latent of 8192 more tokens, per card
 
 
-def test_runtime_per_rank_at_tp_2_is_the_measured_nccl_and_context() -> None:
-    from pytest_gpufit.fit.estimate import RUNTIME_TP_OVERHEAD_BYTES, per_card_bytes
+SWEEP = CALIBRATION_CONFIGS.parent / "vllm-0.19-h100-sweep.tsv"
 
+
+def _sweep(quantity: str) -> list[dict[str, str]]:
+    """The published vLLM 0.19 log figures on an H100 (fixtures/calibration/README.md)."""
+    with SWEEP.open(encoding="utf-8") as handle:
+        return [r for r in csv.DictReader(handle, delimiter="\t") if r["quantity"] == quantity]
+
+
+def test_runtime_per_rank_at_tp_2_is_the_measured_nccl_and_context() -> None:
+    """The logs' CUDA context + non-torch memory: 0.76 GiB at TP 1; at TP >= 2 the NCCL and
+    all-reduce buffers make it 3.60-4.08 GiB per rank."""
+    from pytest_gpufit.fit.estimate import per_card_bytes, runtime_bytes_per_gpu
+
+    logged = {
+        (r["model"], int(r["tensor_parallel"])): float(r["value"])
+        for r in _sweep("runtime_nonweight_nonkv_per_gpu")
+    }
+    at_one = {v for (_, tp), v in logged.items() if tp == 1}
+    at_more = sorted(v for (_, tp), v in logged.items() if tp >= 2)
+    assert len(at_more) == 3
+    for value in at_one:
+        assert runtime_bytes_per_gpu(1) / 2**30 == pytest.approx(value, rel=0.04)
+    assert at_more[0] <= runtime_bytes_per_gpu(2) / 2**30 <= at_more[-1]
+    assert runtime_bytes_per_gpu(4) == runtime_bytes_per_gpu(2)
     spec = load_spec("llama-3.1-8b")
     est = estimate(spec, "bf16", 1)
     one = per_card_bytes(spec, est, 1, 1)
     two = per_card_bytes(spec, est, 2, 1)
-    assert RUNTIME_TP_OVERHEAD_BYTES > 3.5 * 2**30
-    assert two > RUNTIME_TP_OVERHEAD_BYTES
-    assert one - RUNTIME_OVERHEAD_BYTES > two - RUNTIME_TP_OVERHEAD_BYTES  # the rest is split
+    assert two > runtime_bytes_per_gpu(2)
+    assert one - runtime_bytes_per_gpu(1) > two - runtime_bytes_per_gpu(2)  # the rest is split
 
 
 def test_verdict_uses_the_usable_memory_not_nvml_total() -> None:
+    """What CUDA can allocate on an H100 80GB, as vLLM's log says it (total_memory=79.19GiB),
+    not NVML's 79.65 GiB."""
     from pytest_gpufit.fit.estimate import usable_bytes
 
+    (row,) = _sweep("usable_device_memory")
+    match = re.search(r"total_memory=([\d.]+)GiB", row["log_line"])
+    assert match, row["log_line"]
     h100 = catalog_gpu("h100-sxm")
-    assert usable_bytes(h100) == (81090 * 2**20, "catalog usable_mib")
+    usable, source = usable_bytes(h100)
+    assert source == "catalog usable_mib"
+    assert usable / 2**30 == pytest.approx(float(match[1]), abs=0.005)  # the log's 2 decimals
+    assert usable < h100.memory_total_bytes
     fit = fit_on(load_spec("llama-3.1-8b"), estimate(load_spec("llama-3.1-8b")), h100)
-    assert fit.usable_bytes == 81090 * 2**20
+    assert fit.usable_bytes == usable
     assert fit.headroom_bytes == fit.usable_bytes - fit.per_card_bytes
     t4 = catalog_gpu("t4")  # no measured figure: 1% below NVML
     assert usable_bytes(t4)[0] == t4.memory_total_bytes - t4.memory_total_bytes // 100

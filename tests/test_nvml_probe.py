@@ -50,31 +50,37 @@ def test_library_failures_give_an_empty_inventory_with_reason(error: type, reaso
     assert inv.gpus == () and reason in (inv.reason or "")
 
 
-@pytest.mark.parametrize(
-    "fn",
-    [
-        "nvmlDeviceGetCudaComputeCapability",
-        "nvmlDeviceGetArchitecture",
-        "nvmlDeviceGetMemoryBusWidth",
-        "nvmlDeviceGetAttributes",
-        "nvmlDeviceGetMigMode",
-        "nvmlDeviceGetEccMode",
-        "nvmlDeviceGetPciInfo",
-        "nvmlDeviceGetMaxClockInfo",
-        "nvmlDeviceGetCurrPcieLinkGeneration",
-        "nvmlDeviceGetMaxPcieLinkGeneration",
-        "nvmlDeviceGetCurrPcieLinkWidth",
-        "nvmlDeviceGetMaxPcieLinkWidth",
-        "nvmlDeviceGetEnforcedPowerLimit",
-        "nvmlDeviceGetPowerManagementDefaultLimit",
-    ],
-)
-def test_a_field_that_is_not_supported_becomes_none(fn: str) -> None:
-    inv = probe(FakeNvml([FakeCard(not_supported={fn})]))
-    (gpu,) = inv.gpus
-    record = gpu.to_dict()
-    assert gpu.memory_total_bytes > 0
-    assert None in record.values()
+# Each NVML query and the record fields it feeds: refused by the driver, exactly those fields
+# become None (a derived one too: bandwidth needs the bus width and the clock); the rest of the
+# record is what the full probe gives.
+UNSUPPORTED = {
+    "nvmlDeviceGetCudaComputeCapability": {"compute_capability"},
+    "nvmlDeviceGetArchitecture": {"architecture"},
+    "nvmlDeviceGetMemoryBusWidth": {"memory_bus_width_bits", "memory_bandwidth_bytes_s"},
+    "nvmlDeviceGetAttributes": {"sm_count"},
+    "nvmlDeviceGetMigMode": {"mig_enabled"},
+    "nvmlDeviceGetEccMode": {"ecc_enabled"},
+    "nvmlDeviceGetPciInfo": {"pci_bus_id"},
+    "nvmlDeviceGetMaxClockInfo": {"max_memory_clock_mhz", "memory_bandwidth_bytes_s"},
+    "nvmlDeviceGetCurrPcieLinkGeneration": {"pcie_link_gen_current"},
+    "nvmlDeviceGetMaxPcieLinkGeneration": {"pcie_link_gen_max"},
+    "nvmlDeviceGetCurrPcieLinkWidth": {"pcie_link_width_current"},
+    "nvmlDeviceGetMaxPcieLinkWidth": {"pcie_link_width_max"},
+    "nvmlDeviceGetEnforcedPowerLimit": {"power_limit_mw"},
+    "nvmlDeviceGetPowerManagementDefaultLimit": {"power_limit_default_mw"},
+}
+
+
+@pytest.mark.parametrize(("fn", "fields"), sorted(UNSUPPORTED.items()))
+def test_a_field_that_is_not_supported_becomes_none(fn: str, fields: set[str]) -> None:
+    (full,) = probe(FakeNvml([FakeCard()])).gpus
+    (gpu,) = probe(FakeNvml([FakeCard(not_supported={fn})])).gpus
+    expected = full.to_dict()
+    assert all(expected[f] is not None for f in fields), "the full probe reports them"
+    expected.update(dict.fromkeys(fields))
+    if fn == "nvmlDeviceGetCudaComputeCapability":
+        expected["native_dtypes"] = []  # not guessed: the next test
+    assert gpu.to_dict() == expected
 
 
 def test_cc_not_supported_leaves_no_native_dtypes_rather_than_guessing() -> None:

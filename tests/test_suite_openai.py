@@ -245,6 +245,21 @@ with FakeOpenAI(int(sys.argv[1])) as server:
 """
 
 
+SIGNALS_THE_LOAD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from serving_fakes import FakeOpenAI
+with FakeOpenAI(int(sys.argv[1])) as server:
+    server.delay_s = 0.5
+    while not any(b.get("max_tokens") == 20 for b in list(server.bodies)):
+        time.sleep(0.01)
+    Path({ready!r}).write_text("a load request arrived")
+    while True:
+        time.sleep(1)
+"""
+
+
 def launched(tmp_path: Path, name: str, die_after: int = 10**9, extra: str = "") -> str:
     script = tmp_path / f"{name}.py"
     script.write_text(DIE_MID_LOAD.format(tests=str(TESTS), die_after=die_after, extra=extra))
@@ -381,15 +396,14 @@ def test_a_target_server_stops_after_its_last_check_and_on_ctrl_c(
     result.assert_outcomes(passed=2)
     assert not _processes_with(f"{tmp_path}/")
 
-    slow = "    server.delay_s = 0.5\n"  # each token half a second: the load runs a while
-    script = launched(tmp_path, "interrupted-gpufit")
-    (tmp_path / "interrupted-gpufit.py").write_text(
-        DIE_MID_LOAD.format(tests=str(TESTS), die_after=10**9, extra="").replace(
-            "    server.delay_s = 0.02\n", slow
-        )
-    )
+    # A server whose every token takes half a second; it writes IN_LOAD once a request of the
+    # load (20 new tokens, not the 1-token prompt sizing) has arrived: the readiness signal.
+    in_load = tmp_path / "in-load"
+    script = tmp_path / "interrupted-gpufit.py"
+    script.write_text(SIGNALS_THE_LOAD.format(tests=str(TESTS), ready=str(in_load)))
+    launch = json.dumps({"command": [sys.executable, str(script), "{port}"], "ready_timeout_s": 30})
     load = "load: {concurrency: [2], requests: 50, prompt_tokens: 4, new_tokens: 20}"
-    pytester.makefile(".gpufit.yaml", s=suite(target("slow", load, launch=script)))
+    pytester.makefile(".gpufit.yaml", s=suite(target("slow", load, launch=launch)))
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", "s.gpufit.yaml", "-p", "no:cacheprovider"],
         cwd=pytester.path,
@@ -398,10 +412,10 @@ def test_a_target_server_stops_after_its_last_check_and_on_ctrl_c(
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not _processes_with("interrupted-gpufit.py") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(3)  # into the load
+        deadline = time.monotonic() + 90
+        while not in_load.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the signal, not guessing how long the start takes
+        assert in_load.exists(), "the load never reached the server"
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=60)
     finally:
