@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import save_tiny_checkpoint
 
 from pytest_gpufit.baseline import (
     FORMAT,
@@ -116,12 +117,10 @@ def test_golden_failures() -> None:
 
 # ---- through pytest ----------------------------------------------------------------------------
 
-pytest.importorskip("transformers")
-from tiny_models import save_tiny_checkpoint  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("transformers")  # the hf extra: only the tests that run a model
     return save_tiny_checkpoint(tmp_path_factory.mktemp("bl") / "tiny")
 
 
@@ -230,6 +229,7 @@ def test_better_beyond_tolerance_passes_with_a_warning(
 
 
 def test_golden_fails_on_perturbed_weights(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
     model = save_tiny_checkpoint(tmp_path / "m")
     _suite(pytester, model)
     store = pytester.path / "store"

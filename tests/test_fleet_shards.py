@@ -8,8 +8,6 @@ import json
 import pytest
 from fleet_project import POOL, probe
 
-pytest.importorskip("pytest_split", reason="pytest-split (the dev and fleet extras) shards")
-
 TESTS = """
 import pytest
 
@@ -40,11 +38,24 @@ def collected(pytester: pytest.Pytester, *args: str) -> list[str]:
     return [line for line in result.outlines if line.startswith("test_fleet.py::")]
 
 
+@pytest.mark.parametrize(("runner", "expected"), [("h100x2", 7 + 5), ("pro6000", 5 + 4 + 3 + 1)])
+def test_a_class_collects_the_items_the_plan_gives_it(
+    pytester: pytest.Pytester, runner: str, expected: int
+) -> None:
+    """h100x2: two GPUs, sixty GB; pro6000: sixty GB, ninety GB, ungated, the orphan."""
+    pytester.makepyfile(test_fleet=TESTS)
+    pytester.makefile(".yaml", **{"gpufit-runners": POOL})
+    pytester.makeconftest(probe(CARDS[runner]))
+    whole = collected(pytester, f"--gpufit-runner={runner}", "--gpufit-runners=gpufit-runners.yaml")
+    assert len(whole) == expected
+
+
 @pytest.mark.parametrize("durations", [False, True], ids=["no-durations", "durations"])
 @pytest.mark.parametrize(("runner", "shards"), [("h100x2", 3), ("pro6000", 4), ("h100x2", 12)])
 def test_the_shards_of_a_class_partition_its_items(
     pytester: pytest.Pytester, runner: str, shards: int, durations: bool
 ) -> None:
+    pytest.importorskip("pytest_split", reason="pytest-split (the dev and fleet extras) shards")
     pytester.makepyfile(test_fleet=TESTS)
     pytester.makefile(".yaml", **{"gpufit-runners": POOL})
     pytester.makeconftest(probe(CARDS[runner]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,7 +19,6 @@ from pytest_gpufit.suites.kinds import KINDS
 from pytest_gpufit.suites.schema import TARGET_KINDS
 from pytest_gpufit.units import parse_percent
 
-jsonschema = pytest.importorskip("jsonschema")
 SCHEMA = json_schema.build_schema()
 TARGET = SCHEMA["properties"]["targets"]["items"]["properties"]
 REQUIRES = SCHEMA["properties"]["requires"]["properties"]
@@ -30,6 +30,14 @@ def test_shipped_schema_is_the_generated_one() -> None:
         "schema.json is stale; run: python -m pytest_gpufit.suites.json_schema"
     )
     assert json_schema.main(["--check"]) == 0
+
+
+@pytest.fixture(scope="module")
+def jsonschema() -> ModuleType:
+    return pytest.importorskip("jsonschema")  # the dev extra: only the tests that validate
+
+
+def test_the_schema_is_a_draft_2020_12_schema(jsonschema: ModuleType) -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
@@ -169,7 +177,7 @@ VALUES: list[Any] = [
 
 
 @pytest.mark.parametrize("field", FIELDS)
-def test_validator_and_schema_agree(field: str) -> None:
+def test_validator_and_schema_agree(field: str, jsonschema: ModuleType) -> None:
     parse, schema = FIELDS[field]
     validator = jsonschema.Draft202012Validator(schema)
     disagree = [
@@ -191,7 +199,9 @@ def test_validator_and_schema_agree(field: str) -> None:
         st.floats(allow_nan=False),
     )
 )
-def test_validator_and_schema_agree_on_random_values(field: str, value: Any) -> None:
+def test_validator_and_schema_agree_on_random_values(
+    field: str, value: Any, jsonschema: ModuleType
+) -> None:
     parse, schema = FIELDS[field]
     assert _validator_accepts(parse, value) == jsonschema.Draft202012Validator(schema).is_valid(
         value
@@ -280,7 +290,7 @@ def test_bad_numbers_in_suites_are_collection_errors(pytester: pytest.Pytester) 
     assert "Traceback" not in out and "INTERNALERROR" not in out and 'File "' not in out
 
 
-def test_the_json_schema_rejects_the_same_suites() -> None:
+def test_the_json_schema_rejects_the_same_suites(jsonschema: ModuleType) -> None:
     import yaml
 
     for name, (text, _) in BAD.items():
@@ -372,7 +382,7 @@ def _targets(draw: st.DrawFn) -> Any:
 @example(targets=[{**_USUALLY, "checks": {"fits": None}}], top=False)
 @example(targets=[{**_USUALLY, "requires": {"name": None}, "checks": {"fits": {}}}], top=False)
 def test_every_suite_the_validator_accepts_the_schema_accepts(
-    targets: list[Any], top: bool
+    targets: list[Any], top: bool, jsonschema: ModuleType
 ) -> None:
     """Whole generated suites, written as YAML: the validator raises GpufitError or accepts
     (no traceback: ``fits:`` with no value crashed collection with an AttributeError), and

@@ -7,14 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("transformers")
-
-from tiny_models import save_tiny_checkpoint  # noqa: E402
+from tiny_models import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("transformers")  # the hf extra: only the tests that run a model
     return save_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
@@ -155,6 +153,7 @@ def test_memory_bounds_on_cpu_are_an_error_not_a_silent_pass(
 
 
 def test_random_weights_from_a_config_alone(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("transformers")
     config = Path(__file__).parent.parent / "fixtures" / "tiny-llama"
     checks = "      loads: {}\n      generates: {prompt_tokens: 4, max_new_tokens: 3}\n"
     pytester.makefile(".gpufit.yaml", rnd=suite_text(config, checks, "\n    weights: random"))
@@ -256,7 +255,8 @@ def test_a_gpu_torch_cannot_use_is_one_clear_failure_not_a_traceback(
     # NVML sees a card, but torch cannot use it: the CPU build on a GPU runner, or a CUDA build
     # newer than the driver. Every check that needs the device fails saying which, and how to
     # fix it (was: AttributeError: module 'torch._C' has no attribute '_cuda_...').
-    import torch
+    pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
 
     if torch.cuda.is_available():
         pytest.skip("this torch can use a GPU here: the case needs one that cannot")
@@ -320,6 +320,7 @@ def test_junit_carries_measurements(pytester: pytest.Pytester, tiny_checkpoint: 
 
 
 def test_a_missing_extra_is_a_skip_naming_it(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("torch", reason="the message names transformers when torch is there")
     pytester.makeconftest("""
         import sys
         sys.modules["transformers"] = None  # as if the hf extra were not installed

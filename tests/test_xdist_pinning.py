@@ -9,7 +9,7 @@ import pytest
 from pytest_gpufit.hardware.catalog import simulated_gpus
 from pytest_gpufit.xdist_pinning import auto_workers, plan
 
-pytest.importorskip("xdist")
+# pytest-xdist (the dev extra): only the tests that start workers ask for it.
 
 
 def test_plan_groups_and_outer_visible_devices() -> None:
@@ -45,6 +45,7 @@ def test_needs_four():
 
 @pytest.fixture
 def pinned(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    pytest.importorskip("xdist")
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -154,6 +155,7 @@ def test_two(gpu):
 def test_devices_are_chosen_once_by_the_controller(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pytest.importorskip("xdist")
     from fake_probe import nvml_probe
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -171,6 +173,7 @@ def test_devices_are_chosen_once_by_the_controller(
 
 
 def test_workers_sharing_one_gpu_are_told_loudly(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
     pytester.makepyfile("import pytest\n@pytest.mark.requires_gpu\ndef test_x(): pass")
     result = pytester.runpytest_subprocess("-n", "2", "--gpufit-simulate=h100-sxm")
     result.stdout.fnmatch_lines(
@@ -196,6 +199,7 @@ def test_workers_sharing_one_gpu_are_told_loudly(pytester: pytest.Pytester) -> N
 def test_bad_settings_under_n_auto_are_usage_errors(
     pytester: pytest.Pytester, args: list[str], message: str
 ) -> None:
+    pytest.importorskip("xdist")
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest_subprocess("-n", "auto", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
