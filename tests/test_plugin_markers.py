@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 from fake_probe import catalog_probe
 
+from pytest_gpufit.hardware.probe import build_inventory
+from pytest_gpufit.markers import requirement_from_marker
+from pytest_gpufit.requirements import evaluate
+
 CARDS = ["t4", "a100-80gb", "rtx-4090", "h100-sxm", "rtx-pro-6000-blackwell", "2*h100-sxm"]
 
 # marker source -> the cards (of CARDS) that meet it
@@ -68,17 +72,52 @@ def _write_test(pytester: pytest.Pytester, marker: str) -> None:
     """)
 
 
+def _mark(source: str) -> pytest.Mark:
+    mark: pytest.Mark = eval(f"pytest.mark.{source}", {"pytest": pytest}).mark
+    return mark
+
+
 @pytest.mark.parametrize("card", CARDS)
 @pytest.mark.parametrize("marker", sorted(MATRIX))
-def test_marker_on_simulated_card(pytester: pytest.Pytester, marker: str, card: str) -> None:
-    _write_test(pytester, marker)
-    result = pytester.runpytest("-rs", f"--gpufit-simulate={card}")
-    result.assert_outcomes(passed=1, skipped=1)
-    if card in MATRIX[marker]:
-        result.stdout.fnmatch_lines(["*SKIPPED*simulated: would run on GPU0*"])
+def test_marker_on_simulated_card(marker: str, card: str) -> None:
+    """The decision: the marker's requirement judged on the cards the session simulates."""
+    mark = _mark(marker)
+    verdict = evaluate(
+        requirement_from_marker(mark.name, mark.args, mark.kwargs), build_inventory(card)
+    )
+    assert verdict.simulated
+    assert verdict.ok is (card in MATRIX[marker]), verdict.reason
+    if verdict.ok:
+        assert verdict.reason.startswith("GPU0 ")
     else:
-        result.stdout.fnmatch_lines(["*SKIPPED*needs *"])
-        result.stdout.no_fnmatch_line("*simulated: would run*")
+        assert verdict.reason.startswith("needs ")
+
+
+@pytest.mark.parametrize("card", CARDS)
+def test_every_marker_on_a_simulated_card_end_to_end(pytester: pytest.Pytester, card: str) -> None:
+    """The same table through a real session per card: a gated test per marker, skipped as
+    `simulated: would run on GPU0` where the card meets it, with the reason where not."""
+    markers = sorted(MATRIX)
+    tests = "".join(
+        f"@pytest.mark.{marker}\ndef test_gated_{i}():\n    pass\n\n"
+        for i, marker in enumerate(markers)
+    )
+    pytester.makepyfile(f"import pytest\n\n{tests}def test_plain():\n    pass\n")
+    recorder = pytester.inline_run(f"--gpufit-simulate={card}")
+    recorder.assertoutcome(passed=1, skipped=len(markers))
+    reasons = {}
+    for report in recorder.getreports("pytest_runtest_logreport"):
+        if report.skipped:
+            assert isinstance(report.longrepr, tuple)
+            reasons[report.nodeid.rsplit("_", 1)[1]] = report.longrepr[2]
+    assert len(reasons) == len(markers)
+    for i, marker in enumerate(markers):
+        reason = reasons[str(i)]
+        if card in MATRIX[marker]:
+            assert reason.startswith("Skipped: simulated: would run on GPU0"), (marker, reason)
+        else:
+            assert reason.startswith("Skipped: needs "), (marker, reason)
+            assert "simulated: would run" not in reason, (marker, reason)
 
 
 @pytest.mark.parametrize("card", ["t4", "rtx-4090"])
