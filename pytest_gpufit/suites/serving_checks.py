@@ -171,6 +171,12 @@ def _judge_level(
             ctx.failures.append(f"{name}: SLO {key} {bound:g} ms: not measured (no {metric} data)")
         elif value > bound:
             ctx.failures.append(f"{name}: {key} {value:.1f} ms > SLO {key} {bound:g} ms")
+    if level.short:
+        ctx.failures.append(
+            f"{name}: {level.short} of {level.completed} answers stopped short of new_tokens "
+            f"({level.short_reason}): the server ignores ignore_eos; output tok/s, TPOT and "
+            "goodput are measured on exactly new_tokens (README: 'A server that stops early')"
+        )
     if "min_goodput" in params and level.goodput < params["min_goodput"]:
         ctx.failures.append(
             f"{name}: goodput {level.goodput:.1%} < min_goodput {params['min_goodput']:.1%} "
