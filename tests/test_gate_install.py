@@ -129,8 +129,11 @@ def extra_requirements(extras: str) -> list[str]:
     """The distribution names pyproject.toml's extras (comma-separated) require."""
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = declared["optional-dependencies"]
-    names = [re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for e in extras.split(",")
-             for r in wanted[e]]
+    names = [
+        re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower()
+        for e in extras.split(",")
+        for r in wanted[e]
+    ]
     assert names, extras
     return names
 
