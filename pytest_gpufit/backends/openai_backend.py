@@ -198,7 +198,11 @@ class Served:
         max_seconds: float,
         slo: Slo | None,
         progress: Callable[[str], None] | None,
+        prompts: str = "unique",
     ) -> tuple[LevelResult, ...]:
+        if prompts not in ("unique", "shared"):
+            raise GpufitError(f"prompts is {prompts!r}; expected unique or shared")
+
         def heard(level: LevelResult) -> None:
             if progress is not None:
                 progress(f"gpufit load {self.target.name}: {format_level(level)}")
@@ -213,6 +217,7 @@ class Served:
                 max_seconds=max_seconds,
                 slo=slo,
                 on_level=heard,
+                prompts="shared" if prompts == "shared" else "unique",
             )
         )
 

@@ -26,6 +26,7 @@ class Streamed:
 
     def __init__(self, served: Serve) -> None:
         self.served = served
+        self._keys: Iterator[int] | None = None  # unique prompts' keys, one run per target
 
     def guard(self, metrics: dict[str, Any], failures: list[str]) -> AbstractContextManager[None]:
         return self._guard(metrics, failures)
@@ -65,7 +66,15 @@ class Streamed:
     def generate(self, prompt: Prompt, new_tokens: int, *, ignore_eos: bool = False) -> Generated:
         extra = {"ignore_eos": True} if ignore_eos else {}
         served = self.served
-        r = served.stream(served.request(prompt.payload, new_tokens, **extra))
+        text = prompt.payload
+        if prompt.unique:
+            # late: the prompt helpers import the HTTP client, loaded once a server is asked
+            from pytest_gpufit.serving.prompts import prompt_keys, unique_prompt
+
+            if self._keys is None:
+                self._keys = prompt_keys()
+            text = unique_prompt(text, next(self._keys))
+        r = served.stream(served.request(text, new_tokens, **extra))
         return Generated(
             count=r.completion_tokens if r.completion_tokens is not None else r.content_chunks,
             ttft_s=r.ttft_s,

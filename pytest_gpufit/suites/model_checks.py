@@ -8,6 +8,7 @@ measured figure in the message.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
@@ -184,6 +185,9 @@ def run_throughput(ctx: Context, params: Params) -> None:
     gen = ctx.generator()
     batch, prompt_n, new_n = params["batch"], params["prompt_tokens"], params["new_tokens"]
     prompt = gen.prompt(None, prompt_n, batch)
+    if params["prompts"] == "unique":  # each request its own: no prefill answered by a cache
+        prompt = dataclasses.replace(prompt, unique=True)
+    ctx.metrics["prompts"] = params["prompts"]
 
     def one_round() -> dict[str, float]:
         out = gen.generate(prompt, new_n, ignore_eos=True)

@@ -127,6 +127,7 @@ def run_load(ctx: Context, params: dict[str, Any]) -> None:
         params["max_seconds"],
         goodput_slo(slo) if slo else None,
         ctx.progress,
+        params["prompts"],
     )
     table: dict[str, dict[str, Any]] = {}
     for level in levels:
@@ -139,6 +140,7 @@ def run_load(ctx: Context, params: dict[str, Any]) -> None:
         _judge_level(ctx, level, figures, params, slo)
     ctx.metrics["levels"] = table
     ctx.metrics["prompt_tokens"] = prompt.tokens
+    ctx.metrics["prompts"] = params["prompts"]
 
 
 def _judge_level(

@@ -1,0 +1,194 @@
+"""The served checks hold a server's claims against what arrived (issue 18, at the check level).
+
+Each test runs what a user runs: a real suite file through pytester, under the gate's fail
+policy, against ``lying_server.Liar`` (a real HTTP server, one mode per lie) or a launched
+server. ``test_serving_lies.py`` holds the client's cross-checks one by one; here the checks
+themselves: a short run fails ``throughput``, ``load`` and ``generates`` naming the server's
+finish_reason; ``generates`` checks the count, finish reason and model; ``prompts:
+unique|shared`` reaches the server and the baseline setup; a launched server that dies after
+readiness fails the check it died in, naming its exit code; its log lives in the run's folder.
+Each failed on the code before (the lie passed, or the figure was wrong).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lying_server import MODEL, Liar
+
+FAIL = "--gpufit-on-missing=fail"
+
+
+def served_suite(url: str, checks: str, extra: str = "") -> str:
+    lines = ["suite: honest", "targets:", "  - name: liar", "    backend: openai"]
+    lines += [f"    endpoint: {url}", f"    served_model: {MODEL}", "    device: cpu"]
+    lines += [f"    {line}" for line in extra.splitlines() if line]
+    lines += ["    checks:"] + [f"      {line}" for line in checks.strip().splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def outcome(result: pytest.RunResult, check: str) -> str:
+    for line in result.outlines:
+        for word in ("PASSED", "FAILED", "ERROR"):
+            if line.startswith(f"{word} ") and line.split(" ")[1].endswith(f"::liar::{check}"):
+                return word
+    return "missing"
+
+
+def run_suite(pytester: pytest.Pytester, text: str, *args: str) -> tuple[pytest.RunResult, str]:
+    pytester.makefile(".gpufit.yaml", s=text)
+    result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA", "-p", "no:randomly", *args)
+    out = result.stdout.str()
+    assert "Traceback (most recent call last)" not in out and "INTERNALERROR" not in out, out
+    return result, out
+
+
+def measurement(report: Path, check: str) -> dict[str, Any]:
+    data = json.loads(report.read_text())["measurements"]
+    return dict(data[f"s.gpufit.yaml::liar::{check}"]["metrics"])
+
+
+# ---- 18.3 short runs, 18.4 generates ----------------------------------------------------------
+
+SHORT = {
+    "throughput": "throughput: {prompt_tokens: 8, new_tokens: 16, warmup: 0, repeats: 2}",
+    "load": "load: {concurrency: [2], requests: 4, prompt_tokens: 8, new_tokens: 16}",
+    "generates": "generates: {prompt: hello, max_new_tokens: 16}",
+}
+
+
+@pytest.mark.parametrize("check", SHORT)
+def test_a_server_that_ignores_ignore_eos_fails_the_check(
+    pytester: pytest.Pytester, check: str
+) -> None:
+    """Was a pass with a note (throughput), a pass (generates, load): the server stops after 2
+    of 16 tokens with finish_reason 'stop', whatever it is asked."""
+    with Liar("short") as liar:
+        result, out = run_suite(pytester, served_suite(liar.base_url, SHORT[check]))
+        asked = [b.get("ignore_eos") for b in liar.bodies if b.get("max_tokens") == 16]
+    assert outcome(result, check) == "FAILED", out
+    assert asked and all(asked), "each timed request asks for exactly the count"
+    assert "finish_reason 'stop'" in out and "ignores ignore_eos" in out, out
+    assert "2 of the 16 tokens" in out or "2 of 16 tokens" in out, out
+
+
+@pytest.mark.parametrize(
+    ("mode", "words"),
+    [
+        ("usage_zero", "usage.completion_tokens is 0, but 16 chunks of text arrived"),
+        ("early_length", "finish_reason 'length' after 2 of the 16 tokens max_tokens allows"),
+        ("model", "the server answered as model 'evil/other-model' to a request for 'liar/tiny'"),
+    ],
+)
+def test_generates_believes_no_claim_of_the_server(
+    pytester: pytest.Pytester, mode: str, words: str
+) -> None:
+    """Issue 18.4: each passed ``generates`` before."""
+    with Liar(mode) as liar:
+        text = served_suite(liar.base_url, "generates: {prompt: hello, max_new_tokens: 16}")
+        result, out = run_suite(pytester, text)
+    assert outcome(result, "generates") == "FAILED" and words in out, out
+
+
+def test_generates_passes_an_exact_count_from_an_honest_server(pytester: pytest.Pytester) -> None:
+    with Liar("honest", gap_s=0.002) as liar:
+        report = pytester.path / "report.json"
+        text = served_suite(liar.base_url, "generates: {prompt: hello, max_new_tokens: 5}")
+        result, out = run_suite(pytester, text, f"--gpufit-report={report}")
+        body = liar.bodies[-1]
+    assert outcome(result, "generates") == "PASSED", out
+    assert body["ignore_eos"] is True and body["max_tokens"] == 5
+    metrics = measurement(report, "generates")
+    assert metrics["new_tokens"] == 5 and metrics["finish_reason"] == "length"
+
+
+# ---- 18.13 prompts: unique | shared --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompts", ["unique", "shared", None])
+def test_throughput_and_load_send_the_prompts_the_check_names(
+    pytester: pytest.Pytester, prompts: str | None
+) -> None:
+    """Throughput sent one prompt again and again: on vLLM/SGLang every prefill after the
+    first was a prefix-cache hit. Unique is the default; shared measures the cache on purpose."""
+    field = f", prompts: {prompts}" if prompts else ""
+    checks = (
+        f"throughput: {{prompt_tokens: 8, new_tokens: 4, warmup: 1, repeats: 3{field}}}\n"
+        f"load: {{concurrency: [2], requests: 4, prompt_tokens: 8, new_tokens: 4{field}}}"
+    )
+    with Liar("honest", gap_s=0.002) as liar:
+        report = pytester.path / "report.json"
+        result, out = run_suite(
+            pytester, served_suite(liar.base_url, checks), f"--gpufit-report={report}"
+        )
+        timed = [r.prompt for r in liar.records if r.prompt and len(liar.records) > 0]
+    assert outcome(result, "throughput") == outcome(result, "load") == "PASSED", out
+    want = prompts or "unique"
+    # The probes that size the prompt come first (max_tokens 1); then 4 throughput, 4 load.
+    sent = [b["prompt"] for b in liar.bodies if b.get("max_tokens") == 4]
+    assert len(sent) == 8 and timed
+    throughput, load = sent[:4], sent[4:]
+    if want == "unique":
+        assert len(set(throughput)) == 4 and len(set(load)) == 4
+        assert len({len(p.split()) for p in sent}) == 1, "the same length in words"
+    else:
+        assert len(set(throughput)) == 1 and len(set(load)) == 1
+    assert measurement(report, "throughput")["prompts"] == want
+    load_metrics = measurement(report, "load")
+    assert load_metrics["prompts"] == want
+    assert load_metrics["levels"]["concurrency 2"]["distinct_prompts"] == (
+        4 if want == "unique" else 1
+    )
+    assert f"goodput 100%, {want} prompts" in out, out
+
+
+def test_a_load_baseline_saved_before_prompts_fails_naming_prompts(
+    pytester: pytest.Pytester,
+) -> None:
+    """An old baseline's load figures came from one prompt again (cache hits): compared with
+    a run of unique prompts, the setup differs by ``prompts`` and the check says so."""
+    checks = "load: {concurrency: [1], requests: 3, prompt_tokens: 8, new_tokens: 4}"
+    store = ["--gpufit-baseline-dir=store"]
+    with Liar("honest", gap_s=0.002) as liar:
+        text = served_suite(liar.base_url, checks)
+        result, out = run_suite(pytester, text, "--gpufit-baseline=save", *store)
+        assert outcome(result, "load") == "PASSED", out
+        (record,) = (pytester.path / "store").rglob("*.json")
+        data = json.loads(record.read_text())
+        setup = data["results"]["s.gpufit.yaml::liar::load"]["setup"]
+        assert setup["params"]["prompts"] == "unique"
+        del setup["params"]["prompts"]  # as gpufit saved it before the field existed
+        record.write_text(json.dumps(data))
+        result, out = run_suite(
+            pytester, text, "--gpufit-baseline=compare", "--gpufit-baseline-tolerance=1000%", *store
+        )
+    assert outcome(result, "load") == "FAILED", out
+    assert 'prompts: (none) -> "unique"' in out, out
+
+
+def test_prompts_takes_unique_or_shared_only(pytester: pytest.Pytester) -> None:
+    text = served_suite("http://127.0.0.1:9/v1", "load: {prompts: random}")
+    pytester.makefile(".gpufit.yaml", s=text)
+    result = pytester.runpytest("s.gpufit.yaml")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert (
+        "s.gpufit.yaml:9: targets[0].checks.load.prompts: expected unique or shared, got 'random'"
+        in result.stdout.str()
+    )
+
+
+def test_throughput_prompts_in_process_are_accepted(pytester: pytest.Pytester) -> None:
+    """The field is the check's, whatever the backend: in process nothing is cached between
+    generations, so both values measure the same (and the setup still records which)."""
+    text = "suite: s\ntargets:\n  - name: t\n    model: qwen3-0.6b\n    weights: random\n"
+    text += "    checks:\n      throughput: {prompts: shared}\n"
+    pytester.makefile(".gpufit.yaml", s=text)
+    result = pytester.runpytest("s.gpufit.yaml", "--collect-only", "-q")
+    assert result.ret == 0, result.stdout.str()
+
+
+_ = sys  # launched servers below use sys.executable
