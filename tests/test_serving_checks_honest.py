@@ -95,7 +95,7 @@ def test_generates_believes_no_claim_of_the_server(
 
 
 def test_generates_passes_an_exact_count_from_an_honest_server(pytester: pytest.Pytester) -> None:
-    with Liar("honest", gap_s=0.002) as liar:
+    with Liar("honest", gap_s=0.01) as liar:
         report = pytester.path / "report.json"
         text = served_suite(liar.base_url, "generates: {prompt: hello, max_new_tokens: 5}")
         result, out = run_suite(pytester, text, f"--gpufit-report={report}")
@@ -120,7 +120,7 @@ def test_throughput_and_load_send_the_prompts_the_check_names(
         f"throughput: {{prompt_tokens: 8, new_tokens: 4, warmup: 1, repeats: 3{field}}}\n"
         f"load: {{concurrency: [2], requests: 4, prompt_tokens: 8, new_tokens: 4{field}}}"
     )
-    with Liar("honest", gap_s=0.002) as liar:
+    with Liar("honest", gap_s=0.01) as liar:
         report = pytester.path / "report.json"
         result, out = run_suite(
             pytester, served_suite(liar.base_url, checks), f"--gpufit-report={report}"
@@ -153,7 +153,7 @@ def test_a_load_baseline_saved_before_prompts_fails_naming_prompts(
     a run of unique prompts, the setup differs by ``prompts`` and the check says so."""
     checks = "load: {concurrency: [1], requests: 3, prompt_tokens: 8, new_tokens: 4}"
     store = ["--gpufit-baseline-dir=store"]
-    with Liar("honest", gap_s=0.002) as liar:
+    with Liar("honest", gap_s=0.01) as liar:
         text = served_suite(liar.base_url, checks)
         result, out = run_suite(pytester, text, "--gpufit-baseline=save", *store)
         assert outcome(result, "load") == "PASSED", out
@@ -191,4 +191,74 @@ def test_throughput_prompts_in_process_are_accepted(pytester: pytest.Pytester) -
     assert result.ret == 0, result.stdout.str()
 
 
-_ = sys  # launched servers below use sys.executable
+# ---- 18.6/18.7 a launched server that leaves; its log in the run's folder ---------------------
+
+
+def launched_suite(tmp_path: Path, linger: float, checks: str, report: bool = False) -> str:
+    """A launch command that starts the lying server in its group, waits until it answers,
+    stays ``linger`` seconds and exits 0 (a daemonising wrapper)."""
+    from lying_server import launcher
+
+    script = tmp_path / "launcher.py"
+    script.write_text(launcher("child", tmp_path / "daemon.pid", linger))
+    launch = json.dumps({"command": [sys.executable, str(script), "{port}"], "ready_timeout_s": 60})
+    return served_suite("http://127.0.0.1:{port}/v1", checks, f"launch: {launch}")
+
+
+def test_a_launched_server_gone_after_a_check_fails_that_check(tmp_path: Path) -> None:
+    """Was a pass: after a check, a launched server was asked whether it was alive only when
+    the check had already failed (and by a poll that could run before the exit was seen)."""
+    from pytest_gpufit.backends import openai_backend
+    from pytest_gpufit.backends.streamed import Streamed
+    from pytest_gpufit.suites.schema import parse_suite
+
+    suite = tmp_path / "s.gpufit.yaml"
+    suite.write_text(launched_suite(tmp_path, 2.0, "serves: {}"))
+    (target,) = parse_suite(suite).targets
+    served = openai_backend.start(target, None, tmp_path / "logs")
+    try:
+        assert served.log_path is not None and served.log_path.parent == tmp_path / "logs"
+        metrics: dict[str, Any] = {}
+        failures: list[str] = []
+        with Streamed(served).guard(metrics, failures):
+            pass  # a check that asked nothing while the server was there
+        assert failures == [], failures
+        assert served.server is not None and served.server.process is not None
+        served.server.process.wait(timeout=60)  # the wrapper leaves; its server goes with it
+        with Streamed(served).guard(metrics, failures):
+            pass  # a check that would have passed
+    finally:
+        served.stop()
+    assert failures and failures[0].startswith(
+        "the server exited with code 0 after becoming ready"
+    ), failures
+    assert f"last lines of {served.log_path}" in failures[0]
+
+
+@pytest.mark.parametrize("report", [False, True])
+def test_launched_server_logs_live_in_the_run_folder(
+    pytester: pytest.Pytester, tmp_path: Path, report: bool
+) -> None:
+    """Were gpufit-server-*.log files in the system temp folder, never removed."""
+    text = launched_suite(tmp_path, 60, "serves: {}")
+    out_dir = pytester.path / "out"
+    args = [f"--gpufit-report={out_dir / 'r.json'}"] if report else []
+    try:
+        result, out = run_suite(pytester, text, *args)
+    finally:
+        daemon = tmp_path / "daemon.pid"
+        if daemon.exists():  # stopped with its group; never left behind by this test
+            from pytest_gpufit.serving import sockets
+
+            assert not sockets.running(int(daemon.read_text()))
+    assert outcome(result, "serves") == "PASSED", out
+    said = out.split("server log ", 1)[1].split()[0]
+    log = Path(said.rstrip(","))
+    # pytester's inner run has its own --basetemp (a "basetemp" folder), as a user's run has
+    # pytest's numbered one; with a report, beside it.
+    folder = out_dir / "gpufit-servers" if report else log.parent
+    assert log.parent == folder and folder.name == "gpufit-servers", (log, out)
+    assert report or folder.parent.name == "basetemp", log
+    logs = list(folder.glob("gpufit-server-*.log"))
+    assert logs == [log] and "# gpufit launch:" in log.read_text(), (folder, out)
+    assert f"server log {logs[0]}" in out, out

@@ -47,13 +47,14 @@ class Streamed:
         except GpufitError as error:
             failures.append(str(error))
         failures.extend(served.forbidden())
-        if failures:
-            gone = served.exited()
-            if gone:
-                tail = served.log_text(15)
-                failures.append(f"{gone}; last lines of {served.log_path}:\n{tail}")
-            elif served.log_path is not None:
-                failures.append(f"server log: {served.log_path}")
+        # Asked after every check, passed or not: a launched server that left (or whose port
+        # another process now holds) was not the one this check measured (issue 18.6, 18.7).
+        gone = served.exited()
+        if gone:
+            tail = served.log_text(15)
+            failures.append(f"{gone}; last lines of {served.log_path}:\n{tail}")
+        elif failures and served.log_path is not None:
+            failures.append(f"server log: {served.log_path}")
 
     def prompt(
         self, text: str | None, tokens: int, batch: int = 1, timeout_s: float = 120.0

@@ -161,9 +161,11 @@ class CheckItem(pytest.Item):
                 devices = (ctx.gpu.index,)
             pinned = state.cuda_visible_devices(Verdict(True, "", devices))
 
+        logs = server_logs(self.config) if target.launch is not None else None
+
         def start() -> Any:
             backend = load_backend("openai")  # MissingExtra: judged by the policy
-            return backend.start(target, pinned)
+            return backend.start(target, pinned, logs)
 
         return lambda: state.served(parent.served_key, start)
 
@@ -236,6 +238,22 @@ class CheckItem(pytest.Item):
             self.check.line - 1,
             f"{self.suite.name}::{self.target.name}::{self.check.kind}",
         )
+
+
+def server_logs(config: pytest.Config) -> Path | None:
+    """Where launched servers log: beside the JSON report (``--gpufit-report``) when the run
+    writes one, else in pytest's own temporary folder of this run (``--basetemp``, or the
+    numbered folder pytest keeps for its last three runs); never the system's temp, where
+    nothing removes them. None (the system's temp) only where pytest has no such folder
+    (its tmpdir plugin disabled)."""
+    report = state_of(config).settings.report
+    if report:
+        return Path(report).resolve().parent / "gpufit-servers"
+    # pytest gives its TempPathFactory to fixtures only; a suite item is no function.
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None:
+        return None
+    return Path(factory.getbasetemp()) / "gpufit-servers"
 
 
 def _with_engine(fingerprint: Any, engine: Any) -> Any:
