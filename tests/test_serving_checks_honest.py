@@ -262,3 +262,31 @@ def test_launched_server_logs_live_in_the_run_folder(
     logs = list(folder.glob("gpufit-server-*.log"))
     assert logs == [log] and "# gpufit launch:" in log.read_text(), (folder, out)
     assert f"server log {logs[0]}" in out, out
+
+
+# ---- xdist: one target, one server ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dist", ["load", "loadfile"])
+def test_dealing_a_launched_targets_checks_to_two_workers_is_warned(
+    pytester: pytest.Pytester, dist: str
+) -> None:
+    """Was silent at collection: -n 2 with the default --dist load launched the target's
+    server on both workers (the launch-time warning only saw two servers up at once)."""
+    command = json.dumps([sys.executable, "-c", "import sys; sys.exit(3)", "{port}"])
+    text = served_suite(
+        "http://127.0.0.1:{port}/v1",
+        "serves: {}\ngenerates: {prompt: hi}\nthroughput: {}",
+        f"launch: {{command: {command}}}",
+    )
+    pytester.makefile(".gpufit.yaml", s=text)
+    result = pytester.runpytest_subprocess("s.gpufit.yaml", "-n", "2", f"--dist={dist}")
+    out = result.stdout.str()
+    said = "-n 2 with --dist load deals the checks of launched target"
+    if dist == "load":
+        assert "LaunchWarning" in out and said in out and "(3 checks)" in out, out
+        assert "run with --dist loadfile (or loadscope)" in out
+        assert out.count(said) == 1, "one warning, not one per worker"
+    else:
+        assert said not in out, out
+    result.assert_outcomes(failed=3)  # the server never started: each check says so
