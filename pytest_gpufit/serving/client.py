@@ -720,7 +720,7 @@ def _unreachable(what: str, exc: aiohttp.ClientConnectorError, proxy: str | None
 
 
 # How a request asks for exactly ``max_tokens`` tokens, tried in this order. ``ignore_eos``:
-# vLLM, SGLang, llama-server, TensorRT-LLM (vLLM's extension). ``generation_config``:
+# vLLM and SGLang (vLLM's extension, which other servers copied). ``generation_config``:
 # transformers serve, which refuses ``ignore_eos`` (HTTP 422 "Unexpected fields") but takes a
 # JSON string of generation settings over its model's; an ``eos_token_id`` of -1 is no token,
 # so nothing ends the answer before ``max_tokens`` (its ``generate()`` warns "will not stop
