@@ -290,3 +290,94 @@ def test_dealing_a_launched_targets_checks_to_two_workers_is_warned(
     else:
         assert said not in out, out
     result.assert_outcomes(failed=3)  # the server never started: each check says so
+
+
+# ---- a fast honest server is paced; a burst is not --------------------------------------------
+
+# A server of its own process (the in-thread lying server shares this process's GIL, and
+# asyncio rounds its sleeps to a millisecond): ``n`` events, each its own write, ``gap``
+# seconds apart (0: one after another, as a proxy that replays a held answer), then usage.
+FAST_SERVER = """
+import json, socket, sys, time
+port, gap, n = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen()
+print("ready", flush=True)
+def part(data):
+    return f"{len(data):x}\\r\\n".encode() + data + b"\\r\\n"
+def event(obj):
+    text = obj if isinstance(obj, str) else json.dumps(obj)
+    return part(b"data: " + text.encode() + b"\\n\\n")
+while True:
+    c, _ = s.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    got = b""
+    while b"\\r\\n\\r\\n" not in got:
+        got += c.recv(65536)
+    head, _, body = got.partition(b"\\r\\n\\r\\n")
+    size = [x for x in head.split(b"\\r\\n") if x.lower().startswith(b"content-length")]
+    while len(body) < int(size[0].split(b":")[1]):
+        body += c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: text/event-stream\\r\\n"
+              b"Transfer-Encoding: chunked\\r\\nConnection: close\\r\\n\\r\\n")
+    for i in range(n):
+        if gap:
+            time.sleep(gap)
+        last = "length" if i == n - 1 else None
+        c.sendall(event({"model": "m", "choices": [{"index": 0, "text": f" t{i}",
+                                                    "finish_reason": last}]}))
+    usage = {"prompt_tokens": 3, "completion_tokens": n}
+    tail = event({"model": "m", "choices": [], "usage": usage}) + event("[DONE]")
+    c.sendall(tail + b"0\\r\\n\\r\\n")
+    c.close()
+"""
+
+
+@pytest.mark.parametrize("gap", [0.0003, 0.0])
+def test_a_fast_honest_server_is_paced_and_a_replayed_burst_is_not(
+    tmp_path: Path, gap: float
+) -> None:
+    """Events 0.3 ms apart, each a write and a read of its own (a tiny model on a CPU), were
+    refused as buffered: reads under 0.5 ms apart counted as one. Written one after another
+    (a replayed answer), they still are."""
+    import asyncio
+    import subprocess
+
+    from pytest_gpufit.serving.client import GenRequest, OpenAIClient, StreamResult
+    from pytest_gpufit.serving.errors import EndpointError
+    from pytest_gpufit.serving.server import free_port
+
+    script = tmp_path / "fast.py"
+    script.write_text(FAST_SERVER)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(script), str(port), str(gap), "32"], stdout=subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"ready\n"
+
+        async def go() -> list[StreamResult | EndpointError]:
+            out: list[StreamResult | EndpointError] = []
+            async with OpenAIClient(f"http://127.0.0.1:{port}/v1") as client:
+                for _ in range(3):
+                    try:
+                        request = GenRequest("m", "x", max_tokens=32, ignore_eos=True)
+                        out.append(await client.stream(request))  # timed: paced
+                    except EndpointError as error:
+                        out.append(error)
+            return out
+
+        results = asyncio.run(go())
+    finally:
+        server.kill()
+        server.wait()
+    if gap:
+        paced = [r for r in results if isinstance(r, StreamResult)]
+        assert len(paced) == 3, [str(r) for r in results]
+        # A late read on a busy machine may join a few events; never most of them.
+        assert all(r.buffered is None and r.reads >= 8 for r in paced)
+        assert all(r.decode_tok_s is not None and r.decode_tok_s < 10_000 for r in paced)
+    else:
+        assert all(isinstance(r, EndpointError) and r.kind == "buffered" for r in results)
