@@ -7,6 +7,7 @@ Imports only the standard library, pytest and small pure modules: no torch, no C
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from pytest_gpufit.session import GateFailure, GpufitSession, SuiteSupport, skip
 from pytest_gpufit.settings import OPTIONS, ini_reader, resolve
 from pytest_gpufit.stash import PLANNING, REQUIREMENT, SESSION, VERDICT, state_of
 from pytest_gpufit.suites import is_suite_file
-from pytest_gpufit.xdist_pinning import XdistPinning, auto_workers
+from pytest_gpufit.xdist_pinning import DIST, XdistPinning, auto_workers
 
 __all__ = ["GateFailure", "state_of"]
 
@@ -183,6 +184,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             errors.append(str(error))
     if errors:
         raise pytest.UsageError("gpufit: bad markers:\n  " + "\n  ".join(errors))
+    _warn_split_launches(config, items)
+
+
+def _warn_split_launches(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, once (the first worker; every worker collects every item): a launched
+    target whose checks ``--dist load`` deals to several workers starts several servers."""
+    worker = getattr(config, "workerinput", None)
+    if worker is None or worker.get("workerid") != "gw0":
+        return
+    if not any(getattr(item, "gpufit_launched", None) for item in items):
+        return
+    from pytest_gpufit.serving.errors import LaunchWarning  # light: no HTTP client
+    from pytest_gpufit.suites.items import split_launches  # late: only sessions with suites
+
+    workers = int(worker.get("workercount") or 0)
+    message = split_launches(items, str(worker.get(DIST, "no")), workers)
+    if message is not None:
+        warnings.warn(LaunchWarning(message), stacklevel=2)
 
 
 # ---- running ------------------------------------------------------------------------------

@@ -348,6 +348,8 @@ def served_lines(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 parts.append(f"server log {metrics['server_log']}")
             if len(parts) > 1 or metrics.get("engine"):  # a serves that failed says nothing
                 lines.append(f"{name}: {', '.join(parts)}")
+        prompts = metrics.get("prompts")
+        said = f", {prompts} prompts" if isinstance(prompts, str) else ""  # unique or shared
         for level, figures in (metrics.get("levels") or {}).items():
 
             def get(figure: str, figures: Mapping[str, Any] = figures) -> str:
@@ -362,7 +364,7 @@ def served_lines(measurements: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 f"{format_number(figures.get('completed', 0) + figures.get('failed', 0))} ok, "
                 f"{get('output_tok_s')} tok/s, TTFT p50/p99 {get('ttft_ms_p50')}/"
                 f"{get('ttft_ms_p99')} ms, ITL p99 {get('itl_ms_p99')} ms, "
-                f"goodput {get('goodput')}"
+                f"goodput {get('goodput')}{said}"
             )
     return lines
 

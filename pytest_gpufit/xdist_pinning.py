@@ -19,6 +19,7 @@ from pytest_gpufit.hardware.probe import visible_devices
 from pytest_gpufit.hardware.records import Gpu, Inventory, links_among
 
 PLAN = "gpufit_plan"  # the xdist workerinput key of a worker's device plan
+DIST = "gpufit_dist"  # the key of the controller's --dist mode (a worker's own reads "no")
 
 Group = tuple[tuple[int, ...], str]
 
@@ -132,6 +133,9 @@ class XdistPinning:
             group, value = self.groups[worker_number(node.gateway.id) % len(self.groups)]
             data = {"group": list(group), "visible": value}
         node.workerinput[PLAN] = data
+        # xdist sets a worker's own --dist to "no": the worker that warns of a launched
+        # target dealt to several workers (``suites.items.split_launches``) hears it here.
+        node.workerinput[DIST] = str(node.config.getoption("dist", "no"))
 
     def summary(self) -> list[str]:
         if not self.groups:

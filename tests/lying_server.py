@@ -269,8 +269,8 @@ class Liar:
         elif mode == "usage_zero":
             said = 0
         elif mode in ("early_length", "short"):
-            tokens = tokens[:2]
-            said, finish = 2, "length" if mode == "early_length" else "stop"
+            tokens = tokens[:2]  # a probe of one token gets one (its count stays true)
+            said, finish = len(tokens), "length" if mode == "early_length" else "stop"
         elif mode == "silent_first":
             tokens = [""] * min(asked, 1)
             said = len(tokens)

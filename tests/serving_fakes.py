@@ -162,9 +162,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(500, {"error": {"message": "Internal Server Error", "code": 500}})
         if body.get("model") != MODEL:
             return self._json(404, VLLM_NOT_FOUND)
-        if mode == "reject_ignore_eos" and "ignore_eos" in body:
+        unknown = ("ignore_eos",) + (("generation_config",) if mode == "reject_both" else ())
+        if mode in ("reject_ignore_eos", "reject_both") and any(k in body for k in unknown):
             # transformers serve's answer to a field it does not know.
-            detail = "Unexpected fields in the request: {'ignore_eos'}"
+            field = next(k for k in unknown if k in body)
+            detail = f"Unexpected fields in the request: {{'{field}'}}"
             return self._json(422, {"detail": detail})
         if mode == "auth" and self.headers.get("Authorization") != "Bearer sk-test":
             return self._json(401, {"error": {"message": "Invalid API key", "code": 401}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import socket
 import threading
 import time
@@ -205,8 +206,28 @@ def test_ignore_eos_rejected_once_then_left_out(fake: FakeOpenAI) -> None:
             return await c.stream(req), await c.stream(req), c.ignore_eos_rejected
 
     first, second, rejected = asyncio.run(go())
-    assert rejected and not first.ignore_eos_applied and first.completion_tokens == 4
+    # Asked the next way (transformers serve's generation_config), not without any.
+    assert rejected and first.exact_by == "generation_config" and first.completion_tokens == 4
     assert ["ignore_eos" in b for b in fake.bodies] == [True, False, False]
+    assert [json.loads(b.get("generation_config", "{}")) for b in fake.bodies[1:]] == [
+        {"eos_token_id": -1}
+    ] * 2
+
+
+def test_a_server_refusing_every_way_of_asking_is_asked_with_none(fake: FakeOpenAI) -> None:
+    fake.mode = "reject_both"
+    fake.tokens = 3
+    req = GenRequest(MODEL, "a", max_tokens=8, ignore_eos=True)
+
+    async def go() -> tuple[StreamResult, StreamResult]:
+        async with OpenAIClient(fake.base_url) as c:
+            return await c.stream(req), await c.stream(req)
+
+    first, second = asyncio.run(go())
+    assert first.exact_by is None and not first.ignore_eos_applied
+    assert first.exact_words == "nothing: the server refused every way of asking"
+    asked = [sorted(set(b) & {"ignore_eos", "generation_config"}) for b in fake.bodies]
+    assert asked == [["ignore_eos"], ["generation_config"], [], []]
 
 
 def test_short_count_without_ignore_eos_says_so(fake: FakeOpenAI) -> None:
@@ -214,7 +235,8 @@ def test_short_count_without_ignore_eos_says_so(fake: FakeOpenAI) -> None:
     fake.tokens = 3
     req = GenRequest(MODEL, "a", max_tokens=8, ignore_eos=True, require_max_tokens=True)
     err = fails(fake.base_url, req)
-    assert "server produced 3 of 8 tokens" in str(err) and "ignore_eos unsupported?" in str(err)
+    assert "server produced 3 of 8 tokens (finish_reason 'stop')" in str(err)
+    assert 'it ignores ignore_eos (asked with generation_config {"eos_token_id": -1})' in str(err)
 
 
 def test_list_models_metrics_and_engine_facts(fake: FakeOpenAI) -> None:

@@ -129,6 +129,12 @@ TARGET_ERRORS = {
         "targets[0].launch.command: the endpoint uses {port}, so the command must pass it",
     ),
     "launch_key": ("", "launch: {command: [srv, '{port}'], wait: 3}", "launch.wait: unknown key"),
+    "launch_with_fixed_port": (  # issue 18.8: readiness polled {port}, the checks asked 18777
+        "endpoint: http://127.0.0.1:18777/v1",
+        "launch: {command: [srv, --port, '{port}']}",
+        "s.gpufit.yaml:5: targets[0].endpoint: 'http://127.0.0.1:18777/v1' names a fixed port, "
+        "but launch: starts a server on the port gpufit picks",
+    ),
     "api_key_value": (
         "endpoint: http://h:1/v1\n    api_key_env: sk-123abc!",
         "",

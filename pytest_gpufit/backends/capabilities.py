@@ -75,6 +75,10 @@ class Prompt:
     payload: Any  # a (batch, length) array of ids, or the text a server tokenizes
     tokens: int | None  # its length in tokens, where the backend knows it
     counted: bool = False  # ``tokens`` is a server's own count of a sized prompt: recorded
+    # Each request gets a prompt of its own of the same length (``prompts: unique``), so a
+    # server's prefix cache cannot answer one prefill from another's; in process nothing is
+    # cached between generations, so the backend there may ignore it.
+    unique: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,7 @@ class Serve(Protocol):
         max_seconds: float,
         slo: Slo | None,
         progress: Callable[[str], None] | None,
+        prompts: str = "unique",
     ) -> tuple[LevelResult, ...]: ...
 
 

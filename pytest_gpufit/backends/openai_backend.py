@@ -39,9 +39,12 @@ STALL_S = 60.0
 class Served:
     """One target's server and what it said about itself; ``stop()`` ends a launched one."""
 
-    def __init__(self, target: Any, cuda_visible_devices: str | None = None) -> None:
+    def __init__(
+        self, target: Any, cuda_visible_devices: str | None = None, log_dir: Path | None = None
+    ) -> None:
         self.target = target
         self.cuda_visible_devices = cuda_visible_devices
+        self.log_dir = log_dir  # where a launched server's log goes: the run's own folder
         self.server: LaunchedServer | None = None
         self.base_url = str(target.endpoint)
         self.model = ""
@@ -69,6 +72,7 @@ class Served:
                 env=dict(launch.env),
                 cuda_visible_devices=self.cuda_visible_devices,
                 ready_timeout_s=launch.ready_timeout_s,
+                log_dir=self.log_dir,
             )
             self.base_url = self.base_url.replace("{port}", str(self.server.port))
             began = time.monotonic()
@@ -110,12 +114,12 @@ class Served:
             self.server.stop()
 
     def exited(self) -> str | None:
-        """Why a launched server is gone ('exited with code N'), or None while it runs."""
-        process = self.server.process if self.server is not None else None
-        if self.server is None or process is None:
-            return None
-        code = process.poll()
-        return None if code is None else f"the server exited with code {code}"
+        """Why a launched server is no longer the one the checks measure, or None while it is:
+        it exited after becoming ready ('the server exited with code N after becoming ready',
+        and who still answers on its port), or its port now belongs to another process. The
+        launched server's own account (``LaunchedServer.check``: its exit watcher's, not a
+        poll that may run before the exit is seen)."""
+        return self.server.check() if self.server is not None else None
 
     def log_text(self, lines: int = 20) -> str:
         return log_tail(self.log_path, lines) if self.log_path is not None else ""
@@ -198,7 +202,11 @@ class Served:
         max_seconds: float,
         slo: Slo | None,
         progress: Callable[[str], None] | None,
+        prompts: str = "unique",
     ) -> tuple[LevelResult, ...]:
+        if prompts not in ("unique", "shared"):
+            raise GpufitError(f"prompts is {prompts!r}; expected unique or shared")
+
         def heard(level: LevelResult) -> None:
             if progress is not None:
                 progress(f"gpufit load {self.target.name}: {format_level(level)}")
@@ -213,6 +221,7 @@ class Served:
                 max_seconds=max_seconds,
                 slo=slo,
                 on_level=heard,
+                prompts="shared" if prompts == "shared" else "unique",
             )
         )
 
@@ -225,9 +234,10 @@ def _matches(pattern: str, line: str) -> bool:
         return False
 
 
-def start(target: Any, cuda_visible_devices: str | None) -> Served:
-    """The running server of ``target``; every failure is a GpufitError with the log named."""
-    served = Served(target, cuda_visible_devices)
+def start(target: Any, cuda_visible_devices: str | None, log_dir: Path | None = None) -> Served:
+    """The running server of ``target``; every failure is a GpufitError with the log named.
+    A launched server logs to a new file in ``log_dir`` (the run's own folder)."""
+    served = Served(target, cuda_visible_devices, log_dir)
     try:
         return served.start()
     except GpufitError as error:

@@ -26,6 +26,7 @@ class Streamed:
 
     def __init__(self, served: Serve) -> None:
         self.served = served
+        self._keys: Iterator[int] | None = None  # unique prompts' keys, one run per target
 
     def guard(self, metrics: dict[str, Any], failures: list[str]) -> AbstractContextManager[None]:
         return self._guard(metrics, failures)
@@ -46,13 +47,14 @@ class Streamed:
         except GpufitError as error:
             failures.append(str(error))
         failures.extend(served.forbidden())
-        if failures:
-            gone = served.exited()
-            if gone:
-                tail = served.log_text(15)
-                failures.append(f"{gone}; last lines of {served.log_path}:\n{tail}")
-            elif served.log_path is not None:
-                failures.append(f"server log: {served.log_path}")
+        # Asked after every check, passed or not: a launched server that left (or whose port
+        # another process now holds) was not the one this check measured (issue 18.6, 18.7).
+        gone = served.exited()
+        if gone:
+            tail = served.log_text(15)
+            failures.append(f"{gone}; last lines of {served.log_path}:\n{tail}")
+        elif failures and served.log_path is not None:
+            failures.append(f"server log: {served.log_path}")
 
     def prompt(
         self, text: str | None, tokens: int, batch: int = 1, timeout_s: float = 120.0
@@ -65,7 +67,15 @@ class Streamed:
     def generate(self, prompt: Prompt, new_tokens: int, *, ignore_eos: bool = False) -> Generated:
         extra = {"ignore_eos": True} if ignore_eos else {}
         served = self.served
-        r = served.stream(served.request(prompt.payload, new_tokens, **extra))
+        text = prompt.payload
+        if prompt.unique:
+            # late: the prompt helpers import the HTTP client, loaded once a server is asked
+            from pytest_gpufit.serving.prompts import prompt_keys, unique_prompt
+
+            if self._keys is None:
+                self._keys = prompt_keys()
+            text = unique_prompt(text, next(self._keys))
+        r = served.stream(served.request(text, new_tokens, **extra))
         return Generated(
             count=r.completion_tokens if r.completion_tokens is not None else r.content_chunks,
             ttft_s=r.ttft_s,

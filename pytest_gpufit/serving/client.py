@@ -69,8 +69,9 @@ class TokenLogprob:
 class GenRequest:
     """One generation request. ``chat`` picks ``/chat/completions`` over ``/completions``.
 
-    ``ignore_eos`` asks the server to generate exactly ``max_tokens`` (a vLLM/SGLang extension);
-    a server that rejects the field is asked again without it, once per client. With
+    ``ignore_eos`` asks the server to generate exactly ``max_tokens``, the ways of ``EXACT_WAYS``
+    in turn: a server that refuses one by name is asked the next way (and not that one again by
+    this client), and at last without any. With
     ``require_max_tokens`` a count below ``max_tokens`` is an error (a throughput figure over
     fewer tokens than asked would mislead). ``logprobs`` asks for that many top alternatives.
     ``paced=True`` says the stream's pacing will be judged (a decode rate, ITL, TPOT): a
@@ -125,6 +126,7 @@ class StreamResult:
     reads: int = 0
     content_bytes: int = 0
     buffered: str | None = None
+    exact_by: str | None = None  # how an exact count was asked (``EXACT_WAYS``), None: not
 
     @property
     def tokens(self) -> int:
@@ -134,6 +136,11 @@ class StreamResult:
         2
         """
         return self.completion_tokens if self.completion_tokens is not None else self.content_chunks
+
+    @property
+    def exact_words(self) -> str:
+        """How this request asked for an exact count, in words (``exact_words``)."""
+        return exact_words(self.exact_by)
 
     @property
     def tpot_s(self) -> float | None:
@@ -259,9 +266,14 @@ def count_disagreement(
     return None
 
 
-# Reads closer together than this are one delivery (a burst split by TCP segments or by the
-# client's reads); a real server's steps are milliseconds apart.
-DISTINCT_READ_S = 0.0005
+# Reads closer together than this are one delivery: the TCP segments of one write arrive
+# microseconds apart (on loopback one read holds 64 KiB; at 1 Gb/s a 1448-byte segment takes
+# 12 us), and a train of them on a slower link carries several events a segment, which
+# ``EVENTS_PER_READ`` catches. A fast honest server's events are each a write of their own,
+# and each arrives in a read of its own: a tiny model on a CPU writes them 0.3 ms apart
+# (measured: 32 events in 32 reads, 0.3 ms apart; with 0.5 ms here it was refused as
+# buffered), a CPU vLLM 3 ms apart, and no server decodes one stream at 10,000 tok/s.
+DISTINCT_READ_S = 0.0001
 # More events than this to a distinct read, on average, is a stream delivered in bursts: a
 # client on a busy machine that reads late gets two or three at once, not four on average.
 EVENTS_PER_READ = 4
@@ -712,6 +724,34 @@ def _unreachable(what: str, exc: aiohttp.ClientConnectorError, proxy: str | None
     return EndpointError(f"{what}: nothing listening there ({why})", "connect")
 
 
+# How a request asks for exactly ``max_tokens`` tokens, tried in this order. ``ignore_eos``:
+# vLLM and SGLang (vLLM's extension, which other servers copied). ``generation_config``:
+# transformers serve, which refuses ``ignore_eos`` (HTTP 422 "Unexpected fields") but takes a
+# JSON string of generation settings over its model's; an ``eos_token_id`` of -1 is no token,
+# so nothing ends the answer before ``max_tokens`` (its ``generate()`` warns "will not stop
+# until the maximum length is reached"; its continuous batching reads -1 as "disabled"), as
+# vLLM's ``ignore_eos`` does. Checked against transformers 5.x (``cli/serving/utils.py``,
+# ``_build_generation_kwargs``).
+EXACT_WAYS: dict[str, tuple[str, Any]] = {
+    "ignore_eos": ("ignore_eos", True),
+    "generation_config": ("generation_config", json.dumps({"eos_token_id": -1})),
+}
+
+
+def exact_words(way: str | None) -> str:
+    """How a message names the way an exact count was asked.
+
+    >>> exact_words("generation_config")
+    'generation_config {"eos_token_id": -1}'
+    >>> exact_words(None)
+    'nothing: the server refused every way of asking'
+    """
+    if way is None:
+        return "nothing: the server refused every way of asking"
+    key, value = EXACT_WAYS[way]
+    return key if value is True else f"{key} {value}"
+
+
 # A GET answer (models, version, metrics; vLLM's /metrics is ~100 KB) larger than this is not one.
 MAX_GET_BYTES = 16 * 2**20
 
@@ -779,8 +819,9 @@ class OpenAIClient:
         self._max_connections = max_connections
         self._proxy = env_proxy(self.base_url)
         self._session: aiohttp.ClientSession | None = None
-        # Set when the server rejected ``ignore_eos`` once: later requests leave it out.
-        self.ignore_eos_rejected = False
+        # The ways of asking for an exact count (``EXACT_WAYS``) the server refused by name:
+        # later requests of this client ask the next way.
+        self.refused: set[str] = set()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -807,6 +848,11 @@ class OpenAIClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    @property
+    def ignore_eos_rejected(self) -> bool:
+        """Whether the server refused the ``ignore_eos`` field (then another way is asked)."""
+        return "ignore_eos" in self.refused
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -938,7 +984,7 @@ class OpenAIClient:
             )
         raise EndpointError(f"{url}: HTTP {status}: {said}", "status", status)
 
-    def _body(self, request: GenRequest, ignore_eos: bool) -> dict[str, Any]:
+    def _body(self, request: GenRequest, exact: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
@@ -955,23 +1001,27 @@ class OpenAIClient:
             body["prompt"] = request.prompt
             if request.logprobs is not None:
                 body["logprobs"] = request.logprobs
-        if ignore_eos:
-            body["ignore_eos"] = True
+        if exact is not None:
+            key, value = EXACT_WAYS[exact]
+            body[key] = value
         body.update(request.extra)
         return body
 
     async def stream(self, request: GenRequest) -> StreamResult:
         """Send one streamed request and measure it; every fault is an ``EndpointError``."""
-        ignore_eos = request.ignore_eos and not self.ignore_eos_rejected
-        try:
-            result = await self._bounded(request, ignore_eos)
-        except EndpointError as exc:
-            rejected = exc.status in (400, 422) and "ignore_eos" in str(exc)
-            if not (ignore_eos and rejected):
-                raise
-            # The server does not know the vLLM extension: ask without it, and stop sending it.
-            self.ignore_eos_rejected = True
-            result = await self._bounded(request, False)
+        ways = [w for w in EXACT_WAYS if w not in self.refused] if request.ignore_eos else []
+        while True:
+            exact = ways[0] if ways else None
+            try:
+                result = await self._bounded(request, exact)
+                break
+            except EndpointError as exc:
+                named = exact is not None and EXACT_WAYS[exact][0] in str(exc)
+                if exact is None or not (exc.status in (400, 422) and named):
+                    raise
+                # The server does not know this way of asking: the next one, and not it again.
+                self.refused.add(exact)
+                ways.pop(0)
         return self._check_count(request, result)
 
     async def count_prompt_tokens(
@@ -985,7 +1035,7 @@ class OpenAIClient:
         request = GenRequest(
             model, prompt, max_tokens=1, chat=chat, timeout_s=timeout_s, need_content=False
         )
-        result = await self._bounded(request, False)
+        result = await self._bounded(request, None)
         if result.prompt_tokens is None:
             raise EndpointError(
                 f"{self.base_url}: the server reported no usage.prompt_tokens, so a prompt of a "
@@ -994,9 +1044,9 @@ class OpenAIClient:
             )
         return result.prompt_tokens
 
-    async def _bounded(self, request: GenRequest, ignore_eos: bool) -> StreamResult:
+    async def _bounded(self, request: GenRequest, exact: str | None) -> StreamResult:
         try:
-            return await asyncio.wait_for(self._stream(request, ignore_eos), request.timeout_s)
+            return await asyncio.wait_for(self._stream(request, exact), request.timeout_s)
         except asyncio.TimeoutError as exc:
             raise EndpointError(
                 f"request to {self.base_url} took longer than its {request.timeout_s:g} s limit",
@@ -1013,7 +1063,11 @@ class OpenAIClient:
                 "short",
             )
         if result.completion_tokens < request.max_tokens:
-            why = "ignore_eos unsupported?" if not result.ignore_eos_applied else "stopped early"
+            why = (
+                f"it ignores ignore_eos (asked with {exact_words(result.exact_by)})"
+                if request.ignore_eos
+                else "stopped early"
+            )
             raise EndpointError(
                 f"{self.base_url}: server produced {result.completion_tokens} of "
                 f"{request.max_tokens} tokens (finish_reason {result.finish_reason!r}); {why}",
@@ -1021,10 +1075,10 @@ class OpenAIClient:
             )
         return result
 
-    async def _stream(self, request: GenRequest, ignore_eos: bool) -> StreamResult:
+    async def _stream(self, request: GenRequest, exact: str | None) -> StreamResult:
         path = "/chat/completions" if request.chat else "/completions"
         url = f"{self.base_url}{path}"
-        body = self._body(request, ignore_eos)
+        body = self._body(request, exact)
         # Serialized before the clock starts: building the request is not sending it.
         payload = json.dumps(body).encode()
         stream = _Stream(url, request)
@@ -1095,7 +1149,7 @@ class OpenAIClient:
         # over max_tokens): judge against the larger of the two given.
         caps = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
         cap = max((c for c in caps if type(c) is int), default=None)
-        return stream.result(cap, ignore_eos)
+        return stream.result(cap, exact)
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -1289,7 +1343,7 @@ class _Stream:
                 "malformed",
             ) from exc
 
-    def result(self, cap: int | None, ignore_eos: bool) -> StreamResult:
+    def result(self, cap: int | None, exact: str | None) -> StreamResult:
         """The measurement, once what the server said agrees with what arrived."""
         url, finish, chunks, start = self.url, self.finish, self.chunks, self.sent_at
         if finish is None:
@@ -1351,11 +1405,12 @@ class _Stream:
             prompt_tokens=self.usage.get("prompt_tokens") if self.usage else None,
             completion_tokens=said,
             finish_reason=finish,
-            ignore_eos_applied=ignore_eos,
+            ignore_eos_applied=exact is not None,
             logprobs=logprobs,
             first_token_at=self.first_at,
             events=self.events,
             reads=self.reads,
             content_bytes=self.bytes,
             buffered=buffered,
+            exact_by=exact,
         )

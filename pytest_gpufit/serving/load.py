@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pytest_gpufit.serving.client import GenRequest, OpenAIClient, StreamResult
+from pytest_gpufit.serving.client import GenRequest, OpenAIClient, StreamResult, exact_words
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.serving.prompts import prompt_keys, unique_prompt
 
@@ -156,6 +156,9 @@ class LevelResult:
     silent: int = 0  # answers that carried no text (their TTFT is their first token's event)
     distinct_prompts: int = 0
     prompt_tokens: tuple[int, int] | None = None  # fewest and most, as the server counted
+    # Answers that stopped before the exact count asked for (``ignore_eos``), and why.
+    short: int = 0
+    short_reason: str | None = None
 
     @property
     def name(self) -> str:
@@ -177,6 +180,7 @@ class LevelResult:
             "buffered": float(self.buffered),
             "silent": float(self.silent),
             "distinct_prompts": float(self.distinct_prompts),
+            "short": float(self.short),
         }
         if self.prompt_tokens is not None:
             out["min_prompt_tokens"], out["max_prompt_tokens"] = map(float, self.prompt_tokens)
@@ -202,8 +206,11 @@ def summarize_level(
     concurrency: int | None = None,
     rate: float | None = None,
     distinct_prompts: int = 0,
+    asked: int | None = None,
 ) -> LevelResult:
     """Summarize a level's outcomes (pure: the numbers come only from the arguments).
+    ``asked``: the exact count each request asked for (``ignore_eos``), where one was; an
+    answer the server counted short of it is ``short``.
 
     >>> ok = StreamResult(0.1, (0.01, 0.03), 0.2, "abc", 3, 4, 3, "length", True, None, 0.0)
     >>> bad = Outcome(None, "HTTP 500", "status")
@@ -216,6 +223,10 @@ def summarize_level(
     >>> level = summarize_level([Outcome(burst), Outcome(ok)], 1.0)
     >>> level.buffered, level.itl_ms.count, level.tpot_ms.count, level.ttft_ms.count
     (1, 2, 1, 2)
+    >>> asked = dataclasses.replace(ok, exact_by="ignore_eos")
+    >>> level = summarize_level([Outcome(asked)], 1.0, asked=8)
+    >>> level.short, level.short_reason
+    (1, "3 of 8 tokens, finish_reason 'length' (ignore_eos asked with ignore_eos)")
     """
     good = [o.result for o in outcomes if o.result is not None]
     failed = [o for o in outcomes if o.result is None]
@@ -232,6 +243,11 @@ def summarize_level(
     tpots = [t * 1000 for r in good if (t := r.tpot_s) is not None]
     buffered = [r.buffered for r in good if r.buffered is not None]
     counted = [r.prompt_tokens for r in good if r.prompt_tokens is not None]
+    short = [
+        r
+        for r in good
+        if asked is not None and r.completion_tokens is not None and r.completion_tokens < asked
+    ]
     return LevelResult(
         concurrency=concurrency,
         rate=rate,
@@ -256,6 +272,13 @@ def summarize_level(
         silent=sum(1 for r in good if r.content_chunks == 0),
         distinct_prompts=distinct_prompts,
         prompt_tokens=(min(counted), max(counted)) if counted else None,
+        short=len(short),
+        short_reason=(
+            f"{short[0].completion_tokens} of {asked} tokens, finish_reason "
+            f"{short[0].finish_reason!r} (ignore_eos asked with {exact_words(short[0].exact_by)})"
+            if short
+            else None
+        ),
     )
 
 
@@ -285,6 +308,8 @@ def format_level(level: LevelResult) -> str:
         )
     if level.silent:
         line += f"; {level.silent} of {level.completed} answers carried no text"
+    if level.short:
+        line += f"; {level.short} of {level.completed} answers stopped short: {level.short_reason}"
     return line
 
 
@@ -378,7 +403,9 @@ async def run_level(
                 await asyncio.sleep(delay)
         await asyncio.gather(*tasks)
     duration = time.perf_counter() - start
-    return summarize_level(outcomes, duration, slo, concurrency, rate, len(sent))
+    exact = {r.max_tokens for r in requests if r.ignore_eos}
+    asked = exact.pop() if len(exact) == 1 and all(r.ignore_eos for r in requests) else None
+    return summarize_level(outcomes, duration, slo, concurrency, rate, len(sent), asked)
 
 
 async def run_load(

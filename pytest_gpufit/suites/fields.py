@@ -53,6 +53,12 @@ warmup = whole_numbers(0, MAX_REPEATS, " runs").described(
     f"untimed runs first, at most {MAX_REPEATS}"
 )
 batch = whole_numbers(1, MAX_BATCH)
+# A served check's prompts: each request its own (a prefix cache or an answer cache cannot
+# serve one from another's work), or one prompt again on purpose (a cache-hit workload).
+prompts = choice(("unique", "shared"), "unique or shared").described(
+    "unique (default): each request a prompt of its own, of the same length; shared: one "
+    "prompt again and again (a server's prefix cache answers every prefill after the first)"
+)
 
 # YAML 1.1 reads ``1e9`` as text: accept text that is a positive number below NUMBER_LIMIT
 # (a plain decimal of up to 100 digits, or d.ddde[+-]NN), ASCII digits only.

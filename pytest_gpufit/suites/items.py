@@ -81,6 +81,14 @@ class CheckItem(pytest.Item):
         self.gpufit_simulation_safe = self.check_kind.simulation
 
     @property
+    def gpufit_launched(self) -> str | None:
+        """The key of the server gpufit launches for this check's target, or None (a check
+        that launches nothing): checks of one key share one server in one process."""
+        parent = self.parent
+        assert isinstance(parent, TargetCollector)
+        return parent.served_key if self.target.launch is not None else None
+
+    @property
     def gpufit_requirement(self) -> Requirement | None:
         parts = [r for r in (self.suite.requirement, self.target.requirement) if r]
         if self.target.device.startswith("cuda"):
@@ -161,9 +169,11 @@ class CheckItem(pytest.Item):
                 devices = (ctx.gpu.index,)
             pinned = state.cuda_visible_devices(Verdict(True, "", devices))
 
+        logs = server_logs(self.config) if target.launch is not None else None
+
         def start() -> Any:
             backend = load_backend("openai")  # MissingExtra: judged by the policy
-            return backend.start(target, pinned)
+            return backend.start(target, pinned, logs)
 
         return lambda: state.served(parent.served_key, start)
 
@@ -236,6 +246,54 @@ class CheckItem(pytest.Item):
             self.check.line - 1,
             f"{self.suite.name}::{self.target.name}::{self.check.kind}",
         )
+
+
+# xdist's modes that deal a file's items to any worker (``loadfile``, ``loadscope`` keep a
+# target's checks together; ``each`` runs every check on every worker on purpose).
+SPLITTING_DIST = frozenset({"load", "worksteal"})
+
+
+def split_launches(items: list[pytest.Item], dist: str, workers: int) -> str | None:
+    """The warning for a run that deals a launched target's checks to several xdist workers
+    (each launches its own server for the target: two on one GPU share its memory and time),
+    or None.
+
+    >>> split_launches([], "load", 2) is None
+    True
+    """
+    if dist not in SPLITTING_DIST or workers < 2:
+        return None
+    counts: dict[str, int] = {}
+    for item in items:
+        key = getattr(item, "gpufit_launched", None)
+        if isinstance(key, str):
+            counts[key] = counts.get(key, 0) + 1
+    split = [f"{key} ({n} checks)" for key, n in counts.items() if n > 1]
+    if not split:
+        return None
+    return (
+        f"-n {workers} with --dist {dist} deals the checks of launched "
+        f"target{'s' if len(split) > 1 else ''} {', '.join(split)} to several workers, and "
+        "each worker that gets one launches its own server for it (on one GPU they share its "
+        "memory and time, and each start-up is paid again); run with --dist loadfile (or "
+        "loadscope) so that one worker gets all of a target's checks"
+    )
+
+
+def server_logs(config: pytest.Config) -> Path | None:
+    """Where launched servers log: beside the JSON report (``--gpufit-report``) when the run
+    writes one, else in pytest's own temporary folder of this run (``--basetemp``, or the
+    numbered folder pytest keeps for its last three runs); never the system's temp, where
+    nothing removes them. None (the system's temp) only where pytest has no such folder
+    (its tmpdir plugin disabled)."""
+    report = state_of(config).settings.report
+    if report:
+        return Path(report).resolve().parent / "gpufit-servers"
+    # pytest gives its TempPathFactory to fixtures only; a suite item is no function.
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None:
+        return None
+    return Path(factory.getbasetemp()) / "gpufit-servers"
 
 
 def _with_engine(fingerprint: Any, engine: Any) -> Any:

@@ -469,6 +469,17 @@ def _endpoint(
             "{port} is the port gpufit picks for a launched server; add launch: or give the "
             "running server's port",
         )
+    if launch is not None and "{port}" not in endpoint:
+        # Readiness would poll the launched server's port while every check asked this one
+        # (another server, perhaps an old fast one): issue 18.8.
+        raise at.error(
+            line,
+            f"{where}.endpoint",
+            f"{endpoint!r} names a fixed port, but launch: starts a server on the port gpufit "
+            "picks, so the checks would ask another server than the one launched; write "
+            "http://127.0.0.1:{port}/v1 (the command passing --port {port}), or drop launch: "
+            "to check the server at this URL",
+        )
     if (
         launch is not None
         and "{port}" in endpoint

@@ -127,6 +127,7 @@ def run_load(ctx: Context, params: dict[str, Any]) -> None:
         params["max_seconds"],
         goodput_slo(slo) if slo else None,
         ctx.progress,
+        params["prompts"],
     )
     table: dict[str, dict[str, Any]] = {}
     for level in levels:
@@ -139,6 +140,7 @@ def run_load(ctx: Context, params: dict[str, Any]) -> None:
         _judge_level(ctx, level, figures, params, slo)
     ctx.metrics["levels"] = table
     ctx.metrics["prompt_tokens"] = prompt.tokens
+    ctx.metrics["prompts"] = params["prompts"]
 
 
 def _judge_level(
@@ -171,6 +173,12 @@ def _judge_level(
             ctx.failures.append(f"{name}: SLO {key} {bound:g} ms: not measured (no {metric} data)")
         elif value > bound:
             ctx.failures.append(f"{name}: {key} {value:.1f} ms > SLO {key} {bound:g} ms")
+    if level.short:
+        ctx.failures.append(
+            f"{name}: {level.short} of {level.completed} answers stopped short of new_tokens "
+            f"({level.short_reason}): the server ignores ignore_eos; output tok/s, TPOT and "
+            "goodput are measured on exactly new_tokens (README: 'A server that stops early')"
+        )
     if "min_goodput" in params and level.goodput < params["min_goodput"]:
         ctx.failures.append(
             f"{name}: goodput {level.goodput:.1%} < min_goodput {params['min_goodput']:.1%} "
