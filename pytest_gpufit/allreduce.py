@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.hardware.probe import visible_devices
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.numbers import format_number
 from pytest_gpufit.units import parse_size, shown
@@ -410,8 +411,6 @@ def measure(params: AllReduceParams, devices: Sequence[Gpu]) -> AllReduceResult:
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     if devices:
-        from pytest_gpufit.hardware.probe import visible_devices
-
         outer = os.environ.get("CUDA_VISIBLE_DEVICES")
         env["CUDA_VISIBLE_DEVICES"] = visible_devices(devices, [g.index for g in devices], outer)
     with tempfile.TemporaryDirectory(prefix="gpufit-allreduce-") as folder:
@@ -495,7 +494,8 @@ def _run_ranks(
 
 def _rank_main(config: Mapping[str, Any]) -> None:
     """Time the sweep as one rank; rank 0 prints the result line."""
-    import torch  # late: only the rank processes pay for torch
+    # late: only the rank processes pay for torch
+    import torch
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

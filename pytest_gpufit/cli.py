@@ -13,12 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gpufit.engines.knobs import add_cli_options as add_engine_options
+from pytest_gpufit.engines.knobs import cli_options, knobs_from_options
+from pytest_gpufit.engines.registry import engine
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.commands import add_commands
+from pytest_gpufit.fit.names import variant_note
 from pytest_gpufit.hardware.probe import build_inventory
 from pytest_gpufit.hardware.records import Inventory
+from pytest_gpufit.ini_files import pytest_settings
+from pytest_gpufit.metrics import format_value
 from pytest_gpufit.numbers import parse_whole
 from pytest_gpufit.settings import OPTIONS
-from pytest_gpufit.units import format_gb
+from pytest_gpufit.units import format_gb, parse_percent
 
 _SIMULATE = next(o for o in OPTIONS if o.name == "simulate")
 
@@ -52,6 +58,7 @@ def probe_text(inventory: Inventory) -> str:
 
 
 def _setups(gpu_arg: str | None, option: str = "--gpu") -> list[Any]:
+    # late: the fit tables load only for `gpufit fit` and `gpufit table` (~30 ms)
     from pytest_gpufit.fit.table import all_catalog_setups, local_setups, parse_setups
 
     if gpu_arg and gpu_arg != "local":
@@ -65,9 +72,8 @@ def _setups(gpu_arg: str | None, option: str = "--gpu") -> list[Any]:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from pytest_gpufit.engines.knobs import cli_options, knobs_from_options
+    # late: only `gpufit fit` loads the planner and the fit tables (~75 ms)
     from pytest_gpufit.engines.planning import plan_setups, plan_text
-    from pytest_gpufit.engines.registry import engine
     from pytest_gpufit.fit.context import parse_rope_scaling
     from pytest_gpufit.fit.table import build_rows, render
 
@@ -92,7 +98,6 @@ def _fit(args: argparse.Namespace) -> int:
         data = {"model": row.spec.name, "path": row.spec.path, **est.to_dict(), "gpus": gpus}
         print(json.dumps(data, indent=2))
         return 0
-    from pytest_gpufit.fit.names import variant_note
 
     p = row.spec.params
     variant = variant_note(args.model)
@@ -126,7 +131,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from pytest_gpufit.fit.table import build_rows, default_models, render
+    from pytest_gpufit.fit.table import build_rows, default_models, render  # late: see _setups
 
     setups = _setups(args.gpus, "--gpus")
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -147,8 +152,7 @@ def _store(args: argparse.Namespace) -> Any:
     """The baseline folder the plugin would use here: --dir (relative to the current folder),
     else the settings a pytest session started here would have (GPUFIT_BASELINE_DIR, the ini
     key gpufit_baseline_dir, or the default), relative to that session's rootdir."""
-    from pytest_gpufit.baseline import Store
-    from pytest_gpufit.ini_files import pytest_settings
+    from pytest_gpufit.baseline import Store  # late: only `gpufit baseline` (~25-55 ms)
 
     if args.dir is not None:
         return Store(Path.cwd() / args.dir)
@@ -170,8 +174,7 @@ def _baseline_list(args: argparse.Namespace) -> int:
 
 
 def _metrics_text(metrics: Any, where: str) -> str:
-    from pytest_gpufit.baseline import metric_values
-    from pytest_gpufit.metrics import format_value
+    from pytest_gpufit.baseline import metric_values  # late: see _store
 
     values = metric_values(metrics, where)
     return ", ".join(f"{k} {format_value(k, v)}" for k, v in values.items()) or "(no metrics)"
@@ -208,9 +211,9 @@ def _baseline_accept(args: argparse.Namespace) -> int:
 
 
 def _baseline_diff(args: argparse.Namespace) -> int:
+    # late: see _store
     from pytest_gpufit.baseline import compare, environment_changes, metric_values
     from pytest_gpufit.baseline.setup import setup_changes
-    from pytest_gpufit.metrics import format_value
 
     store = _store(args)
     paths = [store.find(r) for r in (args.old, args.new)]
@@ -270,6 +273,7 @@ def _baseline_diff(args: argparse.Namespace) -> int:
 
 def _baseline_fleet(args: argparse.Namespace) -> int:
     """Per host, how far each metric sits from the fleet median of its GPU model and suite."""
+    # late: see _store
     from pytest_gpufit.baseline import slug
     from pytest_gpufit.baseline.fleet import latest_per_host, view_lines
 
@@ -313,7 +317,7 @@ def _baseline_fleet(args: argparse.Namespace) -> int:
 
 
 def _baseline_plot(args: argparse.Namespace) -> int:
-    from pytest_gpufit.plot import plot_runs
+    from pytest_gpufit.plot import plot_runs  # late: matplotlib, the plot extra
 
     store = _store(args)
     runs = store.runs()
@@ -336,6 +340,7 @@ def _baseline_migrate(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     """Collect, place every item on the pool's classes, print the table or the matrix."""
+    # late: only `gpufit plan` loads the fleet (~20 ms)
     from pytest_gpufit.fleet.collect import collect
     from pytest_gpufit.fleet.plan import (
         idle_lines,
@@ -372,8 +377,6 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _percent(text: str) -> float:
-    from pytest_gpufit.units import parse_percent
-
     try:
         return parse_percent(text, "--tolerance")
     except GpufitError as error:
@@ -461,9 +464,7 @@ def parser() -> argparse.ArgumentParser:
     )
     plan.set_defaults(handler=_plan)
 
-    from pytest_gpufit.fit.commands import add_commands  # calibrate, upgrade (compare-setups)
-
-    add_commands(sub)
+    add_commands(sub)  # calibrate, upgrade (compare-setups)
 
     baseline = sub.add_parser(
         "baseline", help="stored baselines: list, show, accept, diff, fleet, plot, migrate"

@@ -26,6 +26,7 @@ import pytest
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from pytest_gpufit.engines.registry import NAMES as ENGINE_NAMES
+from pytest_gpufit.engines.registry import check_engine, engine
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.request import FitRequest
 from pytest_gpufit.hardware.dtypes import (
@@ -216,8 +217,6 @@ def _precision(value: Any, what: str) -> str:
 def _engine(value: Any, what: str) -> str | None:
     if value is None:
         return None
-    from pytest_gpufit.engines.registry import check_engine
-
     return check_engine(value, what)
 
 
@@ -521,8 +520,7 @@ def check_fit_models(req: Requirement, base: Path) -> None:
     """
     if not req.fits:
         return
-    # late: only tests with requires_fit pay
-    from pytest_gpufit.engines.registry import engine
+    # late: only tests with requires_fit pay (the fit engine, ~20 ms)
     from pytest_gpufit.fit.context import check_context
     from pytest_gpufit.fit.estimate import check_tensor_parallel
     from pytest_gpufit.fit.spec import load_spec, resolve_model

@@ -77,7 +77,7 @@ def plot_runs(records: Sequence[tuple[dict[str, Any], bool]], output: Path) -> P
         import matplotlib  # late: an optional extra, only for this command
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after use(): the backend is set before pyplot
         from matplotlib.ticker import FuncFormatter
     except ImportError:
         raise GpufitError("plotting needs matplotlib: pip install 'pytest-gpufit[plot]'") from None

@@ -17,6 +17,7 @@ import pytest
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.expect import check_expect, parse_expect
+from pytest_gpufit.hardware.nvml import free_memory
 from pytest_gpufit.hardware.probe import build_inventory, visible_devices
 from pytest_gpufit.hardware.records import Gpu, Inventory
 from pytest_gpufit.report import (
@@ -562,8 +563,6 @@ def _fit_judge(req: Requirement, item: pytest.Item) -> Any:
 
 
 def _with_free_memory_now(inventory: Inventory) -> Inventory:
-    from pytest_gpufit.hardware.nvml import free_memory  # late: pynvml, on first use
-
     free = free_memory([g.uuid for g in inventory.gpus])
     gpus = tuple(
         dataclasses.replace(g, memory_free_bytes=free.get(g.uuid or "", g.memory_free_bytes))

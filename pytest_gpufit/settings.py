@@ -17,6 +17,7 @@ import pytest
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.expect import parse_expect
+from pytest_gpufit.hardware.catalog import parse_setup
 from pytest_gpufit.numbers import parse_whole
 from pytest_gpufit.skips import matches_any_reason
 from pytest_gpufit.units import parse_percent
@@ -57,8 +58,6 @@ def expectation(value: str, source: str) -> str:
 
 
 def simulation(value: str, source: str) -> str:
-    from pytest_gpufit.hardware.catalog import parse_setup  # late: it reads the catalog
-
     parse_setup(value, source)
     return value
 

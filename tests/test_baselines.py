@@ -289,16 +289,21 @@ targets:
     )
 
 
-def test_xdist_workers_leave_one_valid_record(pytester: pytest.Pytester, tiny: Path) -> None:
-    pytester.makefile(
-        ".gpufit.yaml",
-        two=f"""
-suite: two
-targets:
-  - {{name: a, model: {tiny}, device: cpu, checks: {{generates: {{prompt_tokens: 4}}}}}}
-  - {{name: b, model: {tiny}, device: cpu, checks: {{generates: {{prompt_tokens: 4}}}}}}
-""",
+# The store's concurrency and the xdist merge do not depend on the check: an estimate (`fits`
+# on a config alone) records figures as a model check does, with no torch in the sessions.
+CONFIG = Path(__file__).parent.parent / "fixtures" / "tiny-llama"
+
+
+def _fits(name: str) -> str:
+    return (
+        f"  - {{name: {name}, model: {CONFIG}, weights: random, device: cpu, "
+        "checks: {fits: {}}}\n"
     )
+
+
+def test_xdist_workers_leave_one_valid_record(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    pytester.makefile(".gpufit.yaml", two="suite: two\ntargets:\n" + _fits("a") + _fits("b"))
     store = pytester.path / "store"
     result = pytester.runpytest_subprocess("-n", "2", *_args(store, "save"))
     result.assert_outcomes(passed=2)
@@ -306,20 +311,14 @@ targets:
     assert len(records) == 1
     data = json.loads(records[0].read_text())
     assert set(data["results"]) == {
-        "two.gpufit.yaml::a::generates",
-        "two.gpufit.yaml::b::generates",
+        "two.gpufit.yaml::a::fits",
+        "two.gpufit.yaml::b::fits",
     }
+    assert all(r["metrics"]["estimate_total_bytes"] > 0 for r in data["results"].values())
 
 
-def test_concurrent_sessions_leave_a_valid_store(pytester: pytest.Pytester, tiny: Path) -> None:
-    pytester.makefile(
-        ".gpufit.yaml",
-        c=f"""
-suite: c
-targets:
-  - {{name: a, model: {tiny}, device: cpu, checks: {{generates: {{prompt_tokens: 4}}}}}}
-""",
-    )
+def test_concurrent_sessions_leave_a_valid_store(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".gpufit.yaml", c="suite: c\ntargets:\n" + _fits("a"))
     store = pytester.path / "store"
     command = [
         sys.executable,

@@ -55,6 +55,8 @@ def pinned(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest
 
 
 def test_each_worker_sees_its_own_gpus_before_any_test(pinned: pytest.Pytester) -> None:
+    """Also: the JSON report the controller writes merges every worker's verdicts."""
+    report = pinned.path / "r.json"
     result = pinned.runpytest_subprocess(
         "-n",
         "2",
@@ -63,6 +65,7 @@ def test_each_worker_sees_its_own_gpus_before_any_test(pinned: pytest.Pytester) 
         "--gpufit-gpus-per-worker=2",
         "-p",
         "no:randomly",
+        f"--gpufit-report={report}",
     )
     result.assert_outcomes(passed=4, skipped=1)
     assert (pinned.path / "env-gw0.txt").read_text() == "0,1"
@@ -78,6 +81,9 @@ def test_each_worker_sees_its_own_gpus_before_any_test(pinned: pytest.Pytester) 
             "gpufit: xdist workers pinned: gw0 -> GPU0,GPU1; gw1 -> GPU2,GPU3",
         ]
     )
+    verdicts = json.loads(report.read_text())["verdicts"]
+    assert list(verdicts) == ["test_p.py::test_needs_four"]
+    assert "needs 4 GPUs" in verdicts["test_p.py::test_needs_four"]["reason"]
 
 
 def test_outer_cuda_visible_devices_is_respected_and_auto_counts_groups(
@@ -96,20 +102,6 @@ def test_outer_cuda_visible_devices_is_respected_and_auto_counts_groups(
     result.stdout.fnmatch_lines(["*2 workers*"])
     assert (pinned.path / "env-gw0.txt").read_text() == "4,5"
     assert (pinned.path / "env-gw1.txt").read_text() == "6,7"
-
-
-def test_merged_report_has_every_worker(pinned: pytest.Pytester) -> None:
-    report = pinned.path / "r.json"
-    pinned.runpytest_subprocess(
-        "-n",
-        "2",
-        "--gpufit-simulate=4*h100-sxm",
-        "--gpufit-gpus-per-worker=2",
-        f"--gpufit-report={report}",
-    )
-    verdicts = json.loads(report.read_text())["verdicts"]
-    assert list(verdicts) == ["test_p.py::test_needs_four"]
-    assert "needs 4 GPUs" in verdicts["test_p.py::test_needs_four"]["reason"]
 
 
 def test_no_gpus_means_no_pinning(pinned: pytest.Pytester) -> None:

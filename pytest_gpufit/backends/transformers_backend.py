@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.measure import device_sync
@@ -147,8 +147,6 @@ def _tokenizer(folder: Path | None, trust: bool) -> Any:
         for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
     ):
         return None
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust)
 
 

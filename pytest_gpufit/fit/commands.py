@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gpufit.engines.registry import DEFAULT as DEFAULT_ENGINE
-from pytest_gpufit.engines.registry import NAMES
+from pytest_gpufit.engines.registry import NAMES, check_engine
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.link_time import parse_topology
 from pytest_gpufit.numbers import parse_whole
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from pytest_gpufit.fit.logs import calibrate_text, read_log_file, render
+    from pytest_gpufit.fit.logs import calibrate_text, read_log_file, render  # late: this command
 
     for option, value in (("--model", args.model), ("--dtype", args.dtype)):
         if value is not None and not value.strip():
@@ -44,7 +45,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _one_setup(text: str, option: str) -> list[Any]:
-    from pytest_gpufit.fit.table import parse_setups
+    from pytest_gpufit.fit.table import parse_setups  # late: the catalog's setups, on use
 
     if not text.strip():
         raise GpufitError(f"{option}: set but empty; give a catalog id such as h100 or 2*h100")
@@ -55,10 +56,9 @@ def _one_setup(text: str, option: str) -> list[Any]:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from pytest_gpufit.engines.registry import check_engine
+    # late: only `gpufit upgrade` loads the planner (~45 ms)
     from pytest_gpufit.fit.compare_setups import LinkChoice, compare, render
     from pytest_gpufit.fit.context import parse_rope_scaling
-    from pytest_gpufit.fit.link_time import parse_topology
     from pytest_gpufit.fit.table import default_models
 
     (a,) = _one_setup(args.a, "first setup")
@@ -90,7 +90,7 @@ def _upgrade(args: argparse.Namespace) -> int:
 def _check_nvlink(text: str, topology: str, setups: tuple[Any, ...]) -> None:
     """``--topology nvlink`` (or ``NV#``) for cards the catalog knows as PCIe-only is an error:
     the plan would model a link those cards cannot have."""
-    from pytest_gpufit.engines.planning import interconnect
+    from pytest_gpufit.engines.planning import interconnect  # late: the planner, on use
 
     if topology != "nvlink":
         return

@@ -13,6 +13,7 @@ from typing import Any
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.spec import ModelSpec
+from pytest_gpufit.hardware.catalog import catalog
 from pytest_gpufit.hardware.records import Gpu
 from pytest_gpufit.units import GIB
 
@@ -384,8 +385,6 @@ def runtime_bytes_per_gpu(tp: int) -> int:
 def usable_bytes(gpu: Gpu) -> tuple[int, str]:
     """What CUDA can allocate on the card, and where the figure comes from."""
     if gpu.catalog_id:
-        from pytest_gpufit.hardware.catalog import catalog
-
         entry = catalog().get(gpu.catalog_id, {})
         usable = entry.get("usable_mib")
         if isinstance(usable, (int, float)) and not isinstance(usable, bool) and usable > 0:

@@ -9,6 +9,7 @@ uses the same comparison for the server it launched.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -22,10 +23,14 @@ from pytest_gpufit.engines.planning import plan
 from pytest_gpufit.engines.protocol import EngineKnobs, EnginePlan
 from pytest_gpufit.engines.records import EngineLog
 from pytest_gpufit.engines.registry import DEFAULT as DEFAULT_ENGINE
+from pytest_gpufit.engines.registry import all_engines
 from pytest_gpufit.engines.registry import engine as registered
 from pytest_gpufit.engines.vllm import BLOCK_SIZE as VLLM_BLOCK_SIZE
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.estimate import check_precision
 from pytest_gpufit.fit.names import variant_note
+from pytest_gpufit.fit.spec import load_spec
+from pytest_gpufit.hardware.catalog import catalog_gpu
 from pytest_gpufit.units import GIB
 
 if TYPE_CHECKING:
@@ -184,8 +189,6 @@ def resolve_log_model(
 ) -> tuple[ModelSpec, list[str]]:
     """The model spec for a log: ``--model`` wins, else what the log names (a shipped id, a
     variant of one, or a folder that exists here); notes say how it was found."""
-    from pytest_gpufit.fit.spec import load_spec
-
     if override:
         return load_spec(override, base), []
     if not named:
@@ -345,8 +348,6 @@ def calibrate_text(
     """Read one log and hold it against the plan for the setup it states; ``--model``,
     ``--dtype`` and ``--tensor-parallel`` override what it states, the count of ``--gpu N*ID``
     (``default_tensor_parallel``) only fills in what it does not."""
-    from pytest_gpufit.fit.estimate import check_precision
-
     log = read_engine_log(text)
     _one_engine(text, source)
     if not log.allocation.lines:
@@ -383,8 +384,6 @@ def calibrate_text(
     if gpu is None:
         # Weights and KV bytes per token do not depend on the card; the plan needs one, so the
         # catalog's largest stands in and the card-dependent figures are not compared.
-        from pytest_gpufit.hardware.catalog import catalog_gpu
-
         gpu = catalog_gpu("b200")
     the_plan = plan(spec, chosen, gpu, tp, knobs)
     figures, skipped = compare(log, the_plan, card_known, card_note)
@@ -430,8 +429,6 @@ def _other_card(logged_gib: float | None, gpu: Gpu) -> str | None:
 def _one_engine(text: str, source: str) -> None:
     """Refuse a log whose allocation lines are two engines' (starts of different servers pasted
     into one file): only one of them would be read, as if it were the whole log."""
-    from pytest_gpufit.engines.registry import all_engines
-
     lines = text.splitlines()
     found = {e.name: e.read_allocation(lines).lines for e in all_engines()}
     found = {name: hits for name, hits in found.items() if hits}
@@ -444,8 +441,6 @@ def _one_engine(text: str, source: str) -> None:
 
 
 def _knob_dict(knobs: EngineKnobs) -> dict[str, Any]:
-    import dataclasses
-
     return {k: v for k, v in dataclasses.asdict(knobs).items() if k != "engine"}
 
 

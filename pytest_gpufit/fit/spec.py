@@ -19,6 +19,7 @@ from typing import Any
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fit.config_fields import MAXIMA, ConfigFields
+from pytest_gpufit.fit.names import variant
 from pytest_gpufit.fit.safetensors_header import CheckpointInfo, checkpoint_info
 
 GENERIC_FIELDS = (
@@ -193,9 +194,7 @@ def resolve_model(model: str, base: Path | None = None) -> Path:
     key = model.lower().removesuffix(".json")
     if key in shipped:
         return shipped[key]
-    from pytest_gpufit.fit.names import variant  # an instruct variant sharing a shipped config
-
-    same = variant(model)
+    same = variant(model)  # an instruct variant sharing a shipped config
     if same is not None and same.base.lower() in shipped:
         return shipped[same.base.lower()]
     ids = sorted(k for k in shipped if "/" not in k)

@@ -28,6 +28,7 @@ from typing import Any
 
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.fleet.pool import Pool, RunnerClass, derived_expect
+from pytest_gpufit.hardware.catalog import catalog_gpu, simulated_links
 from pytest_gpufit.hardware.records import Environment, Inventory
 from pytest_gpufit.requirements import Requirement, Verdict, evaluate
 
@@ -104,8 +105,6 @@ def ungated_words(pool: Pool) -> str:
 
 def class_inventory(runner: RunnerClass) -> Inventory:
     """The class's cards from the catalog, with the lowest driver it promises."""
-    from pytest_gpufit.hardware.catalog import catalog_gpu, simulated_links  # late: catalog
-
     gpus = tuple(catalog_gpu(card, i) for i, card in enumerate(runner.card_ids))
     return Inventory(
         gpus=gpus,

@@ -20,6 +20,7 @@ from pytest_gpufit.declared.values import NESTED, choice, kind, matching
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.expect import KEYS as EXPECT_KEYS
 from pytest_gpufit.expect import OPERATOR, parse_expect
+from pytest_gpufit.hardware.catalog import catalog, catalog_gpu, parse_setup
 from pytest_gpufit.settings import NAME_PATTERN  # the pattern --gpufit-runner is checked with
 
 MAX_SHARDS = 256
@@ -64,8 +65,6 @@ def _labels(value: Any) -> tuple[str, ...]:
 
 
 def _setup_schema() -> dict[str, Any]:
-    from pytest_gpufit.hardware.catalog import catalog  # late: reads the catalog
-
     ids = "|".join(sorted(catalog()))
     count = r"(([1-9][0-9]{0,2}|10[01][0-9]|102[0-4])\s*\*\s*)?"  # 1 to 1024, as the validator
     setup = rf"^\s*(none|{count}({ids})\s*(,\s*{count}({ids})\s*)*)\s*$"  # none: a CPU class
@@ -227,8 +226,6 @@ class Pool:
 
 
 def _runner(path: Path, index: int, entry: Any) -> RunnerClass:
-    from pytest_gpufit.hardware.catalog import parse_setup  # late: reads the catalog
-
     what = f"runners[{index}]"
     if not isinstance(entry, dict):
         raise GpufitError(
@@ -326,8 +323,6 @@ def derived_expect(runner: RunnerClass) -> str:
     >>> derived_expect(RunnerClass("cpu", ("ubuntu-latest",), "none", ()))
     'count>=0'
     """
-    from pytest_gpufit.hardware.catalog import catalog_gpu  # late: reads the catalog
-
     gpus = [catalog_gpu(card) for card in runner.card_ids]
     clauses: dict[str, list[str]] = {"count": [f"count>={len(gpus)}"]}
     if gpus:

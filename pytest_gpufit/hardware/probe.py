@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.hardware.catalog import simulated_gpus, simulated_links
 from pytest_gpufit.hardware.environment import software_environment
+from pytest_gpufit.hardware.nvml import probe_nvml
 from pytest_gpufit.hardware.records import Gpu, Inventory
 
 
@@ -47,8 +48,6 @@ def build_inventory(
 
 
 def _nvml() -> Inventory:
-    from pytest_gpufit.hardware.nvml import probe_nvml  # late: pynvml loads on first probe
-
     return probe_nvml()
 
 

@@ -17,6 +17,7 @@ from pytest_gpufit.backends.capabilities import (
 from pytest_gpufit.backends.in_process import InProcess
 from pytest_gpufit.backends.streamed import Streamed
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.context import check_context
 from pytest_gpufit.fit.estimate import MemoryEstimate, estimate
 from pytest_gpufit.fit.spec import ModelSpec, load_spec
 from pytest_gpufit.hardware.records import Gpu
@@ -53,8 +54,6 @@ class Context:
         return load_spec(self.target.model_path)
 
     def estimate(self, context: int | None = None, batch: int = 1) -> MemoryEstimate:
-        from pytest_gpufit.fit.context import check_context
-
         spec = self.spec
         asked = context or self.target.context
         # A verdict for a context the model (and vLLM) refuses would be an unearned green.
