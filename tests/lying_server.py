@@ -16,6 +16,8 @@ Modes (``MODES``):
   burst         generates at ``gap_s`` but holds the stream and sends it in one write at the
                 end (a buffering proxy or ingress in front of an honest server)
   flush         the same, flushed every 8 events (a proxy with a small buffer)
+  burst_once    honest, but its first answer of more than one token is held and sent in one
+                write (a server or client descheduled once on a busy machine)
   model         every event says model "evil/other-model"
   early_length  two tokens, then finish_reason "length" (and usage 2) for a longer max_tokens
   short         ignores ignore_eos: two tokens and "stop" (a short run)
@@ -50,6 +52,7 @@ MODES = (
     "usage_zero",
     "burst",
     "flush",
+    "burst_once",
     "model",
     "early_length",
     "short",
@@ -115,6 +118,7 @@ class Liar:
         self.in_flight = 0
         self.cache: dict[str, list[str]] = {}
         self.replays = 0  # answers the replay mode served from its cache
+        self.held_once = False  # burst_once: its one held answer went out
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -287,6 +291,8 @@ class Liar:
             tokens = cached  # the old answer at once: no prefill, no decode
             self.replays += 1
         hold = mode in ("burst", "flush") or cached is not None
+        if mode == "burst_once" and asked > 1 and not self.held_once:
+            hold = self.held_once = True
         loop = asyncio.get_running_loop()
         due = record.received_at + self.ttft_s
         for i, text in enumerate(tokens):

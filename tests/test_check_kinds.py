@@ -145,7 +145,14 @@ def _context(bound: FakeGenerate) -> Context:
     return ctx
 
 
-THROUGHPUT = {"prompt_tokens": 8, "new_tokens": 6, "batch": 1, "warmup": 0, "repeats": 1}
+THROUGHPUT = {
+    "prompt_tokens": 8,
+    "new_tokens": 6,
+    "batch": 1,
+    "warmup": 0,
+    "repeats": 1,
+    "prompts": "unique",
+}
 
 
 def test_throughput_runs_on_any_generate_and_asks_for_exactly_new_tokens() -> None:

@@ -210,7 +210,7 @@ def test_ignore_eos_rejected_once_then_left_out(fake: FakeOpenAI) -> None:
     assert rejected and first.exact_by == "generation_config" and first.completion_tokens == 4
     assert ["ignore_eos" in b for b in fake.bodies] == [True, False, False]
     assert [json.loads(b.get("generation_config", "{}")) for b in fake.bodies[1:]] == [
-        {"eos_token_id": -1}
+        {"min_new_tokens": 4}
     ] * 2
 
 
@@ -236,7 +236,8 @@ def test_short_count_without_ignore_eos_says_so(fake: FakeOpenAI) -> None:
     req = GenRequest(MODEL, "a", max_tokens=8, ignore_eos=True, require_max_tokens=True)
     err = fails(fake.base_url, req)
     assert "server produced 3 of 8 tokens (finish_reason 'stop')" in str(err)
-    assert 'it ignores ignore_eos (asked with generation_config {"eos_token_id": -1})' in str(err)
+    said = 'it ignores ignore_eos (asked with generation_config {"min_new_tokens": max_tokens})'
+    assert said in str(err)
 
 
 def test_list_models_metrics_and_engine_facts(fake: FakeOpenAI) -> None:

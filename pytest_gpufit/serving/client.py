@@ -724,32 +724,42 @@ def _unreachable(what: str, exc: aiohttp.ClientConnectorError, proxy: str | None
     return EndpointError(f"{what}: nothing listening there ({why})", "connect")
 
 
-# How a request asks for exactly ``max_tokens`` tokens, tried in this order. ``ignore_eos``:
-# vLLM and SGLang (vLLM's extension, which other servers copied). ``generation_config``:
-# transformers serve, which refuses ``ignore_eos`` (HTTP 422 "Unexpected fields") but takes a
-# JSON string of generation settings over its model's; an ``eos_token_id`` of -1 is no token,
-# so nothing ends the answer before ``max_tokens`` (its ``generate()`` warns "will not stop
-# until the maximum length is reached"; its continuous batching reads -1 as "disabled"), as
-# vLLM's ``ignore_eos`` does. Checked against transformers 5.x (``cli/serving/utils.py``,
-# ``_build_generation_kwargs``).
-EXACT_WAYS: dict[str, tuple[str, Any]] = {
-    "ignore_eos": ("ignore_eos", True),
-    "generation_config": ("generation_config", json.dumps({"eos_token_id": -1})),
-}
+# How a request asks for exactly ``max_tokens`` tokens, tried in this order, each way the field
+# it sends. ``ignore_eos``: vLLM and SGLang (vLLM's extension, which other servers copied).
+# ``generation_config``: transformers serve, which refuses ``ignore_eos`` (HTTP 422
+# "Unexpected fields") but takes a JSON string of generation settings over its model's
+# (``cli/serving/utils.py``, ``_build_generation_kwargs``, transformers 5.x): ``min_new_tokens``
+# masks the end-of-sequence tokens until ``max_tokens`` are made, so the model goes on with
+# text. Not ``eos_token_id: -1``, which lets the model emit EOS after EOS: each a token the
+# server counts but streams no event for (measured: usage 8, one event, no text), which no
+# count check can tell from a lie. Its continuous batching (``--continuous-batching``, off by
+# default) takes no ``min_new_tokens``: a short answer there fails, naming finish_reason.
+EXACT_WAYS: dict[str, str] = {"ignore_eos": "ignore_eos", "generation_config": "generation_config"}
+
+
+def exact_value(way: str, max_tokens: int) -> Any:
+    """What ``way`` sends in its field for an answer of exactly ``max_tokens`` tokens.
+
+    >>> exact_value("ignore_eos", 8), exact_value("generation_config", 8)
+    (True, '{"min_new_tokens": 8}')
+    """
+    if way == "generation_config":
+        return json.dumps({"min_new_tokens": max_tokens})
+    return True
 
 
 def exact_words(way: str | None) -> str:
     """How a message names the way an exact count was asked.
 
     >>> exact_words("generation_config")
-    'generation_config {"eos_token_id": -1}'
+    'generation_config {"min_new_tokens": max_tokens}'
     >>> exact_words(None)
     'nothing: the server refused every way of asking'
     """
     if way is None:
         return "nothing: the server refused every way of asking"
-    key, value = EXACT_WAYS[way]
-    return key if value is True else f"{key} {value}"
+    value = exact_value(way, 0)
+    return way if value is True else f"{way} {value.replace('0', 'max_tokens')}"
 
 
 # A GET answer (models, version, metrics; vLLM's /metrics is ~100 KB) larger than this is not one.
@@ -1002,8 +1012,7 @@ class OpenAIClient:
             if request.logprobs is not None:
                 body["logprobs"] = request.logprobs
         if exact is not None:
-            key, value = EXACT_WAYS[exact]
-            body[key] = value
+            body[EXACT_WAYS[exact]] = exact_value(exact, request.max_tokens)
         body.update(request.extra)
         return body
 
@@ -1016,7 +1025,7 @@ class OpenAIClient:
                 result = await self._bounded(request, exact)
                 break
             except EndpointError as exc:
-                named = exact is not None and EXACT_WAYS[exact][0] in str(exc)
+                named = exact is not None and EXACT_WAYS[exact] in str(exc)
                 if exact is None or not (exc.status in (400, 422) and named):
                     raise
                 # The server does not know this way of asking: the next one, and not it again.

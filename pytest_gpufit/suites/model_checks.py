@@ -19,6 +19,7 @@ from pytest_gpufit.backends.capabilities import Generated
 from pytest_gpufit.fit.estimate import estimate, fit_on
 from pytest_gpufit.measure import repeat
 from pytest_gpufit.numbers import plural
+from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.suites.context import CheckFailed, Context
 from pytest_gpufit.suites.limits import expect_throughput_limits
 from pytest_gpufit.units import format_gb
@@ -188,9 +189,23 @@ def run_throughput(ctx: Context, params: Params) -> None:
     if params["prompts"] == "unique":  # each request its own: no prefill answered by a cache
         prompt = dataclasses.replace(prompt, unique=True)
     ctx.metrics["prompts"] = params["prompts"]
+    again: list[str] = []
+
+    def generate() -> Generated:
+        try:
+            return gen.generate(prompt, new_n, ignore_eos=True)
+        except EndpointError as error:
+            if error.kind != "buffered":
+                raise
+            # No figure comes from a burst. A server or client descheduled on a busy machine
+            # delivers one now and then (measured: transformers serve on a loaded 2-core box,
+            # 1 round in ~8); a buffering proxy does it every time: the round is run once
+            # more, and a second burst in a row fails the check.
+            again.append(str(error))
+            return gen.generate(prompt, new_n, ignore_eos=True)
 
     def one_round() -> dict[str, float]:
-        out = gen.generate(prompt, new_n, ignore_eos=True)
+        out = generate()
         if out.count != new_n:  # the rates are of new_n tokens: any other count is another run
             raise CheckFailed(
                 short_run(out, new_n) + "; throughput is measured on exactly new_tokens"
@@ -212,6 +227,9 @@ def run_throughput(ctx: Context, params: Params) -> None:
         return figures
 
     stats = repeat(one_round, params["warmup"], params["repeats"])
+    if again:
+        ctx.metrics["rounds_run_again"] = len(again)
+        ctx.metrics["note"] = f"{len(again)} round(s) arrived in a burst and ran again: {again[0]}"
     for name, spread in stats.items():
         ctx.metrics[name] = round(spread.median, 2)
         ctx.metrics[f"{name}_spread"] = round(spread.relative_spread, 4)
