@@ -1,4 +1,4 @@
-"""The ``gpufit`` command: probe | fit | table | calibrate | upgrade | baseline."""
+"""The ``gpufit`` command: probe | fit | table | calibrate | upgrade | baseline | plan | ab."""
 
 from __future__ import annotations
 
@@ -371,6 +371,14 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ab(args: argparse.Namespace) -> int:
+    """Thin: the sides, the runs and their judgement are ``pytest_gpufit.ab``'s."""
+    from pytest_gpufit.ab.command import run_command
+    from pytest_gpufit.plot import plot_ab
+
+    return run_command(args, plot_ab, _store if args.record else None)
+
+
 def _percent(text: str) -> float:
     from pytest_gpufit.units import parse_percent
 
@@ -545,6 +553,10 @@ def parser() -> argparse.ArgumentParser:
         "migrate", help="rewrite a format-1 store (one accepted run per GPU) per GPU and suite"
     )
     migrate.set_defaults(handler=_baseline_migrate)
+
+    from pytest_gpufit.ab.command import add_parser as add_ab  # its options and help
+
+    add_ab(sub, _percent, _positive).set_defaults(handler=_ab)
     return top
 
 
@@ -552,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     top = parser()
     args, unknown = top.parse_known_args(argv)
     if unknown:
-        if args.command != "plan":
+        if args.command not in ("plan", "ab"):
             top.error(f"unrecognized arguments: {' '.join(unknown)}")
         # `gpufit plan --runners F --gpufit-simulate=x suites/`: options before the first
         # path belong to pytest too.
