@@ -151,3 +151,48 @@ def test_bad_input_is_one_clear_error(envs, project, sides, expected):
     assert lines[-1].startswith("gpufit: error: ")
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_pytest_native_entry_gates_an_upgrade_in_one_call(envs, project, tmp_path):
+    (project / "pytest.ini").write_text(
+        "[pytest]\n"
+        "gpufit_ab_envs =\n"
+        f"    current: python={envs['v1']}\n"
+        f"    next: python={envs['v2']}\n"
+    )
+    report, summary = tmp_path / "ab.json", tmp_path / "ab.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--gpufit-ab=current,next",
+            "--gpufit-ab-rounds=6",
+            f"--gpufit-report={report}",
+            f"--gpufit-summary={summary}",
+            "test_speed.py",
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    data = json.loads(report.read_text())
+    assert data["verdict"] == "regressed"
+    assert data["b"]["fingerprint"]["packages"]["slowpkg"] == "2.0"
+    assert "verdict: regressed (exit 1)" in done.stdout
+    assert "### gpufit ab: regressed" in summary.read_text()
+    # an environment the ini does not declare: a usage error naming what is declared
+    bad = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--gpufit-ab=current,nxet"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 4
+    assert "environment 'nxet' is not declared by gpufit_ab_envs" in bad.stderr
+    assert "declared: current, next" in bad.stderr

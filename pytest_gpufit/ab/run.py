@@ -40,6 +40,8 @@ _DROPPED = (
     "GPUFIT_SUMMARY",
     "GPUFIT_BASELINE",
     "GPUFIT_AB",
+    "GPUFIT_AB_ENVS",
+    "GPUFIT_AB_ROUNDS",
     "PYTEST_ADDOPTS",
 )
 
@@ -112,9 +114,10 @@ def subprocess_runner(
             "-p",
             "no:cacheprovider",
             "-q",
+            *pytest_args,
+            # last: they win over the same options among the user's arguments
             "--gpufit-baseline=off",
             f"--gpufit-report={report}",
-            *pytest_args,
         ]
         began = time.monotonic()
         try:
