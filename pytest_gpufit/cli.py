@@ -157,15 +157,20 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _baseline_list(args: argparse.Namespace) -> int:
+    from pytest_gpufit.ab.output import record_text
+
     store = _store(args)
     runs = store.runs()
-    if not runs:
+    pairs = store.ab_records()
+    if not runs and not pairs:
         print(f"no baseline runs in {store.root}")
         return 0
     print(f"baselines in {store.root}:")
     for run in runs:
         mark = "  (accepted)" if run.accepted else ""
         print(f"{run.gpu:28s} {run.suite:20s} {run.run_id}{mark}")
+    for record in pairs:
+        print(record_text(record))
     return 0
 
 
@@ -217,6 +222,11 @@ def _baseline_diff(args: argparse.Namespace) -> int:
     old, new = (store.read(p) for p in paths)
     changes = environment_changes(old["fingerprint"], new["fingerprint"])
     print("environment: " + (", ".join(changes) or "no change"))
+    if changes:
+        from pytest_gpufit.ab.output import tested_lines
+
+        for line in tested_lines(store.ab_records(), old["fingerprint"], new["fingerprint"]):
+            print(line)
     rows = [["check", "metric", args.old, args.new, "change", "verdict"]]
     outcomes = []
     for nodeid in sorted(set(old["results"]) & set(new["results"])):
