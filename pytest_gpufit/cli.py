@@ -281,7 +281,7 @@ def _baseline_diff(args: argparse.Namespace) -> int:
 def _baseline_fleet(args: argparse.Namespace) -> int:
     """Per host, how far each metric sits from the fleet median of its GPU model and suite."""
     from pytest_gpufit.baseline import slug
-    from pytest_gpufit.baseline.fleet import latest_per_host, view_lines
+    from pytest_gpufit.baseline.fleet import host_history, latest_per_host, view_lines
 
     store = _store(args)
     groups: dict[tuple[str, str], list[Any]] = {}
@@ -315,8 +315,10 @@ def _baseline_fleet(args: argparse.Namespace) -> int:
         records = [(str(i.path), store.read(i.path)) for i in infos]
         runs, unnamed = latest_per_host(records)
         gpu_name = str(records[-1][1]["fingerprint"]["gpu_name"])
+        history = host_history(records)
+        suite = records[-1][1]["suite"]
         blocks.append(
-            "\n".join(view_lines(gpu_name, records[-1][1]["suite"], runs, unnamed, args.tolerance))
+            "\n".join(view_lines(gpu_name, suite, runs, unnamed, args.tolerance, history))
         )
     print("\n\n".join(blocks))
     return 0
@@ -551,7 +553,8 @@ def parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=_percent,
         default=0.15,
-        help="mark metrics further than this from the median (default 15%%)",
+        help="a host whose recent runs sit, with 95%% confidence, further than this from "
+        "the other hosts' is marked WORSE or BETTER (default 15%%)",
     )
     fleet.set_defaults(handler=_baseline_fleet)
     plot = add_verb(
