@@ -183,37 +183,34 @@ class MetricResult:
             "high": iv.high if iv.exists else None,
             "confidence": iv.confidence,
             "scale": iv.scale,
+            "paired": iv.paired,
             "tolerance": self.tolerance,
             "verdict": self.verdict,
         }
 
 
 def judge(runs: Sequence[Run], tolerance: float, alpha: float) -> list[MetricResult]:
-    """Every (test, metric) measured on both sides, judged at ``alpha``."""
-    samples: dict[tuple[str, str], dict[str, list[float]]] = {}
+    """Every (test, metric) measured on both sides, judged at ``alpha`` from the rounds in
+    which both sides measured it: A's and B's figure of one round are a pair (the paired
+    interval cancels what moved both, a drift of the machine)."""
+    by_round: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     for run in runs:
         for nodeid, values in run.values.items():
             for metric, value in values.items():
-                samples.setdefault((nodeid, metric), {"A": [], "B": []})[run.side].append(value)
+                rounds = by_round.setdefault((nodeid, metric), {})
+                rounds.setdefault(run.round, {})[run.side] = value
     out = []
-    for (nodeid, metric), sides in sorted(samples.items()):
-        if not sides["A"] or not sides["B"]:
+    for (nodeid, metric), rounds in sorted(by_round.items()):
+        pairs = [(v["A"], v["B"]) for _, v in sorted(rounds.items()) if len(v) == 2]
+        if not pairs:
             continue
+        a, b = [p[0] for p in pairs], [p[1] for p in pairs]
         found = metrics.find(metric)
         floor = found.floor if found else 0.0
-        iv = stats.interval(sides["A"], sides["B"], alpha, floor)
+        iv = stats.paired_interval(a, b, alpha, floor)
         higher = True if found is None else found.higher_is_better
-        out.append(
-            MetricResult(
-                nodeid,
-                metric,
-                tuple(sides["A"]),
-                tuple(sides["B"]),
-                iv,
-                tolerance,
-                stats.verdict(iv, higher, tolerance),
-            )
-        )
+        word = stats.verdict(iv, higher, tolerance)
+        out.append(MetricResult(nodeid, metric, tuple(a), tuple(b), iv, tolerance, word))
     return out
 
 
@@ -362,8 +359,8 @@ def run_ab(
     share = stats.look_alpha(schedule, alpha)
     if not schedule:
         progress(
-            f"note: {rounds} rounds give no interval at {1 - alpha:.0%} (the method needs "
-            f">= {stats.min_samples(alpha)} a side); every metric will be inconclusive"
+            f"note: {rounds} rounds give no interval at {1 - alpha:.0%} (the paired interval "
+            f"needs >= {stats.min_pairs(alpha)} rounds); every metric will be inconclusive"
         )
     began = time.monotonic()
     runs: list[Run] = []
