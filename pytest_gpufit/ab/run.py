@@ -6,7 +6,8 @@ it is even (A B B A A B ...), so a drift of the machine (a warming card, a neigh
 falls on both sides alike. A served target (``launch:``) is started once per session, warmed
 up, measured ``repeats`` times and stopped: that session is its block, and the block's figure
 (the check's median) is one sample; a server start costs seconds to minutes, so blocks, not
-single requests, alternate. Each sample of a side is one session's figure of each metric.
+single requests, alternate. Each sample of a side is one session's figure of each metric;
+A's and B's figures of one round are a pair, judged by ``stats.paired_interval``.
 
 The run looks at its samples after the rounds of ``stats.looks(rounds)`` and stops at the
 first look where every metric has a verdict (docs/ab.md).

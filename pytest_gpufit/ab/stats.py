@@ -2,29 +2,32 @@
 
 Pure functions, samples in, figures and verdicts out. The method (docs/ab.md says why):
 
-- **Estimate**: the Hodges-Lehmann estimate of the shift between the logarithms of B's and A's
-  samples (the median of every ``log b - log a``), reported as a ratio ``exp(shift)``; under a
-  shift model it is the ratio of the two medians.
-- **Interval**: the Mann-Whitney (Wilcoxon rank-sum) confidence interval of that shift: the
-  k-th smallest and k-th largest of the ``n*m`` pairwise differences, k read from the exact
-  null distribution of U (the Gaussian binomial coefficient) up to 50 samples a side, from
-  its normal approximation above. No assumption on the shape of the noise, only that the
-  two sides differ by a factor; ties (rare in timings) make it slightly conservative.
-- **No verdict from too few samples**: where even the most extreme differences cannot reach
-  the asked confidence (``k == 0``: 3 samples a side at 95%), the interval is the whole line
-  and the verdict is inconclusive, with that said.
+- **Pairs**: ``gpufit ab`` runs A and B once per round, interleaved, so each round gives a
+  pair. ``paired_interval`` takes the per-round log ratios ``log b_r - log a_r``: a drift of
+  the machine that moves both runs of a round (a neighbour's job, a warming card) cancels.
+- **Estimate**: the Hodges-Lehmann estimate of those log ratios (the median of their Walsh
+  averages), reported as a ratio ``exp(estimate)``: the typical B/A of a round.
+- **Interval**: the Wilcoxon signed-rank confidence interval of it: the k-th smallest and
+  k-th largest Walsh average, k read from the exact null distribution of the signed-rank sum
+  up to 50 pairs, from its normal approximation above. No assumption on the shape of the noise,
+  only that it is symmetric around the round's true ratio. For unpaired samples (the fleet
+  view: one host's runs against other hosts'), ``interval`` is the Mann-Whitney (rank-sum)
+  counterpart: the median of all ``log b - log a`` and the exact U distribution.
+- **No verdict from too few samples**: where even the most extreme averages cannot reach the
+  asked confidence (``k == 0``: 5 rounds at 95%), there is no interval and the verdict is
+  inconclusive, with that said.
 - **Verdict** against the tolerance band ``[1 - t, 1 + t]`` and the metric's direction
   (``pytest_gpufit.metrics``): regressed when the whole interval lies beyond the band on the
   bad side, improved beyond it on the good side, same when the whole interval lies inside the
   band, inconclusive when it straddles an edge.
-- **Sequential looks**: ``--rounds`` is a maximum; the run looks at a fixed schedule of round
-  counts (``looks``), chosen before any sample, and stops once every metric has a verdict. Each
-  look's interval has confidence ``1 - alpha/L`` (Bonferroni over the L looks), so all the
-  intervals of a run cover the true ratio together with probability at least ``1 - alpha``,
-  and a verdict taken at any look is wrong at most ``alpha`` of the time.
+- **Sequential looks**: ``--rounds`` is a maximum; the run looks at its samples after a fixed
+  schedule of rounds (``looks``), chosen before any sample, and stops once every metric has a
+  verdict. Each look's interval has confidence ``1 - alpha/L`` (Bonferroni over the L looks),
+  so all the intervals of a run cover the true ratio together with probability at least
+  ``1 - alpha``, and a verdict taken at any look is wrong at most ``alpha`` of the time.
 
-A metric with a sample of zero or below (KL may be 0) has no logarithm: its shift is taken on
-the values themselves and expressed as a ratio to ``max(|median of A|, floor)``.
+A metric with a sample of zero or below (KL may be 0) has no logarithm: its differences are
+taken on the values themselves, relative to ``max(|median of A|, floor)``.
 """
 
 from __future__ import annotations
