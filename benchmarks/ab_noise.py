@@ -99,6 +99,14 @@ def summary(path: Path, tolerance: float) -> None:
             f"(min {min(rounds)}, max {max(rounds)}), {statistics.median(seconds):.0f} s "
             f"median per run"
         )
+        # Every round's pair as one single-sample compare (a baseline run of A, a new run of
+        # B): more pairs than runs, the same question.
+        pairs = [(x, y) for r in runs for x, y in zip(r["a"], r["b"], strict=True)]
+        flagged = sum(judge("decode_tok_s", x, [y], tolerance).verdict == "worse" for x, y in pairs)
+        print(
+            f"  single-sample compare over every round's pair: regression {flagged}/{len(pairs)} "
+            f"({flagged / len(pairs):.0%})"
+        )
         m = len(single)
         if m:
             print(

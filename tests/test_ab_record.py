@@ -57,3 +57,35 @@ def test_a_corrupt_pair_is_an_error_naming_it(tmp_path):
     path.write_text(json.dumps({"schema": "something else"}))
     with pytest.raises(GpufitError, match=f"A/B record {path} is unreadable"):
         store.ab_records()
+
+
+def test_plot_draws_each_metric_of_an_ab_result(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pytest_gpufit.plot import plot_ab
+
+    data = _ab(_fp("2.5.1"), _fp("2.6.0"), "regressed")
+    data["metrics"] = [
+        {
+            "test": "s.yaml::t::throughput",
+            "metric": "decode_tok_s",
+            "a": [10.0, 10.2, 9.9],
+            "b": [9.0, 9.1, 8.9],
+            "ratio": 0.9,
+            "low": 0.88,
+            "high": 0.92,
+            "verdict": "regressed",
+        },
+        {
+            "test": "s.yaml::t::throughput",
+            "metric": "ttft_ms",
+            "a": [5.0, 5.1, 4.9],
+            "b": [5.0, 5.0, 5.1],
+            "ratio": 1.0,
+            "low": None,
+            "high": None,
+            "verdict": "inconclusive",
+        },
+    ]
+    out = plot_ab(data, tmp_path / "ab.png")
+    assert out == tmp_path / "ab.png"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
