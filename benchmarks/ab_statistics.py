@@ -30,12 +30,15 @@ def noise(kind: str, rng: random.Random, sigma: float) -> Callable[[float], floa
     return heavy
 
 
-def coverage(kind: str, sigma: float, n: int, trials: int, seed: int) -> float:
+def coverage(kind: str, sigma: float, n: int, trials: int, seed: int, paired: bool) -> float:
+    """How often the 95% interval holds the true ratio 0.9 (paired: gpufit ab's rounds;
+    unpaired: the fleet view's rank-sum interval)."""
     rng = random.Random(seed)
     draw = noise(kind, rng, sigma)
+    judge = stats.paired_interval if paired else stats.interval
     hit = 0
     for _ in range(trials):
-        iv = stats.interval([draw(1.0) for _ in range(n)], [draw(0.9) for _ in range(n)])
+        iv = judge([draw(1.0) for _ in range(n)], [draw(0.9) for _ in range(n)])
         hit += iv.low <= 0.9 <= iv.high
     return hit / trials
 
@@ -49,11 +52,15 @@ def main() -> None:
     print(f"looks after rounds {stats.looks(args.rounds)}, alpha 5% split over them")
     for kind in ("lognormal", "heavy"):
         for sigma in (0.02, 0.05):
-            cov = {n: coverage(kind, sigma, n, args.trials // 4, args.seed) for n in (5, 10, 20)}
-            print(
-                f"\n{kind} noise, sigma {sigma:.0%}: 95% interval coverage at n=5/10/20: "
-                + ", ".join(f"{c:.1%}" for c in cov.values())
-            )
+            print(f"\n{kind} noise, sigma {sigma:.0%}: 95% interval coverage")
+            for paired, sizes in ((True, (6, 10, 20)), (False, (5, 10, 20))):
+                cov = [coverage(kind, sigma, n, args.trials // 4, args.seed, paired) for n in sizes]
+                print(
+                    f"  {'paired (gpufit ab)' if paired else 'rank-sum (fleet)  '} at n="
+                    + "/".join(map(str, sizes))
+                    + ": "
+                    + ", ".join(f"{c:.1%}" for c in cov)
+                )
             print("  change  tolerance  regressed  same  inconclusive  improved  rounds(median)")
             for change, tolerance in ((0.0, 0.05), (0.05, 0.02), (0.10, 0.05), (0.20, 0.05)):
                 rng = random.Random(args.seed)
