@@ -2,9 +2,9 @@
 built with uv (``uv venv``, then ``uv pip install --python VENV/bin/python``) from the registry
 or wheel folders (``--find-links``, ``--no-index``, ``--offline``), pip only where uv is absent.
 
-Each environment is the set's pins plus pytest-gpufit itself: this checkout installed editable
-when gpufit runs from one (the environments run the code that bisects), else the same version
-of pytest-gpufit from the package sources. Environments are kept under the work folder by the
+Each environment is the set's pins plus pytest-gpufit itself: a wheel of this checkout when
+gpufit runs from one (the environments run the code that bisects), else the same version of
+pytest-gpufit from the package sources. Environments are kept under the work folder by the
 digest of what went into them (``WORK/envs/<digest>``), so a second bisect over the same sets
 (with more ``--rounds``, say) builds nothing; a half-built one is removed and built again.
 """
@@ -47,14 +47,44 @@ def find_uv() -> str | None:
         return None
 
 
-def self_requirement() -> list[str]:
-    """How pytest-gpufit goes into every environment: ``-e CHECKOUT`` from a source checkout,
-    else the running version by name."""
+def self_requirement(work: Path, uv: str | None) -> list[str]:
+    """How pytest-gpufit goes into every environment: from a source checkout, a wheel of it
+    built once per source digest (an editable install would be rebuilt for every environment,
+    about 2 s each); else the running version by name, from the package sources."""
     root = Path(__file__).resolve().parent.parent.parent
     pyproject = root / "pyproject.toml"
-    if pyproject.is_file() and f'name = "{SELF}"' in pyproject.read_text(encoding="utf-8"):
-        return ["-e", str(root)]
-    return [f"{SELF}=={importlib.metadata.version(SELF)}"]
+    if not (pyproject.is_file() and f'name = "{SELF}"' in pyproject.read_text(encoding="utf-8")):
+        return [f"{SELF}=={importlib.metadata.version(SELF)}"]
+    folder = work / "gpufit" / source_digest(root)
+    built = sorted(folder.glob("pytest_gpufit-*.whl"))
+    if built:
+        return [str(built[0])]
+    partial = folder.with_name(f"{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if uv:
+        command = [uv, "build", "--quiet", "--wheel", "--out-dir", str(partial), str(root)]
+    else:
+        command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
+        command += ["--wheel-dir", str(partial), str(root)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        said = summary(done.stderr or done.stdout, 600)
+        raise GpufitError(f"building the wheel of {SELF} from {root} failed: {said}")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return [str(next(folder.glob("pytest_gpufit-*.whl")))]
+
+
+def source_digest(root: Path) -> str:
+    """The digest of what goes into pytest-gpufit's wheel: the package's files and the
+    project's metadata."""
+    digest = hashlib.sha256()
+    files = [root / "pyproject.toml", root / "README.md"]
+    files += [p for p in (root / "pytest_gpufit").rglob("*") if "__pycache__" not in p.parts]
+    for path in sorted(p for p in files if p.is_file()):
+        digest.update(f"{path.relative_to(root)}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

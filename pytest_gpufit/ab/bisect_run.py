@@ -138,10 +138,10 @@ def run_bisect(
         find_links=tuple(str(Path(d).resolve()) for d in find_links),
         no_index=no_index,
         offline=offline,
-        gpufit=tuple(self_requirement()),
+        gpufit=tuple(self_requirement(work, uv)),
     )
     out(f"gpufit bisect: A = {a.source} ({len(a.pins)} packages), B = {b.source}")
-    for note in (*a.notes, *b.notes):
+    for note in dict.fromkeys((*a.notes, *b.notes)):
         out(f"  note: {note}")
     out(f"{len(changes)} changed: " + "; ".join(c.describe() for c in changes))
     out(f"environments: {builder.tool}, in {work / 'envs'}")
