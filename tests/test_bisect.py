@@ -195,6 +195,33 @@ def test_a_chain_of_pins_is_one_group_and_a_declared_group_keeps_its_reason() ->
     assert "installs only together" in units[1].reason
 
 
+def test_a_split_only_the_halving_order_makes_is_grouped_too() -> None:
+    # pkg-1 2 and pkg-2 2 together need pkg-4 or pkg-5 at 2: every unit resolves alone on A
+    # and left out of B, but A + the first four (pkg-0..pkg-3) does not.
+    changes = changes_of(*(f"pkg-{i}" for i in range(6)))
+    asked: list[frozenset[str]] = []
+
+    def resolves(names: frozenset[str]) -> str | None:
+        asked.append(names)
+        if {"pkg-1", "pkg-2"} <= names and not {"pkg-4", "pkg-5"} & names:
+            return "Because pkg-2==2 depends on pkg-4==2 and you require pkg-4==1, ..."
+        return None
+
+    units = declared_units(changes, [])
+    assert group_units(units, resolves) == units  # alone and left out: all fine
+    grouped = group_units(units, resolves, prefixes=True)
+    assert [sorted(u.names) for u in grouped] == [
+        ["pkg-0"],
+        ["pkg-1"],
+        ["pkg-2", "pkg-4"],
+        ["pkg-3"],
+        ["pkg-5"],
+    ]
+    assert grouped[2].reason.startswith("installs only together: Because pkg-2==2 depends on")
+    names = [frozenset().union(*(u.names for u in grouped[:k])) for k in range(1, len(grouped))]
+    assert all(resolves(n) is None for n in names)
+
+
 def test_plan_one_at_a_time_when_few_halving_when_many() -> None:
     assert [plan_strategy(n) for n in (1, 2, 3, 4, 30)] == [
         "one at a time",

@@ -15,7 +15,7 @@ import pytest
 from bisect_world import TimingJudge, make_wheel, make_wheels
 
 from pytest_gpufit.ab.bisect import change_set, parse_requirements
-from pytest_gpufit.ab.bisect_envs import find_uv
+from pytest_gpufit.ab.bisect_envs import Builder, find_uv, self_requirement
 from pytest_gpufit.ab.bisect_run import Sides, read_sides, run_bisect
 from pytest_gpufit.cli import main
 
@@ -128,6 +128,22 @@ def test_an_interpreter_as_a_is_read_from_its_freeze(world: Path) -> None:
     assert "pytest" in a.pins and "pytest-gpufit" not in a.pins
     assert any("pytest-gpufit left out" in note for note in a.notes)
     assert [c.describe() for c in change_set(a, b)] == ["pkg-b 1.0 -> 2.0"]
+
+
+def test_without_uv_pip_builds_the_environments(world: Path) -> None:
+    """Where uv is absent: python -m venv and pip, the same environment, said as slower."""
+    (wheel,) = self_requirement(world / "work", find_uv())  # the wheel the tests above built
+    wheels = (str(world / "wheels"),)
+    builder = Builder(world / "work-pip", sys.executable, None, wheels, gpufit=(wheel,))
+    assert builder.tool == "pip (uv not found: slower)"
+    python = builder.python(["pkg-a==1.0", "pkg-c==2.0"])
+    assert installed(python) == {"pkg-a": "1.0", "pkg-c": "2.0"}
+    check = [python, "-c", "import pytest_gpufit, pytest"]
+    assert subprocess.run(check, check=False).returncode == 0
+    ready = Path(python).parent.parent / "gpufit-bisect.json"
+    made = ready.stat().st_mtime_ns
+    assert builder.python(["pkg-c==2.0", "pkg-a==1.0"]) == python  # kept by its digest
+    assert ready.stat().st_mtime_ns == made
 
 
 def test_a_wheel_that_does_not_install_is_bad_input(

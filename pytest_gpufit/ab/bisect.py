@@ -262,46 +262,70 @@ def mentioned(text: str) -> frozenset[str]:
     return frozenset(canonicalize_name(w) for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", text))
 
 
-def group_units(units: Sequence[Unit], resolves: Resolves) -> list[Unit]:
+def group_units(units: Sequence[Unit], resolves: Resolves, prefixes: bool = False) -> list[Unit]:
     """Merge units that cannot be installed apart. ``resolves(names)`` is None when A with the
     changes of ``names`` resolves, else the installer's message. A unit must resolve both on A
-    alone and left out of B (``B - unit``), the two environments the search builds around it.
-    A unit that does not takes the units the message names (else the first that makes it
-    resolve, else all); the merged unit keeps the message as its reason."""
+    alone and left out of B (``B - unit``), the two environments the search builds around it;
+    with ``prefixes`` (the halving order) every ``A + units[:k]`` must resolve too. A unit that
+    does not takes the units the message names (else the first that makes it resolve, else
+    all); the merged unit keeps the message as its reason."""
     every = frozenset().union(*(u.names for u in units))
-    units = list(units)
+    units = sorted(units, key=lambda u: min(u.names))
+    asked: dict[frozenset[str], str | None] = {}
+
+    def check(names: frozenset[str]) -> str | None:
+        if not names or names == every:
+            return None  # A and B, built before the search
+        if names not in asked:
+            asked[names] = resolves(names)
+        return asked[names]
 
     def trouble(names: frozenset[str]) -> str | None:
-        if names == every:
-            return None  # B, built before the search
-        return resolves(names) or (resolves(every - names) if names else None)
+        return check(names) or check(every - names)
 
-    index = 0
-    while index < len(units):
-        unit = units[index]
-        message = trouble(unit.names)
-        if message is None:
-            index += 1
-            continue
-        first = message
-        merged = [unit]
-        while message is not None:
-            rest = [u for u in units if u not in merged]
-            named = [u for u in rest if u.names & mentioned(message)]
-            if not named:
-                names = frozenset().union(*(u.names for u in merged))
-                single = next((u for u in rest if trouble(names | u.names) is None), None)
-                named = rest if single is None else [single]
-            merged += named
-            message = trouble(frozenset().union(*(u.names for u in merged)))
-        changes = tuple(sorted((c for u in merged for c in u.changes), key=lambda c: c.name))
-        reasons = [u.reason for u in merged if u.reason]
-        reason = "; ".join([f"installs only together: {summary(first)}", *reasons])
-        units = [u for u in units if u not in merged]
-        units.insert(min(index, len(units)), Unit(changes, reason))
-        units.sort(key=lambda u: min(u.names))
-        index = 0  # a merged unit may now conflict with one already checked
-    return units
+    while True:
+        index = 0
+        while index < len(units):
+            message = trouble(units[index].names)
+            if message is None:
+                index += 1
+                continue
+            first, merged = message, [units[index]]
+            while message is not None:
+                rest = [u for u in units if u not in merged]
+                named = [u for u in rest if u.names & mentioned(message)]
+                if not named:
+                    names = _names(merged)
+                    single = next((u for u in rest if trouble(names | u.names) is None), None)
+                    named = rest if single is None else [single]
+                merged += named
+                message = trouble(_names(merged))
+            units = _merge(units, merged, first)
+            index = 0  # a merged unit may now conflict with one already checked
+        if not prefixes:
+            return units
+        failing = next(
+            ((k, m) for k in range(1, len(units)) if (m := check(_names(units[:k])))), None
+        )
+        if failing is None:
+            return units
+        k, message = failing
+        inside = [u for u in units[:k] if u.names & mentioned(message)] or [units[k - 1]]
+        outside = [u for u in units[k:] if u.names & mentioned(message)] or [units[k]]
+        units = _merge(units, inside + outside, message)
+
+
+def _names(units: Iterable[Unit]) -> frozenset[str]:
+    return frozenset().union(*(u.names for u in units))
+
+
+def _merge(units: Sequence[Unit], merged: Sequence[Unit], message: str) -> list[Unit]:
+    changes = tuple(sorted((c for u in merged for c in u.changes), key=lambda c: c.name))
+    reason = "; ".join(
+        [f"installs only together: {summary(message)}", *(u.reason for u in merged if u.reason)]
+    )
+    rest = [u for u in units if u not in merged]
+    return sorted([*rest, Unit(changes, reason)], key=lambda u: min(u.names))
 
 
 def summary(message: str, limit: int = 240) -> str:

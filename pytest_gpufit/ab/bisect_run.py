@@ -158,7 +158,10 @@ def run_bisect(
     env(frozenset())
     env(every)
     if len(units) > 1:
-        units = group_units(units, lambda names: builder.resolves(applied(a, changes, names)))
+        halving = plan_strategy(len(units), few) == "halving"
+        units = group_units(
+            units, lambda names: builder.resolves(applied(a, changes, names)), halving
+        )
     for unit in units:
         if len(unit.changes) > 1:
             out(f"  {unit.describe()}")
