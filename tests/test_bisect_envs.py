@@ -199,3 +199,72 @@ def test_the_command_is_on_the_gpufit_script() -> None:
     )
     assert done.returncode == 0
     assert "--a-requirements" in done.stdout and "--change" in done.stdout
+
+
+def has_gpufit_ab() -> bool:
+    command = [sys.executable, "-m", "pytest_gpufit.cli", "ab", "--help"]
+    return subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+
+# The target `gpufit ab` measures: a plain pytest test that records a figure through gpufit's
+# measurement property (what suite checks record), as any test may: the rate of one pass over
+# every pkg_* work() the environment has, the best of 5 (wall time: the packages sleep).
+AB_TARGET = """import importlib, json, time
+
+
+def test_work(record_property):
+    modules = []
+    for name in ("pkg_a", "pkg_b", "pkg_c", "pkg_d"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    times = []
+    for _ in range(5):
+        began = time.perf_counter()
+        for module in modules:
+            module.work()
+        times.append(time.perf_counter() - began)
+    entry = {
+        "suite": "bisect-demo", "target": "pkgs", "check": "throughput", "dtype": "-",
+        "device": "cpu", "gpu": "cpu", "backend": "python",
+        "metrics": {"decode_tok_s": 1.0 / min(times)},
+    }
+    record_property("gpufit_measurement", json.dumps(entry))
+"""
+
+
+@pytest.mark.skipif(
+    not has_gpufit_ab(), reason="no `gpufit ab` command yet (helper ab, issue 20.1)"
+)
+def test_bisect_judged_by_gpufit_ab_names_the_slow_package(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """End to end: every step is a real `gpufit ab` run (AB_CONTRACT's command and JSON)."""
+    (tmp_path / "test_target.py").write_text(AB_TARGET)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bisect.json"
+    args = ["bisect", "test_target.py", "--a-requirements", str(world / "a.txt")]
+    args += ["--change", "pkg-b==2.0", "--change", "pkg-c==2.0", "--rounds", "6"]
+    args += ["--find-links", str(world / "wheels"), "--work", str(world / "work")]
+    code = main([*args, "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 1, text
+    assert "culprit: pkg-b 1.0 -> 2.0" in text
+    data = json.loads(out.read_text())
+    (culprit,) = data["culprits"]
+    (with_it,) = culprit["with"]["metrics"]
+    assert (with_it["test"], with_it["metric"]) == ("test_target.py::test_work", "decode_tok_s")
+    assert with_it["verdict"] == "regressed"
+    # pkg_b 2.0 sleeps 5x longer: 30 ms a pass -> 70 ms, a rate of 0.43x A's
+    assert with_it["low"] <= with_it["ratio"] <= with_it["high"] < 0.8
+    (without_it,) = culprit["without"]["metrics"]
+    assert without_it["verdict"] != "regressed" and without_it["high"] > 0.8
+    a_pythons = set()
+    for step in data["steps"]:  # each step's judgement is the ab report it read
+        report = json.loads(Path(step["source"]).read_text())
+        assert report["schema"] == "gpufit-ab/1"
+        assert report["b"]["vars"]["python"] == step["python"]
+        a_pythons.add(report["a"]["vars"]["python"])
+    assert len(a_pythons) == 1  # every step against A itself
+    assert len(data["steps"]) == 4  # A vs B, A + pkg-b, A + pkg-c, B - pkg-b

@@ -88,13 +88,14 @@ def ab_judge(
         report = folder / f"step-{count[0]}.json"
         log = report.with_suffix(".log")
         report.unlink(missing_ok=True)  # a stale report must never be read as this step's
-        command = [sys.executable, "-m", "pytest_gpufit.cli", "ab", *pytest_args]
+        command = [sys.executable, "-m", "pytest_gpufit.cli", "ab"]
         command += ["--a", f"python={a_python}", "--b", f"python={b_python}"]
         command += ["--json", str(report)]
         if rounds is not None:
             command += ["--rounds", str(rounds)]
         if tolerance is not None:
-            command += ["--tolerance", repr(tolerance)]
+            command += ["--tolerance", f"{tolerance * 100:g}%"]
+        command += ["--", *pytest_args]  # pytest's options (-k ...) too
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         log.write_text(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}", encoding="utf-8")
         if done.returncode not in (0, 1) or not report.is_file():
