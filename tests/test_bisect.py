@@ -308,6 +308,21 @@ def test_few_changes_are_tried_one_at_a_time(slow: str) -> None:
     assert found.targets == (KEY,)
 
 
+def test_an_environment_is_judged_once() -> None:
+    # two units: B - pkg-b is A + pkg-a, judged already
+    world = World({"pkg-b": 0.7})
+    found = search(units_of("pkg-a", "pkg-b"), world.env, world.judge)
+    assert world.judged == [
+        frozenset({"pkg-a", "pkg-b"}),
+        frozenset({"pkg-a"}),
+        frozenset({"pkg-b"}),
+    ]
+    (culprit,) = found.culprits
+    assert culprit.without is not None
+    assert (culprit.without.label, culprit.without.same_as) == ("B - pkg-b", "A + pkg-a")
+    assert culprit.without.to_dict()["same_as"] == "A + pkg-a"
+
+
 @pytest.mark.parametrize("position", range(9))
 def test_many_changes_are_halved(position: int) -> None:
     names = [f"pkg-{i}" for i in range(9)]

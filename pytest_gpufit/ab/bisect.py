@@ -455,12 +455,14 @@ class Step:
     applied: tuple[str, ...]
     python: str
     judgement: Judgement
+    same_as: str = ""  # the label of the step that judged this environment already
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "step": self.label,
             "applied": list(self.applied),
             "python": self.python,
+            "same_as": self.same_as or None,
             **self.judgement.to_dict(),
         }
 
@@ -515,8 +517,14 @@ def search(units: Sequence[Unit], env: Env, judge: Judge, few: int = FEW) -> Fin
     a_python = env(frozenset())
 
     def run(label: str, names: frozenset[str]) -> Step:
-        python = env(names)
-        step = Step(label, tuple(sorted(names)), python, judge(a_python, python))
+        # An environment is judged once: B - x of two units is A + the other, and the halving's
+        # first prefix may be its suspect alone.
+        earlier = next((s for s in steps if frozenset(s.applied) == names), None)
+        if earlier is not None:
+            step = Step(label, earlier.applied, earlier.python, earlier.judgement, earlier.label)
+        else:
+            python = env(names)
+            step = Step(label, tuple(sorted(names)), python, judge(a_python, python))
         steps.append(step)
         return step
 

@@ -192,7 +192,9 @@ def answer(finding: Finding) -> list[str]:
     """The steps with their labels, then the answer: the culprit, its versions and the target
     metrics' intervals with and without it."""
     lines = ["steps:"]
-    lines += [f"  {s.label}: {s.judgement.verdict}" for s in finding.steps]
+    for step in finding.steps:
+        again = f" (the environment of {step.same_as})" if step.same_as else ""
+        lines.append(f"  {step.label}: {step.judgement.verdict}{again}")
     if finding.outcome == "no-regression":
         return [*lines, f"no regression: {finding.message}"]
     if finding.outcome == "inconclusive":
