@@ -1,4 +1,5 @@
-"""The ``gpufit`` command: probe | fit | table | calibrate | upgrade | baseline | bisect."""
+"""The ``gpufit`` command: probe | fit | table | calibrate | upgrade | baseline | plan | ab |
+bisect."""
 
 from __future__ import annotations
 
@@ -371,6 +372,14 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ab(args: argparse.Namespace) -> int:
+    """Thin: the sides, the runs and their judgement are ``pytest_gpufit.ab``'s."""
+    from pytest_gpufit.ab.command import run_command
+    from pytest_gpufit.plot import plot_ab
+
+    return run_command(args, plot_ab, _store if args.record else None)
+
+
 def _percent(text: str) -> float:
     from pytest_gpufit.units import parse_percent
 
@@ -633,6 +642,10 @@ def parser() -> argparse.ArgumentParser:
         "migrate", help="rewrite a format-1 store (one accepted run per GPU) per GPU and suite"
     )
     migrate.set_defaults(handler=_baseline_migrate)
+
+    from pytest_gpufit.ab.command import add_parser as add_ab  # its options and help
+
+    add_ab(sub, _percent, _positive).set_defaults(handler=_ab)
     add_bisect(sub)
     return top
 
@@ -642,11 +655,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = top.parse_known_args(argv)
     if unknown and args.command == "bisect" and "--" in unknown:
         # `gpufit bisect suites/x.yaml --a-requirements A ... -- -k decode`: after `--`, pytest's
+        # options (as for ab)
         cut = unknown.index("--")
         args.pytest_args = [*args.pytest_args, *unknown[cut + 1 :]]
         unknown = unknown[:cut]
     if unknown:
-        if args.command != "plan":
+        if args.command not in ("plan", "ab"):
             top.error(f"unrecognized arguments: {' '.join(unknown)}")
         # `gpufit plan --runners F --gpufit-simulate=x suites/`: options before the first
         # path belong to pytest too.

@@ -111,3 +111,43 @@ def plot_runs(records: Sequence[tuple[dict[str, Any], bool]], output: Path) -> P
     finally:
         plt.close(fig)
     return output
+
+
+def plot_ab(data: dict[str, Any], output: Path) -> Path | None:
+    """``gpufit ab --plot``: per metric, the samples of A and B by round, with the verdict and
+    B/A in the title. None where matplotlib is not installed (the A/B itself needs no plot)."""
+    try:
+        import matplotlib  # late: an optional extra, only for this command
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        return None
+    entries = data["metrics"]
+    if not entries:
+        return None
+    fig, axes = plt.subplots(len(entries), 1, figsize=(8, 3.2 * len(entries)), squeeze=False)
+    for ax, entry in zip(axes[:, 0], entries, strict=True):
+        for side, marker in (("a", "o"), ("b", "s")):
+            values = entry[side]
+            ax.plot(range(1, len(values) + 1), values, marker=marker, label=side.upper())
+        ax.yaxis.set_major_formatter(
+            FuncFormatter(lambda v, _, name=entry["metric"]: format_value(name, v))
+        )
+        interval = f" [{entry['low']:.3f}, {entry['high']:.3f}]" if entry["low"] is not None else ""
+        ax.set_title(
+            f"{label(entry['metric'])}: {entry['test']}\nB/A {entry['ratio']:.3f}{interval}: "
+            f"{entry['verdict']}",
+            fontsize=9,
+        )
+        ax.set_xlabel("round")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    try:
+        fig.savefig(output, dpi=100)
+    except OSError as error:
+        raise GpufitError(f"cannot write {output}: {error.strerror or error}") from None
+    finally:
+        plt.close(fig)
+    return output

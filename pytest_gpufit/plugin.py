@@ -6,6 +6,7 @@ Imports only the standard library, pytest and small pure modules: no torch, no C
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Generator, Mapping
 from pathlib import Path
@@ -54,6 +55,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(option.ini, option.help, type="linelist", default=None)
         else:
             parser.addini(option.ini, option.help, default=None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--gpufit-ab=ENV_A,ENV_B``: this call conducts an A/B instead of running the tests."""
+    if "GPUFIT_AB_VARS" in os.environ:
+        return None  # a side's own session, started by an A/B: it runs its tests
+    asked = (
+        config.getoption("gpufit_ab") or config.getini("gpufit_ab") or os.environ.get("GPUFIT_AB")
+    )
+    if not asked:
+        return None
+    try:
+        settings = resolve(lambda name: config.getoption("gpufit_" + name), ini_reader(config))
+    except GpufitError as error:
+        raise pytest.UsageError(str(error)) from None
+    from pytest_gpufit.ab.native import run  # late: only an A/B conductor
+
+    return run(config, settings)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -77,6 +77,45 @@ def host_name(value: str, source: str) -> str:
     return value
 
 
+AB_ENV_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+
+
+def ab_pair(value: str, source: str) -> tuple[str, str]:
+    """``ENV_A,ENV_B``: two names of environments declared by ``ab_envs``.
+
+    >>> ab_pair("current, next", "--gpufit-ab")
+    ('current', 'next')
+    """
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) != 2 or not all(re.fullmatch(AB_ENV_NAME, p) for p in parts):
+        raise GpufitError(
+            f"{source}: expected two environment names, ENV_A,ENV_B (as declared by "
+            f"gpufit_ab_envs), got {value!r}"
+        )
+    if parts[0] == parts[1]:
+        raise GpufitError(f"{source}: A and B are both {parts[0]!r}; name two environments")
+    return parts[0], parts[1]
+
+
+def ab_env(value: str, source: str) -> tuple[str, tuple[str, ...]]:
+    """One declared environment, ``NAME: KEY=VALUE [KEY=VALUE ...]``.
+
+    >>> ab_env("next: python=.venv-next/bin/python image=vllm:0.9", "ini gpufit_ab_envs")
+    ('next', ('python=.venv-next/bin/python', 'image=vllm:0.9'))
+    """
+    name, sep, rest = value.partition(":")
+    items = tuple(rest.split())
+    if not sep or not re.fullmatch(AB_ENV_NAME, name.strip()) or not items:
+        raise GpufitError(
+            f"{source}: expected NAME: KEY=VALUE [KEY=VALUE ...], e.g. "
+            f"'next: python=.venv-next/bin/python', got {value!r}"
+        )
+    bad = [item for item in items if "=" not in item or item.startswith("=")]
+    if bad:
+        raise GpufitError(f"{source}: {name.strip()}: {bad[0]!r} is not KEY=VALUE")
+    return name.strip(), items
+
+
 def runner_name(value: str, source: str) -> str:
     """A runner class name as the pool file allows it (checked against the file later)."""
     if not re.fullmatch(NAME_PATTERN, value):
@@ -302,6 +341,29 @@ OPTIONS = (
         default=(),
         many=True,
     ),
+    _option(
+        "ab",
+        "ENV_A,ENV_B: run this selection as an A/B of two environments declared by ab_envs "
+        "(each side in its own pytest sessions, interleaved, as gpufit ab), judge every metric "
+        "B against A with a 95% interval, and exit 1 on a regression or an inconclusive metric",
+        parse=ab_pair,
+    ),
+    _option(
+        "ab_envs",
+        "the environments --gpufit-ab names, one a line: 'NAME: KEY=VALUE ...', e.g. "
+        "'next: python=.venv-next/bin/python'; python= is the interpreter, any other KEY "
+        "fills {KEY} in launch commands",
+        parse=ab_env,
+        default=(),
+        many=True,
+    ),
+    _option(
+        "ab_rounds",
+        "with ab: at most this many rounds (default 20); the run stops once every metric "
+        "has a verdict",
+        parse=whole_number,
+        default=20,
+    ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -327,6 +389,9 @@ class Settings:
     plan: str | None = None
     forbid_skips: bool = False
     allow_skip: tuple[str, ...] = ()
+    ab: tuple[str, str] | None = None
+    ab_envs: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    ab_rounds: int = 20
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property

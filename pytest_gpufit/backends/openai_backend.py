@@ -10,10 +10,12 @@ through ``pytest_gpufit.backends.load_backend("openai")``.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +36,29 @@ T = TypeVar("T")
 
 # How long a request may wait for the next byte before it counts as stalled.
 STALL_S = 60.0
+
+
+AB_VARS = "GPUFIT_AB_VARS"  # set by gpufit ab on each side's run: {"image": "vllm:0.8", ...}
+
+
+def launch_command(command: Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """A launch command with ``{python}`` (this interpreter, so a suite can run a module of the
+    same environment) and, under ``gpufit ab``, each side's ``{KEY}`` filled in.
+
+    >>> launch_command(["{python}", "-m", "x", "{image}"], {AB_VARS: '{"image": "v:2"}'})[1:]
+    ['-m', 'x', 'v:2']
+    """
+    environ = os.environ if environ is None else environ
+    values = {"python": sys.executable}
+    raw = environ.get(AB_VARS)
+    if raw:
+        values.update({str(k): str(v) for k, v in json.loads(raw).items()})
+    out = []
+    for arg in command:
+        for key, value in values.items():
+            arg = arg.replace("{" + key + "}", value)
+        out.append(arg)
+    return out
 
 
 class Served:
@@ -61,8 +86,7 @@ class Served:
         """Launch (when the target says so), wait until ready, and find the served model."""
         launch = self.target.launch
         if launch is not None:
-            # {python}: this interpreter, so a suite can run a module of the same environment.
-            command = [arg.replace("{python}", sys.executable) for arg in launch.command]
+            command = launch_command(launch.command)
             self.server = LaunchedServer(
                 command,
                 cwd=launch.cwd,

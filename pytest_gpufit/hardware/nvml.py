@@ -376,3 +376,49 @@ def free_memory(uuids: list[str | None], nvml: ModuleType | None = None) -> dict
     except loaded.NVMLError:
         return {}
     return out
+
+
+def card_state(nvml_index: int, nvml: ModuleType | None = None) -> dict[str, Any]:
+    """The card's state now, for ``gpufit ab``'s rounds: clocks, temperature, clock event
+    reasons, memory used, and the memory of processes on it. A query the card or binding does
+    not answer is None; without NVML, ``{"nvml": "<why not>"}``."""
+    loaded = nvml or _load_nvml()
+    if isinstance(loaded, str):
+        return {"nvml": loaded}
+    lib = loaded
+
+    def ask(name: str, *args: Any) -> Any:
+        fn = getattr(lib, name, None)
+        if fn is None:
+            return None
+        try:
+            return fn(*args)
+        except lib.NVMLError:
+            return None
+
+    try:
+        with _session(lib):
+            handle = lib.nvmlDeviceGetHandleByIndex(nvml_index)
+            mask = ask("nvmlDeviceGetCurrentClocksEventReasons", handle)
+            if mask is None:
+                mask = ask("nvmlDeviceGetCurrentClocksThrottleReasons", handle)
+            memory = ask("nvmlDeviceGetMemoryInfo", handle)
+            procs = ask("nvmlDeviceGetComputeRunningProcesses", handle) or []
+            return {
+                "nvml_index": nvml_index,
+                "sm_clock_mhz": ask(
+                    "nvmlDeviceGetClockInfo", handle, getattr(lib, "NVML_CLOCK_SM", 1)
+                ),
+                "memory_clock_mhz": ask(
+                    "nvmlDeviceGetClockInfo", handle, getattr(lib, "NVML_CLOCK_MEM", 2)
+                ),
+                "temperature_c": ask(
+                    "nvmlDeviceGetTemperature", handle, getattr(lib, "NVML_TEMPERATURE_GPU", 0)
+                ),
+                "clock_event_reasons": None if mask is None else list(clock_event_names(int(mask))),
+                "memory_used_bytes": None if memory is None else int(memory.used),
+                "processes_memory_bytes": sum(int(p.usedGpuMemory or 0) for p in procs),
+                "processes": len(procs),
+            }
+    except lib.NVMLError as error:
+        return {"nvml": library_failure(lib, error)}

@@ -1,0 +1,444 @@
+"""``gpufit ab``'s runs: the suite under side A and side B, interleaved, judged per metric.
+
+The unit of alternation is one pytest session of a side (a subprocess under the side's
+interpreter, writing gpufit's JSON report). Round r runs A then B when r is odd, B then A when
+it is even (A B B A A B ...), so a drift of the machine (a warming card, a neighbour's job)
+falls on both sides alike. A served target (``launch:``) is started once per session, warmed
+up, measured ``repeats`` times and stopped: that session is its block, and the block's figure
+(the check's median) is one sample; a server start costs seconds to minutes, so blocks, not
+single requests, alternate. Each sample of a side is one session's figure of each metric.
+
+The run looks at its samples after the rounds of ``stats.looks(rounds)`` and stops at the
+first look where every metric has a verdict (docs/ab.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_gpufit import metrics
+from pytest_gpufit.ab import stats
+from pytest_gpufit.ab.sides import Side, unused_keys
+from pytest_gpufit.baseline.compare import metric_values
+from pytest_gpufit.errors import GpufitError
+
+SCHEMA = "gpufit-ab/1"
+RUN_TIMEOUT_S = 3600.0
+# What a side's run must not inherit: it would append each run to the CI job page, write the
+# user's report or summary, save baselines, or start an A/B inside the A/B.
+_DROPPED = (
+    "GITHUB_STEP_SUMMARY",
+    "GPUFIT_REPORT",
+    "GPUFIT_SUMMARY",
+    "GPUFIT_BASELINE",
+    "GPUFIT_AB",
+    "GPUFIT_AB_ENVS",
+    "GPUFIT_AB_ROUNDS",
+    "PYTEST_ADDOPTS",
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pytest session of one side."""
+
+    side: str  # "A" | "B"
+    round: int
+    seconds: float
+    exit_code: int
+    values: Mapping[str, Mapping[str, float]]  # node id -> metric -> figure
+    texts: Mapping[str, str] = field(default_factory=dict)  # node id -> generated text
+    launches: tuple[tuple[str, ...], ...] = ()  # launch commands as the suite wrote them
+    inventory: Mapping[str, Any] = field(default_factory=dict)
+    card: Mapping[str, Any] | None = None  # the card's state just before the run
+
+
+Execute = Callable[[Side, int, Sequence[str]], Run]
+
+
+def _launches(setup: Any) -> list[tuple[str, ...]]:
+    """Every ``launch.command`` in a check's stored setup."""
+    found: list[tuple[str, ...]] = []
+    if isinstance(setup, Mapping):
+        for key, value in setup.items():
+            if key == "launch" and isinstance(value, Mapping) and "command" in value:
+                found.append(tuple(str(x) for x in value["command"]))
+            else:
+                found += _launches(value)
+    return found
+
+
+Report = tuple[dict[str, dict[str, float]], dict[str, str], list[tuple[str, ...]], dict[str, Any]]
+
+
+def read_report(data: Mapping[str, Any], where: str) -> Report:
+    """(values, texts, launch commands, inventory) of one gpufit JSON report."""
+    values: dict[str, dict[str, float]] = {}
+    texts: dict[str, str] = {}
+    launches: list[tuple[str, ...]] = []
+    for nodeid, entry in (data.get("measurements") or {}).items():
+        measured = entry.get("metrics") or {}
+        found = metric_values(measured, f"{where}: {nodeid}")
+        if found and entry.get("outcome") != "skipped":
+            values[nodeid] = found
+        if isinstance(measured.get("text"), str):
+            texts[nodeid] = measured["text"]
+        launches += _launches(entry.get("setup"))
+    return values, texts, sorted(set(launches)), dict(data.get("inventory") or {})
+
+
+def subprocess_runner(
+    workdir: Path, gpu: int | None = None, timeout_s: float = RUN_TIMEOUT_S
+) -> Execute:
+    """Run one session of a side: ``python -m pytest ARGS`` under the side's interpreter, in
+    the current folder, with gpufit's JSON report written into ``workdir``."""
+
+    def execute(side: Side, round_no: int, pytest_args: Sequence[str]) -> Run:
+        report = workdir / f"{side.label}-{round_no:03d}.json"
+        env = {k: v for k, v in os.environ.items() if k not in _DROPPED}
+        env["GPUFIT_AB_VARS"] = json.dumps(side.substitutions)
+        if gpu is not None:  # both sides on the same judged card
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        command = [
+            side.python,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            *pytest_args,
+            # last: they win over the same options among the user's arguments
+            "--gpufit-baseline=off",
+            f"--gpufit-report={report}",
+        ]
+        began = time.monotonic()
+        try:
+            done = subprocess.run(
+                command, env=env, capture_output=True, text=True, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            raise GpufitError(
+                f"side {side.label} round {round_no}: pytest ran longer than {timeout_s:.0f} s "
+                f"({' '.join(command)})"
+            ) from None
+        seconds = time.monotonic() - began
+        # 0 passed, 1 some test failed (a slower B may fail its thresholds: still measured).
+        if done.returncode not in (0, 1) or not report.is_file():
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+            raise GpufitError(
+                f"side {side.label} round {round_no}: pytest exited {done.returncode} "
+                f"({' '.join(command)}); its output ends:\n{tail}"
+            )
+        data = json.loads(report.read_text("utf-8"))
+        values, texts, launches, inventory = read_report(data, str(report))
+        return Run(
+            side.label,
+            round_no,
+            seconds,
+            done.returncode,
+            values,
+            texts,
+            tuple(launches),
+            inventory,
+        )
+
+    return execute
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    test: str
+    metric: str
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+    interval: stats.Interval
+    tolerance: float
+    verdict: str
+
+    @property
+    def higher_is_better(self) -> bool:
+        found = metrics.find(self.metric)
+        return True if found is None else found.higher_is_better
+
+    def to_dict(self) -> dict[str, Any]:
+        found = metrics.find(self.metric)
+        iv = self.interval
+        return {
+            "test": self.test,
+            "metric": self.metric,
+            "unit": found.unit if found else "",
+            "higher_is_better": self.higher_is_better,
+            "a": list(self.a),
+            "b": list(self.b),
+            "ratio": iv.ratio,
+            "low": iv.low if iv.exists else None,
+            "high": iv.high if iv.exists else None,
+            "confidence": iv.confidence,
+            "scale": iv.scale,
+            "tolerance": self.tolerance,
+            "verdict": self.verdict,
+        }
+
+
+def judge(runs: Sequence[Run], tolerance: float, alpha: float) -> list[MetricResult]:
+    """Every (test, metric) measured on both sides, judged at ``alpha``."""
+    samples: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for run in runs:
+        for nodeid, values in run.values.items():
+            for metric, value in values.items():
+                samples.setdefault((nodeid, metric), {"A": [], "B": []})[run.side].append(value)
+    out = []
+    for (nodeid, metric), sides in sorted(samples.items()):
+        if not sides["A"] or not sides["B"]:
+            continue
+        found = metrics.find(metric)
+        floor = found.floor if found else 0.0
+        iv = stats.interval(sides["A"], sides["B"], alpha, floor)
+        higher = True if found is None else found.higher_is_better
+        out.append(
+            MetricResult(
+                nodeid,
+                metric,
+                tuple(sides["A"]),
+                tuple(sides["B"]),
+                iv,
+                tolerance,
+                stats.verdict(iv, higher, tolerance),
+            )
+        )
+    return out
+
+
+def one_sided(first: Run, second: Run) -> list[str]:
+    """``test: metric (A only)`` for each figure one side's run measured and the other's did
+    not: those cannot be compared, and the A/B stops."""
+    out = []
+    for x, y in ((first, second), (second, first)):
+        for nodeid, values in sorted(x.values.items()):
+            missing = sorted(set(values) - set(y.values.get(nodeid, {})))
+            out += [f"{nodeid}: {m} ({x.side} only)" for m in missing]
+    return out
+
+
+def text_agreement(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Per test that reports generated text: how many (A, B) pairs of runs produced the same
+    text, and how often each side agreed with itself."""
+
+    def pairs(xs: Sequence[str], ys: Sequence[str]) -> tuple[int, int]:
+        return sum(x == y for x in xs for y in ys), len(xs) * len(ys)
+
+    texts: dict[str, dict[str, list[str]]] = {}
+    for run in runs:
+        for nodeid, text in run.texts.items():
+            texts.setdefault(nodeid, {"A": [], "B": []})[run.side].append(text)
+    out = []
+    for nodeid, sides in sorted(texts.items()):
+        a, b = sides["A"], sides["B"]
+        if not a or not b:
+            continue
+        same, total = pairs(a, b)
+        out.append(
+            {
+                "test": nodeid,
+                "equal_pairs": same,
+                "pairs": total,
+                "rate": same / total,
+                "a_distinct": len(set(a)),
+                "b_distinct": len(set(b)),
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    a: Side
+    b: Side
+    rounds: int  # rounds run
+    max_rounds: int
+    looks: tuple[int, ...]
+    alpha: float
+    results: tuple[MetricResult, ...]
+    runs: tuple[Run, ...]
+    texts: tuple[Mapping[str, Any], ...]
+    fingerprints: Mapping[str, Mapping[str, Any]]
+    seconds: float
+    inconclusive_ok: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return stats.overall([r.verdict for r in self.results])
+
+    @property
+    def exit_code(self) -> int:
+        words = {r.verdict for r in self.results}
+        if "regressed" in words:
+            return 1
+        if "inconclusive" in words and not self.inconclusive_ok:
+            return 1
+        return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "a": {**self.a.to_dict(), "fingerprint": dict(self.fingerprints["A"])},
+            "b": {**self.b.to_dict(), "fingerprint": dict(self.fingerprints["B"])},
+            "rounds": self.rounds,
+            "max_rounds": self.max_rounds,
+            "looks": list(self.looks),
+            "alpha": self.alpha,
+            "metrics": [r.to_dict() for r in self.results],
+            "texts": [dict(t) for t in self.texts],
+            "runs": [
+                {
+                    "side": r.side,
+                    "round": r.round,
+                    "seconds": round(r.seconds, 3),
+                    "exit_code": r.exit_code,
+                    "card": dict(r.card) if r.card is not None else None,
+                }
+                for r in self.runs
+            ],
+            "seconds": round(self.seconds, 3),
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+        }
+
+
+def fingerprint(side: Side, inventory: Mapping[str, Any]) -> dict[str, Any]:
+    """A side's fingerprint: the keys of a baseline fingerprint (``environment_changes``
+    reads them), from the side's own report, plus its interpreter and package versions."""
+    env = dict(inventory.get("environment") or {})
+    gpus = list(inventory.get("gpus") or [])
+    gpu = gpus[0] if gpus else {}
+    engine = next(
+        (f"{name} {side.packages[name]}" for name in ("vllm", "sglang") if side.packages.get(name)),
+        None,
+    )
+    return {
+        "gpu_name": gpu.get("name", "cpu"),
+        "gpu_uuid": gpu.get("uuid"),
+        "gpu_memory_bytes": gpu.get("memory_total_bytes"),
+        "driver_version": env.get("driver_version"),
+        "cuda_driver_version": env.get("cuda_driver_version"),
+        "cuda_runtime_version": env.get("cuda_runtime_version"),
+        "torch_version": side.packages.get("torch") or env.get("torch_version"),
+        "transformers_version": side.packages.get("transformers")
+        or env.get("transformers_version"),
+        "python_version": side.python_version or env.get("python_version"),
+        "engine": engine,
+        "python": side.python,
+        "packages": dict(side.packages),
+    }
+
+
+def _decided(results: Iterable[MetricResult]) -> bool:
+    return all(r.verdict != "inconclusive" for r in results)
+
+
+def run_ab(
+    a: Side,
+    b: Side,
+    pytest_args: Sequence[str],
+    execute: Execute,
+    *,
+    rounds: int,
+    tolerance: float = stats.TOLERANCE,
+    alpha: float = stats.ALPHA,
+    card_state: Callable[[], Mapping[str, Any] | None] = lambda: None,
+    progress: Callable[[str], None] = lambda line: None,
+    inconclusive_ok: bool = False,
+) -> Outcome:
+    """Rounds of A and B until every metric has a verdict at a planned look, or ``rounds``."""
+    schedule = stats.looks(rounds, alpha=alpha)
+    share = stats.look_alpha(schedule, alpha)
+    if not schedule:
+        progress(
+            f"note: {rounds} rounds give no interval at {1 - alpha:.0%} (the method needs "
+            f">= {stats.min_samples(alpha)} a side); every metric will be inconclusive"
+        )
+    began = time.monotonic()
+    runs: list[Run] = []
+    results: list[MetricResult] = []
+    done = 0
+    for r in range(1, rounds + 1):
+        order = (a, b) if r % 2 else (b, a)
+        for side in order:
+            state = card_state()
+            run = execute(side, r, pytest_args)
+            runs.append(_with_card(run, state))
+        done = r
+        pair = [x for x in runs if x.round == r]
+        progress(
+            f"round {r}/{rounds}: "
+            + ", ".join(f"{x.side} {x.seconds:.1f} s" for x in sorted(pair, key=lambda x: x.side))
+        )
+        if r == 1:
+            _check_first_round(a, b, pair)
+        if r in schedule:
+            results = judge(runs, tolerance, share)
+            if _decided(results):
+                break
+    if not results:
+        results = judge(runs, tolerance, share)
+    inventories = {x.side: x.inventory for x in runs}
+    return Outcome(
+        a,
+        b,
+        done,
+        rounds,
+        schedule,
+        alpha,
+        tuple(results),
+        tuple(runs),
+        tuple(text_agreement(runs)),
+        {"A": fingerprint(a, inventories["A"]), "B": fingerprint(b, inventories["B"])},
+        time.monotonic() - began,
+        inconclusive_ok,
+    )
+
+
+def _with_card(run: Run, state: Mapping[str, Any] | None) -> Run:
+    from dataclasses import replace
+
+    return replace(run, card=state) if state is not None else run
+
+
+def _check_first_round(a: Side, b: Side, pair: Sequence[Run]) -> None:
+    by_side = {x.side: x for x in pair}
+    first, second = by_side["A"], by_side["B"]
+    if not first.values and not second.values:
+        raise GpufitError(
+            "no test of the selection recorded a gpufit metric on either side (suite checks "
+            "such as throughput do; a plain test records one as the gpufit_measurement "
+            "property, see docs/ab.md); nothing to compare"
+        )
+    lonely = one_sided(first, second)
+    if lonely:
+        raise GpufitError(
+            "a metric was measured on one side only, so it cannot be compared: "
+            + "; ".join(lonely[:5])
+            + (f" (and {len(lonely) - 5} more)" if len(lonely) > 5 else "")
+            + "; select the tests both environments can run (-k) or fix the failing side"
+        )
+    commands = list(first.launches) + list(second.launches)
+    unused = unused_keys([a, b], commands)
+    if unused:
+        shown = "; ".join(" ".join(c) for c in commands) or "none"
+        raise GpufitError(
+            f"KEY {', '.join(unused)} of --a/--b is written as {{KEY}} in no launch command of "
+            f"the selected tests (their launch commands: {shown}); python= picks the "
+            "interpreter, any other KEY only fills launch commands"
+        )
+
+
+def temporary_workdir() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="gpufit-ab-")
