@@ -40,10 +40,14 @@ nvidia_cublas_cu12==12.4.5.8
 pytest-gpufit==0.1.0
 -e file:///work/checkout
 packaging==24.0
+pywin32==306 ; sys_platform == "win32"
+numpy==1.26.4 ; python_version < "3.0"
+numpy==2.1.0 ; python_version >= "3.0"
 """
 
 B_TEXT = """\
 torch==2.14.0
+numpy==2.1.0
 transformers[torch]==4.52.1
 nvidia-cublas-cu12==12.8.4.1
 mylib @ https://example.org/mylib-1.0-py3-none-any.whl
@@ -53,6 +57,7 @@ mylib @ https://example.org/mylib-1.0-py3-none-any.whl
 def test_requirements_read_from_lock_and_freeze_layouts() -> None:
     a = parse_requirements(A_TEXT, "a.txt")
     assert a.lines() == [
+        "numpy==2.1.0",
         "nvidia-cublas-cu12==12.4.5.8",
         "packaging==24.0",
         "torch==2.13.0",
@@ -60,9 +65,15 @@ def test_requirements_read_from_lock_and_freeze_layouts() -> None:
     ]
     assert a.pins["torch"].where == "a.txt:3"  # the line a continued requirement starts on
     assert a.pins["transformers"].where == "a.txt:7"
-    assert [n.split(": ", 1)[0] for n in a.notes] == ["a.txt:9", "a.txt:10"]
+    assert [n.split(": ", 1)[0] for n in a.notes] == ["a.txt:9", "a.txt:10", "a.txt:12", "a.txt:13"]
     assert "pytest-gpufit left out" in a.notes[0]
     assert "editable install left out" in a.notes[1]
+    # a universal lock's pins for other platforms and Pythons
+    assert (
+        a.notes[2]
+        == 'a.txt:12: pywin32==306 left out: not for this interpreter (sys_platform == "win32")'
+    )
+    assert a.notes[3].startswith("a.txt:13: numpy==1.26.4 left out: not for this interpreter")
 
 
 def test_change_set_names_changed_added_and_removed_packages() -> None:
@@ -78,6 +89,7 @@ def test_change_set_names_changed_added_and_removed_packages() -> None:
     ]
     # A with the torch and packaging changes applied: torch moves, packaging goes
     assert applied(a, changes, ["torch", "packaging"]) == [
+        "numpy==2.1.0",
         "nvidia-cublas-cu12==12.4.5.8",
         "torch==2.14.0",
         "transformers[torch]==4.51.0",

@@ -110,8 +110,10 @@ def parse_requirements(text: str, source: str) -> RequirementSet:
     """A requirements or lock file of pins (``pip freeze``, ``uv pip compile``, ``uv export``):
     one ``name==version`` (or ``name @ url``) per line; ``--hash`` options are dropped (the
     intermediate sets mix two files' hashes); pytest-gpufit itself and editable installs are
-    left out, said in ``notes``. A package twice, a looser specifier or an option that changes
-    where packages come from is an error naming the line."""
+    left out, said in ``notes``, and so is a pin whose environment marker does not hold for
+    the running interpreter (a universal lock's other platforms). A package twice, a looser
+    specifier or an option that changes where packages come from is an error naming the
+    line."""
     pins: dict[str, Pin] = {}
     notes: list[str] = []
     for number, line in _logical_lines(text):
@@ -126,6 +128,10 @@ def parse_requirements(text: str, source: str) -> RequirementSet:
             )
         requirement = re.sub(r"\s--hash[= ]\S+", "", f" {line}").strip()
         pin = parse_pin(requirement, where)
+        marker = Requirement(requirement).marker
+        if marker is not None and not marker.evaluate({"extra": ""}):
+            notes.append(f"{where}: {pin.line} left out: not for this interpreter ({marker})")
+            continue
         if pin.name in pins:
             raise GpufitError(f"{where}: {pin.name} again (first at {pins[pin.name].where})")
         if pin.name == SELF:

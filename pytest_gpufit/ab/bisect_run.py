@@ -126,6 +126,7 @@ def run_bisect(
     """The whole command; returns its exit code (0: no regression, 1: regression, named or
     not); bad input raises GpufitError (exit 2)."""
     uv = find_uv()
+    work = work.absolute()  # interpreters are named by absolute paths wherever ab runs them
     for folder in find_links:
         if not Path(folder).is_dir():
             raise GpufitError(f"--find-links {folder}: no such folder")
@@ -149,12 +150,16 @@ def run_bisect(
 
     every = frozenset(c.name for c in changes)
 
+    shown: dict[str, str] = {}  # interpreter -> which environment, for the progress lines
+
     def env(names: frozenset[str]) -> str:
         label = "A" if not names else ("B" if names == every else f"A + {', '.join(sorted(names))}")
         try:
-            return builder.python(applied(a, changes, names))
+            python = builder.python(applied(a, changes, names))
         except InstallFailed as error:
             raise GpufitError(f"{label} does not install: {summary(str(error), 600)}") from None
+        shown[python] = label
+        return python
 
     env(frozenset())
     env(every)
@@ -168,13 +173,16 @@ def run_bisect(
             out(f"  {unit.describe()}")
     judge = judge or ab_judge(pytest_args, work / "ab", rounds, tolerance)
     strategy = plan_strategy(len(units), few)
-    out(f"search: {strategy} over {len(units)} unit(s) (one at a time up to {few})")
+    out(
+        f"search: {strategy} over {len(units)} change(s) or group(s) (one at a time up to "
+        f"{few}, else halving)"
+    )
     count = [0]
 
     def said(a_python: str, b_python: str) -> Judgement:
         judgement = judge(a_python, b_python)
         count[0] += 1
-        out(f"  step {count[0]}: {judgement.verdict}")
+        out(f"  step {count[0]}: {shown.get(b_python, b_python)} against A: {judgement.verdict}")
         for metric in judgement.metrics:
             out(f"    {metric.describe()}")
         return judgement
