@@ -105,7 +105,7 @@ class Builder:
 
     def _source_args(self) -> list[str]:
         args = [a for d in self.find_links for a in ("--find-links", d)]
-        if self.no_index:
+        if self.no_index or (self.offline and not self.uv):  # pip has no cache-only mode
             args.append("--no-index")
         if self.offline and self.uv:
             args.append("--offline")

@@ -227,13 +227,18 @@ def _intervals(title: str, step: Step, finding: Finding) -> list[str]:
 
 
 def report(
-    finding: Finding, a: RequirementSet, b: RequirementSet, changes: Sequence[Change], b_: Builder
+    finding: Finding,
+    a: RequirementSet,
+    b: RequirementSet,
+    changes: Sequence[Change],
+    builder: Builder,
 ) -> dict[str, Any]:
+    """The answer as JSON (schema gpufit-bisect/1; keys may be added, never renamed)."""
     return {
         "schema": SCHEMA,
         "a": {"source": a.source, "notes": list(a.notes)},
         "b": {"source": b.source, "notes": list(b.notes)},
-        "tool": b_.tool,
+        "tool": builder.tool,
         "changes": [c.to_dict() for c in changes],
         "units": [u.to_dict() for u in finding.units],
         "strategy": finding.strategy,
