@@ -178,6 +178,8 @@ def test_a_wheel_that_does_not_install_is_bad_input(
          "/nonexistent/bin/python: no such interpreter"),
         (["--a-requirements", "{a}", "--change", "pkg-b==2.0", "--find-links", "nowhere"],
          "--find-links nowhere: no such folder"),
+        (["--a-requirements", "{a}", "--change", "pkg-b==2.0", "--json", "no/x.json"],
+         "--json no/x.json: no such folder no"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_clear_error(

@@ -127,6 +127,8 @@ def run_bisect(
     not); bad input raises GpufitError (exit 2)."""
     uv = find_uv()
     work = work.absolute()  # interpreters are named by absolute paths wherever ab runs them
+    if json_path and not Path(json_path).absolute().parent.is_dir():
+        raise GpufitError(f"--json {json_path}: no such folder {Path(json_path).parent}")
     for folder in find_links:
         if not Path(folder).is_dir():
             raise GpufitError(f"--find-links {folder}: no such folder")
