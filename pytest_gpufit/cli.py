@@ -158,15 +158,20 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _baseline_list(args: argparse.Namespace) -> int:
+    from pytest_gpufit.ab.output import record_text
+
     store = _store(args)
     runs = store.runs()
-    if not runs:
+    pairs = store.ab_records()
+    if not runs and not pairs:
         print(f"no baseline runs in {store.root}")
         return 0
     print(f"baselines in {store.root}:")
     for run in runs:
         mark = "  (accepted)" if run.accepted else ""
         print(f"{run.gpu:28s} {run.suite:20s} {run.run_id}{mark}")
+    for record in pairs:
+        print(record_text(record))
     return 0
 
 
@@ -218,6 +223,11 @@ def _baseline_diff(args: argparse.Namespace) -> int:
     old, new = (store.read(p) for p in paths)
     changes = environment_changes(old["fingerprint"], new["fingerprint"])
     print("environment: " + (", ".join(changes) or "no change"))
+    if changes:
+        from pytest_gpufit.ab.output import tested_lines
+
+        for line in tested_lines(store.ab_records(), old["fingerprint"], new["fingerprint"]):
+            print(line)
     rows = [["check", "metric", args.old, args.new, "change", "verdict"]]
     outcomes = []
     for nodeid in sorted(set(old["results"]) & set(new["results"])):
@@ -272,7 +282,7 @@ def _baseline_diff(args: argparse.Namespace) -> int:
 def _baseline_fleet(args: argparse.Namespace) -> int:
     """Per host, how far each metric sits from the fleet median of its GPU model and suite."""
     from pytest_gpufit.baseline import slug
-    from pytest_gpufit.baseline.fleet import latest_per_host, view_lines
+    from pytest_gpufit.baseline.fleet import host_history, latest_per_host, view_lines
 
     store = _store(args)
     groups: dict[tuple[str, str], list[Any]] = {}
@@ -306,8 +316,10 @@ def _baseline_fleet(args: argparse.Namespace) -> int:
         records = [(str(i.path), store.read(i.path)) for i in infos]
         runs, unnamed = latest_per_host(records)
         gpu_name = str(records[-1][1]["fingerprint"]["gpu_name"])
+        history = host_history(records)
+        suite = records[-1][1]["suite"]
         blocks.append(
-            "\n".join(view_lines(gpu_name, records[-1][1]["suite"], runs, unnamed, args.tolerance))
+            "\n".join(view_lines(gpu_name, suite, runs, unnamed, args.tolerance, history))
         )
     print("\n\n".join(blocks))
     return 0
@@ -630,7 +642,8 @@ def parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=_percent,
         default=0.15,
-        help="mark metrics further than this from the median (default 15%%)",
+        help="a host whose recent runs sit, with 95%% confidence, further than this from "
+        "the other hosts' is marked WORSE or BETTER (default 15%%)",
     )
     fleet.set_defaults(handler=_baseline_fleet)
     plot = add_verb(

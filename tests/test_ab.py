@@ -66,6 +66,9 @@ def test_finds_the_injected_slowdown(envs, project, tmp_path):
         str(out),
         "--markdown",
         str(md),
+        "--record",
+        "--dir",
+        str(tmp_path / "store"),
         "--",
         "test_speed.py",
     )
@@ -92,6 +95,15 @@ def test_finds_the_injected_slowdown(envs, project, tmp_path):
     assert "changed: slowpkg 1.0 -> 2.0" in done.stdout
     assert "card state: none (no NVML here" in done.stdout
     assert "regressed" in md.read_text() and "| test |" in md.read_text()
+    # the pair is in the baseline store, with both fingerprints, and listed
+    listed = subprocess.run(
+        [GPUFIT, "baseline", "--dir", str(tmp_path / "store"), "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "B (slowpkg 1.0 -> 2.0) was A/B-tested against A on cpu on " in listed.stdout
+    assert f"regressed after {data['rounds']} rounds" in listed.stdout
 
 
 def test_same_environment_reports_no_regression(envs, project, tmp_path):

@@ -162,3 +162,26 @@ def record_text(record: Mapping[str, Any]) -> str:
         f"against A on {b.get('gpu_name', 'cpu')} on {when}: {record['verdict']} after "
         f"{record['rounds']} rounds"
     )
+
+
+def tested_lines(
+    records: Sequence[Mapping[str, Any]], old: Mapping[str, Any], new: Mapping[str, Any]
+) -> list[str]:
+    """The stored A/B pairs whose A has ``old``'s environment and B ``new``'s, on the same
+    GPU model: what ``gpufit baseline diff OLD NEW`` adds about the change between them."""
+    out = []
+    for record in records:
+        a, b = record["a"]["fingerprint"], record["b"]["fingerprint"]
+        same_card = a.get("gpu_name") == old.get("gpu_name") == new.get("gpu_name")
+        if same_card and _matches(a, old) and _matches(b, new):
+            out.append(record_text(record))
+    return out
+
+
+def _matches(side: Mapping[str, Any], run: Mapping[str, Any]) -> bool:
+    """A side's environment is a baseline run's: no version differs (the engine only where
+    the run names one: an in-process suite's run names none, whatever is installed)."""
+    changes = environment_changes(side, run)
+    if run.get("engine") is None:
+        changes = [c for c in changes if not c.startswith("engine ")]
+    return not changes

@@ -24,6 +24,7 @@ from pytest_gpufit.baseline.compare import (
 )
 from pytest_gpufit.hardware.nvml import SLOWDOWN_REASONS
 from pytest_gpufit.hardware.records import HOST_FACTS, pcie_text, power_text
+from pytest_gpufit.metrics import find
 
 MIN_OTHER_HOSTS = 2  # a median of one other host is that host: no fleet
 
@@ -286,12 +287,75 @@ def judge_fleet(
 
 # ---- the fleet view (gpufit baseline fleet) ---------------------------------------------------
 
+MAX_HISTORY = 20  # runs per host the view reads: the recent ones (a host's old runs age out)
+
+
+def host_history(
+    records: Iterable[tuple[str, Mapping[str, Any]]],
+) -> dict[str, dict[tuple[str, str], list[float]]]:
+    """host -> (node id, metric) -> the figures of its latest ``MAX_HISTORY`` runs, oldest
+    first; runs that name no host are left out (``latest_per_host`` counts them)."""
+    by_host: dict[str, list[tuple[tuple[float, str], str, Mapping[str, Any]]]] = {}
+    for where, record in records:
+        host = record["fingerprint"].get("host")
+        if not isinstance(host, str) or not host:
+            continue
+        created = record.get("created")
+        when = float(created) if isinstance(created, (int, float)) else 0.0
+        by_host.setdefault(host, []).append(((when, str(record["id"])), where, record))
+    out: dict[str, dict[tuple[str, str], list[float]]] = {}
+    for host, runs in by_host.items():
+        runs.sort(key=lambda r: r[0])
+        samples: dict[tuple[str, str], list[float]] = {}
+        for _, where, record in runs[-MAX_HISTORY:]:
+            for nodeid, values in run_values(record, where).items():
+                for metric, value in values.items():
+                    samples.setdefault((nodeid, metric), []).append(value)
+        out[host] = samples
+    return out
+
+
+def interval_text(
+    metric: str, here: Sequence[float], others: Sequence[float], tolerance: float
+) -> tuple[str, str]:
+    """(text, verdict) of one host's figures against the other hosts', with the interval of
+    ``gpufit ab`` (``pytest_gpufit.ab.stats``): the Hodges-Lehmann ratio this host / the
+    others and its Mann-Whitney 95% interval, judged against the tolerance in the metric's
+    direction.
+
+    >>> interval_text("decode_tok_s", [60.0, 61.0, 59.0, 60.5], [100.0, 99.0, 101.0, 98.0], 0.15)
+    ('4 runs here, 4 on other hosts: this host / the others 0.604 [0.584, 0.622]', 'regressed')
+    >>> interval_text("decode_tok_s", [60.0], [100.0, 99.0], 0.15)[1]
+    'inconclusive'
+    """
+    from pytest_gpufit.ab import stats  # the same interval as gpufit ab
+
+    found = find(metric)
+    higher = True if found is None else found.higher_is_better
+    iv = stats.interval(list(others), list(here), stats.ALPHA)
+    word = stats.verdict(iv, higher, tolerance)
+    runs = f"{len(here)} run{'s' * (len(here) != 1)} here, {len(others)} on other hosts"
+    if not iv.exists:
+        return (
+            f"{runs}: this host / the others {iv.ratio:.3f}, no interval: "
+            f"{stats.why_inconclusive(iv, stats.ALPHA)}",
+            word,
+        )
+    return f"{runs}: this host / the others {iv.ratio:.3f} [{iv.low:.3f}, {iv.high:.3f}]", word
+
 
 def view_lines(
-    gpu_name: str, suite: str, runs: Sequence[HostRun], unnamed: int, tolerance: float
+    gpu_name: str,
+    suite: str,
+    runs: Sequence[HostRun],
+    unnamed: int,
+    tolerance: float,
+    history: Mapping[str, Mapping[tuple[str, str], Sequence[float]]] | None = None,
 ) -> list[str]:
-    """Per host, each metric against the fleet median (latest run per host, every host in
-    the median), with the host facts beside the figures."""
+    """Per host, each metric of its latest run, and its recent runs against the other hosts'
+    recent runs with the interval of ``gpufit ab`` (``history``, from ``host_history``): a
+    verdict only where the runs are enough to give one, with the host facts beside."""
+    history = history or {}
     unnamed_text = (
         f"; {unnamed} run{'s' * (unnamed != 1)} name no host (saved before hosts were "
         "recorded) and are left out"
@@ -300,25 +364,34 @@ def view_lines(
     )
     lines = [
         f"{gpu_name}, suite {suite}: {len(runs)} host{'s' * (len(runs) != 1)} "
-        f"(latest run of each){unnamed_text}"
+        f"(latest run of each; up to {MAX_HISTORY} recent runs per host judged){unnamed_text}"
     ]
     if len(runs) < 2:
         lines.append("  (one host: no fleet to compare with)" if runs else "  (no host)")
-    fleet = medians(runs)
     for run in runs:
         facts = facts_of(run.fingerprint)
         shown = "; ".join(f"{k} {v}" for k, v in facts.items()) or "no host facts recorded"
         lines.append(f"  host {run.host} (run {run.run_id}): {shown}")
-        for nodeid, c, hosts in against(run.values, fleet, tolerance):
-            mark = ""
-            if hosts >= 2 and c.verdict != "ok":
-                mark = f"  {c.verdict.upper()} beyond {c.tolerance:.0%}"
-            lines.append(
-                f"    {nodeid}: {metric_label(c.metric)} {format_number(c.new)} "
-                f"(median {format_number(c.old)} of {hosts}, {c.change:+.1%}){mark}"
-            )
-        others = [o.fingerprint for o in runs if o.host != run.host]
-        odd = suspicious_facts(run.fingerprint, others)
+        for nodeid, values in sorted(run.values.items()):
+            for metric, value in sorted(values.items()):
+                key = (nodeid, metric)
+                here = list(history.get(run.host, {}).get(key, [value]))
+                others = [
+                    v
+                    for host, samples in history.items()
+                    if host != run.host
+                    for v in samples.get(key, [])
+                ]
+                text = f"{nodeid}: {metric_label(metric)} {format_number(value)}"
+                if not others:
+                    lines.append(f"    {text} (no other host measured it)")
+                    continue
+                said, word = interval_text(metric, here, others, tolerance)
+                mark = {"regressed": "WORSE", "improved": "BETTER"}.get(word)
+                beyond = f"  {mark} beyond {tolerance:.0%}" if mark else ""
+                lines.append(f"    {text} ({said}; {word}){beyond}")
+        others_fp = [o.fingerprint for o in runs if o.host != run.host]
+        odd = suspicious_facts(run.fingerprint, others_fp)
         if odd:
             lines.append(f"    unlike the fleet: {'; '.join(odd)}")
     return lines

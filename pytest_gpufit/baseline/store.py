@@ -43,6 +43,7 @@ from pytest_gpufit.errors import GpufitError
 FORMAT = 2
 RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
 MIGRATE = "gpufit baseline migrate --dir {root}"
+AB_FOLDER = "_ab"  # <gpu>/_ab/ab-<stamp>.json: gpufit ab --record
 
 
 def slug(name: str) -> str:
@@ -421,6 +422,43 @@ class Store:
         if accept and not failed_checks(record) and not not_run:
             self.accept(run_id)
         return run_id
+
+    # ---- A/B pairs (gpufit ab --record) ---------------------------------------------------
+
+    def ab_dir(self, gpu_name: str) -> Path:
+        """``<gpu>/_ab``: no suite's folder can be named so (a slug has no ``_``)."""
+        return self.root / slug(gpu_name) / AB_FOLDER
+
+    def write_ab(self, data: Mapping[str, Any]) -> Path:
+        """Store one ``gpufit ab`` result (both sides' fingerprints, the verdicts) beside the
+        baselines of its card, so later reports can say B was A/B-tested against A there."""
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}Z"
+        record = {**data, "id": f"ab-{stamp}-{uuid.uuid4().hex[:6]}", "created": now}
+        gpu = str(record["b"]["fingerprint"].get("gpu_name") or "cpu")
+        path = self.ab_dir(gpu) / f"{record['id']}.json"
+        _atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        return path
+
+    def ab_records(self) -> list[dict[str, Any]]:
+        """Every stored A/B pair, oldest first; an unreadable one is an error naming it."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for path in sorted(self.root.glob(f"*/{AB_FOLDER}/ab-*.json")):
+            _refuse_link(path, "A/B record")
+            try:
+                data = json.loads(path.read_text("utf-8"))
+                ok = data.get("schema") == "gpufit-ab/1" and {"a", "b", "verdict"} <= set(data)
+            except (OSError, ValueError, AttributeError):
+                ok = False
+            if not ok:
+                raise GpufitError(
+                    f"A/B record {path} is unreadable or not a gpufit ab result; restore it "
+                    "or delete it"
+                )
+            out.append(data)
+        return sorted(out, key=lambda d: float(d.get("created", 0)))
 
     def accept(self, run_id: str, force: bool = False) -> list[Path]:
         """Make a run the accepted one of its GPU model and suite; return the files to commit.
