@@ -4,6 +4,7 @@ subprocess that writes ``--json``), and the answer printed and written as JSON."
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -121,10 +122,12 @@ def run_bisect(
     few: int = FEW,
     json_path: str | None = None,
     judge: Judge | None = None,
-    out: Callable[[str], None] = print,
+    out: Callable[[str], None] | None = None,
 ) -> int:
     """The whole command; returns its exit code (0: no regression, 1: regression, named or
-    not); bad input raises GpufitError (exit 2)."""
+    not); bad input raises GpufitError (exit 2). Lines go to ``out`` (default: stdout, flushed
+    per line: a step may take minutes, and a CI log should show each as it ends)."""
+    out = out or functools.partial(print, flush=True)
     uv = find_uv()
     work = work.absolute()  # interpreters are named by absolute paths wherever ab runs them
     if json_path and not Path(json_path).absolute().parent.is_dir():
