@@ -3,11 +3,13 @@ beside the same data judged by today's single-sample baseline compare (issue 20)
 
 Builds three uv venvs holding slowpkg (tests/ab_envs.py): v1, a copy of v1, and v2 whose busy
 loop is ``--slowdown`` longer (10%: B/A = 1/1.1 = 0.909). The target is a plain pytest test
-timing slowpkg by wall clock (perf_counter: every neighbour on the box counts, as every
-neighbour on a card counts in a GPU timer). Then, alternately, ``gpufit ab`` of v1 against
-its copy (no change) and of v1 against v2 (the slowdown), ``--reps`` times each, default
-tolerance (5%) and ``--rounds`` (20). Each result is appended to ``--out`` (JSON lines) as it
-comes, so a run stopped early keeps what it measured.
+timing slowpkg by wall clock (``--clock wall``, perf_counter: every neighbour on the box
+counts, as every neighbour on a card counts in a GPU timer) or by CPU time (``--clock cpu``,
+process_time: the scheduler's turns for other jobs do not count, the rest of the machine's
+noise does: caches, frequency, the other core's load on shared resources). Then, alternately,
+``gpufit ab`` of v1 against its copy (no change) and of v1 against v2 (the slowdown),
+``--reps`` times each, default tolerance (5%) and ``--rounds`` (20). Each result is appended
+to ``--out`` (JSON lines) as it comes, so a run stopped early keeps what it measured.
 
 The single-sample baseline compare is today's ``--gpufit-baseline=compare``: the accepted
 baseline is one run of A, the new run one run of B, judged by ``baseline.compare.judge`` with
@@ -15,7 +17,8 @@ the same 5% tolerance; "+confirm 2" is its confirmation (``baseline: {confirm: 2
 regression stands only if the next two runs of B are also worse than A's run. Both are read
 from the first rounds of the same gpufit ab runs (round 1's A and B, rounds 2-3's B).
 
-    python benchmarks/ab_noise.py [--reps 40] [--rounds 20] [--slowdown 0.10] [--out F]
+    python benchmarks/ab_noise.py [--reps 40] [--rounds 20] [--slowdown 0.10] [--clock wall|cpu]
+        [--out F]
     python benchmarks/ab_noise.py --summary F   # the table of a finished (or stopped) run
 """
 
@@ -32,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ab_envs import WALL_TARGET, build_wheel, make_venv  # noqa: E402
+from ab_envs import TARGET, WALL_TARGET, build_wheel, make_venv  # noqa: E402
 
 from pytest_gpufit.baseline.compare import judge  # noqa: E402
 
@@ -112,6 +115,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("ab_noise.jsonl"))
     parser.add_argument("--summary", type=Path, help="print the table of an --out file")
     parser.add_argument("--tolerance", type=float, default=0.05)
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what the target times slowpkg by: wall (perf_counter: every neighbour counts) "
+        "or cpu (process_time: the scheduler's turns for other jobs do not)",
+    )
     args = parser.parse_args()
     if args.summary:
         summary(args.summary, args.tolerance)
@@ -126,7 +136,7 @@ def main() -> None:
         v2 = make_venv(root / "v2", wheels, "2.0")
         project = root / "project"
         project.mkdir()
-        (project / "test_speed.py").write_text(WALL_TARGET)
+        (project / "test_speed.py").write_text(WALL_TARGET if args.clock == "wall" else TARGET)
         for rep in range(args.reps):
             for case, b in (("no change", copy), ("slowdown", v2)):
                 row = one(project, v1, b, args.rounds, root / "ab.json")

@@ -69,6 +69,46 @@ TARGET = TARGET_TEMPLATE.replace("{clock}", "process_time")
 WALL_TARGET = TARGET_TEMPLATE.replace("{clock}", "perf_counter")
 
 
+# A tiny OpenAI-compatible engine in the package (tests/serving_fakes.py's server): its gap
+# before each token is PACE_S * FACTOR, so v2 decodes slower by the package's factor. Started
+# by a suite's launch: [{python}, -m, slowpkg.serve, {port}, {tag}]: the side's interpreter and
+# the side's {tag} (an unfilled placeholder refuses to start).
+SERVE = """import sys
+import time
+
+sys.path.insert(0, {tests!r})
+from serving_fakes import PACE_S, FakeOpenAI  # noqa: E402
+
+import slowpkg  # noqa: E402
+
+
+def main():
+    port, tag = int(sys.argv[1]), sys.argv[2]
+    if "{{" in tag:
+        sys.exit(f"slowpkg.serve: the tag {{tag}} was not filled in")
+    with FakeOpenAI(port) as server:
+        server.delay_s = PACE_S * slowpkg.FACTOR
+        print(f"ready: slowpkg {{slowpkg.__version__}} tag {{tag}}", flush=True)
+        while True:
+            time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+SERVED_SUITE = """suite: served
+targets:
+  - name: slow
+    backend: openai
+    device: cpu
+    endpoint: http://127.0.0.1:{port}/v1
+    launch: {command: ["{python}", "-m", "slowpkg.serve", "{port}", "{tag}"], ready_timeout_s: 60}
+    checks:
+      throughput: {prompt_tokens: 8, new_tokens: 8, warmup: 1, repeats: 3}
+"""
+
+
 def _record_line(name: str, data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     return f"{name},sha256={digest},{len(data)}"
@@ -80,6 +120,7 @@ def build_wheel(folder: Path, version: str, factor: float) -> Path:
     info = f"slowpkg-{version}.dist-info"
     files = {
         "slowpkg/__init__.py": MODULE.format(version=version, factor=factor, loops=LOOPS),
+        "slowpkg/serve.py": SERVE.format(tests=str(REPO / "tests")),
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: slowpkg\nVersion: {version}\n",
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
         "Tag: py3-none-any\n",

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ab_envs import TARGET, build_wheel, make_venv
+from ab_envs import SERVED_SUITE, TARGET, build_wheel, make_venv
 
 GPUFIT = str(Path(sys.executable).with_name("gpufit"))
 SLOW = 1.6
@@ -181,7 +181,7 @@ def test_pytest_native_entry_gates_an_upgrade_in_one_call(envs, project, tmp_pat
             "-p",
             "no:cacheprovider",
             "--gpufit-ab=current,next",
-            "--gpufit-ab-rounds=6",
+            "--gpufit-ab-rounds=2",  # the plumbing, not the statistics: too few for a verdict
             f"--gpufit-report={report}",
             f"--gpufit-summary={summary}",
             "test_speed.py",
@@ -193,10 +193,11 @@ def test_pytest_native_entry_gates_an_upgrade_in_one_call(envs, project, tmp_pat
     )
     assert done.returncode == 1, done.stdout + done.stderr
     data = json.loads(report.read_text())
-    assert data["verdict"] == "regressed"
+    assert data["verdict"] == "inconclusive" and data["rounds"] == 2
     assert data["b"]["fingerprint"]["packages"]["slowpkg"] == "2.0"
-    assert "verdict: regressed (exit 1)" in done.stdout
-    assert "### gpufit ab: regressed" in summary.read_text()
+    assert "too few rounds (2; the paired interval needs >= 6" in done.stdout
+    assert "verdict: inconclusive (exit 1)" in done.stdout
+    assert "### gpufit ab: inconclusive" in summary.read_text()
     # an environment the ini does not declare: a usage error naming what is declared
     bad = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--gpufit-ab=current,nxet"],
@@ -208,3 +209,35 @@ def test_pytest_native_entry_gates_an_upgrade_in_one_call(envs, project, tmp_pat
     assert bad.returncode == 4
     assert "environment 'nxet' is not declared by gpufit_ab_envs" in bad.stderr
     assert "declared: current, next" in bad.stderr
+
+
+def test_a_launched_engine_runs_from_each_side_and_its_slowdown_is_found(envs, tmp_path):
+    # The served target alternates in blocks: each session starts the side's engine with the
+    # side's {python} and {tag}, measures `repeats` times, stops it.
+    (tmp_path / "served.gpufit.yaml").write_text(SERVED_SUITE)
+    out = tmp_path / "ab.json"
+    done = gpufit_ab(
+        tmp_path,
+        "--a",
+        f"python={envs['v1']}",
+        "--a",
+        "tag=current",
+        "--b",
+        f"python={envs['v2']}",
+        "--b",
+        "tag=next",
+        "--rounds",
+        "6",
+        "--json",
+        str(out),
+        "--",
+        "served.gpufit.yaml",
+        timeout=400,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    data = json.loads(out.read_text())
+    entry = next(m for m in data["metrics"] if m["metric"] == "decode_tok_s")
+    assert entry["test"] == "served.gpufit.yaml::slow::throughput"
+    assert entry["verdict"] == "regressed"
+    assert entry["high"] < 0.95 and 0.45 < entry["ratio"] < 0.85  # 1/1.6 = 0.625
+    assert data["b"]["vars"] == {"python": str(envs["v2"]), "tag": "next"}

@@ -152,3 +152,41 @@ def test_overall_verdict_order():
     assert stats.overall(["same", "improved", "inconclusive"]) == "inconclusive"
     assert stats.overall(["same", "improved"]) == "improved"
     assert stats.overall(["same"]) == "same"
+
+
+def test_paired_interval_covers_95_percent_and_drift_cancels():
+    rng = random.Random(5)
+    trials, n = 400, 10
+    covered, widths = 0, []
+    for _ in range(trials):
+        # the machine's speed drifts by up to 2x between rounds; both runs of a round share it
+        speed = [math.exp(rng.uniform(-0.7, 0.0)) for _ in range(n)]
+        a = [s * math.exp(rng.gauss(0, 0.02)) for s in speed]
+        b = [0.9 * s * math.exp(rng.gauss(0, 0.02)) for s in speed]
+        iv = stats.paired_interval(a, b, 0.05)
+        covered += iv.low <= 0.9 <= iv.high
+        widths.append(iv.high / iv.low)
+        assert iv.paired
+    assert covered / trials >= 0.93
+    assert sorted(widths)[trials // 2] < 1.05  # the drift left no trace
+    unpaired = stats.interval(a, b, 0.05)
+    assert unpaired.high / unpaired.low > 1.3  # without the pairs it swamps the 10%
+
+
+def test_paired_too_few_rounds_say_so():
+    iv = stats.paired_interval([1.0] * 5, [2.0] * 5, 0.05)
+    assert not iv.exists and stats.verdict(iv, True) == "inconclusive"
+    assert stats.why_inconclusive(iv, 0.05) == (
+        "too few rounds (5; the paired interval needs >= 6 at this confidence)"
+    )
+    assert stats.min_pairs(0.05) == 6
+
+
+def test_signed_rank_distribution_sums_to_all_sign_patterns():
+    for n in (1, 4, 9, 20):
+        counts = stats._t_counts(n)
+        assert sum(counts) == 2**n
+        assert counts == counts[::-1]
+    # the textbook critical values (two-sided 5%): T <= 8 at n=10, T <= 25 at n=15
+    assert stats.signed_rank_k(10, 0.05) == 9
+    assert stats.signed_rank_k(15, 0.05) == 26

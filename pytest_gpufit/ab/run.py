@@ -6,7 +6,8 @@ it is even (A B B A A B ...), so a drift of the machine (a warming card, a neigh
 falls on both sides alike. A served target (``launch:``) is started once per session, warmed
 up, measured ``repeats`` times and stopped: that session is its block, and the block's figure
 (the check's median) is one sample; a server start costs seconds to minutes, so blocks, not
-single requests, alternate. Each sample of a side is one session's figure of each metric.
+single requests, alternate. Each sample of a side is one session's figure of each metric;
+A's and B's figures of one round are a pair, judged by ``stats.paired_interval``.
 
 The run looks at its samples after the rounds of ``stats.looks(rounds)`` and stops at the
 first look where every metric has a verdict (docs/ab.md).
@@ -183,37 +184,34 @@ class MetricResult:
             "high": iv.high if iv.exists else None,
             "confidence": iv.confidence,
             "scale": iv.scale,
+            "paired": iv.paired,
             "tolerance": self.tolerance,
             "verdict": self.verdict,
         }
 
 
 def judge(runs: Sequence[Run], tolerance: float, alpha: float) -> list[MetricResult]:
-    """Every (test, metric) measured on both sides, judged at ``alpha``."""
-    samples: dict[tuple[str, str], dict[str, list[float]]] = {}
+    """Every (test, metric) measured on both sides, judged at ``alpha`` from the rounds in
+    which both sides measured it: A's and B's figure of one round are a pair (the paired
+    interval cancels what moved both, a drift of the machine)."""
+    by_round: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     for run in runs:
         for nodeid, values in run.values.items():
             for metric, value in values.items():
-                samples.setdefault((nodeid, metric), {"A": [], "B": []})[run.side].append(value)
+                rounds = by_round.setdefault((nodeid, metric), {})
+                rounds.setdefault(run.round, {})[run.side] = value
     out = []
-    for (nodeid, metric), sides in sorted(samples.items()):
-        if not sides["A"] or not sides["B"]:
+    for (nodeid, metric), rounds in sorted(by_round.items()):
+        pairs = [(v["A"], v["B"]) for _, v in sorted(rounds.items()) if len(v) == 2]
+        if not pairs:
             continue
+        a, b = [p[0] for p in pairs], [p[1] for p in pairs]
         found = metrics.find(metric)
         floor = found.floor if found else 0.0
-        iv = stats.interval(sides["A"], sides["B"], alpha, floor)
+        iv = stats.paired_interval(a, b, alpha, floor)
         higher = True if found is None else found.higher_is_better
-        out.append(
-            MetricResult(
-                nodeid,
-                metric,
-                tuple(sides["A"]),
-                tuple(sides["B"]),
-                iv,
-                tolerance,
-                stats.verdict(iv, higher, tolerance),
-            )
-        )
+        word = stats.verdict(iv, higher, tolerance)
+        out.append(MetricResult(nodeid, metric, tuple(a), tuple(b), iv, tolerance, word))
     return out
 
 
@@ -362,8 +360,8 @@ def run_ab(
     share = stats.look_alpha(schedule, alpha)
     if not schedule:
         progress(
-            f"note: {rounds} rounds give no interval at {1 - alpha:.0%} (the method needs "
-            f">= {stats.min_samples(alpha)} a side); every metric will be inconclusive"
+            f"note: {rounds} rounds give no interval at {1 - alpha:.0%} (the paired interval "
+            f"needs >= {stats.min_pairs(alpha)} rounds); every metric will be inconclusive"
         )
     began = time.monotonic()
     runs: list[Run] = []
