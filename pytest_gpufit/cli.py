@@ -1,4 +1,5 @@
-"""The ``gpufit`` command: probe | fit | table | calibrate | upgrade | baseline | plan | ab."""
+"""The ``gpufit`` command: probe | fit | table | calibrate | upgrade | baseline | plan | ab |
+bisect."""
 
 from __future__ import annotations
 
@@ -410,6 +411,94 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _bisect(args: argparse.Namespace) -> int:
+    from pytest_gpufit.ab.bisect_run import Sides, run_bisect
+
+    sides = Sides(args.a_requirements, args.a_python, args.b_requirements, tuple(args.change))
+    return run_bisect(
+        sides,
+        pytest_args=args.pytest_args,
+        groups=args.group,
+        work=Path(args.work),
+        find_links=args.find_links,
+        no_index=args.no_index,
+        offline=args.offline,
+        base_python=args.base_python,
+        rounds=args.rounds,
+        tolerance=args.tolerance,
+        few=args.one_at_a_time,
+        json_path=args.json,
+    )
+
+
+def add_bisect(sub: Any) -> None:
+    bisect = sub.add_parser(
+        "bisect",
+        help="which package change between environments A and B carries a regression: "
+        "environments built with uv, each judged by gpufit ab against A",
+        description="Build A and B (and environments between them) with uv, run gpufit ab A "
+        "against B on the suite, and when B regressed find the package (or group of packages "
+        "that install only together) that carries it: one at a time when the changes are "
+        "few, halving when many. Exit 0: no regression; 1: regression (culprit named, or "
+        "undecided); 2: bad input. Options of pytest go after --.",
+    )
+    bisect.add_argument(
+        "pytest_args", nargs="*", metavar="SUITE_OR_PYTEST_ARGS", help="what gpufit ab runs"
+    )
+    side_a = bisect.add_mutually_exclusive_group(required=True)
+    side_a.add_argument("--a-requirements", metavar="FILE", help="A: a lock or requirements file")
+    side_a.add_argument(
+        "--a-python", metavar="PYTHON", help="A: the packages of this interpreter (its freeze)"
+    )
+    side_b = bisect.add_mutually_exclusive_group(required=True)
+    side_b.add_argument("--b-requirements", metavar="FILE", help="B: a lock or requirements file")
+    side_b.add_argument(
+        "--change",
+        action="append",
+        default=[],
+        metavar="NAME==VERSION",
+        help="B: A with this package at this version (repeat)",
+    )
+    bisect.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME,NAME",
+        help="packages that move together (names or patterns: torch,nvidia-*); groups the "
+        "installer refuses to split are found without it",
+    )
+    bisect.add_argument(
+        "--find-links", action="append", default=[], metavar="DIR", help="a wheel folder (repeat)"
+    )
+    bisect.add_argument("--no-index", action="store_true", help="only the --find-links folders")
+    bisect.add_argument(
+        "--offline", action="store_true", help="no network: uv's cache and the wheel folders"
+    )
+    bisect.add_argument(
+        "--base-python",
+        metavar="PYTHON",
+        help="the interpreter of every environment (default: --a-python, else this one)",
+    )
+    bisect.add_argument("--rounds", type=_positive, help="gpufit ab --rounds, per step")
+    bisect.add_argument("--tolerance", type=_percent, help="gpufit ab --tolerance, per step")
+    bisect.add_argument(
+        "--one-at-a-time",
+        type=_positive,
+        default=3,
+        metavar="N",
+        help="try changes one at a time up to N units, halve above (default 3)",
+    )
+    bisect.add_argument(
+        "--work",
+        default=".gpufit/bisect",
+        metavar="DIR",
+        help="environments (kept by the digest of their packages) and gpufit ab reports "
+        "(default .gpufit/bisect)",
+    )
+    bisect.add_argument("--json", metavar="PATH", help="write the answer as JSON")
+    bisect.set_defaults(handler=_bisect)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="gpufit", description="What this GPU can run.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -571,12 +660,19 @@ def parser() -> argparse.ArgumentParser:
     from pytest_gpufit.ab.command import add_parser as add_ab  # its options and help
 
     add_ab(sub, _percent, _positive).set_defaults(handler=_ab)
+    add_bisect(sub)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     top = parser()
     args, unknown = top.parse_known_args(argv)
+    if unknown and args.command == "bisect" and "--" in unknown:
+        # `gpufit bisect suites/x.yaml --a-requirements A ... -- -k decode`: after `--`, pytest's
+        # options (as for ab)
+        cut = unknown.index("--")
+        args.pytest_args = [*args.pytest_args, *unknown[cut + 1 :]]
+        unknown = unknown[:cut]
     if unknown:
         if args.command not in ("plan", "ab"):
             top.error(f"unrecognized arguments: {' '.join(unknown)}")
