@@ -18,8 +18,9 @@ from pytest_gpufit.engines.registry import find_engine
 def engine_probes() -> tuple[str, ...]:
     """The GET paths to ask, in order: the specific engines' before the generic one's.
 
-    >>> engine_probes()
-    ('/get_server_info', '/props', '/version')
+    >>> probes = engine_probes()
+    >>> probes[:2], probes[-1]
+    (('/get_server_info', '/props'), '/version')
     """
     return tuple(dict.fromkeys(path for e in by_specificity() for path in e.probes))
 
