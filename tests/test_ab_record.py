@@ -89,3 +89,23 @@ def test_plot_draws_each_metric_of_an_ab_result(tmp_path):
     out = plot_ab(data, tmp_path / "ab.png")
     assert out == tmp_path / "ab.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_logprobs_of_both_sides_are_compared_step_by_step():
+    from pytest_gpufit.ab.run import Run, golden_agreement
+
+    def golden(tokens, lp):
+        return {
+            "tokens": tokens,
+            "top_ids": [[t, 99] for t in tokens],
+            "top_logprobs": [[lp, -3.0] for _ in tokens],
+        }
+
+    a = Run("A", 1, 1.0, 0, {}, goldens={"t": golden([1, 2, 3, 4], -0.10)})
+    same = Run("B", 1, 1.0, 0, {}, goldens={"t": golden([1, 2, 3, 4], -0.12)})
+    diverges = Run("B", 2, 1.0, 0, {}, goldens={"t": golden([1, 2, 7, 4], -0.10)})
+    (entry,) = golden_agreement([a, same, diverges])
+    # 4 steps agree with the first B run; the second agrees on 2 and diverges at its 3rd
+    assert entry["steps"] == 7 and entry["top1_agreement"] == pytest.approx(6 / 7)
+    assert entry["max_logprob_diff"] == pytest.approx(0.02)
+    assert 0 < entry["kl_topk_mean"] < 1e-3

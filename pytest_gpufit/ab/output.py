@@ -112,6 +112,19 @@ def text_lines(outcome: Outcome) -> list[str]:
     return out
 
 
+def logprob_lines(outcome: Outcome) -> list[str]:
+    out = []
+    for t in outcome.logprobs:
+        diff, kl = t["max_logprob_diff"], t["kl_topk_mean"]
+        out.append(
+            f"logprobs {t['test']}: greedy top-1 of B agrees with A in {t['top1_agreement']:.0%} "
+            f"of {t['steps']} steps; max |logprob diff| of the same token "
+            f"{'-' if diff is None else f'{diff:.4f}'}; mean KL over the shared top-k "
+            f"{'-' if kl is None else f'{kl:.2e}'} nats"
+        )
+    return out
+
+
 def notes(outcome: Outcome) -> list[str]:
     share = outcome.alpha / max(1, len(outcome.looks))
     return [
@@ -129,6 +142,7 @@ def table_lines(outcome: Outcome) -> list[str]:
         header_lines(outcome)
         + table
         + text_lines(outcome)
+        + logprob_lines(outcome)
         + card_lines(outcome)
         + notes(outcome)
         + [f"verdict: {outcome.verdict} (exit {outcome.exit_code})"]
@@ -144,7 +158,7 @@ def markdown(outcome: Outcome) -> str:
     lines += [f"- {_md(line)}" for line in header_lines(outcome)]
     lines += ["", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     lines += ["| " + " | ".join(_md(c) for c in row(r)) + " |" for r in outcome.results]
-    extra = text_lines(outcome) + card_lines(outcome) + notes(outcome)
+    extra = text_lines(outcome) + logprob_lines(outcome) + card_lines(outcome) + notes(outcome)
     if extra:
         lines += [""] + [f"- {_md(line)}" for line in extra]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ first look where every metric has a verdict (docs/ab.md).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -60,6 +61,7 @@ class Run:
     launches: tuple[tuple[str, ...], ...] = ()  # launch commands as the suite wrote them
     inventory: Mapping[str, Any] = field(default_factory=dict)
     card: Mapping[str, Any] | None = None  # the card's state just before the run
+    goldens: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # node id -> golden
 
 
 Execute = Callable[[Side, int, Sequence[str]], Run]
@@ -77,14 +79,21 @@ def _launches(setup: Any) -> list[tuple[str, ...]]:
     return found
 
 
-Report = tuple[dict[str, dict[str, float]], dict[str, str], list[tuple[str, ...]], dict[str, Any]]
+Report = tuple[
+    dict[str, dict[str, float]],
+    dict[str, str],
+    list[tuple[str, ...]],
+    dict[str, Any],
+    dict[str, Mapping[str, Any]],
+]
 
 
 def read_report(data: Mapping[str, Any], where: str) -> Report:
-    """(values, texts, launch commands, inventory) of one gpufit JSON report."""
+    """(values, texts, launch commands, inventory, golden records) of one gpufit JSON report."""
     values: dict[str, dict[str, float]] = {}
     texts: dict[str, str] = {}
     launches: list[tuple[str, ...]] = []
+    goldens: dict[str, Mapping[str, Any]] = {}
     for nodeid, entry in (data.get("measurements") or {}).items():
         measured = entry.get("metrics") or {}
         found = metric_values(measured, f"{where}: {nodeid}")
@@ -92,8 +101,10 @@ def read_report(data: Mapping[str, Any], where: str) -> Report:
             values[nodeid] = found
         if isinstance(measured.get("text"), str):
             texts[nodeid] = measured["text"]
+        if isinstance(measured.get("golden"), Mapping):
+            goldens[nodeid] = measured["golden"]
         launches += _launches(entry.get("setup"))
-    return values, texts, sorted(set(launches)), dict(data.get("inventory") or {})
+    return values, texts, sorted(set(launches)), dict(data.get("inventory") or {}), goldens
 
 
 def subprocess_runner(
@@ -139,7 +150,7 @@ def subprocess_runner(
                 f"({' '.join(command)}); its output ends:\n{tail}"
             )
         data = json.loads(report.read_text("utf-8"))
-        values, texts, launches, inventory = read_report(data, str(report))
+        values, texts, launches, inventory, goldens = read_report(data, str(report))
         return Run(
             side.label,
             round_no,
@@ -149,6 +160,7 @@ def subprocess_runner(
             texts,
             tuple(launches),
             inventory,
+            goldens=goldens,
         )
 
     return execute
@@ -256,6 +268,65 @@ def text_agreement(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return out
 
 
+def _top(record: Mapping[str, Any], step: int) -> dict[Any, float]:
+    return dict(zip(record["top_ids"][step], record["top_logprobs"][step], strict=True))
+
+
+def _kl_top(p: Mapping[Any, float], q: Mapping[Any, float]) -> float | None:
+    """KL(p || q) over the tokens both top-k lists hold, each renormalized over them; None
+    where they share fewer than two (no distribution to compare)."""
+    shared = sorted(set(p) & set(q), key=str)
+    if len(shared) < 2:
+        return None
+    zp = sum(math.exp(p[t]) for t in shared)
+    zq = sum(math.exp(q[t]) for t in shared)
+    return sum(
+        (math.exp(p[t]) / zp) * (p[t] - math.log(zp) - (q[t] - math.log(zq))) for t in shared
+    )
+
+
+def golden_agreement(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Per test whose reports carry greedy top-k log-probabilities (``reference: golden``
+    precision checks): A's first run against each run of B, step by step up to the first
+    divergence: the share of steps whose greedy (top-1) token agrees, the largest
+    |log-probability| change of the chosen token, and the mean KL over the shared top-k."""
+    firsts: dict[str, Mapping[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: r.round):
+        if run.side == "A":
+            for nodeid, golden in run.goldens.items():
+                firsts.setdefault(nodeid, golden)
+    out = []
+    for nodeid, ref in sorted(firsts.items()):
+        agree = steps = 0
+        diffs: list[float] = []
+        kls: list[float] = []
+        for run in runs:
+            other = run.goldens.get(nodeid) if run.side == "B" else None
+            if other is None:
+                continue
+            for step, (x, y) in enumerate(zip(ref["tokens"], other["tokens"], strict=False)):
+                steps += 1
+                p, q = _top(ref, step), _top(other, step)
+                kl = _kl_top(p, q)
+                if kl is not None:
+                    kls.append(kl)
+                if x != y:
+                    break  # after a divergence the sequences are no longer comparable
+                agree += 1
+                diffs.append(abs(p[x] - q[y]))
+        if steps:
+            out.append(
+                {
+                    "test": nodeid,
+                    "top1_agreement": agree / steps,
+                    "steps": steps,
+                    "max_logprob_diff": max(diffs) if diffs else None,
+                    "kl_topk_mean": sum(kls) / len(kls) if kls else None,
+                }
+            )
+    return out
+
+
 @dataclass(frozen=True)
 class Outcome:
     a: Side
@@ -267,6 +338,7 @@ class Outcome:
     results: tuple[MetricResult, ...]
     runs: tuple[Run, ...]
     texts: tuple[Mapping[str, Any], ...]
+    logprobs: tuple[Mapping[str, Any], ...]
     fingerprints: Mapping[str, Mapping[str, Any]]
     seconds: float
     inconclusive_ok: bool = False
@@ -295,6 +367,7 @@ class Outcome:
             "alpha": self.alpha,
             "metrics": [r.to_dict() for r in self.results],
             "texts": [dict(t) for t in self.texts],
+            "logprobs": [dict(t) for t in self.logprobs],
             "runs": [
                 {
                     "side": r.side,
@@ -398,6 +471,7 @@ def run_ab(
         tuple(results),
         tuple(runs),
         tuple(text_agreement(runs)),
+        tuple(golden_agreement(runs)),
         {"A": fingerprint(a, inventories["A"]), "B": fingerprint(b, inventories["B"])},
         time.monotonic() - began,
         inconclusive_ok,
