@@ -19,7 +19,7 @@ from pytest_gpufit.ab import stats
 from pytest_gpufit.ab.output import markdown, table_lines
 from pytest_gpufit.ab.run import run_ab, subprocess_runner, temporary_workdir
 from pytest_gpufit.ab.sides import check_pair, make_side
-from pytest_gpufit.atomic import write_text_atomic
+from pytest_gpufit.atomic import why_unwritable, write_text_atomic
 from pytest_gpufit.errors import GpufitError
 
 ROUNDS = 20
@@ -101,6 +101,43 @@ def _card_state(gpu: int | None) -> Callable[[], dict[str, Any]]:
     return lambda: card_state(gpu or 0)
 
 
+def check_tolerance(tolerance: float, option: str = "--tolerance") -> None:
+    """A tolerance of 0 or of 100% and more leaves no verdict to find: an interval never lies
+    inside a band of zero width, and B/A never falls below 0 (no slowdown could regress).
+
+    >>> check_tolerance(1.0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    pytest_gpufit.errors.GpufitError: --tolerance 100%: B/A cannot fall below 0, ...
+    """
+    if tolerance <= 0:
+        raise GpufitError(
+            f"{option} {tolerance:.0%}: no interval lies inside a band of zero width, so no "
+            "metric could ever be 'same'; give the change you accept, e.g. --tolerance 5%"
+        )
+    if tolerance >= 1:
+        raise GpufitError(
+            f"{option} {tolerance:.0%}: B/A cannot fall below 0, so with this tolerance no "
+            "slowdown could ever be 'regressed'; give a tolerance under 100%, e.g. --tolerance 5%"
+        )
+
+
+def check_writable(path: str, option: str) -> None:
+    """An output path is tried before the rounds, not found unwritable after an hour of them."""
+    target = Path(path).absolute()
+    probe = target.with_name(f".{target.name}.{os.getpid()}.probe")
+    try:
+        if target.is_dir():
+            raise IsADirectoryError(21, "Is a directory", str(target))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("", "utf-8")
+        probe.unlink()
+    except OSError as error:
+        raise GpufitError(
+            f"{option} {path}: cannot write there ({why_unwritable(target, error)}); give a "
+            "path in a writable folder"
+        ) from None
+
+
 def run_command(
     args: argparse.Namespace,
     plot: Callable[[dict[str, Any], Path], Path | None],
@@ -114,6 +151,10 @@ def run_command(
         )
     if not args.a and not args.b:
         raise GpufitError("gpufit ab: give the two sides with --a KEY=VALUE and --b KEY=VALUE")
+    check_tolerance(args.tolerance)
+    for option in ("json", "markdown", "plot"):
+        if getattr(args, option):
+            check_writable(getattr(args, option), f"--{option}")
     a = make_side("A", args.a, "--a")
     b = make_side("B", args.b, "--b")
     check_pair(a, b)

@@ -37,8 +37,8 @@ def header_lines(outcome: Outcome) -> list[str]:
     share = outcome.alpha / max(1, len(outcome.looks))
     changes = changed(outcome.fingerprints["A"], outcome.fingerprints["B"])
     return [
-        f"A: {_side_text(outcome.a.vars, outcome.a.python)}",
-        f"B: {_side_text(outcome.b.vars, outcome.b.python)}",
+        f"A: {_side_text(outcome.a.vars, outcome.a.python)}{_plugin(outcome.a.gpufit_version)}",
+        f"B: {_side_text(outcome.b.vars, outcome.b.python)}{_plugin(outcome.b.gpufit_version)}",
         f"changed: {', '.join(changes) or 'nothing gpufit records (same versions)'}",
         f"{outcome.rounds} of at most {outcome.max_rounds} rounds (A B, B A, ...), "
         f"{outcome.seconds:.0f} s; looks after rounds {looks}, each interval at "
@@ -67,6 +67,10 @@ def changed(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 def _tolerance(results: Sequence[MetricResult]) -> str:
     values = sorted({r.tolerance for r in results})
     return ", ".join(f"{v:.0%}" for v in values) or "-"
+
+
+def _plugin(version: str | None) -> str:
+    return f" (pytest-gpufit {version})" if version else ""
 
 
 def _side_text(variables: Mapping[str, str], python: str) -> str:
@@ -123,6 +127,17 @@ def logprob_lines(outcome: Outcome) -> list[str]:
             f"{'-' if kl is None else f'{kl:.2e}'} nats"
         )
     return out
+def outcome_lines(outcome: Outcome) -> list[str]:
+    """A test whose outcomes differ between the sides: it fails the A/B whatever its metrics."""
+
+    def counts(by: Mapping[str, int]) -> str:
+        return ", ".join(f"{n} {o}" for o, n in sorted(by.items())) or "not run"
+
+    return [
+        f"outcome differs: {d['test']}: A {counts(d['a'])}; B {counts(d['b'])} (exit 1: a test "
+        "that fails or skips on one side only cannot be the same)"
+        for d in outcome.outcomes
+    ]
 
 
 def notes(outcome: Outcome) -> list[str]:
@@ -143,6 +158,7 @@ def table_lines(outcome: Outcome) -> list[str]:
         + table
         + text_lines(outcome)
         + logprob_lines(outcome)
+        + outcome_lines(outcome)
         + card_lines(outcome)
         + notes(outcome)
         + [f"verdict: {outcome.verdict} (exit {outcome.exit_code})"]
@@ -158,7 +174,8 @@ def markdown(outcome: Outcome) -> str:
     lines += [f"- {_md(line)}" for line in header_lines(outcome)]
     lines += ["", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     lines += ["| " + " | ".join(_md(c) for c in row(r)) + " |" for r in outcome.results]
-    extra = text_lines(outcome) + logprob_lines(outcome) + card_lines(outcome) + notes(outcome)
+    extra = text_lines(outcome) + logprob_lines(outcome) + outcome_lines(outcome)
+    extra += card_lines(outcome) + notes(outcome)
     if extra:
         lines += [""] + [f"- {_md(line)}" for line in extra]
     return "\n".join(lines) + "\n"

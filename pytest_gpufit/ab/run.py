@@ -62,6 +62,7 @@ class Run:
     inventory: Mapping[str, Any] = field(default_factory=dict)
     card: Mapping[str, Any] | None = None  # the card's state just before the run
     goldens: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # node id -> golden
+    outcomes: Mapping[str, str] = field(default_factory=dict)  # node id -> passed, failed, ...
 
 
 Execute = Callable[[Side, int, Sequence[str]], Run]
@@ -105,6 +106,45 @@ def read_report(data: Mapping[str, Any], where: str) -> Report:
             goldens[nodeid] = measured["golden"]
         launches += _launches(entry.get("setup"))
     return values, texts, sorted(set(launches)), dict(data.get("inventory") or {}), goldens
+
+
+def read_outcomes(data: Mapping[str, Any]) -> dict[str, str]:
+    """node id -> outcome (passed, failed, error, skipped, ...) of one gpufit JSON report.
+
+    >>> read_outcomes({"results": {"t.py::a": {"outcome": "skipped", "reason": "no GPU"}}})
+    {'t.py::a': 'skipped'}
+    """
+    results = data.get("results") or {}
+    return {str(k): str(v.get("outcome")) for k, v in results.items() if isinstance(v, Mapping)}
+
+
+def outcome_differences(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Each test whose outcomes differ between the sides over the runs (passed on A, failed
+    or skipped on B, or not run at all): a metric cannot say "same" for a test that B fails,
+    nor for one it skips (its checks did not run), so such a test fails the A/B. ``worse``
+    is true where B has an outcome other than passed that A never had.
+
+    >>> a = Run("A", 1, 1.0, 0, {}, outcomes={"t::x": "passed", "t::y": "passed"})
+    >>> b = Run("B", 1, 1.0, 1, {}, outcomes={"t::x": "failed", "t::y": "passed"})
+    >>> outcome_differences([a, b])
+    [{'test': 't::x', 'a': {'passed': 1}, 'b': {'failed': 1}, 'worse': True}]
+    """
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    sides = {run.side for run in runs}
+    for run in runs:
+        for nodeid, outcome in run.outcomes.items():
+            side = counts.setdefault(nodeid, {"A": {}, "B": {}})[run.side]
+            side[outcome] = side.get(outcome, 0) + 1
+    out: list[dict[str, Any]] = []
+    if sides != {"A", "B"}:
+        return out
+    for nodeid, by_side in sorted(counts.items()):
+        a, b = by_side["A"], by_side["B"]
+        if set(a) == set(b):
+            continue
+        worse = any(o != "passed" for o in set(b) - set(a)) or not b
+        out.append({"test": nodeid, "a": a, "b": b, "worse": worse})
+    return out
 
 
 def subprocess_runner(
@@ -161,6 +201,7 @@ def subprocess_runner(
             tuple(launches),
             inventory,
             goldens=goldens,
+            outcomes=read_outcomes(data),
         )
 
     return execute
@@ -342,16 +383,22 @@ class Outcome:
     fingerprints: Mapping[str, Mapping[str, Any]]
     seconds: float
     inconclusive_ok: bool = False
+    outcomes: tuple[Mapping[str, Any], ...] = ()  # tests whose outcomes differ between sides
 
     @property
     def verdict(self) -> str:
-        return stats.overall([r.verdict for r in self.results])
+        words = [r.verdict for r in self.results]
+        if self.outcomes:  # never "same" while a test fails or skips on one side only
+            words.append("regressed" if any(d["worse"] for d in self.outcomes) else "inconclusive")
+        return stats.overall(words)
 
     @property
     def exit_code(self) -> int:
         words = {r.verdict for r in self.results}
-        if "regressed" in words:
+        if "regressed" in words or self.outcomes:
             return 1
+        if any(not r.interval.exists for r in self.results):
+            return 1  # too few rounds for any interval: --inconclusive ok cannot pass no evidence
         if "inconclusive" in words and not self.inconclusive_ok:
             return 1
         return 0
@@ -368,6 +415,7 @@ class Outcome:
             "metrics": [r.to_dict() for r in self.results],
             "texts": [dict(t) for t in self.texts],
             "logprobs": [dict(t) for t in self.logprobs],
+            "outcomes": [dict(d) for d in self.outcomes],
             "runs": [
                 {
                     "side": r.side,
@@ -456,7 +504,7 @@ def run_ab(
             _check_first_round(a, b, pair)
         if r in schedule:
             results = judge(runs, tolerance, share)
-            if _decided(results):
+            if _decided(results) or outcome_differences(runs):
                 break
     if not results:
         results = judge(runs, tolerance, share)
@@ -475,6 +523,7 @@ def run_ab(
         {"A": fingerprint(a, inventories["A"]), "B": fingerprint(b, inventories["B"])},
         time.monotonic() - began,
         inconclusive_ok,
+        tuple(outcome_differences(runs)),
     )
 
 

@@ -25,15 +25,16 @@ PROBE_TIMEOUT_S = 120.0
 
 # Run under the side's interpreter: does it have pytest-gpufit, and what versions does it hold.
 _PROBE = """
-import importlib.metadata as md, json, platform, sys
-out = {"python_version": platform.python_version(), "packages": {}}
+import importlib.metadata as md, json, os, platform, sys
+out = {"python_version": platform.python_version(), "packages": {},
+       "prefix": os.path.realpath(sys.prefix)}
 try:
     import pytest_gpufit, pytest
 except Exception as error:
     out["error"] = f"{type(error).__name__}: {error}"
 for dist in md.distributions():
     name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-    if name:
+    if name and name not in out["packages"]:  # the first on sys.path is the one imported
         out["packages"][name] = dist.version
 print(json.dumps(out))
 """
@@ -48,6 +49,14 @@ class Side:
     python: str  # the interpreter its runs use (python=, else the current one)
     python_version: str | None = None
     packages: Mapping[str, str] = field(default_factory=dict)  # every distribution installed
+    # the environment the interpreter runs in (its sys.prefix, symlinks resolved): two paths
+    # to one venv (bin/python and bin/python3, a symlinked venv folder) have the same prefix
+    prefix: str | None = None
+
+    @property
+    def gpufit_version(self) -> str | None:
+        """The pytest-gpufit version installed in the side's environment."""
+        return self.packages.get("pytest-gpufit")
 
     @property
     def substitutions(self) -> dict[str, str]:
@@ -104,9 +113,9 @@ def _interpreter(raw: str, option: str) -> str:
     return path
 
 
-def probe(python: str, option: str) -> tuple[str | None, dict[str, str]]:
-    """(python version, package versions) of an interpreter; an error where it cannot run or
-    lacks pytest-gpufit."""
+def probe(python: str, option: str) -> tuple[str | None, dict[str, str], str | None]:
+    """(python version, package versions, environment prefix) of an interpreter; an error
+    where it cannot run or lacks pytest-gpufit."""
     try:
         done = subprocess.run(
             [python, "-c", _PROBE],
@@ -130,15 +139,15 @@ def probe(python: str, option: str) -> tuple[str | None, dict[str, str]]:
             f"that environment: {python} -m pip install pytest-gpufit (or uv pip install "
             f"--python {python} pytest-gpufit)"
         )
-    return data.get("python_version"), dict(data.get("packages") or {})
+    return data.get("python_version"), dict(data.get("packages") or {}), data.get("prefix")
 
 
 def make_side(label: str, items: Sequence[str], option: str) -> Side:
     """A side from its ``KEY=VALUE`` items, its interpreter checked and probed."""
     given = parse_vars(items, option)
     python = _interpreter(given["python"], option) if "python" in given else sys.executable
-    version, packages = probe(python, option)
-    return Side(label, given, python, version, packages)
+    version, packages, prefix = probe(python, option)
+    return Side(label, given, python, version, packages, prefix)
 
 
 def check_pair(a: Side, b: Side) -> None:
@@ -149,13 +158,38 @@ def check_pair(a: Side, b: Side) -> None:
     Traceback (most recent call last):
     pytest_gpufit.errors.GpufitError: --a and --b are the same environment (python /v/bin/...
     """
-    if a.python == b.python and a.substitutions == b.substitutions:
+    same_env = a.python == b.python or (a.prefix is not None and a.prefix == b.prefix)
+    if same_env and a.substitutions == b.substitutions:
+        where = (
+            a.python if a.python == b.python else f"{a.python} and {b.python} both run {a.prefix}"
+        )
         others = ", ".join(f"{k}={v}" for k, v in sorted(a.substitutions.items()))
         raise GpufitError(
-            f"--a and --b are the same environment (python {a.python}, "
+            f"--a and --b are the same environment (python {where}, "
             f"{others or 'no other variable'}); give B what changes, e.g. "
             "--b python=.venv-new/bin/python (for an A/A check of the noise, point --b at a "
             "copy of the venv)"
+        )
+    check_gpufit_versions(a, b)
+
+
+def check_gpufit_versions(a: Side, b: Side) -> None:
+    """Both sides must measure with the same pytest-gpufit: its checks are the instrument, and
+    a change of the instrument would be judged as a change of the environment.
+
+    >>> one = Side("A", {}, "/a", packages={"pytest-gpufit": "0.1.0"})
+    >>> check_gpufit_versions(one, Side("B", {}, "/b", packages={"pytest-gpufit": "0.2.0"}))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    pytest_gpufit.errors.GpufitError: side A (python /a) has pytest-gpufit 0.1.0 and side B ...
+    """
+    va, vb = a.gpufit_version, b.gpufit_version
+    if va != vb:
+        raise GpufitError(
+            f"side A (python {a.python}) has pytest-gpufit {va or 'none'} and side B (python "
+            f"{b.python}) has {vb or 'none'}: the sides would be measured by different checks, "
+            "and that difference judged as the environments'; install the same pytest-gpufit "
+            f"into both ({b.python} -m pip install pytest-gpufit=={va})"
         )
 
 
