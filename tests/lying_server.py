@@ -32,6 +32,10 @@ Lies issue 18 did not name, found attacking the checks:
   second_choice pads each event with a choice the client did not ask for (index 1): more
                 bytes, so an inflated usage would fit them
   after_finish  goes on streaming text after its finish_reason
+  burst_after   honest for its first ``honest_requests`` answers (the prompt probes, a first
+                level), then every answer held and sent in one write, as ``burst``
+  dribble       holds the stream, then writes its events one by one ``dribble_s`` (0.2 ms)
+                apart: a buffering proxy that re-paces what it held
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ MODES = (
     "one_event",
     "second_choice",
     "after_finish",
+    "burst_after",
+    "dribble",
 )
 
 
@@ -105,6 +111,8 @@ class Liar:
         gap_s: float = 0.01,
         port: int = 0,
         model: str = MODEL,
+        honest_requests: int = 5,
+        dribble_s: float = 0.0002,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: one of {', '.join(MODES)}")
@@ -113,6 +121,8 @@ class Liar:
         self.gap_s = gap_s
         self.port = port
         self.model = model
+        self.honest_requests = honest_requests
+        self.dribble_s = dribble_s
         self.records: list[Record] = []
         self.bodies: list[dict[str, Any]] = []
         self.in_flight = 0
@@ -265,6 +275,8 @@ class Liar:
         mode = self.mode
         if mode == "under_load" and self.in_flight > 1:
             mode = "inflate"
+        if mode == "burst_after":
+            mode = "honest" if len(self.records) <= self.honest_requests else "burst"
         tokens = [f" t{i}" for i in range(asked)]
         said = asked
         finish = "length"
@@ -290,7 +302,7 @@ class Liar:
         if cached is not None:
             tokens = cached  # the old answer at once: no prefill, no decode
             self.replays += 1
-        hold = mode in ("burst", "flush") or cached is not None
+        hold = mode in ("burst", "flush", "dribble") or cached is not None
         if mode == "burst_once" and asked > 1 and not self.held_once:
             hold = self.held_once = True
         loop = asyncio.get_running_loop()
@@ -333,6 +345,13 @@ class Liar:
                 record.writes.append(time.perf_counter())
                 await writer.drain()
         _ = loop
+        if mode == "dribble":  # what it held, one event a write, a fixed small gap apart
+            for data in held:
+                writer.write(data)
+                record.writes.append(time.perf_counter())
+                await writer.drain()
+                await asyncio.sleep(self.dribble_s)
+            held.clear()
         if mode == "replay":
             self.cache.setdefault(prompt, tokens)
         usage = {"prompt_tokens": len(prompt.split()) + 1, "completion_tokens": said}

@@ -430,3 +430,27 @@ def test_a_squatter_on_the_launched_port_fails_in_a_suite(
     out = result.stdout.str()
     assert outcome(result, "serves") == "FAILED" and outcome(result, "generates") == "FAILED"
     assert f"belongs to pid {squatter} (`" in out and "not to the launched server" in out, out
+
+
+# ---- lies issue 18 did not name, found attacking the gate through suites ---------------------
+
+
+def test_a_level_where_most_streams_came_buffered_meets_no_itl_or_tpot_slo(
+    pytester: pytest.Pytester,
+) -> None:
+    """Was a pass: honest to the probes and two requests, then every answer in one burst; the
+    level's ITL and TPOT p99 came from the two honest streams alone (no min_goodput set)."""
+    checks = (
+        "load: {concurrency: [1], requests: 8, prompt_tokens: 8, new_tokens: 16, "
+        "slo: {itl_ms_p99: 500, tpot_ms_p90: 500}}"
+    )
+    with Liar("burst_after", gap_s=0.01, honest_requests=5) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+        probes = sum(1 for b in liar.bodies if b.get("max_tokens") == 1)
+    out = result.stdout.str()
+    assert outcome(result, "load") == "FAILED", out
+    bursts = 8 - (5 - probes)  # the level's answers after the server's honest ones
+    assert f"SLO itl_ms_p99 500 ms: {bursts} of 8 streams arrived buffered" in out, out
+    assert f"SLO tpot_ms_p90 500 ms: {bursts} of 8 streams arrived buffered" in out, out
+    assert "more than the 1% of them a p99 leaves out" in out, out

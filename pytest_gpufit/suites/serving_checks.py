@@ -169,8 +169,18 @@ def _judge_level(
         metric, _, stat = key.partition("_ms_")
         source = f"{'median' if stat == 'p50' else stat}_{_SLO_SOURCE[metric]}"
         value = figures.get(source)
+        # A buffered stream gives no gaps: a percentile of the others is the level's only
+        # while the buffered ones are no more than the share the percentile leaves out (a
+        # server that bursts on most of its answers must not be judged on the few it paced).
+        left_out = 1 - float(stat.removeprefix("p")) / 100 if stat.startswith("p") else 0.0
         if value is None:
             ctx.failures.append(f"{name}: SLO {key} {bound:g} ms: not measured (no {metric} data)")
+        elif metric in ("itl", "tpot") and level.buffered > left_out * level.completed:
+            ctx.failures.append(
+                f"{name}: SLO {key} {bound:g} ms: {level.buffered} of {level.completed} streams "
+                f"arrived buffered, more than the {left_out:.0%} of them a {stat} leaves out, so "
+                f"the {metric.upper()} of the others is not the level's ({level.buffered_reason})"
+            )
         elif value > bound:
             ctx.failures.append(f"{name}: {key} {value:.1f} ms > SLO {key} {bound:g} ms")
     if level.short:
