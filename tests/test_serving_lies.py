@@ -454,3 +454,27 @@ def test_a_level_where_most_streams_came_buffered_meets_no_itl_or_tpot_slo(
     assert f"SLO itl_ms_p99 500 ms: {bursts} of 8 streams arrived buffered" in out, out
     assert f"SLO tpot_ms_p90 500 ms: {bursts} of 8 streams arrived buffered" in out, out
     assert "more than the 1% of them a p99 leaves out" in out, out
+
+
+def test_a_prompt_too_short_to_be_unique_fails_the_load(pytester: pytest.Pytester) -> None:
+    """Was a pass: prompt_tokens 2 leaves one word to make each prompt unique with, so 40
+    requests came round to the same 14 prompts (one of them the probe's own) and a server
+    that replays an answer it gave before met the TTFT p50 SLO from its cache."""
+    checks = (
+        "load: {concurrency: [1], requests: 40, prompt_tokens: 2, new_tokens: 8, "
+        "slo: {ttft_ms_p50: 100}}\n"
+        "throughput: {prompt_tokens: 2, new_tokens: 8, warmup: 1, repeats: 10}"
+    )
+    with Liar("replay", ttft_s=0.05, gap_s=0.01) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+        asked = zip(liar.bodies, liar.records, strict=True)
+        sent = [r.prompt for b, r in asked if b["max_tokens"] > 1]  # not the probes
+        replays = liar.replays
+    out = result.stdout.str()
+    assert outcome(result, "load") == "FAILED", out
+    assert "a prompt of 2 tokens is 1 word, room for 13 prompts of its own, " in out
+    assert "and this load sends up to 40; raise prompt_tokens, or say prompts: shared" in out
+    # Throughput's 11 rounds fit: each its own prompt, none the probe's ("the"); load sent none.
+    assert outcome(result, "throughput") == "PASSED", out
+    assert len(sent) == len(set(sent)) >= 11 and "the" not in sent and replays == 0, sent

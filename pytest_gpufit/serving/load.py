@@ -419,14 +419,16 @@ async def run_load(
     slo: Slo | None = None,
     on_level: Callable[[LevelResult], None] | None = None,
     prompts: Prompts = "unique",
+    keys: Iterator[int] | None = None,
 ) -> tuple[LevelResult, ...]:
     """Every concurrency level, then every rate level; ``on_level`` hears each as it ends.
-    Unique prompts stay unique across the levels (one run of keys)."""
+    Unique prompts stay unique across the levels (one run of ``keys``: give the target's own
+    run, so that its other checks' prompts do not come again either)."""
     levels: list[LevelResult] = []
     cap = max(concurrency) if rates and concurrency else None
     plan: list[tuple[int | None, float | None]] = [(c, None) for c in concurrency]
     plan += [(cap, r) for r in rates]
-    keys = prompt_keys()
+    keys = keys if keys is not None else prompt_keys()
     for conc, rate in plan:
         level = await run_level(
             client,

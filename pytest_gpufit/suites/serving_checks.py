@@ -113,12 +113,27 @@ def goodput_slo(slo: dict[str, float]) -> Slo:
 def run_load(ctx: Context, params: dict[str, Any]) -> None:
     """Concurrency levels (or request rates) of streamed requests: TTFT, ITL, E2E percentiles
     and goodput per level, against the SLOs."""
+    # late: the prompt helpers import the HTTP client, loaded once a server is asked
+    from pytest_gpufit.serving.prompts import distinct_prompts
+
     served = ctx.server()
     prompt = served.prompt(params["prompt_tokens"], params["timeout_s"])
     request = served.request(
         prompt.text, params["new_tokens"], ignore_eos=True, timeout_s=params["timeout_s"]
     )
     slo = params.get("slo", {})
+    levels_asked = len(params.get("concurrency") or ([] if "rate" in params else [1]))
+    planned = params["requests"] * (levels_asked + len(params.get("rate", [])))
+    room = distinct_prompts(prompt.text) if params["prompts"] == "unique" else None
+    if room is not None and planned > room:
+        # Sent again, a prompt is answered from a cache (a prefix cache, a replayed answer).
+        words = len(prompt.text.split(" "))
+        ctx.failures.append(
+            f"prompts: unique: a prompt of {prompt.tokens} tokens is {words} word"
+            f"{'s' if words != 1 else ''}, room for {room:,} prompts of its own, and this load "
+            f"sends up to {planned:,}; raise prompt_tokens, or say prompts: shared"
+        )
+        return
     levels = served.load(
         request,
         params.get("concurrency") or ([] if "rate" in params else [1]),
