@@ -34,6 +34,9 @@ Lies issue 18 did not name, found attacking the checks:
   after_finish  goes on streaming text after its finish_reason
   burst_after   honest for its first ``honest_requests`` answers (the prompt probes, a first
                 level), then every answer held and sent in one write, as ``burst``
+  burst_every   after its honest answers, holds every other one and sends it in one write
+                (a busy machine's burst now and then, never two in a row)
+  model_last    every event says the model asked for, save the usage event at the end
   dribble       holds the stream, then writes its events one by one ``dribble_s`` (0.2 ms)
                 apart: a buffering proxy that re-paces what it held
 """
@@ -70,6 +73,8 @@ MODES = (
     "second_choice",
     "after_finish",
     "burst_after",
+    "burst_every",
+    "model_last",
     "dribble",
 )
 
@@ -277,6 +282,9 @@ class Liar:
             mode = "inflate"
         if mode == "burst_after":
             mode = "honest" if len(self.records) <= self.honest_requests else "burst"
+        if mode == "burst_every":
+            late = len(self.records) > self.honest_requests and len(self.records) % 2
+            mode = "burst" if late else "honest"
         tokens = [f" t{i}" for i in range(asked)]
         said = asked
         finish = "length"
@@ -356,7 +364,10 @@ class Liar:
             self.cache.setdefault(prompt, tokens)
         usage = {"prompt_tokens": len(prompt.split()) + 1, "completion_tokens": said}
         usage["total_tokens"] = usage["prompt_tokens"] + said
-        tail = event({"id": "x", "model": self._piece(chat, "", None)["model"], "choices": [],
+        said_model = self._piece(chat, "", None)["model"]
+        if mode == "model_last":  # only the last event, the one that carries the usage
+            said_model = "evil/other-model"
+        tail = event({"id": "x", "model": said_model, "choices": [],
                       "usage": usage})  # fmt: skip
         tail += event("[DONE]") + chunk(b"")
         writer.write(b"".join(held) + tail)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Coroutine
@@ -324,6 +325,11 @@ LIES_IN_A_SUITE = {
         "generates",
         "the server answered as model 'evil/other-model' to a request for 'liar/tiny'",
     ),
+    "model_last": (  # held when attacked: every event's model is checked, the usage one too
+        "generates: {prompt: hello, max_new_tokens: 4}",
+        "generates",
+        "the server answered as model 'evil/other-model' to a request for 'liar/tiny'",
+    ),
     "early_length": (
         "generates: {prompt: hello, max_new_tokens: 16}",
         "generates",
@@ -478,3 +484,19 @@ def test_a_prompt_too_short_to_be_unique_fails_the_load(pytester: pytest.Pyteste
     # Throughput's 11 rounds fit: each its own prompt, none the probe's ("the"); load sent none.
     assert outcome(result, "throughput") == "PASSED", out
     assert len(sent) == len(set(sent)) >= 11 and "the" not in sent and replays == 0, sent
+
+
+def test_a_server_that_bursts_every_other_answer_fails_throughput(
+    pytester: pytest.Pytester,
+) -> None:
+    """Was a pass: a burst is run once more and only a second burst in a row failed, so a
+    server (or proxy) that held every other answer had each burst replaced by a paced rerun."""
+    checks = "throughput: {prompt_tokens: 8, new_tokens: 16, warmup: 1, repeats: 5}"
+    with Liar("burst_every", gap_s=0.01, honest_requests=3) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+    out = result.stdout.str()
+    assert outcome(result, "throughput") == "FAILED", out
+    # Every other request held: the probes' count decides whether the first round's was.
+    assert re.search(r"\b[56] of 6 rounds arrived in a burst and ran again, more than half", out)
+    assert "buffered: is a proxy in front of the server? 16 events arrived in 1 distinct" in out
