@@ -469,21 +469,21 @@ def test_a_prompt_too_short_to_be_unique_fails_the_load(pytester: pytest.Pyteste
     checks = (
         "load: {concurrency: [1], requests: 40, prompt_tokens: 2, new_tokens: 8, "
         "slo: {ttft_ms_p50: 100}}\n"
-        "throughput: {prompt_tokens: 2, new_tokens: 8, warmup: 1, repeats: 10}"
+        "throughput: {prompt_tokens: 2, new_tokens: 8, warmup: 1, repeats: 8}"
     )
     with Liar("replay", ttft_s=0.05, gap_s=0.01) as liar:
         pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
         result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
-        asked = zip(liar.bodies, liar.records, strict=True)
-        sent = [r.prompt for b, r in asked if b["max_tokens"] > 1]  # not the probes
+        # The probes' prompts are "the" repeated; a unique prompt's first word is never "the".
+        sent = [r.prompt for r in liar.records if not r.prompt.startswith("the")]
         replays = liar.replays
     out = result.stdout.str()
     assert outcome(result, "load") == "FAILED", out
     assert "a prompt of 2 tokens is 1 word, room for 13 prompts of its own, " in out
     assert "and this load sends up to 40; raise prompt_tokens, or say prompts: shared" in out
-    # Throughput's 11 rounds fit: each its own prompt, none the probe's ("the"); load sent none.
+    # Throughput's 9 rounds and 3 one-token answers fit, each its own prompt; load sent none.
     assert outcome(result, "throughput") == "PASSED", out
-    assert len(sent) == len(set(sent)) >= 11 and "the" not in sent and replays == 0, sent
+    assert len(sent) == len(set(sent)) == 12 and replays == 0, sent
 
 
 def test_a_server_that_bursts_every_other_answer_fails_throughput(
@@ -500,3 +500,21 @@ def test_a_server_that_bursts_every_other_answer_fails_throughput(
     # Every other request held: the probes' count decides whether the first round's was.
     assert re.search(r"\b[56] of 6 rounds arrived in a burst and ran again, more than half", out)
     assert "buffered: is a proxy in front of the server? 16 events arrived in 1 distinct" in out
+
+
+def test_a_proxy_that_re_paces_a_held_stream_fails_throughput(pytester: pytest.Pytester) -> None:
+    """Was a pass: a proxy held a 50 tok/s stream and wrote its events one by one, 0.2 ms or
+    more apart (each a distinct read, so no burst): decode read ~800 tok/s. Its first token
+    came as late as the whole generation, a one-token answer's at once. An honest server with
+    a slow prefill and a fast decode passes: its one-token answers wait as long."""
+    checks = "throughput: {prompt_tokens: 8, new_tokens: 32, warmup: 0, repeats: 2}"
+    with Liar("dribble", gap_s=0.02) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        held = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+    out = held.stdout.str()
+    assert outcome(held, "throughput") == "FAILED", out
+    assert "held: the first token came " in out and "is a proxy in front of the server?" in out
+    with Liar("honest", ttft_s=0.3, gap_s=0.005) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        slow_prefill = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+    assert outcome(slow_prefill, "throughput") == "PASSED", slow_prefill.stdout.str()

@@ -15,9 +15,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_gpufit.backends.capabilities import Generated
+from pytest_gpufit.backends.capabilities import Generate, Generated, Prompt
 from pytest_gpufit.fit.estimate import estimate, fit_on
-from pytest_gpufit.measure import repeat
+from pytest_gpufit.measure import Spread, repeat
 from pytest_gpufit.numbers import plural
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.suites.context import CheckFailed, Context
@@ -238,6 +238,8 @@ def run_throughput(ctx: Context, params: Params) -> None:
                 f"{len(again)} of {rounds} rounds arrived in a burst and ran again, more than "
                 f"half: the stream is delivered in bursts, not now and then ({again[0]})"
             )
+    if not gen.in_process and new_n > 1 and "e2e_ms" in stats:
+        _held_first_token(ctx, gen, prompt, stats)
     for name, spread in stats.items():
         ctx.metrics[name] = round(spread.median, 2)
         ctx.metrics[f"{name}_spread"] = round(spread.relative_spread, 4)
@@ -261,6 +263,32 @@ def run_throughput(ctx: Context, params: Params) -> None:
         return f"median of {params['repeats']} streamed requests, as the client sees them"
 
     expect_throughput_limits(ctx, params, stats, how)
+
+
+# A first token later than a one-token answer's by more than this, and by more than the whole
+# decode that followed it, was held until the rest was made (TTFT jitter on a busy CPU server
+# is a few ms; a proxy that re-paces a held stream adds the server's whole decode).
+HELD_FIRST_TOKEN_MS = 50.0
+
+
+def _held_first_token(
+    ctx: Context, gen: Generate, prompt: Prompt, stats: dict[str, Spread]
+) -> None:
+    """A served stream's first token against a one-token answer to a prompt of the same
+    length: at concurrency 1 both wait for the same prefill, so an answer of ``new_tokens``
+    whose first token came much later, later than its decode took, had its tokens held and
+    sent again at a pace of the proxy's own (each write 0.1 ms apart or more is no burst)."""
+    alone = sorted(gen.generate(prompt, 1, ignore_eos=True).ttft_s * 1000 for _ in range(3))[1]
+    ttft, decode = stats["ttft_ms"].median, stats["e2e_ms"].median - stats["ttft_ms"].median
+    held = ttft - alone
+    if held > max(decode, HELD_FIRST_TOKEN_MS):
+        ctx.failures.append(
+            f"held: the first token came {held:.0f} ms later than a one-token answer's to a "
+            f"prompt of the same length (TTFT {ttft:.1f} ms against {alone:.1f} ms), and the "
+            f"decode after it took only {decode:.1f} ms: the tokens were held until the rest "
+            "were made and re-paced; is a proxy in front of the server? (decode tok/s, ITL "
+            "and TPOT would be the proxy's pace, not the server's)"
+        )
 
 
 def run_precision(ctx: Context, params: Params) -> None:
