@@ -453,7 +453,8 @@ def test_a_level_where_most_streams_came_buffered_meets_no_itl_or_tpot_slo(
     with Liar("burst_after", gap_s=0.01, honest_requests=5) as liar:
         pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
         result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
-        probes = sum(1 for b in liar.bodies if b.get("max_tokens") == 1)
+        # The prompt probes: "the" repeated (no unique prompt starts with "the").
+        probes = sum(1 for b in liar.bodies if str(b.get("prompt")).startswith("the"))
     out = result.stdout.str()
     assert outcome(result, "load") == "FAILED", out
     bursts = 8 - (5 - probes)  # the level's answers after the server's honest ones
@@ -502,19 +503,29 @@ def test_a_server_that_bursts_every_other_answer_fails_throughput(
     assert "buffered: is a proxy in front of the server? 16 events arrived in 1 distinct" in out
 
 
-def test_a_proxy_that_re_paces_a_held_stream_fails_throughput(pytester: pytest.Pytester) -> None:
+def test_a_proxy_that_re_paces_a_held_stream_fails_throughput_and_load(
+    pytester: pytest.Pytester,
+) -> None:
     """Was a pass: a proxy held a 50 tok/s stream and wrote its events one by one, 0.2 ms or
     more apart (each a distinct read, so no burst): decode read ~800 tok/s. Its first token
     came as late as the whole generation, a one-token answer's at once. An honest server with
     a slow prefill and a fast decode passes: its one-token answers wait as long."""
-    checks = "throughput: {prompt_tokens: 8, new_tokens: 32, warmup: 0, repeats: 2}"
+    checks = (
+        "throughput: {prompt_tokens: 8, new_tokens: 32, warmup: 0, repeats: 2}\n"
+        "load: {concurrency: [1], requests: 3, prompt_tokens: 8, new_tokens: 32, "
+        "slo: {tpot_ms_p99: 15}}"
+    )
     with Liar("dribble", gap_s=0.02) as liar:
         pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
         held = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
     out = held.stdout.str()
     assert outcome(held, "throughput") == "FAILED", out
     assert "held: the first token came " in out and "is a proxy in front of the server?" in out
+    # A load level of one request at a time: its TPOT (the proxy's ~1 ms, the server's 20 ms)
+    # met the SLO, but its first tokens came as late.
+    assert outcome(held, "load") == "FAILED" and "concurrency 1: held: the first token" in out
     with Liar("honest", ttft_s=0.3, gap_s=0.005) as liar:
         pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
         slow_prefill = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
-    assert outcome(slow_prefill, "throughput") == "PASSED", slow_prefill.stdout.str()
+    for check in ("throughput", "load"):
+        assert outcome(slow_prefill, check) == "PASSED", slow_prefill.stdout.str()

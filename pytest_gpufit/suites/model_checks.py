@@ -271,24 +271,44 @@ def run_throughput(ctx: Context, params: Params) -> None:
 HELD_FIRST_TOKEN_MS = 50.0
 
 
+def held_first_token(ttft_ms: float, alone_ms: float, decode_ms: float) -> str | None:
+    """Why a served stream's first token was held while the rest was made, or None: at
+    concurrency 1 a one-token answer to a prompt of the same length (``alone_ms``) waits for
+    the same prefill, so a first token later than that by more than ``HELD_FIRST_TOKEN_MS`` and
+    than the whole decode after it was held, and the stream re-paced (each write 0.1 ms apart
+    or more is no burst).
+
+    >>> print(held_first_token(625.0, 5.0, 40.0).split(";")[0])  # doctest: +NORMALIZE_WHITESPACE
+    held: the first token came 620 ms later than a one-token answer's to a prompt of the same
+    length (TTFT 625.0 ms against 5.0 ms), and the decode after it took only 40.0 ms: the tokens
+    were held until the rest were made and re-paced
+    >>> held_first_token(305.0, 300.0, 75.0) is None  # a slow prefill, both alike
+    True
+    """
+    held = ttft_ms - alone_ms
+    if held <= max(decode_ms, HELD_FIRST_TOKEN_MS):
+        return None
+    return (
+        f"held: the first token came {held:.0f} ms later than a one-token answer's to a prompt "
+        f"of the same length (TTFT {ttft_ms:.1f} ms against {alone_ms:.1f} ms), and the decode "
+        f"after it took only {decode_ms:.1f} ms: the tokens were held until the rest were made "
+        "and re-paced; is a proxy in front of the server? (decode tok/s, ITL and TPOT would be "
+        "the proxy's pace, not the server's)"
+    )
+
+
+def one_token_ttft_ms(gen: Generate, prompt: Prompt) -> float:
+    """The median TTFT of three one-token answers to ``prompt`` (``held_first_token``)."""
+    return sorted(gen.generate(prompt, 1, ignore_eos=True).ttft_s * 1000 for _ in range(3))[1]
+
+
 def _held_first_token(
     ctx: Context, gen: Generate, prompt: Prompt, stats: dict[str, Spread]
 ) -> None:
-    """A served stream's first token against a one-token answer to a prompt of the same
-    length: at concurrency 1 both wait for the same prefill, so an answer of ``new_tokens``
-    whose first token came much later, later than its decode took, had its tokens held and
-    sent again at a pace of the proxy's own (each write 0.1 ms apart or more is no burst)."""
-    alone = sorted(gen.generate(prompt, 1, ignore_eos=True).ttft_s * 1000 for _ in range(3))[1]
-    ttft, decode = stats["ttft_ms"].median, stats["e2e_ms"].median - stats["ttft_ms"].median
-    held = ttft - alone
-    if held > max(decode, HELD_FIRST_TOKEN_MS):
-        ctx.failures.append(
-            f"held: the first token came {held:.0f} ms later than a one-token answer's to a "
-            f"prompt of the same length (TTFT {ttft:.1f} ms against {alone:.1f} ms), and the "
-            f"decode after it took only {decode:.1f} ms: the tokens were held until the rest "
-            "were made and re-paced; is a proxy in front of the server? (decode tok/s, ITL "
-            "and TPOT would be the proxy's pace, not the server's)"
-        )
+    ttft, e2e = stats["ttft_ms"].median, stats["e2e_ms"].median
+    held = held_first_token(ttft, one_token_ttft_ms(gen, prompt), e2e - ttft)
+    if held is not None:
+        ctx.failures.append(held)
 
 
 def run_precision(ctx: Context, params: Params) -> None:

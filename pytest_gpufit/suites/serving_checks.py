@@ -13,6 +13,7 @@ from pytest_gpufit.backends.capabilities import Serve
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.metrics import level_figures
 from pytest_gpufit.suites.context import Context
+from pytest_gpufit.suites.model_checks import held_first_token, one_token_ttft_ms
 from pytest_gpufit.units import GIB
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ def run_load(ctx: Context, params: dict[str, Any]) -> None:
         params["prompts"],
     )
     table: dict[str, dict[str, Any]] = {}
+    alone = _one_token_ttft_ms(ctx, prompt.text) if any(_alone(lv) for lv in levels) else None
     for level in levels:
         key = level_key(level)
         figures = level.metrics()
@@ -153,9 +155,26 @@ def run_load(ctx: Context, params: dict[str, Any]) -> None:
             table[level.name]["first_errors"] = list(level.errors)
         ctx.metrics.update(level_figures(key, figures))
         _judge_level(ctx, level, figures, params, slo)
+        if alone is not None and _alone(level) and level.ttft_ms and level.e2el_ms:
+            ttft = level.ttft_ms.p50
+            held = held_first_token(ttft, alone, level.e2el_ms.p50 - ttft)
+            if held is not None:  # a queue at concurrency 1 is none: the first token was held
+                ctx.failures.append(f"{level.name}: {held}")
     ctx.metrics["levels"] = table
     ctx.metrics["prompt_tokens"] = prompt.tokens
     ctx.metrics["prompts"] = params["prompts"]
+
+
+def _alone(level: LevelResult) -> bool:
+    """A level of one request at a time: no queue stands between its prefill and its TTFT."""
+    return level.concurrency == 1 and level.rate is None and level.completed > 0
+
+
+def _one_token_ttft_ms(ctx: Context, prompt: str) -> float:
+    """``one_token_ttft_ms`` on the target's generator, with prompts of the target's own."""
+    from pytest_gpufit.backends.capabilities import Prompt
+
+    return one_token_ttft_ms(ctx.generator(), Prompt(prompt, None, unique=True))
 
 
 def _judge_level(
