@@ -25,6 +25,7 @@ Modes (``MODES``):
   replay        answers a prompt it saw before at once, from its cache (a burst)
   under_load    honest while one request is in flight (the prompt probe), usage x8 beyond
   silent_first  one token that is part of a character: no content, usage says 1
+  silent_one    honest, but a one-token answer is such a token (no text; vLLM's tiny model)
   huge_numbers  /v1/models lists max_model_len as a 400-digit integer
   huge_get      /version answers 300 MB (sent until the client hangs up)
 Lies issue 18 did not name, found attacking the checks:
@@ -67,6 +68,7 @@ MODES = (
     "replay",
     "under_load",
     "silent_first",
+    "silent_one",
     "huge_numbers",
     "huge_get",
     "one_event",
@@ -295,7 +297,7 @@ class Liar:
         elif mode in ("early_length", "short"):
             tokens = tokens[:2]  # a probe of one token gets one (its count stays true)
             said, finish = len(tokens), "length" if mode == "early_length" else "stop"
-        elif mode == "silent_first":
+        elif mode == "silent_first" or (mode == "silent_one" and asked == 1):
             tokens = [""] * min(asked, 1)
             said = len(tokens)
         elif mode == "inflate":

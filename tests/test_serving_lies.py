@@ -529,3 +529,21 @@ def test_a_proxy_that_re_paces_a_held_stream_fails_throughput_and_load(
         slow_prefill = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
     for check in ("throughput", "load"):
         assert outcome(slow_prefill, check) == "PASSED", slow_prefill.stdout.str()
+
+
+def test_the_one_token_answers_the_held_check_asks_need_no_text(
+    pytester: pytest.Pytester,
+) -> None:
+    """Was 'the stream carried no content' on a real vLLM (CPU, the tiny test model): the one
+    token of a reference answer may render as nothing; only its TTFT is asked for."""
+    checks = (
+        "throughput: {prompt_tokens: 8, new_tokens: 16, warmup: 0, repeats: 2}\n"
+        "load: {concurrency: [1], requests: 3, prompt_tokens: 8, new_tokens: 16}"
+    )
+    with Liar("silent_one", gap_s=0.01) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+        ones = sum(1 for b in liar.bodies if b["max_tokens"] == 1 and "ignore_eos" in b)
+    for check in ("throughput", "load"):
+        assert outcome(result, check) == "PASSED", result.stdout.str()
+    assert ones == 6  # three for each check

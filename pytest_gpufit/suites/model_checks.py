@@ -15,13 +15,14 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_gpufit.backends.capabilities import Generate, Generated, Prompt
+from pytest_gpufit.backends.capabilities import Generated, Prompt
 from pytest_gpufit.fit.estimate import estimate, fit_on
 from pytest_gpufit.measure import Spread, repeat
 from pytest_gpufit.numbers import plural
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.suites.context import CheckFailed, Context
 from pytest_gpufit.suites.limits import expect_throughput_limits
+from pytest_gpufit.suites.serving_checks import held_first_token, one_token_ttft_ms
 from pytest_gpufit.units import format_gb
 
 Params = dict[str, Any]
@@ -239,7 +240,7 @@ def run_throughput(ctx: Context, params: Params) -> None:
                 f"half: the stream is delivered in bursts, not now and then ({again[0]})"
             )
     if not gen.in_process and new_n > 1 and "e2e_ms" in stats:
-        _held_first_token(ctx, gen, prompt, stats)
+        _held_first_token(ctx, prompt, stats)
     for name, spread in stats.items():
         ctx.metrics[name] = round(spread.median, 2)
         ctx.metrics[f"{name}_spread"] = round(spread.relative_spread, 4)
@@ -265,48 +266,10 @@ def run_throughput(ctx: Context, params: Params) -> None:
     expect_throughput_limits(ctx, params, stats, how)
 
 
-# A first token later than a one-token answer's by more than this, and by more than the whole
-# decode that followed it, was held until the rest was made (TTFT jitter on a busy CPU server
-# is a few ms; a proxy that re-paces a held stream adds the server's whole decode).
-HELD_FIRST_TOKEN_MS = 50.0
-
-
-def held_first_token(ttft_ms: float, alone_ms: float, decode_ms: float) -> str | None:
-    """Why a served stream's first token was held while the rest was made, or None: at
-    concurrency 1 a one-token answer to a prompt of the same length (``alone_ms``) waits for
-    the same prefill, so a first token later than that by more than ``HELD_FIRST_TOKEN_MS`` and
-    than the whole decode after it was held, and the stream re-paced (each write 0.1 ms apart
-    or more is no burst).
-
-    >>> print(held_first_token(625.0, 5.0, 40.0).split(";")[0])  # doctest: +NORMALIZE_WHITESPACE
-    held: the first token came 620 ms later than a one-token answer's to a prompt of the same
-    length (TTFT 625.0 ms against 5.0 ms), and the decode after it took only 40.0 ms: the tokens
-    were held until the rest were made and re-paced
-    >>> held_first_token(305.0, 300.0, 75.0) is None  # a slow prefill, both alike
-    True
-    """
-    held = ttft_ms - alone_ms
-    if held <= max(decode_ms, HELD_FIRST_TOKEN_MS):
-        return None
-    return (
-        f"held: the first token came {held:.0f} ms later than a one-token answer's to a prompt "
-        f"of the same length (TTFT {ttft_ms:.1f} ms against {alone_ms:.1f} ms), and the decode "
-        f"after it took only {decode_ms:.1f} ms: the tokens were held until the rest were made "
-        "and re-paced; is a proxy in front of the server? (decode tok/s, ITL and TPOT would be "
-        "the proxy's pace, not the server's)"
-    )
-
-
-def one_token_ttft_ms(gen: Generate, prompt: Prompt) -> float:
-    """The median TTFT of three one-token answers to ``prompt`` (``held_first_token``)."""
-    return sorted(gen.generate(prompt, 1, ignore_eos=True).ttft_s * 1000 for _ in range(3))[1]
-
-
-def _held_first_token(
-    ctx: Context, gen: Generate, prompt: Prompt, stats: dict[str, Spread]
-) -> None:
+def _held_first_token(ctx: Context, prompt: Prompt, stats: dict[str, Spread]) -> None:
+    """A served stream's first token against one-token answers (``held_first_token``)."""
     ttft, e2e = stats["ttft_ms"].median, stats["e2e_ms"].median
-    held = held_first_token(ttft, one_token_ttft_ms(gen, prompt), e2e - ttft)
+    held = held_first_token(ttft, one_token_ttft_ms(ctx.server(), str(prompt.payload)), e2e - ttft)
     if held is not None:
         ctx.failures.append(held)
 

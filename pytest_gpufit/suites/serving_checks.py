@@ -13,7 +13,6 @@ from pytest_gpufit.backends.capabilities import Serve
 from pytest_gpufit.errors import GpufitError
 from pytest_gpufit.metrics import level_figures
 from pytest_gpufit.suites.context import Context
-from pytest_gpufit.suites.model_checks import held_first_token, one_token_ttft_ms
 from pytest_gpufit.units import GIB
 
 if TYPE_CHECKING:
@@ -111,6 +110,53 @@ def goodput_slo(slo: dict[str, float]) -> Slo:
     return Slo(ttft_ms=bound("ttft"), tpot_ms=bound("tpot", "itl"), e2e_ms=bound("e2el"))
 
 
+# A first token later than a one-token answer's by more than this, and by more than the whole
+# decode that followed it, was held until the rest was made (TTFT jitter on a busy CPU server
+# is a few ms; a proxy that re-paces a held stream adds the server's whole decode).
+HELD_FIRST_TOKEN_MS = 50.0
+
+
+def held_first_token(ttft_ms: float, alone_ms: float, decode_ms: float) -> str | None:
+    """Why a served stream's first token was held while the rest was made, or None: where
+    nothing queues, a one-token answer to a prompt of the same length (``alone_ms``) waits for
+    the same prefill, so a first token later than that by more than ``HELD_FIRST_TOKEN_MS`` and
+    than the whole decode after it was held, and the stream re-paced (each write 0.1 ms apart
+    or more is no burst).
+
+    >>> print(held_first_token(625.0, 5.0, 40.0).split(";")[0])  # doctest: +NORMALIZE_WHITESPACE
+    held: the first token came 620 ms later than a one-token answer's to a prompt of the same
+    length (TTFT 625.0 ms against 5.0 ms), and the decode after it took only 40.0 ms: the tokens
+    were held until the rest were made and re-paced
+    >>> held_first_token(305.0, 300.0, 75.0) is None  # a slow prefill, both alike
+    True
+    """
+    held = ttft_ms - alone_ms
+    if held <= max(decode_ms, HELD_FIRST_TOKEN_MS):
+        return None
+    return (
+        f"held: the first token came {held:.0f} ms later than a one-token answer's to a prompt "
+        f"of the same length (TTFT {ttft_ms:.1f} ms against {alone_ms:.1f} ms), and the decode "
+        f"after it took only {decode_ms:.1f} ms: the tokens were held until the rest were made "
+        "and re-paced; is a proxy in front of the server? (decode tok/s, ITL and TPOT would be "
+        "the proxy's pace, not the server's)"
+    )
+
+
+def one_token_ttft_ms(served: Serve, text: str) -> float:
+    """The median TTFT of three one-token answers, each to ``text`` made a prompt of its own.
+    The one token needs no text (it may be part of a character, or a special token the server
+    skips): its TTFT is its event's."""
+    # late: the prompt helpers import the HTTP client, loaded once a server is asked
+    from pytest_gpufit.serving.prompts import unique_prompt
+
+    times = []
+    for _ in range(3):
+        prompt = unique_prompt(text, next(served.keys))
+        request = served.request(prompt, 1, ignore_eos=True, need_content=False)
+        times.append(served.stream(request).ttft_s * 1000)
+    return sorted(times)[1]
+
+
 def run_load(ctx: Context, params: dict[str, Any]) -> None:
     """Concurrency levels (or request rates) of streamed requests: TTFT, ITL, E2E percentiles
     and goodput per level, against the SLOs."""
@@ -146,7 +192,7 @@ def run_load(ctx: Context, params: dict[str, Any]) -> None:
         params["prompts"],
     )
     table: dict[str, dict[str, Any]] = {}
-    alone = _one_token_ttft_ms(ctx, prompt.text) if any(_alone(lv) for lv in levels) else None
+    alone = one_token_ttft_ms(served, prompt.text) if any(_alone(lv) for lv in levels) else None
     for level in levels:
         key = level_key(level)
         figures = level.metrics()
@@ -168,13 +214,6 @@ def run_load(ctx: Context, params: dict[str, Any]) -> None:
 def _alone(level: LevelResult) -> bool:
     """A level of one request at a time: no queue stands between its prefill and its TTFT."""
     return level.concurrency == 1 and level.rate is None and level.completed > 0
-
-
-def _one_token_ttft_ms(ctx: Context, prompt: str) -> float:
-    """``one_token_ttft_ms`` on the target's generator, with prompts of the target's own."""
-    from pytest_gpufit.backends.capabilities import Prompt
-
-    return one_token_ttft_ms(ctx.generator(), Prompt(prompt, None, unique=True))
 
 
 def _judge_level(
