@@ -212,8 +212,9 @@ def run_load(ctx: Context, params: dict[str, Any]) -> None:
 
 
 def _alone(level: LevelResult) -> bool:
-    """A level of one request at a time: no queue stands between its prefill and its TTFT."""
-    return level.concurrency == 1 and level.rate is None and level.completed > 0
+    """A level of one request at a time that all answered: no queue stands between its
+    prefill and its TTFT (a level with failures is judged on those)."""
+    return level.concurrency == 1 and level.rate is None and level.completed > 0 and not level.failed
 
 
 def _judge_level(
