@@ -448,7 +448,7 @@ def test_a_level_where_most_streams_came_buffered_meets_no_itl_or_tpot_slo(
     level's ITL and TPOT p99 came from the two honest streams alone (no min_goodput set)."""
     checks = (
         "load: {concurrency: [1], requests: 8, prompt_tokens: 8, new_tokens: 16, "
-        "slo: {itl_ms_p99: 500, tpot_ms_p90: 500}}"
+        "slo: {itl_ms_p99: 50, tpot_ms_p90: 9}}"
     )
     with Liar("burst_after", gap_s=0.01, honest_requests=5) as liar:
         pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
@@ -458,8 +458,9 @@ def test_a_level_where_most_streams_came_buffered_meets_no_itl_or_tpot_slo(
     out = result.stdout.str()
     assert outcome(result, "load") == "FAILED", out
     bursts = 8 - (5 - probes)  # the level's answers after the server's honest ones
-    assert f"SLO itl_ms_p99 500 ms: {bursts} of 8 streams arrived buffered" in out, out
-    assert f"SLO tpot_ms_p90 500 ms: {bursts} of 8 streams arrived buffered" in out, out
+    # Each burst came ~160 ms after it was sent: a gap, or 16 tokens, may have taken that.
+    assert f"SLO itl_ms_p99 50 ms: {bursts} of 8 streams arrived buffered and may" in out, out
+    assert f"SLO tpot_ms_p90 9 ms: {bursts} of 8 streams arrived buffered and may" in out, out
     assert "more than the 1% of them a p99 leaves out" in out, out
 
 

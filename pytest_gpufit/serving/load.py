@@ -159,6 +159,9 @@ class LevelResult:
     # Answers that stopped before the exact count asked for (``ignore_eos``), and why.
     short: int = 0
     short_reason: str | None = None
+    # Per buffered stream of 2+ tokens, the most its gaps and its TPOT can have been (ms): its
+    # tokens were all made within its E2E, so a gap is at most that, a TPOT that over tokens - 1.
+    buffered_worst_ms: tuple[tuple[float, float], ...] = ()
 
     @property
     def name(self) -> str:
@@ -273,6 +276,11 @@ def summarize_level(
         distinct_prompts=distinct_prompts,
         prompt_tokens=(min(counted), max(counted)) if counted else None,
         short=len(short),
+        buffered_worst_ms=tuple(
+            (r.e2e_s * 1000, r.e2e_s * 1000 / (r.tokens - 1))
+            for r in good
+            if r.buffered is not None and r.tokens >= 2
+        ),
         short_reason=(
             f"{short[0].completion_tokens} of {asked} tokens, finish_reason "
             f"{short[0].finish_reason!r} (ignore_eos asked with {exact_words(short[0].exact_by)})"
