@@ -162,6 +162,9 @@ class LevelResult:
     # Per buffered stream of 2+ tokens, the most its gaps and its TPOT can have been (ms): its
     # tokens were all made within its E2E, so a gap is at most that, a TPOT that over tokens - 1.
     buffered_worst_ms: tuple[tuple[float, float], ...] = ()
+    # The median TTFT and decode (E2E - TTFT) of the streams of 2+ tokens that arrived paced
+    # (ms), for the held-first-token check; None where none did.
+    paced_ms: tuple[float, float] | None = None
 
     @property
     def name(self) -> str:
@@ -276,6 +279,14 @@ def summarize_level(
         distinct_prompts=distinct_prompts,
         prompt_tokens=(min(counted), max(counted)) if counted else None,
         short=len(short),
+        paced_ms=(
+            (
+                statistics.median(r.ttft_s * 1000 for r in paced),
+                statistics.median((r.e2e_s - r.ttft_s) * 1000 for r in paced),
+            )
+            if (paced := [r for r in good if r.buffered is None and r.tokens >= 2])
+            else None
+        ),
         buffered_worst_ms=tuple(
             (r.e2e_s * 1000, r.e2e_s * 1000 / (r.tokens - 1))
             for r in good
