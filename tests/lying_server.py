@@ -25,6 +25,7 @@ Modes (``MODES``):
   replay        answers a prompt it saw before at once, from its cache (a burst)
   under_load    honest while one request is in flight (the prompt probe), usage x8 beyond
   silent_first  one token that is part of a character: no content, usage says 1
+  silent_one    honest, but a one-token answer is such a token (no text; vLLM's tiny model)
   huge_numbers  /v1/models lists max_model_len as a 400-digit integer
   huge_get      /version answers 300 MB (sent until the client hangs up)
 Lies issue 18 did not name, found attacking the checks:
@@ -32,6 +33,13 @@ Lies issue 18 did not name, found attacking the checks:
   second_choice pads each event with a choice the client did not ask for (index 1): more
                 bytes, so an inflated usage would fit them
   after_finish  goes on streaming text after its finish_reason
+  burst_after   honest for its first ``honest_requests`` answers (the prompt probes, a first
+                level), then every answer held and sent in one write, as ``burst``
+  burst_every   after its honest answers, holds every other one and sends it in one write
+                (a busy machine's burst now and then, never two in a row)
+  model_last    every event says the model asked for, save the usage event at the end
+  dribble       holds the stream, then writes its events one by one ``dribble_s`` (0.2 ms)
+                apart: a buffering proxy that re-paces what it held
 """
 
 from __future__ import annotations
@@ -60,11 +68,16 @@ MODES = (
     "replay",
     "under_load",
     "silent_first",
+    "silent_one",
     "huge_numbers",
     "huge_get",
     "one_event",
     "second_choice",
     "after_finish",
+    "burst_after",
+    "burst_every",
+    "model_last",
+    "dribble",
 )
 
 
@@ -105,6 +118,8 @@ class Liar:
         gap_s: float = 0.01,
         port: int = 0,
         model: str = MODEL,
+        honest_requests: int = 5,
+        dribble_s: float = 0.0002,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: one of {', '.join(MODES)}")
@@ -113,6 +128,8 @@ class Liar:
         self.gap_s = gap_s
         self.port = port
         self.model = model
+        self.honest_requests = honest_requests
+        self.dribble_s = dribble_s
         self.records: list[Record] = []
         self.bodies: list[dict[str, Any]] = []
         self.in_flight = 0
@@ -265,6 +282,11 @@ class Liar:
         mode = self.mode
         if mode == "under_load" and self.in_flight > 1:
             mode = "inflate"
+        if mode == "burst_after":
+            mode = "honest" if len(self.records) <= self.honest_requests else "burst"
+        if mode == "burst_every":
+            late = len(self.records) > self.honest_requests and len(self.records) % 2
+            mode = "burst" if late else "honest"
         tokens = [f" t{i}" for i in range(asked)]
         said = asked
         finish = "length"
@@ -275,7 +297,7 @@ class Liar:
         elif mode in ("early_length", "short"):
             tokens = tokens[:2]  # a probe of one token gets one (its count stays true)
             said, finish = len(tokens), "length" if mode == "early_length" else "stop"
-        elif mode == "silent_first":
+        elif mode == "silent_first" or (mode == "silent_one" and asked == 1):
             tokens = [""] * min(asked, 1)
             said = len(tokens)
         elif mode == "inflate":
@@ -290,7 +312,7 @@ class Liar:
         if cached is not None:
             tokens = cached  # the old answer at once: no prefill, no decode
             self.replays += 1
-        hold = mode in ("burst", "flush") or cached is not None
+        hold = mode in ("burst", "flush", "dribble") or cached is not None
         if mode == "burst_once" and asked > 1 and not self.held_once:
             hold = self.held_once = True
         loop = asyncio.get_running_loop()
@@ -333,11 +355,21 @@ class Liar:
                 record.writes.append(time.perf_counter())
                 await writer.drain()
         _ = loop
+        if mode == "dribble":  # what it held, one event a write, a fixed small gap apart
+            for data in held:
+                writer.write(data)
+                record.writes.append(time.perf_counter())
+                await writer.drain()
+                await asyncio.sleep(self.dribble_s)
+            held.clear()
         if mode == "replay":
             self.cache.setdefault(prompt, tokens)
         usage = {"prompt_tokens": len(prompt.split()) + 1, "completion_tokens": said}
         usage["total_tokens"] = usage["prompt_tokens"] + said
-        tail = event({"id": "x", "model": self._piece(chat, "", None)["model"], "choices": [],
+        said_model = self._piece(chat, "", None)["model"]
+        if mode == "model_last":  # only the last event, the one that carries the usage
+            said_model = "evil/other-model"
+        tail = event({"id": "x", "model": said_model, "choices": [],
                       "usage": usage})  # fmt: skip
         tail += event("[DONE]") + chunk(b"")
         writer.write(b"".join(held) + tail)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Coroutine
@@ -324,6 +325,11 @@ LIES_IN_A_SUITE = {
         "generates",
         "the server answered as model 'evil/other-model' to a request for 'liar/tiny'",
     ),
+    "model_last": (  # held when attacked: every event's model is checked, the usage one too
+        "generates: {prompt: hello, max_new_tokens: 4}",
+        "generates",
+        "the server answered as model 'evil/other-model' to a request for 'liar/tiny'",
+    ),
     "early_length": (
         "generates: {prompt: hello, max_new_tokens: 16}",
         "generates",
@@ -430,3 +436,131 @@ def test_a_squatter_on_the_launched_port_fails_in_a_suite(
     out = result.stdout.str()
     assert outcome(result, "serves") == "FAILED" and outcome(result, "generates") == "FAILED"
     assert f"belongs to pid {squatter} (`" in out and "not to the launched server" in out, out
+
+
+# ---- lies issue 18 did not name, found attacking the gate through suites ---------------------
+
+
+def test_a_level_where_most_streams_came_buffered_meets_no_itl_or_tpot_slo(
+    pytester: pytest.Pytester,
+) -> None:
+    """Was a pass: honest to the probes and two requests, then every answer in one burst; the
+    level's ITL and TPOT p99 came from the two honest streams alone (no min_goodput set)."""
+    checks = (
+        "load: {concurrency: [1], requests: 8, prompt_tokens: 8, new_tokens: 16, "
+        "slo: {itl_ms_p99: 50, tpot_ms_p90: 9}}"
+    )
+    with Liar("burst_after", gap_s=0.01, honest_requests=5) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+        # The prompt probes: "the" repeated (no unique prompt starts with "the").
+        probes = sum(1 for b in liar.bodies if str(b.get("prompt")).startswith("the"))
+    out = result.stdout.str()
+    assert outcome(result, "load") == "FAILED", out
+    bursts = 8 - (5 - probes)  # the level's answers after the server's honest ones
+    # Each burst came ~160 ms after it was sent: a gap, or 16 tokens, may have taken that.
+    assert f"SLO itl_ms_p99 50 ms: {bursts} of 8 streams arrived buffered and may" in out, out
+    assert f"SLO tpot_ms_p90 9 ms: {bursts} of 8 streams arrived buffered and may" in out, out
+    assert "more than the 1% of them a p99 leaves out" in out, out
+
+
+def test_a_prompt_too_short_to_be_unique_fails_the_load(pytester: pytest.Pytester) -> None:
+    """Was a pass: prompt_tokens 2 leaves one word to make each prompt unique with, so 40
+    requests came round to the same 14 prompts (one of them the probe's own) and a server
+    that replays an answer it gave before met the TTFT p50 SLO from its cache."""
+    checks = (
+        "load: {concurrency: [1], requests: 40, prompt_tokens: 2, new_tokens: 8, "
+        "slo: {ttft_ms_p50: 100}}\n"
+        "throughput: {prompt_tokens: 2, new_tokens: 8, warmup: 1, repeats: 8}"
+    )
+    with Liar("replay", ttft_s=0.05, gap_s=0.01) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+        # The probes' prompts are "the" repeated; a unique prompt's first word is never "the".
+        sent = [r.prompt for r in liar.records if not r.prompt.startswith("the")]
+        replays = liar.replays
+    out = result.stdout.str()
+    assert outcome(result, "load") == "FAILED", out
+    assert "a prompt of 2 tokens is 1 word, room for 13 prompts of its own, " in out
+    assert "and this load sends up to 40; raise prompt_tokens, or say prompts: shared" in out
+    # Throughput's 9 rounds and 3 one-token answers fit, each its own prompt; load sent none.
+    assert outcome(result, "throughput") == "PASSED", out
+    assert len(sent) == len(set(sent)) == 12 and replays == 0, sent
+
+
+def test_a_server_that_bursts_every_other_answer_fails_throughput(
+    pytester: pytest.Pytester,
+) -> None:
+    """Was a pass: a burst is run once more and only a second burst in a row failed, so a
+    server (or proxy) that held every other answer had each burst replaced by a paced rerun."""
+    checks = "throughput: {prompt_tokens: 8, new_tokens: 16, warmup: 1, repeats: 5}"
+    with Liar("burst_every", gap_s=0.01, honest_requests=3) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+    out = result.stdout.str()
+    assert outcome(result, "throughput") == "FAILED", out
+    # Every other request held: the probes' count decides whether the first round's was.
+    assert re.search(r"\b[56] of 6 rounds arrived in a burst and ran again, more than half", out)
+    assert "buffered: is a proxy in front of the server? 16 events arrived in 1 distinct" in out
+
+
+def test_a_proxy_that_re_paces_a_held_stream_fails_throughput_and_load(
+    pytester: pytest.Pytester,
+) -> None:
+    """Was a pass: a proxy held a 50 tok/s stream and wrote its events one by one, 0.2 ms or
+    more apart (each a distinct read, so no burst): decode read ~800 tok/s. Its first token
+    came as late as the whole generation, a one-token answer's at once. An honest server with
+    a slow prefill and a fast decode passes: its one-token answers wait as long."""
+    checks = (
+        "throughput: {prompt_tokens: 8, new_tokens: 32, warmup: 0, repeats: 2}\n"
+        "load: {concurrency: [1], requests: 3, prompt_tokens: 8, new_tokens: 32, "
+        "slo: {tpot_ms_p99: 15}}"
+    )
+    with Liar("dribble", gap_s=0.02) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        held = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+    out = held.stdout.str()
+    assert outcome(held, "throughput") == "FAILED", out
+    assert "held: the first token came " in out and "is a proxy in front of the server?" in out
+    # A load level of one request at a time: its TPOT (the proxy's ~1 ms, the server's 20 ms)
+    # met the SLO, but its first tokens came as late.
+    assert outcome(held, "load") == "FAILED" and "concurrency 1: held: the first token" in out
+    with Liar("honest", ttft_s=0.3, gap_s=0.005) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        slow_prefill = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+    for check in ("throughput", "load"):
+        assert outcome(slow_prefill, check) == "PASSED", slow_prefill.stdout.str()
+
+
+def test_the_one_token_answers_the_held_check_asks_need_no_text(
+    pytester: pytest.Pytester,
+) -> None:
+    """Was 'the stream carried no content' on a real vLLM (CPU, the tiny test model): the one
+    token of a reference answer may render as nothing; only its TTFT is asked for."""
+    checks = (
+        "throughput: {prompt_tokens: 8, new_tokens: 16, warmup: 0, repeats: 2}\n"
+        "load: {concurrency: [1], requests: 3, prompt_tokens: 8, new_tokens: 16}"
+    )
+    with Liar("silent_one", gap_s=0.01) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+        ones = sum(1 for b in liar.bodies if b["max_tokens"] == 1 and "ignore_eos" in b)
+    for check in ("throughput", "load"):
+        assert outcome(result, check) == "PASSED", result.stdout.str()
+    assert ones == 6  # three for each check
+
+
+def test_a_level_all_buffered_meets_a_bound_no_gap_could_miss(pytester: pytest.Pytester) -> None:
+    """A CPU vLLM on a busy box coalesced all 8 streams of a level: their gaps are unknown,
+    but each stream was made within its E2E (~0.2 s), so an ITL bound of 60 s is met; a bound
+    a stream's E2E passes is not measured (the burst-load case above)."""
+    checks = (
+        "load: {concurrency: [2], requests: 4, prompt_tokens: 8, new_tokens: 16, "
+        "slo: {itl_ms_p99: 60000, tpot_ms_p99: 60000}}"
+    )
+    with Liar("burst", gap_s=0.01) as liar:
+        pytester.makefile(".gpufit.yaml", s=served_suite(liar.base_url, checks))
+        result = pytester.runpytest("s.gpufit.yaml", FAIL, "-rA")
+    out = result.stdout.str()
+    assert outcome(result, "load") == "PASSED", out
+    assert "4 of 4 streams gave no ITL/TPOT: buffered" in out, out

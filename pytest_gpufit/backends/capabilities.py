@@ -18,7 +18,7 @@ Importing this module imports no backend: they load when a check first asks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +152,7 @@ class Serve(Protocol):
     base_url: str
     startup_s: float | None
     server: Any  # the launched process (with ``pgid``), or None for a server already running
+    keys: Iterator[int]  # unique prompts' keys: one run for every check of the target
 
     @property
     def log_path(self) -> Path | None: ...

@@ -29,7 +29,7 @@ from pytest_gpufit.serving.facts import (
     parse_engine_log,
 )
 from pytest_gpufit.serving.load import LevelResult, Slo, format_level, run_load
-from pytest_gpufit.serving.prompts import SizedPrompt, sized_prompt
+from pytest_gpufit.serving.prompts import SizedPrompt, prompt_keys, sized_prompt
 from pytest_gpufit.serving.server import LaunchedServer, log_tail
 
 T = TypeVar("T")
@@ -78,6 +78,9 @@ class Served:
         self.startup_s: float | None = None
         self._prompts: dict[int, SizedPrompt] = {}
         self.stall_s = STALL_S
+        # One run of unique prompts' keys for every check of this target: no prompt that
+        # throughput sent comes again in load.
+        self.keys = prompt_keys()
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -246,6 +249,7 @@ class Served:
                 slo=slo,
                 on_level=heard,
                 prompts="shared" if prompts == "shared" else "unique",
+                keys=self.keys,
             )
         )
 

@@ -26,7 +26,6 @@ class Streamed:
 
     def __init__(self, served: Serve) -> None:
         self.served = served
-        self._keys: Iterator[int] | None = None  # unique prompts' keys, one run per target
 
     def guard(self, metrics: dict[str, Any], failures: list[str]) -> AbstractContextManager[None]:
         return self._guard(metrics, failures)
@@ -70,11 +69,9 @@ class Streamed:
         text = prompt.payload
         if prompt.unique:
             # late: the prompt helpers import the HTTP client, loaded once a server is asked
-            from pytest_gpufit.serving.prompts import prompt_keys, unique_prompt
+            from pytest_gpufit.serving.prompts import unique_prompt
 
-            if self._keys is None:
-                self._keys = prompt_keys()
-            text = unique_prompt(text, next(self._keys))
+            text = unique_prompt(text, next(served.keys))  # the target's one run of keys
         r = served.stream(served.request(text, new_tokens, **extra))
         return Generated(
             count=r.completion_tokens if r.completion_tokens is not None else r.content_chunks,

@@ -159,6 +159,12 @@ class LevelResult:
     # Answers that stopped before the exact count asked for (``ignore_eos``), and why.
     short: int = 0
     short_reason: str | None = None
+    # Per buffered stream of 2+ tokens, the most its gaps and its TPOT can have been (ms): its
+    # tokens were all made within its E2E, so a gap is at most that, a TPOT that over tokens - 1.
+    buffered_worst_ms: tuple[tuple[float, float], ...] = ()
+    # The median TTFT and decode (E2E - TTFT) of the streams of 2+ tokens that arrived paced
+    # (ms), for the held-first-token check; None where none did.
+    paced_ms: tuple[float, float] | None = None
 
     @property
     def name(self) -> str:
@@ -273,6 +279,19 @@ def summarize_level(
         distinct_prompts=distinct_prompts,
         prompt_tokens=(min(counted), max(counted)) if counted else None,
         short=len(short),
+        paced_ms=(
+            (
+                statistics.median(r.ttft_s * 1000 for r in paced),
+                statistics.median((r.e2e_s - r.ttft_s) * 1000 for r in paced),
+            )
+            if (paced := [r for r in good if r.buffered is None and r.tokens >= 2])
+            else None
+        ),
+        buffered_worst_ms=tuple(
+            (r.e2e_s * 1000, r.e2e_s * 1000 / (r.tokens - 1))
+            for r in good
+            if r.buffered is not None and r.tokens >= 2
+        ),
         short_reason=(
             f"{short[0].completion_tokens} of {asked} tokens, finish_reason "
             f"{short[0].finish_reason!r} (ignore_eos asked with {exact_words(short[0].exact_by)})"
@@ -419,14 +438,16 @@ async def run_load(
     slo: Slo | None = None,
     on_level: Callable[[LevelResult], None] | None = None,
     prompts: Prompts = "unique",
+    keys: Iterator[int] | None = None,
 ) -> tuple[LevelResult, ...]:
     """Every concurrency level, then every rate level; ``on_level`` hears each as it ends.
-    Unique prompts stay unique across the levels (one run of keys)."""
+    Unique prompts stay unique across the levels (one run of ``keys``: give the target's own
+    run, so that its other checks' prompts do not come again either)."""
     levels: list[LevelResult] = []
     cap = max(concurrency) if rates and concurrency else None
     plan: list[tuple[int | None, float | None]] = [(c, None) for c in concurrency]
     plan += [(cap, r) for r in rates]
-    keys = prompt_keys()
+    keys = keys if keys is not None else prompt_keys()
     for conc, rate in plan:
         level = await run_level(
             client,

@@ -110,13 +110,34 @@ def unique_prompt(text: str, key: int) -> str:
 
 def prompt_keys() -> Iterator[int]:
     """Keys for ``unique_prompt``: consecutive, from a random start (a fresh run of gpufit
-    against a server that kept the last run's cache meets none of its prompts).
+    against a server that kept the last run's cache meets none of its prompts), save those
+    whose first word is the sized prompt's own ("the"): a prompt of all one word would be the
+    probe's prompt, which the server has seen.
 
     >>> keys = prompt_keys()
-    >>> first = next(keys); next(keys) == first + 1
+    >>> all(k % len(UNIQUE_WORDS) for k in itertools.islice(keys, 40))
     True
     """
-    return itertools.count(random.SystemRandom().randrange(len(UNIQUE_WORDS) ** KEY_WORDS))
+    start = random.SystemRandom().randrange(len(UNIQUE_WORDS) ** KEY_WORDS)
+    return (k for k in itertools.count(start) if k % len(UNIQUE_WORDS))
+
+
+def distinct_prompts(text: str) -> int | None:
+    """How many prompts of its own ``unique_prompt`` can make of ``text`` before one comes
+    again (keys of ``prompt_keys``), or None for a prompt that takes a line of key words in
+    front (35,672 of them). A sized prompt of few words has little room: one word, 13.
+
+    >>> distinct_prompts("the"), distinct_prompts("the the the the the")
+    (13, 35672)
+    >>> distinct_prompts("Write a poem.") is None
+    True
+    """
+    words = text.split(" ")
+    if len(set(words)) == 1 and words[0] and not any(c.isspace() for c in words[0]):
+        count = min(KEY_WORDS, len(words))
+        room: int = (len(UNIQUE_WORDS) - 1) * len(UNIQUE_WORDS) ** (count - 1)
+        return room
+    return None
 
 
 async def sized_prompt(

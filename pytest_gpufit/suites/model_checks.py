@@ -15,13 +15,14 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_gpufit.backends.capabilities import Generated
+from pytest_gpufit.backends.capabilities import Generated, Prompt
 from pytest_gpufit.fit.estimate import estimate, fit_on
-from pytest_gpufit.measure import repeat
+from pytest_gpufit.measure import Spread, repeat
 from pytest_gpufit.numbers import plural
 from pytest_gpufit.serving.errors import EndpointError
 from pytest_gpufit.suites.context import CheckFailed, Context
 from pytest_gpufit.suites.limits import expect_throughput_limits
+from pytest_gpufit.suites.serving_checks import held_first_token, one_token_ttft_ms
 from pytest_gpufit.units import format_gb
 
 Params = dict[str, Any]
@@ -230,6 +231,16 @@ def run_throughput(ctx: Context, params: Params) -> None:
     if again:
         ctx.metrics["rounds_run_again"] = len(again)
         ctx.metrics["note"] = f"{len(again)} round(s) arrived in a burst and ran again: {again[0]}"
+        rounds = params["warmup"] + params["repeats"]
+        if 2 * len(again) > rounds:
+            # Now and then is a busy machine; most rounds is a server or proxy that bursts
+            # every other answer (never two in a row): the figures are of the few it paced.
+            ctx.failures.append(
+                f"{len(again)} of {rounds} rounds arrived in a burst and ran again, more than "
+                f"half: the stream is delivered in bursts, not now and then ({again[0]})"
+            )
+    if not gen.in_process and new_n > 1 and "e2e_ms" in stats:
+        _held_first_token(ctx, prompt, stats)
     for name, spread in stats.items():
         ctx.metrics[name] = round(spread.median, 2)
         ctx.metrics[f"{name}_spread"] = round(spread.relative_spread, 4)
@@ -253,6 +264,14 @@ def run_throughput(ctx: Context, params: Params) -> None:
         return f"median of {params['repeats']} streamed requests, as the client sees them"
 
     expect_throughput_limits(ctx, params, stats, how)
+
+
+def _held_first_token(ctx: Context, prompt: Prompt, stats: dict[str, Spread]) -> None:
+    """A served stream's first token against one-token answers (``held_first_token``)."""
+    ttft, e2e = stats["ttft_ms"].median, stats["e2e_ms"].median
+    held = held_first_token(ttft, one_token_ttft_ms(ctx.server(), str(prompt.payload)), e2e - ttft)
+    if held is not None:
+        ctx.failures.append(held)
 
 
 def run_precision(ctx: Context, params: Params) -> None:
