@@ -127,6 +127,8 @@ def logprob_lines(outcome: Outcome) -> list[str]:
             f"{'-' if kl is None else f'{kl:.2e}'} nats"
         )
     return out
+
+
 def outcome_lines(outcome: Outcome) -> list[str]:
     """A test whose outcomes differ between the sides: it fails the A/B whatever its metrics."""
 
