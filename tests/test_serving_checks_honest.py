@@ -107,11 +107,12 @@ def test_generates_passes_an_exact_count_from_an_honest_server(pytester: pytest.
 
 
 @pytest.mark.parametrize("mode", ["burst_once", "burst"])
-def test_a_round_delivered_in_a_burst_runs_again_and_a_second_one_fails(
+def test_a_round_delivered_in_a_burst_runs_again_and_a_third_one_fails(
     pytester: pytest.Pytester, mode: str
 ) -> None:
     """A busy machine coalesces a stream now and then (the shipped CPU example failed 1 run
-    in ~8 on a loaded 2-core box); a buffering proxy does it every time."""
+    in ~8 on a loaded 2-core box; a CPU vLLM beside another worker, twice in a row); a
+    buffering proxy does it every time: a round runs at most three times."""
     checks = "throughput: {prompt_tokens: 8, new_tokens: 16, warmup: 0, repeats: 2}"
     with Liar(mode, gap_s=0.01) as liar:
         report = pytester.path / "report.json"
@@ -125,7 +126,7 @@ def test_a_round_delivered_in_a_burst_runs_again_and_a_second_one_fails(
         assert "16 events arrived in 1 distinct read" in metrics["note"]
     else:
         assert outcome(result, "throughput") == "FAILED", out
-        assert "buffered: is a proxy in front of the server?" in out and timed == 2
+        assert "buffered: is a proxy in front of the server?" in out and timed == 3
 
 
 # ---- 18.13 prompts: unique | shared --------------------------------------------------------------
