@@ -33,8 +33,9 @@ def add_parser(
         help="A/B two environments on this card: the suite under A and B interleaved, each "
         "metric judged with a 95%% interval; exit 0 same/improved, 1 regressed or inconclusive",
         description="Run the selected tests under environment A and environment B, "
-        "interleaved (A B, B A, ...), and judge each metric B against A: the Hodges-Lehmann "
-        "ratio with its Mann-Whitney 95% interval, against the tolerance in the metric's "
+        "interleaved (A B, B A, ...), and judge each metric B against A, each round a pair: the "
+        "Hodges-Lehmann ratio with its Wilcoxon signed-rank 95% interval, against the "
+        "tolerance in the metric's "
         "direction (docs/ab.md). pytest options go after --: gpufit ab --a python=old/bin/python "
         "--b python=new/bin/python -- suites/x.yaml -k throughput",
     )
