@@ -103,14 +103,7 @@ def plot_runs(records: Sequence[tuple[dict[str, Any], bool]], output: Path) -> P
         ax.set_title(panel.title)
         ax.tick_params(axis="x", labelsize=7)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    try:
-        fig.savefig(output, dpi=100)
-    except OSError as error:
-        raise GpufitError(f"cannot write {output}: {error.strerror or error}") from None
-    finally:
-        plt.close(fig)
-    return output
+    return _save(fig, output)
 
 
 def plot_ab(data: dict[str, Any], output: Path) -> Path | None:
@@ -143,6 +136,13 @@ def plot_ab(data: dict[str, Any], output: Path) -> Path | None:
         )
         ax.set_xlabel("round")
         ax.legend(fontsize=7)
+    return _save(fig, output)
+
+
+def _save(fig: Any, output: Path) -> Path:
+    """Write the figure to ``output`` (one clear error where it cannot) and free it."""
+    import matplotlib.pyplot as plt  # late: loaded already by the caller that made ``fig``
+
     fig.tight_layout()
     try:
         fig.savefig(output, dpi=100)
