@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_gpufit.backends.capabilities import Serve
 from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.fit.logs import hold_against_plan
 from pytest_gpufit.metrics import level_figures
+from pytest_gpufit.serving.facts import read_engine_log
 from pytest_gpufit.suites.context import Context
 from pytest_gpufit.units import GIB
 
@@ -69,9 +71,6 @@ def _against_plan(ctx: Context, served: Serve) -> None:
     path = getattr(served, "log_path", None)
     if path is None or ctx.target.model is None or ctx.gpu is None:
         return
-    from pytest_gpufit.fit.logs import hold_against_plan
-    from pytest_gpufit.serving.facts import read_engine_log
-
     try:
         log = read_engine_log(path.read_text("utf-8", "replace"))
         plan, figures = hold_against_plan(log, ctx.spec, ctx.target.dtype, ctx.gpu)
