@@ -167,10 +167,18 @@ class Liar:
 
     def __exit__(self, *exc: object) -> None:
         loop, server = self._loop, self._server
-        if loop is not None and server is not None:
-            loop.call_soon_threadsafe(server.close)
-            for task in asyncio.all_tasks(loop):
-                loop.call_soon_threadsafe(task.cancel)
+        if loop is not None and server is not None and not loop.is_closed():
+            # One callback, run in the loop's thread: closing the server ends serve() and
+            # asyncio.run then closes the loop, so nothing may be scheduled after the close.
+            def stop() -> None:
+                server.close()
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+
+            try:
+                loop.call_soon_threadsafe(stop)
+            except RuntimeError:  # the loop closed between the check and the call
+                pass
         if self._thread is not None:
             self._thread.join(timeout=10)
 
