@@ -28,9 +28,10 @@ from typing import Any
 
 from pytest_gpufit import metrics
 from pytest_gpufit.ab import stats
+from pytest_gpufit.ab.child import run_child
 from pytest_gpufit.ab.sides import Side, unused_keys
 from pytest_gpufit.baseline.compare import metric_values
-from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.errors import GpufitError, Interrupted
 
 SCHEMA = "gpufit-ab/1"
 RUN_TIMEOUT_S = 3600.0
@@ -173,9 +174,7 @@ def subprocess_runner(
         ]
         began = time.monotonic()
         try:
-            done = subprocess.run(
-                command, env=env, capture_output=True, text=True, timeout=timeout_s
-            )
+            done = run_child(command, env=env, timeout_s=timeout_s)  # stopped, group and all
         except subprocess.TimeoutExpired:
             raise GpufitError(
                 f"side {side.label} round {round_no}: pytest ran longer than {timeout_s:.0f} s "
@@ -560,24 +559,32 @@ def run_ab(
     runs: list[Run] = []
     results: list[MetricResult] = []
     done = 0
-    for r in range(1, rounds + 1):
-        order = (a, b) if r % 2 else (b, a)
-        for side in order:
-            state = card_state()
-            run = execute(side, r, pytest_args)
-            runs.append(_with_card(run, state))
-        done = r
-        pair = [x for x in runs if x.round == r]
-        progress(
-            f"round {r}/{rounds}: "
-            + ", ".join(f"{x.side} {x.seconds:.1f} s" for x in sorted(pair, key=lambda x: x.side))
-        )
-        if r == 1:
-            _check_first_round(a, b, pair)
-        if r in schedule:
-            results = judge(runs, tolerance, share)
-            if _decided(results) or outcome_differences(runs) or lost_metrics(runs):
-                break
+    r = 0
+    try:
+        for r in range(1, rounds + 1):
+            order = (a, b) if r % 2 else (b, a)
+            for side in order:
+                state = card_state()
+                run = execute(side, r, pytest_args)
+                runs.append(_with_card(run, state))
+            done = r
+            pair = [x for x in runs if x.round == r]
+            shown = sorted(pair, key=lambda x: x.side)
+            progress(
+                f"round {r}/{rounds}: " + ", ".join(f"{x.side} {x.seconds:.1f} s" for x in shown)
+            )
+            if r == 1:
+                _check_first_round(a, b, pair)
+            if r in schedule:
+                results = judge(runs, tolerance, share)
+                if _decided(results) or outcome_differences(runs) or lost_metrics(runs):
+                    break
+    except KeyboardInterrupt:
+        # the side's run was stopped where it ran (child.run_child); the outputs come from
+        # the Outcome, which there is none of
+        raise Interrupted(
+            f"interrupted in round {max(r, 1)} of at most {rounds}; no verdict, nothing written"
+        ) from None
     if not results:
         results = judge(runs, tolerance, share)
     inventories = {x.side: x.inventory for x in runs}
