@@ -685,6 +685,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GpufitError as error:
         print(f"gpufit: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:
+        # Ctrl-C: one line (where it stopped, for ab and bisect), no traceback; 130 = 128 +
+        # SIGINT, as a shell reports it. Their children were stopped where they ran.
+        print(f"gpufit {args.command}: {error or 'interrupted'}", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # `gpufit probe | head`: the reader has what it wanted. Point stdout at /dev/null so
         # the interpreter's final flush does not raise again, and exit quietly.

@@ -16,13 +16,13 @@ import importlib.metadata
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_gpufit.ab.bisect import SELF, summary
+from pytest_gpufit.ab.child import run_child
 from pytest_gpufit.errors import GpufitError
 
 READY = "gpufit-bisect.json"  # written last: an environment without it is half-built
@@ -66,7 +66,7 @@ def self_requirement(work: Path, uv: str | None) -> list[str]:
     else:
         command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
         command += ["--wheel-dir", str(partial), str(root)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = run_child(command)
     if done.returncode != 0:
         said = summary(done.stderr or done.stdout, 600)
         raise GpufitError(f"building the wheel of {SELF} from {root} failed: {said}")
@@ -159,13 +159,11 @@ class Builder:
             return None
         command = [self.uv, "pip", "compile", "--quiet", "--no-header", "--python"]
         command += [self.base_python, *self._source_args(), "-"]
-        done = subprocess.run(
-            command, input="\n".join(lines), capture_output=True, text=True, check=False
-        )
+        done = run_child(command, input_text="\n".join(lines))
         return None if done.returncode == 0 else (done.stderr or done.stdout).strip()
 
     def _run(self, command: list[str]) -> None:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = run_child(command)
         if done.returncode != 0:
             text = (done.stderr or done.stdout).strip()
             raise InstallFailed(f"{Path(command[0]).name} failed: {text}")
@@ -176,7 +174,7 @@ def freeze(python: str, uv: str | None) -> str:
     if not Path(python).exists():
         raise GpufitError(f"--a-python {python}: no such interpreter")
     command = [uv, "pip", "freeze", "--python", python] if uv else [python, "-m", "pip", "freeze"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = run_child(command)
     if done.returncode != 0:
         raise GpufitError(f"--a-python {python}: freeze failed: {summary(done.stderr)}")
     return done.stdout

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ from pytest_gpufit.ab.bisect import (
     summary,
 )
 from pytest_gpufit.ab.bisect_envs import Builder, InstallFailed, find_uv, freeze, self_requirement
+from pytest_gpufit.ab.child import GRACE_S, run_child
 from pytest_gpufit.atomic import write_text_atomic
-from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.errors import GpufitError, Interrupted
 
 SCHEMA = "gpufit-bisect/1"
 
@@ -97,7 +97,8 @@ def ab_judge(
         if tolerance is not None:
             command += ["--tolerance", f"{tolerance * 100:g}%"]
         command += ["--", *pytest_args]  # pytest's options (-k ...) too
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        # a Ctrl-C reaches the step's gpufit ab as SIGINT, and it stops its own sides first
+        done = run_child(command, grace_s=2 * GRACE_S)
         log.write_text(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}", encoding="utf-8")
         if done.returncode not in (0, 1) or not report.is_file():
             said = summary(done.stderr or done.stdout) or "no output"
@@ -163,6 +164,11 @@ def run_bisect(
             python = builder.python(applied(a, changes, names))
         except InstallFailed as error:
             raise GpufitError(f"{label} does not install: {summary(str(error), 600)}") from None
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted while building the environment {label}; no answer, nothing "
+                "written (a half-built environment is built again next time)"
+            ) from None
         shown[python] = label
         return python
 
@@ -185,7 +191,13 @@ def run_bisect(
     count = [0]
 
     def said(a_python: str, b_python: str) -> Judgement:
-        judgement = judge(a_python, b_python)
+        try:
+            judgement = judge(a_python, b_python)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted at step {count[0] + 1} ({shown.get(b_python, b_python)} against "
+                "A); no answer, nothing written"
+            ) from None
         count[0] += 1
         out(f"  step {count[0]}: {shown.get(b_python, b_python)} against A: {judgement.verdict}")
         for metric in judgement.metrics:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,6 +96,10 @@ def run(config: pytest.Config, settings: Settings) -> int:
             )
     except GpufitError as error:
         raise pytest.UsageError(f"gpufit ab: {error}") from None
+    except KeyboardInterrupt as error:
+        # as `gpufit ab`: one line, exit 130, no traceback (run_ab stopped the sides)
+        print(f"gpufit ab: {error or 'interrupted'}", file=sys.stderr, flush=True)
+        return 130
     print("\n".join(table_lines(outcome)))
     text = markdown(outcome)
     if settings.summary:

@@ -142,12 +142,18 @@ def outcome_lines(outcome: Outcome) -> list[str]:
     ]
 
 
+def lost_lines(outcome: Outcome) -> list[str]:
+    """A metric a side stopped measuring: it fails the A/B whatever its interval says."""
+    return [x.describe() for x in outcome.lost]
+
+
 def notes(outcome: Outcome) -> list[str]:
     share = outcome.alpha / max(1, len(outcome.looks))
+    lost = {(x.test, x.metric) for x in outcome.lost}  # their line says why
     return [
         f"inconclusive: {r.test} {label(r.metric)}: {why_inconclusive(r.interval, share)}"
         for r in outcome.results
-        if r.verdict == "inconclusive"
+        if r.verdict == "inconclusive" and (r.test, r.metric) not in lost
     ]
 
 
@@ -161,6 +167,7 @@ def table_lines(outcome: Outcome) -> list[str]:
         + text_lines(outcome)
         + logprob_lines(outcome)
         + outcome_lines(outcome)
+        + lost_lines(outcome)
         + card_lines(outcome)
         + notes(outcome)
         + [f"verdict: {outcome.verdict} (exit {outcome.exit_code})"]
@@ -177,7 +184,7 @@ def markdown(outcome: Outcome) -> str:
     lines += ["", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     lines += ["| " + " | ".join(_md(c) for c in row(r)) + " |" for r in outcome.results]
     extra = text_lines(outcome) + logprob_lines(outcome) + outcome_lines(outcome)
-    extra += card_lines(outcome) + notes(outcome)
+    extra += lost_lines(outcome) + card_lines(outcome) + notes(outcome)
     if extra:
         lines += [""] + [f"- {_md(line)}" for line in extra]
     return "\n".join(lines) + "\n"

@@ -28,9 +28,10 @@ from typing import Any
 
 from pytest_gpufit import metrics
 from pytest_gpufit.ab import stats
+from pytest_gpufit.ab.child import run_child
 from pytest_gpufit.ab.sides import Side, unused_keys
 from pytest_gpufit.baseline.compare import metric_values
-from pytest_gpufit.errors import GpufitError
+from pytest_gpufit.errors import GpufitError, Interrupted
 
 SCHEMA = "gpufit-ab/1"
 RUN_TIMEOUT_S = 3600.0
@@ -173,9 +174,7 @@ def subprocess_runner(
         ]
         began = time.monotonic()
         try:
-            done = subprocess.run(
-                command, env=env, capture_output=True, text=True, timeout=timeout_s
-            )
+            done = run_child(command, env=env, timeout_s=timeout_s)  # stopped, group and all
         except subprocess.TimeoutExpired:
             raise GpufitError(
                 f"side {side.label} round {round_no}: pytest ran longer than {timeout_s:.0f} s "
@@ -253,6 +252,7 @@ def judge(runs: Sequence[Run], tolerance: float, alpha: float) -> list[MetricRes
             for metric, value in values.items():
                 rounds = by_round.setdefault((nodeid, metric), {})
                 rounds.setdefault(run.round, {})[run.side] = value
+    lost = {(x.test, x.metric) for x in lost_metrics(runs)}
     out = []
     for (nodeid, metric), rounds in sorted(by_round.items()):
         pairs = [(v["A"], v["B"]) for _, v in sorted(rounds.items()) if len(v) == 2]
@@ -264,8 +264,73 @@ def judge(runs: Sequence[Run], tolerance: float, alpha: float) -> list[MetricRes
         iv = stats.paired_interval(a, b, alpha, floor)
         higher = True if found is None else found.higher_is_better
         word = stats.verdict(iv, higher, tolerance)
+        if (nodeid, metric) in lost and word != "regressed":
+            word = "inconclusive"  # judged on the rounds before it was lost: never "same"
         out.append(MetricResult(nodeid, metric, tuple(a), tuple(b), iv, tolerance, word))
     return out
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A metric one side measured in earlier rounds and no longer measures (the engine
+    stopped reporting it, the test disappeared or was skipped): its later rounds have no
+    pair, and judging it on the rounds before would hide that B lost something."""
+
+    test: str
+    metric: str
+    side: str  # "A" | "B"
+    first: int  # the first round the side measured it
+    last: int  # the last round before it went missing
+    missing_from: int  # the first round of the side without it
+
+    def describe(self) -> str:
+        """One line of the table and the Markdown.
+
+        >>> Lost("t.py::x", "decode_tok_s", "B", 1, 3, 4).describe()
+        'metric lost: t.py::x decode_tok_s: present in rounds 1-3, missing on side B from round 4'
+        """
+        seen = f"rounds {self.first}-{self.last}"
+        if self.first == self.last:
+            seen = f"round {self.first}"
+        return (
+            f"metric lost: {self.test} {self.metric}: present in {seen}, missing on side "
+            f"{self.side} from round {self.missing_from}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "test": self.test,
+            "metric": self.metric,
+            "side": self.side,
+            "present_from": self.first,
+            "present_to": self.last,
+            "missing_from": self.missing_from,
+        }
+
+
+def lost_metrics(runs: Sequence[Run]) -> list[Lost]:
+    """Each (test, metric, side) a side measured in a round and then lacked in a later round
+    of its own; the first such round is named.
+
+    >>> a1 = Run("A", 1, 1.0, 0, {"t::x": {"decode_tok_s": 9.0}})
+    >>> b1 = Run("B", 1, 1.0, 0, {"t::x": {"decode_tok_s": 9.0}})
+    >>> a2 = Run("A", 2, 1.0, 0, {"t::x": {"decode_tok_s": 9.0}})
+    >>> b2 = Run("B", 2, 1.0, 0, {"t::x": {}})
+    >>> [x.describe() for x in lost_metrics([a1, b1, b2, a2])]
+    ['metric lost: t::x decode_tok_s: present in round 1, missing on side B from round 2']
+    """
+    seen: dict[tuple[str, str, str], tuple[int, int]] = {}  # -> (first, last) round measured
+    lost: dict[tuple[str, str, str], Lost] = {}
+    for run in sorted(runs, key=lambda r: (r.round, r.side)):
+        has = {(test, metric) for test, values in run.values.items() for metric in values}
+        for (test, metric, side), (first, last) in seen.items():
+            key = (test, metric, side)
+            if side == run.side and (test, metric) not in has and key not in lost:
+                lost[key] = Lost(test, metric, side, first, last, run.round)
+        for test, metric in has:
+            key = (test, metric, run.side)
+            seen[key] = (seen.get(key, (run.round, 0))[0], run.round)
+    return sorted(lost.values(), key=lambda x: (x.test, x.metric, x.side))
 
 
 def one_sided(first: Run, second: Run) -> list[str]:
@@ -384,10 +449,13 @@ class Outcome:
     seconds: float
     inconclusive_ok: bool = False
     outcomes: tuple[Mapping[str, Any], ...] = ()  # tests whose outcomes differ between sides
+    lost: tuple[Lost, ...] = ()  # metrics a side stopped measuring
 
     @property
     def verdict(self) -> str:
         words = [r.verdict for r in self.results]
+        if self.lost:  # never "same" while a side stopped measuring a metric
+            words.append("inconclusive")
         if self.outcomes:  # never "same" while a test fails or skips on one side only
             words.append("regressed" if any(d["worse"] for d in self.outcomes) else "inconclusive")
         return stats.overall(words)
@@ -397,6 +465,8 @@ class Outcome:
         words = {r.verdict for r in self.results}
         if "regressed" in words or self.outcomes:
             return 1
+        if self.lost:
+            return 1  # a metric B stopped measuring: --inconclusive ok cannot pass it
         if any(not r.interval.exists for r in self.results):
             return 1  # too few rounds for any interval: --inconclusive ok cannot pass no evidence
         if "inconclusive" in words and not self.inconclusive_ok:
@@ -416,6 +486,7 @@ class Outcome:
             "texts": [dict(t) for t in self.texts],
             "logprobs": [dict(t) for t in self.logprobs],
             "outcomes": [dict(d) for d in self.outcomes],
+            "lost": [x.to_dict() for x in self.lost],
             "runs": [
                 {
                     "side": r.side,
@@ -488,24 +559,32 @@ def run_ab(
     runs: list[Run] = []
     results: list[MetricResult] = []
     done = 0
-    for r in range(1, rounds + 1):
-        order = (a, b) if r % 2 else (b, a)
-        for side in order:
-            state = card_state()
-            run = execute(side, r, pytest_args)
-            runs.append(_with_card(run, state))
-        done = r
-        pair = [x for x in runs if x.round == r]
-        progress(
-            f"round {r}/{rounds}: "
-            + ", ".join(f"{x.side} {x.seconds:.1f} s" for x in sorted(pair, key=lambda x: x.side))
-        )
-        if r == 1:
-            _check_first_round(a, b, pair)
-        if r in schedule:
-            results = judge(runs, tolerance, share)
-            if _decided(results) or outcome_differences(runs):
-                break
+    r = 0
+    try:
+        for r in range(1, rounds + 1):
+            order = (a, b) if r % 2 else (b, a)
+            for side in order:
+                state = card_state()
+                run = execute(side, r, pytest_args)
+                runs.append(_with_card(run, state))
+            done = r
+            pair = [x for x in runs if x.round == r]
+            shown = sorted(pair, key=lambda x: x.side)
+            progress(
+                f"round {r}/{rounds}: " + ", ".join(f"{x.side} {x.seconds:.1f} s" for x in shown)
+            )
+            if r == 1:
+                _check_first_round(a, b, pair)
+            if r in schedule:
+                results = judge(runs, tolerance, share)
+                if _decided(results) or outcome_differences(runs) or lost_metrics(runs):
+                    break
+    except KeyboardInterrupt:
+        # the side's run was stopped where it ran (child.run_child); the outputs come from
+        # the Outcome, which there is none of
+        raise Interrupted(
+            f"interrupted in round {max(r, 1)} of at most {rounds}; no verdict, nothing written"
+        ) from None
     if not results:
         results = judge(runs, tolerance, share)
     inventories = {x.side: x.inventory for x in runs}
@@ -524,6 +603,7 @@ def run_ab(
         time.monotonic() - began,
         inconclusive_ok,
         tuple(outcome_differences(runs)),
+        tuple(lost_metrics(runs)),
     )
 
 
