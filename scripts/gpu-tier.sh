@@ -26,6 +26,7 @@
 # scripts/gpu-tier-wheels.sh puts a transformers wheel there: a real A/B of two transformers
 # versions). Without .whl-ab, B holds A's very packages: an A/A, which the summary says, and
 # where a regressed or improved metric is a FALSE ALARM that fails the step.
+# GPUFIT_TIER_AB_WHEELS names another folder than .whl-ab (an empty or absent one: an A/A).
 # GPUFIT_TIER_AB_ONLY=1 runs only the probe and the A/B step (a short device call: 6 rounds of
 # 2 sessions, about 2-3 minutes on the card by estimate, not measured yet). On a dry run the
 # A/B step runs on the CPU with the tiny model (fixtures/tiny-llama).
@@ -47,11 +48,14 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export GPUFIT_TIER_OUT=$out PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 py=${PYTHON:-python3}
+# A relative PYTHON (.venv/bin/python) would stop working in the steps that cd into OUT_DIR.
+case "$py" in */*) py=$(cd "$(dirname "$py")" && pwd)/$(basename "$py") ;; esac
 dry=${GPUFIT_TIER_DRY_RUN-0}
 serve_only=${GPUFIT_TIER_SERVE_ONLY-0}
 ab=${GPUFIT_TIER_AB-0}
 ab_only=${GPUFIT_TIER_AB_ONLY-0}
 ab_rounds=${GPUFIT_TIER_AB_ROUNDS-6}
+ab_wheels=${GPUFIT_TIER_AB_WHEELS-.whl-ab}
 for pair in "GPUFIT_TIER_DRY_RUN=$dry" "GPUFIT_TIER_SERVE_ONLY=$serve_only" \
     "GPUFIT_TIER_AB=$ab" "GPUFIT_TIER_AB_ONLY=$ab_only"; do
   case "${pair#*=}" in
@@ -177,7 +181,7 @@ ab_step() {
   local args=(-p no:randomly -p no:cacheprovider -q --gpufit-on-missing=fail)
   rm -rf "$venv"
   a=$("$py" -c 'import sys; print(sys.executable)') || return 1
-  b=$("$py" scripts/gpu_tier_ab_env.py make "$venv" --wheels .whl-ab --json "$out/ab-env.json") \
+  b=$("$py" scripts/gpu_tier_ab_env.py make "$venv" --wheels "$ab_wheels" --json "$out/ab-env.json") \
     || return 1
   if [ "$dry" = 1 ]; then
     "$py" scripts/gpu_tier_ab_env.py dry-suite "$out" fixtures/tiny-llama >/dev/null || return 1

@@ -291,6 +291,8 @@ def test_the_ab_step_runs_dry_a_real_a_a_with_gpufit_ab(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     out = tmp_path / "tier"
     variables = {"GPUFIT_TIER_DRY_RUN": "1", "GPUFIT_TIER_AB_ONLY": "1"}
+    # Not the checkout's .whl-ab, which a developer may hold: this test asks for an A/A.
+    variables["GPUFIT_TIER_AB_WHEELS"] = str(tmp_path / "no-wheels")
     done = _script(
         "scripts/gpu-tier.sh", str(out), env=_tier_env(GPUFIT_TIER_AB_ROUNDS="1", **variables)
     )
