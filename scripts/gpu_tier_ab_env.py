@@ -177,38 +177,33 @@ def site_dirs(python: str) -> list[str]:
     return dirs
 
 
-def _run(command: list[str], what: str) -> None:
+def _run(command: list[str], what: str) -> str:
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip()[-600:]
         raise GpufitError(f"{what} failed (exit {done.returncode}): {said}")
+    return done.stdout
 
 
 def make(venv: Path, wheels_dir: Path | None) -> dict[str, Any]:
     """Build side B at ``venv`` from this interpreter; return what was planned and found."""
     where = str(wheels_dir)
-    if wheels_dir is not None and wheels_dir.exists() and not wheels_dir.is_dir():
+    folder = wheels_dir if wheels_dir is not None and wheels_dir.is_dir() else None
+    if wheels_dir is not None and wheels_dir.exists() and folder is None:
         raise GpufitError(f"{where}: not a folder; give the folder of the carried wheels")
-    listing = (
-        sorted(p.name for p in wheels_dir.iterdir()) if wheels_dir and wheels_dir.is_dir() else []
-    )
-    wheels = carried(listing, where)
+    wheels = carried(sorted(p.name for p in folder.iterdir()), where) if folder else ()
     a = make_side("A", [f"python={sys.executable}"], "side A")
     if venv.exists():
         raise GpufitError(f"{venv}: already there; give a new folder (or remove it)")
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], f"python -m venv {venv}")
     b_python = venv / "bin" / "python"
-    purelib = subprocess.run(
-        [str(b_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    paths = [str(b_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+    purelib = _run(paths, "asking B for its site-packages").strip()
     (Path(purelib) / PTH).write_text(pth_text(site_dirs(sys.executable)), encoding="utf-8")
-    if wheels:
+    if folder and wheels:
         install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
         install += ["--no-warn-conflicts", "--target", purelib]
-        _run(install + [str(wheels_dir / w.file) for w in wheels], f"installing {where} into B")
+        _run(install + [str(folder / w.file) for w in wheels], f"installing {where} into B")
     try:
         b = make_side("B", [f"python={b_python}"], "side B")
         _run([str(b_python), "-c", "import transformers"], "importing transformers in B")
