@@ -31,10 +31,12 @@
 # 2 sessions, about 2-3 minutes on the card by estimate, not measured yet). On a dry run the
 # A/B step runs on the CPU with the tiny model (fixtures/tiny-llama).
 #
-# On the device (after scripts/gpu-tier-wheels.sh here), one call:
+# On the device (after scripts/gpu-tier-wheels.sh here, with GPUFIT_WHEELS_AB=VERSION for a
+# real A/B), one call:
 #   run(command="GPUFIT_TIER_AB=1 scripts/gpu-tier.sh /tmp/tier; s=$?; cp /tmp/tier/bundle.json
-#       /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl", ".whl-ab"], timeout_s=540)
-# or the A/B alone (GPUFIT_WHEELS_AB=5.24.0 scripts/gpu-tier-wheels.sh here first):
+#       /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl", ".whl-ab"], timeout_s=600)
+# The A/B adds its 2-3 minutes to the tier's 6 (target): where the device time left will not
+# hold both in one call and a rerun, leave GPUFIT_TIER_AB out there and run the A/B alone:
 #   run(command="GPUFIT_TIER_AB_ONLY=1 scripts/gpu-tier.sh /tmp/tier; s=$?; cp
 #       /tmp/tier/bundle.json /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl-ab"],
 #       timeout_s=300)
@@ -181,8 +183,8 @@ ab_step() {
   local args=(-p no:randomly -p no:cacheprovider -q --gpufit-on-missing=fail)
   rm -rf "$venv"
   a=$("$py" -c 'import sys; print(sys.executable)') || return 1
-  b=$("$py" scripts/gpu_tier_ab_env.py make "$venv" --wheels "$ab_wheels" --json "$out/ab-env.json") \
-    || return 1
+  b=$("$py" scripts/gpu_tier_ab_env.py make "$venv" --wheels "$ab_wheels" \
+    --json "$out/ab-env.json") || return 1
   if [ "$dry" = 1 ]; then
     "$py" scripts/gpu_tier_ab_env.py dry-suite "$out" fixtures/tiny-llama >/dev/null || return 1
     where=$out suite=ab-dry.gpufit.yaml
