@@ -18,9 +18,28 @@
 # GPUFIT_TIER_SERVE_ONLY=1 runs only the probe, the fit predictions and the serve part (a short
 # device call: about 3 to 4 minutes on top of the machine's start, not measured yet).
 #
-# On the device (after scripts/gpu-tier-wheels.sh here), one call:
-#   run(command="scripts/gpu-tier.sh /tmp/tier; s=$?; cp /tmp/tier/bundle.json
-#       /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl"], timeout_s=540)
+# GPUFIT_TIER_AB=1 adds the A/B step: `gpufit ab` of two environments on the card
+# (tests/gpu/ab.gpufit.yaml, random Qwen3-0.6B: load, TTFT, prefill and decode tok/s, greedy
+# text; GPUFIT_TIER_AB_ROUNDS rounds, default 6, the fewest that give a 95% interval). Side A is
+# this machine's python; side B a venv made offline by scripts/gpu_tier_ab_env.py onto A's
+# packages, plus every wheel carried in .whl-ab (GPUFIT_WHEELS_AB=VERSION
+# scripts/gpu-tier-wheels.sh puts a transformers wheel there: a real A/B of two transformers
+# versions). Without .whl-ab, B holds A's very packages: an A/A, which the summary says, and
+# where a regressed or improved metric is a FALSE ALARM that fails the step.
+# GPUFIT_TIER_AB_WHEELS names another folder than .whl-ab (an empty or absent one: an A/A).
+# GPUFIT_TIER_AB_ONLY=1 runs only the probe and the A/B step (a short device call: 6 rounds of
+# 2 sessions, about 2-3 minutes on the card by estimate, not measured yet). On a dry run the
+# A/B step runs on the CPU with the tiny model (fixtures/tiny-llama).
+#
+# On the device (after scripts/gpu-tier-wheels.sh here, with GPUFIT_WHEELS_AB=VERSION for a
+# real A/B), one call:
+#   run(command="GPUFIT_TIER_AB=1 scripts/gpu-tier.sh /tmp/tier; s=$?; cp /tmp/tier/bundle.json
+#       /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl", ".whl-ab"], timeout_s=600)
+# The A/B adds its 2-3 minutes to the tier's 6 (target): where the device time left will not
+# hold both in one call and a rerun, leave GPUFIT_TIER_AB out there and run the A/B alone:
+#   run(command="GPUFIT_TIER_AB_ONLY=1 scripts/gpu-tier.sh /tmp/tier; s=$?; cp
+#       /tmp/tier/bundle.json /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl-ab"],
+#       timeout_s=300)
 #
 # The device image lacks fastapi, uvicorn, pydantic and openai (transformers serve needs them):
 # run scripts/gpu-tier-wheels.sh here first and carry .whl; they install from it, offline.
@@ -31,14 +50,31 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export GPUFIT_TIER_OUT=$out PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 py=${PYTHON:-python3}
+# A relative PYTHON (.venv/bin/python) would stop working in the steps that cd into OUT_DIR.
+case "$py" in */*) py=$(cd "$(dirname "$py")" && pwd)/$(basename "$py") ;; esac
 dry=${GPUFIT_TIER_DRY_RUN-0}
 serve_only=${GPUFIT_TIER_SERVE_ONLY-0}
-for pair in "GPUFIT_TIER_DRY_RUN=$dry" "GPUFIT_TIER_SERVE_ONLY=$serve_only"; do
+ab=${GPUFIT_TIER_AB-0}
+ab_only=${GPUFIT_TIER_AB_ONLY-0}
+ab_rounds=${GPUFIT_TIER_AB_ROUNDS-6}
+ab_wheels=${GPUFIT_TIER_AB_WHEELS-.whl-ab}
+for pair in "GPUFIT_TIER_DRY_RUN=$dry" "GPUFIT_TIER_SERVE_ONLY=$serve_only" \
+    "GPUFIT_TIER_AB=$ab" "GPUFIT_TIER_AB_ONLY=$ab_only"; do
   case "${pair#*=}" in
     0|1) ;;
     *) echo "gpu-tier: ${pair%%=*} must be 0 or 1, not '${pair#*=}'" >&2; exit 2 ;;
   esac
 done
+case "$ab_rounds" in
+  ''|*[!0-9]*|0) echo "gpu-tier: GPUFIT_TIER_AB_ROUNDS must be a whole number of rounds," \
+                      "1 or more (6 give the first 95% interval), not '$ab_rounds'" >&2; exit 2 ;;
+esac
+if [ "$serve_only" = 1 ] && [ "$ab_only" = 1 ]; then
+  echo "gpu-tier: GPUFIT_TIER_SERVE_ONLY=1 and GPUFIT_TIER_AB_ONLY=1 each ask for a short call" \
+       "of its own; set one of them" >&2
+  exit 2
+fi
+[ "$ab_only" = 1 ] && ab=1
 
 # The GPU machine has torch, transformers and pytest; install only this package, no downloads.
 # Not on a dry run: that runs on a development machine, whose environment is not ours to
@@ -69,6 +105,7 @@ fi
 # The fit engine's predictions, for the summary to hold against measured peaks. An
 # engine-aware fit (--engine transformers) is asked for too where this gpufit has it.
 fit_models=(qwen3-0.6b llama-3.1-8b qwen3-30b-a3b)
+[ "$ab_only" = 1 ] && fit_models=()
 engine=0
 "$py" -m pytest_gpufit.cli fit --help 2>/dev/null | grep -q -- '--engine' && engine=1
 for model in "${fit_models[@]}"; do
@@ -139,7 +176,35 @@ allreduce_step() {
   return $rc
 }
 
-if [ "$dry" = 1 ]; then
+ab_step() {
+  # gpufit ab of side A (this python) against side B (a venv onto A's packages, plus the
+  # wheels of .whl-ab), interleaved on the card, or dry on the CPU with the tiny model.
+  local venv="$out/ab-venv" a b rc where=. suite=tests/gpu/ab.gpufit.yaml
+  local args=(-p no:randomly -p no:cacheprovider -q --gpufit-on-missing=fail)
+  rm -rf "$venv"
+  a=$("$py" -c 'import sys; print(sys.executable)') || return 1
+  b=$("$py" scripts/gpu_tier_ab_env.py make "$venv" --wheels "$ab_wheels" \
+    --json "$out/ab-env.json") || return 1
+  if [ "$dry" = 1 ]; then
+    "$py" scripts/gpu_tier_ab_env.py dry-suite "$out" fixtures/tiny-llama >/dev/null || return 1
+    where=$out suite=ab-dry.gpufit.yaml
+  else
+    args+=(--run-gpu-tier)
+  fi
+  (cd "$where" && "$a" -m pytest_gpufit.cli ab --a "python=$a" --b "python=$b" \
+    --rounds "$ab_rounds" --timeout 300 --json "$out/ab.json" --markdown "$out/ab.md" \
+    -- "$suite" "${args[@]}") 2>&1 | tee "$out/ab.txt"
+  rc=${PIPESTATUS[0]}
+  # Exit 1 is a verdict (regressed or inconclusive), which the summary weighs: an A/A that
+  # regressed is a false alarm and fails the step; exit 2 and others are a broken step.
+  [ "$rc" -le 1 ] || return 1
+  "$py" scripts/gpu_tier_summary.py "$out" --ab
+}
+
+if [ "$ab_only" = 1 ]; then
+  step "A/B: gpufit ab of two environments$([ "$dry" = 1 ] && echo ' on the CPU (dry run)')" \
+    ab_step
+elif [ "$dry" = 1 ]; then
   step "serve: transformers serve on the CPU (dry run)" serve_suite
   step "all-reduce: gloo across 2 CPU processes (dry run)" allreduce_step
 elif [ "$serve_only" = 1 ]; then
@@ -166,6 +231,10 @@ else
     echo "== all-reduce: not run ($gpus GPU on this machine; it needs 2 or more)" \
       | tee "$out/allreduce.txt"
   fi
+fi
+if [ "$ab" = 1 ] && [ "$ab_only" != 1 ]; then
+  step "A/B: gpufit ab of two environments$([ "$dry" = 1 ] && echo ' on the CPU (dry run)')" \
+    ab_step
 fi
 "$py" scripts/gpu_tier_summary.py "$out" | tee "$out/summary.txt"
 "$py" scripts/gpu_tier_summary.py "$out" --bundle "$out/bundle.json" || status=1

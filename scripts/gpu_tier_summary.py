@@ -1,9 +1,12 @@
 """Print the GPU tier's short table from the JSON files scripts/gpu-tier.sh wrote.
 
-    python scripts/gpu_tier_summary.py OUT_DIR [--bundle FILE]
+    python scripts/gpu_tier_summary.py OUT_DIR [--bundle FILE | --ab]
 
 ``--bundle FILE`` instead packs every result under OUT_DIR into one JSON file (what comes back
 from the device, which returns few files), with the tail of the served target's log.
+``--ab`` prints only the A/B step's section (ab.json, ab-env.json) and exits 1 where there is
+no A/B result or an A/A (B holding A's very packages) reads regressed or improved: a FALSE
+ALARM, which fails the step.
 """
 
 from __future__ import annotations
@@ -14,9 +17,15 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from pytest_gpufit.ab.output import changed
+from pytest_gpufit.metrics import label
+
 # Files the bundle skips: checkpoints and other bulk the tier writes under OUT_DIR.
 BUNDLE_SKIP = {".safetensors", ".bin", ".pt"}
 BUNDLE_MAX_BYTES = 2_000_000
+# Folders the bundle skips: side B's venv of the A/B step (a transformers wheel's thousands of
+# files), the checkpoints.
+BUNDLE_SKIP_DIRS = {"ab-venv"}
 
 
 def load(path: Path) -> Any:
@@ -219,6 +228,85 @@ def allreduce(out: Path) -> None:
         print(f"  gated suite: {'NOT PASSED: ' + ', '.join(failed) if failed else 'passed'}")
 
 
+def ab_kind(data: dict[str, Any]) -> tuple[str, list[str]]:
+    """``A/A`` or ``A/B`` from what the two sides really held (gpufit ab's fingerprints), with
+    what differs.
+
+    >>> ab_kind({"a": {"fingerprint": {"packages": {"x": "1"}}},
+    ...          "b": {"fingerprint": {"packages": {"x": "1"}}}})
+    ('A/A', [])
+    >>> ab_kind({"a": {"fingerprint": {"transformers_version": "5.25.0"}},
+    ...          "b": {"fingerprint": {"transformers_version": "5.24.0"}}})
+    ('A/B', ['transformers 5.25.0 -> 5.24.0'])
+    """
+    a = (data.get("a") or {}).get("fingerprint") or {}
+    b = (data.get("b") or {}).get("fingerprint") or {}
+    changes = changed(a, b)
+    return ("A/B" if changes else "A/A"), changes
+
+
+def ab_lines(data: Any, env: Any = None) -> tuple[list[str], bool]:
+    """The A/B step's lines, and whether they hold a FALSE ALARM: an A/A whose metric reads
+    regressed or improved (nothing changed, so only noise or a broken instrument says so).
+    No result at all (the step failed before ``gpufit ab`` wrote its JSON) is a line too."""
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
+        return ["A/B: no result (ab.json is missing or unreadable; see ab.txt)"], False
+    kind, changes = ab_kind(data)
+    what = (
+        "the same packages on both sides (B is a venv onto A's): the noise alone, where any "
+        "verdict but same or inconclusive is a false alarm"
+        if kind == "A/A"
+        else ", ".join(changes)
+    )
+    lines = [
+        f"A/B ({kind}): {what}",
+        f"  {data.get('rounds')} of at most {data.get('max_rounds')} rounds, "
+        f"{float(data.get('seconds') or 0):.0f} s; A {(data.get('a') or {}).get('python')}, "
+        f"B {(data.get('b') or {}).get('python')}",
+    ]
+    planned = env.get("kind") if isinstance(env, dict) else None
+    if planned and planned != kind:
+        lines.append(f"  note: side B was made as an {planned}, gpufit ab measured an {kind}")
+    alarm = False
+    for m in data["metrics"]:
+        test = str(m.get("test", "")).split("::", 1)[-1]
+        if m.get("low") is not None and m.get("high") is not None:
+            shown = f"[{m['low']:.3f}, {m['high']:.3f}] at {float(m.get('confidence', 0)):.1%}"
+        else:
+            shown = "no interval (too few rounds)"
+        flag = ""
+        if kind == "A/A" and m.get("verdict") in ("regressed", "improved"):
+            alarm = True
+            flag = "  FALSE ALARM (an A/A)"
+        lines.append(
+            f"  {test:24s} {label(str(m.get('metric'))):14s} B/A {float(m.get('ratio', 0)):.3f} "
+            f"{shown:28s} {m.get('verdict')}{flag}"
+        )
+    for t in data.get("texts") or []:
+        lines.append(
+            f"  greedy text {str(t.get('test', '')).split('::', 1)[-1]}: equal in "
+            f"{t.get('equal_pairs')} of {t.get('pairs')} pairs"
+        )
+    lines.append(f"  verdict: {data.get('verdict')} (gpufit ab exit {data.get('exit_code')})")
+    if alarm:
+        lines.append(
+            "  FALSE ALARM: B holds A's very packages, yet gpufit ab judged a change; the "
+            "machine moved under one side or the statistics erred (the step fails)"
+        )
+    return lines, alarm
+
+
+def ab(out: Path, check: bool = False) -> int:
+    """Print the A/B section where the step ran (or ``check``: always); 1 where it failed."""
+    data, env = load(out / "ab.json"), load(out / "ab-env.json")
+    if data is None and env is None and not check:
+        return 0
+    lines, alarm = ab_lines(data, env)
+    print()
+    print("\n".join(lines))
+    return 1 if alarm or not isinstance(data, dict) else 0
+
+
 def bundle(out: Path, target: Path) -> None:
     """Every result under ``out`` in one JSON file, keyed by its path relative to ``out``."""
     files: dict[str, Any] = {}
@@ -226,6 +314,8 @@ def bundle(out: Path, target: Path) -> None:
         if not path.is_file() or path == target or path.suffix in BUNDLE_SKIP:
             continue
         if "serve-model" in path.parts[-2] or path.stat().st_size > BUNDLE_MAX_BYTES:
+            continue
+        if BUNDLE_SKIP_DIRS & set(path.relative_to(out).parts[:-1]):
             continue
         text = path.read_text(errors="replace")
         try:
@@ -241,20 +331,27 @@ def bundle(out: Path, target: Path) -> None:
     print(f"bundle: {target} ({len(files)} files, {target.stat().st_size / 1e6:.2f} MB)")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", type=Path, default=Path("gpu-tier-out"))
     parser.add_argument("--bundle", type=Path, help="pack every result into this JSON file")
+    parser.add_argument(
+        "--ab", action="store_true", help="the A/B section only; exit 1 on a false alarm"
+    )
     args = parser.parse_args()
     if args.bundle:
         bundle(args.out, args.bundle)
-        return
+        return 0
+    if args.ab:
+        return ab(args.out, check=True)
     card(args.out)
     memory(args.out)
     suites(args.out)
     serve(args.out)
     allreduce(args.out)
+    ab(args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
