@@ -1,8 +1,8 @@
 """Ctrl-C during ``gpufit ab``, ``pytest --gpufit-ab`` and ``gpufit bisect``: one line on
-stderr naming where it stopped, exit 130, no traceback, no output written (a previous one left
-as it was), and no child left alive: not the side's pytest, not what its test started, not a
-server a side launched. Real subprocesses; SIGINT goes to the command's process group, as a
-terminal's Ctrl-C does."""
+stderr naming where it stopped, exit 130 (``pytest --gpufit-ab``: pytest's 2), no traceback, no
+output written (a previous one left as it was), and no child left alive: not the side's pytest,
+not what its test started, not a server a side launched. Real subprocesses; SIGINT goes to the
+command's process group, as a terminal's Ctrl-C does."""
 
 from __future__ import annotations
 
@@ -101,9 +101,9 @@ def interrupt(
 
 
 def assert_clean_stop(
-    done: subprocess.CompletedProcess[str], seen: dict[int, str], line: str
+    done: subprocess.CompletedProcess[str], seen: dict[int, str], line: str, code: int = 130
 ) -> None:
-    assert done.returncode == 130, done.stdout + done.stderr
+    assert done.returncode == code, done.stdout + done.stderr
     assert done.stderr.strip().splitlines()[-1] == line, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     deadline = time.monotonic() + 20  # a launched server's grace to stop
@@ -175,7 +175,10 @@ def test_ctrl_c_in_pytest_gpufit_ab_stops_a_launched_server(tmp_path, env):
     done, seen = interrupt(command, tmp_path, serving, env)
     assert any("slowpkg.serve" in name for name in seen.values())  # up when interrupted
     assert_clean_stop(
-        done, seen, "gpufit ab: interrupted in round 1 of at most 4; no verdict, nothing written"
+        done,
+        seen,
+        "gpufit ab: interrupted in round 1 of at most 4; no verdict, nothing written",
+        code=pytest.ExitCode.INTERRUPTED,  # pytest's own code for Ctrl-C, 2
     )
     assert not summary.exists()
 

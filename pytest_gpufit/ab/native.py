@@ -97,9 +97,10 @@ def run(config: pytest.Config, settings: Settings) -> int:
     except GpufitError as error:
         raise pytest.UsageError(f"gpufit ab: {error}") from None
     except KeyboardInterrupt as error:
-        # as `gpufit ab`: one line, exit 130, no traceback (run_ab stopped the sides)
+        # as `gpufit ab`: one line, no traceback (run_ab stopped the sides); the exit code is
+        # pytest's own for an interrupted session (2), as a CI script reading pytest expects
         print(f"gpufit ab: {error or 'interrupted'}", file=sys.stderr, flush=True)
-        return 130
+        return int(pytest.ExitCode.INTERRUPTED)
     print("\n".join(table_lines(outcome)))
     text = markdown(outcome)
     if settings.summary:
