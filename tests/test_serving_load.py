@@ -129,3 +129,38 @@ def test_a_level_needs_a_concurrency_or_a_rate(fake: FakeOpenAI) -> None:
 
     with pytest.raises(ValueError, match="concurrency or a rate"):
         asyncio.run(go())
+
+
+class _SwallowsTheCancel:
+    """A client whose request in flight swallows a cancel and answers, as Python 3.11's
+    ``asyncio.wait_for`` does when the answer and the cancel meet."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def stream(self, request: GenRequest) -> object:
+        self.sent += 1
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass
+        return object()
+
+
+@pytest.mark.skipif(not hasattr(asyncio.Task, "cancelling"), reason="Python 3.11+")
+def test_a_cancelled_level_sends_no_more_requests_even_when_one_swallowed_the_cancel() -> None:
+    """Ctrl-C cancels the level; a worker whose request swallowed the cancel went on to its next
+    request, and a 50-request load ran to its end after the Ctrl-C."""
+    client = _SwallowsTheCancel()
+
+    async def go() -> None:
+        level = asyncio.ensure_future(
+            run_level(client, [REQUEST], concurrency=2, max_requests=50)  # type: ignore[arg-type]
+        )
+        await asyncio.sleep(0.12)  # in the third round of requests
+        level.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await level
+
+    asyncio.run(go())
+    assert client.sent <= 8, client.sent

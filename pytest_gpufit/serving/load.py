@@ -332,6 +332,17 @@ def format_level(level: LevelResult) -> str:
     return line
 
 
+def _cancelling() -> bool:
+    """True once this task was asked to stop (Ctrl-C cancels the level), even where the
+    request in flight swallowed the cancel: Python 3.11's ``asyncio.wait_for`` returns the
+    answer instead of raising when the answer and the cancel meet, and a worker that went on to
+    its next request kept a Ctrl-C'd load running to its end. (Python 3.10 has no
+    ``Task.cancelling``: there this is always False.)"""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
 async def _one(client: OpenAIClient, request: GenRequest) -> Outcome:
     try:
         return Outcome(await client.stream(request))
@@ -384,6 +395,8 @@ async def run_level(
     deadline = start + max_seconds
 
     def next_request() -> GenRequest | None:
+        if _cancelling():
+            return None
         i = next(counter)
         if i >= max_requests or time.perf_counter() >= deadline:
             return None
