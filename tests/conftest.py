@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,17 @@ except ImportError:
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
+
+# A run started in the background of a script (`.ci/run &`, nohup, some runners) inherits
+# SIGINT ignored, and an ignored signal stays ignored through exec: every process a test starts
+# would ignore the Ctrl-C the interrupt tests send (tests/test_ab_interrupt.py,
+# test_suite_openai.py), and they would wait out their timeouts. Python's own handler here
+# gives the children SIGINT's default again, as a terminal's Ctrl-C finds them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread: leave it
+        pass
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
