@@ -28,18 +28,19 @@
 # where a regressed or improved metric is a FALSE ALARM that fails the step.
 # GPUFIT_TIER_AB_WHEELS names another folder than .whl-ab (an empty or absent one: an A/A).
 # GPUFIT_TIER_AB_ONLY=1 runs only the probe and the A/B step (a short device call: 6 rounds of
-# 2 sessions, about 2-3 minutes on the card by estimate, not measured yet). On a dry run the
-# A/B step runs on the CPU with the tiny model (fixtures/tiny-llama).
+# 2 sessions; its time on a card is not measured yet, 1.5 min on dev-cpu's dry run). On a dry
+# run the A/B step runs on the CPU with the tiny model (fixtures/tiny-llama).
 #
-# On the device (after scripts/gpu-tier-wheels.sh here, with GPUFIT_WHEELS_AB=VERSION for a
-# real A/B), one call:
-#   run(command="GPUFIT_TIER_AB=1 scripts/gpu-tier.sh /tmp/tier; s=$?; cp /tmp/tier/bundle.json
-#       /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl", ".whl-ab"], timeout_s=600)
-# The A/B adds its 2-3 minutes to the tier's 6 (target): where the device time left will not
-# hold both in one call and a rerun, leave GPUFIT_TIER_AB out there and run the A/B alone:
+# On the device (15 minutes a session, the machine's start included): first the tier without
+# the A/B, after scripts/gpu-tier-wheels.sh here, with a timeout that leaves time for a rerun:
+#   run(command="scripts/gpu-tier.sh /tmp/tier; s=$?; cp /tmp/tier/bundle.json
+#       /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl"], timeout_s=420)
+# then, where time is left, the A/B alone (GPUFIT_WHEELS_AB=VERSION scripts/gpu-tier-wheels.sh
+# here first, for a real A/B of two transformers versions; without .whl-ab it is an A/A):
 #   run(command="GPUFIT_TIER_AB_ONLY=1 scripts/gpu-tier.sh /tmp/tier; s=$?; cp
 #       /tmp/tier/bundle.json /tmp/tier/summary.txt $OUT/; exit $s", carry=[".whl-ab"],
 #       timeout_s=300)
+# GPUFIT_TIER_AB=1 runs both in one call (timeout_s=600: no time left for a rerun).
 #
 # The device image lacks fastapi, uvicorn, pydantic and openai (transformers serve needs them):
 # run scripts/gpu-tier-wheels.sh here first and carry .whl; they install from it, offline.
