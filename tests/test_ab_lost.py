@@ -108,6 +108,7 @@ def test_a_lost_metric_fails_the_run_and_stops_it_at_the_next_look(inconclusive_
             "present_from": 1,
             "present_to": 7,
             "missing_from": 8,
+            "never": False,
         }
     ]
     assert data["exit_code"] == 1

@@ -121,12 +121,9 @@ def test_an_a_a_with_too_few_rounds_for_any_interval_fails_the_tier_step(tmp_pat
 # gpufit ab's judgement: a metric that only one side measures from round 2 on
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one_sided is checked in round 1 only and lost_metrics only sees a metric a side "
-    "stopped measuring: one B never measures, first seen on A in round 2, is dropped silently",
-)
 def test_a_metric_only_one_side_measures_from_round_2_is_never_same() -> None:
+    """Was "same", exit 0: one_sided is checked in round 1 only and lost_metrics saw only a
+    metric a side stopped measuring."""
     x = {"decode_tok_s": 100.0}
     first = {"t.py::x": dict(x)}
     later = {"t.py::x": dict(x), "t.py::y": {"decode_tok_s": 50.0}}  # y measured from round 2
@@ -135,6 +132,10 @@ def test_a_metric_only_one_side_measures_from_round_2_is_never_same() -> None:
     outcome = run_ab(A, B, [], execute, rounds=6, inconclusive_ok=True)
     # B never measured t.py::y (a test both sides run: its outcomes agree), A did in 5 rounds
     assert outcome.verdict != "same" or outcome.exit_code != 0, outcome.to_dict()["metrics"]
+    assert outcome.exit_code == 1
+    assert [x.describe() for x in outcome.lost] == [
+        "metric lost: t.py::y decode_tok_s: measured on side A from round 2, never on side B"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

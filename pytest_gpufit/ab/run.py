@@ -278,17 +278,26 @@ class Lost:
 
     test: str
     metric: str
-    side: str  # "A" | "B"
-    first: int  # the first round the side measured it
-    last: int  # the last round before it went missing
+    side: str  # "A" | "B": the side without it
+    first: int  # the first round the side measured it (never: the other side's first)
+    last: int  # the last round before it went missing (never: as first)
     missing_from: int  # the first round of the side without it
+    never: bool = False  # the side never measured it: the other side began to, after round 1
 
     def describe(self) -> str:
         """One line of the table and the Markdown.
 
         >>> Lost("t.py::x", "decode_tok_s", "B", 1, 3, 4).describe()
         'metric lost: t.py::x decode_tok_s: present in rounds 1-3, missing on side B from round 4'
+        >>> Lost("t.py::y", "decode_tok_s", "B", 2, 2, 2, never=True).describe()
+        'metric lost: t.py::y decode_tok_s: measured on side A from round 2, never on side B'
         """
+        if self.never:
+            other = "A" if self.side == "B" else "B"
+            return (
+                f"metric lost: {self.test} {self.metric}: measured on side {other} from round "
+                f"{self.first}, never on side {self.side}"
+            )
         seen = f"rounds {self.first}-{self.last}"
         if self.first == self.last:
             seen = f"round {self.first}"
@@ -305,12 +314,15 @@ class Lost:
             "present_from": self.first,
             "present_to": self.last,
             "missing_from": self.missing_from,
+            "never": self.never,
         }
 
 
 def lost_metrics(runs: Sequence[Run]) -> list[Lost]:
     """Each (test, metric, side) a side measured in a round and then lacked in a later round
-    of its own; the first such round is named.
+    of its own; the first such round is named. And each one side began to measure after round
+    1 (round 1 refuses a one-sided metric) that the other side never measured in a round both
+    ran: it has no pair, and judging the rest would pass over it.
 
     >>> a1 = Run("A", 1, 1.0, 0, {"t::x": {"decode_tok_s": 9.0}})
     >>> b1 = Run("B", 1, 1.0, 0, {"t::x": {"decode_tok_s": 9.0}})
@@ -330,6 +342,14 @@ def lost_metrics(runs: Sequence[Run]) -> list[Lost]:
         for test, metric in has:
             key = (test, metric, run.side)
             seen[key] = (seen.get(key, (run.round, 0))[0], run.round)
+    for (test, metric, side), (first, _) in seen.items():
+        other = "B" if side == "A" else "A"
+        key = (test, metric, other)
+        if key in seen or key in lost:
+            continue
+        both = [r.round for r in runs if r.side == other and r.round >= first]
+        if both:  # the other side ran a round since, and never measured it
+            lost[key] = Lost(test, metric, other, first, first, min(both), never=True)
     return sorted(lost.values(), key=lambda x: (x.test, x.metric, x.side))
 
 
