@@ -245,6 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dry.add_argument("model", type=Path)
     args = parser.parse_args(argv)
     try:
+        # Where the results go is checked before anything is built: a venv made and then
+        # not described would be left behind.
+        where = args.out if args.command == "dry-suite" else (args.json and args.json.parent)
+        if where and not where.is_dir():
+            flag = "OUT_DIR" if args.command == "dry-suite" else "--json"
+            raise GpufitError(f"{flag}: {where} is not a folder; make it first or give another")
         if args.command == "dry-suite":
             if not (args.model / "config.json").is_file():
                 raise GpufitError(f"{args.model}: no config.json; give a model folder")
