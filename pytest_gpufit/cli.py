@@ -391,10 +391,12 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _ab(args: argparse.Namespace) -> int:
     """Thin: the sides, the runs and their judgement are ``pytest_gpufit.ab``'s."""
+    from pytest_gpufit.ab.child import terminate_as_interrupt
     from pytest_gpufit.ab.command import run_command
     from pytest_gpufit.plot import plot_ab
 
-    return run_command(args, plot_ab, _store if args.record else None)
+    with terminate_as_interrupt():
+        return run_command(args, plot_ab, _store if args.record else None)
 
 
 def _percent(text: str) -> float:
@@ -413,22 +415,24 @@ def _positive(text: str) -> int:
 
 def _bisect(args: argparse.Namespace) -> int:
     from pytest_gpufit.ab.bisect_run import Sides, run_bisect
+    from pytest_gpufit.ab.child import terminate_as_interrupt
 
     sides = Sides(args.a_requirements, args.a_python, args.b_requirements, tuple(args.change))
-    return run_bisect(
-        sides,
-        pytest_args=args.pytest_args,
-        groups=args.group,
-        work=Path(args.work),
-        find_links=args.find_links,
-        no_index=args.no_index,
-        offline=args.offline,
-        base_python=args.base_python,
-        rounds=args.rounds,
-        tolerance=args.tolerance,
-        few=args.one_at_a_time,
-        json_path=args.json,
-    )
+    with terminate_as_interrupt():
+        return run_bisect(
+            sides,
+            pytest_args=args.pytest_args,
+            groups=args.group,
+            work=Path(args.work),
+            find_links=args.find_links,
+            no_index=args.no_index,
+            offline=args.offline,
+            base_python=args.base_python,
+            rounds=args.rounds,
+            tolerance=args.tolerance,
+            few=args.one_at_a_time,
+            json_path=args.json,
+        )
 
 
 def add_bisect(sub: Any) -> None:
@@ -688,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as error:
         # Ctrl-C: one line (where it stopped, for ab and bisect), no traceback; 130 = 128 +
         # SIGINT, as a shell reports it. Their children were stopped where they ran.
-        print(f"gpufit {args.command}: {error or 'interrupted'}", file=sys.stderr)
+        print(f"gpufit {args.command}: {str(error) or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `gpufit probe | head`: the reader has what it wanted. Point stdout at /dev/null so

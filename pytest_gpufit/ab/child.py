@@ -12,12 +12,16 @@ its watchdog does when the owner was killed (``serving/server.py``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from types import FrameType
 
+from pytest_gpufit.serving import sockets
 from pytest_gpufit.serving.server import group_alive
 
 GRACE_S = 15.0  # for a side's pytest to tear down and stop the server it launched
@@ -57,7 +61,9 @@ def run_child(
 
 def stop_group(child: subprocess.Popen[str], grace_s: float = GRACE_S) -> None:
     """SIGINT to the child's process group, then SIGKILL to what is left after ``grace_s``
-    (at once on a second Ctrl-C); returns when the child is reaped."""
+    (at once on a second Ctrl-C); returns when the child is reaped. The SIGKILL reaches the
+    child's descendants in groups of their own too (a nested ``gpufit ab``'s sides: killed, it
+    could no longer stop them)."""
     pgid = child.pid  # start_new_session: the child leads its own group
     _signal(pgid, signal.SIGINT)
     deadline = time.monotonic() + grace_s
@@ -68,8 +74,40 @@ def stop_group(child: subprocess.Popen[str], grace_s: float = GRACE_S) -> None:
             time.sleep(0.05)
     except KeyboardInterrupt:
         pass  # asked twice: no more grace
+    table = sockets.stats()
+    descendants = sockets.tree(pgid, table)  # read before the kill: then they are orphans
     _signal(pgid, signal.SIGKILL)
+    for pid, began in descendants.items():
+        now = table.get(pid)
+        if pid != pgid and now is not None and now.starttime == began:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
     child.wait()
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``timeout``, a CI job cancelled, a closed terminal) taken as Ctrl-C
+    while the block runs. The children run in process groups of their own, which a signal to
+    this process's group does not reach: without this, SIGTERM ended the conductor alone and
+    left the sides running. A signal ignored here (``nohup``) stays ignored; off the main
+    thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    wanted = (signal.SIGTERM, signal.SIGHUP)
+    before = {n: signal.getsignal(n) for n in wanted if signal.getsignal(n) is not signal.SIG_IGN}
+    for signum in before:
+        signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _signal(pgid: int, signum: int) -> None:

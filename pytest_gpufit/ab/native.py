@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_gpufit.ab.child import terminate_as_interrupt
 from pytest_gpufit.ab.output import markdown, table_lines
 from pytest_gpufit.ab.run import run_ab, subprocess_runner, temporary_workdir
 from pytest_gpufit.ab.sides import check_pair, make_side
@@ -84,7 +85,7 @@ def run(config: pytest.Config, settings: Settings) -> int:
         a = make_side("A", _items(declared[settings.ab[0]], root), f"A ({settings.ab[0]})")
         b = make_side("B", _items(declared[settings.ab[1]], root), f"B ({settings.ab[1]})")
         check_pair(a, b)
-        with temporary_workdir() as workdir:
+        with terminate_as_interrupt(), temporary_workdir() as workdir:
             outcome = run_ab(
                 a,
                 b,
@@ -99,7 +100,7 @@ def run(config: pytest.Config, settings: Settings) -> int:
     except KeyboardInterrupt as error:
         # as `gpufit ab`: one line, no traceback (run_ab stopped the sides); the exit code is
         # pytest's own for an interrupted session (2), as a CI script reading pytest expects
-        print(f"gpufit ab: {error or 'interrupted'}", file=sys.stderr, flush=True)
+        print(f"gpufit ab: {str(error) or 'interrupted'}", file=sys.stderr, flush=True)
         return int(pytest.ExitCode.INTERRUPTED)
     print("\n".join(table_lines(outcome)))
     text = markdown(outcome)
