@@ -67,9 +67,17 @@ for pair in "GPUFIT_TIER_DRY_RUN=$dry" "GPUFIT_TIER_SERVE_ONLY=$serve_only" \
   esac
 done
 case "$ab_rounds" in
-  ''|*[!0-9]*|0) echo "gpu-tier: GPUFIT_TIER_AB_ROUNDS must be a whole number of rounds," \
-                      "1 or more (6 give the first 95% interval), not '$ab_rounds'" >&2; exit 2 ;;
+  ''|*[!0-9]*) bad="'$ab_rounds'" ab_rounds=0 ;;
+  *) bad=$ab_rounds ab_rounds=$((10#$ab_rounds)) ;;
 esac
+if [ "$ab_rounds" -lt 1 ]; then
+  echo "gpu-tier: GPUFIT_TIER_AB_ROUNDS must be a whole number of rounds, 1 or more (6 give" \
+       "the first 95% interval), not $bad" >&2
+  exit 2
+elif [ "$ab_rounds" -lt 6 ] && [ "$((ab + ab_only))" -gt 0 ]; then
+  echo "gpu-tier: GPUFIT_TIER_AB_ROUNDS=$ab_rounds gives no interval (6 give the first): the A/B" \
+       "step runs, and fails as no evidence" >&2
+fi
 if [ "$serve_only" = 1 ] && [ "$ab_only" = 1 ]; then
   echo "gpu-tier: GPUFIT_TIER_SERVE_ONLY=1 and GPUFIT_TIER_AB_ONLY=1 each ask for a short call" \
        "of its own; set one of them" >&2

@@ -246,8 +246,10 @@ def ab_kind(data: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def ab_lines(data: Any, env: Any = None) -> tuple[list[str], bool]:
-    """The A/B step's lines, and whether they hold a FALSE ALARM: an A/A whose metric reads
-    regressed or improved (nothing changed, so only noise or a broken instrument says so).
+    """The A/B step's lines, and whether the step fails: a FALSE ALARM (an A/A whose metric,
+    verdict or test outcome reads as a change: nothing changed, so only noise or a broken
+    instrument says so), or a result that is no evidence (a metric a side lost, a metric
+    without an interval). An A/B's regressions and failing tests are findings, printed.
     No result at all (the step failed before ``gpufit ab`` wrote its JSON) is a line too."""
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
         return ["A/B: no result (ab.json is missing or unreadable; see ab.txt)"], False
@@ -282,18 +284,40 @@ def ab_lines(data: Any, env: Any = None) -> tuple[list[str], bool]:
             f"  {test:24s} {label(str(m.get('metric'))):14s} B/A {float(m.get('ratio', 0)):.3f} "
             f"{shown:28s} {m.get('verdict')}{flag}"
         )
-    for t in data.get("texts") or []:
+    texts = data.get("texts") or []
+    for t in texts:
         lines.append(
             f"  greedy text {str(t.get('test', '')).split('::', 1)[-1]}: equal in "
             f"{t.get('equal_pairs')} of {t.get('pairs')} pairs"
         )
+    if not texts:
+        lines.append("  greedy text: none recorded (no check of the suite records its text)")
+    no_evidence = []
+    for x in data.get("lost") or []:
+        lines.append(
+            f"  metric lost: {str(x.get('test', '')).split('::', 1)[-1]} {x.get('metric')} on "
+            f"side {x.get('side')} from round {x.get('missing_from')}"
+        )
+        no_evidence.append("a metric was lost")
+    if not data["metrics"] or any(m.get("low") is None for m in data["metrics"]):
+        no_evidence.append("a metric has no interval (6 rounds give the first)")
+    for d in data.get("outcomes") or []:
+        lines.append(
+            f"  outcomes differ: {str(d.get('test', '')).split('::', 1)[-1]}: A {d.get('a')}, "
+            f"B {d.get('b')}{'  FALSE ALARM (an A/A)' if kind == 'A/A' else ''}"
+        )
+        alarm = alarm or kind == "A/A"
+    if kind == "A/A" and data.get("verdict") in ("regressed", "improved"):
+        alarm = True
     lines.append(f"  verdict: {data.get('verdict')} (gpufit ab exit {data.get('exit_code')})")
     if alarm:
         lines.append(
             "  FALSE ALARM: B holds A's very packages, yet gpufit ab judged a change; the "
             "machine moved under one side or the statistics erred (the step fails)"
         )
-    return lines, alarm
+    if no_evidence:
+        lines.append(f"  NO EVIDENCE: {'; '.join(dict.fromkeys(no_evidence))} (the step fails)")
+    return lines, alarm or bool(no_evidence)
 
 
 def ab(out: Path, check: bool = False) -> int:
@@ -301,10 +325,10 @@ def ab(out: Path, check: bool = False) -> int:
     data, env = load(out / "ab.json"), load(out / "ab-env.json")
     if data is None and env is None and not check:
         return 0
-    lines, alarm = ab_lines(data, env)
+    lines, fails = ab_lines(data, env)
     print()
     print("\n".join(lines))
-    return 1 if alarm or not isinstance(data, dict) else 0
+    return 1 if fails or not isinstance(data, dict) else 0
 
 
 def bundle(out: Path, target: Path) -> None:

@@ -67,11 +67,6 @@ def _tier_summary(tmp_path: Path, outcome_dict: dict) -> subprocess.CompletedPro
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gpu_tier_summary --ab fails an A/A only on a per-metric regressed/improved; an A/A "
-    "where a test fails on B only (gpufit ab: verdict regressed, exit 1) passes the tier's step",
-)
 def test_an_a_a_where_b_fails_a_test_fails_the_tier_step(tmp_path: Path) -> None:
     # t.py::x measures the same on both sides; t.py::y passes on A and fails on B every round
     a_tests = {"t.py::x": "passed", "t.py::y": "passed"}
@@ -90,11 +85,6 @@ def test_an_a_a_where_b_fails_a_test_fails_the_tier_step(tmp_path: Path) -> None
     assert done.returncode == 1, done.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gpu_tier_summary --ab ignores ab.json's 'lost': an A/A where side B stopped "
-    "measuring a metric (gpufit ab exit 1) passes the tier's step",
-)
 def test_an_a_a_where_b_loses_a_metric_fails_the_tier_step(tmp_path: Path) -> None:
     both = {"t.py::x": {"decode_tok_s": 100.0, "ttft_ms": 20.0}}
     only_x = {"t.py::x": {"decode_tok_s": 100.0}}
@@ -105,11 +95,6 @@ def test_an_a_a_where_b_loses_a_metric_fails_the_tier_step(tmp_path: Path) -> No
     assert done.returncode == 1, done.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GPUFIT_TIER_AB_ROUNDS=1..5 gives no interval at all: every metric inconclusive, "
-    "gpufit ab exit 1, and the summary passes the step on no evidence",
-)
 def test_an_a_a_with_too_few_rounds_for_any_interval_fails_the_tier_step(tmp_path: Path) -> None:
     outcome = run_ab(A, B, [], fake({"A": steady(100.0), "B": steady(50.0)}), rounds=2)
     assert not any(r.interval.exists for r in outcome.results) and outcome.exit_code == 1

@@ -216,9 +216,29 @@ def test_an_a_b_that_regressed_is_a_finding_not_an_alarm() -> None:
 
 @pytest.mark.parametrize("verdict", ["same", "inconclusive"])
 def test_an_a_a_that_finds_nothing_raises_no_alarm(verdict: str) -> None:
-    lines, alarm = summary.ab_lines(_ab(verdict, low=None))
-    assert not alarm
+    lines, fails = summary.ab_lines(_ab(verdict))
+    assert not fails
+    assert not any("FALSE ALARM" in line or "NO EVIDENCE" in line for line in lines)
+
+
+def test_a_metric_without_an_interval_is_no_evidence_and_fails_the_step() -> None:
+    lines, fails = summary.ab_lines(_ab("inconclusive", low=None))
+    assert fails
     assert "no interval (too few rounds)" in next(line for line in lines if "decode" in line)
+    assert lines[-1] == (
+        "  NO EVIDENCE: a metric has no interval (6 rounds give the first) (the step fails)"
+    )
+
+
+def test_an_a_b_whose_test_fails_on_b_is_a_finding_an_a_a_a_false_alarm() -> None:
+    differ = [{"test": "t.py::y", "a": {"passed": 6}, "b": {"failed": 6}, "worse": True}]
+    lines, fails = summary.ab_lines(
+        {**_ab("regressed", b_transformers="5.24.0"), "outcomes": differ}
+    )
+    assert not fails
+    assert "  outcomes differ: y: A {'passed': 6}, B {'failed': 6}" in lines
+    lines, fails = summary.ab_lines({**_ab("same"), "outcomes": differ, "verdict": "regressed"})
+    assert fails and lines[-1].startswith("  FALSE ALARM: B holds A's very packages")
 
 
 def test_no_result_and_a_planned_kind_gpufit_ab_did_not_see_are_said() -> None:
@@ -261,6 +281,7 @@ def test_the_bundle_holds_the_ab_result_not_side_bs_venv(tmp_path: Path) -> None
         ({"GPUFIT_TIER_AB_ONLY": "2"}, "GPUFIT_TIER_AB_ONLY must be 0 or 1, not '2'"),
         ({"GPUFIT_TIER_AB_ROUNDS": "0"}, "GPUFIT_TIER_AB_ROUNDS must be a whole number"),
         ({"GPUFIT_TIER_AB_ROUNDS": "six"}, "not 'six'"),
+        ({"GPUFIT_TIER_AB_ROUNDS": "00"}, "GPUFIT_TIER_AB_ROUNDS must be a whole number"),
         ({"GPUFIT_TIER_AB_ONLY": "1", "GPUFIT_TIER_SERVE_ONLY": "1"}, "set one of them"),
     ],
 )
@@ -287,7 +308,7 @@ def test_a_bad_ab_version_stops_the_wheels_script_before_any_download(version: s
 def test_the_ab_step_runs_dry_a_real_a_a_with_gpufit_ab(tmp_path: Path) -> None:
     """Probe + A/B step (AB_ONLY), one round: a real venv, a real gpufit ab of two pytest
     sessions on the tiny model (about 30 s on dev-cpu); one round gives no interval, so every
-    metric is inconclusive and the A/A raises no alarm."""
+    metric is inconclusive, the A/A raises no alarm, and the step fails: no evidence."""
     pytest.importorskip("transformers")
     out = tmp_path / "tier"
     variables = {"GPUFIT_TIER_DRY_RUN": "1", "GPUFIT_TIER_AB_ONLY": "1"}
@@ -296,11 +317,15 @@ def test_the_ab_step_runs_dry_a_real_a_a_with_gpufit_ab(tmp_path: Path) -> None:
     done = _script(
         "scripts/gpu-tier.sh", str(out), env=_tier_env(GPUFIT_TIER_AB_ROUNDS="1", **variables)
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "GPUFIT_TIER_AB_ROUNDS=1 gives no interval" in done.stderr
     assert "== A/B: gpufit ab of two environments on the CPU (dry run)" in done.stdout
     text = (out / "summary.txt").read_text()
     assert "A/B (A/A): the same packages on both sides" in text
     assert "FALSE ALARM" not in text
+    assert (
+        "  NO EVIDENCE: a metric has no interval (6 rounds give the first) (the step fails)" in text
+    )
     assert "qwen3-0.6b::throughput   decode tok/s" in text
     data = json.loads((out / "ab.json").read_text())
     assert data["rounds"] == 1 and {r["side"] for r in data["runs"]} == {"A", "B"}
