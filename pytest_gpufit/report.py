@@ -256,9 +256,19 @@ def _target_row(rows: list[Mapping[str, Any]]) -> list[str]:
 
 
 def measurement_rows(measurements: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
-    """One row per target (COLUMNS), merging the measurements of its checks."""
+    """One row per target (COLUMNS), merging the measurements of its checks. A plain test's
+    own ``gpufit_measurement`` may give its ``metrics`` alone: its file and name stand for the
+    suite and the target.
+
+    >>> measurement_rows({"t.py::test_speed": {"metrics": {"decode_tok_s": 12.5}}})[0][:3]
+    ['t.py::test_speed', '-', '-']
+    """
     by_target: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for row in measurements.values():
+    for nodeid, row in measurements.items():
+        if not isinstance(row.get("metrics"), Mapping):
+            continue
+        suite, _, name = nodeid.partition("::")
+        row = {"suite": suite, "target": name or nodeid, "dtype": "-", "device": "-", **row}
         by_target.setdefault((row["suite"], row["target"]), []).append(row)
     return [_target_row(rows) for rows in by_target.values()]
 

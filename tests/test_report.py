@@ -327,3 +327,21 @@ def test_write_markdown_summary_writes_both_then_names_the_failure(tmp_path: Pat
     with pytest.raises(GpufitError, match="--gpufit-summary.*Is a directory"):
         write_markdown_summary(REAL, VERDICTS, {}, str(folder), str(step), RESULTS)
     assert "### Skipped (3)" in step.read_text()
+
+
+def test_a_plain_test_that_records_only_its_metrics_gets_a_row(pytester: pytest.Pytester) -> None:
+    """docs/ab.md: a plain test gives gpufit ab a metric with the gpufit_measurement property;
+    one with its metrics alone was a KeyError ('suite') in the terminal summary."""
+    pytester.makepyfile(
+        test_m="""
+        import json
+
+        def test_speed(record_property):
+            record_property("gpufit_measurement", json.dumps({"metrics": {"decode_tok_s": 123.0}}))
+        """
+    )
+    result = pytester.runpytest("-p", "no:randomly", "--gpufit-report=r.json")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["test_m.py::test_speed  -  *-  *123 *"])
+    data = json.loads((pytester.path / "r.json").read_text())
+    assert data["measurements"]["test_m.py::test_speed"]["metrics"] == {"decode_tok_s": 123.0}
