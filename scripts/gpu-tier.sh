@@ -19,8 +19,9 @@
 # device call: about 3 to 4 minutes on top of the machine's start, not measured yet).
 #
 # GPUFIT_TIER_AB=1 adds the A/B step: `gpufit ab` of two environments on the card
-# (tests/gpu/ab.gpufit.yaml, random Qwen3-0.6B: load, TTFT, prefill and decode tok/s, greedy
-# text; GPUFIT_TIER_AB_ROUNDS rounds, default 6, the fewest that give a 95% interval). Side A is
+# (tests/gpu/ab.gpufit.yaml, random Qwen3-0.6B: load, TTFT, prefill and decode tok/s; no
+# greedy text, which an in-process check without a tokenizer does not record;
+# GPUFIT_TIER_AB_ROUNDS rounds, default 6, the fewest that give a 95% interval). Side A is
 # this machine's python; side B a venv made offline by scripts/gpu_tier_ab_env.py onto A's
 # packages, plus every wheel carried in .whl-ab (GPUFIT_WHEELS_AB=VERSION
 # scripts/gpu-tier-wheels.sh puts a transformers wheel there: a real A/B of two transformers
