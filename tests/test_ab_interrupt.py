@@ -67,10 +67,16 @@ def alive(pid: int) -> bool:
 
 
 def interrupt(
-    command: list[str], cwd: Path, ready: Callable[[set[int]], bool], env: dict[str, str]
+    command: list[str],
+    cwd: Path,
+    ready: Callable[[set[int]], bool],
+    env: dict[str, str],
+    signals: tuple[int, ...] = (signal.SIGINT,),
+    gap_s: float = 1.0,
 ) -> tuple[subprocess.CompletedProcess[str], dict[int, str]]:
-    """Start ``command``, wait until ``ready(its descendants)``, Ctrl-C it; its result and the
-    descendants seen then, with their command lines."""
+    """Start ``command``, wait until ``ready(its descendants)``, Ctrl-C it (or send
+    ``signals`` to its group, ``gap_s`` apart: Ctrl-C twice, SIGTERM as ``timeout`` sends it);
+    its result and the descendants seen then, with their command lines."""
     process = subprocess.Popen(
         command,
         cwd=cwd,
@@ -91,7 +97,10 @@ def interrupt(
         assert process.poll() is None, process.communicate()
         assert ready(seen), "never got there"
         named = {pid: cmdline(pid) for pid in children(process.pid)}
-        os.killpg(process.pid, signal.SIGINT)
+        for i, signum in enumerate(signals):
+            if i:
+                time.sleep(gap_s)
+            os.killpg(process.pid, signum)
         out, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:

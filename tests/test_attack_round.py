@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from ab_envs import make_venv
 from bisect_world import make_wheels
-from test_ab_interrupt import SLOW_TARGET, alive, children, cmdline
+from test_ab_interrupt import SLOW_TARGET, alive, cmdline, interrupt
 
 from pytest_gpufit.ab.bisect_envs import find_uv
 from pytest_gpufit.ab.run import Run, run_ab
@@ -151,33 +151,24 @@ def test_sigterm_to_gpufit_ab_leaves_no_side_running(tmp_path: Path) -> None:
     env = {**os.environ, "AB_PIDS": str(pids), "TMPDIR": str(scratch)}
     command = [GPUFIT, "ab", "--a", f"python={a}", "--b", f"python={b}", "--rounds", "6"]
     command += ["--", "test_slow.py"]
-    process = subprocess.Popen(
-        command,
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own group, as `timeout` or a CI runner starts a job
-    )
-    started: list[int] = []
+
+    def side_started(seen: set[int]) -> bool:
+        return len([p for p in pids.iterdir() if int(p.stem) in seen]) == 2
+
     try:
-        assert _wait(lambda: len(list(pids.iterdir())) == 2, 120), "the side never started"
-        started = [int(p.stem) for p in pids.iterdir()]
-        seen = children(process.pid)
-        assert set(started) <= seen
-        os.killpg(process.pid, signal.SIGTERM)  # as `timeout` and CI runners do: the group
-        process.wait(timeout=60)
-        left = _wait(lambda: not any(alive(pid) for pid in seen), 20)
-        named = {pid: cmdline(pid) for pid in seen if alive(pid)}
-        assert left, f"still running after gpufit ab was terminated: {named}"
-        assert not list(scratch.iterdir())  # its gpufit-ab-* working folder is left too
+        # as `timeout` and CI runners do: SIGTERM to the group
+        done, seen = interrupt(command, project, side_started, env, (signal.SIGTERM,))
+        assert done.returncode == 130, done.stderr
+        assert "gpufit ab: interrupted in round 1 of at most 6" in done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        _wait(lambda: not any(alive(pid) for pid in seen), 20)
+        left = {pid: cmdline(pid) for pid in seen if alive(pid)}
+        assert not left, f"still running after gpufit ab was terminated: {left}"
+        assert not list(scratch.iterdir())  # nor its gpufit-ab-* working folder
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        for pid in started:  # what the attack left behind, cleaned up here
+        for p in pids.iterdir():  # what a failure left behind, cleaned up here
             try:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
+                os.kill(int(p.stem), signal.SIGKILL)
             except ProcessLookupError:
                 pass  # gone: nothing was left
 
@@ -188,34 +179,6 @@ STUBBORN_TARGET = SLOW_TARGET.replace(
     "def test_slow():\n",
     "def test_slow():\n    import signal\n\n    signal.signal(signal.SIGINT, signal.SIG_IGN)\n",
 )
-
-
-def ctrl_c_twice(
-    command: list[str], cwd: Path, ready, env: dict[str, str], gap_s: float = 1.0
-) -> tuple[subprocess.CompletedProcess[str], dict[int, str]]:
-    """As test_ab_interrupt.interrupt, with a second Ctrl-C ``gap_s`` after the first (a
-    user who does not want to wait out the grace)."""
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert _wait(lambda: ready(children(process.pid)), 300), "never got there"
-        named = {pid: cmdline(pid) for pid in children(process.pid)}
-        os.killpg(process.pid, signal.SIGINT)
-        time.sleep(gap_s)
-        os.killpg(process.pid, signal.SIGINT)
-        out, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return subprocess.CompletedProcess(command, process.returncode, out, err), named
 
 
 @pytest.mark.skipif(find_uv() is None, reason="uv is not installed (the dev extra)")
@@ -239,7 +202,7 @@ def test_ctrl_c_twice_in_gpufit_bisect_leaves_no_side_running(tmp_path: Path) ->
     command += ["--work", str(tmp_path / "work"), "--json", str(tmp_path / "b.json")]
     command += ["--rounds", "6"]
     try:
-        done, seen = ctrl_c_twice(command, tmp_path, in_a_step, env)
+        done, seen = interrupt(command, tmp_path, in_a_step, env, (signal.SIGINT,) * 2)
         assert done.returncode == 130, done.stderr
         assert "Traceback" not in done.stderr, done.stderr
         _wait(lambda: not any(alive(pid) for pid in seen), 20)
