@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,51 @@ def _isolated_environment(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
         # The GPU tier judges the real machine: a scheduler's CUDA_VISIBLE_DEVICES is part of it.
         if not (gpu_tier and name == "CUDA_VISIBLE_DEVICES"):
             monkeypatch.delenv(name)
+
+
+# Real vLLM on the CPU (tests/test_vllm_real.py) paces its streams only when nothing else runs
+# beside it: with the other xdist worker's tests on a 2-core box, its API server wrote 8-24
+# events in one read now and then (refused as buffered, rightly) and a suite failed in about
+# one CI run in two. That file holds the machine alone: every other test takes a shared lock
+# for its run, the vLLM file an exclusive one for its whole module (cpu_alone).
+_CPU_LOCK = (
+    Path(tempfile.gettempdir())
+    / f"gpufit-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', '')}.lock"
+)
+_ALONE = "test_vllm_real.py"
+
+
+def _flock(mode: int) -> int | None:
+    """An open lock file held in ``mode``; None outside xdist (nothing runs beside)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return None
+    fd = os.open(_CPU_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, mode)
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+@pytest.fixture(autouse=True)
+def _beside_others(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.path.name == _ALONE:  # under its module's exclusive lock already
+        yield
+        return
+    fd = _flock(fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        _unlock(fd)
+
+
+@pytest.fixture(scope="module")
+def cpu_alone() -> Iterator[None]:
+    """The whole machine for this module's tests: no other test runs meanwhile."""
+    fd = _flock(fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        _unlock(fd)

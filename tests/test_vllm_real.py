@@ -112,8 +112,15 @@ def save_head16_checkpoint(folder: Path) -> Path:
 Served = tuple[LaunchedServer, str]
 
 
+# The machine alone for this file (tests/conftest.py, cpu_alone): beside the other worker's
+# tests, the CPU vLLM's streams arrived in bursts now and then.
+pytestmark = pytest.mark.usefixtures("cpu_alone")
+
+
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Served]]:
+def servers(
+    tmp_path_factory: pytest.TempPathFactory, cpu_alone: None
+) -> Iterator[dict[str, Served]]:
     """Both servers of the module, started side by side: a start is mostly imports and
     engine set-up (~1 min each), so the trap's server costs little more than its own test."""
     python = vllm_python()
