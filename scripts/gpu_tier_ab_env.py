@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion
 
 from pytest_gpufit.ab.output import changed
 from pytest_gpufit.ab.run import fingerprint
@@ -43,10 +44,6 @@ DRY_SIZES = {
     "generates": {"prompt_tokens": 8, "max_new_tokens": 8},
     "throughput": {"prompt_tokens": 32, "new_tokens": 8, "warmup": 1, "repeats": 3},
 }
-# name-version(-build)?-python-abi-platform.whl (PEP 427; names use _ for -)
-_WHEEL = re.compile(
-    r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$"
-)
 # Run under side A: the folders its packages come from (the user site where it is on).
 _SITES = """
 import json, os, site
@@ -62,21 +59,12 @@ class Wheel:
     """A carried wheel: its file name and the distribution and version it holds."""
 
     file: str
-    name: str  # normalized: lower case, "-" between words (as importlib.metadata's names)
+    name: str  # canonical (PEP 503): lower case, "-" for any run of "-", "_" and "."
     version: str
 
 
-def normalize(name: str) -> str:
-    """A distribution name as gpufit ab's fingerprints write it.
-
-    >>> normalize("huggingface_hub")
-    'huggingface-hub'
-    """
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def parse_wheel(file: str, where: str) -> Wheel:
-    """The distribution and version a wheel's file name holds.
+    """The distribution (its canonical name) and version a wheel's file name holds.
 
     >>> parse_wheel("transformers-5.24.0-py3-none-any.whl", ".whl-ab")
     Wheel(file='transformers-5.24.0-py3-none-any.whl', name='transformers', version='5.24.0')
@@ -84,13 +72,14 @@ def parse_wheel(file: str, where: str) -> Wheel:
     Traceback (most recent call last):
     pytest_gpufit.errors.GpufitError: .whl-ab/transformers.zip: not a wheel ...
     """
-    found = _WHEEL.match(file)
-    if not found:
+    try:
+        name, version, _, _ = parse_wheel_filename(file)
+    except (InvalidWheelFilename, InvalidVersion):
         raise GpufitError(
             f"{where}/{file}: not a wheel (NAME-VERSION-PY-ABI-PLATFORM.whl); keep only wheels "
             f"there (GPUFIT_WHEELS_AB=VERSION scripts/gpu-tier-wheels.sh writes them)"
-        )
-    return Wheel(file, normalize(found["name"]), found["version"])
+        ) from None
+    return Wheel(file, name, str(version))
 
 
 def carried(files: Sequence[str], where: str) -> tuple[Wheel, ...]:
@@ -123,10 +112,11 @@ def planned_changes(a_packages: Mapping[str, str], wheels: Sequence[Wheel]) -> l
     >>> planned_changes({"transformers": "5.24.0"}, [w])
     []
     """
+    have: dict[str, str] = {canonicalize_name(n): v for n, v in a_packages.items()}
     return [
-        f"{w.name} {a_packages.get(w.name) or 'none'} -> {w.version}"
+        f"{w.name} {have.get(w.name) or 'none'} -> {w.version}"
         for w in wheels
-        if a_packages.get(w.name) != w.version
+        if have.get(w.name) != w.version
     ]
 
 

@@ -64,6 +64,16 @@ def test_a_wheel_name_gives_its_distribution_normalized() -> None:
         ab_env.parse_wheel("notes.txt", ".whl-ab")
 
 
+def test_a_dotted_distribution_at_a_s_own_version_plans_no_change() -> None:
+    """A's probe names it zope.interface, the wheel zope_interface or zope.interface: one name
+    (the attack found it planned as an A/B, then refused as measured A/A)."""
+    wheel = ab_env.parse_wheel("zope.interface-7.0-cp311-cp311-linux_x86_64.whl", ".whl-ab")
+    assert ab_env.planned_changes({"zope.interface": "7.0"}, [wheel]) == []
+    assert ab_env.planned_changes({"zope.interface": "6.0"}, [wheel]) == [
+        "zope-interface 6.0 -> 7.0"
+    ]
+
+
 def test_two_versions_of_one_package_are_refused_naming_both() -> None:
     files = ["transformers-5.24.0-py3-none-any.whl", "transformers-5.17.0-py3-none-any.whl"]
     with pytest.raises(GpufitError, match=r"two versions of transformers \(5\.17\.0 and 5\.24"):
