@@ -205,8 +205,9 @@ ab_step() {
     --rounds "$ab_rounds" --timeout 300 --json "$out/ab.json" --markdown "$out/ab.md" \
     -- "$suite" "${args[@]}") 2>&1 | tee "$out/ab.txt"
   rc=${PIPESTATUS[0]}
-  # Exit 1 is a verdict (regressed or inconclusive), which the summary weighs: an A/A that
-  # regressed is a false alarm and fails the step; exit 2 and others are a broken step.
+  # Exit 1 is a verdict (regressed, inconclusive, a metric lost), which the summary weighs:
+  # no evidence, or an A/A that reads as a change (a false alarm), fails the step; exit 2 and
+  # others are a broken step.
   [ "$rc" -le 1 ] || return 1
   "$py" scripts/gpu_tier_summary.py "$out" --ab
 }

@@ -4,9 +4,9 @@
 
 ``--bundle FILE`` instead packs every result under OUT_DIR into one JSON file (what comes back
 from the device, which returns few files), with the tail of the served target's log.
-``--ab`` prints only the A/B step's section (ab.json, ab-env.json) and exits 1 where there is
-no A/B result or an A/A (B holding A's very packages) reads regressed or improved: a FALSE
-ALARM, which fails the step.
+``--ab`` prints only the A/B step's section (ab.json, ab-env.json) and exits 1 where the step
+fails: no A/B result; NO EVIDENCE (a metric lost, a metric without an interval); or a FALSE
+ALARM, an A/A (B holding A's very packages) whose metric, outcome or verdict reads as a change.
 """
 
 from __future__ import annotations
@@ -245,6 +245,11 @@ def ab_kind(data: dict[str, Any]) -> tuple[str, list[str]]:
     return ("A/B" if changes else "A/A"), changes
 
 
+def _short(entry: Any) -> str:
+    """A test's name without its file: ``ab.gpufit.yaml::x::throughput`` -> ``x::throughput``."""
+    return str(entry.get("test", "")).split("::", 1)[-1]
+
+
 def ab_lines(data: Any, env: Any = None) -> tuple[list[str], bool]:
     """The A/B step's lines, and whether the step fails: a FALSE ALARM (an A/A whose metric,
     verdict or test outcome reads as a change: nothing changed, so only noise or a broken
@@ -271,7 +276,7 @@ def ab_lines(data: Any, env: Any = None) -> tuple[list[str], bool]:
         lines.append(f"  note: side B was made as an {planned}, gpufit ab measured an {kind}")
     alarm = False
     for m in data["metrics"]:
-        test = str(m.get("test", "")).split("::", 1)[-1]
+        test = _short(m)
         if m.get("low") is not None and m.get("high") is not None:
             shown = f"[{m['low']:.3f}, {m['high']:.3f}] at {float(m.get('confidence', 0)):.1%}"
         else:
@@ -287,15 +292,14 @@ def ab_lines(data: Any, env: Any = None) -> tuple[list[str], bool]:
     texts = data.get("texts") or []
     for t in texts:
         lines.append(
-            f"  greedy text {str(t.get('test', '')).split('::', 1)[-1]}: equal in "
-            f"{t.get('equal_pairs')} of {t.get('pairs')} pairs"
+            f"  greedy text {_short(t)}: equal in {t.get('equal_pairs')} of {t.get('pairs')} pairs"
         )
     if not texts:
         lines.append("  greedy text: none recorded (no check of the suite records its text)")
     no_evidence = []
     for x in data.get("lost") or []:
         lines.append(
-            f"  metric lost: {str(x.get('test', '')).split('::', 1)[-1]} {x.get('metric')} on "
+            f"  metric lost: {_short(x)} {x.get('metric')} on "
             f"side {x.get('side')} from round {x.get('missing_from')}"
         )
         no_evidence.append("a metric was lost")
@@ -303,7 +307,7 @@ def ab_lines(data: Any, env: Any = None) -> tuple[list[str], bool]:
         no_evidence.append("a metric has no interval (6 rounds give the first)")
     for d in data.get("outcomes") or []:
         lines.append(
-            f"  outcomes differ: {str(d.get('test', '')).split('::', 1)[-1]}: A {d.get('a')}, "
+            f"  outcomes differ: {_short(d)}: A {d.get('a')}, "
             f"B {d.get('b')}{'  FALSE ALARM (an A/A)' if kind == 'A/A' else ''}"
         )
         alarm = alarm or kind == "A/A"
@@ -360,7 +364,7 @@ def main() -> int:
     parser.add_argument("out", nargs="?", type=Path, default=Path("gpu-tier-out"))
     parser.add_argument("--bundle", type=Path, help="pack every result into this JSON file")
     parser.add_argument(
-        "--ab", action="store_true", help="the A/B section only; exit 1 on a false alarm"
+        "--ab", action="store_true", help="the A/B section only; exit 1 where the step fails"
     )
     args = parser.parse_args()
     if args.bundle:

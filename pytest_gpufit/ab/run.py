@@ -486,7 +486,7 @@ class Outcome:
         if "regressed" in words or self.outcomes:
             return 1
         if self.lost:
-            return 1  # a metric B stopped measuring: --inconclusive ok cannot pass it
+            return 1  # a metric a side lost or never had: --inconclusive ok cannot pass it
         if any(not r.interval.exists for r in self.results):
             return 1  # too few rounds for any interval: --inconclusive ok cannot pass no evidence
         if "inconclusive" in words and not self.inconclusive_ok:
