@@ -92,7 +92,6 @@ _CPU_LOCK = (
     Path(tempfile.gettempdir())
     / f"gpufit-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', '')}.lock"
 )
-_ALONE = "test_vllm_real.py"
 
 
 def _flock(mode: int) -> int | None:
@@ -111,7 +110,7 @@ def _unlock(fd: int | None) -> None:
 
 @pytest.fixture(autouse=True)
 def _beside_others(request: pytest.FixtureRequest) -> Iterator[None]:
-    if request.path.name == _ALONE:  # under its module's exclusive lock already
+    if "cpu_alone" in request.fixturenames:  # under its module's exclusive lock already
         yield
         return
     fd = _flock(fcntl.LOCK_SH)
