@@ -669,8 +669,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    top = parser()
-    args, unknown = top.parse_known_args(argv)
+    try:
+        top = parser()
+        args, unknown = top.parse_known_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C before any command ran: nothing to name, nothing written
+        print("gpufit: interrupted", file=sys.stderr)
+        return 130
     if unknown and args.command == "bisect" and "--" in unknown:
         # `gpufit bisect suites/x.yaml --a-requirements A ... -- -k decode`: after `--`, pytest's
         # options (as for ab)

@@ -49,3 +49,13 @@ def test_a_bare_ctrl_c_while_pytest_gpufit_ab_probes_the_sides_says_interrupted(
     result = pytester.runpytest_subprocess("--gpufit-ab=current,next")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     assert "gpufit ab: interrupted" in result.stderr.lines
+
+
+def test_a_ctrl_c_while_gpufit_parses_its_arguments_says_interrupted(monkeypatch, capsys):
+    # before any command is known: building the parser imports the ab and bisect options
+    def interrupted() -> argparse.ArgumentParser:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parser", interrupted)
+    assert cli.main(["probe"]) == 130
+    assert capsys.readouterr().err == "gpufit: interrupted\n"
