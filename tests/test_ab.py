@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ab_envs import SERVED_SUITE, TARGET, build_wheel, make_venv
+from ab_envs import SERVED_SUITE, SLEEP_TARGET, TARGET, build_wheel, make_venv
 
 GPUFIT = str(Path(sys.executable).with_name("gpufit"))
 SLOW = 1.6
@@ -113,6 +113,7 @@ def test_finds_the_injected_slowdown(envs, project, tmp_path):
 
 
 def test_same_environment_reports_no_regression(envs, project, tmp_path):
+    (project / "test_speed.py").write_text(SLEEP_TARGET)  # a figure steady enough for 10%
     out = tmp_path / "ab.json"
     done = gpufit_ab(
         project,
