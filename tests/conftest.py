@@ -83,11 +83,15 @@ def _isolated_environment(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
             monkeypatch.delenv(name)
 
 
-# Real vLLM on the CPU (tests/test_vllm_real.py) paces its streams only when nothing else runs
-# beside it: with the other xdist worker's tests on a 2-core box, its API server wrote 8-24
-# events in one read now and then (refused as buffered, rightly) and a suite failed in about
-# one CI run in two. That file holds the machine alone: every other test takes a shared lock
-# for its run, the vLLM file an exclusive one for its whole module (cpu_alone).
+# Tests that time something real hold the machine alone: every other test takes a shared lock
+# for its run, a module that asks for cpu_alone an exclusive one for all of it. Beside the
+# other xdist worker on a 2-core box, CI failed on timing that was not the code's:
+# - real vLLM (test_vllm_real): streams read in bursts, refused as buffered, about one CI run
+#   in two;
+# - gpufit ab's verdicts (test_ab): an A/A and a 1.6x slowdown read inconclusive;
+# - a fast stream read late, all at once (test_remote_endpoint's throughput, three rounds in
+#   a row, 2026-12-06; test_serving_load's first test, twice; with test_serving_real and
+#   test_suite_openai_real, the files that time streams).
 _CPU_LOCK = (
     Path(tempfile.gettempdir())
     / f"gpufit-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', '')}.lock"

@@ -14,10 +14,7 @@ from serving_fakes import MODEL, FakeOpenAI
 from pytest_gpufit.serving.client import GenRequest, OpenAIClient
 from pytest_gpufit.serving.load import LevelResult, Slo, format_level, run_level, run_load
 
-# The machine alone for this file (tests/conftest.py, cpu_alone): its streams are timed. Beside
-# the other xdist worker, the client now and then read a fast stream late, all of it at once
-# (CI 2026-12-06: test_remote_endpoint's throughput, three rounds in a row, "9 events arrived
-# in 1 distinct read"; an earlier session: test_serving_load's first test, twice).
+# The machine alone for this file: its streams are timed (tests/conftest.py, cpu_alone).
 pytestmark = pytest.mark.usefixtures("cpu_alone")
 
 REQUEST = GenRequest(MODEL, "a b", max_tokens=4, timeout_s=10)

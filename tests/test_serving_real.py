@@ -25,10 +25,7 @@ from pytest_gpufit.serving.load import Slo, format_level, run_load
 from pytest_gpufit.serving.prompts import sized_prompt
 from pytest_gpufit.serving.server import LaunchedServer, group_alive
 
-# The machine alone for this file (tests/conftest.py, cpu_alone): its streams are timed. Beside
-# the other xdist worker, the client now and then read a fast stream late, all of it at once
-# (CI 2026-12-06: test_remote_endpoint's throughput, three rounds in a row, "9 events arrived
-# in 1 distinct read"; an earlier session: test_serving_load's first test, twice).
+# The machine alone for this file: its streams are timed (tests/conftest.py, cpu_alone).
 pytestmark = pytest.mark.usefixtures("cpu_alone")
 
 T = TypeVar("T")

@@ -16,10 +16,7 @@ import httpcore  # noqa: F401  (see test_suite_openai.py: kept across pytester's
 import httpx  # noqa: F401
 import pytest
 
-# The machine alone for this file (tests/conftest.py, cpu_alone): its streams are timed. Beside
-# the other xdist worker, the client now and then read a fast stream late, all of it at once
-# (CI 2026-12-06: test_remote_endpoint's throughput, three rounds in a row, "9 events arrived
-# in 1 distinct read"; an earlier session: test_serving_load's first test, twice).
+# The machine alone for this file: its streams are timed (tests/conftest.py, cpu_alone).
 pytestmark = pytest.mark.usefixtures("cpu_alone")
 
 ROOT = Path(__file__).parent.parent
