@@ -40,6 +40,27 @@ def test_slow():
 """
 
 
+def slow_pair(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Two environments (pytest-gpufit, no slowpkg) and a project whose test_slow.py runs until
+    it is stopped: the sides' pythons and the project folder."""
+    a = make_venv(tmp_path / "envs" / "a", None, None)
+    b = make_venv(tmp_path / "envs" / "b", None, None)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_slow.py").write_text(SLOW_TARGET)
+    return a, b, project
+
+
+def slow_test_running(pids: Path) -> Callable[[set[int]], bool]:
+    """Whether SLOW_TARGET's test and its helper both announced themselves in ``pids`` and are
+    among the processes ``seen`` in the run's tree."""
+
+    def running(seen: set[int]) -> bool:
+        return len([p for p in pids.iterdir() if int(p.stem) in seen]) == 2
+
+    return running
+
+
 def children(root: int) -> set[int]:
     """Every live descendant of ``root`` (by parent pid, through /proc)."""
     parents: dict[int, int] = {}
@@ -137,22 +158,13 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_ctrl_c_in_gpufit_ab_stops_everything_and_writes_nothing(tmp_path, env):
-    a = make_venv(tmp_path / "envs" / "a", None, None)
-    b = make_venv(tmp_path / "envs" / "b", None, None)
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_slow.py").write_text(SLOW_TARGET)
+    a, b, project = slow_pair(tmp_path)
     report = tmp_path / "ab.json"
     report.write_text("the previous run's report\n")
     pids = Path(env["AB_PIDS"])
-
-    def in_round_1(seen: set[int]) -> bool:
-        # the side's test and its helper both announced themselves and still run
-        return len([p for p in pids.iterdir() if int(p.stem) in seen]) == 2
-
     command = [GPUFIT, "ab", "--a", f"python={a}", "--b", f"python={b}", "--rounds", "6"]
     command += ["--json", str(report), "--markdown", str(tmp_path / "ab.md"), "--", "test_slow.py"]
-    done, seen = interrupt(command, project, in_round_1, env)
+    done, seen = interrupt(command, project, slow_test_running(pids), env)
     assert_clean_stop(
         done, seen, "gpufit ab: interrupted in round 1 of at most 6; no verdict, nothing written"
     )
@@ -200,14 +212,10 @@ def test_ctrl_c_in_gpufit_bisect_names_the_step(tmp_path, env):
     (tmp_path / "test_slow.py").write_text(SLOW_TARGET)
     out = tmp_path / "bisect.json"
     pids = Path(env["AB_PIDS"])
-
-    def in_a_step(seen: set[int]) -> bool:
-        return len([p for p in pids.iterdir() if int(p.stem) in seen]) == 2
-
     command = [GPUFIT, "bisect", "test_slow.py", "--a-requirements", str(tmp_path / "a.txt")]
     command += ["--change", "pkg-b==2.0", "--find-links", str(wheels), "--offline"]
     command += ["--work", str(tmp_path / "work"), "--json", str(out), "--rounds", "6"]
-    done, seen = interrupt(command, tmp_path, in_a_step, env)
+    done, seen = interrupt(command, tmp_path, slow_test_running(pids), env)
     assert_clean_stop(
         done,
         seen,

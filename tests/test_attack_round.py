@@ -15,9 +15,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from ab_envs import make_venv
 from bisect_world import make_wheels
-from test_ab_interrupt import SLOW_TARGET, alive, assert_clean_stop, cmdline, interrupt
+from test_ab_interrupt import (
+    SLOW_TARGET,
+    alive,
+    assert_clean_stop,
+    cmdline,
+    interrupt,
+    slow_pair,
+    slow_test_running,
+)
 
 from pytest_gpufit.ab.bisect_envs import find_uv
 from pytest_gpufit.ab.run import Run, run_ab
@@ -139,11 +146,7 @@ def _wait(predicate, timeout_s: float) -> bool:
 def test_sigterm_to_gpufit_ab_leaves_no_side_running(tmp_path: Path) -> None:
     """Was the side's pytest and its helper left running, and the working folder: each side
     runs in a session of its own and gpufit ab had no SIGTERM handler."""
-    a = make_venv(tmp_path / "envs" / "a", None, None)
-    b = make_venv(tmp_path / "envs" / "b", None, None)
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_slow.py").write_text(SLOW_TARGET)
+    a, b, project = slow_pair(tmp_path)
     pids = tmp_path / "pids"
     pids.mkdir()
     scratch = tmp_path / "tmp"  # gpufit ab's own working folder goes here
@@ -151,13 +154,9 @@ def test_sigterm_to_gpufit_ab_leaves_no_side_running(tmp_path: Path) -> None:
     env = {**os.environ, "AB_PIDS": str(pids), "TMPDIR": str(scratch)}
     command = [GPUFIT, "ab", "--a", f"python={a}", "--b", f"python={b}", "--rounds", "6"]
     command += ["--", "test_slow.py"]
-
-    def side_started(seen: set[int]) -> bool:
-        return len([p for p in pids.iterdir() if int(p.stem) in seen]) == 2
-
     try:
         # as `timeout` and CI runners do: SIGTERM to the group
-        done, seen = interrupt(command, project, side_started, env, (signal.SIGTERM,))
+        done, seen = interrupt(command, project, slow_test_running(pids), env, (signal.SIGTERM,))
         line = "gpufit ab: interrupted in round 1 of at most 6; no verdict, nothing written"
         assert_clean_stop(done, seen, line)
         assert not list(scratch.iterdir())  # nor its gpufit-ab-* working folder
